@@ -1,0 +1,58 @@
+"""Admin tokens for /api: workspace-scoped, role-checked (viewers read, admins and owners write)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from agentledger.core.errors import AgentLedgerError, AuthenticationError, InvalidJSON, PermissionDenied
+from agentledger.core.keys import hash_secret
+from agentledger.core.model import AdminPrincipal, Role
+from agentledger.gateway.cache import TTLCache
+from agentledger.gateway.responses import error_response
+from agentledger.store.base import Store
+
+Handler = Callable[[Request, AdminPrincipal], Awaitable[Response]]
+
+
+class AdminAuth:
+    def __init__(self, store: Store, ttl: float = 30.0) -> None:
+        self.store = store
+        self.cache: TTLCache[str, AdminPrincipal] = TTLCache(ttl)
+
+    async def principal(self, request: Request) -> AdminPrincipal:
+        auth = request.headers.get("authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not token:
+            raise AuthenticationError("Missing admin token: send 'Authorization: Bearer adm-...'.")
+        token_hash = hash_secret(token)
+        admin = await self.cache.get(token_hash, lambda: self.store.admin_for_token(token_hash))
+        if admin is None:
+            raise AuthenticationError("Invalid or revoked admin token.")
+        return admin
+
+    def guard(self, handler: Handler, *, write: bool = False) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                admin = await self.principal(request)
+                if write and admin.role is Role.VIEWER:
+                    raise PermissionDenied("This token is read-only (viewer).")
+                return await handler(request, admin)
+            except AgentLedgerError as exc:
+                return error_response(exc)
+
+        return endpoint
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    try:
+        data = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(data, dict):
+        raise InvalidJSON("The request body must be a JSON object.")
+    return data

@@ -1,0 +1,47 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from agentledger.gateway.responses import JSONResponse
+from agentledger.pipeline.queue import TracePipeline
+from agentledger.store.base import Store
+
+
+def health_routes(store: Store, pipeline: TracePipeline) -> list[Route]:
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            await store.list_workspaces("-")
+        except Exception as exc:  # readiness reports any store fault rather than raising it
+            return JSONResponse({"status": "unavailable", "reason": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def metrics(request: Request) -> Response:
+        s = pipeline.stats
+        lines = [
+            "# TYPE agentledger_trace_events_emitted_total counter",
+            f"agentledger_trace_events_emitted_total {s.emitted}",
+            "# TYPE agentledger_trace_events_written_total counter",
+            f"agentledger_trace_events_written_total {s.written}",
+            "# TYPE agentledger_trace_batches_total counter",
+            f"agentledger_trace_batches_total {s.batches}",
+            "# TYPE agentledger_trace_write_failures_total counter",
+            f"agentledger_trace_write_failures_total {s.failures}",
+            "# TYPE agentledger_trace_events_spooled_total counter",
+            f"agentledger_trace_events_spooled_total {s.spooled}",
+            "# TYPE agentledger_trace_queue_depth gauge",
+            f"agentledger_trace_queue_depth {pipeline.depth}",
+        ]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]

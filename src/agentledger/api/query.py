@@ -1,0 +1,125 @@
+"""Query API: runs with their step trees and totals, sessions, requests and cost rollups.
+
+Every read first flushes the trace pipeline, so a client that just made a call reads it back.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from agentledger.api.auth import AdminAuth
+from agentledger.core.errors import InvalidRequest, NotFound
+from agentledger.core.model import AdminPrincipal
+from agentledger.core.rollup import TOKEN_FIELDS, duration_ms, step_tree, totals
+from agentledger.gateway.responses import JSONResponse
+from agentledger.pipeline.queue import TracePipeline
+from agentledger.store.base import CostQuery, RunFilter, Store
+
+_RUN_TOTAL_FIELDS = ("cost_nanos", *TOKEN_FIELDS, "steps", "model_calls", "errors", "retries", "model_latency_ms")
+
+
+def _time_param(request: Request, name: str) -> datetime | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be an ISO 8601 timestamp.", param=name) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = lo - 1
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"'{name}' must be an integer from {lo} to {hi}.", param=name)
+    return value
+
+
+def _run(row: dict[str, Any]) -> dict[str, Any]:
+    run = {k: v for k, v in row.items() if k not in _RUN_TOTAL_FIELDS}
+    run["duration_ms"] = duration_ms(row["started_at"], row["ended_at"])
+    run["totals"] = totals(row)
+    return run
+
+
+def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list[Route]:
+    async def list_runs(request: Request, admin: AdminPrincipal) -> Response:
+        q = request.query_params
+        flt = RunFilter(
+            agent_id=q.get("agent"),
+            session_id=q.get("session"),
+            workflow=q.get("workflow"),
+            status=q.get("status"),
+            since=_time_param(request, "from"),
+            until=_time_param(request, "to"),
+            limit=_int_param(request, "limit", 50, 1, 1000),
+            offset=_int_param(request, "offset", 0, 0, 10_000_000),
+        )
+        await pipeline.flush()
+        return JSONResponse({"data": [_run(r) for r in await store.list_runs(admin.workspace_id, flt)]})
+
+    async def get_run(request: Request, admin: AdminPrincipal) -> Response:
+        run_id = request.path_params["run_id"]
+        await pipeline.flush()
+        row = await store.get_run(admin.workspace_id, run_id)
+        if row is None:
+            raise NotFound(f"Run {run_id!r} does not exist.", param="run_id")
+        run = _run(row)
+        run["steps"] = step_tree(await store.run_steps(admin.workspace_id, run_id))
+        return JSONResponse(run)
+
+    async def get_session(request: Request, admin: AdminPrincipal) -> Response:
+        session_id = request.path_params["session_id"]
+        await pipeline.flush()
+        session = await store.get_session(admin.workspace_id, session_id)
+        if session is None:
+            raise NotFound(f"Session {session_id!r} does not exist.", param="session_id")
+        session["runs"] = [_run(r) for r in session["runs"]]
+        session["paths"] = [{**p, **totals(p)} for p in session["paths"]]
+        session["totals"] = totals(
+            {k: sum(r["totals"][k] for r in session["runs"]) for k in ("cost_nanos", *TOKEN_FIELDS)}
+        )
+        return JSONResponse(session)
+
+    async def get_request(request: Request, admin: AdminPrincipal) -> Response:
+        request_id = request.path_params["request_id"]
+        await pipeline.flush()
+        row = await store.get_request(admin.workspace_id, request_id)
+        if row is None:
+            raise NotFound(f"Request {request_id!r} does not exist.", param="request_id")
+        row.update(totals(row))
+        return JSONResponse(row)
+
+    async def costs(request: Request, admin: AdminPrincipal) -> Response:
+        group_by = request.query_params.get("group_by", "workspace")
+        query = CostQuery(
+            group_by=group_by,
+            since=_time_param(request, "from"),
+            until=_time_param(request, "to"),
+            interval=request.query_params.get("interval"),
+        )
+        await pipeline.flush()
+        rows = await store.costs(admin.workspace_id, query)
+        data = [{"key": r["key"], **({"bucket": r["bucket"]} if "bucket" in r else {}), **totals(r)} for r in rows]
+        return JSONResponse({"group_by": group_by, "interval": query.interval, "data": data})
+
+    g = auth.guard
+    return [
+        Route("/api/runs", g(list_runs), methods=["GET"]),
+        Route("/api/runs/{run_id}", g(get_run), methods=["GET"]),
+        Route("/api/sessions/{session_id}", g(get_session), methods=["GET"]),
+        Route("/api/requests/{request_id}", g(get_request), methods=["GET"]),
+        Route("/api/analytics/costs", g(costs), methods=["GET"]),
+    ]

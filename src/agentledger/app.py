@@ -1,0 +1,103 @@
+"""The composition root: `create_app` builds every part from settings; only here (and cli.py) are
+concrete adapters named. State lives on the returned app, never in module globals."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from agentledger.api.auth import AdminAuth
+from agentledger.api.health import health_routes
+from agentledger.api.manage import manage_routes
+from agentledger.api.query import query_routes
+from agentledger.config import Settings
+from agentledger.core.errors import NotFound
+from agentledger.gateway.flow import Gateway
+from agentledger.gateway.middleware import RequestIdMiddleware
+from agentledger.gateway.responses import error_response
+from agentledger.gateway.routes import chat_routes
+from agentledger.governance import Governance
+from agentledger.ingest.steps import StepIngest
+from agentledger.pipeline.queue import TracePipeline
+from agentledger.pipeline.spool import Spool
+from agentledger.providers.base import Upstream, UpstreamTimeouts
+from agentledger.providers.mock import MockUpstream
+from agentledger.providers.openai import OpenAIUpstream
+from agentledger.secrets_box import SecretBox
+from agentledger.store.base import Store
+from agentledger.store.sql import SQLStore
+
+log = logging.getLogger("agentledger")
+
+
+@dataclass
+class Components:
+    settings: Settings
+    store: Store
+    pipeline: TracePipeline
+    gateway: Gateway
+    governance: Governance
+    upstreams: Mapping[str, Upstream]
+
+
+def build_components(
+    settings: Settings, *, store: Store | None = None, upstreams: Mapping[str, Upstream] | None = None
+) -> Components:
+    data_dir = Path(settings.data_dir)
+    box = SecretBox.from_setting(settings.secret_key or None, data_dir / "secret.key")
+    store = store or SQLStore(settings.database_url)
+    timeouts = UpstreamTimeouts(settings.connect_timeout, settings.read_timeout, settings.first_token_timeout)
+    upstreams = upstreams or {"openai": OpenAIUpstream(timeouts), "mock": MockUpstream()}
+    pipeline = TracePipeline(
+        store,
+        spool=Spool(data_dir / "spool" / "trace.spool"),
+        max_batch=settings.batch_size,
+        interval=settings.batch_interval_ms / 1000,
+    )
+    gateway = Gateway(store, pipeline, upstreams, box.decrypt, cache_ttl=settings.cache_ttl)
+    return Components(settings, store, pipeline, gateway, Governance(store, box), upstreams)
+
+
+def create_app(
+    settings: Settings, *, store: Store | None = None, upstreams: Mapping[str, Upstream] | None = None
+) -> Starlette:
+    c = build_components(settings, store=store, upstreams=upstreams)
+    auth = AdminAuth(c.store, ttl=settings.cache_ttl)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await c.store.migrate()
+        c.pipeline.start()
+        try:
+            yield
+        finally:
+            # Graceful shutdown: every acknowledged trace event is written (or spooled) before exit.
+            await c.pipeline.aclose()
+            for upstream in c.upstreams.values():
+                await upstream.aclose()
+            await c.store.aclose()
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error_response(NotFound(f"No route for {request.method} {request.url.path}."))
+
+    routes = [
+        *chat_routes(c.gateway),
+        *StepIngest(c.gateway).routes(),
+        *manage_routes(auth, c.governance, c.gateway),
+        *query_routes(auth, c.store, c.pipeline),
+        *health_routes(c.store, c.pipeline),
+    ]
+    middleware = [Middleware(RequestIdMiddleware)]
+    app = Starlette(
+        routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found}
+    )
+    app.state.components = c
+    return app

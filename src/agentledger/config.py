@@ -1,0 +1,96 @@
+"""Every setting declared once: name, type, default, environment variable, help.
+
+The frozen `Settings`, the CLI's `--set NAME=VALUE` and docs/configuration.md all come from `SETTINGS`
+(a test fails when the docs miss one). Precedence: CLI > environment > default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str
+    type: type
+    default: Any
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "AGENTLEDGER_" + self.name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", str, "127.0.0.1", "Interface to listen on."),
+    Setting("port", int, 8080, "Port to listen on."),
+    Setting("data_dir", str, ".agentledger", "Where the embedded database, secret key file and spool live."),
+    Setting("db_url", str, "", "SQLAlchemy URL; empty means SQLite in data_dir. PostgreSQL: postgresql+psycopg://..."),
+    Setting("secret_key", str, "", "Fernet key encrypting provider keys at rest; empty means data_dir/secret.key."),
+    Setting("bootstrap", bool, True, "On first start, create a demo workspace, agent, mock provider and keys."),
+    Setting("cache_ttl", float, 30.0, "Seconds a cached key, route or price lookup lives (changes via this node apply at once)."),
+    Setting("connect_timeout", float, 5.0, "Seconds to connect to a provider."),
+    Setting("read_timeout", float, 120.0, "Seconds a provider may stay silent in a non-streamed response."),
+    Setting("first_token_timeout", float, 60.0, "Seconds a streamed response may take to start, and between chunks."),
+    Setting("batch_size", int, 500, "Trace events written per store transaction at most."),
+    Setting("batch_interval_ms", float, 20.0, "How long the writer waits to fill a batch."),
+    Setting("workers", int, 1, "Server worker processes (SQLite: keep 1)."),
+    Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: str = ".agentledger"
+    db_url: str = ""
+    secret_key: str = ""
+    bootstrap: bool = True
+    cache_ttl: float = 30.0
+    connect_timeout: float = 5.0
+    read_timeout: float = 120.0
+    first_token_timeout: float = 60.0
+    batch_size: int = 500
+    batch_interval_ms: float = 20.0
+    workers: int = 1
+    log_level: str = "info"
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{Path(self.data_dir).resolve() / 'agentledger.db'}"
+
+
+def _coerce(setting: Setting, raw: Any) -> Any:
+    if setting.type is bool and isinstance(raw, str):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{setting.name}: expected true/false, got {raw!r}")
+    try:
+        return setting.type(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{setting.name}: expected {setting.type.__name__}, got {raw!r}") from None
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        if s.env in env:
+            values[s.name] = _coerce(s, env[s.env])
+    by_name = {s.name: s for s in SETTINGS}
+    for name, raw in (overrides or {}).items():
+        if name not in by_name:
+            raise ValueError(f"unknown setting {name!r}")
+        if raw is not None:
+            values[name] = _coerce(by_name[name], raw)
+    return Settings(**values)
+
+
+assert [f.name for f in fields(Settings)] == [s.name for s in SETTINGS], "Settings and SETTINGS must agree"

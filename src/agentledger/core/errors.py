@@ -1,0 +1,133 @@
+"""The one error tree. Every error a client can see is one of these; `gateway.responses` renders them.
+
+    AgentLedgerError                      500 internal_error
+    ├── InvalidRequest                    400 invalid_request_error
+    │   ├── InvalidHeader                 400 invalid_request_error / invalid_header
+    │   ├── InvalidJSON                   400 invalid_request_error / invalid_json
+    │   ├── UnknownModel                  404 invalid_request_error / model_not_found
+    │   └── UnknownAgent                  400 invalid_request_error / agent_not_found
+    ├── AuthenticationError               401 authentication_error / invalid_api_key
+    ├── PermissionDenied                  403 permission_error
+    │   ├── ModelNotAllowed               403 permission_error / model_not_allowed
+    │   └── AgentMismatch                 403 permission_error / agent_mismatch
+    ├── NotFound                          404 not_found_error
+    ├── Conflict                          409 conflict_error
+    │   └── IdempotencyKeyReused          409 conflict_error / idempotency_key_reused
+    └── UpstreamError                     502 upstream_error
+        ├── UpstreamTimeout               504 upstream_error / upstream_timeout
+        ├── UpstreamRateLimited           429 upstream_error / upstream_rate_limited
+        ├── UpstreamUnavailable           502 upstream_error / upstream_unavailable  (refused, reset)
+        ├── UpstreamBadResponse           502 upstream_error / upstream_bad_response (5xx, garbage)
+        └── UpstreamRejected              upstream status / upstream_rejected (4xx passed through)
+
+`status`, `type` and `code` are class attributes so one renderer can serve all of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class AgentLedgerError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "internal_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if status is not None:
+            self.status = status  # type: ignore[misc]
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
+
+
+class InvalidRequest(AgentLedgerError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidHeader(InvalidRequest):
+    code = "invalid_header"
+
+
+class InvalidJSON(InvalidRequest):
+    code = "invalid_json"
+
+
+class UnknownModel(InvalidRequest):
+    status = 404
+    code = "model_not_found"
+
+
+class UnknownAgent(InvalidRequest):
+    code = "agent_not_found"
+
+
+class AuthenticationError(AgentLedgerError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(AgentLedgerError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class ModelNotAllowed(PermissionDenied):
+    code = "model_not_allowed"
+
+
+class AgentMismatch(PermissionDenied):
+    code = "agent_mismatch"
+
+
+class NotFound(AgentLedgerError):
+    status = 404
+    type = "not_found_error"
+    code = "not_found"
+
+
+class Conflict(AgentLedgerError):
+    status = 409
+    type = "conflict_error"
+    code = "conflict"
+
+
+class IdempotencyKeyReused(Conflict):
+    code = "idempotency_key_reused"
+
+
+class UpstreamError(AgentLedgerError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamRateLimited(UpstreamError):
+    status = 429
+    code = "upstream_rate_limited"
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class UpstreamBadResponse(UpstreamError):
+    code = "upstream_bad_response"
+
+
+class UpstreamRejected(UpstreamError):
+    """The provider refused the request itself (4xx); its status is passed through."""
+
+    code = "upstream_rejected"

@@ -1,0 +1,167 @@
+"""Domain records. Frozen dataclasses: the gateway, ingest and store pass these, never ORM rows or dicts."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from agentledger.core.pricing import CostSource
+from agentledger.core.usage import Usage
+
+
+class StepKind(enum.StrEnum):
+    MODEL_CALL = "model_call"
+    TOOL_CALL = "tool_call"
+    API_CALL = "api_call"
+    WORKFLOW_STEP = "workflow_step"
+    PAYMENT = "payment"
+    POLICY_CHECK = "policy_check"
+    AUDIT = "audit"
+
+
+class StepStatus(enum.StrEnum):
+    OK = "ok"
+    ERROR = "error"
+
+
+class RunStatus(enum.StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Role(enum.StrEnum):
+    OWNER = "owner"
+    ADMIN = "admin"
+    VIEWER = "viewer"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a Virtual Key speaks for. Cached on the hot path; revocation invalidates the cache."""
+
+    workspace_id: str
+    department_id: str
+    virtual_key_id: str
+    agent_id: str | None
+    allowed_models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AdminPrincipal:
+    workspace_id: str
+    token_id: str
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRoute:
+    """One upstream credential: which models it serves and where. `api_key` is decrypted only in memory."""
+
+    id: str
+    workspace_id: str
+    name: str
+    provider: str  # price-catalog provider id: openai, openrouter, anthropic, mock, ...
+    kind: str  # adapter: openai (any OpenAI-compatible base URL) or mock
+    base_url: str | None
+    api_key: str | None
+    models: tuple[str, ...]  # glob patterns
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """Everything a recorded request or step is grouped by."""
+
+    workspace_id: str
+    department_id: str | None = None
+    virtual_key_id: str | None = None
+    agent_id: str | None = None
+    run_id: str | None = None
+    session_id: str | None = None
+    session_path: str | None = None
+    session_name: str | None = None
+    prompt_id: str | None = None
+    prompt_version: str | None = None
+    properties: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One LLM call through the gateway, keyed by (workspace, x-request-id)."""
+
+    request_id: str
+    attribution: Attribution
+    endpoint: str
+    provider: str
+    model: str
+    stream: bool
+    status: StepStatus
+    http_status: int
+    started_at: datetime
+    ended_at: datetime
+    latency_ms: float
+    request_hash: str
+    attempt: int = 1
+    ttft_ms: float | None = None
+    usage: Usage | None = None
+    cost_nanos: int = 0
+    cost_source: CostSource | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    response_body: bytes | None = None
+    response_content_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    step_id: str
+    run_id: str
+    attribution: Attribution
+    kind: StepKind
+    name: str
+    status: StepStatus
+    started_at: datetime
+    ended_at: datetime | None = None
+    latency_ms: float | None = None
+    parent_id: str | None = None
+    request_id: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    usage: Usage | None = None
+    cost_nanos: int = 0
+    cost_source: CostSource | None = None
+    branch: str | None = None
+    attempt: int = 1
+    error: str | None = None
+    input: Any = None
+    output: Any = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunStart:
+    """Create-on-first-sight: later sightings of the same run id never overwrite what the first one set."""
+
+    run_id: str
+    attribution: Attribution
+    started_at: datetime
+    workflow: str | None = None
+    name: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnd:
+    workspace_id: str
+    run_id: str
+    status: RunStatus
+    ended_at: datetime
+    error: str | None = None
+    output: Any = None
+
+
+TraceEvent = RequestRecord | StepRecord | RunStart | RunEnd

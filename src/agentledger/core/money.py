@@ -1,0 +1,28 @@
+"""Money is integer nano-dollars (1e-9 USD): exact sums in SQL (BIGINT) and Python alike, never float.
+
+Why nano and not micro: a 10-token prompt to a $0.15/MTok model costs 1.5 micro-dollars, so micro-units
+would round every cheap request. Every published per-token price with up to three decimals per MTok is an
+exact integer number of nano-dollars, and BIGINT still holds 9.2 billion dollars.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal
+
+NANOS_PER_DOLLAR = 1_000_000_000
+
+
+def to_nanos(dollars: Decimal | int | str) -> int:
+    """Dollars → nano-dollars, rounded half-even (banker's rounding keeps large sums unbiased)."""
+    return int((Decimal(dollars) * NANOS_PER_DOLLAR).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+def to_dollars(nanos: int) -> Decimal:
+    return Decimal(nanos) / NANOS_PER_DOLLAR
+
+
+def format_usd(nanos: int) -> str:
+    """Render nano-dollars as an exact decimal string, e.g. 435000 → '0.000435000'."""
+    sign = "-" if nanos < 0 else ""
+    whole, frac = divmod(abs(nanos), NANOS_PER_DOLLAR)
+    return f"{sign}{whole}.{frac:09d}"

@@ -1,0 +1,482 @@
+"""One LLM call through the gateway: auth → validate → route → (replay?) → forward → price → emit.
+
+The gateway depends on ports only (Store, Upstream, TracePipeline); `app.create_app` hands it the
+concrete adapters. Nothing here waits on the database once a key's lookups are cached: records leave
+through `pipeline.emit()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from agentledger.core import usage as usage_mod
+from agentledger.core.errors import (
+    AgentLedgerError,
+    AgentMismatch,
+    AuthenticationError,
+    IdempotencyKeyReused,
+    InvalidJSON,
+    InvalidRequest,
+    ModelNotAllowed,
+    UnknownAgent,
+    UnknownModel,
+    UpstreamError,
+)
+from agentledger.core.headers import TrackingContext, parse_tracking
+from agentledger.core.keys import hash_secret
+from agentledger.core.model import (
+    Attribution,
+    Principal,
+    ProviderRoute,
+    RequestRecord,
+    RunStart,
+    StepKind,
+    StepRecord,
+    StepStatus,
+)
+from agentledger.core.money import to_nanos
+from agentledger.core.pricing import Cost, CostSource, Price
+from agentledger.core.routing import choose_route, model_allowed
+from agentledger.core.usage import Usage
+from agentledger.gateway.cache import TTLCache
+from agentledger.pipeline.queue import TracePipeline
+from agentledger.prices.catalog import price_known, price_usage
+from agentledger.providers.base import Upstream
+from agentledger.store.base import Store, StoredResponse
+
+CHAT_PATH = "/chat/completions"
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A validated request, ready to forward."""
+
+    request_id: str
+    principal: Principal
+    tracking: TrackingContext
+    attribution: Attribution
+    route: ProviderRoute
+    model: str
+    stream: bool
+    client_wants_usage: bool
+    upstream_body: bytes
+    request_hash: str
+    started_at: datetime
+    t0: float
+    client_request_id: bool
+    price_overrides: dict[str, list[Price]]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: StepStatus
+    http_status: int
+    usage: Usage | None
+    cost: Cost | None
+    ttft_ms: float | None = None
+    error: AgentLedgerError | None = None
+    body: bytes | None = None
+    content_type: str | None = None
+
+
+class Gateway:
+    def __init__(
+        self,
+        store: Store,
+        pipeline: TracePipeline,
+        upstreams: Mapping[str, Upstream],
+        decrypt: Callable[[str], str],
+        *,
+        cache_ttl: float = 30.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        self.upstreams = upstreams
+        self.decrypt = decrypt
+        self.clock = clock
+        self.principals: TTLCache[str, Principal] = TTLCache(cache_ttl)
+        self.routes: TTLCache[str, list[ProviderRoute]] = TTLCache(cache_ttl)
+        self.agents: TTLCache[tuple[str, str], dict[str, Any]] = TTLCache(cache_ttl)
+        self.prices: TTLCache[str, dict[str, list[Price]]] = TTLCache(cache_ttl)
+        # Idempotency on one node: calls in flight, and recent failed attempts (to number retries).
+        self._inflight: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._attempts: OrderedDict[tuple[str, str], int] = OrderedDict()
+
+    # -- lookups -------------------------------------------------------------------------------------------
+    async def authenticate(self, headers: Mapping[str, str]) -> Principal:
+        auth = headers.get("authorization", "")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "").strip()
+        if not key:
+            raise AuthenticationError("Missing API key: send 'Authorization: Bearer vk-...' or 'x-api-key'.")
+        key_hash = hash_secret(key)
+        principal = await self.principals.get(key_hash, lambda: self.store.principal_for_key(key_hash))
+        if principal is None:
+            raise AuthenticationError("Invalid or revoked virtual key.")
+        return principal
+
+    async def routes_for(self, workspace_id: str) -> list[ProviderRoute]:
+        routes = await self.routes.get(workspace_id, lambda: self.store.provider_routes(workspace_id, self.decrypt))
+        return routes or []
+
+    async def prices_for(self, workspace_id: str) -> dict[str, list[Price]]:
+        return await self.prices.get(workspace_id, lambda: self.store.price_overrides(workspace_id)) or {}
+
+    async def _agent(self, workspace_id: str, agent_id: str) -> dict[str, Any] | None:
+        return await self.agents.get((workspace_id, agent_id), lambda: self.store.get_agent(workspace_id, agent_id))
+
+    # -- validation ----------------------------------------------------------------------------------------
+    async def prepare(self, request_id: str, raw_headers: list[tuple[bytes, bytes]], body: bytes) -> Call:
+        t0 = time.perf_counter()
+        started_at = self.clock()
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
+        principal = await self.authenticate(headers)
+        base = Attribution(
+            workspace_id=principal.workspace_id,
+            department_id=principal.department_id,
+            virtual_key_id=principal.virtual_key_id,
+            agent_id=principal.agent_id,
+        )
+        # From here on, failures are recorded against the key (see `record_rejection`).
+        try:
+            tracking = parse_tracking(raw_headers)
+            attribution = await self.attribute(principal, tracking)
+            payload = _parse_json(body)
+            model, stream, wants_usage, upstream_body = _chat_request(payload, body)
+            if not model_allowed(model, principal.allowed_models):
+                raise ModelNotAllowed(f"This virtual key may not use model {model!r}.", param="model")
+            route = choose_route(model, await self.routes_for(principal.workspace_id))
+            if route is None or route.kind not in self.upstreams:
+                raise UnknownModel(f"The model {model!r} does not exist or no provider serves it.", param="model")
+            overrides = await self.prices_for(principal.workspace_id)
+            if not price_known(model, route.provider, overrides):
+                raise UnknownModel(
+                    f"The model {model!r} has no known price; add a price override for it to use it.", param="model"
+                )
+        except AgentLedgerError as exc:
+            self.record_rejection(request_id, base, exc, started_at, t0, body)
+            raise
+        return Call(
+            request_id=request_id,
+            principal=principal,
+            tracking=tracking,
+            attribution=attribution,
+            route=route,
+            model=model,
+            stream=stream,
+            client_wants_usage=wants_usage,
+            upstream_body=upstream_body,
+            request_hash=hashlib.sha256(body).hexdigest(),
+            started_at=started_at,
+            t0=t0,
+            client_request_id=tracking.request_id is not None,
+            price_overrides=overrides,
+        )
+
+    async def attribute(self, principal: Principal, tracking: TrackingContext) -> Attribution:
+        agent_id = principal.agent_id
+        if tracking.agent_id is not None and tracking.agent_id != principal.agent_id:
+            if principal.agent_id is not None:
+                raise AgentMismatch(
+                    f"This virtual key belongs to agent {principal.agent_id!r} and may not act as "
+                    f"{tracking.agent_id!r}.",
+                    param="Alephant-Agent-Id",
+                )
+            if await self._agent(principal.workspace_id, tracking.agent_id) is None:
+                raise UnknownAgent(
+                    f"Agent {tracking.agent_id!r} does not exist in this workspace.", param="Alephant-Agent-Id"
+                )
+            agent_id = tracking.agent_id
+        return Attribution(
+            workspace_id=principal.workspace_id,
+            department_id=principal.department_id,
+            virtual_key_id=principal.virtual_key_id,
+            agent_id=agent_id,
+            run_id=tracking.run_id,
+            session_id=tracking.session_id,
+            session_path=tracking.session_path,
+            session_name=tracking.session_name,
+            prompt_id=tracking.prompt_id,
+            prompt_version=tracking.prompt_version,
+            properties=tracking.properties,
+        )
+
+    # -- idempotency ---------------------------------------------------------------------------------------
+    async def claim(self, call: Call) -> StoredResponse | None:
+        """Returns the stored response if this x-request-id already completed, else claims it for this call.
+
+        Only client-supplied ids can repeat, so generated ids skip the lookup entirely.
+        """
+        if not call.client_request_id:
+            return None
+        key = (call.principal.workspace_id, call.request_id)
+        while (pending := self._inflight.get(key)) is not None:
+            await asyncio.shield(pending)
+        stored = await self.store.stored_response(*key)
+        if stored is None:
+            self._inflight[key] = asyncio.get_running_loop().create_future()
+            return None
+        if stored.request_hash != call.request_hash:
+            raise IdempotencyKeyReused(
+                f"x-request-id {call.request_id!r} was already used for a different request body.",
+                param="x-request-id",
+            )
+        return stored
+
+    def release(self, call: Call) -> None:
+        fut = self._inflight.pop((call.principal.workspace_id, call.request_id), None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _next_attempt(self, call: Call, failed: bool) -> int:
+        key = (call.principal.workspace_id, call.request_id)
+        attempt = self._attempts.pop(key, 0) + 1
+        if failed:
+            self._attempts[key] = attempt
+            while len(self._attempts) > 50_000:
+                self._attempts.popitem(last=False)
+        return attempt
+
+    # -- forwarding ----------------------------------------------------------------------------------------
+    async def complete(self, call: Call) -> Outcome:
+        upstream = self.upstreams[call.route.kind]
+        try:
+            resp = await upstream.send(call.route, CHAT_PATH, call.upstream_body)
+        except UpstreamError as exc:
+            return Outcome(StepStatus.ERROR, exc.status, None, None, error=exc)
+        raw_usage = _usage_of(resp.body)
+        cost = self._price(call, raw_usage)
+        return Outcome(
+            StepStatus.OK, resp.status, usage_mod.from_openai(raw_usage), cost, body=resp.body,
+            content_type=resp.content_type,
+        )
+
+    async def stream(self, call: Call) -> AsyncIterator[bytes]:
+        """Pass SSE events through as they arrive; price the stream from its usage chunk at the end.
+
+        Recording happens in `finally`, synchronously (no await may run there: a client that hangs up
+        cancels this generator), so an abandoned stream is still on the books, its cost estimated.
+        """
+        upstream = self.upstreams[call.route.kind]
+        sent: list[bytes] = []
+        raw_usage: dict[str, Any] | None = None
+        ttft: float | None = None
+        error: AgentLedgerError | None = None
+        finished = False
+        try:
+            async with upstream.stream(call.route, CHAT_PATH, call.upstream_body) as events:
+                async for data in events:
+                    if data == b"[DONE]":
+                        frame = b"data: [DONE]\n\n"
+                    else:
+                        chunk = _loads(data)
+                        if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
+                            raw_usage = chunk["usage"]
+                            if not chunk.get("choices") and not call.client_wants_usage:
+                                continue  # the usage-only chunk we forced; this client did not ask for it
+                        frame = b"data: " + data + b"\n\n"
+                    if ttft is None:
+                        ttft = (time.perf_counter() - call.t0) * 1000
+                    sent.append(frame)
+                    yield frame
+            finished = True
+        except UpstreamError as exc:
+            error = exc
+            frame = _error_frame(exc)
+            sent.append(frame)
+            yield frame
+        finally:
+            if finished:
+                cost = self._price(call, raw_usage)
+                outcome = Outcome(
+                    StepStatus.OK, 200, usage_mod.from_openai(raw_usage), cost, ttft_ms=ttft, body=b"".join(sent),
+                    content_type="text/event-stream",
+                )
+            else:
+                err = error or UpstreamError("The client closed the connection before the stream ended.")
+                usage = usage_mod.from_openai(raw_usage) or self._estimate(call, len(sent))
+                cost = self._price(call, raw_usage) if raw_usage else self._estimated_cost(call, usage)
+                outcome = Outcome(StepStatus.ERROR, err.status, usage, cost, ttft_ms=ttft, error=err)
+            self.record(call, outcome)
+            self.release(call)
+
+    def _estimate(self, call: Call, chunks: int) -> Usage:
+        # No usage chunk arrived: ~4 bytes a token for the prompt, one token per content chunk sent.
+        return Usage(input_tokens=len(call.upstream_body) // 4, output_tokens=max(chunks - 1, 0))
+
+    def _estimated_cost(self, call: Call, usage: Usage) -> Cost | None:
+        cost = price_usage(usage, call.model, call.route.provider, call.started_at, call.price_overrides)
+        return Cost(cost.nanos, CostSource.ESTIMATED) if cost else None
+
+    def _price(self, call: Call, raw_usage: dict[str, Any] | None) -> Cost | None:
+        reported = usage_mod.reported_cost(raw_usage)
+        if reported is not None:
+            return Cost(to_nanos(reported), CostSource.REPORTED)
+        usage = usage_mod.from_openai(raw_usage)
+        if usage is None:
+            return None
+        return price_usage(usage, call.model, call.route.provider, call.started_at, call.price_overrides)
+
+    # -- recording -----------------------------------------------------------------------------------------
+    def record(self, call: Call, outcome: Outcome) -> None:
+        ended_at = self.clock()
+        latency_ms = (time.perf_counter() - call.t0) * 1000
+        failed = outcome.status is StepStatus.ERROR
+        attempt = self._next_attempt(call, failed)
+        cost_nanos = outcome.cost.nanos if outcome.cost else 0
+        cost_source = outcome.cost.source if outcome.cost else None
+        err = outcome.error
+        a = call.attribution
+        if a.run_id is not None:
+            self.pipeline.emit(RunStart(run_id=a.run_id, attribution=a, started_at=call.started_at))
+        self.pipeline.emit(
+            RequestRecord(
+                request_id=call.request_id,
+                attribution=a,
+                endpoint=CHAT_PATH,
+                provider=call.route.provider,
+                model=call.model,
+                stream=call.stream,
+                status=outcome.status,
+                http_status=outcome.http_status,
+                started_at=call.started_at,
+                ended_at=ended_at,
+                latency_ms=latency_ms,
+                request_hash=call.request_hash,
+                attempt=attempt,
+                ttft_ms=outcome.ttft_ms,
+                usage=outcome.usage,
+                cost_nanos=cost_nanos,
+                cost_source=cost_source,
+                error_code=err.code if err else None,
+                error_message=err.message if err else None,
+                response_body=outcome.body if not failed else None,
+                response_content_type=outcome.content_type,
+            )
+        )
+        if a.run_id is not None:
+            self.pipeline.emit(
+                StepRecord(
+                    step_id=_model_step_id(a.workspace_id, call.request_id, attempt),
+                    run_id=a.run_id,
+                    attribution=a,
+                    kind=StepKind.MODEL_CALL,
+                    name=call.model,
+                    status=outcome.status,
+                    started_at=call.started_at,
+                    ended_at=ended_at,
+                    latency_ms=latency_ms,
+                    request_id=call.request_id,
+                    model=call.model,
+                    provider=call.route.provider,
+                    usage=outcome.usage,
+                    cost_nanos=cost_nanos,
+                    cost_source=cost_source,
+                    attempt=attempt,
+                    error=err.message if err else None,
+                    attributes={"stream": call.stream, "ttft_ms": outcome.ttft_ms, "http_status": outcome.http_status},
+                )
+            )
+
+    def record_rejection(
+        self, request_id: str, base: Attribution, exc: AgentLedgerError, started_at: datetime, t0: float, body: bytes
+    ) -> None:
+        """A request refused after authentication is still on the books (zero cost), against its key."""
+        model = "unknown"
+        try:
+            payload = orjson.loads(body)
+            if isinstance(payload, dict) and isinstance(payload.get("model"), str):
+                model = payload["model"][:256]
+        except orjson.JSONDecodeError:
+            pass
+        self.pipeline.emit(
+            RequestRecord(
+                request_id=request_id,
+                attribution=base,
+                endpoint=CHAT_PATH,
+                provider="none",
+                model=model,
+                stream=False,
+                status=StepStatus.ERROR,
+                http_status=exc.status,
+                started_at=started_at,
+                ended_at=self.clock(),
+                latency_ms=(time.perf_counter() - t0) * 1000,
+                request_hash=hashlib.sha256(body).hexdigest(),
+                error_code=exc.code,
+                error_message=exc.message,
+            )
+        )
+
+    def invalidate_key(self, key_hash: str | None) -> None:
+        if key_hash:
+            self.principals.invalidate(key_hash)
+
+    def invalidate_workspace(self, workspace_id: str) -> None:
+        self.routes.invalidate(workspace_id)
+        self.prices.invalidate(workspace_id)
+
+
+def _model_step_id(workspace_id: str, request_id: str, attempt: int) -> str:
+    digest = hashlib.sha256(f"{workspace_id}\0{request_id}\0{attempt}".encode()).hexdigest()[:24]
+    return f"mc_{digest}"
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _usage_of(body: bytes) -> dict[str, Any] | None:
+    data = _loads(body)
+    usage = data.get("usage") if isinstance(data, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+def _error_frame(exc: AgentLedgerError) -> bytes:
+    return b"data: " + orjson.dumps(exc.body()) + b"\n\n"
+
+
+def _parse_json(body: bytes) -> dict[str, Any]:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(payload, dict):
+        raise InvalidJSON("The request body must be a JSON object.")
+    return payload
+
+
+def _chat_request(payload: dict[str, Any], body: bytes) -> tuple[str, bool, bool, bytes]:
+    """Validate the fields the gateway relies on; return (model, stream, client_wants_usage, upstream body)."""
+    model = payload.get("model")
+    if not isinstance(model, str) or not model or len(model) > 256:
+        raise InvalidRequest("'model' must be a non-empty string of at most 256 characters.", param="model")
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean.", param="stream")
+    options = payload.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+    wants_usage = bool(options and options.get("include_usage"))
+    if stream and not wants_usage:
+        # Streams are always priced: ask for the usage chunk, and hide it from this client later.
+        payload = {**payload, "stream_options": {**(options or {}), "include_usage": True}}
+        return model, stream, wants_usage, orjson.dumps(payload)
+    return model, stream, wants_usage, body
+
+

@@ -1,0 +1,202 @@
+"""Creating the governed objects, shared by the CLI and the management API.
+
+Secrets (virtual keys, admin tokens) are returned once, in plaintext, and stored only as hashes;
+provider keys are encrypted before they reach the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from agentledger.core.errors import InvalidRequest
+from agentledger.core.headers import parse_id
+from agentledger.core.ids import new_id
+from agentledger.core.keys import ADMIN_TOKEN_PREFIX, VIRTUAL_KEY_PREFIX, display_prefix, hash_secret, new_secret
+from agentledger.core.model import Role
+from agentledger.secrets_box import SecretBox
+from agentledger.store.base import Store
+
+PROVIDER_KINDS = ("openai", "mock")
+
+
+@dataclass(frozen=True, slots=True)
+class Bootstrap:
+    workspace_id: str
+    department_id: str
+    agent_id: str
+    virtual_key: str
+    admin_token: str
+
+
+def _name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 256:
+        raise InvalidRequest(f"'{what}' must be a non-empty string of at most 256 characters.", param=what)
+    return value.strip()
+
+
+def _optional_id(value: Any, what: str, prefix: str) -> str:
+    if value is None:
+        return new_id(prefix)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{what}' must be a string.", param=what)
+    try:
+        return parse_id(what, value)
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.message, param=what) from None
+
+
+def _patterns(value: Any, what: str, default: list[str]) -> list[str]:
+    if value is None:
+        return default
+    if not isinstance(value, list) or not all(isinstance(v, str) and 0 < len(v) <= 256 for v in value):
+        raise InvalidRequest(f"'{what}' must be an array of model names or glob patterns.", param=what)
+    return list(value)
+
+
+def _rate(value: Any, what: str, required: bool) -> str | None:
+    if value is None and not required:
+        return None
+    try:
+        rate = Decimal(str(value))
+    except InvalidOperation:
+        rate = Decimal(-1)
+    if isinstance(value, bool) or value is None or not rate.is_finite() or rate < 0:
+        raise InvalidRequest(f"'{what}' must be a non-negative decimal (dollars per million tokens).", param=what)
+    return str(rate)
+
+
+class Governance:
+    def __init__(self, store: Store, box: SecretBox, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.store = store
+        self.box = box
+        self.clock = clock
+
+    async def create_workspace(self, name: str, *, workspace_id: str | None = None) -> tuple[str, str]:
+        """A workspace and its first owner token (returned once)."""
+        ws = _optional_id(workspace_id, "id", "ws")
+        await self.store.create_workspace(ws, _name(name, "name"), self.clock())
+        token = await self.create_admin_token(ws, "owner", Role.OWNER)
+        return ws, token
+
+    async def create_admin_token(self, workspace_id: str, name: str, role: Role) -> str:
+        token = new_secret(ADMIN_TOKEN_PREFIX)
+        await self.store.create_admin_token(
+            dict(
+                workspace_id=workspace_id,
+                id=new_id("tok"),
+                name=_name(name, "name"),
+                role=role.value,
+                token_hash=hash_secret(token),
+                created_at=self.clock(),
+            )
+        )
+        return token
+
+    async def create_department(self, workspace_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        dep = _optional_id(data.get("id"), "id", "dep")
+        name = _name(data.get("name"), "name")
+        await self.store.create_department(workspace_id, dep, name, self.clock())
+        return {"id": dep, "name": name}
+
+    async def create_agent(self, workspace_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        agent = _optional_id(data.get("id"), "id", "agent")
+        kind = data.get("kind", "ai")
+        if kind not in ("ai", "workflow"):
+            raise InvalidRequest("'kind' must be 'ai' or 'workflow'.", param="kind")
+        dep = _name(data.get("department_id"), "department_id")
+        name = _name(data.get("name", agent), "name")
+        await self.store.create_agent(workspace_id, agent, dep, name, kind, self.clock())
+        return {"id": agent, "department_id": dep, "name": name, "kind": kind}
+
+    async def create_virtual_key(self, workspace_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Returns the key's plaintext under "key": the only time it is ever shown."""
+        key = new_secret(VIRTUAL_KEY_PREFIX)
+        agent_id = data.get("agent_id")
+        if agent_id is not None:
+            agent_id = _name(agent_id, "agent_id")
+            agent = await self.store.get_agent(workspace_id, agent_id)
+            if agent is None:
+                raise InvalidRequest(f"Agent {agent_id!r} does not exist.", param="agent_id")
+            department_id = data.get("department_id") or agent["department_id"]
+        else:
+            department_id = data.get("department_id")
+        row = dict(
+            workspace_id=workspace_id,
+            id=new_id("vkid"),
+            department_id=_name(department_id, "department_id"),
+            agent_id=agent_id,
+            name=_name(data.get("name", "key"), "name"),
+            key_hash=hash_secret(key),
+            key_prefix=display_prefix(key),
+            allowed_models=_patterns(data.get("allowed_models"), "allowed_models", []),
+            created_at=self.clock(),
+        )
+        await self.store.create_virtual_key(row)
+        public = {k: v for k, v in row.items() if k != "key_hash"}
+        return {**public, "key": key}
+
+    async def create_provider_key(self, workspace_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        kind = data.get("kind", "openai")
+        if kind not in PROVIDER_KINDS:
+            raise InvalidRequest(f"'kind' must be one of {', '.join(PROVIDER_KINDS)}.", param="kind")
+        base_url = data.get("base_url")
+        if base_url is not None and (not isinstance(base_url, str) or not base_url.startswith(("http://", "https://"))):
+            raise InvalidRequest("'base_url' must be an http(s) URL.", param="base_url")
+        api_key = data.get("api_key")
+        if api_key is not None and (not isinstance(api_key, str) or not api_key):
+            raise InvalidRequest("'api_key' must be a non-empty string.", param="api_key")
+        priority = data.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise InvalidRequest("'priority' must be an integer.", param="priority")
+        row = dict(
+            workspace_id=workspace_id,
+            id=new_id("pk"),
+            name=_name(data.get("name", kind), "name"),
+            provider=_name(data.get("provider", kind), "provider"),
+            kind=kind,
+            base_url=base_url,
+            api_key_encrypted=self.box.encrypt(api_key) if api_key else None,
+            models=_patterns(data.get("models"), "models", ["*"]),
+            priority=priority,
+            created_at=self.clock(),
+        )
+        await self.store.create_provider_key(row)
+        return {k: v for k, v in row.items() if k != "api_key_encrypted"}
+
+    async def add_price_override(self, workspace_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        effective = data.get("effective_from")
+        when = None
+        if effective is not None:
+            try:
+                when = datetime.fromisoformat(str(effective))
+            except ValueError:
+                raise InvalidRequest("'effective_from' must be an ISO 8601 timestamp.", param="effective_from") from None
+            when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+        row = dict(
+            workspace_id=workspace_id,
+            id=new_id("price"),
+            model=_name(data.get("model"), "model"),
+            input_mtok=_rate(data.get("input_mtok"), "input_mtok", True),
+            output_mtok=_rate(data.get("output_mtok"), "output_mtok", True),
+            cached_input_mtok=_rate(data.get("cached_input_mtok"), "cached_input_mtok", False),
+            cache_write_mtok=_rate(data.get("cache_write_mtok"), "cache_write_mtok", False),
+            effective_from=when,
+            created_at=self.clock(),
+        )
+        await self.store.add_price_override(row)
+        return row
+
+    async def bootstrap(self) -> Bootstrap:
+        """First start: a workspace with a department, an agent, a demo key and the mock provider."""
+        ws, token = await self.create_workspace("Default workspace", workspace_id="default")
+        dep = await self.create_department(ws, {"id": "engineering", "name": "Engineering"})
+        agent = await self.create_agent(ws, {"id": "demo-agent", "department_id": dep["id"], "name": "Demo agent"})
+        await self.create_provider_key(
+            ws, {"name": "mock", "kind": "mock", "provider": "mock", "models": ["*"], "priority": -100}
+        )
+        vk = await self.create_virtual_key(ws, {"name": "demo", "department_id": dep["id"]})
+        return Bootstrap(ws, dep["id"], agent["id"], vk["key"], token)

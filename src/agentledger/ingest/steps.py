@@ -1,0 +1,313 @@
+"""The run/step API: agents record tool calls, external API calls and workflow steps of a run.
+
+    POST /v1/runs                      start a run (idempotent: an existing run id is returned as is)
+    POST /v1/runs/{run_id}/steps       one step object, an array, or {"steps": [...]}; nested by parent_id
+    POST /v1/runs/{run_id}/end         {"status": "succeeded"|"failed"|"cancelled", "error"?, "output"?}
+
+Writes are awaited through the pipeline, so a 2xx means the steps are durable and readable.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from agentledger.core.errors import AgentLedgerError, InvalidJSON, InvalidRequest, NotFound
+from agentledger.core.headers import MAX_NAME_LEN, TrackingContext, normalize_path, parse_id
+from agentledger.core.ids import new_id
+from agentledger.core.model import Attribution, RunEnd, RunStart, RunStatus, StepKind, StepRecord, StepStatus
+from agentledger.core.money import to_nanos
+from agentledger.core.pricing import Cost, CostSource
+from agentledger.core.usage import Usage
+from agentledger.gateway.flow import Gateway
+from agentledger.gateway.responses import JSONResponse, error_response
+from agentledger.prices.catalog import price_usage
+
+MAX_BATCH = 1000
+_USAGE_FIELDS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"The request body is not valid JSON: {exc}.") from None
+
+
+def _obj(data: Any, what: str = "The request body") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"{what} must be a JSON object.")
+    return data
+
+
+def _str(data: dict[str, Any], key: str, *, limit: int = MAX_NAME_LEN, required: bool = False) -> str | None:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise InvalidRequest(f"'{key}' is required.", param=key)
+        return None
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise InvalidRequest(f"'{key}' must be a non-empty string of at most {limit} characters.", param=key)
+    if any(ord(c) < 0x20 for c in value):
+        raise InvalidRequest(f"'{key}' contains control characters.", param=key)
+    return value
+
+
+def _ident(data: dict[str, Any], key: str) -> str | None:
+    value = _str(data, key)
+    if value is None:
+        return None
+    try:
+        return parse_id(key, value)
+    except AgentLedgerError as exc:
+        raise InvalidRequest(exc.message, param=key) from None
+
+
+def _time(data: dict[str, Any], key: str) -> datetime | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{key}' must be an ISO 8601 timestamp.", param=key)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequest(f"'{key}' must be an ISO 8601 timestamp.", param=key) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _dict(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"'{key}' must be an object.", param=key)
+    return value
+
+
+def _usage(data: dict[str, Any], param: str) -> Usage | None:
+    raw = data.get("usage")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidRequest("'usage' must be an object.", param=param)
+    values = {}
+    for f in _USAGE_FIELDS:
+        v = raw.get(f, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise InvalidRequest(f"'usage.{f}' must be a non-negative integer.", param=f"{param}.{f}")
+        values[f] = v
+    return Usage(**values)
+
+
+def _cost_usd(data: dict[str, Any], param: str) -> Cost | None:
+    raw = data.get("cost_usd")
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise InvalidRequest("'cost_usd' must be a decimal string such as \"0.0125\".", param=param)
+    try:
+        value = Decimal(str(raw))
+    except InvalidOperation:
+        raise InvalidRequest("'cost_usd' must be a decimal string such as \"0.0125\".", param=param) from None
+    if not value.is_finite() or value < 0:
+        raise InvalidRequest("'cost_usd' must be a non-negative number.", param=param)
+    return Cost(to_nanos(value), CostSource.REPORTED)
+
+
+class StepIngest:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def _auth(self, request: Request) -> tuple[Attribution, Any]:
+        principal = await self.gateway.authenticate({k.lower(): v for k, v in request.headers.items()})
+        base = Attribution(
+            workspace_id=principal.workspace_id,
+            department_id=principal.department_id,
+            virtual_key_id=principal.virtual_key_id,
+            agent_id=principal.agent_id,
+        )
+        return base, principal
+
+    async def start_run(self, request: Request) -> Response:
+        try:
+            base, principal = await self._auth(request)
+            data = _obj(_json(await request.body()))
+            run_id = _ident(data, "run_id") or new_id("run")
+            agent_id = _ident(data, "agent_id")
+            attribution = await self.gateway.attribute(principal, _tracking(data, agent_id, run_id))
+            start = RunStart(
+                run_id=run_id,
+                attribution=attribution,
+                started_at=_time(data, "started_at") or self.gateway.clock(),
+                workflow=_str(data, "workflow"),
+                name=_str(data, "name"),
+                metadata=_dict(data, "metadata"),
+            )
+            await self.gateway.pipeline.flush()
+            existing = await self.gateway.store.get_run(base.workspace_id, run_id)
+            if existing is None:
+                await self.gateway.pipeline.submit([start])
+        except AgentLedgerError as exc:
+            return error_response(exc)
+        return JSONResponse({"run_id": run_id, "created": existing is None}, status_code=201 if existing is None else 200)
+
+    async def add_steps(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        try:
+            base, principal = await self._auth(request)
+            parse_id("run_id", run_id)
+            data = _json(await request.body())
+            items = data.get("steps") if isinstance(data, dict) and "steps" in data else data
+            items = items if isinstance(items, list) else [items]
+            if not items or len(items) > MAX_BATCH:
+                raise InvalidRequest(f"Send between 1 and {MAX_BATCH} steps.", param="steps")
+            await self.gateway.pipeline.flush()
+            run = await self.gateway.store.get_run(base.workspace_id, run_id)
+            attribution = await self.gateway.attribute(principal, _tracking({}, None, run_id))
+            if run is not None:
+                attribution = Attribution(
+                    workspace_id=base.workspace_id,
+                    department_id=run["department_id"],
+                    virtual_key_id=base.virtual_key_id,
+                    agent_id=run["agent_id"],
+                    run_id=run_id,
+                    session_id=run["session_id"],
+                )
+            prices = await self.gateway.prices_for(base.workspace_id)
+            steps = [self._step(_obj(item, f"steps[{i}]"), i, run_id, attribution, prices) for i, item in enumerate(items)]
+            await self._check_parents(base.workspace_id, steps)
+            events: list[Any] = []
+            if run is None:
+                events.append(RunStart(run_id=run_id, attribution=attribution, started_at=steps[0].started_at))
+            await self.gateway.pipeline.submit([*events, *steps])
+        except AgentLedgerError as exc:
+            return error_response(exc)
+        return JSONResponse({"run_id": run_id, "step_ids": [s.step_id for s in steps]}, status_code=201)
+
+    def _step(
+        self, item: dict[str, Any], i: int, run_id: str, attribution: Attribution, prices: dict[str, Any]
+    ) -> StepRecord:
+        p = f"steps[{i}]"
+        kind_raw = item.get("kind", "tool_call")
+        try:
+            kind = StepKind(kind_raw)
+        except ValueError:
+            choices = ", ".join(k.value for k in StepKind)
+            raise InvalidRequest(f"{p}.kind must be one of {choices}.", param=f"{p}.kind") from None
+        status_raw = item.get("status", "ok")
+        if status_raw not in ("ok", "error"):
+            raise InvalidRequest(f"{p}.status must be 'ok' or 'error'.", param=f"{p}.status")
+        now = self.gateway.clock()
+        started = _time(item, "started_at") or now
+        ended = _time(item, "ended_at")
+        latency = item.get("latency_ms")
+        if latency is not None and (isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0):
+            raise InvalidRequest(f"{p}.latency_ms must be a non-negative number.", param=f"{p}.latency_ms")
+        if latency is None and ended is not None:
+            if ended < started:
+                raise InvalidRequest(f"{p}.ended_at is before started_at.", param=f"{p}.ended_at")
+            latency = (ended - started).total_seconds() * 1000
+        attempt = item.get("attempt", 1)
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
+            raise InvalidRequest(f"{p}.attempt must be a positive integer.", param=f"{p}.attempt")
+        model = _str(item, "model")
+        provider = _str(item, "provider", limit=64)
+        usage = _usage(item, p)
+        cost = _cost_usd(item, f"{p}.cost_usd")
+        if cost is None and usage is not None and model is not None:
+            cost = price_usage(usage, model, provider or "", started, prices)
+        session_path = _str(item, "session_path", limit=1024)
+        step_attr = attribution
+        if session_path is not None:
+            try:
+                session_path = normalize_path("session_path", session_path)
+            except AgentLedgerError as exc:
+                raise InvalidRequest(exc.message, param=f"{p}.session_path") from None
+            step_attr = Attribution(**{**_fields(attribution), "session_path": session_path})
+        return StepRecord(
+            step_id=_ident(item, "id") or new_id("step"),
+            run_id=run_id,
+            attribution=step_attr,
+            kind=kind,
+            name=_str(item, "name", required=True) or "",
+            status=StepStatus(status_raw),
+            started_at=started,
+            ended_at=ended,
+            latency_ms=float(latency) if latency is not None else None,
+            parent_id=_ident(item, "parent_id"),
+            model=model,
+            provider=provider,
+            usage=usage,
+            cost_nanos=cost.nanos if cost else 0,
+            cost_source=cost.source if cost else None,
+            branch=_str(item, "branch"),
+            attempt=attempt,
+            error=_str(item, "error", limit=10_000),
+            input=item.get("input"),
+            output=item.get("output"),
+            attributes=_dict(item, "attributes"),
+        )
+
+    async def _check_parents(self, workspace_id: str, steps: list[StepRecord]) -> None:
+        ids = [s.step_id for s in steps]
+        if len(set(ids)) != len(ids):
+            raise InvalidRequest("Step ids must be unique within a batch.", param="steps")
+        missing = {s.parent_id for s in steps if s.parent_id is not None and s.parent_id not in ids}
+        if missing:
+            found = await self.gateway.store.step_exists(workspace_id, sorted(missing))
+            unknown = sorted(missing - found)
+            if unknown:
+                raise InvalidRequest(f"Unknown parent step(s): {', '.join(unknown)}.", param="parent_id")
+
+    async def end_run(self, request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        try:
+            base, _ = await self._auth(request)
+            data = _obj(_json(await request.body()))
+            try:
+                status = RunStatus(data.get("status", "succeeded"))
+            except ValueError:
+                raise InvalidRequest(
+                    "'status' must be 'succeeded', 'failed' or 'cancelled'.", param="status"
+                ) from None
+            if status is RunStatus.RUNNING:
+                raise InvalidRequest("'status' must be 'succeeded', 'failed' or 'cancelled'.", param="status")
+            await self.gateway.pipeline.flush()
+            if await self.gateway.store.get_run(base.workspace_id, run_id) is None:
+                raise NotFound(f"Run {run_id!r} does not exist.", param="run_id")
+            ended_at = _time(data, "ended_at") or self.gateway.clock()
+            await self.gateway.pipeline.submit(
+                [RunEnd(base.workspace_id, run_id, status, ended_at, _str(data, "error", limit=10_000), data.get("output"))]
+            )
+        except AgentLedgerError as exc:
+            return error_response(exc)
+        return JSONResponse({"run_id": run_id, "status": status.value, "ended_at": ended_at.isoformat()})
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/runs", self.start_run, methods=["POST"]),
+            Route("/v1/runs/{run_id}/steps", self.add_steps, methods=["POST"]),
+            Route("/v1/runs/{run_id}/end", self.end_run, methods=["POST"]),
+        ]
+
+
+def _fields(a: Attribution) -> dict[str, Any]:
+    return {f: getattr(a, f) for f in a.__dataclass_fields__}
+
+
+def _tracking(data: dict[str, Any], agent_id: str | None, run_id: str) -> TrackingContext:
+    path = _str(data, "session_path", limit=1024)
+    return TrackingContext(
+        agent_id=agent_id,
+        run_id=run_id,
+        session_id=_ident(data, "session_id"),
+        session_path=normalize_path("session_path", path) if path else None,
+        session_name=_str(data, "session_name"),
+    )

@@ -1,0 +1,53 @@
+"""Append-only local spool for batches the store could not take, replayed when it recovers.
+
+Records are pickled TraceEvent dataclasses: the spool is a private file of this process (mode 0600),
+never read from anywhere else, so pickle's trust model holds and every field round-trips exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+
+from agentledger.core.model import TraceEvent
+
+_LEN = struct.Struct(">I")
+
+
+class Spool:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, events: Sequence[TraceEvent]) -> None:
+        data = pickle.dumps(list(events), protocol=pickle.HIGHEST_PROTOCOL)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, _LEN.pack(len(data)) + data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def pending(self) -> bool:
+        return self.path.exists() and self.path.stat().st_size > 0
+
+    def read(self) -> list[list[TraceEvent]]:
+        """All complete batches; a torn tail (crash mid-append) is ignored, it was never acknowledged."""
+        if not self.path.exists():
+            return []
+        raw = self.path.read_bytes()
+        batches: list[list[TraceEvent]] = []
+        pos = 0
+        while pos + _LEN.size <= len(raw):
+            (n,) = _LEN.unpack_from(raw, pos)
+            if pos + _LEN.size + n > len(raw):
+                break
+            batches.append(pickle.loads(raw[pos + _LEN.size : pos + _LEN.size + n]))
+            pos += _LEN.size + n
+        return batches
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)

@@ -1,0 +1,105 @@
+"""The Store seam: everything agentledger persists goes through this protocol. No SQL here.
+
+Implementations: `store.sql.SQLStore` (SQLite embedded default, PostgreSQL for several replicas).
+Every method takes the workspace id it is scoped to; no query crosses workspaces.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from agentledger.core.model import AdminPrincipal, Principal, ProviderRoute, TraceEvent
+from agentledger.core.pricing import Price
+
+
+class WriteResult(enum.Enum):
+    SUCCESS = "success"
+    FAILURE = "failure"  # retryable: the store is down or busy; the batch was rolled back whole
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    agent_id: str | None = None
+    session_id: str | None = None
+    workflow: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+GROUP_COLUMNS = ("workspace", "department", "agent", "virtual_key", "workflow", "session", "run", "model", "provider", "prompt")
+
+
+@dataclass(frozen=True, slots=True)
+class CostQuery:
+    group_by: str  # one of GROUP_COLUMNS or "property.<name>"
+    since: datetime | None = None
+    until: datetime | None = None
+    interval: str | None = None  # "hour" | "day" | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    request_hash: str
+    http_status: int
+    body: bytes
+    content_type: str
+    run_id: str | None
+    cost_nanos: int
+
+
+class Store(Protocol):
+    """Persistence for governance objects and traces.
+
+    `write_batch` is the only trace-write path and must be idempotent: writing the same events twice
+    leaves the same rows (request and step ids are unique per workspace; a run is created on first
+    sight and never overwritten by a later RunStart). It applies a batch in one transaction, so a
+    failure leaves nothing half-written, and returns FAILURE rather than raising for a retryable fault.
+    """
+
+    async def migrate(self) -> None: ...
+    async def aclose(self) -> None: ...
+    async def write_batch(self, events: Sequence[TraceEvent]) -> WriteResult: ...
+
+    # governance
+    async def create_workspace(self, workspace_id: str, name: str, now: datetime) -> None: ...
+    async def list_workspaces(self, workspace_id: str) -> list[dict[str, Any]]: ...
+    async def create_department(self, workspace_id: str, department_id: str, name: str, now: datetime) -> None: ...
+    async def list_departments(self, workspace_id: str) -> list[dict[str, Any]]: ...
+    async def create_agent(
+        self, workspace_id: str, agent_id: str, department_id: str, name: str, kind: str, now: datetime
+    ) -> None: ...
+    async def list_agents(self, workspace_id: str) -> list[dict[str, Any]]: ...
+    async def get_agent(self, workspace_id: str, agent_id: str) -> dict[str, Any] | None: ...
+    async def create_virtual_key(self, row: dict[str, Any]) -> None: ...
+    async def list_virtual_keys(self, workspace_id: str) -> list[dict[str, Any]]: ...
+    async def revoke_virtual_key(self, workspace_id: str, key_id: str, now: datetime) -> str | None:
+        """Marks the key revoked; returns its hash (for cache invalidation) or None if unknown."""
+        ...
+
+    async def principal_for_key(self, key_hash: str) -> Principal | None: ...
+    async def create_provider_key(self, row: dict[str, Any]) -> None: ...
+    async def list_provider_keys(self, workspace_id: str) -> list[dict[str, Any]]: ...
+    async def revoke_provider_key(self, workspace_id: str, key_id: str, now: datetime) -> bool: ...
+    async def provider_routes(self, workspace_id: str, decrypt: Any) -> list[ProviderRoute]: ...
+    async def create_admin_token(self, row: dict[str, Any]) -> None: ...
+    async def admin_for_token(self, token_hash: str) -> AdminPrincipal | None: ...
+    async def add_price_override(self, row: dict[str, Any]) -> None: ...
+    async def price_overrides(self, workspace_id: str) -> dict[str, list[Price]]: ...
+    async def list_price_overrides(self, workspace_id: str) -> list[dict[str, Any]]: ...
+
+    # traces
+    async def stored_response(self, workspace_id: str, request_id: str) -> StoredResponse | None: ...
+    async def list_runs(self, workspace_id: str, flt: RunFilter) -> list[dict[str, Any]]: ...
+    async def get_run(self, workspace_id: str, run_id: str) -> dict[str, Any] | None: ...
+    async def run_steps(self, workspace_id: str, run_id: str) -> list[dict[str, Any]]: ...
+    async def get_session(self, workspace_id: str, session_id: str) -> dict[str, Any] | None: ...
+    async def get_request(self, workspace_id: str, request_id: str) -> dict[str, Any] | None: ...
+    async def step_exists(self, workspace_id: str, step_ids: Sequence[str]) -> set[str]: ...
+    async def costs(self, workspace_id: str, query: CostQuery) -> list[dict[str, Any]]: ...

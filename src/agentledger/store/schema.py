@@ -1,0 +1,241 @@
+"""Tables shared by SQLite and PostgreSQL. Money is BIGINT nano-dollars; every row carries workspace_id.
+
+Alembic migrations in `store/migrations/versions` create exactly these; a test compares the two.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+TS = DateTime(timezone=True)
+ID = String(128)
+
+workspaces = Table(
+    "workspaces",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("created_at", TS, nullable=False),
+)
+
+departments = Table(
+    "departments",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("created_at", TS, nullable=False),
+    ForeignKeyConstraint(["workspace_id"], ["workspaces.id"]),
+    UniqueConstraint("workspace_id", "name"),
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("department_id", ID, nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("created_at", TS, nullable=False),
+    ForeignKeyConstraint(["workspace_id", "department_id"], ["departments.workspace_id", "departments.id"]),
+)
+
+virtual_keys = Table(
+    "virtual_keys",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("department_id", ID, nullable=False),
+    Column("agent_id", ID, nullable=True),
+    Column("name", String(256), nullable=False),
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("key_prefix", String(16), nullable=False),
+    Column("allowed_models", JSON, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("revoked_at", TS, nullable=True),
+    ForeignKeyConstraint(["workspace_id", "department_id"], ["departments.workspace_id", "departments.id"]),
+)
+
+provider_keys = Table(
+    "provider_keys",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("provider", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("base_url", String(1024), nullable=True),
+    Column("api_key_encrypted", Text, nullable=True),
+    Column("models", JSON, nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("revoked_at", TS, nullable=True),
+    ForeignKeyConstraint(["workspace_id"], ["workspaces.id"]),
+)
+
+admin_tokens = Table(
+    "admin_tokens",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", TS, nullable=False),
+    Column("revoked_at", TS, nullable=True),
+    ForeignKeyConstraint(["workspace_id"], ["workspaces.id"]),
+)
+
+price_overrides = Table(
+    "price_overrides",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("model", String(256), nullable=False),
+    # Rates are exact decimal strings in dollars per million tokens; NUMERIC differs too much across backends.
+    Column("input_mtok", String(32), nullable=False),
+    Column("output_mtok", String(32), nullable=False),
+    Column("cached_input_mtok", String(32), nullable=True),
+    Column("cache_write_mtok", String(32), nullable=True),
+    Column("effective_from", TS, nullable=True),
+    Column("created_at", TS, nullable=False),
+    ForeignKeyConstraint(["workspace_id"], ["workspaces.id"]),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("name", String(256), nullable=True),
+    Column("first_seen_at", TS, nullable=False),
+    Column("last_seen_at", TS, nullable=False),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("department_id", ID, nullable=True),
+    Column("virtual_key_id", ID, nullable=True),
+    Column("agent_id", ID, nullable=True),
+    Column("session_id", ID, nullable=True),
+    Column("workflow", String(256), nullable=True),
+    Column("name", String(256), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("started_at", TS, nullable=False),
+    Column("ended_at", TS, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("output", JSON, nullable=True),
+    Column("metadata", JSON, nullable=False),
+    Index("ix_runs_ws_started", "workspace_id", "started_at"),
+    Index("ix_runs_ws_session", "workspace_id", "session_id"),
+    Index("ix_runs_ws_agent", "workspace_id", "agent_id"),
+)
+
+_attribution = (
+    ("department_id", ID),
+    ("virtual_key_id", ID),
+    ("agent_id", ID),
+    ("run_id", ID),
+    ("session_id", ID),
+    ("session_path", String(1024)),
+    ("prompt_id", ID),
+    ("prompt_version", ID),
+)
+
+
+def _attribution_columns() -> list[Column[object]]:
+    return [Column(name, type_, nullable=True) for name, type_ in _attribution] + [
+        Column("properties", JSON, nullable=False)
+    ]
+
+
+def _usage_columns() -> list[Column[object]]:
+    return [
+        Column("input_tokens", BigInteger, nullable=False, default=0),
+        Column("cached_input_tokens", BigInteger, nullable=False, default=0),
+        Column("cache_write_tokens", BigInteger, nullable=False, default=0),
+        Column("output_tokens", BigInteger, nullable=False, default=0),
+        Column("reasoning_tokens", BigInteger, nullable=False, default=0),
+        Column("cost_nanos", BigInteger, nullable=False, default=0),
+        Column("cost_source", String(16), nullable=True),
+    ]
+
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    *_attribution_columns(),
+    Column("session_name", String(256), nullable=True),
+    Column("endpoint", String(64), nullable=False),
+    Column("provider", String(64), nullable=False),
+    Column("model", String(256), nullable=False),
+    Column("stream", Boolean, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("http_status", Integer, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    *_usage_columns(),
+    Column("latency_ms", Float, nullable=False),
+    Column("ttft_ms", Float, nullable=True),
+    Column("error_code", String(64), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("response_body", LargeBinary, nullable=True),
+    Column("response_content_type", String(128), nullable=True),
+    Column("started_at", TS, nullable=False),
+    Column("ended_at", TS, nullable=False),
+    Index("ix_requests_ws_started", "workspace_id", "started_at"),
+    Index("ix_requests_ws_run", "workspace_id", "run_id"),
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    # A surrogate sequence keeps insertion order when two steps share a timestamp.
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("workspace_id", ID, nullable=False),
+    Column("id", ID, nullable=False),
+    Column("parent_id", ID, nullable=True),
+    Column("request_id", ID, nullable=True),
+    *_attribution_columns(),
+    Column("kind", String(32), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("model", String(256), nullable=True),
+    Column("provider", String(64), nullable=True),
+    *_usage_columns(),
+    Column("branch", String(256), nullable=True),
+    Column("attempt", Integer, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("input", JSON, nullable=True),
+    Column("output", JSON, nullable=True),
+    Column("attributes", JSON, nullable=False),
+    Column("latency_ms", Float, nullable=True),
+    Column("started_at", TS, nullable=False),
+    Column("ended_at", TS, nullable=True),
+    UniqueConstraint("workspace_id", "id", name="uq_steps_ws_id"),
+    Index("ix_steps_ws_run", "workspace_id", "run_id", "started_at"),
+)

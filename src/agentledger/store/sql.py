@@ -1,0 +1,482 @@
+"""SQLStore: the Store protocol over SQLAlchemy Core, for SQLite (embedded default) and PostgreSQL.
+
+One implementation serves both because SQLAlchemy Core already is the dialect seam; the differences
+(upsert syntax, SQLite pragmas, time buckets) are confined to a few helpers below. Blocking database
+calls run on executors so the event loop never waits on I/O: one writer thread (SQLite allows one
+writer; batching makes it enough for PostgreSQL too) and a small reader pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from sqlalchemy import and_, case, create_engine, event, func, insert, literal, select, union_all, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from agentledger.core.errors import Conflict
+from agentledger.core.model import (
+    AdminPrincipal,
+    Attribution,
+    Principal,
+    ProviderRoute,
+    RequestRecord,
+    Role,
+    RunEnd,
+    RunStart,
+    RunStatus,
+    StepRecord,
+    TraceEvent,
+)
+from agentledger.core.pricing import Price
+from agentledger.store import schema as t
+from agentledger.store.queries import costs_query, runs_query
+from agentledger.store.base import CostQuery, RunFilter, StoredResponse, WriteResult
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything leaving the store is aware UTC.
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _row(r: Any) -> dict[str, Any]:
+    out = dict(r._mapping)
+    for k, v in out.items():
+        if isinstance(v, datetime):
+            out[k] = _utc(v)
+    return out
+
+
+class SQLStore:
+    def __init__(self, url: str, *, readers: int = 4) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_engine(url, pool_size=readers + 1, max_overflow=4, pool_pre_ping=True)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="store-reader")
+
+    # -- plumbing ---------------------------------------------------------------------------------------
+    async def _read(self, fn: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with self.engine.connect() as conn:
+                return fn(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+
+    async def _write(self, fn: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with self.engine.begin() as conn:
+                return fn(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._writer, run)
+
+    def _insert(self, table: Any) -> Any:
+        return (sqlite.insert if self.is_sqlite else postgresql.insert)(table)
+
+    async def migrate(self) -> None:
+        from agentledger.store.migrate import upgrade
+
+        await asyncio.get_running_loop().run_in_executor(self._writer, upgrade, self.engine)
+
+    async def aclose(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        self.engine.dispose()
+
+    # -- trace writes -----------------------------------------------------------------------------------
+    async def write_batch(self, events: Sequence[TraceEvent]) -> WriteResult:
+        try:
+            await self._write(lambda conn: self._apply(conn, events))
+        except (OperationalError, OSError) as exc:
+            log.warning("store write failed, will retry: %s", exc)
+            return WriteResult.FAILURE
+        return WriteResult.SUCCESS
+
+    def _apply(self, conn: Connection, events: Sequence[TraceEvent]) -> None:
+        for ev in events:
+            if isinstance(ev, RequestRecord):
+                self._touch_session(conn, ev.attribution, ev.started_at)
+                self._write_request(conn, ev)
+            elif isinstance(ev, StepRecord):
+                self._touch_session(conn, ev.attribution, ev.started_at)
+                conn.execute(self._insert(t.steps).values(**_step_values(ev)).on_conflict_do_nothing())
+            elif isinstance(ev, RunStart):
+                self._touch_session(conn, ev.attribution, ev.started_at)
+                a = ev.attribution
+                values = dict(
+                    workspace_id=a.workspace_id,
+                    id=ev.run_id,
+                    department_id=a.department_id,
+                    virtual_key_id=a.virtual_key_id,
+                    agent_id=a.agent_id,
+                    session_id=a.session_id,
+                    workflow=ev.workflow,
+                    name=ev.name,
+                    status=RunStatus.RUNNING.value,
+                    started_at=ev.started_at,
+                    metadata=ev.metadata,
+                )
+                conn.execute(self._insert(t.runs).values(**values).on_conflict_do_nothing())
+            elif isinstance(ev, RunEnd):
+                conn.execute(
+                    update(t.runs)
+                    .where(and_(t.runs.c.workspace_id == ev.workspace_id, t.runs.c.id == ev.run_id))
+                    .values(status=ev.status.value, ended_at=ev.ended_at, error=ev.error, output=ev.output)
+                )
+
+    def _touch_session(self, conn: Connection, a: Attribution, at: datetime) -> None:
+        if a.session_id is None:
+            return
+        stmt = self._insert(t.sessions).values(
+            workspace_id=a.workspace_id, id=a.session_id, name=a.session_name, first_seen_at=at, last_seen_at=at
+        )
+        excluded = stmt.excluded
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["workspace_id", "id"],
+                set_={
+                    "name": func.coalesce(excluded.name, t.sessions.c.name),
+                    "last_seen_at": case(
+                        (excluded.last_seen_at > t.sessions.c.last_seen_at, excluded.last_seen_at),
+                        else_=t.sessions.c.last_seen_at,
+                    ),
+                },
+            )
+        )
+
+    def _write_request(self, conn: Connection, r: RequestRecord) -> None:
+        values = _request_values(r)
+        stmt = self._insert(t.requests).values(**values)
+        # A failed attempt may be retried under the same x-request-id; a completed one is final.
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["workspace_id", "id"],
+                set_={k: stmt.excluded[k] for k in values if k not in ("workspace_id", "id")},
+                where=t.requests.c.status != "ok",
+            )
+        )
+
+    # -- governance -------------------------------------------------------------------------------------
+    async def _insert_row(self, table: Any, row: dict[str, Any], what: str) -> None:
+        def run(conn: Connection) -> None:
+            conn.execute(insert(table).values(**row))
+
+        try:
+            await self._write(run)
+        except IntegrityError as exc:
+            raise Conflict(f"{what} already exists or refers to something that does not.") from exc
+
+    async def _select(self, stmt: Any) -> list[dict[str, Any]]:
+        return await self._read(lambda conn: [_row(r) for r in conn.execute(stmt)])
+
+    async def create_workspace(self, workspace_id: str, name: str, now: datetime) -> None:
+        await self._insert_row(t.workspaces, {"id": workspace_id, "name": name, "created_at": now}, "Workspace")
+
+    async def list_workspaces(self, workspace_id: str) -> list[dict[str, Any]]:
+        return await self._select(select(t.workspaces).where(t.workspaces.c.id == workspace_id))
+
+    async def create_department(self, workspace_id: str, department_id: str, name: str, now: datetime) -> None:
+        row = {"workspace_id": workspace_id, "id": department_id, "name": name, "created_at": now}
+        await self._insert_row(t.departments, row, "Department")
+
+    async def list_departments(self, workspace_id: str) -> list[dict[str, Any]]:
+        c = t.departments.c
+        return await self._select(select(t.departments).where(c.workspace_id == workspace_id).order_by(c.created_at))
+
+    async def create_agent(
+        self, workspace_id: str, agent_id: str, department_id: str, name: str, kind: str, now: datetime
+    ) -> None:
+        row = dict(
+            workspace_id=workspace_id, id=agent_id, department_id=department_id, name=name, kind=kind, created_at=now
+        )
+        await self._insert_row(t.agents, row, "Agent")
+
+    async def list_agents(self, workspace_id: str) -> list[dict[str, Any]]:
+        c = t.agents.c
+        return await self._select(select(t.agents).where(c.workspace_id == workspace_id).order_by(c.created_at))
+
+    async def get_agent(self, workspace_id: str, agent_id: str) -> dict[str, Any] | None:
+        c = t.agents.c
+        rows = await self._select(select(t.agents).where(c.workspace_id == workspace_id, c.id == agent_id))
+        return rows[0] if rows else None
+
+    async def create_virtual_key(self, row: dict[str, Any]) -> None:
+        await self._insert_row(t.virtual_keys, row, "Virtual key")
+
+    async def list_virtual_keys(self, workspace_id: str) -> list[dict[str, Any]]:
+        c = t.virtual_keys.c
+        stmt = select(*[col for col in t.virtual_keys.c if col.name != "key_hash"]).where(
+            c.workspace_id == workspace_id
+        )
+        return await self._select(stmt.order_by(c.created_at))
+
+    async def revoke_virtual_key(self, workspace_id: str, key_id: str, now: datetime) -> str | None:
+        c = t.virtual_keys.c
+
+        def run(conn: Connection) -> str | None:
+            where = and_(c.workspace_id == workspace_id, c.id == key_id)
+            key_hash = conn.execute(select(c.key_hash).where(where)).scalar()
+            conn.execute(update(t.virtual_keys).where(where, c.revoked_at.is_(None)).values(revoked_at=now))
+            return key_hash
+
+        return await self._write(run)
+
+    async def principal_for_key(self, key_hash: str) -> Principal | None:
+        c = t.virtual_keys.c
+        rows = await self._select(select(t.virtual_keys).where(c.key_hash == key_hash, c.revoked_at.is_(None)))
+        if not rows:
+            return None
+        r = rows[0]
+        return Principal(
+            workspace_id=r["workspace_id"],
+            department_id=r["department_id"],
+            virtual_key_id=r["id"],
+            agent_id=r["agent_id"],
+            allowed_models=tuple(r["allowed_models"] or ()),
+        )
+
+    async def create_provider_key(self, row: dict[str, Any]) -> None:
+        await self._insert_row(t.provider_keys, row, "Provider key")
+
+    async def list_provider_keys(self, workspace_id: str) -> list[dict[str, Any]]:
+        c = t.provider_keys.c
+        cols = [col for col in t.provider_keys.c if col.name != "api_key_encrypted"]
+        return await self._select(select(*cols).where(c.workspace_id == workspace_id).order_by(c.created_at))
+
+    async def revoke_provider_key(self, workspace_id: str, key_id: str, now: datetime) -> bool:
+        c = t.provider_keys.c
+
+        def run(conn: Connection) -> bool:
+            res = conn.execute(
+                update(t.provider_keys)
+                .where(c.workspace_id == workspace_id, c.id == key_id, c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            return bool(res.rowcount)
+
+        return await self._write(run)
+
+    async def provider_routes(self, workspace_id: str, decrypt: Any) -> list[ProviderRoute]:
+        c = t.provider_keys.c
+        rows = await self._select(
+            select(t.provider_keys)
+            .where(c.workspace_id == workspace_id, c.revoked_at.is_(None))
+            .order_by(c.priority.desc(), c.created_at)
+        )
+        return [
+            ProviderRoute(
+                id=r["id"],
+                workspace_id=workspace_id,
+                name=r["name"],
+                provider=r["provider"],
+                kind=r["kind"],
+                base_url=r["base_url"],
+                api_key=decrypt(r["api_key_encrypted"]) if r["api_key_encrypted"] else None,
+                models=tuple(r["models"]),
+                priority=r["priority"],
+            )
+            for r in rows
+        ]
+
+    async def create_admin_token(self, row: dict[str, Any]) -> None:
+        await self._insert_row(t.admin_tokens, row, "Admin token")
+
+    async def admin_for_token(self, token_hash: str) -> AdminPrincipal | None:
+        c = t.admin_tokens.c
+        rows = await self._select(select(t.admin_tokens).where(c.token_hash == token_hash, c.revoked_at.is_(None)))
+        if not rows:
+            return None
+        return AdminPrincipal(workspace_id=rows[0]["workspace_id"], token_id=rows[0]["id"], role=Role(rows[0]["role"]))
+
+    async def add_price_override(self, row: dict[str, Any]) -> None:
+        await self._insert_row(t.price_overrides, row, "Price override")
+
+    async def list_price_overrides(self, workspace_id: str) -> list[dict[str, Any]]:
+        c = t.price_overrides.c
+        return await self._select(select(t.price_overrides).where(c.workspace_id == workspace_id).order_by(c.model))
+
+    async def price_overrides(self, workspace_id: str) -> dict[str, list[Price]]:
+        out: dict[str, list[Price]] = {}
+        for r in await self.list_price_overrides(workspace_id):
+            out.setdefault(r["model"], []).append(
+                Price(
+                    input_mtok=Decimal(r["input_mtok"]),
+                    output_mtok=Decimal(r["output_mtok"]),
+                    cached_input_mtok=Decimal(r["cached_input_mtok"]) if r["cached_input_mtok"] else None,
+                    cache_write_mtok=Decimal(r["cache_write_mtok"]) if r["cache_write_mtok"] else None,
+                    effective_from=r["effective_from"],
+                    origin="workspace_override",
+                )
+            )
+        return out
+
+    # -- trace queries ----------------------------------------------------------------------------------
+    async def stored_response(self, workspace_id: str, request_id: str) -> StoredResponse | None:
+        c = t.requests.c
+        rows = await self._select(
+            select(c.request_hash, c.http_status, c.response_body, c.response_content_type, c.run_id, c.cost_nanos)
+            .where(c.workspace_id == workspace_id, c.id == request_id, c.status == "ok")
+        )
+        if not rows or rows[0]["response_body"] is None:
+            return None
+        r = rows[0]
+        return StoredResponse(
+            r["request_hash"], r["http_status"], bytes(r["response_body"]), r["response_content_type"], r["run_id"],
+            r["cost_nanos"],
+        )
+
+    async def list_runs(self, workspace_id: str, flt: RunFilter) -> list[dict[str, Any]]:
+        return await self._select(runs_query(workspace_id, flt))
+
+    async def get_run(self, workspace_id: str, run_id: str) -> dict[str, Any] | None:
+        rows = await self._select(runs_query(workspace_id, RunFilter(limit=1), run_id=run_id))
+        return rows[0] if rows else None
+
+    async def run_steps(self, workspace_id: str, run_id: str) -> list[dict[str, Any]]:
+        c = t.steps.c
+        return await self._select(
+            select(t.steps).where(c.workspace_id == workspace_id, c.run_id == run_id).order_by(c.started_at, c.seq)
+        )
+
+    async def step_exists(self, workspace_id: str, step_ids: Sequence[str]) -> set[str]:
+        if not step_ids:
+            return set()
+        c = t.steps.c
+        rows = await self._select(select(c.id).where(c.workspace_id == workspace_id, c.id.in_(list(step_ids))))
+        return {r["id"] for r in rows}
+
+    async def get_session(self, workspace_id: str, session_id: str) -> dict[str, Any] | None:
+        c = t.sessions.c
+        rows = await self._select(select(t.sessions).where(c.workspace_id == workspace_id, c.id == session_id))
+        if not rows:
+            return None
+        session = rows[0]
+        session["runs"] = await self._select(runs_query(workspace_id, RunFilter(session_id=session_id, limit=1000)))
+        r, s = t.requests.c, t.steps.c
+        paths = union_all(
+            select(r.session_path.label("path"), r.cost_nanos.label("cost_nanos"), literal(1).label("n")).where(
+                r.workspace_id == workspace_id, r.session_id == session_id
+            ),
+            select(s.session_path, s.cost_nanos, literal(1)).where(
+                s.workspace_id == workspace_id, s.session_id == session_id, s.request_id.is_(None)
+            ),
+        ).subquery()
+        session["paths"] = await self._select(
+            select(paths.c.path, func.count().label("count"), func.sum(paths.c.cost_nanos).label("cost_nanos"))
+            .group_by(paths.c.path)
+            .order_by(paths.c.path)
+        )
+        return session
+
+    async def get_request(self, workspace_id: str, request_id: str) -> dict[str, Any] | None:
+        c = t.requests.c
+        cols = [col for col in t.requests.c if col.name not in ("response_body", "request_hash")]
+        rows = await self._select(select(*cols).where(c.workspace_id == workspace_id, c.id == request_id))
+        return rows[0] if rows else None
+
+    async def costs(self, workspace_id: str, query: CostQuery) -> list[dict[str, Any]]:
+        return await self._select(costs_query(workspace_id, query, sqlite=self.is_sqlite))
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _attribution_values(a: Attribution) -> dict[str, Any]:
+    return dict(
+        workspace_id=a.workspace_id,
+        department_id=a.department_id,
+        virtual_key_id=a.virtual_key_id,
+        agent_id=a.agent_id,
+        run_id=a.run_id,
+        session_id=a.session_id,
+        session_path=a.session_path,
+        prompt_id=a.prompt_id,
+        prompt_version=a.prompt_version,
+        properties=a.properties,
+    )
+
+
+def _usage_values(usage: Any, cost_nanos: int, cost_source: Any) -> dict[str, Any]:
+    return dict(
+        input_tokens=usage.input_tokens if usage else 0,
+        cached_input_tokens=usage.cached_input_tokens if usage else 0,
+        cache_write_tokens=usage.cache_write_tokens if usage else 0,
+        output_tokens=usage.output_tokens if usage else 0,
+        reasoning_tokens=usage.reasoning_tokens if usage else 0,
+        cost_nanos=cost_nanos,
+        cost_source=cost_source.value if cost_source else None,
+    )
+
+
+def _request_values(r: RequestRecord) -> dict[str, Any]:
+    return dict(
+        id=r.request_id,
+        **_attribution_values(r.attribution),
+        session_name=r.attribution.session_name,
+        endpoint=r.endpoint,
+        provider=r.provider,
+        model=r.model,
+        stream=r.stream,
+        status=r.status.value,
+        http_status=r.http_status,
+        attempts=r.attempt,
+        **_usage_values(r.usage, r.cost_nanos, r.cost_source),
+        latency_ms=r.latency_ms,
+        ttft_ms=r.ttft_ms,
+        error_code=r.error_code,
+        error_message=r.error_message,
+        request_hash=r.request_hash,
+        response_body=r.response_body,
+        response_content_type=r.response_content_type,
+        started_at=r.started_at,
+        ended_at=r.ended_at,
+    )
+
+
+def _step_values(s: StepRecord) -> dict[str, Any]:
+    values = dict(
+        id=s.step_id,
+        parent_id=s.parent_id,
+        request_id=s.request_id,
+        **_attribution_values(s.attribution),
+        kind=s.kind.value,
+        name=s.name,
+        status=s.status.value,
+        model=s.model,
+        provider=s.provider,
+        **_usage_values(s.usage, s.cost_nanos, s.cost_source),
+        branch=s.branch,
+        attempt=s.attempt,
+        error=s.error,
+        input=s.input,
+        output=s.output,
+        attributes=s.attributes,
+        latency_ms=s.latency_ms,
+        started_at=s.started_at,
+        ended_at=s.ended_at,
+    )
+    values["run_id"] = s.run_id
+    return values
+
