@@ -41,7 +41,9 @@ def _echo_json(data: Any) -> None:
 
 
 @click.group(invoke_without_command=True)
-@click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a setting (see docs/configuration.md).")
+@click.option(
+    "--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a setting (see docs/configuration.md)."
+)
 @click.option("--db", default=None, help="Database URL (same as --set db_url=...).")
 @click.option("--data-dir", default=None, help="Data directory (same as --set data_dir=...).")
 @click.pass_context
@@ -70,7 +72,11 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
 
     settings = _settings(ctx)
     settings = load_settings(
-        {**{s.name: getattr(settings, s.name) for s in SETTINGS}, "host": host or settings.host, "port": port or settings.port}
+        {
+            **{s.name: getattr(settings, s.name) for s in SETTINGS},
+            "host": host or settings.host,
+            "port": port or settings.port,
+        }
     )
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     base_url = f"http://{settings.host}:{settings.port}"
@@ -111,7 +117,8 @@ def _bootstrap(settings: Settings, base_url: str) -> None:
                 f"  database      {settings.database_url}",
                 "",
                 f"  curl {base_url}/v1/chat/completions -H 'Authorization: Bearer {boot.virtual_key}' \\",
-                "    -H 'Content-Type: application/json' -d '{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'",
+                "    -H 'Content-Type: application/json' \\",
+                """    -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'""",
                 "",
             ]
         )
@@ -183,7 +190,9 @@ def prices() -> None:
     """Per-workspace price overrides."""
 
 
-_create_command(departments, "create", "create_department", [click.Option(["--name"], required=True), click.Option(["--id"])])
+_create_command(
+    departments, "create", "create_department", [click.Option(["--name"], required=True), click.Option(["--id"])]
+)
 _create_command(
     agents,
     "create",

@@ -32,7 +32,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("db_url", str, "", "SQLAlchemy URL; empty means SQLite in data_dir. PostgreSQL: postgresql+psycopg://..."),
     Setting("secret_key", str, "", "Fernet key encrypting provider keys at rest; empty means data_dir/secret.key."),
     Setting("bootstrap", bool, True, "On first start, create a demo workspace, agent, mock provider and keys."),
-    Setting("cache_ttl", float, 30.0, "Seconds a cached key, route or price lookup lives (changes via this node apply at once)."),
+    Setting(
+        "cache_ttl",
+        float,
+        30.0,
+        "Seconds a cached key, route or price lookup lives (changes via this node apply at once).",
+    ),
     Setting("connect_timeout", float, 5.0, "Seconds to connect to a provider."),
     Setting("read_timeout", float, 120.0, "Seconds a provider may stay silent in a non-streamed response."),
     Setting("first_token_timeout", float, 60.0, "Seconds a streamed response may take to start, and between chunks."),

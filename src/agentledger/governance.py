@@ -174,7 +174,9 @@ class Governance:
             try:
                 when = datetime.fromisoformat(str(effective))
             except ValueError:
-                raise InvalidRequest("'effective_from' must be an ISO 8601 timestamp.", param="effective_from") from None
+                raise InvalidRequest(
+                    "'effective_from' must be an ISO 8601 timestamp.", param="effective_from"
+                ) from None
             when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
         row = dict(
             workspace_id=workspace_id,

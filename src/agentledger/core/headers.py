@@ -69,7 +69,7 @@ def parse_id(name: str, value: str) -> str:
     _check_len(name, value, MAX_ID_LEN)
     if not ID_RE.match(value):
         raise InvalidHeader(
-            f"Header {name!r} must start with a letter or digit and contain only letters, digits, '.', '_', ':' or '-'.",
+            f"Header {name!r} must start with a letter or digit and hold only letters, digits, '.', '_', ':', '-'.",
             param=name,
         )
     return value

@@ -256,7 +256,11 @@ class Gateway:
         raw_usage = _usage_of(resp.body)
         cost = self._price(call, raw_usage)
         return Outcome(
-            StepStatus.OK, resp.status, usage_mod.from_openai(raw_usage), cost, body=resp.body,
+            StepStatus.OK,
+            resp.status,
+            usage_mod.from_openai(raw_usage),
+            cost,
+            body=resp.body,
             content_type=resp.content_type,
         )
 
@@ -298,7 +302,12 @@ class Gateway:
             if finished:
                 cost = self._price(call, raw_usage)
                 outcome = Outcome(
-                    StepStatus.OK, 200, usage_mod.from_openai(raw_usage), cost, ttft_ms=ttft, body=b"".join(sent),
+                    StepStatus.OK,
+                    200,
+                    usage_mod.from_openai(raw_usage),
+                    cost,
+                    ttft_ms=ttft,
+                    body=b"".join(sent),
                     content_type="text/event-stream",
                 )
             else:
@@ -478,5 +487,3 @@ def _chat_request(payload: dict[str, Any], body: bytes) -> tuple[str, bool, bool
         payload = {**payload, "stream_options": {**(options or {}), "include_usage": True}}
         return model, stream, wants_usage, orjson.dumps(payload)
     return model, stream, wants_usage, body
-
-

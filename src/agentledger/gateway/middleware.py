@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from agentledger.core.headers import ID_RE, MAX_ID_LEN
 from agentledger.core.ids import new_id
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class RequestIdMiddleware:

@@ -71,7 +71,10 @@ def chat_routes(gateway: Gateway) -> list[Route]:
         if outcome.error is not None:
             return error_response(outcome.error, _headers(call, outcome))
         return Response(
-            outcome.body, status_code=outcome.http_status, media_type=outcome.content_type, headers=_headers(call, outcome)
+            outcome.body,
+            status_code=outcome.http_status,
+            media_type=outcome.content_type,
+            headers=_headers(call, outcome),
         )
 
     async def models(request: Request) -> Response:

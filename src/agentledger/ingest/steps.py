@@ -156,7 +156,9 @@ class StepIngest:
                 await self.gateway.pipeline.submit([start])
         except AgentLedgerError as exc:
             return error_response(exc)
-        return JSONResponse({"run_id": run_id, "created": existing is None}, status_code=201 if existing is None else 200)
+        return JSONResponse(
+            {"run_id": run_id, "created": existing is None}, status_code=201 if existing is None else 200
+        )
 
     async def add_steps(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
@@ -181,7 +183,9 @@ class StepIngest:
                     session_id=run["session_id"],
                 )
             prices = await self.gateway.prices_for(base.workspace_id)
-            steps = [self._step(_obj(item, f"steps[{i}]"), i, run_id, attribution, prices) for i, item in enumerate(items)]
+            steps = [
+                self._step(_obj(item, f"steps[{i}]"), i, run_id, attribution, prices) for i, item in enumerate(items)
+            ]
             await self._check_parents(base.workspace_id, steps)
             events: list[Any] = []
             if run is None:
@@ -274,9 +278,7 @@ class StepIngest:
             try:
                 status = RunStatus(data.get("status", "succeeded"))
             except ValueError:
-                raise InvalidRequest(
-                    "'status' must be 'succeeded', 'failed' or 'cancelled'.", param="status"
-                ) from None
+                raise InvalidRequest("'status' must be 'succeeded', 'failed' or 'cancelled'.", param="status") from None
             if status is RunStatus.RUNNING:
                 raise InvalidRequest("'status' must be 'succeeded', 'failed' or 'cancelled'.", param="status")
             await self.gateway.pipeline.flush()
@@ -284,7 +286,16 @@ class StepIngest:
                 raise NotFound(f"Run {run_id!r} does not exist.", param="run_id")
             ended_at = _time(data, "ended_at") or self.gateway.clock()
             await self.gateway.pipeline.submit(
-                [RunEnd(base.workspace_id, run_id, status, ended_at, _str(data, "error", limit=10_000), data.get("output"))]
+                [
+                    RunEnd(
+                        base.workspace_id,
+                        run_id,
+                        status,
+                        ended_at,
+                        _str(data, "error", limit=10_000),
+                        data.get("output"),
+                    )
+                ]
             )
         except AgentLedgerError as exc:
             return error_response(exc)

@@ -78,7 +78,12 @@ def stream_chunks(body: dict[str, Any]) -> list[dict[str, Any]]:
     """The chunks OpenAI would send: a role chunk, one chunk a word, a finish chunk, then usage if asked."""
     reply, usage = reply_for(body)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    base = {"id": completion_id(body), "object": "chat.completion.chunk", "created": CREATED, "model": body.get("model")}
+    base = {
+        "id": completion_id(body),
+        "object": "chat.completion.chunk",
+        "created": CREATED,
+        "model": body.get("model"),
+    }
     extra = {"usage": None} if include_usage else {}
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:

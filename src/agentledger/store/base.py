@@ -33,7 +33,18 @@ class RunFilter:
     offset: int = 0
 
 
-GROUP_COLUMNS = ("workspace", "department", "agent", "virtual_key", "workflow", "session", "run", "model", "provider", "prompt")
+GROUP_COLUMNS = (
+    "workspace",
+    "department",
+    "agent",
+    "virtual_key",
+    "workflow",
+    "session",
+    "run",
+    "model",
+    "provider",
+    "prompt",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,14 @@ from agentledger.core.errors import InvalidRequest
 from agentledger.store import schema as t
 from agentledger.store.base import GROUP_COLUMNS, CostQuery, RunFilter
 
-_TOTALS = ("cost_nanos", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
+_TOTALS = (
+    "cost_nanos",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
 
 
 def runs_query(workspace_id: str, flt: RunFilter, *, run_id: str | None = None) -> Select[Any]:
@@ -39,7 +46,10 @@ def runs_query(workspace_id: str, flt: RunFilter, *, run_id: str | None = None) 
     r = t.runs.c
     stmt = select(
         t.runs,
-        *[func.coalesce(getattr(sub.c, k), 0).label(k) for k in (*_TOTALS, "steps", "model_calls", "errors", "retries")],
+        *[
+            func.coalesce(getattr(sub.c, k), 0).label(k)
+            for k in (*_TOTALS, "steps", "model_calls", "errors", "retries")
+        ],
         func.coalesce(sub.c.model_latency_ms, 0.0).label("model_latency_ms"),
     ).select_from(t.runs.outerjoin(sub, sub.c.run_id == r.id))
     stmt = stmt.where(r.workspace_id == workspace_id)
@@ -63,8 +73,20 @@ def runs_query(workspace_id: str, flt: RunFilter, *, run_id: str | None = None) 
 def _ledger() -> Any:
     """Every costed event once: all gateway requests, plus steps that did not come through the gateway."""
     r, s = t.requests.c, t.steps.c
-    cols = ("workspace_id", "department_id", "virtual_key_id", "agent_id", "run_id", "session_id", "model",
-            "provider", "prompt_id", "properties", "started_at", *_TOTALS)
+    cols = (
+        "workspace_id",
+        "department_id",
+        "virtual_key_id",
+        "agent_id",
+        "run_id",
+        "session_id",
+        "model",
+        "provider",
+        "prompt_id",
+        "properties",
+        "started_at",
+        *_TOTALS,
+    )
     return union_all(
         select(*[getattr(r, c) for c in cols], literal(1).label("requests")),
         select(*[getattr(s, c) for c in cols], literal(0).label("requests")).where(s.request_id.is_(None)),

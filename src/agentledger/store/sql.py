@@ -37,8 +37,8 @@ from agentledger.core.model import (
 )
 from agentledger.core.pricing import Price
 from agentledger.store import schema as t
-from agentledger.store.queries import costs_query, runs_query
 from agentledger.store.base import CostQuery, RunFilter, StoredResponse, WriteResult
+from agentledger.store.queries import costs_query, runs_query
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -330,14 +330,19 @@ class SQLStore:
     async def stored_response(self, workspace_id: str, request_id: str) -> StoredResponse | None:
         c = t.requests.c
         rows = await self._select(
-            select(c.request_hash, c.http_status, c.response_body, c.response_content_type, c.run_id, c.cost_nanos)
-            .where(c.workspace_id == workspace_id, c.id == request_id, c.status == "ok")
+            select(
+                c.request_hash, c.http_status, c.response_body, c.response_content_type, c.run_id, c.cost_nanos
+            ).where(c.workspace_id == workspace_id, c.id == request_id, c.status == "ok")
         )
         if not rows or rows[0]["response_body"] is None:
             return None
         r = rows[0]
         return StoredResponse(
-            r["request_hash"], r["http_status"], bytes(r["response_body"]), r["response_content_type"], r["run_id"],
+            r["request_hash"],
+            r["http_status"],
+            bytes(r["response_body"]),
+            r["response_content_type"],
+            r["run_id"],
             r["cost_nanos"],
         )
 
@@ -479,4 +484,3 @@ def _step_values(s: StepRecord) -> dict[str, Any]:
     )
     values["run_id"] = s.run_id
     return values
-
