@@ -153,7 +153,7 @@ def workspaces_create(ctx: click.Context, name: str, workspace_id: str | None) -
 
 def _create_command(group: click.Group, name: str, method: str, options: list[click.Option]) -> None:
     @click.pass_context
-    def command(ctx: click.Context, workspace: str, **data: Any) -> None:
+    def command(ctx: click.Context, /, workspace: str, **data: Any) -> None:
         body = {k: v for k, v in data.items() if v not in (None, ())}
         for k in ("allowed_models", "models"):
             if k in body:
@@ -161,7 +161,7 @@ def _create_command(group: click.Group, name: str, method: str, options: list[cl
         result = _with_governance(_settings(ctx), lambda g: getattr(g, method)(workspace, body))
         _echo_json(result)
 
-    params = [click.Option(["--workspace"], default="default", show_default=True), *options]
+    params: list[click.Parameter] = [click.Option(["--workspace"], default="default", show_default=True), *options]
     group.add_command(click.Command(name, callback=command, params=params, help=f"Create ({method})."))
 
 

@@ -97,6 +97,7 @@ class Gateway:
         decrypt: Callable[[str], str],
         *,
         cache_ttl: float = 30.0,
+        inflight_timeout: float = 300.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
@@ -104,6 +105,7 @@ class Gateway:
         self.upstreams = upstreams
         self.decrypt = decrypt
         self.clock = clock
+        self.inflight_timeout = inflight_timeout
         self.principals: TTLCache[str, Principal] = TTLCache(cache_ttl)
         self.routes: TTLCache[str, list[ProviderRoute]] = TTLCache(cache_ttl)
         self.agents: TTLCache[tuple[str, str], dict[str, Any]] = TTLCache(cache_ttl)
@@ -220,7 +222,12 @@ class Gateway:
             return None
         key = (call.principal.workspace_id, call.request_id)
         while (pending := self._inflight.get(key)) is not None:
-            await asyncio.shield(pending)
+            try:
+                await asyncio.wait_for(asyncio.shield(pending), self.inflight_timeout)
+            except TimeoutError:
+                # The first call never released its claim (its client left before the stream began).
+                if self._inflight.get(key) is pending:
+                    del self._inflight[key]
         stored = await self.store.stored_response(*key)
         if stored is None:
             self._inflight[key] = asyncio.get_running_loop().create_future()
