@@ -149,6 +149,9 @@ class Governance:
         api_key = data.get("api_key")
         if api_key is not None and (not isinstance(api_key, str) or not api_key):
             raise InvalidRequest("'api_key' must be a non-empty string.", param="api_key")
+        provider = _name(data.get("provider", kind), "provider")
+        if len(provider) > 64:  # it is recorded on every request (VARCHAR(64)): longer would be refused there
+            raise InvalidRequest("'provider' must be at most 64 characters.", param="provider")
         priority = data.get("priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise InvalidRequest("'priority' must be an integer.", param="priority")
@@ -156,7 +159,7 @@ class Governance:
             workspace_id=workspace_id,
             id=new_id("pk"),
             name=_name(data.get("name", kind), "name"),
-            provider=_name(data.get("provider", kind), "provider"),
+            provider=provider,
             kind=kind,
             base_url=base_url,
             api_key_encrypted=self.box.encrypt(api_key) if api_key else None,

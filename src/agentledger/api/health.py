@@ -35,6 +35,10 @@ def health_routes(store: Store, pipeline: TracePipeline) -> list[Route]:
             f"agentledger_trace_write_failures_total {s.failures}",
             "# TYPE agentledger_trace_events_spooled_total counter",
             f"agentledger_trace_events_spooled_total {s.spooled}",
+            "# TYPE agentledger_trace_events_rejected_total counter",
+            f"agentledger_trace_events_rejected_total {s.rejected}",
+            "# TYPE agentledger_trace_events_dropped_total counter",
+            f"agentledger_trace_events_dropped_total {s.dropped}",
             "# TYPE agentledger_trace_queue_depth gauge",
             f"agentledger_trace_queue_depth {pipeline.depth}",
         ]

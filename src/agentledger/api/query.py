@@ -88,8 +88,13 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
             raise NotFound(f"Session {session_id!r} does not exist.", param="session_id")
         session["runs"] = [_run(r) for r in session["runs"]]
         session["paths"] = [{**p, **totals(p)} for p in session["paths"]]
+        # The session's own events (its paths partition them), not its runs': a call may carry the session id
+        # without a run id, and a run's steps may belong to other sessions.
         session["totals"] = totals(
-            {k: sum(r["totals"][k] for r in session["runs"]) for k in ("cost_nanos", *TOKEN_FIELDS)}
+            {
+                **{k: sum(p[k] for p in session["paths"]) for k in ("cost_nanos", *TOKEN_FIELDS, "requests")},
+                "events": sum(p["count"] for p in session["paths"]),
+            }
         )
         return JSONResponse(session)
 

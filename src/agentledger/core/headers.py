@@ -52,7 +52,7 @@ def _decode(name: str, raw: bytes) -> str:
         value = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidHeader(f"Header {name!r} is not valid UTF-8.", param=name) from None
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):  # C0, DEL and C1 (NEL, CSI, ...)
         raise InvalidHeader(f"Header {name!r} contains control characters.", param=name)
     return value.strip()
 
@@ -81,7 +81,7 @@ def normalize_path(name: str, value: str) -> str:
     segments = [s for s in value.split("/") if s]
     if not segments or not all(_SEGMENT_RE.match(s) for s in segments):
         raise InvalidHeader(f"Header {name!r} must be a path such as '/plan/search'.", param=name)
-    return "/" + "/".join(segments)
+    return _check_len(name, "/" + "/".join(segments), MAX_PATH_LEN)  # 'a…' gains a '/': check what is stored
 
 
 def parse_prompt(name: str, value: str, version: str | None) -> tuple[str, str | None]:

@@ -25,9 +25,19 @@ def step_tree(steps: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         nodes[node["id"]] = node
         order.append(node)
     roots: list[dict[str, Any]] = []
+    linked: dict[str, str] = {}  # child id → parent id, for the links made so far
     for node in order:
         parent = nodes.get(node["parent_id"]) if node.get("parent_id") else None
-        (parent["children"] if parent is not None and parent is not node else roots).append(node)
+        # A parent chain leading back to this step (a → b → a, sent in one batch) is cut here: else the
+        # whole cycle would vanish from the tree and the nodes would reference each other.
+        ancestor = parent["id"] if parent is not None else None
+        while ancestor is not None and ancestor != node["id"]:
+            ancestor = linked.get(ancestor)
+        if parent is not None and ancestor is None:
+            linked[node["id"]] = parent["id"]
+            parent["children"].append(node)
+        else:
+            roots.append(node)
     return roots
 
 
@@ -50,3 +60,35 @@ def duration_ms(started: datetime | None, ended: datetime | None) -> float | Non
     if started is None or ended is None:
         return None
     return round((ended - started).total_seconds() * 1000, 3)
+
+
+def path_tree(paths: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Session paths ('/plan/search' with its count and cost) → a tree whose nodes sum their subtree.
+
+    Each node: {"segment", "path", "count", "cost_nanos", "cost_usd", "children"}; `count` and cost are
+    the node's own events plus all below it, so the root of '/plan' shows what planning cost in all.
+    Rows without a path are left out (they are the session's unrouted calls).
+    """
+    root: dict[str, Any] = {"children": {}}
+    for row in paths:
+        path = row.get("path")
+        if not path:
+            continue
+        node = root
+        walked = ""
+        for segment in str(path).strip("/").split("/"):
+            walked += "/" + segment
+            node = node["children"].setdefault(
+                segment, {"segment": segment, "path": walked, "count": 0, "cost_nanos": 0, "children": {}}
+            )
+            node["count"] += int(row.get("count") or 0)
+            node["cost_nanos"] += int(row.get("cost_nanos") or 0)
+
+    def finish(children: dict[str, Any]) -> list[dict[str, Any]]:
+        out = []
+        for key in sorted(children):
+            node = children[key]
+            out.append({**node, "cost_usd": format_usd(node["cost_nanos"]), "children": finish(node["children"])})
+        return out
+
+    return finish(root["children"])

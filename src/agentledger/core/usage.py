@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 
@@ -63,4 +64,9 @@ def reported_cost(usage: Mapping[str, Any] | None) -> str | None:
     cost = usage.get("cost")
     if isinstance(cost, bool) or not isinstance(cost, int | float | str):
         return None
-    return str(cost)
+    try:
+        value = Decimal(str(cost))
+    except InvalidOperation:
+        return None
+    # Garbage ("n/a", NaN, a negative charge) is no reported cost: the caller prices the usage instead.
+    return str(cost) if value.is_finite() and value >= 0 else None

@@ -29,6 +29,7 @@ from agentledger.core.errors import (
     ModelNotAllowed,
     UnknownAgent,
     UnknownModel,
+    UpstreamBadResponse,
     UpstreamError,
 )
 from agentledger.core.headers import TrackingContext, parse_tracking
@@ -110,9 +111,11 @@ class Gateway:
         self.routes: TTLCache[str, list[ProviderRoute]] = TTLCache(cache_ttl)
         self.agents: TTLCache[tuple[str, str], dict[str, Any]] = TTLCache(cache_ttl)
         self.prices: TTLCache[str, dict[str, list[Price]]] = TTLCache(cache_ttl)
-        # Idempotency on one node: calls in flight, and recent failed attempts (to number retries).
+        # Idempotency on one node: calls in flight, recent failed attempts (to number retries), and recent
+        # completed responses (a duplicate may arrive before the pipeline has written the original).
         self._inflight: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._attempts: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._completed: OrderedDict[tuple[str, str], StoredResponse] = OrderedDict()
 
     # -- lookups -------------------------------------------------------------------------------------------
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
@@ -191,11 +194,11 @@ class Gateway:
                 raise AgentMismatch(
                     f"This virtual key belongs to agent {principal.agent_id!r} and may not act as "
                     f"{tracking.agent_id!r}.",
-                    param="Alephant-Agent-Id",
+                    param="alephant-agent-id",
                 )
             if await self._agent(principal.workspace_id, tracking.agent_id) is None:
                 raise UnknownAgent(
-                    f"Agent {tracking.agent_id!r} does not exist in this workspace.", param="Alephant-Agent-Id"
+                    f"Agent {tracking.agent_id!r} does not exist in this workspace.", param="alephant-agent-id"
                 )
             agent_id = tracking.agent_id
         return Attribution(
@@ -221,14 +224,17 @@ class Gateway:
         if not call.client_request_id:
             return None
         key = (call.principal.workspace_id, call.request_id)
-        while (pending := self._inflight.get(key)) is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(pending), self.inflight_timeout)
-            except TimeoutError:
-                # The first call never released its claim (its client left before the stream began).
-                if self._inflight.get(key) is pending:
-                    del self._inflight[key]
-        stored = await self.store.stored_response(*key)
+        while True:
+            while (pending := self._inflight.get(key)) is not None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(pending), self.inflight_timeout)
+                except TimeoutError:
+                    # The first call never released its claim (its client left before the stream began).
+                    if self._inflight.get(key) is pending:
+                        del self._inflight[key]
+            stored = self._completed.get(key) or await self.store.stored_response(*key)
+            if key not in self._inflight:
+                break  # else another duplicate claimed it while the store answered: wait for that one
         if stored is None:
             self._inflight[key] = asyncio.get_running_loop().create_future()
             return None
@@ -260,7 +266,12 @@ class Gateway:
             resp = await upstream.send(call.route, CHAT_PATH, call.upstream_body)
         except UpstreamError as exc:
             return Outcome(StepStatus.ERROR, exc.status, None, None, error=exc)
-        raw_usage = _usage_of(resp.body)
+        data = _loads(resp.body)
+        if not isinstance(data, dict):
+            # A 2xx that is not a JSON object is no answer: fail it rather than pass garbage on unpriced.
+            bad = UpstreamBadResponse(f"Provider {call.route.name!r} answered {resp.status} with a non-JSON body.")
+            return Outcome(StepStatus.ERROR, bad.status, None, None, error=bad)
+        raw_usage = _usage_of(data)
         cost = self._price(call, raw_usage)
         return Outcome(
             StepStatus.OK,
@@ -302,9 +313,9 @@ class Gateway:
             finished = True
         except UpstreamError as exc:
             error = exc
-            frame = _error_frame(exc)
-            sent.append(frame)
-            yield frame
+            if not sent:
+                raise  # nothing sent yet: the route answers with the error's own status (see routes.py)
+            yield _error_frame(exc)  # not in `sent`: that counts the provider's chunks for the estimate
         finally:
             if finished:
                 cost = self._price(call, raw_usage)
@@ -321,7 +332,10 @@ class Gateway:
                 err = error or UpstreamError("The client closed the connection before the stream ended.")
                 usage = usage_mod.from_openai(raw_usage) or self._estimate(call, len(sent))
                 cost = self._price(call, raw_usage) if raw_usage else self._estimated_cost(call, usage)
-                outcome = Outcome(StepStatus.ERROR, err.status, usage, cost, ttft_ms=ttft, error=err)
+                if error is not None and not sent:  # the provider refused before answering: nothing to charge
+                    outcome = Outcome(StepStatus.ERROR, err.status, None, None, error=err)
+                else:
+                    outcome = Outcome(StepStatus.ERROR, err.status, usage, cost, ttft_ms=ttft, error=err)
             self.record(call, outcome)
             self.release(call)
 
@@ -352,6 +366,13 @@ class Gateway:
         cost_source = outcome.cost.source if outcome.cost else None
         err = outcome.error
         a = call.attribution
+        if not failed and call.client_request_id and outcome.body is not None:
+            key = (a.workspace_id, call.request_id)
+            self._completed[key] = StoredResponse(
+                call.request_hash, outcome.http_status, outcome.body, outcome.content_type or "", a.run_id, cost_nanos
+            )
+            while len(self._completed) > 4096:
+                self._completed.popitem(last=False)
         if a.run_id is not None:
             self.pipeline.emit(RunStart(run_id=a.run_id, attribution=a, started_at=call.started_at))
         self.pipeline.emit(
@@ -454,8 +475,7 @@ def _loads(data: bytes) -> Any:
         return None
 
 
-def _usage_of(body: bytes) -> dict[str, Any] | None:
-    data = _loads(body)
+def _usage_of(data: Any) -> dict[str, Any] | None:
     usage = data.get("usage") if isinstance(data, dict) else None
     return usage if isinstance(usage, dict) else None
 

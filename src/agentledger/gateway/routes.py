@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -44,6 +45,24 @@ def _replay(stored: StoredResponse) -> Response:
     return Response(stored.body, status_code=stored.http_status, media_type=stored.content_type, headers=headers)
 
 
+class _Primed:
+    """A stream whose first frame was already read. A plain iterator, not a generator: when it is dropped,
+    the gateway's generator is finalized exactly as if it had been the response body itself."""
+
+    def __init__(self, first: bytes | None, rest: AsyncIterator[bytes]) -> None:
+        self.first = first
+        self.rest = rest
+
+    def __aiter__(self) -> _Primed:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.first is not None:
+            first, self.first = self.first, None
+            return first
+        return await anext(self.rest)
+
+
 def chat_routes(gateway: Gateway) -> list[Route]:
     async def chat_completions(request: Request) -> Response:
         request_id: str = request.scope["state"]["request_id"]
@@ -59,9 +78,15 @@ def chat_routes(gateway: Gateway) -> list[Route]:
         if stored is not None:
             return _replay(stored)
         if call.stream:
-            # `gateway.stream` records and releases the claim itself, however the stream ends.
+            # `gateway.stream` records and releases the claim itself, however the stream ends. Its first
+            # frame is awaited here, so a provider failing before the stream starts gets its own status.
+            events = gateway.stream(call)
+            try:
+                first = await anext(events, None)
+            except AgentLedgerError as exc:
+                return error_response(exc, _headers(call))
             return StreamingResponse(
-                gateway.stream(call), media_type="text/event-stream", headers={**SSE_HEADERS, **_headers(call)}
+                _Primed(first, events), media_type="text/event-stream", headers={**SSE_HEADERS, **_headers(call)}
             )
         try:
             outcome = await gateway.complete(call)

@@ -96,12 +96,12 @@ def _usage(data: dict[str, Any], param: str) -> Usage | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
-        raise InvalidRequest("'usage' must be an object.", param=param)
+        raise InvalidRequest("'usage' must be an object.", param=f"{param}.usage")
     values = {}
     for f in _USAGE_FIELDS:
         v = raw.get(f, 0)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise InvalidRequest(f"'usage.{f}' must be a non-negative integer.", param=f"{param}.{f}")
+            raise InvalidRequest(f"'usage.{f}' must be a non-negative integer.", param=f"{param}.usage.{f}")
         values[f] = v
     return Usage(**values)
 
@@ -183,9 +183,7 @@ class StepIngest:
                     session_id=run["session_id"],
                 )
             prices = await self.gateway.prices_for(base.workspace_id)
-            steps = [
-                self._step(_obj(item, f"steps[{i}]"), i, run_id, attribution, prices) for i, item in enumerate(items)
-            ]
+            steps = [self._step(item, i, run_id, attribution, prices) for i, item in enumerate(items)]
             await self._check_parents(base.workspace_id, steps)
             events: list[Any] = []
             if run is None:
@@ -195,7 +193,17 @@ class StepIngest:
             return error_response(exc)
         return JSONResponse({"run_id": run_id, "step_ids": [s.step_id for s in steps]}, status_code=201)
 
-    def _step(
+    def _step(self, item: Any, i: int, run_id: str, attribution: Attribution, prices: dict[str, Any]) -> StepRecord:
+        """steps[i] → StepRecord; every error's param locates the field, e.g. 'steps[3].started_at'."""
+        p = f"steps[{i}]"
+        try:
+            return self._parse_step(_obj(item, p), i, run_id, attribution, prices)
+        except InvalidRequest as exc:
+            if exc.param is None or not exc.param.startswith(p):
+                exc.param = f"{p}.{exc.param}" if exc.param else p
+            raise
+
+    def _parse_step(
         self, item: dict[str, Any], i: int, run_id: str, attribution: Attribution, prices: dict[str, Any]
     ) -> StepRecord:
         p = f"steps[{i}]"

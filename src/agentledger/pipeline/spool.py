@@ -6,6 +6,7 @@ never read from anywhere else, so pickle's trust model holds and every field rou
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import struct
@@ -21,13 +22,29 @@ class Spool:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # A crash mid-append leaves a torn record at the end; cut it off now, or every batch appended after
+        # it would sit behind an unreadable length prefix and be lost.
+        if self.path.exists():
+            raw = self.path.read_bytes()
+            end = 0
+            while end + _LEN.size <= len(raw) and end + _LEN.size + _LEN.unpack_from(raw, end)[0] <= len(raw):
+                end += _LEN.size + _LEN.unpack_from(raw, end)[0]
+            if end < len(raw):
+                os.truncate(self.path, end)
 
     def append(self, events: Sequence[TraceEvent]) -> None:
         data = pickle.dumps(list(events), protocol=pickle.HIGHEST_PROTOCOL)
+        record = _LEN.pack(len(data)) + data
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, _LEN.pack(len(data)) + data)
-            os.fsync(fd)
+            start = os.fstat(fd).st_size
+            try:
+                if os.write(fd, record) != len(record):
+                    raise OSError(errno.ENOSPC, "short write to the spool")
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, start)  # the batch is not spooled; leave no torn record for later appends
+                raise
         finally:
             os.close(fd)
 

@@ -72,6 +72,9 @@ class Store(Protocol):
     leaves the same rows (request and step ids are unique per workspace; a run is created on first
     sight and never overwritten by a later RunStart). It applies a batch in one transaction, so a
     failure leaves nothing half-written, and returns FAILURE rather than raising for a retryable fault.
+    It raises only when the batch itself is unacceptable (a constraint violation, a value the backend cannot
+    hold): nothing is written, and since the same batch would fail again, the caller must not retry it whole
+    (`pipeline.queue` writes its events one by one and skips only the rejected ones).
     """
 
     async def migrate(self) -> None: ...

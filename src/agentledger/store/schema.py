@@ -5,6 +5,9 @@ Alembic migrations in `store/migrations/versions` create exactly these; a test c
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -22,10 +25,31 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData()
 
-TS = DateTime(timezone=True)
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """`DateTime(timezone=True)` that stores and returns aware UTC on both backends.
+
+    SQLite keeps no offset: it would store 12:00+02:00 as 12:00, read back as 12:00 UTC. So values are
+    converted to UTC on the way in (naive ones are taken as UTC, as on the way out), in parameters too.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return self.process_bind_param(value, dialect)
+
+
+TS = UTCDateTime()
 ID = String(128)
 
 workspaces = Table(

@@ -3,9 +3,10 @@
 It answers like `providers.mock` (same tokens, same text) and misbehaves on request: when the last
 message's content starts with `FAIL:<mode>` it answers
     FAIL:500 / FAIL:429 / FAIL:400   that status with an OpenAI error body
-    FAIL:timeout                     nothing for 30 s
+    FAIL:timeout                     nothing for 30 s (or until the client hangs up)
     FAIL:garbage                     200 with a body that is not JSON
     FAIL:drop                        (stream) two chunks, then the connection is cut
+    FAIL:once500                     500 the first time this exact content is seen, then a normal answer
 Every request it receives is kept in `FakeUpstream.received` (headers and parsed body).
 """
 
@@ -28,6 +29,7 @@ from agentledger.providers.mock import completion, stream_chunks
 class FakeUpstream:
     received: list[dict[str, Any]] = field(default_factory=list)
     delay: float = 0.0  # seconds before answering, to model provider latency
+    failed_once: set[str] = field(default_factory=set)  # contents FAIL:once500 has already failed
 
 
 def _mode(body: dict[str, Any]) -> str | None:
@@ -54,8 +56,17 @@ def fake_upstream_app(state: FakeUpstream | None = None) -> Starlette:
         mode = _mode(body)
         if mode in ("500", "429", "400"):
             return _error(int(mode), f"fake upstream failure {mode}")
+        if mode == "once500":
+            content = body["messages"][-1]["content"]
+            if content not in state.failed_once:
+                state.failed_once.add(content)
+                return _error(500, "fake upstream failure once500")
         if mode == "timeout":
-            await asyncio.sleep(30)
+            # Poll for the hang-up so a stopping server never waits out the full 30 s.
+            for _ in range(300):
+                if await request.is_disconnected():
+                    return Response(status_code=499)
+                await asyncio.sleep(0.1)
         if mode == "garbage":
             return Response(b"<html>bad gateway</html>", media_type="application/json")
         if not body.get("stream"):
