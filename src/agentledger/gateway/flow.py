@@ -300,7 +300,8 @@ class Gateway:
                     if data == b"[DONE]":
                         frame = b"data: [DONE]\n\n"
                     else:
-                        chunk = _loads(data)
+                        # Only a chunk with a usage object needs parsing; the rest pass through as bytes.
+                        chunk = _loads(data) if _may_hold_usage(data) else None
                         if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
                             raw_usage = chunk["usage"]
                             if not chunk.get("choices") and not call.client_wants_usage:
@@ -466,6 +467,10 @@ class Gateway:
 def _model_step_id(workspace_id: str, request_id: str, attempt: int) -> str:
     digest = hashlib.sha256(f"{workspace_id}\0{request_id}\0{attempt}".encode()).hexdigest()[:24]
     return f"mc_{digest}"
+
+
+def _may_hold_usage(data: bytes) -> bool:
+    return b'"usage"' in data and b'"usage":null' not in data and b'"usage": null' not in data
 
 
 def _loads(data: bytes) -> Any:

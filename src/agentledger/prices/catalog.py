@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import warnings
 from datetime import datetime
+from decimal import Decimal
 from functools import lru_cache
+from typing import Any
 
 import genai_prices
+from genai_prices import data_snapshot
 
 from agentledger.core.money import to_nanos
 from agentledger.core.pricing import Cost, CostSource, Price, cost, pick_price
@@ -25,26 +28,69 @@ def _provider_id(provider: str) -> str | None:
 
 
 @lru_cache(maxsize=4096)
-def catalog_knows(model: str, provider: str) -> bool:
+def _catalog_entry(model: str, provider: str) -> tuple[Any, Any] | None:
+    """(provider, model) as genai-prices knows them, or None. Matching a name is cached; prices are not,
+    because they depend on the request's timestamp."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            genai_prices.calc_price(genai_prices.Usage(input_tokens=0), model, provider_id=_provider_id(provider))
+            return data_snapshot.get_snapshot().find_provider_model(model, None, _provider_id(provider), None)
     except LookupError:
-        return False
-    return True
+        return None
+
+
+def catalog_knows(model: str, provider: str) -> bool:
+    return _catalog_entry(model, provider) is not None
+
+
+_FLAT_KEYS = {"input_mtok": "input_mtok", "output_mtok": "output_mtok", "cache_read_mtok": "cached_input_mtok"}
+# Prices that cannot apply to a call the fast path takes: they charge usage we never report (searches)
+# or cache writes, which always take genai-prices' own calculator. Anything else (per-request fees,
+# characters, tiers) is not flat, and genai-prices computes it.
+_INERT_KEYS = frozenset({"cache_write_mtok", "cache_write_1h_mtok", "web_searches_kcount", "storage_searches_kcount"})
+_flat_prices: dict[int, tuple[Any, Price | None]] = {}
+
+
+def _flat_price(model_price: Any) -> Price | None:
+    """The catalog price as a core Price when it is flat per-token rates, else None.
+
+    genai-prices' own calculator walks its unit registry on every call (~100 µs); for flat token rates
+    `core.pricing.cost` gives the identical result (a test checks every catalog model) in a few µs.
+    Entries are keyed by the catalog object, which lives as long as the pinned snapshot, and hold it so
+    the id cannot be reused.
+    """
+    hit = _flat_prices.get(id(model_price))
+    if hit is not None and hit[0] is model_price:
+        return hit[1]
+    values = {k: v for k, v in vars(model_price).items() if v is not None and not k.startswith("_")}
+    flat = (
+        "input_mtok" in values
+        and "output_mtok" in values
+        and all(isinstance(values[k], Decimal) for k in _FLAT_KEYS if k in values)
+        and set(values) <= set(_FLAT_KEYS) | _INERT_KEYS
+    )
+    rates = {ours: values[theirs] for theirs, ours in _FLAT_KEYS.items() if theirs in values}
+    price = Price(**rates, origin="genai-prices") if flat else None
+    _flat_prices[id(model_price)] = (model_price, price)
+    return price
 
 
 def catalog_cost(usage: Usage, model: str, provider: str, at: datetime) -> Cost:
-    calc = genai_prices.calc_price(
+    entry = _catalog_entry(model, provider)
+    if entry is None:
+        raise LookupError(f"no catalog price for {model!r}")
+    catalog_provider, catalog_model = entry
+    flat = None if usage.cache_write_tokens else _flat_price(catalog_model.get_prices(at))
+    if flat is not None:
+        return cost(usage, flat)
+    calc = catalog_model.calc_price(
         genai_prices.Usage(
             input_tokens=usage.input_tokens,
             cache_read_tokens=usage.cached_input_tokens,
             cache_write_tokens=usage.cache_write_tokens,
             output_tokens=usage.output_tokens,
         ),
-        model,
-        provider_id=_provider_id(provider),
+        catalog_provider,
         genai_request_timestamp=at,
     )
     return Cost(to_nanos(calc.total_price), CostSource.COMPUTED)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import httpx
+import aiohttp
 import orjson
 
 from agentledger.core.errors import (
@@ -19,14 +19,17 @@ from agentledger.core.errors import (
 
 
 @contextmanager
-def map_httpx_errors(provider: str) -> Iterator[None]:
+def map_transport_errors(provider: str, *, mid_stream: bool = False) -> Iterator[None]:
+    """aiohttp failures → UpstreamTimeout / UpstreamUnavailable / UpstreamBadResponse."""
     try:
         yield
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(f"Provider {provider!r} did not answer in time ({type(exc).__name__}).") from exc
-    except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
-        raise UpstreamUnavailable(f"Provider {provider!r} could not be reached or dropped the connection.") from exc
-    except httpx.HTTPError as exc:
+    except TimeoutError as exc:  # aiohttp's ServerTimeoutError and ConnectionTimeoutError are TimeoutErrors
+        what = "stalled mid-stream" if mid_stream else f"did not answer in time ({type(exc).__name__})"
+        raise UpstreamTimeout(f"Provider {provider!r} {what}.") from exc
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError) as exc:
+        what = "dropped the stream" if mid_stream else "could not be reached or dropped the connection"
+        raise UpstreamUnavailable(f"Provider {provider!r} {what}.") from exc
+    except (aiohttp.ClientError, ValueError) as exc:  # ValueError: an SSE line over the read buffer
         raise UpstreamBadResponse(f"Provider {provider!r} failed: {type(exc).__name__}.") from exc
 
 

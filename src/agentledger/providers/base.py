@@ -2,7 +2,7 @@
 
 An Upstream is a transport. It gets the client's (already validated, possibly rewritten) request body
 and the route holding the credential, and returns the provider's answer untouched. It never raises
-anything but `core.errors.UpstreamError` subclasses: translating httpx/provider failures happens at
+anything but `core.errors.UpstreamError` subclasses: translating transport/provider failures happens at
 this boundary (see `providers._errors`), so the gateway does not know which library spoke HTTP.
 
 Example:

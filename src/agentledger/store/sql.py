@@ -121,76 +121,86 @@ class SQLStore:
         return WriteResult.SUCCESS
 
     def _apply(self, conn: Connection, events: Sequence[TraceEvent]) -> None:
+        """One executemany per table, in dependency order, after folding repeats of a key within the batch.
+
+        Folding keeps the row-at-a-time semantics (a completed request is final, a session keeps its first
+        and latest sighting) and is required on PostgreSQL, where one multi-row upsert may not touch a row
+        twice.
+        """
+        sessions: dict[tuple[str, str], dict[str, Any]] = {}
+        runs: list[dict[str, Any]] = []
+        requests: dict[tuple[str, str], dict[str, Any]] = {}
+        steps: list[dict[str, Any]] = []
+        ends: list[RunEnd] = []
         for ev in events:
+            if isinstance(ev, RunEnd):
+                ends.append(ev)
+                continue
+            _fold_session(sessions, ev.attribution, ev.started_at)
             if isinstance(ev, RequestRecord):
-                self._touch_session(conn, ev.attribution, ev.started_at)
-                self._write_request(conn, ev)
+                values = _request_values(ev)
+                key = (values["workspace_id"], values["id"])
+                held = requests.get(key)
+                if held is None or held["status"] != "ok":
+                    requests[key] = values
             elif isinstance(ev, StepRecord):
-                self._touch_session(conn, ev.attribution, ev.started_at)
-                values = _step_values(ev)
-                stmt = self._statement(("steps", *values), lambda: self._insert(t.steps).on_conflict_do_nothing())
-                conn.execute(stmt, values)
+                steps.append(_step_values(ev))
             elif isinstance(ev, RunStart):
-                self._touch_session(conn, ev.attribution, ev.started_at)
                 a = ev.attribution
-                values = dict(
-                    workspace_id=a.workspace_id,
-                    id=ev.run_id,
-                    department_id=a.department_id,
-                    virtual_key_id=a.virtual_key_id,
-                    agent_id=a.agent_id,
-                    session_id=a.session_id,
-                    workflow=ev.workflow,
-                    name=ev.name,
-                    status=RunStatus.RUNNING.value,
-                    started_at=ev.started_at,
-                    metadata=ev.metadata,
+                runs.append(
+                    dict(
+                        workspace_id=a.workspace_id,
+                        id=ev.run_id,
+                        department_id=a.department_id,
+                        virtual_key_id=a.virtual_key_id,
+                        agent_id=a.agent_id,
+                        session_id=a.session_id,
+                        workflow=ev.workflow,
+                        name=ev.name,
+                        status=RunStatus.RUNNING.value,
+                        started_at=ev.started_at,
+                        metadata=ev.metadata,
+                    )
                 )
-                stmt = self._statement(("runs", *values), lambda: self._insert(t.runs).on_conflict_do_nothing())
-                conn.execute(stmt, values)
-            elif isinstance(ev, RunEnd):
-                conn.execute(
-                    update(t.runs)
-                    .where(and_(t.runs.c.workspace_id == ev.workspace_id, t.runs.c.id == ev.run_id))
-                    .values(status=ev.status.value, ended_at=ev.ended_at, error=ev.error, output=ev.output)
-                )
-
-    def _touch_session(self, conn: Connection, a: Attribution, at: datetime) -> None:
-        if a.session_id is None:
-            return
-
-        def build() -> Any:
-            stmt = self._insert(t.sessions)
-            excluded = stmt.excluded
-            return stmt.on_conflict_do_update(
-                index_elements=["workspace_id", "id"],
-                set_={
-                    "name": func.coalesce(excluded.name, t.sessions.c.name),
-                    "last_seen_at": case(
-                        (excluded.last_seen_at > t.sessions.c.last_seen_at, excluded.last_seen_at),
-                        else_=t.sessions.c.last_seen_at,
-                    ),
-                },
+        if sessions:
+            conn.execute(self._statement(("sessions",), self._session_upsert), list(sessions.values()))
+        if runs:
+            stmt = self._statement(("runs",), lambda: self._insert(t.runs).on_conflict_do_nothing())
+            conn.execute(stmt, runs)
+        if requests:
+            conn.execute(self._statement(("requests",), self._request_upsert), list(requests.values()))
+        if steps:
+            stmt = self._statement(("steps",), lambda: self._insert(t.steps).on_conflict_do_nothing())
+            conn.execute(stmt, steps)
+        for end in ends:
+            conn.execute(
+                update(t.runs)
+                .where(and_(t.runs.c.workspace_id == end.workspace_id, t.runs.c.id == end.run_id))
+                .values(status=end.status.value, ended_at=end.ended_at, error=end.error, output=end.output)
             )
 
-        values = dict(
-            workspace_id=a.workspace_id, id=a.session_id, name=a.session_name, first_seen_at=at, last_seen_at=at
+    def _session_upsert(self) -> Any:
+        stmt = self._insert(t.sessions)
+        excluded = stmt.excluded
+        return stmt.on_conflict_do_update(
+            index_elements=["workspace_id", "id"],
+            set_={
+                "name": func.coalesce(excluded.name, t.sessions.c.name),
+                "last_seen_at": case(
+                    (excluded.last_seen_at > t.sessions.c.last_seen_at, excluded.last_seen_at),
+                    else_=t.sessions.c.last_seen_at,
+                ),
+            },
         )
-        conn.execute(self._statement(("sessions",), build), values)
 
-    def _write_request(self, conn: Connection, r: RequestRecord) -> None:
-        values = _request_values(r)
-
-        def build() -> Any:
-            stmt = self._insert(t.requests)
-            # A failed attempt may be retried under the same x-request-id; a completed one is final.
-            return stmt.on_conflict_do_update(
-                index_elements=["workspace_id", "id"],
-                set_={k: stmt.excluded[k] for k in values if k not in ("workspace_id", "id")},
-                where=t.requests.c.status != "ok",
-            )
-
-        conn.execute(self._statement(("requests", *values), build), values)
+    def _request_upsert(self) -> Any:
+        stmt = self._insert(t.requests)
+        # A failed attempt may be retried under the same x-request-id; a completed one is final.
+        return stmt.on_conflict_do_update(
+            index_elements=["workspace_id", "id"],
+            set_={c.name: stmt.excluded[c.name] for c in t.requests.c if c.name not in ("workspace_id", "id")},
+            where=t.requests.c.status != "ok",
+        )
 
     # -- governance -------------------------------------------------------------------------------------
     async def _insert_row(self, table: Any, row: dict[str, Any], what: str) -> None:
@@ -434,6 +444,20 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def _fold_session(sessions: dict[tuple[str, str], dict[str, Any]], a: Attribution, at: datetime) -> None:
+    if a.session_id is None:
+        return
+    held = sessions.get((a.workspace_id, a.session_id))
+    if held is None:
+        sessions[(a.workspace_id, a.session_id)] = dict(
+            workspace_id=a.workspace_id, id=a.session_id, name=a.session_name, first_seen_at=at, last_seen_at=at
+        )
+        return
+    held["first_seen_at"] = min(held["first_seen_at"], at)
+    held["last_seen_at"] = max(held["last_seen_at"], at)
+    held["name"] = a.session_name or held["name"]
 
 
 def _attribution_values(a: Attribution) -> dict[str, Any]:

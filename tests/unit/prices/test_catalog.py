@@ -100,3 +100,28 @@ def test_from_openai_normalizes_cached_and_reasoning_tokens() -> None:
     )
     assert usage == USAGE
     assert price_usage(usage, "gpt-4o-mini", "openai", NOW, {}) == Cost(435_000, CostSource.COMPUTED)
+
+
+def test_flat_fast_path_matches_genai_prices_for_every_catalog_model() -> None:
+    """The fast path must give genai-prices' own answer, to the nano-dollar, for every model it covers."""
+    import genai_prices
+    from genai_prices import data_snapshot
+
+    from agentledger.prices import catalog
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    usage = Usage(input_tokens=123_457, cached_input_tokens=23_451, output_tokens=7_891, reasoning_tokens=1_000)
+    checked = 0
+    for provider in data_snapshot.get_snapshot().providers:
+        for model in provider.models:
+            flat = catalog._flat_price(model.get_prices(at))
+            if flat is None:
+                continue
+            expected = model.calc_price(
+                genai_prices.Usage(input_tokens=123_457, cache_read_tokens=23_451, output_tokens=7_891),
+                provider,
+                genai_request_timestamp=at,
+            ).total_price
+            assert catalog.cost(usage, flat).nanos == to_nanos(expected), (provider.id, model.id)
+            checked += 1
+    assert checked > 1500
