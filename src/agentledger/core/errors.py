@@ -11,6 +11,7 @@
     │   ├── ModelNotAllowed               403 permission_error / model_not_allowed
     │   └── AgentMismatch                 403 permission_error / agent_mismatch
     ├── NotFound                          404 not_found_error
+    ├── ClientClosed                      499 client_closed / client_closed_request (recorded, never sent)
     ├── Conflict                          409 conflict_error
     │   └── IdempotencyKeyReused          409 conflict_error / idempotency_key_reused
     └── UpstreamError                     502 upstream_error
@@ -91,6 +92,14 @@ class NotFound(AgentLedgerError):
     status = 404
     type = "not_found_error"
     code = "not_found"
+
+
+class ClientClosed(AgentLedgerError):
+    """The client hung up before the answer was complete (nginx's 499). Only ever recorded."""
+
+    status = 499
+    type = "client_closed"
+    code = "client_closed_request"
 
 
 class Conflict(AgentLedgerError):

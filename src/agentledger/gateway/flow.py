@@ -23,6 +23,7 @@ from agentledger.core.errors import (
     AgentLedgerError,
     AgentMismatch,
     AuthenticationError,
+    ClientClosed,
     IdempotencyKeyReused,
     InvalidJSON,
     InvalidRequest,
@@ -330,7 +331,7 @@ class Gateway:
                     content_type="text/event-stream",
                 )
             else:
-                err = error or UpstreamError("The client closed the connection before the stream ended.")
+                err = error or ClientClosed("The client closed the connection before the stream ended.")
                 usage = usage_mod.from_openai(raw_usage) or self._estimate(call, len(sent))
                 cost = self._price(call, raw_usage) if raw_usage else self._estimated_cost(call, usage)
                 if error is not None and not sent:  # the provider refused before answering: nothing to charge

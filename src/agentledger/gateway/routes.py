@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from agentledger.core.errors import AgentLedgerError
@@ -21,6 +20,7 @@ from agentledger.gateway.responses import (
     JSONResponse,
     error_response,
 )
+from agentledger.gateway.streaming import SSEResponse
 from agentledger.store.base import StoredResponse
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -45,24 +45,6 @@ def _replay(stored: StoredResponse) -> Response:
     return Response(stored.body, status_code=stored.http_status, media_type=stored.content_type, headers=headers)
 
 
-class _Primed:
-    """A stream whose first frame was already read. A plain iterator, not a generator: when it is dropped,
-    the gateway's generator is finalized exactly as if it had been the response body itself."""
-
-    def __init__(self, first: bytes | None, rest: AsyncIterator[bytes]) -> None:
-        self.first = first
-        self.rest = rest
-
-    def __aiter__(self) -> _Primed:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self.first is not None:
-            first, self.first = self.first, None
-            return first
-        return await anext(self.rest)
-
-
 def chat_routes(gateway: Gateway) -> list[Route]:
     async def chat_completions(request: Request) -> Response:
         request_id: str = request.scope["state"]["request_id"]
@@ -85,9 +67,7 @@ def chat_routes(gateway: Gateway) -> list[Route]:
                 first = await anext(events, None)
             except AgentLedgerError as exc:
                 return error_response(exc, _headers(call))
-            return StreamingResponse(
-                _Primed(first, events), media_type="text/event-stream", headers={**SSE_HEADERS, **_headers(call)}
-            )
+            return SSEResponse(first, events, {**SSE_HEADERS, **_headers(call)})
         try:
             outcome = await gateway.complete(call)
             gateway.record(call, outcome)

@@ -7,6 +7,7 @@ message's content starts with `FAIL:<mode>` it answers
     FAIL:garbage                     200 with a body that is not JSON
     FAIL:drop                        (stream) two chunks, then the connection is cut
     FAIL:once500                     500 the first time this exact content is seen, then a normal answer
+    FAIL:slow                        (stream) a normal answer, 0.2 s between chunks
 Every request it receives is kept in `FakeUpstream.received` (headers and parsed body).
 """
 
@@ -77,6 +78,8 @@ def fake_upstream_app(state: FakeUpstream | None = None) -> Starlette:
             for i, chunk in enumerate(chunks):
                 if mode == "drop" and i == 2:
                     raise ConnectionResetError("fake upstream dropped the stream")
+                if mode == "slow" and i:
+                    await asyncio.sleep(0.2)
                 yield b"data: " + orjson.dumps(chunk) + b"\n\n"
             yield b"data: [DONE]\n\n"
 
