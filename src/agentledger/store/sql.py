@@ -146,22 +146,7 @@ class SQLStore:
             elif isinstance(ev, StepRecord):
                 steps.append(_step_values(ev))
             elif isinstance(ev, RunStart):
-                a = ev.attribution
-                runs.append(
-                    dict(
-                        workspace_id=a.workspace_id,
-                        id=ev.run_id,
-                        department_id=a.department_id,
-                        virtual_key_id=a.virtual_key_id,
-                        agent_id=a.agent_id,
-                        session_id=a.session_id,
-                        workflow=ev.workflow,
-                        name=ev.name,
-                        status=RunStatus.RUNNING.value,
-                        started_at=ev.started_at,
-                        metadata=ev.metadata,
-                    )
-                )
+                runs.append(_run_values(ev))
         if sessions:
             conn.execute(self._statement(("sessions",), self._session_upsert), list(sessions.values()))
         if runs:
@@ -484,6 +469,23 @@ def _usage_values(usage: Any, cost_nanos: int, cost_source: Any) -> dict[str, An
         reasoning_tokens=usage.reasoning_tokens if usage else 0,
         cost_nanos=cost_nanos,
         cost_source=cost_source.value if cost_source else None,
+    )
+
+
+def _run_values(ev: RunStart) -> dict[str, Any]:
+    a = ev.attribution
+    return dict(
+        workspace_id=a.workspace_id,
+        id=ev.run_id,
+        department_id=a.department_id,
+        virtual_key_id=a.virtual_key_id,
+        agent_id=a.agent_id,
+        session_id=a.session_id,
+        workflow=ev.workflow,
+        name=ev.name,
+        status=RunStatus.RUNNING.value,
+        started_at=ev.started_at,
+        metadata=ev.metadata,
     )
 
 
