@@ -46,9 +46,13 @@ def _echo_json(data: Any) -> None:
 )
 @click.option("--db", default=None, help="Database URL (same as --set db_url=...).")
 @click.option("--data-dir", default=None, help="Data directory (same as --set data_dir=...).")
+@click.option("--host", default=None, help="Interface to serve on (same as --set host=...).")
+@click.option("--port", default=None, type=int, help="Port to serve on (same as --set port=...).")
 @click.pass_context
-def main(ctx: click.Context, sets: tuple[str, ...], db: str | None, data_dir: str | None) -> None:
-    overrides: dict[str, Any] = {"db_url": db, "data_dir": data_dir}
+def main(
+    ctx: click.Context, sets: tuple[str, ...], db: str | None, data_dir: str | None, host: str | None, port: int | None
+) -> None:
+    overrides: dict[str, Any] = {"db_url": db, "data_dir": data_dir, "host": host, "port": port}
     for item in sets:
         name, sep, value = item.partition("=")
         if not sep:
