@@ -144,8 +144,10 @@ class Governance:
         if kind not in PROVIDER_KINDS:
             raise InvalidRequest(f"'kind' must be one of {', '.join(PROVIDER_KINDS)}.", param="kind")
         base_url = data.get("base_url")
-        if base_url is not None and (not isinstance(base_url, str) or not base_url.startswith(("http://", "https://"))):
-            raise InvalidRequest("'base_url' must be an http(s) URL.", param="base_url")
+        if base_url is not None and (
+            not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")) or len(base_url) > 1024
+        ):
+            raise InvalidRequest("'base_url' must be an http(s) URL of at most 1024 characters.", param="base_url")
         api_key = data.get("api_key")
         if api_key is not None and (not isinstance(api_key, str) or not api_key):
             raise InvalidRequest("'api_key' must be a non-empty string.", param="api_key")

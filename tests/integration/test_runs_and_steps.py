@@ -498,3 +498,11 @@ def test_list_runs_filters(gw: Harness) -> None:
     assert error_of(gw.api("GET", "/api/runs", params={"offset": -1}))["param"] == "offset"
     error_of(gw.api("GET", "/api/runs", headers={"authorization": "Bearer adm-wrong"}), 401)
     error_of(gw.api("GET", "/api/runs/run-nope"), 404)
+
+
+def test_step_strings_with_del_or_c1_controls_are_refused(gw: Harness) -> None:
+    for bad in ("tool\x7fname", "tool\x85name", "tool\x9bname"):
+        resp = gw.v1("POST", "/v1/runs/run-controls/steps", json={"name": bad})
+        assert resp.status_code == 400, bad
+        assert resp.json()["error"]["param"] == "steps[0].name"
+    assert gw.api("GET", "/api/runs/run-controls").status_code == 404

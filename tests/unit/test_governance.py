@@ -29,3 +29,15 @@ async def test_provider_names_fit_the_request_records() -> None:
         await gov.create_provider_key("ws", {"kind": "mock", "provider": "p" * 65})
     assert info.value.param == "provider"
     assert len(store.rows) == 1
+
+
+def test_over_long_base_url_is_a_clear_400() -> None:
+    import asyncio
+
+    from agentledger.core.errors import InvalidRequest
+    from agentledger.governance import Governance
+
+    gov = Governance(store=None, box=None)  # type: ignore[arg-type]  # refused before either is touched
+    with pytest.raises(InvalidRequest) as err:
+        asyncio.run(gov.create_provider_key("ws", {"base_url": "http://127.0.0.1/" + "a" * 1100}))
+    assert err.value.param == "base_url" and err.value.status == 400

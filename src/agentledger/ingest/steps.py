@@ -54,7 +54,7 @@ def _str(data: dict[str, Any], key: str, *, limit: int = MAX_NAME_LEN, required:
         return None
     if not isinstance(value, str) or not value or len(value) > limit:
         raise InvalidRequest(f"'{key}' must be a non-empty string of at most {limit} characters.", param=key)
-    if any(ord(c) < 0x20 for c in value):
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):
         raise InvalidRequest(f"'{key}' contains control characters.", param=key)
     return value
 
