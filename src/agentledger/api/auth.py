@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from agentledger.core.errors import AgentLedgerError, AuthenticationError, InvalidJSON, PermissionDenied
+from agentledger.core.errors import AgentLedgerError, AuthenticationError, PermissionDenied
 from agentledger.core.keys import hash_secret
 from agentledger.core.model import AdminPrincipal, Role
+from agentledger.gateway.bodies import parse_json_object
 from agentledger.gateway.cache import TTLCache
 from agentledger.gateway.responses import error_response
 from agentledger.store.base import Store
@@ -49,10 +49,4 @@ class AdminAuth:
 
 
 async def json_body(request: Request) -> dict[str, Any]:
-    try:
-        data = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJSON(f"The request body is not valid JSON: {exc}.") from None
-    if not isinstance(data, dict):
-        raise InvalidJSON("The request body must be a JSON object.")
-    return data
+    return parse_json_object(await request.body())

@@ -25,7 +25,6 @@ from agentledger.core.errors import (
     AuthenticationError,
     ClientClosed,
     IdempotencyKeyReused,
-    InvalidJSON,
     InvalidRequest,
     ModelNotAllowed,
     UnknownAgent,
@@ -49,7 +48,9 @@ from agentledger.core.money import to_nanos
 from agentledger.core.pricing import Cost, CostSource, Price
 from agentledger.core.routing import choose_route, model_allowed
 from agentledger.core.usage import Usage
+from agentledger.gateway.bodies import parse_json_object
 from agentledger.gateway.cache import TTLCache
+from agentledger.gateway.responses import error_event
 from agentledger.pipeline.queue import TracePipeline
 from agentledger.prices.catalog import price_known, price_usage
 from agentledger.providers.base import Upstream
@@ -156,7 +157,7 @@ class Gateway:
         try:
             tracking = parse_tracking(raw_headers)
             attribution = await self.attribute(principal, tracking)
-            payload = _parse_json(body)
+            payload = parse_json_object(body)
             model, stream, wants_usage, upstream_body = _chat_request(payload, body)
             if not model_allowed(model, principal.allowed_models):
                 raise ModelNotAllowed(f"This virtual key may not use model {model!r}.", param="model")
@@ -317,7 +318,7 @@ class Gateway:
             error = exc
             if not sent:
                 raise  # nothing sent yet: the route answers with the error's own status (see routes.py)
-            yield _error_frame(exc)  # not in `sent`: that counts the provider's chunks for the estimate
+            yield error_event(exc)  # not in `sent`: that counts the provider's chunks for the estimate
         finally:
             if finished:
                 cost = self._price(call, raw_usage)
@@ -484,20 +485,6 @@ def _loads(data: bytes) -> Any:
 def _usage_of(data: Any) -> dict[str, Any] | None:
     usage = data.get("usage") if isinstance(data, dict) else None
     return usage if isinstance(usage, dict) else None
-
-
-def _error_frame(exc: AgentLedgerError) -> bytes:
-    return b"data: " + orjson.dumps(exc.body()) + b"\n\n"
-
-
-def _parse_json(body: bytes) -> dict[str, Any]:
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJSON(f"The request body is not valid JSON: {exc}.") from None
-    if not isinstance(payload, dict):
-        raise InvalidJSON("The request body must be a JSON object.")
-    return payload
 
 
 def _chat_request(payload: dict[str, Any], body: bytes) -> tuple[str, bool, bool, bytes]:

@@ -13,31 +13,24 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentledger.core.errors import AgentLedgerError, InvalidJSON, InvalidRequest, NotFound
+from agentledger.core.errors import AgentLedgerError, InvalidRequest, NotFound
 from agentledger.core.headers import MAX_NAME_LEN, TrackingContext, normalize_path, parse_id
 from agentledger.core.ids import new_id
 from agentledger.core.model import Attribution, RunEnd, RunStart, RunStatus, StepKind, StepRecord, StepStatus
 from agentledger.core.money import to_nanos
 from agentledger.core.pricing import Cost, CostSource
 from agentledger.core.usage import Usage
+from agentledger.gateway.bodies import parse_json
 from agentledger.gateway.flow import Gateway
 from agentledger.gateway.responses import JSONResponse, error_response
 from agentledger.prices.catalog import price_usage
 
 MAX_BATCH = 1000
 _USAGE_FIELDS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
-
-
-def _json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJSON(f"The request body is not valid JSON: {exc}.") from None
 
 
 def _obj(data: Any, what: str = "The request body") -> dict[str, Any]:
@@ -138,7 +131,7 @@ class StepIngest:
     async def start_run(self, request: Request) -> Response:
         try:
             base, principal = await self._auth(request)
-            data = _obj(_json(await request.body()))
+            data = _obj(parse_json(await request.body()))
             run_id = _ident(data, "run_id") or new_id("run")
             agent_id = _ident(data, "agent_id")
             attribution = await self.gateway.attribute(principal, _tracking(data, agent_id, run_id))
@@ -165,7 +158,7 @@ class StepIngest:
         try:
             base, principal = await self._auth(request)
             parse_id("run_id", run_id)
-            data = _json(await request.body())
+            data = parse_json(await request.body())
             items = data.get("steps") if isinstance(data, dict) and "steps" in data else data
             items = items if isinstance(items, list) else [items]
             if not items or len(items) > MAX_BATCH:
@@ -282,7 +275,7 @@ class StepIngest:
         run_id = request.path_params["run_id"]
         try:
             base, _ = await self._auth(request)
-            data = _obj(_json(await request.body()))
+            data = _obj(parse_json(await request.body()))
             try:
                 status = RunStatus(data.get("status", "succeeded"))
             except ValueError:
