@@ -17,6 +17,7 @@ from agentledger.core.headers import parse_id
 from agentledger.core.ids import new_id
 from agentledger.core.keys import ADMIN_TOKEN_PREFIX, VIRTUAL_KEY_PREFIX, display_prefix, hash_secret, new_secret
 from agentledger.core.model import Role
+from agentledger.core.times import parse_utc
 from agentledger.secrets_box import SecretBox
 from agentledger.store.base import Store
 
@@ -177,12 +178,11 @@ class Governance:
         when = None
         if effective is not None:
             try:
-                when = datetime.fromisoformat(str(effective))
+                when = parse_utc(str(effective))
             except ValueError:
                 raise InvalidRequest(
                     "'effective_from' must be an ISO 8601 timestamp.", param="effective_from"
                 ) from None
-            when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
         row = dict(
             workspace_id=workspace_id,
             id=new_id("price"),

@@ -5,7 +5,7 @@ Every read first flushes the trace pipeline, so a client that just made a call r
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -16,6 +16,7 @@ from agentledger.api.auth import AdminAuth
 from agentledger.core.errors import InvalidRequest, NotFound
 from agentledger.core.model import AdminPrincipal
 from agentledger.core.rollup import TOKEN_FIELDS, duration_ms, step_tree, totals
+from agentledger.core.times import parse_utc
 from agentledger.gateway.responses import JSONResponse
 from agentledger.pipeline.queue import TracePipeline
 from agentledger.store.base import CostQuery, RunFilter, Store
@@ -28,10 +29,9 @@ def _time_param(request: Request, name: str) -> datetime | None:
     if raw is None:
         return None
     try:
-        value = datetime.fromisoformat(raw)
+        return parse_utc(raw)
     except ValueError:
         raise InvalidRequest(f"'{name}' must be an ISO 8601 timestamp.", param=name) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:

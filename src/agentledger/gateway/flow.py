@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from starlette.datastructures import Headers
 
 from agentledger.core import usage as usage_mod
 from agentledger.core.errors import (
@@ -121,6 +122,7 @@ class Gateway:
 
     # -- lookups -------------------------------------------------------------------------------------------
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
+        """`headers` must look names up case-insensitively (Starlette's `Headers` does)."""
         auth = headers.get("authorization", "")
         key = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "").strip()
         if not key:
@@ -145,8 +147,7 @@ class Gateway:
     async def prepare(self, request_id: str, raw_headers: list[tuple[bytes, bytes]], body: bytes) -> Call:
         t0 = time.perf_counter()
         started_at = self.clock()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
-        principal = await self.authenticate(headers)
+        principal = await self.authenticate(Headers(raw=raw_headers))
         base = Attribution(
             workspace_id=principal.workspace_id,
             department_id=principal.department_id,

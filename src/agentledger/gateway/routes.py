@@ -84,7 +84,7 @@ def chat_routes(gateway: Gateway) -> list[Route]:
 
     async def models(request: Request) -> Response:
         try:
-            principal = await gateway.authenticate({k.lower(): v for k, v in request.headers.items()})
+            principal = await gateway.authenticate(request.headers)
         except AgentLedgerError as exc:
             return error_response(exc)
         routes = await gateway.routes_for(principal.workspace_id)

@@ -9,7 +9,7 @@ Writes are awaited through the pipeline, so a 2xx means the steps are durable an
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -23,6 +23,7 @@ from agentledger.core.ids import new_id
 from agentledger.core.model import Attribution, RunEnd, RunStart, RunStatus, StepKind, StepRecord, StepStatus
 from agentledger.core.money import to_nanos
 from agentledger.core.pricing import Cost, CostSource
+from agentledger.core.times import parse_utc
 from agentledger.core.usage import Usage
 from agentledger.gateway.bodies import parse_json
 from agentledger.gateway.flow import Gateway
@@ -69,10 +70,9 @@ def _time(data: dict[str, Any], key: str) -> datetime | None:
     if not isinstance(value, str):
         raise InvalidRequest(f"'{key}' must be an ISO 8601 timestamp.", param=key)
     try:
-        parsed = datetime.fromisoformat(value)
+        return parse_utc(value)
     except ValueError:
         raise InvalidRequest(f"'{key}' must be an ISO 8601 timestamp.", param=key) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _dict(data: dict[str, Any], key: str) -> dict[str, Any]:
@@ -119,7 +119,7 @@ class StepIngest:
         self.gateway = gateway
 
     async def _auth(self, request: Request) -> tuple[Attribution, Any]:
-        principal = await self.gateway.authenticate({k.lower(): v for k, v in request.headers.items()})
+        principal = await self.gateway.authenticate(request.headers)
         base = Attribution(
             workspace_id=principal.workspace_id,
             department_id=principal.department_id,
