@@ -341,6 +341,28 @@ class SQLStore:
             )
         return out
 
+    async def list_all_workspaces(self) -> list[dict[str, Any]]:
+        """Every workspace (the CLI's view; the API only ever sees its own)."""
+        return await self._select(select(t.workspaces).order_by(t.workspaces.c.created_at, t.workspaces.c.id))
+
+    async def list_admin_tokens(self, workspace_id: str) -> list[dict[str, Any]]:
+        c = t.admin_tokens.c
+        cols = [col for col in t.admin_tokens.c if col.name != "token_hash"]
+        return await self._select(select(*cols).where(c.workspace_id == workspace_id).order_by(c.created_at))
+
+    async def revoke_admin_token(self, workspace_id: str, token_id: str, now: datetime) -> bool:
+        c = t.admin_tokens.c
+
+        def run(conn: Connection) -> bool:
+            res = conn.execute(
+                update(t.admin_tokens)
+                .where(c.workspace_id == workspace_id, c.id == token_id, c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            return bool(res.rowcount)
+
+        return await self._write(run)
+
     # -- trace queries ----------------------------------------------------------------------------------
     async def stored_response(self, workspace_id: str, request_id: str) -> StoredResponse | None:
         c = t.requests.c
