@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from agentledger.core.errors import InvalidRequest
+from agentledger.core.errors import InvalidRequest, NotFound
 from agentledger.core.headers import parse_id
 from agentledger.core.ids import new_id
 from agentledger.core.keys import ADMIN_TOKEN_PREFIX, VIRTUAL_KEY_PREFIX, display_prefix, hash_secret, new_secret
@@ -205,5 +205,31 @@ class Governance:
         await self.create_provider_key(
             ws, {"name": "mock", "kind": "mock", "provider": "mock", "models": ["*"], "priority": -100}
         )
-        vk = await self.create_virtual_key(ws, {"name": "demo", "department_id": dep["id"]})
+        # Bound to the demo agent, so the demo's runs and requests show who made them.
+        vk = await self.create_virtual_key(ws, {"name": "demo", "agent_id": agent["id"]})
         return Bootstrap(ws, dep["id"], agent["id"], vk["key"], token)
+
+    async def require_workspace(self, workspace_id: str) -> None:
+        if not await self.store.list_workspaces(workspace_id):
+            raise NotFound(f"Workspace {workspace_id!r} does not exist.", param="workspace")
+
+    async def revoke_virtual_key(self, workspace_id: str, key_id: str) -> str:
+        """Returns the key's hash, for cache invalidation. Revoking a revoked key changes nothing."""
+        key_hash = await self.store.revoke_virtual_key(workspace_id, key_id, self.clock())
+        if key_hash is None:
+            raise NotFound(f"Virtual key {key_id!r} does not exist in workspace {workspace_id!r}.", param="key_id")
+        return key_hash
+
+    async def revoke_provider_key(self, workspace_id: str, key_id: str) -> None:
+        if not await self.store.revoke_provider_key(workspace_id, key_id, self.clock()):
+            raise NotFound(
+                f"Provider key {key_id!r} does not exist in workspace {workspace_id!r} or is already revoked.",
+                param="key_id",
+            )
+
+    async def revoke_admin_token(self, workspace_id: str, token_id: str) -> None:
+        if not await self.store.revoke_admin_token(workspace_id, token_id, self.clock()):
+            raise NotFound(
+                f"Admin token {token_id!r} does not exist in workspace {workspace_id!r} or is already revoked.",
+                param="token_id",
+            )
