@@ -42,7 +42,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("read_timeout", float, 120.0, "Seconds a provider may stay silent in a non-streamed response."),
     Setting("first_token_timeout", float, 60.0, "Seconds a streamed response may take to start, and between chunks."),
     Setting("batch_size", int, 500, "Trace events written per store transaction at most."),
-    Setting("batch_interval_ms", float, 20.0, "How long the writer waits to fill a batch."),
+    Setting(
+        "durability",
+        str,
+        "strict",
+        "strict: a response is released once its record is durable (committed, or fsynced to the spool); "
+        "batched: responses do not wait, a crash may lose about batch_interval_ms of records.",
+    ),
+    Setting("batch_interval_ms", float, 20.0, "batched mode: how long the writer waits to fill a batch."),
     Setting("workers", int, 1, "Server worker processes (SQLite: keep 1)."),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
 )
@@ -61,6 +68,7 @@ class Settings:
     read_timeout: float = 120.0
     first_token_timeout: float = 60.0
     batch_size: int = 500
+    durability: str = "strict"
     batch_interval_ms: float = 20.0
     workers: int = 1
     log_level: str = "info"
@@ -95,6 +103,8 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
             raise ValueError(f"unknown setting {name!r}")
         if raw is not None:
             values[name] = _coerce(by_name[name], raw)
+    if values.get("durability", "strict") not in ("strict", "batched"):
+        raise ValueError(f"durability: expected strict or batched, got {values['durability']!r}")
     return Settings(**values)
 
 

@@ -1,18 +1,33 @@
-"""Trace events → batched, idempotent store writes, off the request's hot path.
+"""Trace events → batched, idempotent store writes, off the request's hot path, with a durability promise.
 
-`emit()` never blocks and never raises into a request. A single worker drains the queue in batches
-(up to `max_batch` events, or whatever arrived within `interval`). When the store refuses a batch the
-worker retries with backoff and then spools it to disk, so an acknowledged record is not lost; spooled
-batches are replayed first once the store answers again. `aclose()` drains everything before returning.
-A batch the store rejects outright (it raises: a poison event) is written one event at a time, so only the
-bad events are skipped, logged and counted; retrying it whole would fail forever and take the good ones along.
+Two modes (setting `durability`, docs/architecture.md "Durability"):
+
+* **strict** — `commit()` hands back a future that completes once the events are *durable*: committed by
+  the store (PostgreSQL commit; SQLite with `synchronous=FULL`) or fsynced to the local spool. The gateway
+  releases a response only after that, so a `kill -9` loses no acknowledged record. The worker writes as
+  soon as anything is queued, and whatever arrives while a write is in progress forms the next batch:
+  group commit, one transaction and one fsync for many requests, with no batching window to wait out.
+* **batched** — `commit()` returns None and the response does not wait; the worker gathers events for
+  `interval` before writing. A crash loses what was queued or in flight: at most about one `interval`
+  plus one write of records.
+
+`emit()` (no waiting, in either mode) is for records nobody is waiting on, e.g. a client that hung up.
+
+When the store fails, the batch goes to the spool (fsync) and the store is not tried again until a
+backoff has passed (a circuit breaker): during an outage requests wait for a local fsync, not for
+retries against a dead database. While the spool holds anything, new batches are appended behind it, so
+events reach the store in the order they were emitted; the spool is replayed (every write is idempotent)
+once the backoff passes, then cleared. A batch the store rejects outright (it raises: a poison event) is
+written one event at a time, so only the bad events are skipped, logged and counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +38,11 @@ from agentledger.pipeline.spool import Spool
 from agentledger.store.base import Store, WriteResult
 
 log = logging.getLogger(__name__)
+
+
+class Durability(enum.StrEnum):
+    STRICT = "strict"
+    BATCHED = "batched"
 
 
 @dataclass
@@ -37,6 +57,9 @@ class PipelineStats:
     dropped: int = 0  # events lost because the store was down and nothing could be spooled
 
 
+_Item = tuple[Sequence[TraceEvent], "asyncio.Future[None] | None"]
+
+
 class TracePipeline:
     def __init__(
         self,
@@ -45,51 +68,77 @@ class TracePipeline:
         spool: Spool | None = None,
         max_batch: int = 500,
         interval: float = 0.02,
-        retries: int = 3,
+        retries: int = 1,
+        durability: Durability | str = Durability.BATCHED,
+        backoff: tuple[float, float] = (0.05, 2.0),
     ) -> None:
         self.store = store
         self.spool = spool
         self.max_batch = max_batch
         self.interval = interval
         self.retries = retries
+        self.durability = Durability(durability)
         self.stats = PipelineStats()
-        self._queue: deque[tuple[TraceEvent, asyncio.Future[None] | None]] = deque()
+        self._queue: deque[_Item] = deque()
+        self._queued_events = 0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._backoff_min, self._backoff_max = backoff
+        self._backoff = self._backoff_min
+        self._retry_at = 0.0  # monotonic time before which the store is not tried (the spool takes batches)
 
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        return self._queued_events
+
+    @property
+    def strict(self) -> bool:
+        return self.durability is Durability.STRICT
+
+    @property
+    def store_healthy(self) -> bool:
+        """False while batches go to the spool because the store failed (see /readyz)."""
+        return not (self.spool is not None and self.spool.pending())
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="trace-pipeline")
 
-    def emit(self, event: TraceEvent) -> None:
-        """Queue an event for writing. Never blocks, never raises."""
-        self._queue.append((event, None))
-        self.stats.emitted += 1
-        self._idle.clear()
-        self._wake.set()
-
-    async def submit(self, events: Sequence[TraceEvent]) -> None:
-        """Queue events and wait until they are durable (written, or spooled if the store is down)."""
-        loop = asyncio.get_running_loop()
-        futures = []
-        for ev in events:
-            fut: asyncio.Future[None] = loop.create_future()
-            self._queue.append((ev, fut))
-            futures.append(fut)
+    def _put(self, events: Sequence[TraceEvent], fut: asyncio.Future[None] | None) -> None:
+        self._queue.append((events, fut))
+        self._queued_events += len(events)
         self.stats.emitted += len(events)
         self._idle.clear()
         self._wake.set()
-        await asyncio.gather(*futures)
+
+    def emit(self, event: TraceEvent) -> None:
+        """Queue an event for writing. Never blocks, never raises, never waits for durability."""
+        self._put((event,), None)
+
+    def commit(self, events: Sequence[TraceEvent]) -> asyncio.Future[None] | None:
+        """Queue one request's events; in strict mode, a future that completes once they are durable.
+
+        The future fails (AgentLedgerError) only if an event could not be made durable at all: the store
+        rejected it as malformed, or the store was down and the spool failed too.
+        """
+        if not self.strict:
+            self._put(events, None)
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._put(events, fut)
+        return fut
+
+    async def submit(self, events: Sequence[TraceEvent]) -> None:
+        """Queue events and wait until they are durable (written, or spooled if the store is down)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._put(events, fut)
+        await fut
 
     async def flush(self) -> None:
-        """Wait until everything emitted so far has been written."""
+        """Wait until everything emitted so far has been written (or spooled)."""
         if self._queue:
             self._idle.clear()
             self._wake.set()
@@ -102,43 +151,75 @@ class TracePipeline:
             await self._task
             self._task = None
 
+    # -- the worker -------------------------------------------------------------------------------------------
     async def _run(self) -> None:
         await self._replay_spool()
         while True:
             if not self._queue:
                 self._idle.set()
                 if self._closing:
+                    self._retry_at = 0.0  # one last try, so a clean stop leaves no spool behind if it can
+                    await self._replay_spool()
                     return
                 self._wake.clear()
-                await self._wake.wait()
-                if not self._closing:
+                if await self._wait_for_work() and not self._closing and not self.strict:
                     # Gather a fuller batch: the first event's arrival starts a short window.
                     await asyncio.sleep(self.interval)
-            batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
-            if batch:
-                lost = await self._write([ev for ev, _ in batch])
-                for ev, fut in batch:
-                    if fut is not None and not fut.done():
-                        if id(ev) in lost:
-                            fut.set_exception(AgentLedgerError("A trace event could not be recorded."))
-                        else:
-                            fut.set_result(None)
+                continue
+            batch: list[_Item] = []
+            count = 0
+            while self._queue and (not batch or count + len(self._queue[0][0]) <= self.max_batch):
+                item = self._queue.popleft()
+                batch.append(item)
+                count += len(item[0])
+            self._queued_events -= count
+            events = [ev for evs, _ in batch for ev in evs]
+            lost = await self._write(events)
+            for evs, fut in batch:
+                if fut is None or fut.done():
+                    continue
+                if lost and any(id(ev) in lost for ev in evs):
+                    fut.set_exception(AgentLedgerError("A trace event could not be recorded."))
+                else:
+                    fut.set_result(None)
+
+    async def _wait_for_work(self) -> bool:
+        """Sleep until events arrive (True) or, with a spool to replay, until the backoff has passed (False)."""
+        if self.spool is None or not self.spool.pending():
+            await self._wake.wait()
+            return True
+        timeout = max(self._retry_at - time.monotonic(), 0.001)
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+            return True
+        except TimeoutError:
+            await self._replay_spool()
+            return False
 
     async def _write(self, events: list[TraceEvent]) -> set[int]:
         """Write (or spool) a batch; returns the id() of each event that was not made durable."""
+        if self.spool is not None and self.spool.pending() and not await self._replay_spool():
+            return await self._to_spool(events)  # keep emission order: behind what is already spooled
         delay = 0.05
         for attempt in range(self.retries + 1):
             result, rejected = await self._attempt(events)
             if result is WriteResult.SUCCESS:
                 self.stats.written += len(events) - len(rejected)
                 self.stats.batches += 1
-                if self.spool is not None and self.spool.pending():
-                    await self._replay_spool()
+                self._backoff = self._backoff_min
                 return rejected
             self.stats.failures += 1
             if attempt < self.retries:
                 await asyncio.sleep(delay)
                 delay *= 4
+        self._open_circuit()
+        return await self._to_spool(events)
+
+    def _open_circuit(self) -> None:
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self._backoff_max)
+
+    async def _to_spool(self, events: list[TraceEvent]) -> set[int]:
         if self.spool is None:
             log.error("dropping %d trace events: store unavailable and no spool configured", len(events))
             self.stats.dropped += len(events)
@@ -169,17 +250,26 @@ class TracePipeline:
         self.stats.rejected += len(rejected)
         return WriteResult.SUCCESS, {id(ev) for ev in rejected}
 
-    async def _replay_spool(self) -> None:
+    async def _replay_spool(self) -> bool:
+        """Write the spooled batches in order; True if the spool is now empty."""
         if self.spool is None or not self.spool.pending():
-            return
+            return True
+        if time.monotonic() < self._retry_at:
+            return False
         batches = await asyncio.to_thread(self.spool.read)
         for events in batches:
             result, _ = await self._attempt(events)
             if result is not WriteResult.SUCCESS:
-                return  # still down; keep the spool for next time
-            self.stats.replayed += len(events)
+                # Still down. Batches already replayed stay in the spool and are written again next time:
+                # writes are idempotent, and rewriting the file here could tear it.
+                self.stats.failures += 1
+                self._open_circuit()
+                return False
+        self.stats.replayed += sum(len(b) for b in batches)
+        self._backoff = self._backoff_min
         with contextlib.suppress(OSError):
             await asyncio.to_thread(self.spool.clear)
+        return not self.spool.pending()
 
 
 def _describe(ev: TraceEvent) -> str:

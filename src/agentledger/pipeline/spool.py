@@ -31,6 +31,9 @@ class Spool:
                 end += _LEN.size + _LEN.unpack_from(raw, end)[0]
             if end < len(raw):
                 os.truncate(self.path, end)
+        # This process is the spool's only writer, so whether it holds anything is known without a stat()
+        # (pending() is asked on the event loop for every batch).
+        self._pending = self.path.exists() and self.path.stat().st_size > 0
 
     def append(self, events: Sequence[TraceEvent]) -> None:
         data = pickle.dumps(list(events), protocol=pickle.HIGHEST_PROTOCOL)
@@ -42,6 +45,9 @@ class Spool:
                 if os.write(fd, record) != len(record):
                     raise OSError(errno.ENOSPC, "short write to the spool")
                 os.fsync(fd)
+                if start == 0:
+                    _fsync_dir(self.path.parent)  # a new file's directory entry must be durable too
+                self._pending = True
             except OSError:
                 os.ftruncate(fd, start)  # the batch is not spooled; leave no torn record for later appends
                 raise
@@ -49,7 +55,7 @@ class Spool:
             os.close(fd)
 
     def pending(self) -> bool:
-        return self.path.exists() and self.path.stat().st_size > 0
+        return self._pending
 
     def read(self) -> list[list[TraceEvent]]:
         """All complete batches; a torn tail (crash mid-append) is ignored, it was never acknowledged."""
@@ -68,3 +74,12 @@ class Spool:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+        self._pending = False
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

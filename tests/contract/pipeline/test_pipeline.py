@@ -19,7 +19,16 @@ import pytest
 from sqlalchemy import func, select
 
 from agentledger.core.errors import AgentLedgerError
-from agentledger.core.model import Attribution, RunStart, StepKind, StepRecord, StepStatus, TraceEvent
+from agentledger.core.model import (
+    Attribution,
+    RunEnd,
+    RunStart,
+    RunStatus,
+    StepKind,
+    StepRecord,
+    StepStatus,
+    TraceEvent,
+)
 from agentledger.pipeline.queue import TracePipeline
 from agentledger.pipeline.spool import Spool
 from agentledger.store import schema as t
@@ -159,7 +168,7 @@ async def test_store_down_retries_then_spools_and_replays_on_recovery(
     flaky: FlakyStore, store: SQLStore, spool: Spool, ws: str
 ) -> None:
     flaky.down = True
-    pipeline = make_pipeline(flaky, spool, retries=2)
+    pipeline = make_pipeline(flaky, spool, retries=2, backoff=(0.2, 0.2))
     for i in range(10):
         pipeline.emit(step(ws, i))
     await pipeline.flush()
@@ -168,16 +177,68 @@ async def test_store_down_retries_then_spools_and_replays_on_recovery(
     assert spool.pending() and [len(b) for b in spool.read()] == [10]
     assert steps_written(store, ws) == 0
 
-    await pipeline.submit([step(ws, 10)])  # durable means spooled while the store is down
+    # Within the backoff the store is not tried at all: durable means spooled, behind what is there.
+    await pipeline.submit([step(ws, 10)])
+    assert flaky.calls == 3
     assert pipeline.stats.spooled == 11 and [len(b) for b in spool.read()] == [10, 1]
 
     flaky.down = False
+    await asyncio.sleep(0.25)  # the backoff passes; the worker replays the spool without waiting for new events
+    assert steps_written(store, ws) == 11 and not spool.pending() and not spool.path.exists()
     pipeline.emit(step(ws, 11))
     await pipeline.flush()
     assert steps_written(store, ws) == 12
     assert (pipeline.stats.written, pipeline.stats.replayed) == (1, 11)
-    assert not spool.pending() and not spool.path.exists()
     await pipeline.aclose()
+
+
+async def test_while_the_spool_holds_events_new_ones_queue_behind_them(
+    flaky: FlakyStore, store: SQLStore, spool: Spool, ws: str
+) -> None:
+    """Order matters: a run's start spooled during an outage must reach the store before its end."""
+    flaky.down = True
+    pipeline = make_pipeline(flaky, spool, retries=0, backoff=(60.0, 60.0))
+    await pipeline.submit([run_start(ws)])
+    flaky.down = False  # back, but the circuit stays open for the backoff: the end goes behind the start
+    end = RunEnd(ws, "run-1", RunStatus.SUCCEEDED, T0 + timedelta(seconds=1), None, None)
+    await pipeline.submit([end])
+    assert [type(b[0]).__name__ for b in spool.read()] == ["RunStart", "RunEnd"]
+    pipeline._retry_at = 0.0  # the backoff is over
+    await pipeline.aclose()
+    run = await store.get_run(ws, "run-1")
+    assert run is not None and run["status"] == "succeeded"
+
+
+async def test_strict_mode_commit_resolves_once_the_events_are_in_the_store(store: SQLStore, ws: str) -> None:
+    pipeline = make_pipeline(store, durability="strict", interval=5.0)
+    fut = pipeline.commit([run_start(ws), step(ws, 1)])
+    assert fut is not None and not fut.done()
+    started = time.perf_counter()
+    await fut
+    # Strict mode writes at once (group commit), never waiting out the batching interval.
+    assert time.perf_counter() - started < 2.0
+    assert steps_written(store, ws) == 1
+    await pipeline.aclose()
+
+
+async def test_strict_mode_groups_what_arrives_during_a_write(flaky: FlakyStore, store: SQLStore, ws: str) -> None:
+    flaky.gate = asyncio.Event()
+    pipeline = make_pipeline(flaky, durability="strict")
+    first = pipeline.commit([step(ws, 0)])
+    await asyncio.sleep(0.01)  # the worker is inside the first write
+    rest = [pipeline.commit([step(ws, i)]) for i in range(1, 101)]
+    flaky.gate.set()
+    await asyncio.gather(*[f for f in [first, *rest] if f is not None])
+    assert flaky.calls == 2  # one transaction for the first, one for the 100 that queued behind it
+    assert steps_written(store, ws) == 101
+    await pipeline.aclose()
+
+
+async def test_batched_mode_commit_does_not_wait(store: SQLStore, ws: str) -> None:
+    pipeline = make_pipeline(store, durability="batched")
+    assert pipeline.commit([step(ws, 1)]) is None
+    await pipeline.aclose()
+    assert steps_written(store, ws) == 1
 
 
 async def test_a_spool_left_by_a_previous_process_is_replayed_at_start(store: SQLStore, spool: Spool, ws: str) -> None:
