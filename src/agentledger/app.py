@@ -17,6 +17,7 @@ from starlette.responses import Response
 from agentledger.api.auth import AdminAuth
 from agentledger.api.health import health_routes
 from agentledger.api.manage import manage_routes
+from agentledger.api.openapi import openapi_routes
 from agentledger.api.query import query_routes
 from agentledger.config import Settings
 from agentledger.core.errors import NotFound
@@ -94,6 +95,7 @@ def create_app(
         *manage_routes(auth, c.governance, c.gateway),
         *query_routes(auth, c.store, c.pipeline),
         *health_routes(c.store, c.pipeline),
+        *openapi_routes(),
     ]
     middleware = [Middleware(RequestIdMiddleware)]
     app = Starlette(

@@ -1,0 +1,81 @@
+"""The OpenAPI 3.1 document, served at GET /openapi.json without auth.
+
+It is data, built once from the same constants the validators use (see `schemas`), and a test checks
+that its paths and methods are exactly the routes the app mounts.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from agentledger import __version__
+from agentledger.api.openapi.paths import PATHS
+from agentledger.api.openapi.rows import ROWS
+from agentledger.api.openapi.schemas import REQUESTS
+from agentledger.api.openapi.shapes import Schema, json_content, ref
+
+_ERRORS = {
+    400: "Invalid request, header, JSON body or unknown agent (`invalid_request_error`); `param` names the field.",
+    401: "Missing, invalid or revoked credential (`authentication_error` / `invalid_api_key`).",
+    403: "Not allowed: read-only token, model not allowed, agent mismatch (`permission_error`).",
+    404: "Unknown object (`not_found_error`) or model (`model_not_found`).",
+    409: "Already exists (`conflict`), or x-request-id reused with another body (`idempotency_key_reused`).",
+    413: "The body is larger than `max_body_bytes` (`request_too_large`).",
+    429: "The provider is rate limiting (`upstream_rate_limited`); honour Retry-After when present.",
+    502: "The provider failed or answered garbage (`upstream_bad_response`, `upstream_unavailable`).",
+    503: "The store is unreachable and the call cannot go on (`store_unavailable`); retry after Retry-After.",
+    504: "The provider did not answer in time (`upstream_timeout`).",
+}
+_REQUEST_ID = {"description": "The request's id: the client's, or generated.", "schema": {"type": "string"}}
+_RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+
+DESCRIPTION = """\
+agentledger: an OpenAI-compatible AI gateway that records runs, steps and costs.
+
+Every error has one shape, `{"error": {"message", "type", "code", "param"}}`. 499 (`client_closed_request`)
+is only ever recorded, never sent. A provider's own 4xx refusal (`upstream_rejected`) on
+/v1/chat/completions passes its status through. Tracking headers `alephant-property-<name>` (name: 1-64 of
+`a-z 0-9 _ . -`, value at most 1024 characters, at most 32 of them) are accepted besides the listed ones.
+"""
+
+
+def _error_response(status: int) -> Schema:
+    headers = {"x-request-id": _REQUEST_ID}
+    if status in (429, 503):
+        headers["Retry-After"] = _RETRY_AFTER
+    return {"description": _ERRORS[status], "headers": headers, "content": json_content(ref("Error"))}
+
+
+@cache
+def document() -> Schema:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "agentledger", "version": __version__, "description": DESCRIPTION},
+        "paths": PATHS,
+        "components": {
+            "schemas": {**REQUESTS, **ROWS},
+            "responses": {f"Error{status}": _error_response(status) for status in _ERRORS},
+            "securitySchemes": {
+                "virtualKey": {"type": "http", "scheme": "bearer", "description": "A virtual key, `vk-…`."},
+                "virtualKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+                "adminToken": {"type": "http", "scheme": "bearer", "description": "An admin token, `adm-…`."},
+            },
+        },
+    }
+
+
+@cache
+def _rendered() -> bytes:
+    return orjson.dumps(document())
+
+
+def openapi_routes() -> list[Route]:
+    async def openapi(request: Request) -> Response:
+        return Response(_rendered(), media_type="application/json")
+
+    return [Route("/openapi.json", openapi, methods=["GET"])]

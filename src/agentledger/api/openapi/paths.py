@@ -1,0 +1,258 @@
+"""The paths object: every route the app mounts, with its parameters, body, security and statuses."""
+
+from __future__ import annotations
+
+from agentledger.api.openapi.schemas import ID, PATH, TIMESTAMP
+from agentledger.api.openapi.shapes import (
+    Schema,
+    body,
+    enum,
+    integer,
+    json_content,
+    ok_json,
+    param,
+    ref,
+    responses,
+    text,
+)
+from agentledger.core import headers as h
+from agentledger.store.base import GROUP_COLUMNS
+
+Security = list[dict[str, list[str]]]
+VIRTUAL_KEY: Security = [{"virtualKey": []}, {"virtualKeyHeader": []}]
+ADMIN: Security = [{"adminToken": []}]
+PUBLIC: Security = []
+
+# Who can answer what: every authenticated route may meet a store outage (503); a body may be too large (413).
+V1 = (401, 503)
+V1_WRITE = (400, 401, 413, 503)
+API_READ = (401, 503)
+API_WRITE = (400, 401, 403, 409, 413, 503)
+
+_PROMPT = {**text(h.MAX_ID_LEN * 2 + 1, pattern=None), "description": "`id` or `id@version` (each in id format)."}
+TRACKING = [
+    param(h.REQUEST_ID, "header", ID, "Idempotency key and lookup id; generated when absent, always echoed."),
+    param(h.AGENT_ID, "header", ID, "Attribute the call to an agent of the key's workspace."),
+    param(h.RUN_ID, "header", ID, "The run this call belongs to; created on first sight."),
+    param(h.SESSION_ID, "header", ID, "Groups runs and requests into a session."),
+    param(h.SESSION_PATH, "header", text(h.MAX_PATH_LEN, pattern=PATH["pattern"]), "Route inside the workflow."),
+    param(h.SESSION_NAME, "header", text(h.MAX_NAME_LEN), "Human label of the session."),
+    param(h.PROMPT_ID, "header", _PROMPT, "Prompt template id."),
+    param(h.PROMPT_VERSION, "header", ID, "Prompt version; needs alephant-prompt-id."),
+]
+
+
+def op(
+    summary: str,
+    tag: str,
+    security: Security,
+    ok: dict[int, Schema],
+    errors: tuple[int, ...],
+    **extra: Schema | list[Schema],
+) -> Schema:
+    return {"summary": summary, "tags": [tag], "security": security, "responses": responses(ok, errors), **extra}
+
+
+def path_id(name: str, schema: Schema = ID) -> Schema:
+    return param(name, "path", schema, f"The {name.removesuffix('_id').replace('_', ' ')}'s id.")
+
+
+def _listing(item: str) -> Schema:
+    return {"type": "object", "properties": {"data": {"type": "array", "items": ref(item)}}, "required": ["data"]}
+
+
+def _crud(item: str, body_schema: str, summary: str) -> Schema:
+    return {
+        "get": op(
+            f"List {summary}.", "manage", ADMIN, {200: ok_json(f"The workspace's {summary}.", _listing(item))}, API_READ
+        ),
+        "post": op(
+            f"Create one of the {summary}.",
+            "manage",
+            ADMIN,
+            {201: ok_json("Created.", ref(item))},
+            API_WRITE,
+            requestBody=body(ref(body_schema)),
+        ),
+    }
+
+
+_RUN_FILTERS = [
+    param("agent", "query", {"type": "string"}, "Only runs of this agent."),
+    param("session", "query", {"type": "string"}, "Only runs of this session."),
+    param("workflow", "query", {"type": "string"}, "Only runs of this workflow."),
+    param("status", "query", {"type": "string"}, "running, succeeded, failed or cancelled."),
+    param("from", "query", TIMESTAMP, "Runs started at or after."),
+    param("to", "query", TIMESTAMP, "Runs started before."),
+    param("limit", "query", integer(1, 1000, default=50), "Page size."),
+    param("offset", "query", integer(0, 10_000_000, default=0), "Rows to skip."),
+]
+_GROUP_BY = {"type": "string", "pattern": f"^({'|'.join(GROUP_COLUMNS)}|property\\..+)$", "default": "workspace"}
+_STREAM_OR_JSON = {
+    "description": "The provider's answer: a chat completion, or an SSE stream when `stream` is true.",
+    "content": {**json_content(ref("ChatCompletion")), "text/event-stream": {"schema": {"type": "string"}}},
+}
+_PLAIN_METRICS = {"description": "Prometheus text format.", "content": {"text/plain": {"schema": {"type": "string"}}}}
+_STATUS = {
+    "type": "object",
+    "properties": {"status": {"type": "string"}, "reason": {"type": "string"}},
+    "required": ["status"],
+}
+
+PATHS: Schema = {
+    "/v1/chat/completions": {
+        "post": op(
+            "OpenAI chat completion, streamed or not; routed, priced and recorded.",
+            "gateway",
+            VIRTUAL_KEY,
+            {200: _STREAM_OR_JSON},
+            (400, 401, 403, 404, 409, 413, 429, 502, 503, 504),
+            parameters=TRACKING,
+            requestBody=body(ref("ChatCompletionRequest")),
+        )
+    },
+    "/v1/models": {
+        "get": op(
+            "Models the workspace's provider keys name.",
+            "gateway",
+            VIRTUAL_KEY,
+            {200: ok_json("Models.", ref("Models"))},
+            V1,
+        )
+    },
+    "/v1/runs": {
+        "post": op(
+            "Start a run (an existing run id is returned unchanged).",
+            "runs",
+            VIRTUAL_KEY,
+            {201: ok_json("Created.", ref("RunStarted")), 200: ok_json("Already existed.", ref("RunStarted"))},
+            (*V1_WRITE, 403),
+            requestBody=body(ref("RunStart")),
+        )
+    },
+    "/v1/runs/{run_id}/steps": {
+        "post": op(
+            'Record one step, an array of steps, or {"steps": [...]}; all or nothing.',
+            "runs",
+            VIRTUAL_KEY,
+            {201: ok_json("Durable.", ref("StepsAdded"))},
+            V1_WRITE,
+            parameters=[path_id("run_id")],
+            requestBody=body(ref("StepBatch")),
+        )
+    },
+    "/v1/runs/{run_id}/end": {
+        "post": op(
+            "End a run.",
+            "runs",
+            VIRTUAL_KEY,
+            {200: ok_json("Ended.", ref("RunEnded"))},
+            (*V1_WRITE, 404),
+            parameters=[path_id("run_id")],
+            requestBody=body(ref("RunEnd")),
+        )
+    },
+    "/api/workspaces": {
+        "get": op(
+            "This token's workspace.",
+            "manage",
+            ADMIN,
+            {200: ok_json("One workspace.", _listing("Workspace"))},
+            API_READ,
+        )
+    },
+    "/api/departments": _crud("Department", "DepartmentIn", "departments"),
+    "/api/agents": _crud("Agent", "AgentIn", "agents"),
+    "/api/virtual-keys": _crud("VirtualKey", "VirtualKeyIn", "virtual keys (the key is shown once)"),
+    "/api/virtual-keys/{key_id}": {
+        "delete": op(
+            "Revoke a virtual key at once.",
+            "manage",
+            ADMIN,
+            {200: ok_json("Revoked.", ref("Revoked"))},
+            (401, 403, 404, 503),
+            parameters=[path_id("key_id")],
+        )
+    },
+    "/api/provider-keys": _crud("ProviderKey", "ProviderKeyIn", "provider keys (never returned)"),
+    "/api/provider-keys/{key_id}": {
+        "delete": op(
+            "Revoke a provider key.",
+            "manage",
+            ADMIN,
+            {200: ok_json("Revoked.", ref("Revoked"))},
+            (401, 403, 404, 503),
+            parameters=[path_id("key_id")],
+        )
+    },
+    "/api/prices": _crud("Price", "PriceIn", "price overrides"),
+    "/api/runs": {
+        "get": op(
+            "Runs with totals, newest first.",
+            "query",
+            ADMIN,
+            {200: ok_json("Runs.", _listing("Run"))},
+            (400, *API_READ),
+            parameters=_RUN_FILTERS,
+        )
+    },
+    "/api/runs/{run_id}": {
+        "get": op(
+            "A run, its totals and its step tree.",
+            "query",
+            ADMIN,
+            {200: ok_json("The run.", ref("RunDetail"))},
+            (404, *API_READ),
+            parameters=[path_id("run_id")],
+        )
+    },
+    "/api/sessions/{session_id}": {
+        "get": op(
+            "A session: its runs, paths and totals.",
+            "query",
+            ADMIN,
+            {200: ok_json("The session.", ref("Session"))},
+            (404, *API_READ),
+            parameters=[path_id("session_id")],
+        )
+    },
+    "/api/requests/{request_id}": {
+        "get": op(
+            "One gateway request by its x-request-id.",
+            "query",
+            ADMIN,
+            {200: ok_json("The request.", ref("Request"))},
+            (404, *API_READ),
+            parameters=[path_id("request_id")],
+        )
+    },
+    "/api/analytics/costs": {
+        "get": op(
+            "Cost and token rollups.",
+            "query",
+            ADMIN,
+            {200: ok_json("Rollup rows.", ref("Costs"))},
+            (400, *API_READ),
+            parameters=[
+                param("group_by", "query", _GROUP_BY, "workspace, department, … or property.<name>."),
+                param("from", "query", TIMESTAMP, "Events at or after."),
+                param("to", "query", TIMESTAMP, "Events before."),
+                param("interval", "query", enum(["hour", "day"]), "Bucket the rows by time."),
+            ],
+        )
+    },
+    "/healthz": {"get": op("Alive.", "operations", PUBLIC, {200: ok_json("Alive.", _STATUS)}, ())},
+    "/readyz": {
+        "get": op(
+            "Ready: the store answers.",
+            "operations",
+            PUBLIC,
+            {200: ok_json("Ready.", _STATUS), 503: ok_json("Not ready; `reason` says why.", _STATUS)},
+            (),
+        )
+    },
+    "/metrics": {"get": op("Prometheus metrics.", "operations", PUBLIC, {200: _PLAIN_METRICS}, ())},
+    "/openapi.json": {
+        "get": op("This document.", "operations", PUBLIC, {200: ok_json("OpenAPI 3.1.", {"type": "object"})}, ())
+    },
+}
