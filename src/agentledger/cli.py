@@ -1,18 +1,27 @@
-"""The command line: thin wrappers over library calls. `agentledger` alone means `agentledger serve`."""
+"""The command line: thin wrappers over library calls. `agentledger` alone means `agentledger serve`.
+
+Errors a user can cause (a bad option, an unknown workspace, a duplicate id, a database that cannot be
+reached) end as click errors: one `Error: ...` line on stderr, exit 2 for usage and 1 for the rest, never
+a traceback.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import click
+import orjson
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
-from agentledger.app import build_components, create_app
+from agentledger.app import Components, build_components, create_app
 from agentledger.config import SETTINGS, Settings, load_settings
+from agentledger.core.errors import AgentLedgerError, InvalidRequest
 from agentledger.core.model import Role
 from agentledger.governance import Governance
 
@@ -24,20 +33,83 @@ def _settings(ctx: click.Context) -> Settings:
     return obj
 
 
+def _shown_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
 def _with_governance(settings: Settings, fn: Callable[[Governance], Awaitable[T]]) -> T:
+    """Runs `fn` against a migrated store, turning the errors a user can cause into click errors."""
+    url = _shown_url(settings.database_url)
+    try:
+        c: Components = build_components(settings)
+    except ArgumentError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--db' (db_url)") from None
+    except ImportError as exc:
+        raise click.ClickException(f"no driver for the database {url}: {exc}") from None
+    except (ValueError, OSError) as exc:  # a malformed secret_key, an unwritable data_dir
+        raise click.ClickException(f"cannot open the data directory or secret key: {exc}") from None
+
     async def run() -> T:
-        c = build_components(settings)
-        await c.store.migrate()
         try:
+            await c.store.migrate()
             return await fn(c.governance)
         finally:
             await c.store.aclose()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except InvalidRequest as exc:
+        ctx = click.get_current_context()
+        param = next((p for p in ctx.command.params if p.name == exc.param), None)
+        if param is None:
+            raise click.UsageError(exc.message, ctx) from None
+        raise click.BadParameter(exc.message, ctx, param) from None
+    except AgentLedgerError as exc:
+        raise click.ClickException(exc.message) from None
+    except DBAPIError as exc:
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+        raise click.ClickException(f"database {url}: {detail}") from None
+
+
+def _json(data: Any) -> str:
+    # The API's serialization (orjson): timestamps are ISO 8601 with a "T", as /api prints them.
+    return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_INDENT_2, default=str).decode()
 
 
 def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    click.echo(_json(data))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return _json(value).strip('"')
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+def _echo_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    for line in [list(columns), *cells]:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+
+
+def _configure_logging(settings: Settings) -> None:
+    try:
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    except ValueError:
+        raise click.BadParameter(
+            f"expected debug, info, warning or error, got {settings.log_level!r}", param_hint="'log_level'"
+        ) from None
+    if settings.log_level.lower() != "debug":
+        # Alembic narrates every migration check at INFO; on a first start that buried the banner.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @click.group(invoke_without_command=True)
@@ -56,12 +128,12 @@ def main(
     for item in sets:
         name, sep, value = item.partition("=")
         if not sep:
-            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--set")
+            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="'--set'")
         overrides[name] = value
     try:
         ctx.obj = load_settings(overrides)
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise click.BadParameter(str(exc), param_hint="'--set'") from None
     if ctx.invoked_subcommand is None:  # `agentledger` alone means `agentledger serve`
         ctx.invoke(serve)
 
@@ -82,10 +154,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
             "port": port or settings.port,
         }
     )
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(settings)
     base_url = f"http://{settings.host}:{settings.port}"
-    if settings.bootstrap:
-        _bootstrap(settings, base_url)
+    _prepare(settings, base_url)
     app = create_app(settings)
     uvicorn.run(
         app,
@@ -99,26 +170,31 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     )
 
 
-def _bootstrap(settings: Settings, base_url: str) -> None:
+def _prepare(settings: Settings, base_url: str) -> None:
+    """Migrates (so an unreachable database is one clear error, not a startup traceback) and, on the first
+    start, creates the demo workspace and prints its banner: the first thing on stdout."""
+
     async def run(gov: Governance) -> Any:
-        if await gov.store.list_workspaces("default"):
+        if not settings.bootstrap or await gov.store.list_workspaces("default"):
             return None
         return await gov.bootstrap()
 
     boot = _with_governance(settings, run)
+    database = _shown_url(settings.database_url)
     if boot is None:
-        click.echo(f"agentledger: serving {base_url} (database {settings.database_url})", err=True)
+        click.echo(f"agentledger: serving {base_url} (database {database})", err=True)
         return
     click.echo(
         "\n".join(
             [
                 "agentledger — first start: created a demo workspace (keys are shown once, store them now)",
                 f"  base URL      {base_url}/v1",
-                f"  workspace     {boot.workspace_id}   department {boot.department_id}   agent {boot.agent_id}",
+                f"  workspace     {boot.workspace_id}   department {boot.department_id}",
+                f"  agent         {boot.agent_id}   (the demo key is bound to it: its runs show this agent_id)",
                 f"  virtual key   {boot.virtual_key}",
                 f"  admin token   {boot.admin_token}",
                 "  provider      built-in mock (offline); add a real one with `agentledger provider-keys create`",
-                f"  database      {settings.database_url}",
+                f"  database      {database}",
                 "",
                 f"  curl {base_url}/v1/chat/completions -H 'Authorization: Bearer {boot.virtual_key}' \\",
                 "    -H 'Content-Type: application/json' \\",
@@ -141,6 +217,85 @@ def migrate(ctx: click.Context) -> None:
     click.echo("migrated")
 
 
+def _workspace_option() -> click.Option:
+    return click.Option(["--workspace"], default="default", show_default=True, help="Workspace id.")
+
+
+def _json_option() -> click.Option:
+    return click.Option(["--json", "as_json"], is_flag=True, help='JSON ({"data": [...]}, as the API answers).')
+
+
+def _in_workspace(workspace: str, fn: Callable[[Governance], Awaitable[T]]) -> Callable[[Governance], Awaitable[T]]:
+    async def run(gov: Governance) -> T:
+        await gov.require_workspace(workspace)
+        return await fn(gov)
+
+    return run
+
+
+def _create_command(
+    group: click.Group,
+    name: str,
+    method: str,
+    options: list[click.Option],
+    help: str,
+    one_of: tuple[str, ...] = (),
+) -> None:
+    @click.pass_context
+    def command(ctx: click.Context, /, workspace: str, **data: Any) -> None:
+        body = {k: v for k, v in data.items() if v not in (None, ())}
+        if one_of and not any(k in body for k in one_of):
+            flags = [p.opts[0] for p in ctx.command.params if p.name in one_of]
+            raise click.UsageError(f"Missing option {' or '.join(repr(f) for f in flags)}.", ctx)
+        for k in ("allowed_models", "models"):
+            if k in body:
+                body[k] = list(body[k])
+        result = _with_governance(
+            _settings(ctx), _in_workspace(workspace, lambda g: getattr(g, method)(workspace, body))
+        )
+        _echo_json(result)
+
+    params: list[click.Parameter] = [_workspace_option(), *options]
+    group.add_command(click.Command(name, callback=command, params=params, help=help))
+
+
+def _list_command(
+    group: click.Group,
+    columns: Sequence[str],
+    fetch: Callable[[Governance, str], Awaitable[list[dict[str, Any]]]],
+    help: str,
+    name: str = "list",
+) -> None:
+    @click.pass_context
+    def command(ctx: click.Context, /, workspace: str, as_json: bool) -> None:
+        rows = _with_governance(_settings(ctx), _in_workspace(workspace, lambda g: fetch(g, workspace)))
+        if as_json:
+            _echo_json({"data": rows})
+        else:
+            _echo_table(rows, columns)
+
+    group.add_command(click.Command(name, callback=command, params=[_workspace_option(), _json_option()], help=help))
+
+
+def _revoke_command(
+    group: click.Group, what: str, revoke: Callable[[Governance, str, str], Awaitable[Any]], note: str = ""
+) -> None:
+    @click.pass_context
+    def command(ctx: click.Context, /, id: str, workspace: str, as_json: bool) -> None:
+        _with_governance(_settings(ctx), _in_workspace(workspace, lambda g: revoke(g, workspace, id)))
+        if as_json:
+            _echo_json({"id": id, "revoked": True})
+        else:
+            click.echo(f"revoked {what} {id} in workspace {workspace}{note}")
+
+    params: list[click.Parameter] = [click.Argument(["id"]), _workspace_option(), _json_option()]
+    group.add_command(click.Command("revoke", callback=command, params=params, help=f"Revoke a {what} by its id."))
+
+
+# A running gateway caches what it authenticated for cache_ttl; the CLI cannot reach its memory.
+_CACHE_NOTE = " (a running gateway stops accepting it within cache_ttl)"
+
+
 @main.group()
 def workspaces() -> None:
     """Workspaces (each with its own owner token)."""
@@ -151,22 +306,21 @@ def workspaces() -> None:
 @click.option("--id", "workspace_id", default=None)
 @click.pass_context
 def workspaces_create(ctx: click.Context, name: str, workspace_id: str | None) -> None:
+    """Create a workspace and print its owner token (shown once)."""
     ws, token = _with_governance(_settings(ctx), lambda g: g.create_workspace(name, workspace_id=workspace_id))
     _echo_json({"id": ws, "name": name, "owner_token": token})
 
 
-def _create_command(group: click.Group, name: str, method: str, options: list[click.Option]) -> None:
-    @click.pass_context
-    def command(ctx: click.Context, /, workspace: str, **data: Any) -> None:
-        body = {k: v for k, v in data.items() if v not in (None, ())}
-        for k in ("allowed_models", "models"):
-            if k in body:
-                body[k] = list(body[k])
-        result = _with_governance(_settings(ctx), lambda g: getattr(g, method)(workspace, body))
-        _echo_json(result)
-
-    params: list[click.Parameter] = [click.Option(["--workspace"], default="default", show_default=True), *options]
-    group.add_command(click.Command(name, callback=command, params=params, help=f"Create ({method})."))
+@workspaces.command("list")
+@click.option("--json", "as_json", is_flag=True, help='JSON ({"data": [...]}, as the API answers).')
+@click.pass_context
+def workspaces_list(ctx: click.Context, as_json: bool) -> None:
+    """List every workspace."""
+    rows = _with_governance(_settings(ctx), lambda g: g.store.list_all_workspaces())
+    if as_json:
+        _echo_json({"data": rows})
+    else:
+        _echo_table(rows, ("id", "name", "created_at"))
 
 
 @main.group()
@@ -195,7 +349,11 @@ def prices() -> None:
 
 
 _create_command(
-    departments, "create", "create_department", [click.Option(["--name"], required=True), click.Option(["--id"])]
+    departments,
+    "create",
+    "create_department",
+    [click.Option(["--name"], required=True), click.Option(["--id"])],
+    "Create a department.",
 )
 _create_command(
     agents,
@@ -207,6 +365,7 @@ _create_command(
         click.Option(["--id"]),
         click.Option(["--kind"], type=click.Choice(["ai", "workflow"])),
     ],
+    "Create an agent in a department.",
 )
 _create_command(
     keys,
@@ -215,9 +374,11 @@ _create_command(
     [
         click.Option(["--name"], default="key"),
         click.Option(["--department", "department_id"]),
-        click.Option(["--agent", "agent_id"]),
+        click.Option(["--agent", "agent_id"], help="Bind the key to this agent (and its department)."),
         click.Option(["--allow-model", "allowed_models"], multiple=True),
     ],
+    "Create a virtual key (printed once) for a department, or bound to an agent.",
+    one_of=("department_id", "agent_id"),
 )
 _create_command(
     provider_keys,
@@ -232,6 +393,7 @@ _create_command(
         click.Option(["--model", "models"], multiple=True, help="Model name or glob; repeatable (default '*')."),
         click.Option(["--priority"], type=int),
     ],
+    "Add a provider credential and the models it serves.",
 )
 _create_command(
     prices,
@@ -245,15 +407,90 @@ _create_command(
         click.Option(["--cache-write-mtok", "cache_write_mtok"]),
         click.Option(["--effective-from", "effective_from"]),
     ],
+    "Set a workspace's price for a model (dollars per million tokens).",
+)
+
+_list_command(
+    departments, ("id", "name", "created_at"), lambda g, ws: g.store.list_departments(ws), "List departments."
+)
+_list_command(
+    agents, ("id", "name", "department_id", "kind", "created_at"), lambda g, ws: g.store.list_agents(ws), "List agents."
+)
+_list_command(
+    keys,
+    ("id", "name", "key_prefix", "department_id", "agent_id", "allowed_models", "created_at", "revoked_at"),
+    lambda g, ws: g.store.list_virtual_keys(ws),
+    "List virtual keys (their prefixes; a key itself is never shown again).",
+)
+_list_command(
+    provider_keys,
+    ("id", "name", "provider", "kind", "base_url", "models", "priority", "created_at", "revoked_at"),
+    lambda g, ws: g.store.list_provider_keys(ws),
+    "List provider keys (never their secrets).",
+)
+_list_command(
+    prices,
+    (
+        "id",
+        "model",
+        "input_mtok",
+        "output_mtok",
+        "cached_input_mtok",
+        "cache_write_mtok",
+        "effective_from",
+        "created_at",
+    ),
+    lambda g, ws: g.store.list_price_overrides(ws),
+    "List the workspace's price overrides.",
+)
+_revoke_command(keys, "virtual key", lambda g, ws, id: g.revoke_virtual_key(ws, id), _CACHE_NOTE)
+_revoke_command(provider_keys, "provider key", lambda g, ws, id: g.revoke_provider_key(ws, id), _CACHE_NOTE)
+
+
+_ADMIN_OPTIONS = (
+    click.option("--workspace", default=None, help="Workspace id.  [default: default]"),
+    click.option("--name", default=None, help="  [default: admin]"),
+    click.option("--role", type=click.Choice([r.value for r in Role]), default=None, help="  [default: admin]"),
 )
 
 
-@main.command("admin-token")
-@click.option("--workspace", default="default", show_default=True)
-@click.option("--name", default="admin")
-@click.option("--role", type=click.Choice([r.value for r in Role]), default="admin")
+def _admin_options(fn: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(_ADMIN_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _create_admin_token(ctx: click.Context, workspace: str | None, name: str | None, role: str | None) -> None:
+    ws, role = workspace or "default", role or "admin"
+    token = _with_governance(
+        _settings(ctx), _in_workspace(ws, lambda g: g.create_admin_token(ws, name or "admin", Role(role)))
+    )
+    _echo_json({"workspace": ws, "role": role, "token": token})
+
+
+@main.group("admin-token", invoke_without_command=True)
+@_admin_options
 @click.pass_context
-def admin_token(ctx: click.Context, workspace: str, name: str, role: str) -> None:
-    """Create an admin token for the /api (shown once)."""
-    token = _with_governance(_settings(ctx), lambda g: g.create_admin_token(workspace, name, Role(role)))
-    _echo_json({"workspace": workspace, "role": role, "token": token})
+def admin_token(ctx: click.Context, workspace: str | None, name: str | None, role: str | None) -> None:
+    """Admin tokens for the /api. Without a subcommand: create one (printed once), as `admin-token create`."""
+    if ctx.invoked_subcommand is None:
+        _create_admin_token(ctx, workspace, name, role)
+    elif (workspace, name, role) != (None, None, None):
+        raise click.UsageError(f"Put the options after the subcommand: admin-token {ctx.invoked_subcommand} ...", ctx)
+
+
+@admin_token.command("create")
+@_admin_options
+@click.pass_context
+def admin_token_create(ctx: click.Context, workspace: str | None, name: str | None, role: str | None) -> None:
+    """Create an admin token for the /api (printed once)."""
+    _create_admin_token(ctx, workspace, name, role)
+
+
+_list_command(
+    admin_token,
+    ("id", "name", "role", "created_at", "revoked_at"),
+    lambda g, ws: g.store.list_admin_tokens(ws),
+    "List admin tokens (never the tokens themselves).",
+)
+_revoke_command(admin_token, "admin token", lambda g, ws, id: g.revoke_admin_token(ws, id), _CACHE_NOTE)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from agentledger.core.errors import InvalidRequest, NotFound
+from agentledger.core.errors import Conflict, InvalidRequest, NotFound
 from agentledger.core.headers import parse_id
 from agentledger.core.ids import new_id
 from agentledger.core.keys import ADMIN_TOKEN_PREFIX, VIRTUAL_KEY_PREFIX, display_prefix, hash_secret, new_secret
@@ -79,6 +79,8 @@ class Governance:
     async def create_workspace(self, name: str, *, workspace_id: str | None = None) -> tuple[str, str]:
         """A workspace and its first owner token (returned once)."""
         ws = _optional_id(workspace_id, "id", "ws")
+        if await self.store.list_workspaces(ws):
+            raise Conflict(f"Workspace {ws!r} already exists.", param="id")
         await self.store.create_workspace(ws, _name(name, "name"), self.clock())
         token = await self.create_admin_token(ws, "owner", Role.OWNER)
         return ws, token
@@ -110,6 +112,7 @@ class Governance:
             raise InvalidRequest("'kind' must be 'ai' or 'workflow'.", param="kind")
         dep = _name(data.get("department_id"), "department_id")
         name = _name(data.get("name", agent), "name")
+        await self._require_department(workspace_id, dep)
         await self.store.create_agent(workspace_id, agent, dep, name, kind, self.clock())
         return {"id": agent, "department_id": dep, "name": name, "kind": kind}
 
@@ -124,7 +127,8 @@ class Governance:
                 raise InvalidRequest(f"Agent {agent_id!r} does not exist.", param="agent_id")
             department_id = data.get("department_id") or agent["department_id"]
         else:
-            department_id = data.get("department_id")
+            department_id = _name(data.get("department_id"), "department_id")
+            await self._require_department(workspace_id, department_id)
         row = dict(
             workspace_id=workspace_id,
             id=new_id("vkid"),
@@ -208,6 +212,11 @@ class Governance:
         # Bound to the demo agent, so the demo's runs and requests show who made them.
         vk = await self.create_virtual_key(ws, {"name": "demo", "agent_id": agent["id"]})
         return Bootstrap(ws, dep["id"], agent["id"], vk["key"], token)
+
+    async def _require_department(self, workspace_id: str, department_id: str) -> None:
+        # Named here rather than left to the store's foreign key, whose 409 cannot say which reference failed.
+        if not any(d["id"] == department_id for d in await self.store.list_departments(workspace_id)):
+            raise InvalidRequest(f"Department {department_id!r} does not exist.", param="department_id")
 
     async def require_workspace(self, workspace_id: str) -> None:
         if not await self.store.list_workspaces(workspace_id):

@@ -108,7 +108,11 @@ def test_serve_subprocess_first_start_sdk_and_graceful_shutdown(tmp_path: Path) 
     # A half-second batch window keeps the last trace in the pipeline's queue when SIGTERM arrives.
     with serve(data_dir, "first", "--set", "batch_interval_ms=500") as srv:
         out = srv.out()
-        assert "first start" in out
+        # The banner is the first thing printed, and nothing (no migration chatter) comes before it.
+        assert out.startswith("agentledger — first start: created a demo workspace"), out
+        agent_line = re.search(r"^\s*agent\s+(\S+)\s+\(the demo key is bound to it", out, re.MULTILINE)
+        assert agent_line and agent_line.group(1) == "demo-agent", out
+        assert "alembic" not in srv.err() and "Running upgrade" not in srv.err(), srv.err()
         vk, admin = printed(out, "virtual key"), printed(out, "admin token")
         assert vk.startswith("vk-") and admin.startswith("adm-")
         assert f"{srv.url}/v1" in out
@@ -139,7 +143,10 @@ def test_serve_subprocess_first_start_sdk_and_graceful_shutdown(tmp_path: Path) 
         ]
         assert run["totals"]["cost_nanos"] == 2 * HELLO_NANOS
         assert (run["totals"]["input_tokens"], run["totals"]["output_tokens"]) == (12, 18)
-        assert run["agent_id"] is None and run["department_id"] == "engineering"
+        # The demo key is bound to the demo agent, so its calls land with the agent's id.
+        assert run["agent_id"] == "demo-agent" and run["department_id"] == "engineering"
+        request = httpx.get(srv.url + "/api/requests/req-plain", headers=auth, timeout=10).json()
+        assert request["agent_id"] == "demo-agent"
 
         # The last call is acknowledged, then the server is told to stop before anything reads it back:
         # its trace may still be in the pipeline's queue and must be written during shutdown.
