@@ -22,6 +22,7 @@ from agentledger.api.query import query_routes
 from agentledger.config import Settings
 from agentledger.core.errors import NotFound
 from agentledger.gateway.flow import Gateway
+from agentledger.gateway.limits import BodyLimitMiddleware
 from agentledger.gateway.middleware import RequestIdMiddleware
 from agentledger.gateway.responses import error_response
 from agentledger.gateway.routes import chat_routes
@@ -98,6 +99,8 @@ def create_app(
         *openapi_routes(),
     ]
     middleware = [Middleware(RequestIdMiddleware)]
+    # Innermost: its 413 is rendered like any error, carries the request id, and stops a body before a handler.
+    middleware.append(Middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes))
     app = Starlette(
         routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found}
     )

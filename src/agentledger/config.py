@@ -52,6 +52,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_interval_ms", float, 20.0, "batched mode: how long the writer waits to fill a batch."),
     Setting("workers", int, 1, "Server worker processes (SQLite: keep 1)."),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
+    Setting(
+        "max_body_bytes",
+        int,
+        52_428_800,
+        "Largest request body accepted on any route (50 MiB, OpenAI's own cap for a chat request with images); "
+        "a larger one is refused with 413 request_too_large before it is read in full.",
+    ),
 )
 
 
@@ -72,6 +79,7 @@ class Settings:
     batch_interval_ms: float = 20.0
     workers: int = 1
     log_level: str = "info"
+    max_body_bytes: int = 52_428_800
 
     @property
     def database_url(self) -> str:

@@ -12,12 +12,13 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from agentledger.core.bounds import MAX_PRIORITY, MAX_RATE_DECIMALS, MAX_RATE_MTOK, MIN_PRIORITY
 from agentledger.core.errors import Conflict, InvalidRequest, NotFound
 from agentledger.core.headers import parse_id
 from agentledger.core.ids import new_id
 from agentledger.core.keys import ADMIN_TOKEN_PREFIX, VIRTUAL_KEY_PREFIX, display_prefix, hash_secret, new_secret
 from agentledger.core.model import Role
-from agentledger.core.times import parse_utc
+from agentledger.core.times import TIMESTAMP_HELP, parse_utc
 from agentledger.secrets_box import SecretBox
 from agentledger.store.base import Store
 
@@ -59,15 +60,25 @@ def _patterns(value: Any, what: str, default: list[str]) -> list[str]:
 
 
 def _rate(value: Any, what: str, required: bool) -> str | None:
+    """A price in dollars per million tokens → its exact decimal string (the column is VARCHAR(32))."""
     if value is None and not required:
         return None
     try:
-        rate = Decimal(str(value))
-    except InvalidOperation:
-        rate = Decimal(-1)
-    if isinstance(value, bool) or value is None or not rate.is_finite() or rate < 0:
-        raise InvalidRequest(f"'{what}' must be a non-negative decimal (dollars per million tokens).", param=what)
-    return str(rate)
+        rate = Decimal(str(value)) if isinstance(value, str | int | float) and not isinstance(value, bool) else None
+    except (InvalidOperation, ValueError):  # ValueError: an int too long for str()
+        rate = None
+    if (
+        rate is None
+        or not rate.is_finite()
+        or not 0 <= rate <= MAX_RATE_MTOK
+        or -rate.as_tuple().exponent > MAX_RATE_DECIMALS  # type: ignore[operator]  # finite: exponent is int
+    ):
+        raise InvalidRequest(
+            f"'{what}' must be a decimal from 0 to {MAX_RATE_MTOK} (dollars per million tokens) "
+            f"with at most {MAX_RATE_DECIMALS} decimal places.",
+            param=what,
+        )
+    return f"{rate + 0:f}"  # fixed-point, never "1E+3" or "-0"
 
 
 class Governance:
@@ -160,8 +171,10 @@ class Governance:
         if len(provider) > 64:  # it is recorded on every request (VARCHAR(64)): longer would be refused there
             raise InvalidRequest("'provider' must be at most 64 characters.", param="provider")
         priority = data.get("priority", 0)
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise InvalidRequest("'priority' must be an integer.", param="priority")
+        if isinstance(priority, bool) or not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            raise InvalidRequest(
+                f"'priority' must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}.", param="priority"
+            )
         row = dict(
             workspace_id=workspace_id,
             id=new_id("pk"),
@@ -184,9 +197,7 @@ class Governance:
             try:
                 when = parse_utc(str(effective))
             except ValueError:
-                raise InvalidRequest(
-                    "'effective_from' must be an ISO 8601 timestamp.", param="effective_from"
-                ) from None
+                raise InvalidRequest(f"'effective_from' must be {TIMESTAMP_HELP}.", param="effective_from") from None
         row = dict(
             workspace_id=workspace_id,
             id=new_id("price"),

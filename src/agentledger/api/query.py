@@ -5,9 +5,11 @@ Every read first flushes the trace pipeline, so a client that just made a call r
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -16,7 +18,7 @@ from agentledger.api.auth import AdminAuth
 from agentledger.core.errors import InvalidRequest, NotFound
 from agentledger.core.model import AdminPrincipal
 from agentledger.core.rollup import TOKEN_FIELDS, duration_ms, step_tree, totals
-from agentledger.core.times import parse_utc
+from agentledger.core.times import TIMESTAMP_HELP, parse_utc
 from agentledger.gateway.responses import JSONResponse
 from agentledger.pipeline.queue import TracePipeline
 from agentledger.store.base import CostQuery, RunFilter, Store
@@ -31,7 +33,7 @@ def _time_param(request: Request, name: str) -> datetime | None:
     try:
         return parse_utc(raw)
     except ValueError:
-        raise InvalidRequest(f"'{name}' must be an ISO 8601 timestamp.", param=name) from None
+        raise InvalidRequest(f"'{name}' must be {TIMESTAMP_HELP}.", param=name) from None
 
 
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -45,6 +47,23 @@ def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> i
     if not lo <= value <= hi:
         raise InvalidRequest(f"'{name}' must be an integer from {lo} to {hi}.", param=name)
     return value
+
+
+class TotalsResponse(JSONResponse):
+    """JSON whose totals may pass 2^64: each event is bounded (core.bounds), their sums are not, and orjson
+    refuses integers past 64 bits. The rare body that has one is rendered by the stdlib, exactly."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except orjson.JSONEncodeError:
+            return json.dumps(content, default=_isoformat, separators=(",", ":")).encode()
+
+
+def _isoformat(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _run(row: dict[str, Any]) -> dict[str, Any]:
@@ -68,7 +87,7 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
             offset=_int_param(request, "offset", 0, 0, 10_000_000),
         )
         await pipeline.flush()
-        return JSONResponse({"data": [_run(r) for r in await store.list_runs(admin.workspace_id, flt)]})
+        return TotalsResponse({"data": [_run(r) for r in await store.list_runs(admin.workspace_id, flt)]})
 
     async def get_run(request: Request, admin: AdminPrincipal) -> Response:
         run_id = request.path_params["run_id"]
@@ -78,7 +97,7 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
             raise NotFound(f"Run {run_id!r} does not exist.", param="run_id")
         run = _run(row)
         run["steps"] = step_tree(await store.run_steps(admin.workspace_id, run_id))
-        return JSONResponse(run)
+        return TotalsResponse(run)
 
     async def get_session(request: Request, admin: AdminPrincipal) -> Response:
         session_id = request.path_params["session_id"]
@@ -96,7 +115,7 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
                 "events": sum(p["count"] for p in session["paths"]),
             }
         )
-        return JSONResponse(session)
+        return TotalsResponse(session)
 
     async def get_request(request: Request, admin: AdminPrincipal) -> Response:
         request_id = request.path_params["request_id"]
@@ -105,7 +124,7 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
         if row is None:
             raise NotFound(f"Request {request_id!r} does not exist.", param="request_id")
         row.update(totals(row))
-        return JSONResponse(row)
+        return TotalsResponse(row)
 
     async def costs(request: Request, admin: AdminPrincipal) -> Response:
         group_by = request.query_params.get("group_by", "workspace")
@@ -118,7 +137,7 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
         await pipeline.flush()
         rows = await store.costs(admin.workspace_id, query)
         data = [{"key": r["key"], **({"bucket": r["bucket"]} if "bucket" in r else {}), **totals(r)} for r in rows]
-        return JSONResponse({"group_by": group_by, "interval": query.interval, "data": data})
+        return TotalsResponse({"group_by": group_by, "interval": query.interval, "data": data})
 
     g = auth.guard
     return [

@@ -5,7 +5,8 @@
     │   ├── InvalidHeader                 400 invalid_request_error / invalid_header
     │   ├── InvalidJSON                   400 invalid_request_error / invalid_json
     │   ├── UnknownModel                  404 invalid_request_error / model_not_found
-    │   └── UnknownAgent                  400 invalid_request_error / agent_not_found
+    │   ├── UnknownAgent                  400 invalid_request_error / agent_not_found
+    │   └── RequestTooLarge               413 invalid_request_error / request_too_large
     ├── AuthenticationError               401 authentication_error / invalid_api_key
     ├── PermissionDenied                  403 permission_error
     │   ├── ModelNotAllowed               403 permission_error / model_not_allowed
@@ -66,6 +67,13 @@ class UnknownModel(InvalidRequest):
 
 class UnknownAgent(InvalidRequest):
     code = "agent_not_found"
+
+
+class RequestTooLarge(InvalidRequest):
+    """The body passed `max_body_bytes`: refused before it is read in full (gateway/limits.py)."""
+
+    status = 413
+    code = "request_too_large"
 
 
 class AuthenticationError(AgentLedgerError):

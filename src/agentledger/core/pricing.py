@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from agentledger.core.money import to_nanos
+from agentledger.core.bounds import MAX_EVENT_COST_USD
+from agentledger.core.money import MAX_EVENT_COST_NANOS, to_nanos
 from agentledger.core.usage import Usage
 
 _MTOK = Decimal(1_000_000)
@@ -17,6 +18,7 @@ class CostSource(enum.StrEnum):
     REPORTED = "reported"  # the provider said what it charged
     COMPUTED = "computed"  # usage × a dated price
     ESTIMATED = "estimated"  # no usage came back (e.g. a stream dropped before its usage chunk)
+    CLAMPED = "clamped"  # the provider's usage or cost was absurd; cut to the bounds (core.bounds) and kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +49,19 @@ def cost(usage: Usage, price: Price) -> Cost:
         + written * (price.cache_write_mtok if price.cache_write_mtok is not None else price.input_mtok)
         + usage.output_tokens * price.output_mtok
     ) / _MTOK
+    if dollars > MAX_EVENT_COST_USD:  # checked first: to_nanos cannot quantize a number past 28 digits
+        return Cost(MAX_EVENT_COST_NANOS, CostSource.CLAMPED)
     return Cost(to_nanos(dollars), CostSource.COMPUTED)
+
+
+def bounded(cost: Cost, clamped: bool = False) -> Cost:
+    """`cost` within the per-event bound; flagged `clamped` when it was cut or built from clamped usage.
+
+    A call the provider already answered is recorded whatever it reports: clamped and flagged, not dropped.
+    """
+    if cost.nanos > MAX_EVENT_COST_NANOS:
+        return Cost(MAX_EVENT_COST_NANOS, CostSource.CLAMPED)
+    return Cost(cost.nanos, CostSource.CLAMPED) if clamped else cost
 
 
 def pick_price(prices: list[Price], at: datetime) -> Price | None:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from agentledger.core.bounds import MAX_TOKENS
+
 
 @dataclass(frozen=True, slots=True)
 class Usage:
@@ -34,27 +36,40 @@ class Usage:
         )
 
 
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return 0
-    return max(int(value), 0)
+def _count(value: Any) -> tuple[int, bool]:
+    """A provider's token count → (count, clamped). Garbage and negatives are 0; past MAX_TOKENS (2^63,
+    infinity) is MAX_TOKENS and flagged, so the call is still recorded and the bound shows."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:  # NaN != NaN
+        return 0, False
+    if value > MAX_TOKENS:
+        return MAX_TOKENS, True
+    return max(int(value), 0), False
+
+
+def parse_openai(usage: Mapping[str, Any] | None) -> tuple[Usage, bool] | None:
+    """OpenAI chat/completions `usage` → (Usage within core.bounds, whether any field had to be clamped).
+
+    Cached and reasoning counts are already inside the totals.
+    """
+    if not isinstance(usage, Mapping):
+        return None
+    prompt = usage.get("prompt_tokens_details")
+    completion = usage.get("completion_tokens_details")
+    prompt = prompt if isinstance(prompt, Mapping) else {}
+    completion = completion if isinstance(completion, Mapping) else {}
+    counts = [
+        _count(usage.get("prompt_tokens")),
+        _count(prompt.get("cached_tokens")),
+        _count(prompt.get("cache_write_tokens")),
+        _count(usage.get("completion_tokens")),
+        _count(completion.get("reasoning_tokens")),
+    ]
+    return Usage(*(n for n, _ in counts)), any(clamped for _, clamped in counts)
 
 
 def from_openai(usage: Mapping[str, Any] | None) -> Usage | None:
-    """OpenAI chat/completions `usage` → Usage. Cached and reasoning counts are already inside the totals."""
-    if not isinstance(usage, Mapping):
-        return None
-    prompt_details = usage.get("prompt_tokens_details") or {}
-    completion_details = usage.get("completion_tokens_details") or {}
-    return Usage(
-        input_tokens=_int(usage.get("prompt_tokens")),
-        cached_input_tokens=_int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, Mapping) else 0,
-        cache_write_tokens=_int(prompt_details.get("cache_write_tokens")) if isinstance(prompt_details, Mapping) else 0,
-        output_tokens=_int(usage.get("completion_tokens")),
-        reasoning_tokens=(
-            _int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, Mapping) else 0
-        ),
-    )
+    parsed = parse_openai(usage)
+    return parsed[0] if parsed is not None else None
 
 
 def reported_cost(usage: Mapping[str, Any] | None) -> str | None:

@@ -45,8 +45,8 @@ from agentledger.core.model import (
     StepRecord,
     StepStatus,
 )
-from agentledger.core.money import to_nanos
-from agentledger.core.pricing import Cost, CostSource, Price
+from agentledger.core.money import event_cost_nanos
+from agentledger.core.pricing import Cost, CostSource, Price, bounded
 from agentledger.core.routing import choose_route, model_allowed
 from agentledger.core.usage import Usage
 from agentledger.gateway.bodies import parse_json_object
@@ -352,13 +352,18 @@ class Gateway:
         return Cost(cost.nanos, CostSource.ESTIMATED) if cost else None
 
     def _price(self, call: Call, raw_usage: dict[str, Any] | None) -> Cost | None:
+        # The provider has answered (and charged) by now, so its numbers are recorded whatever they are:
+        # absurd ones (2^63 tokens, a $1e30 charge) are clamped to core.bounds and the cost flagged `clamped`.
+        parsed = usage_mod.parse_openai(raw_usage)
+        if parsed is None:
+            return None
+        usage, clamped = parsed
         reported = usage_mod.reported_cost(raw_usage)
         if reported is not None:
-            return Cost(to_nanos(reported), CostSource.REPORTED)
-        usage = usage_mod.from_openai(raw_usage)
-        if usage is None:
-            return None
-        return price_usage(usage, call.model, call.route.provider, call.started_at, call.price_overrides)
+            nanos, over = event_cost_nanos(reported)
+            return bounded(Cost(nanos, CostSource.REPORTED), clamped or over)
+        cost = price_usage(usage, call.model, call.route.provider, call.started_at, call.price_overrides)
+        return bounded(cost, clamped) if cost is not None else None
 
     # -- recording -----------------------------------------------------------------------------------------
     def record(self, call: Call, outcome: Outcome) -> None:

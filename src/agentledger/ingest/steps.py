@@ -10,22 +10,22 @@ Writes are awaited through the pipeline, so a 2xx means the steps are durable an
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from agentledger.core.bounds import MAX_ATTEMPT, MAX_EVENT_COST_USD, MAX_LATENCY_MS, MAX_TOKENS
 from agentledger.core.errors import AgentLedgerError, InvalidRequest, NotFound
 from agentledger.core.headers import MAX_NAME_LEN, TrackingContext, normalize_path, parse_id
 from agentledger.core.ids import new_id
 from agentledger.core.model import Attribution, RunEnd, RunStart, RunStatus, StepKind, StepRecord, StepStatus
-from agentledger.core.money import to_nanos
-from agentledger.core.pricing import Cost, CostSource
-from agentledger.core.times import parse_utc
+from agentledger.core.money import event_cost_nanos
+from agentledger.core.pricing import Cost, CostSource, bounded
+from agentledger.core.times import TIMESTAMP_HELP, parse_utc
 from agentledger.core.usage import Usage
-from agentledger.gateway.bodies import parse_json
+from agentledger.gateway.bodies import parse_json, storable_json
 from agentledger.gateway.flow import Gateway
 from agentledger.gateway.responses import JSONResponse, error_response
 from agentledger.prices.catalog import price_usage
@@ -67,12 +67,12 @@ def _time(data: dict[str, Any], key: str) -> datetime | None:
     value = data.get(key)
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise InvalidRequest(f"'{key}' must be an ISO 8601 timestamp.", param=key)
     try:
-        return parse_utc(value)
+        if isinstance(value, str):
+            return parse_utc(value)
     except ValueError:
-        raise InvalidRequest(f"'{key}' must be an ISO 8601 timestamp.", param=key) from None
+        pass
+    raise InvalidRequest(f"'{key}' must be {TIMESTAMP_HELP}.", param=key)
 
 
 def _dict(data: dict[str, Any], key: str) -> dict[str, Any]:
@@ -81,6 +81,7 @@ def _dict(data: dict[str, Any], key: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise InvalidRequest(f"'{key}' must be an object.", param=key)
+    storable_json(value, key)
     return value
 
 
@@ -93,8 +94,8 @@ def _usage(data: dict[str, Any], param: str) -> Usage | None:
     values = {}
     for f in _USAGE_FIELDS:
         v = raw.get(f, 0)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise InvalidRequest(f"'usage.{f}' must be a non-negative integer.", param=f"{param}.usage.{f}")
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_TOKENS:
+            raise InvalidRequest(f"'usage.{f}' must be an integer from 0 to {MAX_TOKENS}.", param=f"{param}.usage.{f}")
         values[f] = v
     return Usage(**values)
 
@@ -103,15 +104,17 @@ def _cost_usd(data: dict[str, Any], param: str) -> Cost | None:
     raw = data.get("cost_usd")
     if raw is None:
         return None
-    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
-        raise InvalidRequest("'cost_usd' must be a decimal string such as \"0.0125\".", param=param)
     try:
-        value = Decimal(str(raw))
-    except InvalidOperation:
-        raise InvalidRequest("'cost_usd' must be a decimal string such as \"0.0125\".", param=param) from None
-    if not value.is_finite() or value < 0:
-        raise InvalidRequest("'cost_usd' must be a non-negative number.", param=param)
-    return Cost(to_nanos(value), CostSource.REPORTED)
+        if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+            raise ValueError(raw)
+        nanos, over = event_cost_nanos(raw)
+        if over:
+            raise ValueError(raw)  # a client's own figure is refused; only a provider's is clamped and kept
+    except ValueError:
+        raise InvalidRequest(
+            f"'cost_usd' must be a decimal from 0 to {MAX_EVENT_COST_USD} dollars, such as \"0.0125\".", param=param
+        ) from None
+    return Cost(nanos, CostSource.REPORTED)
 
 
 class StepIngest:
@@ -213,21 +216,26 @@ class StepIngest:
         started = _time(item, "started_at") or now
         ended = _time(item, "ended_at")
         latency = item.get("latency_ms")
-        if latency is not None and (isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0):
-            raise InvalidRequest(f"{p}.latency_ms must be a non-negative number.", param=f"{p}.latency_ms")
+        if latency is not None and (
+            isinstance(latency, bool) or not isinstance(latency, int | float) or not 0 <= latency <= MAX_LATENCY_MS
+        ):
+            raise InvalidRequest(
+                f"{p}.latency_ms must be a number from 0 to {MAX_LATENCY_MS}.", param=f"{p}.latency_ms"
+            )
         if latency is None and ended is not None:
             if ended < started:
                 raise InvalidRequest(f"{p}.ended_at is before started_at.", param=f"{p}.ended_at")
             latency = (ended - started).total_seconds() * 1000
         attempt = item.get("attempt", 1)
-        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
-            raise InvalidRequest(f"{p}.attempt must be a positive integer.", param=f"{p}.attempt")
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or not 1 <= attempt <= MAX_ATTEMPT:
+            raise InvalidRequest(f"{p}.attempt must be an integer from 1 to {MAX_ATTEMPT}.", param=f"{p}.attempt")
         model = _str(item, "model")
         provider = _str(item, "provider", limit=64)
         usage = _usage(item, p)
         cost = _cost_usd(item, f"{p}.cost_usd")
         if cost is None and usage is not None and model is not None:
             cost = price_usage(usage, model, provider or "", started, prices)
+            cost = bounded(cost) if cost is not None else None  # bounded usage × a dear price may pass $1M
         session_path = _str(item, "session_path", limit=1024)
         step_attr = attribution
         if session_path is not None:
@@ -255,8 +263,8 @@ class StepIngest:
             branch=_str(item, "branch"),
             attempt=attempt,
             error=_str(item, "error", limit=10_000),
-            input=item.get("input"),
-            output=item.get("output"),
+            input=storable_json(item.get("input"), "input"),
+            output=storable_json(item.get("output"), "output"),
             attributes=_dict(item, "attributes"),
         )
 
@@ -294,7 +302,7 @@ class StepIngest:
                         status,
                         ended_at,
                         _str(data, "error", limit=10_000),
-                        data.get("output"),
+                        storable_json(data.get("output"), "output"),
                     )
                 ]
             )

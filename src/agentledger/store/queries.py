@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, literal, select, union_all
+from sqlalchemy import BigInteger, Select, and_, case, func, literal, select, union_all
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import TypeDecorator
 
 from agentledger.core.errors import InvalidRequest
 from agentledger.store import schema as t
@@ -25,12 +29,51 @@ _TOTALS = (
 )
 
 
+class _ExactInt(TypeDecorator[int]):
+    """An exact integer however the backend hands it over: PostgreSQL's SUM(bigint) is NUMERIC (a Decimal),
+    SQLite's exact_sum a decimal string."""
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Any) -> int | None:
+        return None if value is None else int(value)
+
+
+class exact_sum(FunctionElement[int]):  # noqa: N801 (an SQL function, named like one)
+    """SUM of a bounded, non-negative BIGINT column that cannot overflow on either store.
+
+    PostgreSQL sums BIGINT into NUMERIC: exact, never overflows. SQLite's SUM raises "integer overflow" past
+    2^63, which 9,224 events at the $1M bound would reach. So on SQLite each value is split into base-10^5
+    digits v = d2·10^10 + d1·10^5 + d0; with every value ≤ 10^15 (core.bounds) each digit is ≤ 10^5, and
+    each digit's SUM stays below 2^63 for fewer than 9.2·10^13 rows, more than a SQLite file can hold
+    (docs/architecture.md, "Bounds"). The digit sums are carried and joined as a decimal string in SQL.
+    """
+
+    type = _ExactInt()
+    name = "exact_sum"
+    inherit_cache = True
+
+
+@compiles(exact_sum)
+def _exact_sum(element: exact_sum, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"SUM({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(exact_sum, "sqlite")
+def _exact_sum_sqlite(element: exact_sum, compiler: SQLCompiler, **kw: Any) -> str:
+    v = compiler.process(element.clauses, **kw)
+    d0, d1, d2 = f"SUM(({v}) % 100000)", f"SUM(({v}) / 100000 % 100000)", f"SUM(({v}) / 10000000000)"
+    t1 = f"({d1} + {d0} / 100000)"  # the middle digit sum with the carry from the lowest
+    return f"(CAST({d2} + {t1} / 100000 AS TEXT) || printf('%05d', {t1} % 100000) || printf('%05d', {d0} % 100000))"
+
+
 def runs_query(workspace_id: str, flt: RunFilter, *, run_id: str | None = None) -> Select[Any]:
     s = t.steps.c
     totals = (
         select(
             s.run_id,
-            *[func.sum(getattr(s, k)).label(k) for k in _TOTALS],
+            *[exact_sum(getattr(s, k)).label(k) for k in _TOTALS],
             func.count().label("steps"),
             func.sum(case((s.kind == "model_call", 1), else_=0)).label("model_calls"),
             func.sum(case((s.status == "error", 1), else_=0)).label("errors"),
@@ -131,7 +174,7 @@ def costs_query(workspace_id: str, q: CostQuery, *, sqlite: bool) -> Select[Any]
             *group,
             func.count().label("events"),
             func.sum(led.c.requests).label("requests"),
-            *[func.sum(led.c[k]).label(k) for k in _TOTALS],
+            *[exact_sum(led.c[k]).label(k) for k in _TOTALS],
         )
         .select_from(src)
         .where(led.c.workspace_id == workspace_id)
@@ -142,7 +185,9 @@ def costs_query(workspace_id: str, q: CostQuery, *, sqlite: bool) -> Select[Any]
         stmt = stmt.where(led.c.started_at < q.until)
     keys = [g for g in group]
     order = [keys[1]] if len(keys) > 1 else []
-    return stmt.group_by(*keys).order_by(*order, func.sum(led.c.cost_nanos).desc(), keys[0])
+    # Ordering only: SQLite's TOTAL() is a float and never overflows, where its SUM() would.
+    by_cost = func.total(led.c.cost_nanos) if sqlite else func.sum(led.c.cost_nanos)
+    return stmt.group_by(*keys).order_by(*order, by_cost.desc(), keys[0])
 
 
 def _bucket(col: Any, interval: str, *, sqlite: bool) -> Any:
@@ -154,4 +199,4 @@ def _bucket(col: Any, interval: str, *, sqlite: bool) -> Any:
     return func.to_char(func.timezone("UTC", col), fmt[interval][1])
 
 
-__all__ = ["costs_query", "runs_query"]
+__all__ = ["costs_query", "exact_sum", "runs_query"]

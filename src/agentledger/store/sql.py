@@ -39,7 +39,7 @@ from agentledger.core.pricing import Price
 from agentledger.core.rollup import TOKEN_FIELDS
 from agentledger.store import schema as t
 from agentledger.store.base import CostQuery, RunFilter, StoredResponse, WriteResult
-from agentledger.store.queries import costs_query, runs_query
+from agentledger.store.queries import costs_query, exact_sum, runs_query
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -427,7 +427,7 @@ class SQLStore:
                 paths.c.path,
                 func.count().label("count"),
                 func.sum(paths.c.requests).label("requests"),
-                *[func.sum(paths.c[k]).label(k) for k in usage],
+                *[exact_sum(paths.c[k]).label(k) for k in usage],
             )
             .group_by(paths.c.path)
             .order_by(paths.c.path.asc().nulls_last())

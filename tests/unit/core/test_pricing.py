@@ -83,4 +83,4 @@ def test_pick_price_none_when_nothing_is_in_force() -> None:
 
 @pytest.mark.parametrize("source", list(CostSource))
 def test_cost_sources_are_the_public_strings(source: CostSource) -> None:
-    assert source.value in ("reported", "computed", "estimated")
+    assert source.value in ("reported", "computed", "estimated", "clamped")
