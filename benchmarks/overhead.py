@@ -131,7 +131,7 @@ class Stack:
     gateway: subprocess.Popen[bytes]
 
 
-def start_stack(workdir: Path, db_url: str | None) -> Stack:
+def start_stack(workdir: Path, db_url: str | None, durability: str = "strict") -> Stack:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for name in [k for k in env if k.startswith("AGENTLEDGER_")]:
         del env[name]  # the run is defined by its arguments, not by the caller's environment
@@ -144,6 +144,7 @@ def start_stack(workdir: Path, db_url: str | None) -> Stack:
         env=env,
     )
     cmd = [sys.executable, "-m", "agentledger", "--data-dir", str(workdir / "data"), "--set", "log_level=warning"]
+    cmd += ["--set", f"durability={durability}"]
     if db_url:
         cmd += ["--db", db_url]
     gateway = subprocess.Popen(
@@ -396,7 +397,7 @@ def recorded_model_calls(stack: Stack, cells: list[dict[str, Any]]) -> dict[str,
 def markdown(cells: list[dict[str, Any]]) -> str:
     head = (
         "| mode | conc | n | direct p50 / p90 / p99 ms | gateway p50 / p90 / p99 ms | added p50 ms | added p99 ms "
-        "| ratio p50 | direct req/s | gateway req/s | gateway CPU ms/req |"
+        "| ratio p50 | gateway p99/p50 | direct req/s | gateway req/s | gateway CPU ms/req |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in cells:
@@ -406,6 +407,7 @@ def markdown(cells: list[dict[str, Any]]) -> str:
             f"| {d['p50_ms']:.2f} / {d['p90_ms']:.2f} / {d['p99_ms']:.2f} "
             f"| {g['p50_ms']:.2f} / {g['p90_ms']:.2f} / {g['p99_ms']:.2f} "
             f"| {c['added_p50_ms']:+.2f} | {c['added_p99_ms']:+.2f} | {c['ratio_p50']:.2f} "
+            f"| {g['p99_ms'] / g['p50_ms']:.1f} "
             f"| {d['throughput_rps']:.0f} | {g['throughput_rps']:.0f} | {g['server_cpu_ms_per_req']:.2f} |"
         )
     return "\n".join(lines)
@@ -438,6 +440,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     modes.add_argument("--no-stream", dest="modes", action="store_const", const=["plain"], help="non-streamed only")
     p.set_defaults(modes=["plain", "stream"])
     p.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite", help="the gateway's store (sqlite)")
+    p.add_argument(
+        "--durability", choices=["strict", "batched"], default="strict", help="the gateway's durability (strict)"
+    )
     p.add_argument("--client", choices=["aiohttp", "httpx"], default=None, help="load client (aiohttp if installed)")
     p.add_argument("--warmup", type=int, default=200, help="unmeasured requests per target per cell (200)")
     p.add_argument("--rounds", type=int, default=10, help="alternating rounds per cell (10)")
@@ -513,7 +518,9 @@ async def drive(stack: Stack, args: argparse.Namespace) -> tuple[list[dict[str, 
                 g, d = cell["gateway"], cell["direct"]
                 print(
                     f"  {mode:6} c={conc:<3} direct p50 {d['p50_ms']:.2f} ms, gateway p50 {g['p50_ms']:.2f} ms "
-                    f"(+{cell['added_p50_ms']:.2f}), {d['throughput_rps']:.0f} vs {g['throughput_rps']:.0f} req/s; "
+                    f"(+{cell['added_p50_ms']:.2f}), p99 {g['p99_ms']:.2f} ms (x{g['p99_ms'] / g['p50_ms']:.1f}), "
+                    f"CPU {g['server_cpu_ms_per_req']:.3f} ms/req, "
+                    f"{d['throughput_rps']:.0f} vs {g['throughput_rps']:.0f} req/s; "
                     f"other load {max(d['other_load_cores'], g['other_load_cores']):.2f} cores"
                     + (" [TIME CAP HIT]" if cell["timed_out"] else ""),
                     file=sys.stderr,
@@ -533,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.db == "postgres":
             pg_name, db_url = create_pg_database()
         print(f"starting upstream and gateway ({args.db}) in {workdir}", file=sys.stderr, flush=True)
-        stack = start_stack(workdir, db_url)
+        stack = start_stack(workdir, db_url, args.durability)
         OUR_PIDS[:] = [stack.upstream.pid, stack.gateway.pid]
         if args.py_spy:
             exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -566,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
             "concurrency": args.concurrency,
             "modes": args.modes,
             "db": args.db,
+            "durability": args.durability,
             "client": args.client,
             "stream_include_usage": args.include_usage,
             "tracking_headers": args.tracking,
@@ -580,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     m = report["machine"]
     print(
-        f"\n{m['cpu']}, {m['cores']} cores, Python {m['python']}; client {args.client}; store {args.db}; "
+        f"\n{m['cpu']}, {m['cores']} cores, Python {m['python']}; client {args.client}; store {args.db}, "
+        f"durability {args.durability}; "
         f"{args.requests} requests per target per cell after {args.warmup} warm-up\n"
     )
     print(markdown(results))

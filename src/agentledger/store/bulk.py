@@ -1,0 +1,65 @@
+"""Trace rows written with the driver's own `executemany`, from statements SQLAlchemy compiled once.
+
+SQLAlchemy Core's executemany spent ~0.1 ms of CPU per gateway call on parameter processing (JSON and
+datetime bind processors, insertmanyvalues bookkeeping), a third of the gateway's whole CPU per call and
+time the writer thread holds the interpreter (docs/benchmark.md). Here a statement is compiled once per
+column set, values are converted to what the driver takes (JSON text; on SQLite the same datetime text
+SQLAlchemy writes) and handed to sqlite3 / psycopg directly, inside the caller's SQLAlchemy transaction.
+Reads still go through SQLAlchemy, so what is written here must read back exactly as SQLAlchemy would
+have written it: a contract test compares rows written both ways.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import JSON, Table
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import DBAPIError
+
+from agentledger.store.schema import UTCDateTime
+
+
+def sqlite_datetime(value: datetime) -> str:
+    """SQLAlchemy's SQLite DATETIME text (UTC, always with microseconds), which its reader parses back."""
+    v = value.astimezone(UTC) if value.tzinfo is not None else value
+    return f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
+
+
+class BulkStatement:
+    def __init__(self, stmt: Any, table: Table, keys: Sequence[str], dialect: Dialect) -> None:
+        compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
+        extra = sorted(set(compiled.params) - set(keys))
+        if extra:  # only row values are bound here: write constants with literal_column
+            raise ValueError(f"bulk statement binds values that are not row columns: {extra}")
+        self.sql = str(compiled)
+        self.order = list(compiled.positiontup) if compiled.positional else None
+        self.keys = tuple(keys)
+        self.json = [c.name for c in table.c if isinstance(c.type, JSON) and c.name in keys]
+        sqlite = dialect.name == "sqlite"
+        self.datetimes = [c.name for c in table.c if sqlite and isinstance(c.type, UTCDateTime) and c.name in keys]
+
+    def run(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        params: list[Any] = []
+        for row in rows:
+            for k in self.json:
+                v = row[k]
+                row[k] = None if v is None else orjson.dumps(v).decode()
+            for k in self.datetimes:
+                v = row[k]
+                if v is not None:
+                    row[k] = sqlite_datetime(v)
+            params.append(tuple(row[k] for k in self.order) if self.order is not None else row)
+        dbapi = conn.dialect.loaded_dbapi
+        cursor = conn.connection.cursor()
+        try:
+            cursor.executemany(self.sql, params)
+        except dbapi.Error as exc:
+            # As SQLAlchemy itself would raise it (OperationalError, IntegrityError, ...): callers tell an
+            # unreachable store from a bad row by those classes.
+            raise DBAPIError.instance(self.sql, None, exc, dbapi.Error) from exc
+        finally:
+            cursor.close()

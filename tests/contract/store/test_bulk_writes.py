@@ -1,0 +1,121 @@
+"""Trace rows written through the driver's executemany (store/bulk.py) equal rows SQLAlchemy Core writes.
+
+Reads go through SQLAlchemy, so the bulk path must store exactly what SQLAlchemy would: the same datetime
+text on SQLite, JSON that decodes to the same values, booleans, bytes and big integers intact. Each event is
+written twice into two workspaces, once per path, and every column is compared.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+
+from agentledger.core.model import Attribution, RequestRecord, RunStart, StepKind, StepRecord, StepStatus
+from agentledger.core.pricing import CostSource
+from agentledger.core.usage import Usage
+from agentledger.store import schema as t
+from agentledger.store.bulk import sqlite_datetime
+from agentledger.store.sql import SQLStore, _request_values, _run_values, _step_values
+
+T0 = datetime(2025, 3, 1, 12, 0, 0, 5, tzinfo=timezone(timedelta(hours=2)))
+BIG = 2**62 + 1
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[SQLStore]:
+    s = SQLStore(db_url)
+    await s.migrate()
+    yield s
+    await s.aclose()
+
+
+def events(ws: str) -> tuple[RunStart, RequestRecord, StepRecord]:
+    a = Attribution(
+        workspace_id=ws,
+        department_id="dep",
+        virtual_key_id="vk",
+        run_id="run-1",
+        session_id="s-1",
+        session_path="/a/b",
+        properties={"team": "ünïcode", "n": "1"},
+    )
+    run = RunStart(run_id="run-1", attribution=a, started_at=T0, workflow="wf", metadata={"k": [1, 2, {"x": None}]})
+    request = RequestRecord(
+        request_id="req-1",
+        attribution=a,
+        endpoint="/chat/completions",
+        provider="openai",
+        model="gpt-4o-mini",
+        stream=True,
+        status=StepStatus.OK,
+        http_status=200,
+        started_at=T0,
+        ended_at=T0 + timedelta(milliseconds=1),
+        latency_ms=1.25,
+        request_hash="h" * 64,
+        usage=Usage(input_tokens=BIG, output_tokens=7, reasoning_tokens=3),
+        cost_nanos=BIG,
+        cost_source=CostSource.COMPUTED,
+        response_body=b"\x00data: [DONE]\n\n",
+        response_content_type="text/event-stream",
+    )
+    step = StepRecord(
+        step_id="step-1",
+        run_id="run-1",
+        attribution=a,
+        kind=StepKind.TOOL_CALL,
+        name="search",
+        status=StepStatus.ERROR,
+        started_at=datetime(1970, 1, 1, tzinfo=UTC),
+        ended_at=None,
+        input="a JSON string, not an object",
+        output=None,
+        attributes={"nested": {"list": [True, 1.5, "é"]}},
+        error="boom",
+    )
+    return run, request, step
+
+
+def rows(store: SQLStore, ws: str) -> dict[str, list[dict[str, Any]]]:
+    out = {}
+    with store.engine.connect() as conn:
+        for table in (t.runs, t.requests, t.steps, t.sessions):
+            found = conn.execute(select(table).where(table.c.workspace_id == ws)).mappings().all()
+            out[table.name] = [{k: v for k, v in r.items() if k not in ("workspace_id", "seq")} for r in found]
+    return out
+
+
+async def test_bulk_rows_read_back_as_sqlalchemy_rows(store: SQLStore) -> None:
+    bulk_ws, core_ws = (f"ws-{uuid.uuid4().hex[:10]}" for _ in range(2))
+    await store.write_batch(list(events(bulk_ws)))
+    run, request, step = events(core_ws)
+    with store.engine.begin() as conn:
+        conn.execute(insert(t.runs), [_run_values(run)])
+        conn.execute(insert(t.requests), [_request_values(request)])
+        conn.execute(insert(t.steps), [_step_values(step)])
+        first = dict(workspace_id=core_ws, id="s-1", name=None, first_seen_at=step.started_at, last_seen_at=T0)
+        conn.execute(insert(t.sessions), [first])
+    assert rows(store, bulk_ws) == rows(store, core_ws)
+    written = rows(store, bulk_ws)
+    assert written["requests"][0]["cost_nanos"] == BIG and written["requests"][0]["stream"] is True
+    assert written["steps"][0]["input"] == "a JSON string, not an object"
+    assert written["runs"][0]["started_at"] == T0 and written["runs"][0]["started_at"].tzinfo is not None
+
+
+async def test_a_constraint_violation_is_sqlalchemys_integrity_error(store: SQLStore) -> None:
+    """The pipeline tells a poison event (raised) from an outage (FAILURE) by SQLAlchemy's classes."""
+    run, request, step = events(f"ws-{uuid.uuid4().hex[:10]}")
+    bad = StepRecord(**{**{f: getattr(step, f) for f in step.__dataclass_fields__}, "name": None})  # type: ignore[arg-type]
+    with pytest.raises(IntegrityError):
+        await store.write_batch([run, bad])
+
+
+def test_sqlite_datetime_text_is_sqlalchemys() -> None:
+    assert sqlite_datetime(T0) == "2025-03-01 10:00:00.000005"
+    assert sqlite_datetime(datetime(33, 1, 2, 3, 4, 5, tzinfo=UTC)) == "0033-01-02 03:04:05.000000"
