@@ -6,7 +6,7 @@ drift from the validators; the rest are written here next to a note of where the
 
 from __future__ import annotations
 
-from agentledger.api.openapi.shapes import Schema, array, enum, integer, number, obj, ref, text
+from agentledger.api.openapi.shapes import Schema, array, enum, integer, nullable, number, obj, ref, text
 from agentledger.core.headers import ID_RE, MAX_ID_LEN, MAX_NAME_LEN, MAX_PATH_LEN
 from agentledger.core.model import RunStatus, StepKind
 from agentledger.core.rollup import TOKEN_FIELDS
@@ -19,12 +19,27 @@ MAX_PATTERN_LEN = 256  # governance._patterns: one model name or glob
 MAX_URL_LEN = 1024  # governance: provider base_url
 # Not bounded by the validators yet (issue 5 rows 5, 6 and 8): until they are, these are what the document
 # promises, chosen so that no rollup sum can overflow a BIGINT on either store.
-MAX_TOKENS = 10**12
+# The values are the ones core/bounds.py (in progress) enforces.
+MAX_TOKENS = 1_000_000_000
 MAX_ATTEMPT = 1000
-MAX_LATENCY_MS = 86_400_000 * 365
-MAX_PRIORITY = 2**31 - 1
-# A decimal string: what `Decimal(str(x))` accepts and the API stores exactly.
-DECIMAL = "^[0-9]+(\\.[0-9]+)?$"
+MAX_LATENCY_MS = 31_536_000_000
+MIN_PRIORITY, MAX_PRIORITY = -1_000_000, 1_000_000
+# Decimal strings with at most 9 decimals (nano-dollars): up to $1,000,000 an event, $10,000 per MTok. Numbers
+# are accepted too: one schema with two types, where `pattern` binds the string and `minimum`/`maximum` the number.
+COST_USD = {
+    "type": ["string", "number"],
+    "pattern": "^(1000000(\\.0{1,9})?|[0-9]{1,6}(\\.[0-9]{1,9})?)$",
+    "minimum": 0,
+    "maximum": 1_000_000,
+    "description": "A reported cost in dollars, preferably as a decimal string; it wins over a computed one.",
+}
+RATE = {
+    "type": ["string", "number"],
+    "pattern": "^(10000(\\.0{1,9})?|[0-9]{1,4}(\\.[0-9]{1,9})?)$",
+    "minimum": 0,
+    "maximum": 10_000,
+    "description": "Dollars per million tokens, preferably as a decimal string.",
+}
 
 ID = text(MAX_ID_LEN, pattern=ID_RE.pattern.replace("\\-", "-"))
 NAME = text(MAX_NAME_LEN)
@@ -37,7 +52,8 @@ PATH = text(MAX_PATH_LEN, pattern="^/*[^/\\u0000-\\u001f\\u007f-\\u009f]+(/+[^/\
 TIMESTAMP: Schema = {
     "type": "string",
     "format": "date-time",
-    "description": "ISO 8601; a timestamp without an offset is taken as UTC.",
+    "pattern": "^(19[7-9][0-9]|[2-9][0-9]{3})-",
+    "description": "ISO 8601 from 1970 to 9999; a timestamp without an offset is taken as UTC.",
 }
 ANY: Schema = {"description": "Any JSON value."}
 ANY_OBJECT: Schema = {"type": "object"}
@@ -59,27 +75,31 @@ TOTALS = obj(
 
 USAGE_IN = obj({f: integer(0, MAX_TOKENS) for f in TOKEN_FIELDS})
 
+# The validators read an optional field with `data.get(key)`, so an explicit null means "not given" (N below);
+# fields read with a default (`kind`, `status`, `attempt`, ...) refuse null.
+N = nullable
+
 STEP_IN = obj(
     {
-        "id": ID,
-        "parent_id": ID,
+        "id": N(ID),
+        "parent_id": N(ID),
         "kind": enum([k.value for k in StepKind], default="tool_call"),
         "name": NAME,
         "status": enum(["ok", "error"], default="ok"),
-        "error": text(MAX_ERROR_LEN),
-        "started_at": TIMESTAMP,
-        "ended_at": TIMESTAMP,
-        "latency_ms": number(0, MAX_LATENCY_MS),
-        "branch": NAME,
+        "error": N(text(MAX_ERROR_LEN)),
+        "started_at": N(TIMESTAMP),
+        "ended_at": N(TIMESTAMP),
+        "latency_ms": N(number(0, MAX_LATENCY_MS)),
+        "branch": N(NAME),
         "attempt": integer(1, MAX_ATTEMPT, default=1),
-        "model": NAME,
-        "provider": text(MAX_PROVIDER_LEN),
-        "usage": USAGE_IN,
-        "cost_usd": {"type": "string", "pattern": DECIMAL, "maxLength": 32, "description": "Reported cost."},
-        "session_path": PATH,
+        "model": N(NAME),
+        "provider": N(text(MAX_PROVIDER_LEN)),
+        "usage": N(USAGE_IN),
+        "cost_usd": N(COST_USD),
+        "session_path": N(PATH),
         "input": ANY,
         "output": ANY,
-        "attributes": ANY_OBJECT,
+        "attributes": N(ANY_OBJECT),
     },
     ["name"],
 )
@@ -89,31 +109,32 @@ RUN_END_STATUSES = [s.value for s in RunStatus if s is not RunStatus.RUNNING]
 REQUESTS = {
     "RunStart": obj(
         {
-            "run_id": ID,
-            "agent_id": ID,
-            "session_id": ID,
-            "session_path": PATH,
-            "session_name": NAME,
-            "workflow": NAME,
-            "name": NAME,
-            "started_at": TIMESTAMP,
-            "metadata": ANY_OBJECT,
+            "run_id": N(ID),
+            "agent_id": N(ID),
+            "session_id": N(ID),
+            "session_path": N(PATH),
+            "session_name": N(NAME),
+            "workflow": N(NAME),
+            "name": N(NAME),
+            "started_at": N(TIMESTAMP),
+            "metadata": N(ANY_OBJECT),
         }
     ),
     "Step": STEP_IN,
+    # anyOf, not oneOf: {"steps": [...]} is also an open object, and the server reads it as the wrapper.
     "StepBatch": {
-        "oneOf": [
-            ref("Step"),
-            array(ref("Step"), min_items=1, max_items=MAX_BATCH),
+        "anyOf": [
             obj({"steps": array(ref("Step"), min_items=1, max_items=MAX_BATCH)}, ["steps"]),
+            array(ref("Step"), min_items=1, max_items=MAX_BATCH),
+            ref("Step"),
         ]
     },
     "RunEnd": obj(
         {
             "status": enum(RUN_END_STATUSES, default="succeeded"),
-            "error": text(MAX_ERROR_LEN),
+            "error": N(text(MAX_ERROR_LEN)),
             "output": ANY,
-            "ended_at": TIMESTAMP,
+            "ended_at": N(TIMESTAMP),
         }
     ),
     "ChatCompletionRequest": obj(
@@ -121,35 +142,39 @@ REQUESTS = {
             "model": text(MAX_NAME_LEN, pattern=None),
             "messages": array(ANY_OBJECT, min_items=1),
             "stream": {"type": "boolean", "default": False},
-            "stream_options": obj({"include_usage": {"type": "boolean"}}),
+            "stream_options": N(obj({"include_usage": {"type": "boolean"}})),
         },
         ["model", "messages"],
     ),
-    "DepartmentIn": obj({"id": ID, "name": LABEL}, ["name"]),
+    "DepartmentIn": obj({"id": N(ID), "name": LABEL}, ["name"]),
     "AgentIn": obj(
-        {"id": ID, "name": LABEL, "department_id": LABEL, "kind": enum(["ai", "workflow"], default="ai")},
+        {"id": N(ID), "name": LABEL, "department_id": LABEL, "kind": enum(["ai", "workflow"], default="ai")},
         ["department_id"],
     ),
-    "VirtualKeyIn": obj({"name": LABEL, "department_id": LABEL, "agent_id": LABEL, "allowed_models": MODEL_PATTERNS}),
+    # department_id may be left out when agent_id names an agent (the key then gets the agent's department).
+    "VirtualKeyIn": {
+        **obj({"name": LABEL, "department_id": N(LABEL), "agent_id": N(LABEL), "allowed_models": N(MODEL_PATTERNS)}),
+        "anyOf": [{"required": ["department_id"]}, {"required": ["agent_id"]}],
+    },
     "ProviderKeyIn": obj(
         {
             "name": LABEL,
             "kind": enum(PROVIDER_KINDS, default="openai"),
             "provider": text(MAX_PROVIDER_LEN, pattern=LABEL["pattern"]),
-            "base_url": text(MAX_URL_LEN, pattern="^https?://", min_length=8),
-            "api_key": text(4096, pattern=None),
-            "models": MODEL_PATTERNS,
-            "priority": integer(-MAX_PRIORITY, MAX_PRIORITY, default=0),
+            "base_url": N(text(MAX_URL_LEN, pattern="^https?://")),
+            "api_key": N({"type": "string", "minLength": 1}),  # bounded only by max_body_bytes
+            "models": N(MODEL_PATTERNS),
+            "priority": integer(MIN_PRIORITY, MAX_PRIORITY, default=0),
         }
     ),
     "PriceIn": obj(
         {
             "model": LABEL,
-            "input_mtok": {"type": "string", "pattern": DECIMAL, "maxLength": 32},
-            "output_mtok": {"type": "string", "pattern": DECIMAL, "maxLength": 32},
-            "cached_input_mtok": {"type": "string", "pattern": DECIMAL, "maxLength": 32},
-            "cache_write_mtok": {"type": "string", "pattern": DECIMAL, "maxLength": 32},
-            "effective_from": TIMESTAMP,
+            "input_mtok": RATE,
+            "output_mtok": RATE,
+            "cached_input_mtok": N(RATE),
+            "cache_write_mtok": N(RATE),
+            "effective_from": N(TIMESTAMP),
         },
         ["model", "input_mtok", "output_mtok"],
     ),

@@ -38,7 +38,12 @@ def enum(values: Iterable[str], **extra: Any) -> Schema:
 
 
 def nullable(schema: Schema) -> Schema:
-    """OpenAPI 3.1 has no `nullable`: a value that may be null is one of the schema or null."""
+    """OpenAPI 3.1 has no `nullable`: null joins the schema's types (keywords such as `pattern` apply only to
+    their own type, so they stay valid), or, for a schema without a plain type, is one more alternative."""
+    kind = schema.get("type")
+    if isinstance(kind, str | list) and "anyOf" not in schema:
+        kinds = [kind] if isinstance(kind, str) else kind
+        return {**schema, "type": [*kinds, "null"]}
     return {"anyOf": [schema, {"type": "null"}]}
 
 
