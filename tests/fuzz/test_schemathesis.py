@@ -3,10 +3,14 @@
 Every operation gets generated requests, valid and invalid, with valid credentials. The assertion is the
 contract: no 5xx, every error in the documented shape, every response conforming to the document, invalid
 data refused and authentication enforced.
+
+Bounded for the suite (about 30 s on two cores). A deeper hunt: AGENTLEDGER_FUZZ_EXAMPLES=300, and
+AGENTLEDGER_FUZZ_DB=postgres to run it over PostgreSQL instead of SQLite.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,10 +39,19 @@ EXCLUDED = [
 ]
 
 
+EXAMPLES = int(os.environ.get("AGENTLEDGER_FUZZ_EXAMPLES", "25"))
+
+
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, upstream: ServerThread) -> Iterator[Harness]:
+def live(
+    tmp_path_factory: pytest.TempPathFactory, upstream: ServerThread, request: pytest.FixtureRequest
+) -> Iterator[Harness]:
     data = tmp_path_factory.mktemp("fuzz")
-    with running_gateway(f"sqlite:///{data / 'fuzz.db'}", data, upstream) as harness:
+    if os.environ.get("AGENTLEDGER_FUZZ_DB") == "postgres":
+        url = str(request.getfixturevalue("pg_url"))
+    else:
+        url = f"sqlite:///{data / 'fuzz.db'}"
+    with running_gateway(url, data, upstream) as harness:
         TOKENS.update(vk=harness.vk, admin=harness.admin)
         yield harness
         TOKENS.clear()
@@ -104,7 +117,7 @@ ACCEPTS_INVALID = {
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_live_server_keeps_its_contract(case: schemathesis.Case, live: Harness, upstream: ServerThread) -> None:
     resolve_credentials(case)
     keep_on_loopback(case, upstream)
