@@ -85,5 +85,5 @@ def test_error_schema_is_the_rendered_shape(exc: errors.AgentLedgerError) -> Non
 
 
 def test_step_batch_bound_is_the_validators() -> None:
-    batch = document()["components"]["schemas"]["StepBatch"]["oneOf"]
-    assert batch[1]["maxItems"] == batch[2]["properties"]["steps"]["maxItems"] == MAX_BATCH
+    wrapper, array, _ = document()["components"]["schemas"]["StepBatch"]["anyOf"]
+    assert wrapper["properties"]["steps"]["maxItems"] == array["maxItems"] == MAX_BATCH

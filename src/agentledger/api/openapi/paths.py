@@ -16,6 +16,7 @@ from agentledger.api.openapi.shapes import (
     text,
 )
 from agentledger.core import headers as h
+from agentledger.core.pricing import CostSource
 from agentledger.store.base import GROUP_COLUMNS
 
 Security = list[dict[str, list[str]]]
@@ -88,8 +89,23 @@ _RUN_FILTERS = [
     param("offset", "query", integer(0, 10_000_000, default=0), "Rows to skip."),
 ]
 _GROUP_BY = {"type": "string", "pattern": f"^({'|'.join(GROUP_COLUMNS)}|property\\..+)$", "default": "workspace"}
+_GATEWAY_HEADERS = {
+    "x-request-id": {"description": "The request's id: the client's, or generated.", "schema": {"type": "string"}},
+    "alephant-run-id": {"description": "The run, when the call belongs to one.", "schema": ID},
+    "alephant-policy-decision": {"description": "Forwarded calls: `allowed`.", "schema": {"type": "string"}},
+    "alephant-cost-usd": {
+        "description": "Non-streamed calls and replays: exact cost, 9 decimals (0 on a replay).",
+        "schema": {"type": "string", "pattern": "^[0-9]+\\.[0-9]{9}$"},
+    },
+    "alephant-cost-source": {
+        "description": "Where the cost came from.",
+        "schema": enum([s.value for s in CostSource]),
+    },
+    "alephant-replayed": {"description": "`true` on a replay of an earlier x-request-id.", "schema": {"const": "true"}},
+}
 _STREAM_OR_JSON = {
     "description": "The provider's answer: a chat completion, or an SSE stream when `stream` is true.",
+    "headers": _GATEWAY_HEADERS,
     "content": {**json_content(ref("ChatCompletion")), "text/event-stream": {"schema": {"type": "string"}}},
 }
 _PLAIN_METRICS = {"description": "Prometheus text format.", "content": {"text/plain": {"schema": {"type": "string"}}}}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from agentledger.api.openapi.schemas import ANY, ID, TIMESTAMP, TOTALS, USD
 from agentledger.api.openapi.shapes import Schema, array, enum, nullable, obj, ref
 from agentledger.core.model import RunStatus, StepKind
+from agentledger.core.pricing import CostSource
 from agentledger.core.rollup import TOKEN_FIELDS
 
 STR: Schema = {"type": "string"}
@@ -15,7 +16,7 @@ BOOL: Schema = {"type": "boolean"}
 OBJECT: Schema = {"type": "object"}
 OPT_STR = nullable(STR)
 OPT_TS = nullable(TIMESTAMP)
-COST_SOURCE = nullable(enum(["reported", "computed", "estimated"]))
+COST_SOURCE = nullable(enum([s.value for s in CostSource]))
 
 
 def _listing(item: str) -> Schema:

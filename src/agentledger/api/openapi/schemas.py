@@ -1,12 +1,24 @@
 """components/schemas: the bodies the API accepts (with their bounds) and the rows it returns.
 
-Bounds come from the modules that enforce them wherever those export a constant, so the document cannot
-drift from the validators; the rest are written here next to a note of where they are enforced.
+Bounds come from the modules that enforce them (core.bounds, core.headers, ingest.steps), so the document cannot
+drift from the validators; the few without a constant are written here next to where they are enforced.
 """
 
 from __future__ import annotations
 
 from agentledger.api.openapi.shapes import Schema, array, enum, integer, nullable, number, obj, ref, text
+from agentledger.core.bounds import (
+    MAX_ATTEMPT,
+    MAX_EVENT_COST_USD,
+    MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_LATENCY_MS,
+    MAX_PRIORITY,
+    MAX_RATE_DECIMALS,
+    MAX_RATE_MTOK,
+    MAX_TOKENS,
+    MIN_PRIORITY,
+)
 from agentledger.core.headers import ID_RE, MAX_ID_LEN, MAX_NAME_LEN, MAX_PATH_LEN
 from agentledger.core.model import RunStatus, StepKind
 from agentledger.core.rollup import TOKEN_FIELDS
@@ -17,29 +29,28 @@ MAX_ERROR_LEN = 10_000  # ingest.steps: step and run `error`
 MAX_PROVIDER_LEN = 64  # the `provider` column is VARCHAR(64) (ingest.steps, governance)
 MAX_PATTERN_LEN = 256  # governance._patterns: one model name or glob
 MAX_URL_LEN = 1024  # governance: provider base_url
-# Not bounded by the validators yet (issue 5 rows 5, 6 and 8): until they are, these are what the document
-# promises, chosen so that no rollup sum can overflow a BIGINT on either store.
-# The values are the ones core/bounds.py (in progress) enforces.
-MAX_TOKENS = 1_000_000_000
-MAX_ATTEMPT = 1000
-MAX_LATENCY_MS = 31_536_000_000
-MIN_PRIORITY, MAX_PRIORITY = -1_000_000, 1_000_000
-# Decimal strings with at most 9 decimals (nano-dollars): up to $1,000,000 an event, $10,000 per MTok. Numbers
-# are accepted too: one schema with two types, where `pattern` binds the string and `minimum`/`maximum` the number.
+# Decimal strings, in dollars, as the API writes them; numbers are accepted too. One schema with two types: `pattern`
+# binds the string and `minimum`/`maximum` the number. A step's cost may carry more than 9 decimals (rounded
+# half-even to nano-dollars); a rate may not.
 COST_USD = {
     "type": ["string", "number"],
-    "pattern": "^(1000000(\\.0{1,9})?|[0-9]{1,6}(\\.[0-9]{1,9})?)$",
+    "pattern": f"^0*([0-9]{{1,{len(str(MAX_EVENT_COST_USD)) - 1}}}(\\.[0-9]+)?|{MAX_EVENT_COST_USD}(\\.0+)?)$",
     "minimum": 0,
-    "maximum": 1_000_000,
+    "maximum": int(MAX_EVENT_COST_USD),
     "description": "A reported cost in dollars, preferably as a decimal string; it wins over a computed one.",
 }
 RATE = {
     "type": ["string", "number"],
-    "pattern": "^(10000(\\.0{1,9})?|[0-9]{1,4}(\\.[0-9]{1,9})?)$",
+    "pattern": (
+        f"^0*([0-9]{{1,{len(str(MAX_RATE_MTOK)) - 1}}}(\\.[0-9]{{1,{MAX_RATE_DECIMALS}}})?"
+        f"|{MAX_RATE_MTOK}(\\.0{{1,{MAX_RATE_DECIMALS}}})?)$"
+    ),
     "minimum": 0,
-    "maximum": 10_000,
-    "description": "Dollars per million tokens, preferably as a decimal string.",
+    "maximum": int(MAX_RATE_MTOK),
+    "description": f"Dollars per million tokens, at most {MAX_RATE_DECIMALS} decimals; preferably a decimal string.",
 }
+# Depth and size of a stored JSON value are beyond JSON Schema; they are stated as extensions.
+JSON_LIMITS = {"x-max-depth": MAX_JSON_DEPTH, "x-max-bytes": MAX_JSON_BYTES}
 
 ID = text(MAX_ID_LEN, pattern=ID_RE.pattern.replace("\\-", "-"))
 NAME = text(MAX_NAME_LEN)
@@ -57,6 +68,8 @@ TIMESTAMP: Schema = {
 }
 ANY: Schema = {"description": "Any JSON value."}
 ANY_OBJECT: Schema = {"type": "object"}
+STORED: Schema = {**JSON_LIMITS, "description": f"Any JSON value, at most {MAX_JSON_DEPTH} levels deep."}
+STORED_OBJECT: Schema = {**JSON_LIMITS, "type": "object"}
 USD = {"type": "string", "pattern": "^-?[0-9]+\\.[0-9]{9}$", "description": "Exact dollars, 9 decimals."}
 MODEL_PATTERNS = array(text(MAX_PATTERN_LEN, pattern=None))
 
@@ -97,9 +110,9 @@ STEP_IN = obj(
         "usage": N(USAGE_IN),
         "cost_usd": N(COST_USD),
         "session_path": N(PATH),
-        "input": ANY,
-        "output": ANY,
-        "attributes": N(ANY_OBJECT),
+        "input": STORED,
+        "output": STORED,
+        "attributes": N(STORED_OBJECT),
     },
     ["name"],
 )
@@ -117,7 +130,7 @@ REQUESTS = {
             "workflow": N(NAME),
             "name": N(NAME),
             "started_at": N(TIMESTAMP),
-            "metadata": N(ANY_OBJECT),
+            "metadata": N(STORED_OBJECT),
         }
     ),
     "Step": STEP_IN,
@@ -133,7 +146,7 @@ REQUESTS = {
         {
             "status": enum(RUN_END_STATUSES, default="succeeded"),
             "error": N(text(MAX_ERROR_LEN)),
-            "output": ANY,
+            "output": STORED,
             "ended_at": N(TIMESTAMP),
         }
     ),

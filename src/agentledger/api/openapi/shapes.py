@@ -43,7 +43,10 @@ def nullable(schema: Schema) -> Schema:
     kind = schema.get("type")
     if isinstance(kind, str | list) and "anyOf" not in schema:
         kinds = [kind] if isinstance(kind, str) else kind
-        return {**schema, "type": [*kinds, "null"]}
+        widened = {**schema, "type": [*kinds, "null"]}
+        if "enum" in schema:  # an enum constrains every type, so null must be one of its values
+            widened["enum"] = [*schema["enum"], None]
+        return widened
     return {"anyOf": [schema, {"type": "null"}]}
 
 
