@@ -4,6 +4,7 @@ concrete adapters named. State lives on the returned app, never in module global
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from agentledger.api.openapi import openapi_routes
 from agentledger.api.query import query_routes
 from agentledger.config import Settings
 from agentledger.core.errors import NotFound
+from agentledger.gateway.failsafe import ErrorMiddleware
 from agentledger.gateway.flow import Gateway
 from agentledger.gateway.limits import BodyLimitMiddleware
 from agentledger.gateway.middleware import RequestIdMiddleware
@@ -30,6 +32,7 @@ from agentledger.governance import Governance
 from agentledger.ingest.steps import StepIngest
 from agentledger.pipeline.queue import TracePipeline
 from agentledger.pipeline.spool import Spool
+from agentledger.prices.catalog import catalog_knows
 from agentledger.providers.base import Upstream, UpstreamTimeouts
 from agentledger.providers.mock import MockUpstream
 from agentledger.providers.openai import OpenAIUpstream
@@ -55,7 +58,7 @@ def build_components(
 ) -> Components:
     data_dir = Path(settings.data_dir)
     box = SecretBox.from_setting(settings.secret_key or None, data_dir / "secret.key")
-    store = store or SQLStore(settings.database_url)
+    store = store or SQLStore(settings.database_url, durable_commits=settings.durability == "strict")
     timeouts = UpstreamTimeouts(settings.connect_timeout, settings.read_timeout, settings.first_token_timeout)
     upstreams = upstreams or {"openai": OpenAIUpstream(timeouts), "mock": MockUpstream()}
     pipeline = TracePipeline(
@@ -63,21 +66,38 @@ def build_components(
         spool=Spool(data_dir / "spool" / "trace.spool"),
         max_batch=settings.batch_size,
         interval=settings.batch_interval_ms / 1000,
+        durability=settings.durability,
     )
-    gateway = Gateway(store, pipeline, upstreams, box.decrypt, cache_ttl=settings.cache_ttl)
+    gateway = Gateway(
+        store, pipeline, upstreams, box.decrypt, cache_ttl=settings.cache_ttl, stale_if_error=settings.stale_if_error
+    )
     return Components(settings, store, pipeline, gateway, Governance(store, box), upstreams)
+
+
+def settle_heap() -> None:
+    """Load the price catalog now and move everything alive at startup out of the collector's sight.
+
+    A full (generation 2) collection walks every object in the process; with the price catalog loaded that
+    took 20-50 ms here, a stall of every request in flight, and it came back every few thousand requests: it
+    was the p99 spike under load (docs/benchmark.md). Startup objects live as long as the process, so they
+    are frozen (`gc.freeze`); a full collection then walks only what requests left behind.
+    """
+    catalog_knows("gpt-4o-mini", "openai")  # genai-prices loads its data on first use
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(
     settings: Settings, *, store: Store | None = None, upstreams: Mapping[str, Upstream] | None = None
 ) -> Starlette:
     c = build_components(settings, store=store, upstreams=upstreams)
-    auth = AdminAuth(c.store, ttl=settings.cache_ttl)
+    auth = AdminAuth(c.store, ttl=settings.cache_ttl, stale_if_error=settings.stale_if_error)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await c.store.migrate()
         c.pipeline.start()
+        settle_heap()
         try:
             yield
         finally:
@@ -98,7 +118,8 @@ def create_app(
         *health_routes(c.store, c.pipeline),
         *openapi_routes(),
     ]
-    middleware = [Middleware(RequestIdMiddleware)]
+    # Outermost first. ErrorMiddleware sits inside RequestIdMiddleware so even a last-resort error carries the id.
+    middleware = [Middleware(RequestIdMiddleware), Middleware(ErrorMiddleware)]
     # Innermost: its 413 is rendered like any error, carries the request id, and stops a body before a handler.
     middleware.append(Middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes))
     app = Starlette(

@@ -38,6 +38,13 @@ SETTINGS: tuple[Setting, ...] = (
         30.0,
         "Seconds a cached key, route or price lookup lives (changes via this node apply at once).",
     ),
+    Setting(
+        "stale_if_error",
+        float,
+        3600.0,
+        "Seconds past cache_ttl a cached key, route, agent or price lookup is still served while the store is "
+        "unavailable (0: never), so chat keeps serving known keys through a database outage.",
+    ),
     Setting("connect_timeout", float, 5.0, "Seconds to connect to a provider."),
     Setting("read_timeout", float, 120.0, "Seconds a provider may stay silent in a non-streamed response."),
     Setting("first_token_timeout", float, 60.0, "Seconds a streamed response may take to start, and between chunks."),
@@ -71,6 +78,7 @@ class Settings:
     secret_key: str = ""
     bootstrap: bool = True
     cache_ttl: float = 30.0
+    stale_if_error: float = 3600.0
     connect_timeout: float = 5.0
     read_timeout: float = 120.0
     first_token_timeout: float = 60.0

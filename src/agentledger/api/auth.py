@@ -20,9 +20,11 @@ Handler = Callable[[Request, AdminPrincipal], Awaitable[Response]]
 
 
 class AdminAuth:
-    def __init__(self, store: Store, ttl: float = 30.0) -> None:
+    def __init__(self, store: Store, ttl: float = 30.0, *, stale_if_error: float = 0.0) -> None:
         self.store = store
-        self.cache: TTLCache[str, AdminPrincipal] = TTLCache(ttl)
+        # Stale-if-error as for virtual keys: during an outage a known admin still authenticates, and then
+        # gets the 503 of the route's own store call rather than a misleading one from the token lookup.
+        self.cache: TTLCache[str, AdminPrincipal] = TTLCache(ttl, stale_if_error=stale_if_error)
 
     async def principal(self, request: Request) -> AdminPrincipal:
         auth = request.headers.get("authorization", "")

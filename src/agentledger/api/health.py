@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from agentledger.core.errors import StoreUnavailable
 from agentledger.gateway.responses import JSONResponse
 from agentledger.pipeline.queue import TracePipeline
 from agentledger.store.base import Store
@@ -16,10 +17,20 @@ def health_routes(store: Store, pipeline: TracePipeline) -> list[Route]:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        """Ready when the store answers a query. Otherwise 503 with why: `reason` is a stable code, `detail` the
+        underlying fault (e.g. the driver's "connection refused"), and whether trace records are being spooled."""
         try:
             await store.list_workspaces("-")
         except Exception as exc:  # readiness reports any store fault rather than raising it
-            return JSONResponse({"status": "unavailable", "reason": type(exc).__name__}, status_code=503)
+            cause = exc.__cause__ if isinstance(exc, StoreUnavailable) and exc.__cause__ else exc
+            detail = (str(cause).strip().splitlines() or [""])[0][:300]
+            body = {
+                "status": "unavailable",
+                "reason": "store_unavailable" if isinstance(exc, StoreUnavailable) else "store_error",
+                "detail": f"{type(cause).__name__}: {detail}" if detail else type(cause).__name__,
+                "trace_spool_pending": not pipeline.store_healthy,
+            }
+            return JSONResponse(body, status_code=503, headers={"retry-after": str(StoreUnavailable.retry_after)})
         return JSONResponse({"status": "ready"})
 
     async def metrics(request: Request) -> Response:

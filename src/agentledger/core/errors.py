@@ -15,6 +15,7 @@
     ├── ClientClosed                      499 client_closed / client_closed_request (recorded, never sent)
     ├── Conflict                          409 conflict_error
     │   └── IdempotencyKeyReused          409 conflict_error / idempotency_key_reused
+    ├── StoreUnavailable                  503 api_error / store_unavailable (+ Retry-After)
     └── UpstreamError                     502 upstream_error
         ├── UpstreamTimeout               504 upstream_error / upstream_timeout
         ├── UpstreamRateLimited           429 upstream_error / upstream_rate_limited
@@ -22,7 +23,8 @@
         ├── UpstreamBadResponse           502 upstream_error / upstream_bad_response (5xx, garbage)
         └── UpstreamRejected              upstream status / upstream_rejected (4xx passed through)
 
-`status`, `type` and `code` are class attributes so one renderer can serve all of them.
+`status`, `type` and `code` are class attributes so one renderer can serve all of them; `retry_after`
+(seconds), when set, becomes a `Retry-After` header.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class AgentLedgerError(Exception):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "internal_error"
     code: ClassVar[str | None] = None
+    retry_after: ClassVar[int | None] = None
 
     def __init__(self, message: str, *, param: str | None = None, status: int | None = None) -> None:
         super().__init__(message)
@@ -118,6 +121,16 @@ class Conflict(AgentLedgerError):
 
 class IdempotencyKeyReused(Conflict):
     code = "idempotency_key_reused"
+
+
+class StoreUnavailable(AgentLedgerError):
+    """The database did not answer (down, unreachable, pool exhausted): the call cannot go on, but a retry
+    shortly may succeed. 503 is one of the statuses the official SDKs retry by themselves."""
+
+    status = 503
+    type = "api_error"
+    code = "store_unavailable"
+    retry_after = 2
 
 
 class UpstreamError(AgentLedgerError):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,12 +29,14 @@ from agentledger.core.errors import (
     IdempotencyKeyReused,
     InvalidRequest,
     ModelNotAllowed,
+    StoreUnavailable,
     UnknownAgent,
     UnknownModel,
     UpstreamBadResponse,
     UpstreamError,
 )
 from agentledger.core.headers import TrackingContext, parse_tracking
+from agentledger.core.ids import new_id
 from agentledger.core.keys import hash_secret
 from agentledger.core.model import (
     Attribution,
@@ -44,6 +47,7 @@ from agentledger.core.model import (
     StepKind,
     StepRecord,
     StepStatus,
+    TraceEvent,
 )
 from agentledger.core.money import event_cost_nanos
 from agentledger.core.pricing import Cost, CostSource, Price, bounded
@@ -58,6 +62,7 @@ from agentledger.providers.base import Upstream
 from agentledger.store.base import Store, StoredResponse
 
 CHAT_PATH = "/chat/completions"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +97,15 @@ class Outcome:
     content_type: str | None = None
 
 
+@dataclass(slots=True, eq=False)
+class _Claim:
+    """This node's hold on a client-supplied x-request-id while its call is in flight."""
+
+    call: Call
+    done: asyncio.Future[None]  # resolved on release: local duplicates waiting on it look again
+    in_store: bool = False  # the store's cross-process claim is held too (released on failure)
+
+
 class Gateway:
     def __init__(
         self,
@@ -101,6 +115,7 @@ class Gateway:
         decrypt: Callable[[str], str],
         *,
         cache_ttl: float = 30.0,
+        stale_if_error: float = 3600.0,
         inflight_timeout: float = 300.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -110,13 +125,18 @@ class Gateway:
         self.decrypt = decrypt
         self.clock = clock
         self.inflight_timeout = inflight_timeout
-        self.principals: TTLCache[str, Principal] = TTLCache(cache_ttl)
-        self.routes: TTLCache[str, list[ProviderRoute]] = TTLCache(cache_ttl)
-        self.agents: TTLCache[tuple[str, str], dict[str, Any]] = TTLCache(cache_ttl)
-        self.prices: TTLCache[str, dict[str, list[Price]]] = TTLCache(cache_ttl)
+        # Lookups outlive a store outage by `stale_if_error` seconds (gateway/cache.py), so chat keeps serving
+        # the keys, routes, agents and prices this node has seen.
+        self.principals: TTLCache[str, Principal] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
+        self.routes: TTLCache[str, list[ProviderRoute]] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
+        self.agents: TTLCache[tuple[str, str], dict[str, Any]] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
+        self.prices: TTLCache[str, dict[str, list[Price]]] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
         # Idempotency on one node: calls in flight, recent failed attempts (to number retries), and recent
         # completed responses (a duplicate may arrive before the pipeline has written the original).
-        self._inflight: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._inflight: dict[tuple[str, str], _Claim] = {}
+        # Names this process in the store's cross-process claims (see `claim`).
+        self.node_id = new_id("node")
+        self._background: set[asyncio.Task[None]] = set()
         self._attempts: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._completed: OrderedDict[tuple[str, str], StoredResponse] = OrderedDict()
 
@@ -171,7 +191,7 @@ class Gateway:
                     f"The model {model!r} has no known price; add a price override for it to use it.", param="model"
                 )
         except AgentLedgerError as exc:
-            self.record_rejection(request_id, base, exc, started_at, t0, body)
+            await _durable(self.record_rejection(request_id, base, exc, started_at, t0, body))
             raise
         return Call(
             request_id=request_id,
@@ -220,27 +240,44 @@ class Gateway:
 
     # -- idempotency ---------------------------------------------------------------------------------------
     async def claim(self, call: Call) -> StoredResponse | None:
-        """Returns the stored response if this x-request-id already completed, else claims it for this call.
+        """Returns the stored response if this x-request-id already completed, else claims it for this call,
+        which must then `release` it. One x-request-id reaches the provider once:
 
-        Only client-supplied ids can repeat, so generated ids skip the lookup entirely.
+        * On this node, the in-memory claim is taken before any await, so no duplicate can slip in between a
+          lookup and the claim. (It used to be taken after the store lookup: a duplicate whose lookup was still
+          queued while the first call completed and released found nothing, and forwarded again.) Duplicates
+          wait for the holder, then replay its response from `_completed`.
+        * Across processes sharing PostgreSQL, `Store.claim_request` finds a completed response or claims the id
+          atomically, in the one round trip this lookup always cost. A duplicate on another node polls until
+          the holder's record lands (replay), its failure releases the claim, or its lease (`inflight_timeout`)
+          expires (a crashed holder).
+        * While the store is unavailable, only this node's memory answers (docs/architecture.md).
+
+        Only client-supplied ids can repeat, so generated ids skip all of this.
         """
         if not call.client_request_id:
             return None
         key = (call.principal.workspace_id, call.request_id)
-        while True:
-            while (pending := self._inflight.get(key)) is not None:
-                try:
-                    await asyncio.wait_for(asyncio.shield(pending), self.inflight_timeout)
-                except TimeoutError:
-                    # The first call never released its claim (its client left before the stream began).
-                    if self._inflight.get(key) is pending:
-                        del self._inflight[key]
-            stored = self._completed.get(key) or await self.store.stored_response(*key)
-            if key not in self._inflight:
-                break  # else another duplicate claimed it while the store answered: wait for that one
+        while (held := self._inflight.get(key)) is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(held.done), self.inflight_timeout)
+            except TimeoutError:
+                # The holder never released its claim (its client left before the stream began).
+                if self._inflight.get(key) is held:
+                    del self._inflight[key]
+        stored = self._completed.get(key)
         if stored is None:
-            self._inflight[key] = asyncio.get_running_loop().create_future()
-            return None
+            # No await between the check above and this line: the claim is atomic on this node.
+            held = self._inflight[key] = _Claim(call, asyncio.get_running_loop().create_future())
+            try:
+                stored = await self._claim_in_store(held)
+            except BaseException:  # cancelled (client gone) or failed: give the claim up
+                self._drop_claim(key, held)
+                raise
+            if stored is None:
+                return None  # held: the caller forwards, then releases
+            self._remember(key, stored)  # local duplicates waiting on us replay it from memory
+            self._drop_claim(key, held)
         if stored.request_hash != call.request_hash:
             raise IdempotencyKeyReused(
                 f"x-request-id {call.request_id!r} was already used for a different request body.",
@@ -248,10 +285,60 @@ class Gateway:
             )
         return stored
 
+    async def _claim_in_store(self, held: _Claim) -> StoredResponse | None:
+        ws, rid = held.call.principal.workspace_id, held.call.request_id
+        deadline = time.monotonic() + self.inflight_timeout + 10  # past the other holder's lease: a safety net
+        delay = 0.02
+        while True:
+            try:
+                found = await self.store.claim_request(ws, rid, self.node_id, self.inflight_timeout)
+            except StoreUnavailable:
+                return None  # an outage: this node's memory is all there is; forward under the local claim
+            if found.stored is not None or found.claimed:
+                held.in_store = found.claimed
+                return found.stored
+            if time.monotonic() > deadline:
+                return None
+            # Another node holds the id (or this node's own completed record has not landed yet): wait for it.
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
     def release(self, call: Call) -> None:
-        fut = self._inflight.pop((call.principal.workspace_id, call.request_id), None)
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+        """Give up `call`'s claim (idempotent). A completed call's record supersedes the store's claim; a failed
+        one releases that too, so a retry, on any node, forwards again."""
+        key = (call.principal.workspace_id, call.request_id)
+        held = self._inflight.get(key)
+        if held is None or held.call is not call:
+            return
+        self._drop_claim(key, held)
+        if held.in_store and key not in self._completed:
+            self._spawn(self.store.release_claim(key[0], key[1], self.node_id))
+
+    def _drop_claim(self, key: tuple[str, str], held: _Claim) -> None:
+        if self._inflight.get(key) is held:
+            del self._inflight[key]
+        if not held.done.done():
+            held.done.set_result(None)
+
+    def _remember(self, key: tuple[str, str], stored: StoredResponse) -> None:
+        self._completed[key] = stored
+        while len(self._completed) > 4096:
+            self._completed.popitem(last=False)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Fire and forget (release runs where it cannot await); an unavailable store lets the lease expire."""
+        try:
+            task = asyncio.get_running_loop().create_task(work)
+        except RuntimeError:  # no loop: shutting down; the claim's lease runs out by itself
+            work.close()
+            return
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("releasing an idempotency claim failed (its lease will expire): %s", exc)
 
     def _next_attempt(self, call: Call, failed: bool) -> int:
         key = (call.principal.workspace_id, call.request_id)
@@ -288,60 +375,74 @@ class Gateway:
     async def stream(self, call: Call) -> AsyncIterator[bytes]:
         """Pass SSE events through as they arrive; price the stream from its usage chunk at the end.
 
-        Recording happens in `finally`, synchronously (no await may run there: a client that hangs up
-        cancels this generator), so an abandoned stream is still on the books, its cost estimated.
+        The stream's last frame (`[DONE]`, or the error event) is held until the call's record is durable
+        (strict mode), so a client that saw the end of its stream can trust the books have it. A client that
+        hangs up cancels this generator: recording then happens in `finally`, synchronously (no await may
+        run there), so an abandoned stream is still on the books, its cost estimated.
         """
         upstream = self.upstreams[call.route.kind]
         sent: list[bytes] = []
         raw_usage: dict[str, Any] | None = None
         ttft: float | None = None
-        error: AgentLedgerError | None = None
-        finished = False
+        done_frame: bytes | None = None
+        recorded = False
         try:
             async with upstream.stream(call.route, CHAT_PATH, call.upstream_body) as events:
                 async for data in events:
                     if data == b"[DONE]":
-                        frame = b"data: [DONE]\n\n"
-                    else:
-                        # Only a chunk with a usage object needs parsing; the rest pass through as bytes.
-                        chunk = _loads(data) if _may_hold_usage(data) else None
-                        if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
-                            raw_usage = chunk["usage"]
-                            if not chunk.get("choices") and not call.client_wants_usage:
-                                continue  # the usage-only chunk we forced; this client did not ask for it
-                        frame = b"data: " + data + b"\n\n"
+                        done_frame = b"data: [DONE]\n\n"
+                        continue
+                    # Only a chunk with a usage object needs parsing; the rest pass through as bytes.
+                    chunk = _loads(data) if _may_hold_usage(data) else None
+                    if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
+                        raw_usage = chunk["usage"]
+                        if not chunk.get("choices") and not call.client_wants_usage:
+                            continue  # the usage-only chunk we forced; this client did not ask for it
+                    frame = b"data: " + data + b"\n\n"
                     if ttft is None:
                         ttft = (time.perf_counter() - call.t0) * 1000
                     sent.append(frame)
                     yield frame
-            finished = True
+            if done_frame is not None:
+                sent.append(done_frame)
+            outcome = Outcome(
+                StepStatus.OK,
+                200,
+                usage_mod.from_openai(raw_usage),
+                self._price(call, raw_usage),
+                ttft_ms=ttft,
+                body=b"".join(sent),
+                content_type="text/event-stream",
+            )
+            recorded = True
+            await self.finish(call, outcome)
+            if done_frame is not None:
+                yield done_frame
         except UpstreamError as exc:
-            error = exc
+            recorded = True
+            await self.finish(call, self._stream_failure(call, exc, raw_usage, sent, ttft))
             if not sent:
                 raise  # nothing sent yet: the route answers with the error's own status (see routes.py)
             yield error_event(exc)  # not in `sent`: that counts the provider's chunks for the estimate
         finally:
-            if finished:
-                cost = self._price(call, raw_usage)
-                outcome = Outcome(
-                    StepStatus.OK,
-                    200,
-                    usage_mod.from_openai(raw_usage),
-                    cost,
-                    ttft_ms=ttft,
-                    body=b"".join(sent),
-                    content_type="text/event-stream",
-                )
-            else:
-                err = error or ClientClosed("The client closed the connection before the stream ended.")
-                usage = usage_mod.from_openai(raw_usage) or self._estimate(call, len(sent))
-                cost = self._price(call, raw_usage) if raw_usage else self._estimated_cost(call, usage)
-                if error is not None and not sent:  # the provider refused before answering: nothing to charge
-                    outcome = Outcome(StepStatus.ERROR, err.status, None, None, error=err)
-                else:
-                    outcome = Outcome(StepStatus.ERROR, err.status, usage, cost, ttft_ms=ttft, error=err)
-            self.record(call, outcome)
-            self.release(call)
+            if not recorded:
+                closed = ClientClosed("The client closed the connection before the stream ended.")
+                self.record(call, self._stream_failure(call, closed, raw_usage, sent, ttft))
+                self.release(call)
+
+    def _stream_failure(
+        self,
+        call: Call,
+        err: AgentLedgerError,
+        raw_usage: dict[str, Any] | None,
+        sent: list[bytes],
+        ttft: float | None,
+    ) -> Outcome:
+        if isinstance(err, UpstreamError) and not sent:  # the provider refused before answering: nothing to charge
+            return Outcome(StepStatus.ERROR, err.status, None, None, error=err)
+        usage = usage_mod.from_openai(raw_usage) or self._estimate(call, len(sent))
+        cost = self._price(call, raw_usage) if raw_usage else self._estimated_cost(call, usage)
+        return Outcome(StepStatus.ERROR, err.status, usage, cost, ttft_ms=ttft, error=err)
 
     def _estimate(self, call: Call, chunks: int) -> Usage:
         # No usage chunk arrived: ~4 bytes a token for the prompt, one token per content chunk sent.
@@ -366,7 +467,14 @@ class Gateway:
         return bounded(cost, clamped) if cost is not None else None
 
     # -- recording -----------------------------------------------------------------------------------------
-    def record(self, call: Call, outcome: Outcome) -> None:
+    async def finish(self, call: Call, outcome: Outcome) -> None:
+        """Record the call, release its idempotency claim, and (strict mode) wait until the record is durable."""
+        durable = self.record(call, outcome)
+        self.release(call)
+        await _durable(durable)
+
+    def record(self, call: Call, outcome: Outcome) -> asyncio.Future[None] | None:
+        """Queue the call's records; returns the future of their durability (strict mode) or None."""
         ended_at = self.clock()
         latency_ms = (time.perf_counter() - call.t0) * 1000
         failed = outcome.status is StepStatus.ERROR
@@ -382,9 +490,10 @@ class Gateway:
             )
             while len(self._completed) > 4096:
                 self._completed.popitem(last=False)
+        events: list[TraceEvent] = []
         if a.run_id is not None:
-            self.pipeline.emit(RunStart(run_id=a.run_id, attribution=a, started_at=call.started_at))
-        self.pipeline.emit(
+            events.append(RunStart(run_id=a.run_id, attribution=a, started_at=call.started_at))
+        events.append(
             RequestRecord(
                 request_id=call.request_id,
                 attribution=a,
@@ -410,7 +519,7 @@ class Gateway:
             )
         )
         if a.run_id is not None:
-            self.pipeline.emit(
+            events.append(
                 StepRecord(
                     step_id=_model_step_id(a.workspace_id, call.request_id, attempt),
                     run_id=a.run_id,
@@ -432,10 +541,11 @@ class Gateway:
                     attributes={"stream": call.stream, "ttft_ms": outcome.ttft_ms, "http_status": outcome.http_status},
                 )
             )
+        return self.pipeline.commit(events)
 
     def record_rejection(
         self, request_id: str, base: Attribution, exc: AgentLedgerError, started_at: datetime, t0: float, body: bytes
-    ) -> None:
+    ) -> asyncio.Future[None] | None:
         """A request refused after authentication is still on the books (zero cost), against its key."""
         model = "unknown"
         try:
@@ -444,32 +554,47 @@ class Gateway:
                 model = payload["model"][:256]
         except orjson.JSONDecodeError:
             pass
-        self.pipeline.emit(
-            RequestRecord(
-                request_id=request_id,
-                attribution=base,
-                endpoint=CHAT_PATH,
-                provider="none",
-                model=model,
-                stream=False,
-                status=StepStatus.ERROR,
-                http_status=exc.status,
-                started_at=started_at,
-                ended_at=self.clock(),
-                latency_ms=(time.perf_counter() - t0) * 1000,
-                request_hash=hashlib.sha256(body).hexdigest(),
-                error_code=exc.code,
-                error_message=exc.message,
-            )
+        return self.pipeline.commit(
+            [
+                RequestRecord(
+                    request_id=request_id,
+                    attribution=base,
+                    endpoint=CHAT_PATH,
+                    provider="none",
+                    model=model,
+                    stream=False,
+                    status=StepStatus.ERROR,
+                    http_status=exc.status,
+                    started_at=started_at,
+                    ended_at=self.clock(),
+                    latency_ms=(time.perf_counter() - t0) * 1000,
+                    request_hash=hashlib.sha256(body).hexdigest(),
+                    error_code=exc.code,
+                    error_message=exc.message,
+                )
+            ]
         )
 
     def invalidate_key(self, key_hash: str | None) -> None:
         if key_hash:
-            self.principals.invalidate(key_hash)
+            # Cached as "no such key" rather than forgotten: through a store outage it stays refused.
+            self.principals.put(key_hash, None)
 
     def invalidate_workspace(self, workspace_id: str) -> None:
         self.routes.invalidate(workspace_id)
         self.prices.invalidate(workspace_id)
+
+
+async def _durable(fut: asyncio.Future[None] | None) -> None:
+    """Wait for a record's durability (strict mode). If it can never be made durable (the store rejected it
+    and said so in the log and metrics, or store and spool both failed), the answer is still released: the
+    provider has been paid and the client must not be pushed to retry it."""
+    if fut is None:
+        return
+    try:
+        await fut
+    except AgentLedgerError:
+        log.error("a call's record could not be made durable; its response is released anyway")
 
 
 def _model_step_id(workspace_id: str, request_id: str, attempt: int) -> str:

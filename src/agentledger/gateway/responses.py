@@ -25,6 +25,8 @@ class JSONResponse(Response):
 
 
 def error_response(exc: AgentLedgerError, headers: dict[str, str] | None = None) -> Response:
+    if exc.retry_after is not None:
+        headers = {**(headers or {}), "retry-after": str(exc.retry_after)}
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 

@@ -65,6 +65,14 @@ class StoredResponse:
     cost_nanos: int
 
 
+@dataclass(frozen=True, slots=True)
+class RequestClaim:
+    """What `Store.claim_request` found: the completed response, or whether this caller now holds the id."""
+
+    stored: StoredResponse | None
+    claimed: bool  # False with `stored` None: another holder's claim is live; ask again shortly
+
+
 class Store(Protocol):
     """Persistence for governance objects and traces.
 
@@ -75,6 +83,9 @@ class Store(Protocol):
     It raises only when the batch itself is unacceptable (a constraint violation, a value the backend cannot
     hold): nothing is written, and since the same batch would fail again, the caller must not retry it whole
     (`pipeline.queue` writes its events one by one and skips only the rejected ones).
+
+    Every other method raises `core.errors.StoreUnavailable` when the database cannot be reached (down,
+    refused, timed out, pool exhausted), so callers render a 503 rather than a 500.
     """
 
     async def migrate(self) -> None: ...
@@ -118,6 +129,26 @@ class Store(Protocol):
 
     # traces
     async def stored_response(self, workspace_id: str, request_id: str) -> StoredResponse | None: ...
+    async def claim_request(self, workspace_id: str, request_id: str, holder: str, lease: float) -> RequestClaim:
+        """One round trip that either finds the completed response of a client-supplied x-request-id or
+        atomically claims the id for `holder` for `lease` seconds, so that of several gateway processes
+        sharing the store only one forwards it.
+
+        * a completed response exists: `RequestClaim(stored, claimed=False)`; replay it.
+        * no live claim (none, or an expired one, e.g. of a crashed holder): the claim is taken,
+          `RequestClaim(None, claimed=True)`; forward the call, then either let its completed record supersede
+          the claim (nothing to do) or, if it failed, `release_claim` so a retry may forward again.
+        * another holder's live claim: `RequestClaim(None, claimed=False)`; ask again after a short wait.
+
+        A store that only one process writes (SQLite) may grant every claim: the caller's in-memory claim
+        already serializes duplicates. Raises `StoreUnavailable` when the store cannot answer.
+        """
+        ...
+
+    async def release_claim(self, workspace_id: str, request_id: str, holder: str) -> None:
+        """Drop `holder`'s claim on the id (its call failed and may be retried). A no-op if it holds none."""
+        ...
+
     async def list_runs(self, workspace_id: str, flt: RunFilter) -> list[dict[str, Any]]: ...
     async def get_run(self, workspace_id: str, run_id: str) -> dict[str, Any] | None: ...
     async def run_steps(self, workspace_id: str, run_id: str) -> list[dict[str, Any]]: ...

@@ -263,3 +263,16 @@ steps = Table(
     UniqueConstraint("workspace_id", "id", name="uq_steps_ws_id"),
     Index("ix_steps_ws_run", "workspace_id", "run_id", "started_at"),
 )
+
+# Cross-process x-request-id claims (PostgreSQL; see store.base.Store.claim_request). A row lives from the
+# first forward of a client-supplied id until its lease ends; the completed request row supersedes it, and
+# expired rows are purged.
+idempotency_claims = Table(
+    "idempotency_claims",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("request_id", ID, primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("expires_at", TS, nullable=False),
+    Index("ix_idempotency_claims_expires", "expires_at"),
+)

@@ -9,19 +9,35 @@ writer; batching makes it enough for PostgreSQL too) and a small reader pool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, case, create_engine, event, func, insert, literal, select, union_all, update
+from sqlalchemy import (
+    and_,
+    case,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+    text,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, TimeoutError as PoolTimeout
 
-from agentledger.core.errors import Conflict
+from agentledger.core.errors import Conflict, StoreUnavailable
 from agentledger.core.model import (
     AdminPrincipal,
     Attribution,
@@ -38,11 +54,53 @@ from agentledger.core.model import (
 from agentledger.core.pricing import Price
 from agentledger.core.rollup import TOKEN_FIELDS
 from agentledger.store import schema as t
-from agentledger.store.base import CostQuery, RunFilter, StoredResponse, WriteResult
+from agentledger.store.base import CostQuery, RequestClaim, RunFilter, StoredResponse, WriteResult
+from agentledger.store.bulk import BulkStatement
 from agentledger.store.queries import costs_query, exact_sum, runs_query
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# Faults of the database's availability (down, refused, reset, timed out, pool exhausted), as opposed to faults
+# of a statement or its values. `_read`/`_write` turn them into StoreUnavailable (503, Retry-After).
+UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout, OSError)
+# PostgreSQL: an unreachable database must answer fast rather than hold requests (libpq's default connect
+# timeout is unbounded, the pool's 30 s). Keepalives and tcp_user_timeout notice a peer that vanished without
+# closing the connection (a partition) in seconds, not the kernel's ~15 minutes.
+PG_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 3,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+PG_POOL_TIMEOUT = 2.0
+CLAIM_PURGE_INTERVAL = 60.0  # seconds between purges of expired idempotency claims
+
+# PostgreSQL: find the completed response of an x-request-id, or else claim the id, in one statement (one round
+# trip). ON CONFLICT serializes concurrent claimants across processes: the loser sees the winner's row and
+# claims nothing unless its lease has run out (a crashed holder). Times are the database's, so the clocks of
+# the gateway hosts do not matter.
+_PG_CLAIM = text(
+    """
+WITH done AS (
+    SELECT request_hash, http_status, response_body, response_content_type, run_id, cost_nanos
+    FROM requests
+    WHERE workspace_id = :ws AND id = :rid AND status = 'ok' AND response_body IS NOT NULL
+), claimed AS (
+    INSERT INTO idempotency_claims AS c (workspace_id, request_id, holder, expires_at)
+    SELECT :ws, :rid, :holder, now() + make_interval(secs => :lease)
+    WHERE NOT EXISTS (SELECT 1 FROM done)
+    ON CONFLICT (workspace_id, request_id) DO UPDATE
+        SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+        WHERE c.expires_at < now()
+    RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM claimed) AS claimed, done.*
+FROM (SELECT 1) AS one LEFT JOIN done ON true
+"""
+)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -61,18 +119,35 @@ def _row(r: Any) -> dict[str, Any]:
 
 
 class SQLStore:
-    def __init__(self, url: str, *, readers: int = 4) -> None:
+    def __init__(self, url: str, *, readers: int = 4, durable_commits: bool = True) -> None:
+        """`durable_commits`: a commit is on disk when it returns (SQLite `synchronous=FULL`; PostgreSQL's
+        default). False (durability=batched) trades the last moments before an OS crash for less waiting:
+        SQLite `synchronous=NORMAL` (WAL: safe from a process crash, not from power loss) and PostgreSQL
+        `synchronous_commit=off` on trace writes."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.durable_commits = durable_commits
         if self.is_sqlite:
             self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            synchronous = "FULL" if durable_commits else "NORMAL"
+            event.listen(self.engine, "connect", lambda conn, _rec: _sqlite_pragmas(conn, synchronous))
         else:
-            self.engine = create_engine(url, pool_size=readers + 1, max_overflow=4, pool_pre_ping=True)
+            self.engine = create_engine(
+                url,
+                pool_size=readers + 1,
+                max_overflow=4,
+                pool_pre_ping=True,
+                pool_timeout=PG_POOL_TIMEOUT,
+                connect_args=PG_CONNECT_ARGS,
+            )
+        self._last_claim_purge = time.monotonic()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
         # Trace-write statements, built once: building an upsert per row cost ~1 ms of CPU (and GIL) a row.
         self._statements: dict[tuple[str, ...], Any] = {}
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="store-reader")
+        # Trace batches go through one connection kept by the writer thread: checking one out of the pool per
+        # batch cost a pre-ping round trip each time. It is dropped (and reopened) after an availability fault.
+        self._trace_conn: Connection | None = None
 
     # -- plumbing ---------------------------------------------------------------------------------------
     async def _read(self, fn: Callable[[Connection], T]) -> T:
@@ -80,24 +155,33 @@ class SQLStore:
             with self.engine.connect() as conn:
                 return fn(conn)
 
-        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+        return await self._run(self._readers, run)
 
     async def _write(self, fn: Callable[[Connection], T]) -> T:
         def run() -> T:
             with self.engine.begin() as conn:
                 return fn(conn)
 
-        return await asyncio.get_running_loop().run_in_executor(self._writer, run)
+        return await self._run(self._writer, run)
+
+    async def _transact(self, fn: Callable[[Connection], T]) -> T:
+        """A short transaction on the reader pool: for hot-path writes (idempotency claims) that must not queue
+        behind trace batches on the writer thread. PostgreSQL only (SQLite has one writer)."""
+
+        def run() -> T:
+            with self.engine.begin() as conn:
+                return fn(conn)
+
+        return await self._run(self._readers, run)
+
+    async def _run(self, executor: ThreadPoolExecutor, run: Callable[[], T]) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, run)
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable("The database is unavailable; retry shortly.") from exc
 
     def _insert(self, table: Any) -> Any:
         return (sqlite.insert if self.is_sqlite else postgresql.insert)(table)
-
-    def _statement(self, key: tuple[str, ...], build: Callable[[], Any]) -> Any:
-        """A statement executed with parameters (`conn.execute(stmt, values)`), built once per key."""
-        stmt = self._statements.get(key)
-        if stmt is None:
-            stmt = self._statements[key] = build()
-        return stmt
 
     async def migrate(self) -> None:
         from agentledger.store.migrate import upgrade
@@ -105,6 +189,7 @@ class SQLStore:
         await asyncio.get_running_loop().run_in_executor(self._writer, upgrade, self.engine)
 
     async def aclose(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._drop_trace_conn)
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         self.engine.dispose()
@@ -114,11 +199,32 @@ class SQLStore:
         # Only faults of the database's availability are retryable; anything else (IntegrityError, DataError, a
         # value the driver cannot adapt) is about the events themselves and is raised, as the protocol says.
         try:
-            await self._write(lambda conn: self._apply(conn, events))
+            await asyncio.get_running_loop().run_in_executor(self._writer, self._write_trace, events)
         except (OperationalError, InterfaceError, PoolTimeout, OSError) as exc:
             log.warning("store write failed, will retry: %s", exc)
             return WriteResult.FAILURE
         return WriteResult.SUCCESS
+
+    def _write_trace(self, events: Sequence[TraceEvent]) -> None:
+        """Runs on the writer thread: one transaction on the kept trace connection."""
+        conn = self._trace_conn
+        if conn is None:
+            conn = self._trace_conn = self.engine.connect()
+        try:
+            with conn.begin():
+                if not self.durable_commits and not self.is_sqlite:
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+                self._apply(conn, events)
+        except (OperationalError, InterfaceError, PoolTimeout, OSError):
+            self._drop_trace_conn()
+            raise
+
+    def _drop_trace_conn(self) -> None:
+        conn, self._trace_conn = self._trace_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a connection that already failed may fail to close too
+                conn.invalidate()
+                conn.close()
 
     def _apply(self, conn: Connection, events: Sequence[TraceEvent]) -> None:
         """One executemany per table, in dependency order, after folding repeats of a key within the batch.
@@ -148,21 +254,27 @@ class SQLStore:
             elif isinstance(ev, RunStart):
                 runs.append(_run_values(ev))
         if sessions:
-            conn.execute(self._statement(("sessions",), self._session_upsert), list(sessions.values()))
+            self._bulk(conn, t.sessions, self._session_upsert, list(sessions.values()))
         if runs:
-            stmt = self._statement(("runs",), lambda: self._insert(t.runs).on_conflict_do_nothing())
-            conn.execute(stmt, runs)
+            self._bulk(conn, t.runs, lambda: self._insert(t.runs).on_conflict_do_nothing(), runs)
         if requests:
-            conn.execute(self._statement(("requests",), self._request_upsert), list(requests.values()))
+            self._bulk(conn, t.requests, self._request_upsert, list(requests.values()))
         if steps:
-            stmt = self._statement(("steps",), lambda: self._insert(t.steps).on_conflict_do_nothing())
-            conn.execute(stmt, steps)
+            self._bulk(conn, t.steps, lambda: self._insert(t.steps).on_conflict_do_nothing(), steps)
         for end in ends:
             conn.execute(
                 update(t.runs)
                 .where(and_(t.runs.c.workspace_id == end.workspace_id, t.runs.c.id == end.run_id))
                 .values(status=end.status.value, ended_at=end.ended_at, error=end.error, output=end.output)
             )
+
+    def _bulk(self, conn: Connection, table: Any, build: Callable[[], Any], rows: list[dict[str, Any]]) -> None:
+        keys = tuple(rows[0])
+        cache_key = (table.name, *keys)
+        stmt = self._statements.get(cache_key)
+        if stmt is None:
+            stmt = self._statements[cache_key] = BulkStatement(build(), table, keys, self.engine.dialect)
+        stmt.run(conn, rows)
 
     def _session_upsert(self) -> Any:
         stmt = self._insert(t.sessions)
@@ -184,7 +296,7 @@ class SQLStore:
         return stmt.on_conflict_do_update(
             index_elements=["workspace_id", "id"],
             set_={c.name: stmt.excluded[c.name] for c in t.requests.c if c.name not in ("workspace_id", "id")},
-            where=t.requests.c.status != "ok",
+            where=t.requests.c.status != literal_column("'ok'"),
         )
 
     # -- governance -------------------------------------------------------------------------------------
@@ -383,6 +495,51 @@ class SQLStore:
             r["cost_nanos"],
         )
 
+    async def claim_request(self, workspace_id: str, request_id: str, holder: str, lease: float) -> RequestClaim:
+        if self.is_sqlite:
+            # One process is SQLite's only writer, and its in-memory claim already serializes duplicates.
+            stored = await self.stored_response(workspace_id, request_id)
+            return RequestClaim(stored, claimed=stored is None)
+        purge = time.monotonic() - self._last_claim_purge > CLAIM_PURGE_INTERVAL
+        if purge:
+            self._last_claim_purge = time.monotonic()
+
+        def run(conn: Connection) -> RequestClaim:
+            if purge:
+                # Claims of completed ids are superseded by their request rows, those of crashed holders by
+                # expiry: neither is needed once expired.
+                c = t.idempotency_claims.c
+                conn.execute(delete(t.idempotency_claims).where(c.expires_at < func.now()))
+            params = {"ws": workspace_id, "rid": request_id, "holder": holder, "lease": lease}
+            r = conn.execute(_PG_CLAIM, params).one()
+            if r.response_body is None:
+                return RequestClaim(None, claimed=bool(r.claimed))
+            stored = StoredResponse(
+                r.request_hash,
+                r.http_status,
+                bytes(r.response_body),
+                r.response_content_type,
+                r.run_id,
+                r.cost_nanos,
+            )
+            return RequestClaim(stored, claimed=False)
+
+        return await self._transact(run)
+
+    async def release_claim(self, workspace_id: str, request_id: str, holder: str) -> None:
+        if self.is_sqlite:
+            return
+        c = t.idempotency_claims.c
+
+        def run(conn: Connection) -> None:
+            conn.execute(
+                delete(t.idempotency_claims).where(
+                    c.workspace_id == workspace_id, c.request_id == request_id, c.holder == holder
+                )
+            )
+
+        await self._transact(run)
+
     async def list_runs(self, workspace_id: str, flt: RunFilter) -> list[dict[str, Any]]:
         return await self._select(runs_query(workspace_id, flt))
 
@@ -444,10 +601,10 @@ class SQLStore:
         return await self._select(costs_query(workspace_id, query, sqlite=self.is_sqlite))
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, synchronous: str) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute(f"PRAGMA synchronous={synchronous}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
