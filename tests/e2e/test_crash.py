@@ -123,7 +123,7 @@ def test_kill_9_under_load_loses_no_acknowledged_call(durability: str, db_url: s
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    assert len(acked) > 100, f"too little load to mean anything: {len(acked)} calls acknowledged"
+    assert len(acked) >= 50, f"too little load to mean anything: {len(acked)} calls acknowledged"
 
     # A new process on the same database and data directory replays whatever was spooled, then stops cleanly.
     proc = _start(data_dir, db_url, free_port(), durability, log)
