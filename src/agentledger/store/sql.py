@@ -164,13 +164,14 @@ class SQLStore:
 
         return await self._run(self._writer, run)
 
-    async def _transact(self, fn: Callable[[Connection], T]) -> T:
-        """A short transaction on the reader pool: for hot-path writes (idempotency claims) that must not queue
-        behind trace batches on the writer thread. PostgreSQL only (SQLite has one writer)."""
+    async def _autocommit(self, fn: Callable[[Connection], T]) -> T:
+        """Single-statement writes on the reader pool, each its own transaction: for the hot path's idempotency
+        claims, which must not queue behind trace batches on the writer thread, and need no BEGIN/COMMIT round
+        trips (one statement is atomic by itself). PostgreSQL only (SQLite has one writer)."""
 
         def run() -> T:
-            with self.engine.begin() as conn:
-                return fn(conn)
+            with self.engine.connect() as conn:
+                return fn(conn.execution_options(isolation_level="AUTOCOMMIT"))
 
         return await self._run(self._readers, run)
 
@@ -524,7 +525,7 @@ class SQLStore:
             )
             return RequestClaim(stored, claimed=False)
 
-        return await self._transact(run)
+        return await self._autocommit(run)
 
     async def release_claim(self, workspace_id: str, request_id: str, holder: str) -> None:
         if self.is_sqlite:
@@ -538,7 +539,7 @@ class SQLStore:
                 )
             )
 
-        await self._transact(run)
+        await self._autocommit(run)
 
     async def list_runs(self, workspace_id: str, flt: RunFilter) -> list[dict[str, Any]]:
         return await self._select(runs_query(workspace_id, flt))
