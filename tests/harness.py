@@ -109,6 +109,6 @@ def running_gateway(db_url: str, data_dir: Path, upstream: ServerThread, **setti
         **settings,
     )
     ids = provision(cfg, upstream.url)
-    server = ServerThread(create_app(cfg, store=SQLStore(cfg.database_url)))
+    server = ServerThread(create_app(cfg, store=SQLStore(cfg.database_url, durable_commits=cfg.durability == "strict")))
     with server:
         yield Harness(url=server.url, fake=upstream.config.app.state.fake, server=server, settings=cfg, **ids)

@@ -21,7 +21,7 @@ from agentledger.api.manage import manage_routes
 from agentledger.api.openapi import openapi_routes
 from agentledger.api.query import query_routes
 from agentledger.config import Settings
-from agentledger.core.errors import NotFound
+from agentledger.core.errors import MethodNotAllowed, NotFound
 from agentledger.gateway.failsafe import ErrorMiddleware
 from agentledger.gateway.flow import Gateway
 from agentledger.gateway.limits import BodyLimitMiddleware
@@ -110,6 +110,11 @@ def create_app(
     async def not_found(request: Request, exc: Exception) -> Response:
         return error_response(NotFound(f"No route for {request.method} {request.url.path}."))
 
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        allow = getattr(exc, "headers", None) or {}
+        err = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.")
+        return error_response(err, {k: v for k, v in allow.items() if k.lower() == "allow"})
+
     routes = [
         *chat_routes(c.gateway),
         *StepIngest(c.gateway).routes(),
@@ -123,7 +128,10 @@ def create_app(
     # Innermost: its 413 is rendered like any error, carries the request id, and stops a body before a handler.
     middleware.append(Middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes))
     app = Starlette(
-        routes=routes, middleware=middleware, lifespan=lifespan, exception_handlers={404: not_found, 405: not_found}
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={404: not_found, 405: method_not_allowed},
     )
     app.state.components = c
     return app

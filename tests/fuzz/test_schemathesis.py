@@ -179,9 +179,9 @@ def test_known_contract_bug(live: Harness, method: str, path: str, body: dict[st
     assert resp.json()["error"]["param"] == param
 
 
-@pytest.mark.xfail(strict=True, reason="app.py maps Starlette's 405 to a 404 not_found (exception_handlers)")
 @pytest.mark.parametrize("path", ["/healthz", "/api/runs", "/v1/models"])
 def test_undeclared_method_is_405(live: Harness, path: str) -> None:
     resp = HTTP.request("TRACE", live.url + path)
     assert resp.status_code == 405
     assert set(resp.json()["error"]) == {"message", "type", "code", "param"}
+    assert resp.json()["error"]["code"] == "method_not_allowed" and "GET" in resp.headers["allow"]

@@ -12,6 +12,7 @@
     │   ├── ModelNotAllowed               403 permission_error / model_not_allowed
     │   └── AgentMismatch                 403 permission_error / agent_mismatch
     ├── NotFound                          404 not_found_error
+    ├── MethodNotAllowed                  405 invalid_request_error / method_not_allowed
     ├── ClientClosed                      499 client_closed / client_closed_request (recorded, never sent)
     ├── Conflict                          409 conflict_error
     │   └── IdempotencyKeyReused          409 conflict_error / idempotency_key_reused
@@ -103,6 +104,12 @@ class NotFound(AgentLedgerError):
     status = 404
     type = "not_found_error"
     code = "not_found"
+
+
+class MethodNotAllowed(AgentLedgerError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
 
 
 class ClientClosed(AgentLedgerError):

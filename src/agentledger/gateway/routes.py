@@ -70,7 +70,7 @@ def chat_routes(gateway: Gateway) -> list[Route]:
             return SSEResponse(first, events, {**SSE_HEADERS, **_headers(call)})
         try:
             outcome = await gateway.complete(call)
-            gateway.record(call, outcome)
+            await gateway.finish(call, outcome)
         finally:
             gateway.release(call)
         if outcome.error is not None:

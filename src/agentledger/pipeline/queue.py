@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agentledger.core.errors import AgentLedgerError
+from agentledger.core.errors import AgentLedgerError, StoreUnavailable
 from agentledger.core.model import RunEnd, TraceEvent
 from agentledger.pipeline.spool import Spool
 from agentledger.store.base import Store, WriteResult
@@ -237,6 +237,8 @@ class TracePipeline:
         """One write. FAILURE means retry later; if the store raises instead, isolate the events it rejects."""
         try:
             return await self.store.write_batch(events), set()
+        except StoreUnavailable:
+            return WriteResult.FAILURE, set()  # an outage, however reported, is retried, never taken for poison
         except Exception:  # recording never breaks serving: a bad batch is logged, not raised
             log.warning("store rejected a batch; writing its %d events one by one", len(events), exc_info=True)
         rejected: list[TraceEvent] = []
@@ -244,6 +246,8 @@ class TracePipeline:
             try:
                 if await self.store.write_batch([ev]) is not WriteResult.SUCCESS:
                     return WriteResult.FAILURE, set()  # the store went down meanwhile: retry the batch (idempotent)
+            except StoreUnavailable:
+                return WriteResult.FAILURE, set()
             except Exception:
                 log.exception("skipping a trace event the store rejects: %s", _describe(ev))
                 rejected.append(ev)
