@@ -99,15 +99,10 @@ def provision(settings: Settings, upstream_url: str) -> dict[str, str]:
 
 @contextmanager
 def running_gateway(db_url: str, data_dir: Path, upstream: ServerThread, **settings: Any) -> Iterator[Harness]:
-    cfg = Settings(
-        data_dir=str(data_dir),
-        db_url=db_url,
-        connect_timeout=1.0,
-        read_timeout=1.0,
-        first_token_timeout=1.0,
-        batch_interval_ms=5.0,
-        **settings,
+    defaults: dict[str, Any] = dict(
+        connect_timeout=1.0, read_timeout=1.0, first_token_timeout=1.0, batch_interval_ms=5.0
     )
+    cfg = Settings(data_dir=str(data_dir), db_url=db_url, **{**defaults, **settings})
     ids = provision(cfg, upstream.url)
     server = ServerThread(create_app(cfg, store=SQLStore(cfg.database_url, durable_commits=cfg.durability == "strict")))
     with server:
