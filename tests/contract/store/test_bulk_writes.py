@@ -8,7 +8,6 @@ written twice into two workspaces, once per path, and every column is compared.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -25,14 +24,6 @@ from agentledger.store.sql import SQLStore, _request_values, _run_values, _step_
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 5, tzinfo=timezone(timedelta(hours=2)))
 BIG = 2**62 + 1
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[SQLStore]:
-    s = SQLStore(db_url)
-    await s.migrate()
-    yield s
-    await s.aclose()
 
 
 def events(ws: str) -> tuple[RunStart, RequestRecord, StepRecord]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -18,14 +17,6 @@ from agentledger.core.model import Attribution, RequestRecord, StepStatus
 from agentledger.store.base import RequestClaim, StoredResponse, WriteResult
 from agentledger.store.sql import SQLStore
 from tests.contract.store.test_store_contract import T0, new_workspace
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[SQLStore]:
-    s = SQLStore(db_url)
-    await s.migrate()
-    yield s
-    await s.aclose()
 
 
 def _completed(ws: str, request_id: str, status: StepStatus = StepStatus.OK) -> RequestRecord:

@@ -7,7 +7,6 @@ itself a check that no query crosses a workspace.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -48,14 +47,6 @@ BIG = 2**62 + 1  # exact as an integer, not as a float64; far past 32 bits
 
 def uid(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[SQLStore]:
-    s = SQLStore(db_url)
-    await s.migrate()
-    yield s
-    await s.aclose()
 
 
 async def new_workspace(store: SQLStore, department: str = "dep") -> str:
