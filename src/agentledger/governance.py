@@ -14,7 +14,7 @@ from typing import Any
 
 from agentledger.core.bounds import MAX_PRIORITY, MAX_RATE_DECIMALS, MAX_RATE_MTOK, MIN_PRIORITY
 from agentledger.core.errors import Conflict, InvalidRequest, NotFound
-from agentledger.core.headers import parse_id
+from agentledger.core.fields import id_field, text_field
 from agentledger.core.ids import new_id
 from agentledger.core.keys import ADMIN_TOKEN_PREFIX, VIRTUAL_KEY_PREFIX, display_prefix, hash_secret, new_secret
 from agentledger.core.model import Role
@@ -35,20 +35,12 @@ class Bootstrap:
 
 
 def _name(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > 256:
-        raise InvalidRequest(f"'{what}' must be a non-empty string of at most 256 characters.", param=what)
-    return value.strip()
+    """A label shown in listings, the CLI and logs: the step API's printable-text rule, trimmed."""
+    return text_field(value, what, strip=True)
 
 
 def _optional_id(value: Any, what: str, prefix: str) -> str:
-    if value is None:
-        return new_id(prefix)
-    if not isinstance(value, str):
-        raise InvalidRequest(f"'{what}' must be a string.", param=what)
-    try:
-        return parse_id(what, value)
-    except InvalidRequest as exc:
-        raise InvalidRequest(exc.message, param=what) from None
+    return new_id(prefix) if value is None else id_field(value, what)
 
 
 def _patterns(value: Any, what: str, default: list[str]) -> list[str]:
@@ -121,7 +113,7 @@ class Governance:
         kind = data.get("kind", "ai")
         if kind not in ("ai", "workflow"):
             raise InvalidRequest("'kind' must be 'ai' or 'workflow'.", param="kind")
-        dep = _name(data.get("department_id"), "department_id")
+        dep = id_field(data.get("department_id"), "department_id")
         name = _name(data.get("name", agent), "name")
         await self._require_department(workspace_id, dep)
         await self.store.create_agent(workspace_id, agent, dep, name, kind, self.clock())
@@ -130,20 +122,29 @@ class Governance:
     async def create_virtual_key(self, workspace_id: str, data: dict[str, Any]) -> dict[str, Any]:
         """Returns the key's plaintext under "key": the only time it is ever shown."""
         key = new_secret(VIRTUAL_KEY_PREFIX)
+        # Either may be left out (null), but a value given is an id: "" is refused, not read as absent.
         agent_id = data.get("agent_id")
+        department_id = data.get("department_id")
         if agent_id is not None:
-            agent_id = _name(agent_id, "agent_id")
+            agent_id = id_field(agent_id, "agent_id")
             agent = await self.store.get_agent(workspace_id, agent_id)
             if agent is None:
                 raise InvalidRequest(f"Agent {agent_id!r} does not exist.", param="agent_id")
-            department_id = data.get("department_id") or agent["department_id"]
+            # A key's spend is booked to its department: one other than its agent's would split the agent's.
+            if department_id is not None and id_field(department_id, "department_id") != agent["department_id"]:
+                raise InvalidRequest(
+                    f"Agent {agent_id!r} belongs to department {agent['department_id']!r}, not {department_id!r}; "
+                    "leave 'department_id' out to use the agent's.",
+                    param="department_id",
+                )
+            department_id = agent["department_id"]
         else:
-            department_id = _name(data.get("department_id"), "department_id")
+            department_id = id_field(department_id, "department_id")
             await self._require_department(workspace_id, department_id)
         row = dict(
             workspace_id=workspace_id,
             id=new_id("vkid"),
-            department_id=_name(department_id, "department_id"),
+            department_id=department_id,
             agent_id=agent_id,
             name=_name(data.get("name", "key"), "name"),
             key_hash=hash_secret(key),
@@ -167,9 +168,8 @@ class Governance:
         api_key = data.get("api_key")
         if api_key is not None and (not isinstance(api_key, str) or not api_key):
             raise InvalidRequest("'api_key' must be a non-empty string.", param="api_key")
-        provider = _name(data.get("provider", kind), "provider")
-        if len(provider) > 64:  # it is recorded on every request (VARCHAR(64)): longer would be refused there
-            raise InvalidRequest("'provider' must be at most 64 characters.", param="provider")
+        # Recorded on every request (VARCHAR(64)): longer would be refused there.
+        provider = text_field(data.get("provider", kind), "provider", limit=64, strip=True)
         priority = data.get("priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
             raise InvalidRequest(

@@ -1,8 +1,8 @@
 """What fuzzing over PostgreSQL found (AGENTLEDGER_FUZZ_DB=postgres): inputs SQLite takes in its stride but
 PostgreSQL refuses, NUL in a text value and strings longer than their VARCHAR column. Each must be a 4xx.
 
-Fixed ones are plain tests; the others are strict xfails naming the bug, so a fix makes them fail until the
-mark is removed.
+Each is a plain test of the fixed behaviour; a new finding goes in as a strict xfail naming the bug, so its fix
+makes it fail until the mark is removed.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from agentledger.testing import ServerThread
 from tests.harness import Harness, running_gateway
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.pg]
-
-NUL_IN_QUERY = "api/query.py and ingest/steps.py pass ids and filters with NUL to PostgreSQL, which refuses them (500)"
 
 
 @pytest.fixture(scope="module")
@@ -38,27 +36,18 @@ def test_revoking_a_key_id_with_nul_is_404(pg_live: Harness, path: str) -> None:
     error(pg_live.api("DELETE", path), 404, "key_id")
 
 
-def xfail(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
 @pytest.mark.parametrize(
     ("method", "path", "kw", "status", "param"),
     [
-        pytest.param("GET", "/api/runs/a%00b", {}, 404, "run_id", marks=xfail(NUL_IN_QUERY), id="run"),
-        pytest.param("GET", "/api/sessions/a%00b", {}, 404, "session_id", marks=xfail(NUL_IN_QUERY), id="session"),
-        pytest.param("GET", "/api/requests/a%00b", {}, 404, "request_id", marks=xfail(NUL_IN_QUERY), id="request"),
-        pytest.param(
-            "GET", "/api/runs", {"params": {"agent": "a\x00b"}}, 400, "agent", marks=xfail(NUL_IN_QUERY), id="filter"
+        pytest.param("GET", "/api/runs/a%00b", {}, 404, "run_id", id="run"),
+        pytest.param("GET", "/api/sessions/a%00b", {}, 404, "session_id", id="session"),
+        pytest.param("GET", "/api/requests/a%00b", {}, 404, "request_id", id="request"),
+        *(
+            pytest.param("GET", "/api/runs", {"params": {name: "a\x00b"}}, 400, name, id=f"filter-{name}")
+            for name in ("agent", "session", "workflow", "status")
         ),
         pytest.param(
-            "GET",
-            "/api/analytics/costs",
-            {"params": {"group_by": "property.a\x00"}},
-            400,
-            "group_by",
-            marks=xfail(NUL_IN_QUERY),
-            id="group-by",
+            "GET", "/api/analytics/costs", {"params": {"group_by": "property.a\x00"}}, 400, "group_by", id="group-by"
         ),
         pytest.param(
             "POST",
@@ -66,20 +55,19 @@ def xfail(reason: str) -> pytest.MarkDecorator:
             {"json": {"name": "k", "agent_id": "planner", "department_id": "d" * 200}},
             400,
             "department_id",
-            marks=xfail(
-                "governance.create_virtual_key: a department_id of 129-256 characters with an agent_id "
-                "reaches the VARCHAR(128) column (PostgreSQL: 500; SQLite stores it)"
-            ),
             id="long-department",
         ),
+        pytest.param(
+            "POST", "/api/agents", {"json": {"department_id": "d" * 129}}, 400, "department_id", id="agent-dep"
+        ),
+        pytest.param("POST", "/api/departments", {"json": {"name": "a\x00b"}}, 400, "name", id="department-name"),
+        # The step API creates the run its path names, so a malformed run id is a 400 there, as for steps.
+        pytest.param("POST", "/v1/runs/a%00b/end", {"json": {}}, 400, "run_id", id="end-run"),
+        pytest.param("POST", "/v1/runs/a%00b/steps", {"json": {"name": "s"}}, 400, "run_id", id="steps"),
     ],
 )
-def test_admin_input_postgres_refuses_is_4xx(
+def test_input_postgres_refuses_is_4xx(
     pg_live: Harness, method: str, path: str, kw: dict[str, Any], status: int, param: str
 ) -> None:
-    error(pg_live.api(method, path, **kw), status, param)
-
-
-@xfail(NUL_IN_QUERY)
-def test_ending_a_run_id_with_nul_is_404(pg_live: Harness) -> None:
-    error(pg_live.v1("POST", "/v1/runs/a%00b/end", json={}), 404, "run_id")
+    call = pg_live.v1 if path.startswith("/v1/") else pg_live.api
+    error(call(method, path, **kw), status, param)

@@ -105,15 +105,9 @@ def keep_on_loopback(case: schemathesis.Case, upstream: ServerThread) -> None:
 
 
 # Operations whose invalid input the server still accepts (found by this test). negative_data_rejection is off
-# for them only, and each bug has an exact strict-xfail reproduction in `test_known_contract_bug`: when it is
-# fixed, that test XPASSes, fails, and this entry must go.
-ACCEPTS_INVALID = {
-    "POST /api/departments": "name with a C1 control character",
-    "POST /api/agents": "name with a C1 control character",
-    "POST /api/provider-keys": "provider with a C1 control character",
-    "POST /api/prices": "model with a C1 control character",
-    "POST /api/virtual-keys": 'department_id "" next to an agent_id',
-}
+# for them only, and each bug gets an exact strict-xfail reproduction in FINDINGS: when it is fixed, that test
+# XPASSes, fails, and the entry here must go. None today.
+ACCEPTS_INVALID: dict[str, str] = {}
 
 
 @schema.parametrize()
@@ -125,38 +119,21 @@ def test_live_server_keeps_its_contract(case: schemathesis.Case, live: Harness, 
     case.call_and_validate(base_url=live.url, excluded_checks=excluded)
 
 
-GOVERNANCE_NAMES = "governance._name checks length and blankness but not control characters (issue 5, bounds)"
-KNOWN_BUGS = [
+# What this test found, each pinned exactly: a 400 naming the field (issue 5, bounds).
+FINDINGS = [
+    pytest.param("POST", "/api/departments", {"name": "ops\u009b"}, "name", id="department-name-control"),
     pytest.param(
-        "POST",
-        "/api/departments",
-        {"name": "ops\u009b"},
-        "name",
-        marks=pytest.mark.xfail(strict=True, reason=GOVERNANCE_NAMES),
-        id="department-name-control",
+        "POST", "/api/agents", {"name": "bot\u0085", "department_id": "research"}, "name", id="agent-name-control"
     ),
     pytest.param(
-        "POST",
-        "/api/agents",
-        {"name": "bot\u0085", "department_id": "research"},
-        "name",
-        marks=pytest.mark.xfail(strict=True, reason=GOVERNANCE_NAMES),
-        id="agent-name-control",
+        "POST", "/api/provider-keys", {"kind": "mock", "provider": "mock\u009b"}, "provider", id="provider-control"
     ),
-    pytest.param(
-        "POST",
-        "/api/provider-keys",
-        {"kind": "mock", "provider": "mock\u009b"},
-        "provider",
-        marks=pytest.mark.xfail(strict=True, reason=GOVERNANCE_NAMES),
-        id="provider-control",
-    ),
+    pytest.param("POST", "/api/provider-keys", {"kind": "mock", "name": "k\x00"}, "name", id="provider-key-name-nul"),
     pytest.param(
         "POST",
         "/api/prices",
         {"model": "m\u001b[0m", "input_mtok": "1", "output_mtok": "2"},
         "model",
-        marks=pytest.mark.xfail(strict=True, reason=GOVERNANCE_NAMES),
         id="price-model-control",
     ),
     pytest.param(
@@ -164,16 +141,13 @@ KNOWN_BUGS = [
         "/api/virtual-keys",
         {"name": "k", "agent_id": "planner", "department_id": ""},
         "department_id",
-        marks=pytest.mark.xfail(
-            strict=True, reason='governance.create_virtual_key reads department_id with `or`: "" means absent'
-        ),
         id="virtual-key-empty-department",
     ),
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "body", "param"), KNOWN_BUGS)
-def test_known_contract_bug(live: Harness, method: str, path: str, body: dict[str, Any], param: str) -> None:
+@pytest.mark.parametrize(("method", "path", "body", "param"), FINDINGS)
+def test_fuzzing_finding_stays_fixed(live: Harness, method: str, path: str, body: dict[str, Any], param: str) -> None:
     resp = live.api(method, path, json=body)
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["param"] == param

@@ -8,7 +8,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from agentledger.core.errors import AgentLedgerError, AuthenticationError, PermissionDenied
+from agentledger.core.errors import AgentLedgerError, AuthenticationError, NotFound, PermissionDenied
+from agentledger.core.headers import is_id
 from agentledger.core.keys import hash_secret
 from agentledger.core.model import AdminPrincipal, Role
 from agentledger.gateway.bodies import parse_json_object
@@ -52,3 +53,12 @@ class AdminAuth:
 
 async def json_body(request: Request) -> dict[str, Any]:
     return parse_json_object(await request.body())
+
+
+def path_id(request: Request, name: str, what: str) -> str:
+    """The id in the path under `name`. One that is not in id format names nothing: a 404 before any lookup
+    (PostgreSQL refuses NUL in a query, which was a 500)."""
+    value: str = request.path_params[name]
+    if not is_id(value):
+        raise NotFound(f"{what} {value!r} does not exist.", param=name)
+    return value

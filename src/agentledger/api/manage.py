@@ -6,21 +6,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentledger.api.auth import AdminAuth, json_body
+from agentledger.api.auth import AdminAuth, json_body, path_id
 from agentledger.core.errors import NotFound
-from agentledger.core.headers import ID_RE, MAX_ID_LEN
 from agentledger.core.model import AdminPrincipal
 from agentledger.gateway.flow import Gateway
 from agentledger.gateway.responses import JSONResponse
 from agentledger.governance import Governance
-
-
-def _key_id(request: Request, what: str) -> str:
-    """The path's key id; one that is not in id format names no key (and PostgreSQL refuses NUL in a query)."""
-    key_id: str = request.path_params["key_id"]
-    if not (0 < len(key_id) <= MAX_ID_LEN and ID_RE.fullmatch(key_id)):
-        raise NotFound(f"{what} {key_id!r} does not exist.", param="key_id")
-    return key_id
 
 
 def manage_routes(auth: AdminAuth, gov: Governance, gateway: Gateway) -> list[Route]:
@@ -48,7 +39,7 @@ def manage_routes(auth: AdminAuth, gov: Governance, gateway: Gateway) -> list[Ro
         return JSONResponse(await gov.create_virtual_key(admin.workspace_id, await json_body(request)), status_code=201)
 
     async def revoke_key(request: Request, admin: AdminPrincipal) -> Response:
-        key_id = _key_id(request, "Virtual key")
+        key_id = path_id(request, "key_id", "Virtual key")
         key_hash = await store.revoke_virtual_key(admin.workspace_id, key_id, gov.clock())
         if key_hash is None:
             raise NotFound(f"Virtual key {key_id!r} does not exist.", param="key_id")
@@ -64,7 +55,7 @@ def manage_routes(auth: AdminAuth, gov: Governance, gateway: Gateway) -> list[Ro
         return JSONResponse(row, status_code=201)
 
     async def revoke_provider_key(request: Request, admin: AdminPrincipal) -> Response:
-        key_id = _key_id(request, "Provider key")
+        key_id = path_id(request, "key_id", "Provider key")
         if not await store.revoke_provider_key(admin.workspace_id, key_id, gov.clock()):
             raise NotFound(f"Provider key {key_id!r} does not exist.", param="key_id")
         gateway.invalidate_workspace(admin.workspace_id)

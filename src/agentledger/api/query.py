@@ -14,9 +14,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentledger.api.auth import AdminAuth
+from agentledger.api.auth import AdminAuth, path_id
 from agentledger.core.errors import InvalidRequest, NotFound
-from agentledger.core.model import AdminPrincipal
+from agentledger.core.fields import id_field, text_field
+from agentledger.core.headers import PROPERTY_NAME_HELP, PROPERTY_NAME_RE
+from agentledger.core.model import AdminPrincipal, RunStatus
 from agentledger.core.rollup import TOKEN_FIELDS, duration_ms, step_tree, totals
 from agentledger.core.times import TIMESTAMP_HELP, parse_utc
 from agentledger.gateway.responses import JSONResponse
@@ -49,6 +51,33 @@ def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> i
     return value
 
 
+# Filters are checked before the store sees them: PostgreSQL refuses NUL in a query (a 500), and a value no
+# stored row can hold (not an id, an unknown status) would only ever match nothing, silently.
+def _id_param(request: Request, name: str) -> str | None:
+    raw = request.query_params.get(name)
+    return None if raw is None else id_field(raw, name)
+
+
+_RUN_STATUSES = tuple(s.value for s in RunStatus)
+
+
+def _status_param(request: Request) -> str | None:
+    raw = request.query_params.get("status")
+    if raw is not None and raw not in _RUN_STATUSES:
+        raise InvalidRequest(f"'status' must be one of {', '.join(_RUN_STATUSES)}.", param="status")
+    return raw
+
+
+def _group_by_param(request: Request) -> str:
+    """`property.<name>` needs a name the tracking headers could have stored (the other values the store
+    checks: they are its columns)."""
+    group_by = request.query_params.get("group_by", "workspace")
+    prop = group_by.removeprefix("property.")
+    if prop != group_by and not PROPERTY_NAME_RE.fullmatch(prop):
+        raise InvalidRequest(f"group_by=property.<name>: {PROPERTY_NAME_HELP}.", param="group_by")
+    return group_by
+
+
 class TotalsResponse(JSONResponse):
     """JSON whose totals may pass 2^64: each event is bounded (core.bounds), their sums are not, and orjson
     refuses integers past 64 bits. The rare body that has one is rendered by the stdlib, exactly."""
@@ -77,10 +106,10 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
     async def list_runs(request: Request, admin: AdminPrincipal) -> Response:
         q = request.query_params
         flt = RunFilter(
-            agent_id=q.get("agent"),
-            session_id=q.get("session"),
-            workflow=q.get("workflow"),
-            status=q.get("status"),
+            agent_id=_id_param(request, "agent"),
+            session_id=_id_param(request, "session"),
+            workflow=None if q.get("workflow") is None else text_field(q["workflow"], "workflow"),
+            status=_status_param(request),
             since=_time_param(request, "from"),
             until=_time_param(request, "to"),
             limit=_int_param(request, "limit", 50, 1, 1000),
@@ -90,7 +119,7 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
         return TotalsResponse({"data": [_run(r) for r in await store.list_runs(admin.workspace_id, flt)]})
 
     async def get_run(request: Request, admin: AdminPrincipal) -> Response:
-        run_id = request.path_params["run_id"]
+        run_id = path_id(request, "run_id", "Run")
         await pipeline.flush()
         row = await store.get_run(admin.workspace_id, run_id)
         if row is None:
@@ -100,7 +129,7 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
         return TotalsResponse(run)
 
     async def get_session(request: Request, admin: AdminPrincipal) -> Response:
-        session_id = request.path_params["session_id"]
+        session_id = path_id(request, "session_id", "Session")
         await pipeline.flush()
         session = await store.get_session(admin.workspace_id, session_id)
         if session is None:
@@ -118,7 +147,7 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
         return TotalsResponse(session)
 
     async def get_request(request: Request, admin: AdminPrincipal) -> Response:
-        request_id = request.path_params["request_id"]
+        request_id = path_id(request, "request_id", "Request")
         await pipeline.flush()
         row = await store.get_request(admin.workspace_id, request_id)
         if row is None:
@@ -127,7 +156,7 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
         return TotalsResponse(row)
 
     async def costs(request: Request, admin: AdminPrincipal) -> Response:
-        group_by = request.query_params.get("group_by", "workspace")
+        group_by = _group_by_param(request)
         query = CostQuery(
             group_by=group_by,
             since=_time_param(request, "from"),

@@ -28,9 +28,12 @@ MAX_PATH_LEN = 1024
 MAX_PROPERTY_VALUE_LEN = 1024
 MAX_PROPERTIES = 32
 
-# Ids appear in URLs (/api/runs/{id}) and logs, so they are restricted to URL-safe characters.
+# Ids appear in URLs (/api/runs/{id}) and logs, so they are restricted to URL-safe characters. Matched with
+# `fullmatch`: `$` alone also matches before a trailing newline.
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
-_PROPERTY_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
+ID_HELP = "must start with a letter or digit and hold only letters, digits, '.', '_', ':', '-'"
+PROPERTY_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
+PROPERTY_NAME_HELP = "property names are 1-64 characters of a-z, 0-9, '_', '.', '-'"
 _SEGMENT_RE = re.compile(r"^[^/\x00-\x1f\x7f]+$")
 
 
@@ -47,12 +50,22 @@ class TrackingContext:
     properties: dict[str, str] = field(default_factory=dict)
 
 
+def has_control(value: str) -> bool:
+    """C0, DEL and C1 (NEL, CSI, ...): they rewrite terminals and logs, and PostgreSQL refuses NUL in text."""
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value)
+
+
+def is_id(value: str) -> bool:
+    """What `parse_id` accepts; a value that is not an id names nothing, so a lookup by it need not be made."""
+    return 0 < len(value) <= MAX_ID_LEN and ID_RE.fullmatch(value) is not None
+
+
 def _decode(name: str, raw: bytes) -> str:
     try:
         value = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidHeader(f"Header {name!r} is not valid UTF-8.", param=name) from None
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):  # C0, DEL and C1 (NEL, CSI, ...)
+    if has_control(value):
         raise InvalidHeader(f"Header {name!r} contains control characters.", param=name)
     return value.strip()
 
@@ -67,11 +80,8 @@ def _check_len(name: str, value: str, limit: int) -> str:
 
 def parse_id(name: str, value: str) -> str:
     _check_len(name, value, MAX_ID_LEN)
-    if not ID_RE.match(value):
-        raise InvalidHeader(
-            f"Header {name!r} must start with a letter or digit and hold only letters, digits, '.', '_', ':', '-'.",
-            param=name,
-        )
+    if not ID_RE.fullmatch(value):
+        raise InvalidHeader(f"Header {name!r} {ID_HELP}.", param=name)
     return value
 
 
@@ -101,10 +111,8 @@ def parse_tracking(headers: Iterable[tuple[bytes, bytes]]) -> TrackingContext:
         name = raw_name.decode("latin-1").lower()
         if name.startswith(PROPERTY_PREFIX):
             prop = name[len(PROPERTY_PREFIX) :]
-            if not _PROPERTY_NAME_RE.match(prop):
-                raise InvalidHeader(
-                    f"Header {name!r}: property names are 1-64 characters of a-z, 0-9, '_', '.', '-'.", param=name
-                )
+            if not PROPERTY_NAME_RE.fullmatch(prop):
+                raise InvalidHeader(f"Header {name!r}: {PROPERTY_NAME_HELP}.", param=name)
             properties[prop] = _check_len(name, _decode(name, raw_value), MAX_PROPERTY_VALUE_LEN)
             if len(properties) > MAX_PROPERTIES:
                 raise InvalidHeader(f"At most {MAX_PROPERTIES} alephant-property-* headers are allowed.", param=name)

@@ -11,11 +11,22 @@ from agentledger.core.money import format_usd
 TOKEN_FIELDS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
 
 
-def step_tree(steps: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+# How many levels of steps a run document nests. orjson renders at most 254 levels of JSON; a step at tree
+# level k sits at about 2k + 1 (the run, `steps`, then each ancestor and its `children`), and its stored JSON
+# values may add 32 more (core.bounds.MAX_JSON_DEPTH): 64 levels keep a run at most ~161 deep.
+MAX_TREE_DEPTH = 64
+
+
+def step_tree(steps: Iterable[Mapping[str, Any]], max_depth: int = MAX_TREE_DEPTH) -> list[dict[str, Any]]:
     """Nest steps under their parents, keeping each level in the order given (start time, then arrival).
 
-    A step whose parent is not in the run is kept at the top level rather than dropped.
+    A step whose parent is not in the run is kept at the top level rather than dropped. The tree is at most
+    `max_depth` (≥ 2) levels deep: a step deeper than that is placed under its ancestor at level
+    `max_depth - 1`, next to that ancestor's own children; its `parent_id` still names its real parent.
+    Linear in the number of steps, however deep the chains.
     """
+    if max_depth < 2:
+        raise ValueError("max_depth must be at least 2")
     nodes: dict[str, dict[str, Any]] = {}
     order: list[dict[str, Any]] = []
     for s in steps:
@@ -24,20 +35,52 @@ def step_tree(steps: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         node["cost_usd"] = format_usd(int(node.get("cost_nanos") or 0))
         nodes[node["id"]] = node
         order.append(node)
-    roots: list[dict[str, Any]] = []
-    linked: dict[str, str] = {}  # child id → parent id, for the links made so far
+
+    # Link each step under its parent unless the parent is already below it: a parent chain leading back to
+    # this step (a → b → a, stored before ingest refused cycles) is cut here, or the whole cycle would vanish
+    # from the tree and its nodes reference each other. Union-find over the trees linked so far: the step
+    # is still the root of its own tree, so the link closes a cycle exactly when the parent is in that tree.
+    parent_of: dict[str, str] = {}
+    tree_of: dict[str, str] = {}
+
+    def find(step_id: str) -> str:
+        root = step_id
+        while tree_of.get(root, root) != root:
+            root = tree_of[root]
+        while step_id != root:  # path compression keeps later finds short
+            tree_of[step_id], step_id = root, tree_of[step_id]
+        return root
+
     for node in order:
-        parent = nodes.get(node["parent_id"]) if node.get("parent_id") else None
-        # A parent chain leading back to this step (a → b → a, sent in one batch) is cut here: else the
-        # whole cycle would vanish from the tree and the nodes would reference each other.
-        ancestor = parent["id"] if parent is not None else None
-        while ancestor is not None and ancestor != node["id"]:
-            ancestor = linked.get(ancestor)
-        if parent is not None and ancestor is None:
-            linked[node["id"]] = parent["id"]
-            parent["children"].append(node)
-        else:
+        pid = node.get("parent_id")
+        if pid in nodes and find(pid) != find(node["id"]):
+            parent_of[node["id"]] = pid
+            tree_of[find(node["id"])] = find(pid)
+
+    # Each step's level (roots are 1) and, past max_depth - 1, its ancestor at that level (its host).
+    level: dict[str, int] = {}
+    host: dict[str, str] = {}
+    for node in order:
+        chain: list[str] = []
+        walk: str | None = node["id"]
+        while walk is not None and walk not in level:
+            chain.append(walk)
+            walk = parent_of.get(walk)
+        for step_id in reversed(chain):
+            parent = parent_of.get(step_id)
+            level[step_id] = level[parent] + 1 if parent is not None else 1
+            if level[step_id] == max_depth - 1:
+                host[step_id] = step_id
+            elif parent is not None and level[step_id] >= max_depth:
+                host[step_id] = host[parent]
+
+    roots: list[dict[str, Any]] = []
+    for node in order:
+        parent = parent_of.get(node["id"])
+        if parent is None:
             roots.append(node)
+        else:
+            nodes[host[node["id"]] if level[node["id"]] > max_depth else parent]["children"].append(node)
     return roots
 
 

@@ -18,7 +18,8 @@ from starlette.routing import Route
 
 from agentledger.core.bounds import MAX_ATTEMPT, MAX_EVENT_COST_USD, MAX_LATENCY_MS, MAX_TOKENS
 from agentledger.core.errors import AgentLedgerError, InvalidRequest, NotFound
-from agentledger.core.headers import MAX_NAME_LEN, TrackingContext, normalize_path, parse_id
+from agentledger.core.fields import id_field, text_field
+from agentledger.core.headers import AGENT_ID, MAX_NAME_LEN, TrackingContext, normalize_path
 from agentledger.core.ids import new_id
 from agentledger.core.model import Attribution, RunEnd, RunStart, RunStatus, StepKind, StepRecord, StepStatus
 from agentledger.core.money import event_cost_nanos
@@ -46,21 +47,19 @@ def _str(data: dict[str, Any], key: str, *, limit: int = MAX_NAME_LEN, required:
         if required:
             raise InvalidRequest(f"'{key}' is required.", param=key)
         return None
-    if not isinstance(value, str) or not value or len(value) > limit:
-        raise InvalidRequest(f"'{key}' must be a non-empty string of at most {limit} characters.", param=key)
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value):
-        raise InvalidRequest(f"'{key}' contains control characters.", param=key)
-    return value
+    return text_field(value, key, limit=limit)
 
 
 def _ident(data: dict[str, Any], key: str) -> str | None:
-    value = _str(data, key)
-    if value is None:
-        return None
-    try:
-        return parse_id(key, value)
-    except AgentLedgerError as exc:
-        raise InvalidRequest(exc.message, param=key) from None
+    value = data.get(key)
+    return None if value is None else id_field(value, key)
+
+
+def _run_id(request: Request) -> str:
+    """The path's run id, checked before any lookup (PostgreSQL refuses NUL in a query: that was a 500).
+    A 400 rather than a 404: the step API creates the run it names, so a malformed id is the client's error
+    in the id, on `end` as on `steps`."""
+    return id_field(request.path_params["run_id"], "run_id")
 
 
 def _time(data: dict[str, Any], key: str) -> datetime | None:
@@ -137,7 +136,12 @@ class StepIngest:
             data = _obj(parse_json(await request.body()))
             run_id = _ident(data, "run_id") or new_id("run")
             agent_id = _ident(data, "agent_id")
-            attribution = await self.gateway.attribute(principal, _tracking(data, agent_id, run_id))
+            try:
+                attribution = await self.gateway.attribute(principal, _tracking(data, agent_id, run_id))
+            except AgentLedgerError as exc:
+                if exc.param == AGENT_ID:  # the agent came from the body's field, not the header it stands for
+                    exc.param = "agent_id"
+                raise
             start = RunStart(
                 run_id=run_id,
                 attribution=attribution,
@@ -157,13 +161,16 @@ class StepIngest:
         )
 
     async def add_steps(self, request: Request) -> Response:
-        run_id = request.path_params["run_id"]
         try:
             base, principal = await self._auth(request)
-            parse_id("run_id", run_id)
+            run_id = _run_id(request)
             data = parse_json(await request.body())
-            items = data.get("steps") if isinstance(data, dict) and "steps" in data else data
-            items = items if isinstance(items, list) else [items]
+            if isinstance(data, dict) and "steps" in data:
+                items = data["steps"]
+                if not isinstance(items, list):  # else the wrapper's object would be taken for one step
+                    raise InvalidRequest("'steps' must be an array of step objects.", param="steps")
+            else:
+                items = data if isinstance(data, list) else [data]
             if not items or len(items) > MAX_BATCH:
                 raise InvalidRequest(f"Send between 1 and {MAX_BATCH} steps.", param="steps")
             await self.gateway.pipeline.flush()
@@ -272,6 +279,7 @@ class StepIngest:
         ids = [s.step_id for s in steps]
         if len(set(ids)) != len(ids):
             raise InvalidRequest("Step ids must be unique within a batch.", param="steps")
+        _refuse_parent_cycles(steps)
         missing = {s.parent_id for s in steps if s.parent_id is not None and s.parent_id not in ids}
         if missing:
             found = await self.gateway.store.step_exists(workspace_id, sorted(missing))
@@ -280,9 +288,9 @@ class StepIngest:
                 raise InvalidRequest(f"Unknown parent step(s): {', '.join(unknown)}.", param="parent_id")
 
     async def end_run(self, request: Request) -> Response:
-        run_id = request.path_params["run_id"]
         try:
             base, _ = await self._auth(request)
+            run_id = _run_id(request)
             data = _obj(parse_json(await request.body()))
             try:
                 status = RunStatus(data.get("status", "succeeded"))
@@ -316,6 +324,33 @@ class StepIngest:
             Route("/v1/runs/{run_id}/steps", self.add_steps, methods=["POST"]),
             Route("/v1/runs/{run_id}/end", self.end_run, methods=["POST"]),
         ]
+
+
+def _refuse_parent_cycles(steps: list[StepRecord]) -> None:
+    """A step that is its own ancestor through parents of this batch (itself, or a → b → a) is a 400 naming
+    the first such step. Earlier batches cannot close a cycle: their steps' parents are already fixed (a
+    resent step is ignored), so this batch's parent links are the only new ones. Linear: each step is walked
+    once, so a 1000-step chain costs 1000 steps, not a million."""
+    index = {s.step_id: i for i, s in enumerate(steps)}
+    parent = {s.step_id: s.parent_id for s in steps if s.parent_id in index}
+    acyclic: set[str] = set()
+    for step in steps:
+        path: list[str] = []
+        on_path: set[str] = set()
+        node: str | None = step.step_id
+        while node is not None and node not in acyclic and node not in on_path:
+            path.append(node)
+            on_path.add(node)
+            node = parent.get(node)
+        if node is not None and node in on_path:
+            cycle = path[path.index(node) :]
+            first = min(cycle, key=index.__getitem__)
+            loop = " → ".join([*cycle, node])
+            raise InvalidRequest(
+                f"Step {first!r} would be its own ancestor (parent_id cycle {loop}).",
+                param=f"steps[{index[first]}].parent_id",
+            )
+        acyclic.update(path)
 
 
 def _fields(a: Attribution) -> dict[str, Any]:

@@ -5,8 +5,9 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+import pytest
 
-from agentledger.core.rollup import duration_ms, step_tree, totals
+from agentledger.core.rollup import MAX_TREE_DEPTH, duration_ms, step_tree, totals
 
 
 def s(step_id: str, parent_id: str | None = None, **kw: Any) -> dict[str, Any]:
@@ -115,3 +116,42 @@ def test_duration_ms() -> None:
     assert duration_ms(t0, t0 + timedelta(seconds=1, microseconds=2500)) == 1002.5
     assert duration_ms(t0, None) is None
     assert duration_ms(None, t0) is None
+
+
+def _depth(nodes: list[dict[str, Any]]) -> int:
+    return max((1 + _depth(n["children"]) for n in nodes), default=0)
+
+
+def test_a_chain_deeper_than_the_limit_is_capped_under_the_ancestor_at_the_last_but_one_level() -> None:
+    rows = [s("0"), *(s(str(i), str(i - 1)) for i in range(1, 8))]
+    tree = step_tree(rows, max_depth=3)
+    assert shape(tree) == [("0", [("1", ["2", "3", "4", "5", "6", "7"])])]
+    assert [n["parent_id"] for n in tree[0]["children"][0]["children"]] == ["1", "2", "3", "4", "5", "6"]
+
+
+def test_capped_steps_keep_the_order_given_among_their_hosts_children() -> None:
+    # a → b → c → d, and e under b: at max_depth 2, everything under b lands under a, in the order given.
+    rows = [s("a"), s("b", "a"), s("d", "c"), s("c", "b"), s("e", "b")]
+    assert shape(step_tree(rows, max_depth=2)) == [("a", ["b", "d", "c", "e"])]
+    assert shape(step_tree(rows, max_depth=3)) == [("a", [("b", ["d", "c", "e"])])]
+    assert shape(step_tree(rows)) == [("a", [("b", [("c", ["d"]), "e"])])]
+
+
+def test_a_very_long_chain_renders_at_the_default_limit_in_linear_time() -> None:
+    n = 20_000  # quadratic work would take minutes here
+    rows = [s("0"), *(s(str(i), str(i - 1)) for i in range(1, n))]
+    for given in (rows, rows[::-1]):
+        tree = step_tree(given)
+        assert _depth(tree) == MAX_TREE_DEPTH
+        assert len(_walk(tree)) == n
+        orjson.dumps(tree)
+
+
+def test_a_cycle_is_cut_before_the_depth_limit_applies() -> None:
+    tree = step_tree([s("a", "c"), s("b", "a"), s("c", "b")], max_depth=2)
+    assert shape(tree) == [("c", ["a", "b"])]
+
+
+def test_max_depth_below_two_is_refused() -> None:
+    with pytest.raises(ValueError):
+        step_tree([], max_depth=1)

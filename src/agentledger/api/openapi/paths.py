@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agentledger.api.openapi.schemas import ID, PATH, TIMESTAMP
+from agentledger.api.openapi.schemas import ID, NAME, PATH, TIMESTAMP
 from agentledger.api.openapi.shapes import (
     Schema,
     body,
@@ -16,6 +16,7 @@ from agentledger.api.openapi.shapes import (
     text,
 )
 from agentledger.core import headers as h
+from agentledger.core.model import RunStatus
 from agentledger.core.pricing import CostSource
 from agentledger.store.base import GROUP_COLUMNS
 
@@ -79,16 +80,21 @@ def _crud(item: str, body_schema: str, summary: str) -> Schema:
 
 
 _RUN_FILTERS = [
-    param("agent", "query", {"type": "string"}, "Only runs of this agent."),
-    param("session", "query", {"type": "string"}, "Only runs of this session."),
-    param("workflow", "query", {"type": "string"}, "Only runs of this workflow."),
-    param("status", "query", {"type": "string"}, "running, succeeded, failed or cancelled."),
+    param("agent", "query", ID, "Only runs of this agent."),
+    param("session", "query", ID, "Only runs of this session."),
+    param("workflow", "query", NAME, "Only runs of this workflow."),
+    param("status", "query", enum([s.value for s in RunStatus]), "Only runs in this status."),
     param("from", "query", TIMESTAMP, "Runs started at or after."),
     param("to", "query", TIMESTAMP, "Runs started before."),
     param("limit", "query", integer(1, 1000, default=50), "Page size."),
     param("offset", "query", integer(0, 10_000_000, default=0), "Rows to skip."),
 ]
-_GROUP_BY = {"type": "string", "pattern": f"^({'|'.join(GROUP_COLUMNS)}|property\\..+)$", "default": "workspace"}
+_PROPERTY_NAME = h.PROPERTY_NAME_RE.pattern.removeprefix("^").removesuffix("$").replace("\\-", "-")
+_GROUP_BY = {
+    "type": "string",
+    "pattern": f"^({'|'.join(GROUP_COLUMNS)}|property\\.{_PROPERTY_NAME})$",
+    "default": "workspace",
+}
 _GATEWAY_HEADERS = {
     "x-request-id": {"description": "The request's id: the client's, or generated.", "schema": {"type": "string"}},
     "alephant-run-id": {"description": "The run, when the call belongs to one.", "schema": ID},

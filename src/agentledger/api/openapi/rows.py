@@ -7,7 +7,7 @@ from agentledger.api.openapi.schemas import ANY, ID, TIMESTAMP, TOTALS, USD
 from agentledger.api.openapi.shapes import Schema, array, enum, nullable, obj, ref
 from agentledger.core.model import RunStatus, StepKind
 from agentledger.core.pricing import CostSource
-from agentledger.core.rollup import TOKEN_FIELDS
+from agentledger.core.rollup import MAX_TREE_DEPTH, TOKEN_FIELDS
 
 STR: Schema = {"type": "string"}
 INT: Schema = {"type": "integer"}
@@ -86,6 +86,15 @@ STEP = obj(
     ["id", "kind", "name", "status", "attempt", "started_at", "cost_nanos", "cost_usd", "children"],
 )
 
+_STEP_TREE = {
+    **array(ref("StepNode")),
+    "x-max-depth": MAX_TREE_DEPTH,
+    "description": (
+        f"The step tree, at most {MAX_TREE_DEPTH} levels deep: a deeper step is listed among the children of its "
+        f"ancestor at level {MAX_TREE_DEPTH - 1}; its `parent_id` still names its real parent."
+    ),
+}
+
 ROWS: dict[str, Schema] = {
     "Error": obj(
         {
@@ -150,7 +159,7 @@ ROWS: dict[str, Schema] = {
     ),
     "Revoked": obj({"id": STR, "revoked": {"const": True}}, ["id", "revoked"], closed=True),
     "Run": RUN,
-    "RunDetail": {"allOf": [ref("Run"), obj({"steps": array(ref("StepNode"))}, ["steps"])]},
+    "RunDetail": {"allOf": [ref("Run"), obj({"steps": _STEP_TREE}, ["steps"])]},
     "StepNode": STEP,
     "Session": obj(
         {

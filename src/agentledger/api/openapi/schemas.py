@@ -161,12 +161,13 @@ REQUESTS = {
     ),
     "DepartmentIn": obj({"id": N(ID), "name": LABEL}, ["name"]),
     "AgentIn": obj(
-        {"id": N(ID), "name": LABEL, "department_id": LABEL, "kind": enum(["ai", "workflow"], default="ai")},
+        {"id": N(ID), "name": LABEL, "department_id": ID, "kind": enum(["ai", "workflow"], default="ai")},
         ["department_id"],
     ),
-    # department_id may be left out when agent_id names an agent (the key then gets the agent's department).
+    # department_id may be left out when agent_id names an agent (the key then gets the agent's department);
+    # given with one, it must be that agent's.
     "VirtualKeyIn": {
-        **obj({"name": LABEL, "department_id": N(LABEL), "agent_id": N(LABEL), "allowed_models": N(MODEL_PATTERNS)}),
+        **obj({"name": LABEL, "department_id": N(ID), "agent_id": N(ID), "allowed_models": N(MODEL_PATTERNS)}),
         "anyOf": [{"required": ["department_id"]}, {"required": ["agent_id"]}],
     },
     "ProviderKeyIn": obj(

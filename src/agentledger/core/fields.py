@@ -1,0 +1,35 @@
+"""Text fields of JSON bodies: labels and ids. One rule for the step API and the management API alike.
+
+A label is printable text: control characters (C0, DEL, C1) would rewrite a terminal or a log line that shows
+it, and PostgreSQL refuses NUL outright, so a label that passed here and failed in the store would be a 500.
+An id follows the tracking headers' id rule (`core.headers.ID_RE`, at most 128 characters: its columns).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentledger.core.errors import InvalidRequest
+from agentledger.core.headers import ID_HELP, ID_RE, MAX_ID_LEN, MAX_NAME_LEN, has_control
+
+
+def text_field(value: Any, param: str, *, limit: int = MAX_NAME_LEN, strip: bool = False) -> str:
+    """A non-empty string of at most `limit` characters without control characters, else a 400 naming `param`.
+
+    `strip` trims surrounding whitespace and refuses a blank value. Controls are looked for before trimming:
+    `str.strip` counts some of them (NEL, the C0 separators) as whitespace and would hide them at the edges.
+    """
+    if isinstance(value, str) and has_control(value):
+        raise InvalidRequest(f"'{param}' contains control characters.", param=param)
+    if isinstance(value, str) and strip:
+        value = value.strip()
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise InvalidRequest(f"'{param}' must be a non-empty string of at most {limit} characters.", param=param)
+    return value
+
+
+def id_field(value: Any, param: str) -> str:
+    ident = text_field(value, param, limit=MAX_ID_LEN)
+    if not ID_RE.fullmatch(ident):
+        raise InvalidRequest(f"'{param}' {ID_HELP}.", param=param)
+    return ident
