@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 from agentledger.api.auth import AdminAuth
 from agentledger.api.health import health_routes
@@ -111,9 +112,18 @@ def create_app(
         return error_response(NotFound(f"No route for {request.method} {request.url.path}."))
 
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
-        allow = getattr(exc, "headers", None) or {}
+        # Starlette's own Allow names only the first route of the path, but GET and POST of one path are
+        # separate routes here (e.g. /api/departments): Allow lists the methods of every route of the path.
+        allow = sorted(
+            {
+                m
+                for r in routes
+                if isinstance(r, Route) and r.matches(request.scope)[0] is not Match.NONE
+                for m in r.methods or ()
+            }
+        )
         err = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.")
-        return error_response(err, {k: v for k, v in allow.items() if k.lower() == "allow"})
+        return error_response(err, {"allow": ", ".join(allow)} if allow else {})
 
     routes = [
         *chat_routes(c.gateway),

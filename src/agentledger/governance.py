@@ -15,6 +15,7 @@ from typing import Any
 from agentledger.core.bounds import MAX_PRIORITY, MAX_RATE_DECIMALS, MAX_RATE_MTOK, MIN_PRIORITY
 from agentledger.core.errors import Conflict, InvalidRequest, NotFound
 from agentledger.core.fields import id_field, text_field
+from agentledger.core.headers import has_control
 from agentledger.core.ids import new_id
 from agentledger.core.keys import ADMIN_TOKEN_PREFIX, VIRTUAL_KEY_PREFIX, display_prefix, hash_secret, new_secret
 from agentledger.core.model import Role
@@ -162,9 +163,15 @@ class Governance:
             raise InvalidRequest(f"'kind' must be one of {', '.join(PROVIDER_KINDS)}.", param="kind")
         base_url = data.get("base_url")
         if base_url is not None and (
-            not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")) or len(base_url) > 1024
+            not isinstance(base_url, str)
+            or not base_url.startswith(("http://", "https://"))
+            or len(base_url) > 1024
+            or has_control(base_url)  # PostgreSQL refuses NUL (a 500); no URL holds a control character
         ):
-            raise InvalidRequest("'base_url' must be an http(s) URL of at most 1024 characters.", param="base_url")
+            raise InvalidRequest(
+                "'base_url' must be an http(s) URL of at most 1024 characters, without control characters.",
+                param="base_url",
+            )
         api_key = data.get("api_key")
         if api_key is not None and (not isinstance(api_key, str) or not api_key):
             raise InvalidRequest("'api_key' must be a non-empty string.", param="api_key")

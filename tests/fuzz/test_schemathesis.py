@@ -159,3 +159,11 @@ def test_undeclared_method_is_405(live: Harness, path: str) -> None:
     assert resp.status_code == 405
     assert set(resp.json()["error"]) == {"message", "type", "code", "param"}
     assert resp.json()["error"]["code"] == "method_not_allowed" and "GET" in resp.headers["allow"]
+
+
+def test_allow_names_every_method_of_the_path(live: Harness) -> None:
+    # GET and POST of /api/departments are two routes; Starlette's own Allow named only the first.
+    resp = HTTP.request("OPTIONS", live.url + "/api/departments")
+    assert resp.status_code == 405 and resp.headers["allow"] == "GET, HEAD, POST"
+    resp = HTTP.request("GET", live.url + "/api/virtual-keys/vkid_x")
+    assert resp.status_code == 405 and resp.headers["allow"] == "DELETE"

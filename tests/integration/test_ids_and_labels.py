@@ -146,6 +146,14 @@ def test_label_and_id_fields_keep_their_other_rules(gw: Harness) -> None:
     assert_error(gw.api("POST", "/api/agents", json=too_long), 400, "invalid_request", "department_id")
 
 
+def test_a_provider_base_url_with_control_characters_is_400(gw: Harness) -> None:
+    before = gw.get("/api/provider-keys")["data"]
+    for bad in ("http://a\x00b", "http://a/\x85", "https://a\x7f"):
+        body = {"kind": "mock", "base_url": bad}
+        assert_error(gw.api("POST", "/api/provider-keys", json=body), 400, "invalid_request", "base_url")
+    assert gw.get("/api/provider-keys")["data"] == before
+
+
 # -- the step API: parents, the batch wrapper, the run's agent ------------------------------------------------
 
 

@@ -164,6 +164,12 @@ def test_ids_keep_their_allowed_punctuation() -> None:
     assert parse_id("x-request-id", "A9._:-z") == "A9._:-z"
 
 
+def test_an_id_may_not_end_in_a_newline() -> None:
+    # `$` alone matches before a final newline; a path id reaches parse_id's rule without header decoding.
+    with pytest.raises(InvalidHeader):
+        parse_id("run_id", "run-1\n")
+
+
 def test_session_name_limits() -> None:
     assert parse(("alephant-session-name", "n" * 256)).session_name == "n" * 256
     assert parse(("alephant-session-name", "Café ☕")).session_name == "Café ☕"

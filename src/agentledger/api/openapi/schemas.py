@@ -134,12 +134,13 @@ REQUESTS = {
         }
     ),
     "Step": STEP_IN,
-    # anyOf, not oneOf: {"steps": [...]} is also an open object, and the server reads it as the wrapper.
+    # Any object with a `steps` member is read as the wrapper, so `steps` must then be an array; a single step
+    # is an object without one.
     "StepBatch": {
         "anyOf": [
             obj({"steps": array(ref("Step"), min_items=1, max_items=MAX_BATCH)}, ["steps"]),
             array(ref("Step"), min_items=1, max_items=MAX_BATCH),
-            ref("Step"),
+            {"allOf": [ref("Step"), {"not": {"required": ["steps"]}}]},
         ]
     },
     "RunEnd": obj(
@@ -175,7 +176,7 @@ REQUESTS = {
             "name": LABEL,
             "kind": enum(PROVIDER_KINDS, default="openai"),
             "provider": text(MAX_PROVIDER_LEN, pattern=LABEL["pattern"]),
-            "base_url": N(text(MAX_URL_LEN, pattern="^https?://")),
+            "base_url": N(text(MAX_URL_LEN, pattern="^https?://[^\\u0000-\\u001f\\u007f-\\u009f]*$")),
             "api_key": N({"type": "string", "minLength": 1}),  # bounded only by max_body_bytes
             "models": N(MODEL_PATTERNS),
             "priority": integer(MIN_PRIORITY, MAX_PRIORITY, default=0),
