@@ -542,7 +542,7 @@ def test_request_id_is_echoed_on_every_response(gw: Harness) -> None:
     cases = [
         ("GET", "/no/such/path", {}, 404),
         ("POST", "/v1/no-such-endpoint", {}, 404),
-        ("GET", CHAT, {"authorization": f"Bearer {gw.vk}"}, 404),  # wrong method
+        ("GET", CHAT, {"authorization": f"Bearer {gw.vk}"}, 405),  # wrong method: 405 method_not_allowed
         ("POST", CHAT, {}, 401),
         ("GET", "/api/runs", {}, 401),
         ("GET", "/healthz", {}, 200),
