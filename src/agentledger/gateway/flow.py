@@ -361,12 +361,11 @@ class Gateway:
             # A 2xx that is not a JSON object is no answer: fail it rather than pass garbage on unpriced.
             bad = UpstreamBadResponse(f"Provider {call.route.name!r} answered {resp.status} with a non-JSON body.")
             return Outcome(StepStatus.ERROR, bad.status, None, None, error=bad)
-        raw_usage = _usage_of(data)
-        cost = self._price(call, raw_usage)
+        usage, cost = self._settle(call, _usage_of(data))
         return Outcome(
             StepStatus.OK,
             resp.status,
-            usage_mod.from_openai(raw_usage),
+            usage,
             cost,
             body=resp.body,
             content_type=resp.content_type,
@@ -405,11 +404,12 @@ class Gateway:
                     yield frame
             if done_frame is not None:
                 sent.append(done_frame)
+            usage, cost = self._settle(call, raw_usage)
             outcome = Outcome(
                 StepStatus.OK,
                 200,
-                usage_mod.from_openai(raw_usage),
-                self._price(call, raw_usage),
+                usage,
+                cost,
                 ttft_ms=ttft,
                 body=b"".join(sent),
                 content_type="text/event-stream",
@@ -440,8 +440,10 @@ class Gateway:
     ) -> Outcome:
         if isinstance(err, UpstreamError) and not sent:  # the provider refused before answering: nothing to charge
             return Outcome(StepStatus.ERROR, err.status, None, None, error=err)
-        usage = usage_mod.from_openai(raw_usage) or self._estimate(call, len(sent))
-        cost = self._price(call, raw_usage) if raw_usage else self._estimated_cost(call, usage)
+        usage, cost = self._settle(call, raw_usage)
+        if not raw_usage:  # no usage chunk came: estimate what was sent
+            usage = usage or self._estimate(call, len(sent))
+            cost = self._estimated_cost(call, usage)
         return Outcome(StepStatus.ERROR, err.status, usage, cost, ttft_ms=ttft, error=err)
 
     def _estimate(self, call: Call, chunks: int) -> Usage:
@@ -452,19 +454,22 @@ class Gateway:
         cost = price_usage(usage, call.model, call.route.provider, call.started_at, call.price_overrides)
         return Cost(cost.nanos, CostSource.ESTIMATED) if cost else None
 
-    def _price(self, call: Call, raw_usage: dict[str, Any] | None) -> Cost | None:
-        # The provider has answered (and charged) by now, so its numbers are recorded whatever they are:
-        # absurd ones (2^63 tokens, a $1e30 charge) are clamped to core.bounds and the cost flagged `clamped`.
+    def _settle(self, call: Call, raw_usage: dict[str, Any] | None) -> tuple[Usage | None, Cost | None]:
+        """The provider's usage, parsed once, and the call's cost: reported by the provider, else computed.
+
+        The provider has answered (and charged) by now, so its numbers are recorded whatever they are:
+        absurd ones (2^63 tokens, a $1e30 charge) are clamped to core.bounds and the cost flagged `clamped`.
+        """
         parsed = usage_mod.parse_openai(raw_usage)
         if parsed is None:
-            return None
+            return None, None
         usage, clamped = parsed
         reported = usage_mod.reported_cost(raw_usage)
         if reported is not None:
             nanos, over = event_cost_nanos(reported)
-            return bounded(Cost(nanos, CostSource.REPORTED), clamped or over)
+            return usage, bounded(Cost(nanos, CostSource.REPORTED), clamped or over)
         cost = price_usage(usage, call.model, call.route.provider, call.started_at, call.price_overrides)
-        return bounded(cost, clamped) if cost is not None else None
+        return usage, (bounded(cost, clamped) if cost is not None else None)
 
     # -- recording -----------------------------------------------------------------------------------------
     async def finish(self, call: Call, outcome: Outcome) -> None:
@@ -484,12 +489,17 @@ class Gateway:
         err = outcome.error
         a = call.attribution
         if not failed and call.client_request_id and outcome.body is not None:
-            key = (a.workspace_id, call.request_id)
-            self._completed[key] = StoredResponse(
-                call.request_hash, outcome.http_status, outcome.body, outcome.content_type or "", a.run_id, cost_nanos
+            self._remember(
+                (a.workspace_id, call.request_id),
+                StoredResponse(
+                    call.request_hash,
+                    outcome.http_status,
+                    outcome.body,
+                    outcome.content_type or "",
+                    a.run_id,
+                    cost_nanos,
+                ),
             )
-            while len(self._completed) > 4096:
-                self._completed.popitem(last=False)
         events: list[TraceEvent] = []
         if a.run_id is not None:
             events.append(RunStart(run_id=a.run_id, attribution=a, started_at=call.started_at))
