@@ -14,12 +14,11 @@ from typing import Any
 
 from agentledger.core.bounds import MAX_PRIORITY, MAX_RATE_DECIMALS, MAX_RATE_MTOK, MIN_PRIORITY
 from agentledger.core.errors import Conflict, InvalidRequest, NotFound
-from agentledger.core.fields import id_field, text_field
+from agentledger.core.fields import id_field, text_field, time_field
 from agentledger.core.headers import has_control
 from agentledger.core.ids import new_id
 from agentledger.core.keys import ADMIN_TOKEN_PREFIX, VIRTUAL_KEY_PREFIX, display_prefix, hash_secret, new_secret
 from agentledger.core.model import Role
-from agentledger.core.times import TIMESTAMP_HELP, parse_utc
 from agentledger.secrets_box import SecretBox
 from agentledger.store.base import Store
 
@@ -199,12 +198,7 @@ class Governance:
 
     async def add_price_override(self, workspace_id: str, data: dict[str, Any]) -> dict[str, Any]:
         effective = data.get("effective_from")
-        when = None
-        if effective is not None:
-            try:
-                when = parse_utc(str(effective))
-            except ValueError:
-                raise InvalidRequest(f"'effective_from' must be {TIMESTAMP_HELP}.", param="effective_from") from None
+        when = None if effective is None else time_field(str(effective), "effective_from")
         row = dict(
             workspace_id=workspace_id,
             id=new_id("price"),

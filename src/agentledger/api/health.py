@@ -28,7 +28,7 @@ def health_routes(store: Store, pipeline: TracePipeline) -> list[Route]:
                 "status": "unavailable",
                 "reason": "store_unavailable" if isinstance(exc, StoreUnavailable) else "store_error",
                 "detail": f"{type(cause).__name__}: {detail}" if detail else type(cause).__name__,
-                "trace_spool_pending": not pipeline.store_healthy,
+                "trace_spool_pending": pipeline.spool_pending,
             }
             return JSONResponse(body, status_code=503, headers={"retry-after": str(StoreUnavailable.retry_after)})
         return JSONResponse({"status": "ready"})

@@ -16,11 +16,10 @@ from starlette.routing import Route
 
 from agentledger.api.auth import AdminAuth, path_id
 from agentledger.core.errors import InvalidRequest, NotFound
-from agentledger.core.fields import id_field, text_field
+from agentledger.core.fields import id_field, text_field, time_field
 from agentledger.core.headers import PROPERTY_NAME_HELP, PROPERTY_NAME_RE
 from agentledger.core.model import AdminPrincipal, RunStatus
 from agentledger.core.rollup import TOKEN_FIELDS, duration_ms, step_tree, totals
-from agentledger.core.times import TIMESTAMP_HELP, parse_utc
 from agentledger.gateway.responses import JSONResponse
 from agentledger.pipeline.queue import TracePipeline
 from agentledger.store.base import CostQuery, RunFilter, Store
@@ -30,12 +29,7 @@ _RUN_TOTAL_FIELDS = ("cost_nanos", *TOKEN_FIELDS, "steps", "model_calls", "error
 
 def _time_param(request: Request, name: str) -> datetime | None:
     raw = request.query_params.get(name)
-    if raw is None:
-        return None
-    try:
-        return parse_utc(raw)
-    except ValueError:
-        raise InvalidRequest(f"'{name}' must be {TIMESTAMP_HELP}.", param=name) from None
+    return None if raw is None else time_field(raw, name)
 
 
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:

@@ -7,10 +7,12 @@ An id follows the tracking headers' id rule (`core.headers.ID_RE`, at most 128 c
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from agentledger.core.errors import InvalidRequest
 from agentledger.core.headers import ID_HELP, ID_RE, MAX_ID_LEN, MAX_NAME_LEN, has_control
+from agentledger.core.times import TIMESTAMP_HELP, parse_utc
 
 
 def text_field(value: Any, param: str, *, limit: int = MAX_NAME_LEN, strip: bool = False) -> str:
@@ -26,6 +28,16 @@ def text_field(value: Any, param: str, *, limit: int = MAX_NAME_LEN, strip: bool
     if not isinstance(value, str) or not value or len(value) > limit:
         raise InvalidRequest(f"'{param}' must be a non-empty string of at most {limit} characters.", param=param)
     return value
+
+
+def time_field(value: Any, param: str) -> datetime:
+    """An ISO 8601 string within the stores' range (core.times) as aware UTC, else a 400 naming `param`."""
+    try:
+        if isinstance(value, str):
+            return parse_utc(value)
+    except ValueError:
+        pass
+    raise InvalidRequest(f"'{param}' must be {TIMESTAMP_HELP}.", param=param)
 
 
 def id_field(value: Any, param: str) -> str:

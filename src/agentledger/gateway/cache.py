@@ -61,8 +61,13 @@ class TTLCache(Generic[K, V]):
         self._pending[key] = fut
         try:
             value = await load()
-        except StoreUnavailable as exc:
-            if hit is not None and hit.stale_until > time.monotonic() and self._data.get(key) is hit:
+        except BaseException as exc:
+            if (
+                isinstance(exc, StoreUnavailable)
+                and hit is not None
+                and hit.stale_until > time.monotonic()
+                and self._data.get(key) is hit
+            ):
                 # Serve the last known value; do not ask the dead store again for a moment. (An entry that was
                 # invalidated or replaced meanwhile is not resurrected.)
                 self._data[key] = _Entry(time.monotonic() + self.error_retry, hit.value, hit.stale_until)
@@ -70,10 +75,6 @@ class TTLCache(Generic[K, V]):
                 return hit.value
             fut.set_exception(exc)
             fut.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()
             raise
         finally:
             self._pending.pop(key, None)

@@ -18,13 +18,12 @@ from starlette.routing import Route
 
 from agentledger.core.bounds import MAX_ATTEMPT, MAX_EVENT_COST_USD, MAX_LATENCY_MS, MAX_TOKENS
 from agentledger.core.errors import AgentLedgerError, InvalidRequest, NotFound
-from agentledger.core.fields import id_field, text_field
+from agentledger.core.fields import id_field, text_field, time_field
 from agentledger.core.headers import AGENT_ID, MAX_NAME_LEN, TrackingContext, normalize_path
 from agentledger.core.ids import new_id
 from agentledger.core.model import Attribution, RunEnd, RunStart, RunStatus, StepKind, StepRecord, StepStatus
 from agentledger.core.money import event_cost_nanos
 from agentledger.core.pricing import Cost, CostSource, bounded
-from agentledger.core.times import TIMESTAMP_HELP, parse_utc
 from agentledger.core.usage import Usage
 from agentledger.gateway.bodies import parse_json, storable_json
 from agentledger.gateway.flow import Gateway
@@ -64,14 +63,7 @@ def _run_id(request: Request) -> str:
 
 def _time(data: dict[str, Any], key: str) -> datetime | None:
     value = data.get(key)
-    if value is None:
-        return None
-    try:
-        if isinstance(value, str):
-            return parse_utc(value)
-    except ValueError:
-        pass
-    raise InvalidRequest(f"'{key}' must be {TIMESTAMP_HELP}.", param=key)
+    return None if value is None else time_field(value, key)
 
 
 def _dict(data: dict[str, Any], key: str) -> dict[str, Any]:

@@ -99,9 +99,9 @@ class TracePipeline:
         return self.durability is Durability.STRICT
 
     @property
-    def store_healthy(self) -> bool:
-        """False while batches go to the spool because the store failed (see /readyz)."""
-        return not (self.spool is not None and self.spool.pending())
+    def spool_pending(self) -> bool:
+        """True while the spool holds batches the store has not taken yet (see /readyz)."""
+        return self.spool is not None and self.spool.pending()
 
     def start(self) -> None:
         if self._task is None:
@@ -185,7 +185,7 @@ class TracePipeline:
 
     async def _wait_for_work(self) -> bool:
         """Sleep until events arrive (True) or, with a spool to replay, until the backoff has passed (False)."""
-        if self.spool is None or not self.spool.pending():
+        if not self.spool_pending:
             await self._wake.wait()
             return True
         timeout = max(self._retry_at - time.monotonic(), 0.001)
@@ -198,7 +198,7 @@ class TracePipeline:
 
     async def _write(self, events: list[TraceEvent]) -> set[int]:
         """Write (or spool) a batch; returns the id() of each event that was not made durable."""
-        if self.spool is not None and self.spool.pending() and not await self._replay_spool():
+        if not await self._replay_spool():
             return await self._to_spool(events)  # keep emission order: behind what is already spooled
         delay = 0.05
         for attempt in range(self.retries + 1):
@@ -257,7 +257,7 @@ class TracePipeline:
     async def _replay_spool(self) -> bool:
         """Write the spooled batches in order; True if the spool is now empty."""
         if self.spool is None or not self.spool.pending():
-            return True
+            return True  # (spelled out, not `spool_pending`: it narrows `self.spool` for what follows)
         if time.monotonic() < self._retry_at:
             return False
         batches = await asyncio.to_thread(self.spool.read)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -201,7 +201,7 @@ class SQLStore:
         # value the driver cannot adapt) is about the events themselves and is raised, as the protocol says.
         try:
             await asyncio.get_running_loop().run_in_executor(self._writer, self._write_trace, events)
-        except (OperationalError, InterfaceError, PoolTimeout, OSError) as exc:
+        except UNAVAILABLE as exc:
             log.warning("store write failed, will retry: %s", exc)
             return WriteResult.FAILURE
         return WriteResult.SUCCESS
@@ -216,7 +216,7 @@ class SQLStore:
                 if not self.durable_commits and not self.is_sqlite:
                     conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 self._apply(conn, events)
-        except (OperationalError, InterfaceError, PoolTimeout, OSError):
+        except UNAVAILABLE:
             self._drop_trace_conn()
             raise
 
@@ -484,17 +484,7 @@ class SQLStore:
                 c.request_hash, c.http_status, c.response_body, c.response_content_type, c.run_id, c.cost_nanos
             ).where(c.workspace_id == workspace_id, c.id == request_id, c.status == "ok")
         )
-        if not rows or rows[0]["response_body"] is None:
-            return None
-        r = rows[0]
-        return StoredResponse(
-            r["request_hash"],
-            r["http_status"],
-            bytes(r["response_body"]),
-            r["response_content_type"],
-            r["run_id"],
-            r["cost_nanos"],
-        )
+        return _stored_response(rows[0]) if rows else None
 
     async def claim_request(self, workspace_id: str, request_id: str, holder: str, lease: float) -> RequestClaim:
         if self.is_sqlite:
@@ -513,17 +503,8 @@ class SQLStore:
                 conn.execute(delete(t.idempotency_claims).where(c.expires_at < func.now()))
             params = {"ws": workspace_id, "rid": request_id, "holder": holder, "lease": lease}
             r = conn.execute(_PG_CLAIM, params).one()
-            if r.response_body is None:
-                return RequestClaim(None, claimed=bool(r.claimed))
-            stored = StoredResponse(
-                r.request_hash,
-                r.http_status,
-                bytes(r.response_body),
-                r.response_content_type,
-                r.run_id,
-                r.cost_nanos,
-            )
-            return RequestClaim(stored, claimed=False)
+            stored = _stored_response(r._mapping)
+            return RequestClaim(stored, claimed=stored is None and bool(r.claimed))
 
         return await self._autocommit(run)
 
@@ -600,6 +581,20 @@ class SQLStore:
 
     async def costs(self, workspace_id: str, query: CostQuery) -> list[dict[str, Any]]:
         return await self._select(costs_query(workspace_id, query, sqlite=self.is_sqlite))
+
+
+def _stored_response(r: Mapping[Any, Any]) -> StoredResponse | None:
+    """A completed request's answer as kept for replay; None when its row holds no body."""
+    if r["response_body"] is None:
+        return None
+    return StoredResponse(
+        r["request_hash"],
+        r["http_status"],
+        bytes(r["response_body"]),
+        r["response_content_type"],
+        r["run_id"],
+        r["cost_nanos"],
+    )
 
 
 def _sqlite_pragmas(dbapi_conn: Any, synchronous: str) -> None:
