@@ -20,14 +20,14 @@ def text_field(value: Any, param: str, *, limit: int = MAX_NAME_LEN, strip: bool
 
     `strip` trims surrounding whitespace and refuses a blank value. Controls are looked for before trimming:
     `str.strip` counts some of them (NEL, the C0 separators) as whitespace and would hide them at the edges.
+    The length is that of the value as sent, before trimming: the OpenAPI `maxLength` a client validates
+    against is about what it sends.
     """
     if isinstance(value, str) and has_control(value):
         raise InvalidRequest(f"'{param}' contains control characters.", param=param)
-    if isinstance(value, str) and strip:
-        value = value.strip()
-    if not isinstance(value, str) or not value or len(value) > limit:
+    if not isinstance(value, str) or len(value) > limit or not (value.strip() if strip else value):
         raise InvalidRequest(f"'{param}' must be a non-empty string of at most {limit} characters.", param=param)
-    return value
+    return value.strip() if strip else value
 
 
 def time_field(value: Any, param: str) -> datetime:

@@ -36,6 +36,8 @@ def test_labels_keep_printable_text_and_strip_only_when_asked() -> None:
     assert text_field("p" * 64, "provider", limit=64) == "p" * 64
     refused(text_field, "p" * 65, "provider", limit=64)
     refused(text_field, "   ", "name", strip=True)
+    # The limit is on what was sent (the schema's maxLength), not on what is left after trimming.
+    refused(text_field, " " + "p" * 64, "provider", limit=64, strip=True)
 
 
 @pytest.mark.parametrize("bad", ["", "-a", "a b", "a/b", "a\n", "é", "x" * 129, "a\x00", 5])
