@@ -339,7 +339,7 @@ def test_workspace_isolation(gw: Harness, upstream: ServerThread, dataset: list[
     def as_other(method: str, path: str, **kw: Any) -> Any:
         return gw.api(method, path, headers={"authorization": f"Bearer {other['admin']}"}, **kw)
 
-    assert as_other("GET", "/api/runs").json() == {"data": []}
+    assert as_other("GET", "/api/runs").json() == {"data": [], "next_cursor": None}
     for path in ("/api/runs/run-1", "/api/runs/run-2", "/api/sessions/sess-A", "/api/requests/r1"):
         assert as_other("GET", path).status_code == 404, path
     for group_by in ("workspace", "run", "property.customer"):

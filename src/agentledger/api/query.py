@@ -5,8 +5,9 @@ Every read first flushes the trace pipeline, so a client that just made a call r
 
 from __future__ import annotations
 
+import base64
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -20,6 +21,7 @@ from agentledger.core.fields import id_field, text_field, time_field
 from agentledger.core.headers import PROPERTY_NAME_HELP, PROPERTY_NAME_RE
 from agentledger.core.model import AdminPrincipal, RunStatus
 from agentledger.core.rollup import TOKEN_FIELDS, duration_ms, step_tree, totals
+from agentledger.gateway.bodies import parse_json
 from agentledger.gateway.responses import JSONResponse
 from agentledger.pipeline.queue import TracePipeline
 from agentledger.store.base import CostQuery, RunFilter, Store
@@ -89,6 +91,23 @@ def _isoformat(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def encode_cursor(row: dict[str, Any]) -> str:
+    """The opaque position after `row` in the runs list: its (started_at, id), base64url JSON."""
+    raw = orjson.dumps([row["started_at"].isoformat(), row["id"]])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _cursor_param(request: Request) -> tuple[datetime, str] | None:
+    raw = request.query_params.get("cursor")
+    if raw is None:
+        return None
+    try:
+        at, run_id = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        return time_field(at, "cursor"), id_field(run_id, "cursor")
+    except (ValueError, TypeError, InvalidRequest):
+        raise InvalidRequest("'cursor' must be the next_cursor of a previous page.", param="cursor") from None
+
+
 def _run(row: dict[str, Any]) -> dict[str, Any]:
     run = {k: v for k, v in row.items() if k not in _RUN_TOTAL_FIELDS}
     run["duration_ms"] = duration_ms(row["started_at"], row["ended_at"])
@@ -108,9 +127,28 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
             until=_time_param(request, "to"),
             limit=_int_param(request, "limit", 50, 1, 1000),
             offset=_int_param(request, "offset", 0, 0, 10_000_000),
+            cursor=_cursor_param(request),
         )
         await pipeline.flush()
-        return TotalsResponse({"data": [_run(r) for r in await store.list_runs(admin.workspace_id, flt)]})
+        rows = await store.list_runs(admin.workspace_id, flt)
+        more = len(rows) == flt.limit
+        return TotalsResponse(
+            {"data": [_run(r) for r in rows], "next_cursor": encode_cursor(rows[-1]) if more else None}
+        )
+
+    async def list_properties(request: Request, admin: AdminPrincipal) -> Response:
+        return JSONResponse({"data": [{"name": n} for n in await store.indexed_properties(admin.workspace_id)]})
+
+    async def declare_property(request: Request, admin: AdminPrincipal) -> Response:
+        data = parse_json(await request.body())
+        if not isinstance(data, dict):
+            raise InvalidRequest("The request body must be a JSON object.")
+        name = data.get("name")
+        if not isinstance(name, str) or not PROPERTY_NAME_RE.fullmatch(name):
+            raise InvalidRequest(f"'name': {PROPERTY_NAME_HELP}.", param="name")
+        await pipeline.flush()
+        created = await store.declare_property(admin.workspace_id, name, datetime.now(UTC))
+        return JSONResponse({"name": name, "created": created}, status_code=201 if created else 200)
 
     async def get_run(request: Request, admin: AdminPrincipal) -> Response:
         run_id = path_id(request, "run_id", "Run")
@@ -169,4 +207,6 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
         Route("/api/sessions/{session_id}", g(get_session), methods=["GET"]),
         Route("/api/requests/{request_id}", g(get_request), methods=["GET"]),
         Route("/api/analytics/costs", g(costs), methods=["GET"]),
+        Route("/api/analytics/properties", g(list_properties), methods=["GET"]),
+        Route("/api/analytics/properties", g(declare_property, write=True), methods=["POST"]),
     ]

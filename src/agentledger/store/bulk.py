@@ -42,24 +42,40 @@ class BulkStatement:
         sqlite = dialect.name == "sqlite"
         self.datetimes = [c.name for c in table.c if sqlite and isinstance(c.type, UTCDateTime) and c.name in keys]
 
-    def run(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    def run(self, conn: Connection, rows: Sequence[dict[str, Any]], *, returning: bool = False) -> list[Any]:
+        """Execute for every row; the rows are left as they were (the books fold them after the write).
+
+        `returning` (PostgreSQL, a statement with RETURNING): the rows each execution returned, in order; a
+        conflict that inserted nothing returns none. sqlite3's executemany cannot return rows."""
         params: list[Any] = []
+        convert = self.json or self.datetimes
         for row in rows:
-            for k in self.json:
-                v = row[k]
-                row[k] = None if v is None else orjson.dumps(v).decode()
-            for k in self.datetimes:
-                v = row[k]
-                if v is not None:
-                    row[k] = sqlite_datetime(v)
+            if convert:
+                row = dict(row)
+                for k in self.json:
+                    v = row[k]
+                    row[k] = None if v is None else orjson.dumps(v).decode()
+                for k in self.datetimes:
+                    v = row[k]
+                    if v is not None:
+                        row[k] = sqlite_datetime(v)
             params.append(tuple(row[k] for k in self.order) if self.order is not None else row)
         dbapi = conn.dialect.loaded_dbapi
         cursor = conn.connection.cursor()
+        out: list[Any] = []
         try:
-            cursor.executemany(self.sql, params)
+            if returning:
+                cursor.executemany(self.sql, params, returning=True)  # type: ignore[call-arg]  # psycopg 3
+                while True:
+                    out.extend(cursor.fetchall())
+                    if not cursor.nextset():
+                        break
+            else:
+                cursor.executemany(self.sql, params)
         except dbapi.Error as exc:
             # As SQLAlchemy itself would raise it (OperationalError, IntegrityError, ...): callers tell an
             # unreachable store from a bad row by those classes.
             raise DBAPIError.instance(self.sql, None, exc, dbapi.Error) from exc
         finally:
             cursor.close()
+        return out

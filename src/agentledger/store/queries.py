@@ -1,20 +1,23 @@
-"""Read queries shared by both backends: run totals and cost rollups, computed from the rows themselves.
+"""Read queries shared by both backends: runs with their totals, session paths and cost rollups.
 
-Totals are aggregated at read time rather than kept as counters, so they can never drift from the steps
-they sum. Model-call steps mirror their gateway request; a cost rollup therefore reads every request plus
-only those steps that did not come through the gateway, and nothing is counted twice.
+Totals and rollups are kept at write time (core.books, store.books), so a read touches the rows it returns, not
+the events they sum. Model-call steps mirror their gateway request; the ledger (`ledger`, what cost rollups
+count) is therefore every request plus only those steps that did not come through the gateway.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Select, and_, case, func, literal, select, union_all
+from sqlalchemy import BigInteger, Select, and_, func, literal, literal_column, or_, select, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
+from agentledger.core.books import COST_UNIT, NO_SESSION, RUN_MEASURES
 from agentledger.core.errors import InvalidRequest
 from agentledger.store import schema as t
 from agentledger.store.base import GROUP_COLUMNS, CostQuery, RunFilter
@@ -68,34 +71,28 @@ def _exact_sum_sqlite(element: exact_sum, compiler: SQLCompiler, **kw: Any) -> s
     return f"(CAST({d2} + {t1} / 100000 AS TEXT) || printf('%05d', {t1} % 100000) || printf('%05d', {d0} % 100000))"
 
 
+def carried(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of kept totals with its cost joined back: `cost_nanos` + `cost_carry`·10^15 (core.books)."""
+    carry = row.pop("cost_carry", None)
+    if carry:
+        row["cost_nanos"] = int(row["cost_nanos"] or 0) + int(carry) * COST_UNIT
+    return row
+
+
 def runs_query(workspace_id: str, flt: RunFilter, *, run_id: str | None = None) -> Select[Any]:
-    s = t.steps.c
-    totals = (
-        select(
-            s.run_id,
-            *[exact_sum(getattr(s, k)).label(k) for k in _TOTALS],
-            func.count().label("steps"),
-            func.sum(case((s.kind == "model_call", 1), else_=0)).label("model_calls"),
-            func.sum(case((s.status == "error", 1), else_=0)).label("errors"),
-            func.sum(case((s.attempt > 1, 1), else_=0)).label("retries"),
-            func.sum(case((s.kind == "model_call", s.latency_ms), else_=0)).label("model_latency_ms"),
-        )
-        .where(s.workspace_id == workspace_id)
-        .group_by(s.run_id)
+    """Runs with their kept totals (core.books), newest first by (started_at, id).
+
+    A page is read off one index (schema: ix_runs_ws_*) and stops at `limit`: the cursor continues below the
+    last row seen, so page 1000 costs what page 1 does; `offset` still works but reads what it skips."""
+    r, k = t.runs.c, t.run_totals.c
+    totals = [
+        func.coalesce(k[m], 0.0 if m == "model_latency_ms" else 0).label(m) for m in (*RUN_MEASURES, "cost_carry")
+    ]
+    stmt = (
+        select(t.runs, *totals)
+        .select_from(t.runs.outerjoin(t.run_totals, and_(k.workspace_id == r.workspace_id, k.run_id == r.id)))
+        .where(r.workspace_id == workspace_id)
     )
-    if run_id is not None:
-        totals = totals.where(s.run_id == run_id)
-    sub = totals.subquery()
-    r = t.runs.c
-    stmt = select(
-        t.runs,
-        *[
-            func.coalesce(getattr(sub.c, k), 0).label(k)
-            for k in (*_TOTALS, "steps", "model_calls", "errors", "retries")
-        ],
-        func.coalesce(sub.c.model_latency_ms, 0.0).label("model_latency_ms"),
-    ).select_from(t.runs.outerjoin(sub, sub.c.run_id == r.id))
-    stmt = stmt.where(r.workspace_id == workspace_id)
     if run_id is not None:
         return stmt.where(r.id == run_id)
     for value, col in (
@@ -110,11 +107,34 @@ def runs_query(workspace_id: str, flt: RunFilter, *, run_id: str | None = None) 
         stmt = stmt.where(r.started_at >= flt.since)
     if flt.until is not None:
         stmt = stmt.where(r.started_at < flt.until)
-    return stmt.order_by(r.started_at.desc(), r.id).limit(flt.limit).offset(flt.offset)
+    if flt.cursor is not None:
+        at, last = flt.cursor
+        # The first conjunct bounds the index range; the second skips the rows of that instant already seen.
+        stmt = stmt.where(r.started_at <= at, or_(r.started_at < at, r.id < last))
+    return stmt.order_by(r.started_at.desc(), r.id.desc()).limit(flt.limit).offset(flt.offset)
 
 
-def _ledger() -> Any:
-    """Every costed event once: all gateway requests, plus steps that did not come through the gateway."""
+def session_paths_query(workspace_id: str, session_id: str) -> Select[Any]:
+    p = t.session_paths.c
+    return (
+        select(
+            p.path,
+            p.events.label("count"),
+            p.requests,
+            *[p[m] for m in ("cost_nanos", *_TOTALS[1:])],
+            p.cost_carry,
+        )
+        .where(p.workspace_id == workspace_id, p.session_id == session_id, p.events != 0)
+        .order_by(p.path.asc().nulls_last())
+    )
+
+
+def ledger(
+    workspace_id: str | None, ranges: Sequence[tuple[datetime | None, datetime | None]] = ((None, None),)
+) -> Any:
+    """Every costed event once — all gateway requests, plus steps that did not come through the gateway — with
+    its run's workflow (`workflow` column), started in one of `ranges` [from, to). Each range of each table is
+    its own branch, so each is an index range scan (schema: ix_requests_ws_started, ix_steps_ws_started)."""
     r, s = t.requests.c, t.steps.c
     cols = (
         "workspace_id",
@@ -123,6 +143,7 @@ def _ledger() -> Any:
         "agent_id",
         "run_id",
         "session_id",
+        "session_path",
         "model",
         "provider",
         "prompt_id",
@@ -130,64 +151,157 @@ def _ledger() -> Any:
         "started_at",
         *_TOTALS,
     )
-    return union_all(
-        select(*[getattr(r, c) for c in cols], literal(1).label("requests")),
-        select(*[getattr(s, c) for c in cols], literal(0).label("requests")).where(s.request_id.is_(None)),
-    ).subquery("ledger")
+    parts = []
+    for since, until in ranges:
+        for c, requests in ((r, 1), (s, 0)):
+            part = select(*[c[k] for k in cols], literal(requests).label("requests"))
+            if requests == 0:
+                part = part.where(c.request_id.is_(None))
+            if workspace_id is not None:
+                part = part.where(c.workspace_id == workspace_id)
+            if since is not None:
+                part = part.where(c.started_at >= since)
+            if until is not None:
+                part = part.where(c.started_at < until)
+            parts.append(part)
+    led = union_all(*parts).subquery("ledger")
+    runs = t.runs.c
+    joined = led.outerjoin(t.runs, and_(runs.workspace_id == led.c.workspace_id, runs.id == led.c.run_id))
+    return led, joined
 
 
-_GROUP_FIELD = {
+# group_by → the hourly rollup's column (core.books.HOURLY_DIMS)
+_HOURLY_GROUP = {
     "workspace": "workspace_id",
     "department": "department_id",
     "agent": "agent_id",
     "virtual_key": "virtual_key_id",
-    "session": "session_id",
-    "run": "run_id",
+    "workflow": "workflow",
     "model": "model",
     "provider": "provider",
     "prompt": "prompt_id",
 }
+_RAW_GROUP = {**_HOURLY_GROUP, "session": "session_id", "run": "run_id"}
 
 
-def costs_query(workspace_id: str, q: CostQuery, *, sqlite: bool) -> Select[Any]:
-    led = _ledger()
-    src: Any = led
-    if q.group_by == "workflow":
-        src = led.outerjoin(t.runs, and_(t.runs.c.workspace_id == led.c.workspace_id, t.runs.c.id == led.c.run_id))
-        key = t.runs.c.workflow
-    elif q.group_by.startswith("property."):
-        name = q.group_by.removeprefix("property.")
+def check_group_by(group_by: str) -> str | None:
+    """The property name of `property.<name>`, else None; a 400 for anything the API does not group by."""
+    if group_by.startswith("property."):
+        name = group_by.removeprefix("property.")
         if not name:
             raise InvalidRequest("group_by=property.<name> needs a property name.", param="group_by")
-        key = led.c.properties[name].as_string()
-    elif q.group_by in _GROUP_FIELD:
-        key = led.c[_GROUP_FIELD[q.group_by]]
-    else:
+        return name
+    if group_by not in _RAW_GROUP:
         choices = ", ".join((*GROUP_COLUMNS, "property.<name>"))
         raise InvalidRequest(f"group_by must be one of {choices}.", param="group_by")
+    return None
 
-    group: list[Any] = [key.label("key")]
-    if q.interval is not None:
-        group.append(_bucket(led.c.started_at, q.interval, sqlite=sqlite).label("bucket"))
-    stmt = (
+
+def kept_source(q: CostQuery, workspace_id: str, indexed: bool) -> tuple[Any, Any, list[Any]] | None:
+    """The kept rollup that answers `q` (table, key column, extra conditions), or None: the events must be read."""
+    if q.group_by in _HOURLY_GROUP:
+        roll = t.rollup_hourly
+        return roll, roll.c[_HOURLY_GROUP[q.group_by]], []
+    if q.group_by == "session":
+        return t.rollup_sessions, func.nullif(t.rollup_sessions.c.session_id, NO_SESSION), []
+    name = check_group_by(q.group_by)
+    if name is not None and indexed:
+        roll = t.rollup_properties
+        return roll, roll.c.value, [roll.c.name == name]
+    return None
+
+
+def floor_hour(ts: datetime) -> datetime:
+    return ts.replace(minute=0, second=0, microsecond=0)
+
+
+def ceil_hour(ts: datetime) -> datetime:
+    floor = floor_hour(ts)
+    return floor if floor == ts else floor + timedelta(hours=1)
+
+
+def split_window(
+    since: datetime | None, until: datetime | None
+) -> tuple[tuple[datetime | None, datetime | None] | None, list[tuple[datetime | None, datetime | None]]]:
+    """[since, until) → (the whole hours inside it, answered by rollups; the partial hours at its edges, read
+    from the events). Either end may be open."""
+    lo = ceil_hour(since) if since is not None else None
+    hi = floor_hour(until) if until is not None else None
+    if lo is not None and hi is not None and lo >= hi:
+        return None, [(since, until)]
+    edges: list[tuple[datetime | None, datetime | None]] = []
+    if since is not None and since != lo:
+        edges.append((since, lo))
+    if until is not None and until != hi:
+        edges.append((hi, until))
+    return (lo, hi), edges
+
+
+def raw_key(q: CostQuery, led: Any) -> Any:
+    name = check_group_by(q.group_by)
+    if name is not None:
+        return led.c.properties[name].as_string()
+    if q.group_by == "workflow":
+        return t.runs.c.workflow
+    return led.c[_RAW_GROUP[q.group_by]]
+
+
+def costs_query(workspace_id: str, q: CostQuery, *, sqlite: bool, indexed: bool = False) -> Select[Any]:
+    """Costs grouped by `q.group_by` (and bucketed by `q.interval`): whole hours from the kept rollups, the
+    partial hours at the window's edges from the events; or all from the events when no rollup keeps the
+    grouping (the store bounds how many it reads: `scan_count_query`)."""
+    measures = ("events", "requests", "cost_nanos", *_TOTALS[1:], "cost_carry")
+    source = kept_source(q, workspace_id, indexed)
+    whole, edges = split_window(q.since, q.until) if source is not None else (None, [(q.since, q.until)])
+    parts: list[Any] = []
+    if source is not None and whole is not None:
+        roll, key, conditions = source
+        cols = [key.label("key")]
+        if q.interval is not None:
+            cols.append(_bucket(roll.c.hour, q.interval, sqlite=sqlite).label("bucket"))
+        part = select(*cols, *[roll.c[m] for m in measures]).where(roll.c.workspace_id == workspace_id, *conditions)
+        if whole[0] is not None:
+            part = part.where(roll.c.hour >= whole[0])
+        if whole[1] is not None:
+            part = part.where(roll.c.hour < whole[1])
+        parts.append(part)
+    if edges:
+        led, joined = ledger(workspace_id, edges)
+        cols = [raw_key(q, led).label("key")]
+        if q.interval is not None:
+            cols.append(_bucket(led.c.started_at, q.interval, sqlite=sqlite).label("bucket"))
+        parts.append(
+            select(
+                *cols,
+                literal(1).label("events"),
+                led.c.requests,
+                *[led.c[m] for m in _TOTALS],
+                literal(0).label("cost_carry"),
+            ).select_from(joined)
+        )
+    u = union_all(*parts).subquery("u")
+    group = [u.c.key] + ([u.c.bucket] if q.interval is not None else [])
+    # Ordering only: SQLite's TOTAL() is a float and never overflows, where its SUM() would.
+    total = func.total if sqlite else func.sum
+    by_cost = total(u.c.cost_carry) * literal_column(str(COST_UNIT)) + total(u.c.cost_nanos)
+    return (
         select(
             *group,
-            func.count().label("events"),
-            func.sum(led.c.requests).label("requests"),
-            *[exact_sum(led.c[k]).label(k) for k in _TOTALS],
+            func.sum(u.c.events).label("events"),
+            func.sum(u.c.requests).label("requests"),
+            *[exact_sum(u.c[m]).label(m) for m in _TOTALS],
+            func.sum(u.c.cost_carry).label("cost_carry"),
         )
-        .select_from(src)
-        .where(led.c.workspace_id == workspace_id)
+        .group_by(*group)
+        .having(func.sum(u.c.events) != 0)
+        .order_by(*group[1:], by_cost.desc(), u.c.key)
     )
-    if q.since is not None:
-        stmt = stmt.where(led.c.started_at >= q.since)
-    if q.until is not None:
-        stmt = stmt.where(led.c.started_at < q.until)
-    keys = [g for g in group]
-    order = [keys[1]] if len(keys) > 1 else []
-    # Ordering only: SQLite's TOTAL() is a float and never overflows, where its SUM() would.
-    by_cost = func.total(led.c.cost_nanos) if sqlite else func.sum(led.c.cost_nanos)
-    return stmt.group_by(*keys).order_by(*order, by_cost.desc(), keys[0])
+
+
+def scan_count_query(workspace_id: str, q: CostQuery, cap: int) -> Select[Any]:
+    """How many events a grouping without a rollup would read, counted up to `cap` + 1 (an index-only scan)."""
+    led, _ = ledger(workspace_id, [(q.since, q.until)])
+    return select(func.count()).select_from(select(led.c.workspace_id).limit(cap + 1).subquery())
 
 
 def _bucket(col: Any, interval: str, *, sqlite: bool) -> Any:
@@ -199,4 +313,4 @@ def _bucket(col: Any, interval: str, *, sqlite: bool) -> Any:
     return func.to_char(func.timezone("UTC", col), fmt[interval][1])
 
 
-__all__ = ["costs_query", "exact_sum", "runs_query"]
+__all__ = ["carried", "costs_query", "exact_sum", "ledger", "runs_query", "scan_count_query", "session_paths_query"]

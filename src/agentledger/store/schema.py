@@ -27,6 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
+from agentledger.core.rollup import TOKEN_FIELDS
+
 metadata = MetaData()
 
 
@@ -172,9 +174,13 @@ runs = Table(
     Column("error", Text, nullable=True),
     Column("output", JSON, nullable=True),
     Column("metadata", JSON, nullable=False),
-    Index("ix_runs_ws_started", "workspace_id", "started_at"),
-    Index("ix_runs_ws_session", "workspace_id", "session_id"),
-    Index("ix_runs_ws_agent", "workspace_id", "agent_id"),
+    # The runs list pages newest first by (started_at, id), filtered by at most one of these: each index
+    # serves its filter and the order, so a page reads its rows and stops (docs/architecture.md, "Books").
+    Index("ix_runs_ws_started", "workspace_id", "started_at", "id"),
+    Index("ix_runs_ws_session", "workspace_id", "session_id", "started_at", "id"),
+    Index("ix_runs_ws_agent", "workspace_id", "agent_id", "started_at", "id"),
+    Index("ix_runs_ws_workflow", "workspace_id", "workflow", "started_at", "id"),
+    Index("ix_runs_ws_status", "workspace_id", "status", "started_at", "id"),
 )
 
 _attribution = (
@@ -262,6 +268,7 @@ steps = Table(
     Column("ended_at", TS, nullable=True),
     UniqueConstraint("workspace_id", "id", name="uq_steps_ws_id"),
     Index("ix_steps_ws_run", "workspace_id", "run_id", "started_at"),
+    Index("ix_steps_ws_started", "workspace_id", "started_at"),
 )
 
 # Cross-process x-request-id claims (PostgreSQL; see store.base.Store.claim_request). A row lives from the
@@ -275,4 +282,86 @@ idempotency_claims = Table(
     Column("holder", String(64), nullable=False),
     Column("expires_at", TS, nullable=False),
     Index("ix_idempotency_claims_expires", "expires_at"),
+)
+
+
+# -- the books: totals and rollups kept at write time (core.books; docs/architecture.md, "Books") ------------
+# Each row is the sum of the raw rows it covers, changed by deltas in the transaction that writes them. Cost
+# is `cost_carry`·10^15 + `cost_nanos` (core.books.split_cost): one BIGINT could not hold the sum of 9,224
+# events at the per-event bound.
+
+
+def _measures(*names: str) -> list[Column[object]]:
+    return [
+        Column(n, Float if n == "model_latency_ms" else BigInteger, nullable=False, default=0)
+        for n in (*names, "cost_carry")
+    ]
+
+
+_LEDGER = ("events", "requests", "cost_nanos", *TOKEN_FIELDS)
+
+run_totals = Table(
+    "run_totals",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("run_id", ID, primary_key=True),
+    *_measures("steps", "model_calls", "errors", "retries", "model_latency_ms", "cost_nanos", *TOKEN_FIELDS),
+)
+
+# A session's events by `alephant-session-path` (NULL: without a path). `path_key` is core.books.dims_key of
+# the path: a 1024-character path would not fit a PostgreSQL index entry.
+session_paths = Table(
+    "session_paths",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("session_id", ID, primary_key=True),
+    Column("path_key", String(32), primary_key=True),
+    Column("path", String(1024), nullable=True),
+    *_measures(*_LEDGER),
+)
+
+rollup_hourly = Table(
+    "rollup_hourly",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("hour", TS, primary_key=True),
+    Column("dims_key", String(32), primary_key=True),
+    Column("department_id", ID, nullable=True),
+    Column("agent_id", ID, nullable=True),
+    Column("virtual_key_id", ID, nullable=True),
+    Column("workflow", String(256), nullable=True),
+    Column("model", String(256), nullable=True),
+    Column("provider", String(64), nullable=True),
+    Column("prompt_id", ID, nullable=True),
+    *_measures(*_LEDGER),
+)
+
+rollup_sessions = Table(
+    "rollup_sessions",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("hour", TS, primary_key=True),
+    Column("session_id", ID, primary_key=True),
+    *_measures(*_LEDGER),
+)
+
+rollup_properties = Table(
+    "rollup_properties",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("hour", TS, primary_key=True),
+    Column("value_key", String(32), primary_key=True),
+    Column("value", String(1024), nullable=False),
+    *_measures(*_LEDGER),
+)
+
+# Properties a workspace groups costs by often enough to keep rollups for (`group_by=property.<name>`).
+indexed_properties = Table(
+    "indexed_properties",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("created_at", TS, nullable=False),
+    ForeignKeyConstraint(["workspace_id"], ["workspaces.id"]),
 )

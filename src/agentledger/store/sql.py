@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -26,18 +26,17 @@ from sqlalchemy import (
     event,
     func,
     insert,
-    literal,
     literal_column,
     select,
     text,
-    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, TimeoutError as PoolTimeout
 
-from agentledger.core.errors import Conflict, StoreUnavailable
+from agentledger.core.books import Books
+from agentledger.core.errors import Conflict, InvalidRequest, StoreUnavailable
 from agentledger.core.model import (
     AdminPrincipal,
     Attribution,
@@ -53,10 +52,19 @@ from agentledger.core.model import (
 )
 from agentledger.core.pricing import Price
 from agentledger.core.rollup import TOKEN_FIELDS
-from agentledger.store import schema as t
+from agentledger.store import books as books_sql, schema as t
 from agentledger.store.base import CostQuery, RequestClaim, RunFilter, StoredResponse, WriteResult
+from agentledger.store.books import BookKeeper
 from agentledger.store.bulk import BulkStatement
-from agentledger.store.queries import costs_query, exact_sum, runs_query
+from agentledger.store.queries import (
+    carried,
+    check_group_by,
+    costs_query,
+    kept_source,
+    runs_query,
+    scan_count_query,
+    session_paths_query,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,6 +85,29 @@ PG_CONNECT_ARGS: dict[str, Any] = {
 }
 PG_POOL_TIMEOUT = 2.0
 CLAIM_PURGE_INTERVAL = 60.0  # seconds between purges of expired idempotency claims
+# A cost grouping no rollup keeps (`run`, a property not declared indexed) reads the events of its window:
+# at most this many (docs/api.md, "Bounds"), about a second of reading.
+MAX_SCAN_EVENTS = 200_000
+WORKFLOW_CACHE_SIZE = 100_000  # runs whose workflow the writer remembers
+# What the books need of a request row that a retry replaces (core.books.Books.request).
+_REQUEST_BOOK_COLUMNS = (
+    "workspace_id",
+    "id",
+    "status",
+    "department_id",
+    "virtual_key_id",
+    "agent_id",
+    "run_id",
+    "session_id",
+    "session_path",
+    "prompt_id",
+    "model",
+    "provider",
+    "properties",
+    "started_at",
+    "cost_nanos",
+    *TOKEN_FIELDS,
+)
 
 # PostgreSQL: find the completed response of an x-request-id, or else claim the id, in one statement (one round
 # trip). ON CONFLICT serializes concurrent claimants across processes: the loser sees the winner's row and
@@ -148,6 +179,10 @@ class SQLStore:
         # Trace batches go through one connection kept by the writer thread: checking one out of the pool per
         # batch cost a pre-ping round trip each time. It is dropped (and reopened) after an availability fault.
         self._trace_conn: Connection | None = None
+        self._books = BookKeeper(self.engine.dialect)
+        # Run workflows the books have looked up (writer thread only): the rollups group by them.
+        self._workflow_cache: dict[tuple[str, str], str | None] = {}
+        self._pending_workflows: dict[tuple[str, str], str | None] = {}
 
     # -- plumbing ---------------------------------------------------------------------------------------
     async def _read(self, fn: Callable[[Connection], T]) -> T:
@@ -211,6 +246,7 @@ class SQLStore:
         conn = self._trace_conn
         if conn is None:
             conn = self._trace_conn = self.engine.connect()
+        self._pending_workflows.clear()
         try:
             with conn.begin():
                 if not self.durable_commits and not self.is_sqlite:
@@ -219,6 +255,10 @@ class SQLStore:
         except UNAVAILABLE:
             self._drop_trace_conn()
             raise
+        # Remembered once committed: a rolled-back batch may have read a run that its retry finds otherwise.
+        if len(self._workflow_cache) + len(self._pending_workflows) > WORKFLOW_CACHE_SIZE:
+            self._workflow_cache.clear()
+        self._workflow_cache.update(self._pending_workflows)
 
     def _drop_trace_conn(self) -> None:
         conn, self._trace_conn = self._trace_conn, None
@@ -228,16 +268,17 @@ class SQLStore:
                 conn.close()
 
     def _apply(self, conn: Connection, events: Sequence[TraceEvent]) -> None:
-        """One executemany per table, in dependency order, after folding repeats of a key within the batch.
+        """One executemany per table, in dependency order, after folding repeats of a key within the batch;
+        then the books (core.books) for exactly the rows this batch inserted or replaced.
 
         Folding keeps the row-at-a-time semantics (a completed request is final, a session keeps its first
-        and latest sighting) and is required on PostgreSQL, where one multi-row upsert may not touch a row
-        twice.
+        and latest sighting, a step id is written once) and is required on PostgreSQL, where one multi-row
+        upsert may not touch a row twice.
         """
         sessions: dict[tuple[str, str], dict[str, Any]] = {}
         runs: list[dict[str, Any]] = []
         requests: dict[tuple[str, str], dict[str, Any]] = {}
-        steps: list[dict[str, Any]] = []
+        steps: dict[tuple[str, str], dict[str, Any]] = {}
         ends: list[RunEnd] = []
         for ev in events:
             if isinstance(ev, RunEnd):
@@ -251,17 +292,17 @@ class SQLStore:
                 if held is None or held["status"] != "ok":
                     requests[key] = values
             elif isinstance(ev, StepRecord):
-                steps.append(_step_values(ev))
+                steps.setdefault((ev.attribution.workspace_id, ev.step_id), _step_values(ev))
             elif isinstance(ev, RunStart):
                 runs.append(_run_values(ev))
         if sessions:
             self._bulk(conn, t.sessions, self._session_upsert, list(sessions.values()))
         if runs:
             self._bulk(conn, t.runs, lambda: self._insert(t.runs).on_conflict_do_nothing(), runs)
-        if requests:
-            self._bulk(conn, t.requests, self._request_upsert, list(requests.values()))
-        if steps:
-            self._bulk(conn, t.steps, lambda: self._insert(t.steps).on_conflict_do_nothing(), steps)
+        transitions = self._write_requests(conn, requests) if requests else []
+        new_steps = self._insert_new(conn, t.steps, steps) if steps else []
+        if transitions or new_steps:
+            self._keep_books(conn, transitions, new_steps)
         for end in ends:
             conn.execute(
                 update(t.runs)
@@ -269,13 +310,121 @@ class SQLStore:
                 .values(status=end.status.value, ended_at=end.ended_at, error=end.error, output=end.output)
             )
 
-    def _bulk(self, conn: Connection, table: Any, build: Callable[[], Any], rows: list[dict[str, Any]]) -> None:
+    def _existing(
+        self, conn: Connection, table: Any, keys: Iterable[tuple[str, str]], columns: Sequence[str], *, lock: bool
+    ) -> dict[tuple[str, str], dict[str, Any]]:
+        """The stored rows among `keys` (workspace_id, id), with `columns`; `lock` takes them FOR UPDATE."""
+        by_ws: dict[str, list[str]] = {}
+        for ws, ident in keys:
+            by_ws.setdefault(ws, []).append(ident)
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        c = table.c
+        for ws, ids in by_ws.items():
+            for i in range(0, len(ids), 500):
+                stmt = select(*[c[k] for k in columns]).where(c.workspace_id == ws, c.id.in_(ids[i : i + 500]))
+                if lock and not self.is_sqlite:
+                    stmt = stmt.with_for_update()
+                for r in conn.execute(stmt):
+                    row = dict(r._mapping)
+                    found[(row["workspace_id"], row["id"])] = row
+        return found
+
+    def _insert_new(
+        self, conn: Connection, table: Any, rows: dict[tuple[str, str], dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Insert the rows whose (workspace_id, id) is not stored yet; returns those it inserted.
+
+        SQLite has one writer (this thread), so the rows not found before the insert are the ones it inserts.
+        PostgreSQL may have other writers (replicas): RETURNING says which rows this statement inserted."""
+
+        def build() -> Any:
+            return self._insert(table).on_conflict_do_nothing()
+
+        def pg_build() -> Any:
+            return build().returning(table.c.workspace_id, table.c.id)
+
+        if self.is_sqlite:
+            stored = self._existing(conn, table, rows, ("workspace_id", "id"), lock=False)
+            fresh = [row for key, row in rows.items() if key not in stored]
+            if fresh:
+                self._bulk(conn, table, build, fresh)
+            return fresh
+        inserted = {(r[0], r[1]) for r in self._bulk(conn, table, pg_build, list(rows.values()), returning=True)}
+        return [row for key, row in rows.items() if key in inserted]
+
+    def _write_requests(
+        self, conn: Connection, requests: dict[tuple[str, str], dict[str, Any]]
+    ) -> list[tuple[dict[str, Any] | None, dict[str, Any]]]:
+        """Insert new requests and replace failed ones (a retry under the same x-request-id); a completed request
+        is final. Returns (replaced row or None, new row) for each row written."""
+        new = self._insert_new(conn, t.requests, requests)
+        out: list[tuple[dict[str, Any] | None, dict[str, Any]]] = [(None, row) for row in new]
+        inserted = {(row["workspace_id"], row["id"]) for row in new}
+        rest = [key for key in requests if key not in inserted]
+        if not rest:
+            return out
+        # Locked (PostgreSQL), so the row replaced is the row read: another writer's retry waits for this one.
+        stored = self._existing(conn, t.requests, rest, _REQUEST_BOOK_COLUMNS, lock=True)
+        replace = [requests[key] for key in rest if stored[key]["status"] != "ok"]
+        if replace:
+            self._bulk(conn, t.requests, self._request_upsert, replace)
+            out += [(stored[(row["workspace_id"], row["id"])], row) for row in replace]
+        return out
+
+    def _keep_books(
+        self,
+        conn: Connection,
+        requests: list[tuple[dict[str, Any] | None, dict[str, Any]]],
+        steps: list[dict[str, Any]],
+    ) -> None:
+        rows = [row for pair in requests for row in pair if row is not None] + steps
+        workflows = self._workflows_of(conn, {(r["workspace_id"], r["run_id"]) for r in rows if r["run_id"]})
+        # Read after this batch's rows are in: a property declared meanwhile either is seen here, or its
+        # backfill (which waits for this transaction on PostgreSQL, and runs on this thread on SQLite) sees them.
+        indexed: dict[str, frozenset[str]] = {}
+        for ws, name in books_sql.declared_in(conn, {r["workspace_id"] for r in rows}):
+            indexed[ws] = indexed.get(ws, frozenset()) | {name}
+        none: frozenset[str] = frozenset()
+        books = Books()
+        for old, new in requests:
+            if old is not None:
+                ws = old["workspace_id"]
+                books.request(old, workflows.get((ws, old["run_id"])), indexed.get(ws, none), -1)
+            ws = new["workspace_id"]
+            books.request(new, workflows.get((ws, new["run_id"])), indexed.get(ws, none))
+        for step in steps:
+            ws = step["workspace_id"]
+            books.step(step, workflows.get((ws, step["run_id"])), indexed.get(ws, none))
+        self._books.apply(conn, books)
+
+    def _workflows_of(self, conn: Connection, runs: set[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+        """The workflow of each run (fixed when the run is created, so remembered across batches)."""
+        known = {key: self._workflow_cache[key] for key in runs if key in self._workflow_cache}
+        missing = runs - known.keys()
+        if missing:
+            for key, row in self._existing(
+                conn, t.runs, missing, ("workspace_id", "id", "workflow"), lock=False
+            ).items():
+                known[key] = row["workflow"]
+                self._pending_workflows[key] = row["workflow"]
+        return known
+
+    def _bulk(
+        self,
+        conn: Connection,
+        table: Any,
+        build: Callable[[], Any],
+        rows: list[dict[str, Any]],
+        *,
+        returning: bool = False,
+    ) -> list[Any]:
         keys = tuple(rows[0])
-        cache_key = (table.name, *keys)
+        # One statement per builder, table and column set (an insert and an upsert of the same rows differ).
+        cache_key = (build.__qualname__, table.name, *keys)
         stmt = self._statements.get(cache_key)
         if stmt is None:
             stmt = self._statements[cache_key] = BulkStatement(build(), table, keys, self.engine.dialect)
-        stmt.run(conn, rows)
+        return stmt.run(conn, rows, returning=returning)
 
     def _session_upsert(self) -> Any:
         stmt = self._insert(t.sessions)
@@ -523,11 +672,11 @@ class SQLStore:
         await self._autocommit(run)
 
     async def list_runs(self, workspace_id: str, flt: RunFilter) -> list[dict[str, Any]]:
-        return await self._select(runs_query(workspace_id, flt))
+        return [carried(r) for r in await self._select(runs_query(workspace_id, flt))]
 
     async def get_run(self, workspace_id: str, run_id: str) -> dict[str, Any] | None:
         rows = await self._select(runs_query(workspace_id, RunFilter(limit=1), run_id=run_id))
-        return rows[0] if rows else None
+        return carried(rows[0]) if rows else None
 
     async def run_steps(self, workspace_id: str, run_id: str) -> list[dict[str, Any]]:
         c = t.steps.c
@@ -548,29 +697,8 @@ class SQLStore:
         if not rows:
             return None
         session = rows[0]
-        session["runs"] = await self._select(runs_query(workspace_id, RunFilter(session_id=session_id, limit=1000)))
-        # Every costed event of the session once (as in the cost rollup): its requests, in a run or not, plus
-        # the steps that did not come through the gateway. The path rows therefore add up to the session.
-        r, s = t.requests.c, t.steps.c
-        usage = ("cost_nanos", *TOKEN_FIELDS)
-        paths = union_all(
-            select(r.session_path.label("path"), *[r[k] for k in usage], literal(1).label("requests")).where(
-                r.workspace_id == workspace_id, r.session_id == session_id
-            ),
-            select(s.session_path, *[s[k] for k in usage], literal(0)).where(
-                s.workspace_id == workspace_id, s.session_id == session_id, s.request_id.is_(None)
-            ),
-        ).subquery()
-        session["paths"] = await self._select(
-            select(
-                paths.c.path,
-                func.count().label("count"),
-                func.sum(paths.c.requests).label("requests"),
-                *[exact_sum(paths.c[k]).label(k) for k in usage],
-            )
-            .group_by(paths.c.path)
-            .order_by(paths.c.path.asc().nulls_last())
-        )
+        session["runs"] = await self.list_runs(workspace_id, RunFilter(session_id=session_id, limit=1000))
+        session["paths"] = [carried(r) for r in await self._select(session_paths_query(workspace_id, session_id))]
         return session
 
     async def get_request(self, workspace_id: str, request_id: str) -> dict[str, Any] | None:
@@ -580,7 +708,63 @@ class SQLStore:
         return rows[0] if rows else None
 
     async def costs(self, workspace_id: str, query: CostQuery) -> list[dict[str, Any]]:
-        return await self._select(costs_query(workspace_id, query, sqlite=self.is_sqlite))
+        name = check_group_by(query.group_by)
+        indexed = name is not None and name in await self.indexed_properties(workspace_id)
+        if kept_source(query, workspace_id, indexed) is None:
+            scanned = await self._read(
+                lambda conn: conn.execute(scan_count_query(workspace_id, query, MAX_SCAN_EVENTS)).scalar()
+            )
+            if (scanned or 0) > MAX_SCAN_EVENTS:
+                raise InvalidRequest(
+                    f"group_by={query.group_by} is counted from the events themselves, at most {MAX_SCAN_EVENTS} "
+                    "of them: narrow 'from'/'to'"
+                    + (" or declare the property indexed (POST /api/analytics/properties)." if name else "."),
+                    param="group_by",
+                )
+        rows = await self._select(costs_query(workspace_id, query, sqlite=self.is_sqlite, indexed=indexed))
+        return [carried(r) for r in rows]
+
+    # -- the books: indexed properties, verify and rebuild ----------------------------------------------------------
+    async def indexed_properties(self, workspace_id: str) -> list[str]:
+        return [name for _, name in await self._read(lambda conn: books_sql.declared(conn, workspace_id))]
+
+    async def declare_property(self, workspace_id: str, name: str, now: datetime) -> bool:
+        """Keep rollups for `property.<name>` from now on, filled from the events already stored (in the same
+        transaction, with trace writes held off). False if it was declared already."""
+
+        def run(conn: Connection) -> bool:
+            if not self.is_sqlite:
+                books_sql.lock_writers(conn)
+            if name in [n for _, n in books_sql.declared(conn, workspace_id)]:
+                return False
+            conn.execute(insert(t.indexed_properties).values(workspace_id=workspace_id, name=name, created_at=now))
+            books_sql.rebuild_property(conn, workspace_id, name)
+            return True
+
+        try:
+            return await self._write(run)
+        except IntegrityError as exc:  # declared by another process meanwhile, or the workspace is gone
+            raise Conflict(f"Property {name!r} is already indexed or the workspace does not exist.") from exc
+
+    async def verify_books(self, workspace_id: str | None = None) -> list[books_sql.Mismatch]:
+        """Kept totals and rollups against a recomputation from the raw rows, in one snapshot."""
+
+        def run() -> list[books_sql.Mismatch]:
+            with self.engine.connect() as conn:
+                if not self.is_sqlite:
+                    conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    return books_sql.verify(conn, workspace_id)
+
+        return await self._run(self._readers, run)
+
+    async def rebuild_books(self, workspace_id: str | None = None) -> int:
+        """Replace the kept totals and rollups with their recomputation (on the writer, so no batch interleaves)."""
+
+        def run(conn: Connection) -> int:
+            return books_sql.rebuild(conn, workspace_id)
+
+        return await self._write(run)
 
 
 def _stored_response(r: Mapping[Any, Any]) -> StoredResponse | None:

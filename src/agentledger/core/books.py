@@ -1,0 +1,130 @@
+"""The books kept at write time: what the trace rows of one batch add to the totals and rollups.
+
+Pure: the store hands in the rows it actually inserted or replaced (as the column dicts it writes, and for a
+replaced row the one it replaced), and applies the deltas that come out in the same transaction. So every
+total is the sum of its rows at every commit, whatever replays, retries or late steps arrive, and
+`agentledger rollups verify` can recompute each one from the raw rows and compare.
+
+What is counted where (as the read-time queries counted before, docs/architecture.md "Books"):
+
+* run totals: every step of the run (a gateway call in a run is a `model_call` step too);
+* the ledger — session paths and the hourly rollups behind `/api/analytics/costs` — counts every gateway
+  request, plus the steps that did not come through the gateway (no `request_id`), so nothing twice.
+
+Money is split into `cost_nanos` (below 10^15) and `cost_carry` (multiples of 10^15) when applied: a
+counter adds up any number of events at the $10^6 bound without overflowing BIGINT (see `split_cost`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from agentledger.core.rollup import TOKEN_FIELDS
+
+COST_UNIT = 10**15  # one carry unit; also the per-event cost bound (core.bounds)
+
+# Measures, in the order of the lists below and of the tables' columns.
+RUN_MEASURES = ("steps", "model_calls", "errors", "retries", "model_latency_ms", "cost_nanos", *TOKEN_FIELDS)
+LEDGER_MEASURES = ("events", "requests", "cost_nanos", *TOKEN_FIELDS)
+# The hourly rollup's dimensions: every `group_by` of the analytics API but session, run and properties.
+HOURLY_DIMS = ("department_id", "agent_id", "virtual_key_id", "workflow", "model", "provider", "prompt_id")
+
+Key = tuple[Any, ...]
+NO_SESSION = ""  # the session rollup's key for events without a session (a primary key holds no NULL)
+
+
+def hour_of(ts: datetime) -> datetime:
+    """The start of the UTC hour `ts` falls in (the rollups' bucket)."""
+    utc = ts.astimezone(UTC) if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+    return utc.replace(minute=0, second=0, microsecond=0)
+
+
+def dims_key(values: tuple[str | None, ...]) -> str:
+    """A fixed-size key for a tuple of labels (a primary-key column): labels may be up to 1024 characters,
+    past what a PostgreSQL index entry holds. None and '' differ (labels never hold control characters)."""
+    text = "\x1f".join("\x00" if v is None else v for v in values)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def split_cost(nanos: int) -> tuple[int, int]:
+    """nanos → (remainder in [0, 10^15), carry), so nanos = carry·10^15 + remainder, negatives too.
+
+    A counter keeps its remainder in [0, 10^15); adding a split delta leaves at most 2·10^15 - 1 before the
+    carry is taken out (store: `cost_carry + (cost_nanos + d) / 10^15`), all non-negative, so integer
+    division is floor division on both stores."""
+    carry, rest = divmod(nanos, COST_UNIT)
+    return rest, carry
+
+
+@dataclass(slots=True)
+class Books:
+    """Deltas folded per row of each kept table, keyed by its primary key (see store.schema)."""
+
+    runs: dict[Key, list[Any]] = field(default_factory=dict)  # (ws, run_id)
+    paths: dict[Key, list[Any]] = field(default_factory=dict)  # (ws, session_id, path)
+    hourly: dict[Key, list[Any]] = field(default_factory=dict)  # (ws, hour, *HOURLY_DIMS)
+    sessions: dict[Key, list[Any]] = field(default_factory=dict)  # (ws, hour, session_id or NO_SESSION)
+    properties: dict[Key, list[Any]] = field(default_factory=dict)  # (ws, name, hour, value)
+
+    def step(self, row: Mapping[str, Any], workflow: str | None, indexed: frozenset[str], sign: int = 1) -> None:
+        """A step row inserted (sign 1). Steps are never replaced: a step id is written once."""
+        cost = row["cost_nanos"] * sign
+        tokens = [row[f] * sign for f in TOKEN_FIELDS]
+        model_call = row["kind"] == "model_call"
+        _add(
+            self.runs,
+            (row["workspace_id"], row["run_id"]),
+            [
+                sign,
+                sign if model_call else 0,
+                sign if row["status"] == "error" else 0,
+                sign if row["attempt"] > 1 else 0,
+                (row["latency_ms"] or 0.0) * sign if model_call else 0.0,
+                cost,
+                *tokens,
+            ],
+        )
+        if row["request_id"] is None:
+            self._ledger(row, workflow, indexed, [sign, 0, cost, *tokens])
+
+    def request(self, row: Mapping[str, Any], workflow: str | None, indexed: frozenset[str], sign: int = 1) -> None:
+        """A request row inserted (sign 1), or replaced by a retry (its old row with sign -1, the new with 1)."""
+        self._ledger(
+            row, workflow, indexed, [sign, sign, row["cost_nanos"] * sign, *(row[f] * sign for f in TOKEN_FIELDS)]
+        )
+
+    def _ledger(self, row: Mapping[str, Any], workflow: str | None, indexed: frozenset[str], m: list[Any]) -> None:
+        ws = row["workspace_id"]
+        hour = hour_of(row["started_at"])
+        dims = {**row, "workflow": workflow}
+        _add(self.hourly, (ws, hour, *(dims[d] for d in HOURLY_DIMS)), m)
+        session = row["session_id"]
+        _add(self.sessions, (ws, hour, session or NO_SESSION), m)
+        if session is not None:
+            _add(self.paths, (ws, session, row["session_path"]), m)
+        if indexed:
+            props = row["properties"] or {}
+            for name in indexed & props.keys():
+                _add(self.properties, (ws, name, hour, props[name]), m)
+
+    def tables(self) -> dict[str, dict[Key, list[Any]]]:
+        """Each kept table's deltas, without those that cancelled out (a replay that changed nothing)."""
+        out = {}
+        for name in ("runs", "paths", "hourly", "sessions", "properties"):
+            deltas = {k: v for k, v in getattr(self, name).items() if any(v)}
+            if deltas:
+                out[name] = deltas
+        return out
+
+
+def _add(table: dict[Key, list[Any]], key: Key, m: list[Any]) -> None:
+    held = table.get(key)
+    if held is None:
+        table[key] = list(m)
+    else:
+        for i, v in enumerate(m):
+            held[i] += v
