@@ -97,6 +97,14 @@ class Books:
             row, workflow, indexed, [sign, sign, row["cost_nanos"] * sign, *(row[f] * sign for f in TOKEN_FIELDS)]
         )
 
+    def move(
+        self, row: Mapping[str, Any], is_request: bool, old: str | None, new: str | None, indexed: frozenset[str]
+    ) -> None:
+        """A ledger row booked under workflow `old` belongs to `new` (its run was created after it)."""
+        m = [1, int(is_request), row["cost_nanos"], *(row[f] for f in TOKEN_FIELDS)]
+        self._ledger(row, old, indexed, [-v for v in m])
+        self._ledger(row, new, indexed, m)
+
     def _ledger(self, row: Mapping[str, Any], workflow: str | None, indexed: frozenset[str], m: list[Any]) -> None:
         ws = row["workspace_id"]
         hour = hour_of(row["started_at"])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, case, delete, func, literal, literal_column, select, type_coerce
+from sqlalchemy import BigInteger, Table, case, delete, func, literal, literal_column, select, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -48,7 +48,7 @@ _HASHED = {
     "hourly": ("dims_key", HOURLY_DIMS),
     "properties": ("value_key", ("value",)),
 }
-_UNIT: Any = literal_column(str(COST_UNIT))
+_UNIT: Any = literal_column(str(COST_UNIT), BigInteger)
 
 
 def _row(name: str, key: Key, measures: list[Any]) -> dict[str, Any]:
@@ -68,9 +68,9 @@ def _upsert(table: Table, columns: Iterable[str], sqlite_dialect: bool) -> Any:
     pk = [c.name for c in table.primary_key.columns]
     counters = [c for c in columns if c not in pk and c in old and not _is_label(table, c)]
     sets: dict[str, Any] = {c: old[c] + new[c] for c in counters if c not in ("cost_nanos", "cost_carry")}
-    # Both remainders are in [0, 10^15), so their sum is non-negative: `/` floors on both stores.
+    # Both remainders are in [0, 10^15), so their sum is non-negative and `//` (SQL integer division) floors.
     sets["cost_nanos"] = (old.cost_nanos + new.cost_nanos) % _UNIT
-    sets["cost_carry"] = old.cost_carry + new.cost_carry + (old.cost_nanos + new.cost_nanos) / _UNIT
+    sets["cost_carry"] = old.cost_carry + new.cost_carry + (old.cost_nanos + new.cost_nanos) // _UNIT
     return stmt.on_conflict_do_update(index_elements=pk, set_=sets)
 
 

@@ -89,11 +89,9 @@ CLAIM_PURGE_INTERVAL = 60.0  # seconds between purges of expired idempotency cla
 # at most this many (docs/api.md, "Bounds"), about a second of reading.
 MAX_SCAN_EVENTS = 200_000
 WORKFLOW_CACHE_SIZE = 100_000  # runs whose workflow the writer remembers
-# What the books need of a request row that a retry replaces (core.books.Books.request).
-_REQUEST_BOOK_COLUMNS = (
+# What the books need of a ledger row (core.books.Books), and of a request row that a retry replaces.
+_LEDGER_BOOK_COLUMNS = (
     "workspace_id",
-    "id",
-    "status",
     "department_id",
     "virtual_key_id",
     "agent_id",
@@ -108,6 +106,7 @@ _REQUEST_BOOK_COLUMNS = (
     "cost_nanos",
     *TOKEN_FIELDS,
 )
+_REQUEST_BOOK_COLUMNS = ("id", "status", *_LEDGER_BOOK_COLUMNS)
 
 # PostgreSQL: find the completed response of an x-request-id, or else claim the id, in one statement (one round
 # trip). ON CONFLICT serializes concurrent claimants across processes: the loser sees the winner's row and
@@ -276,7 +275,7 @@ class SQLStore:
         upsert may not touch a row twice.
         """
         sessions: dict[tuple[str, str], dict[str, Any]] = {}
-        runs: list[dict[str, Any]] = []
+        runs: dict[tuple[str, str], dict[str, Any]] = {}
         requests: dict[tuple[str, str], dict[str, Any]] = {}
         steps: dict[tuple[str, str], dict[str, Any]] = {}
         ends: list[RunEnd] = []
@@ -294,15 +293,14 @@ class SQLStore:
             elif isinstance(ev, StepRecord):
                 steps.setdefault((ev.attribution.workspace_id, ev.step_id), _step_values(ev))
             elif isinstance(ev, RunStart):
-                runs.append(_run_values(ev))
+                runs.setdefault((ev.attribution.workspace_id, ev.run_id), _run_values(ev))
         if sessions:
             self._bulk(conn, t.sessions, self._session_upsert, list(sessions.values()))
-        if runs:
-            self._bulk(conn, t.runs, lambda: self._insert(t.runs).on_conflict_do_nothing(), runs)
+        moved = self._booked_before(conn, self._insert_new(conn, t.runs, runs)) if runs else []
         transitions = self._write_requests(conn, requests) if requests else []
         new_steps = self._insert_new(conn, t.steps, steps) if steps else []
-        if transitions or new_steps:
-            self._keep_books(conn, transitions, new_steps)
+        if transitions or new_steps or moved:
+            self._keep_books(conn, transitions, new_steps, moved)
         for end in ends:
             conn.execute(
                 update(t.runs)
@@ -371,13 +369,31 @@ class SQLStore:
             out += [(stored[(row["workspace_id"], row["id"])], row) for row in replace]
         return out
 
+    def _booked_before(self, conn: Connection, runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], bool, str]]:
+        """The ledger rows booked before their run existed (steps sent without it), for runs this batch created
+        with a workflow: they were booked under no workflow and move to the run's. (row, is_request, workflow)"""
+        found: list[tuple[dict[str, Any], bool, str]] = []
+        for run in runs:
+            if run["workflow"] is None:
+                continue
+            for table, is_request in ((t.requests, True), (t.steps, False)):
+                c = table.c
+                stmt = select(*[c[k] for k in _LEDGER_BOOK_COLUMNS]).where(
+                    c.workspace_id == run["workspace_id"], c.run_id == run["id"]
+                )
+                if not is_request:
+                    stmt = stmt.where(c.request_id.is_(None))
+                found += [(dict(r._mapping), is_request, run["workflow"]) for r in conn.execute(stmt)]
+        return found
+
     def _keep_books(
         self,
         conn: Connection,
         requests: list[tuple[dict[str, Any] | None, dict[str, Any]]],
         steps: list[dict[str, Any]],
+        moved: list[tuple[dict[str, Any], bool, str]],
     ) -> None:
-        rows = [row for pair in requests for row in pair if row is not None] + steps
+        rows = [row for pair in requests for row in pair if row is not None] + steps + [m[0] for m in moved]
         workflows = self._workflows_of(conn, {(r["workspace_id"], r["run_id"]) for r in rows if r["run_id"]})
         # Read after this batch's rows are in: a property declared meanwhile either is seen here, or its
         # backfill (which waits for this transaction on PostgreSQL, and runs on this thread on SQLite) sees them.
@@ -395,6 +411,8 @@ class SQLStore:
         for step in steps:
             ws = step["workspace_id"]
             books.step(step, workflows.get((ws, step["run_id"])), indexed.get(ws, none))
+        for row, is_request, workflow in moved:
+            books.move(row, is_request, None, workflow, indexed.get(row["workspace_id"], none))
         self._books.apply(conn, books)
 
     def _workflows_of(self, conn: Connection, runs: set[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
