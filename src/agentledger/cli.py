@@ -501,3 +501,37 @@ _list_command(
     "List admin tokens (never the tokens themselves).",
 )
 _revoke_command(admin_token, "admin token", lambda g, ws, id: g.revoke_admin_token(ws, id), _CACHE_NOTE)
+
+
+@main.group()
+def rollups() -> None:
+    """The totals and rollups kept at write time (run totals, session paths, hourly cost rollups)."""
+
+
+@rollups.command("verify")
+@click.option("--workspace", default=None, help="Only this workspace (default: all).")
+@click.option("--json", "as_json", is_flag=True, help='JSON ({"ok": bool, "mismatches": [...]}).')
+@click.pass_context
+def rollups_verify(ctx: click.Context, workspace: str | None, as_json: bool) -> None:
+    """Recompute every kept total from the raw rows and compare; exit 1 naming each row that differs."""
+    mismatches = _with_governance(_settings(ctx), lambda gov: gov.store.verify_books(workspace))
+    if as_json:
+        _echo_json({"ok": not mismatches, "mismatches": [m.describe() for m in mismatches]})
+    elif not mismatches:
+        click.echo("rollups verified: every kept total equals its recomputation")
+    else:
+        for m in mismatches[:100]:
+            click.echo(m.describe())
+        more = " (first 100 shown)" if len(mismatches) > 100 else ""
+        click.echo(f"{len(mismatches)} kept rows differ from their recomputation{more}; fix with `rollups rebuild`")
+    if mismatches:
+        ctx.exit(1)
+
+
+@rollups.command("rebuild")
+@click.option("--workspace", default=None, help="Only this workspace (default: all).")
+@click.pass_context
+def rollups_rebuild(ctx: click.Context, workspace: str | None) -> None:
+    """Replace the kept totals with their recomputation from the raw rows. Trace writes wait meanwhile."""
+    rows = _with_governance(_settings(ctx), lambda gov: gov.store.rebuild_books(workspace))
+    click.echo(f"rollups rebuilt: {rows} rows")

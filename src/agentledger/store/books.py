@@ -286,15 +286,17 @@ def rebuild(
         lock(conn)
     elif conn.dialect.name == "postgresql":
         lock_writers(conn)
-    fresh = recompute(conn, workspace_id)
-    keeper = BookKeeper(conn.dialect)
-    total = 0
-    for name, (table, _, _) in KEPT.items():
+    # Deleting first also takes SQLite's write lock before the recomputation reads: no batch of another
+    # process can commit between the two.
+    for table, _, _ in KEPT.values():
         stmt = delete(table)
         if workspace_id is not None:
             stmt = stmt.where(table.c.workspace_id == workspace_id)
         conn.execute(stmt)
-        rows = fresh.get(name, {})
+    fresh = recompute(conn, workspace_id)
+    keeper = BookKeeper(conn.dialect)
+    total = 0
+    for name, rows in fresh.items():
         if rows:
             keeper.apply(conn, Books(**{name: dict(rows)}))
             total += len(rows)
