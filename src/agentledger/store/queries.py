@@ -242,7 +242,13 @@ def raw_key(q: CostQuery, led: Any) -> Any:
     if name is not None:
         return led.c.properties[name].as_string()
     if q.group_by == "workflow":
-        return t.runs.c.workflow
+        # Looked up per event by primary key: a join would hash the whole runs table for a few edge events.
+        runs = t.runs.c
+        return (
+            select(runs.workflow)
+            .where(runs.workspace_id == led.c.workspace_id, runs.id == led.c.run_id)
+            .scalar_subquery()
+        )
     return led.c[_RAW_GROUP[q.group_by]]
 
 
@@ -266,7 +272,7 @@ def costs_query(workspace_id: str, q: CostQuery, *, sqlite: bool, indexed: bool 
             part = part.where(roll.c.hour < whole[1])
         parts.append(part)
     if edges:
-        led, joined = ledger(workspace_id, edges)
+        led, _ = ledger(workspace_id, edges)
         cols = [raw_key(q, led).label("key")]
         if q.interval is not None:
             cols.append(_bucket(led.c.started_at, q.interval, sqlite=sqlite).label("bucket"))
@@ -277,7 +283,7 @@ def costs_query(workspace_id: str, q: CostQuery, *, sqlite: bool, indexed: bool 
                 led.c.requests,
                 *[led.c[m] for m in _TOTALS],
                 literal(0).label("cost_carry"),
-            ).select_from(joined)
+            ).select_from(led)
         )
     u = union_all(*parts).subquery("u")
     group = [u.c.key] + ([u.c.bucket] if q.interval is not None else [])

@@ -1,0 +1,171 @@
+"""No read the API makes scans the trace tables: every SELECT is planned on indexes, without fresh statistics.
+
+The store is filled (two workspaces, tens of thousands of steps over 30 days) and never ANALYZEd, as on this
+machine's PostgreSQL with autovacuum off; then every read of the query API and of the trace writer is run
+once, its SQL captured as sent (SQLAlchemy's before_cursor_execute), and `EXPLAIN`ed with the same
+parameters. A sequential scan of a trace table (steps, requests, runs) or of a kept table fails the test with
+the statement and its plan. SQLite's plans are printed by the same capture in docs/architecture.md "Books";
+its planner has no statistics to go stale (no ANALYZE is ever run), so it always picks by index shape.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from agentledger.core.model import (
+    Attribution,
+    RequestRecord,
+    RunStart,
+    StepKind,
+    StepRecord,
+    StepStatus,
+    TraceEvent,
+)
+from agentledger.store.base import GROUP_COLUMNS, CostQuery, RunFilter, WriteResult
+from agentledger.store.sql import SQLStore
+from tests.harness import fresh_pg_database
+
+pytestmark = pytest.mark.pg
+
+NOW = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)
+SCANNED = {
+    "steps",
+    "requests",
+    "runs",
+    "run_totals",
+    "session_paths",
+    "rollup_hourly",
+    "rollup_sessions",
+    "rollup_properties",
+}
+
+
+@pytest.fixture(scope="module")
+def plan_db() -> Iterator[str]:
+    with fresh_pg_database() as url:
+        yield url
+
+
+def batch(ws: str, run: int) -> list[TraceEvent]:
+    a = Attribution(
+        workspace_id=ws,
+        department_id="d",
+        virtual_key_id="vk",
+        agent_id=f"agent-{run % 5}",
+        run_id=f"run-{run}",
+        session_id=f"sess-{run % 30}",
+        session_path=f"/p{run % 3}",
+        properties={"team": f"t{run % 4}"},
+    )
+    started = NOW - timedelta(days=run % 30, minutes=run)
+    events: list[TraceEvent] = [RunStart(run_id=f"run-{run}", attribution=a, started_at=started, workflow="wf")]
+    for i in range(100):
+        events.append(
+            StepRecord(f"st-{run}-{i}", f"run-{run}", a, StepKind.TOOL_CALL, "t", StepStatus.OK, started, cost_nanos=i)
+        )
+    for i in range(10):
+        events.append(
+            RequestRecord(
+                request_id=f"rq-{run}-{i}",
+                attribution=a,
+                endpoint="/v1/chat/completions",
+                provider="openai",
+                model="gpt-4o-mini",
+                stream=False,
+                status=StepStatus.OK,
+                http_status=200,
+                started_at=started,
+                ended_at=started,
+                latency_ms=1.0,
+                request_hash="h",
+                cost_nanos=5,
+            )
+        )
+    return events
+
+
+@pytest.fixture
+async def filled(plan_db: str) -> AsyncIterator[SQLStore]:
+    store = SQLStore(plan_db)
+    await store.migrate()
+    for ws in ("ws-a", "ws-b"):
+        await store.create_workspace(ws, ws, NOW)
+        await store.declare_property(ws, "team", NOW)
+        for run in range(200):
+            assert await store.write_batch(batch(ws, run)) is WriteResult.SUCCESS
+    yield store
+    await store.aclose()
+
+
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from nodes(child)
+
+
+async def captured_reads(store: SQLStore) -> list[tuple[str, Any]]:
+    """Every read the API makes, as sent to the database."""
+    seen: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")):
+            seen.append((statement, parameters))
+
+    event.listen(store.engine, "before_cursor_execute", capture)
+    try:
+        ws, since, until = "ws-a", NOW - timedelta(days=7, minutes=30), NOW - timedelta(minutes=17)
+        page = await store.list_runs(ws, RunFilter(limit=50))
+        cursor = (page[-1]["started_at"], page[-1]["id"])
+        for flt in (
+            RunFilter(limit=50, cursor=cursor),
+            RunFilter(agent_id="agent-1", limit=50),
+            RunFilter(session_id="sess-3", limit=50),
+            RunFilter(workflow="wf", limit=50),
+            RunFilter(status="running", limit=50),
+            RunFilter(since=since, until=until, limit=50),
+        ):
+            await store.list_runs(ws, flt)
+        await store.get_run(ws, "run-7")
+        await store.run_steps(ws, "run-7")
+        await store.get_session(ws, "sess-3")
+        await store.get_request(ws, "rq-7-1")
+        await store.stored_response(ws, "rq-7-1")
+        await store.step_exists(ws, ["st-7-1", "nope"])
+        for group_by in (*[g for g in GROUP_COLUMNS if g != "run"], "property.team"):
+            for interval in (None, "day"):
+                await store.costs(ws, CostQuery(group_by=group_by, interval=interval))
+                await store.costs(ws, CostQuery(group_by=group_by, since=since, until=until, interval=interval))
+        await store.costs(ws, CostQuery(group_by="run", since=since, until=until))
+        await store.costs(ws, CostQuery(group_by="property.env", since=since, until=until))
+        # The trace writer's reads: a replayed batch (everything exists) and a new one.
+        assert await store.write_batch(batch(ws, 7)) is WriteResult.SUCCESS
+        assert await store.write_batch(batch(ws, 500)) is WriteResult.SUCCESS
+    finally:
+        event.remove(store.engine, "before_cursor_execute", capture)
+    return seen
+
+
+def scanned(conn: Any, statement: str, parameters: Any) -> tuple[set[str], dict[str, Any]]:
+    raw = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + statement, parameters).scalar()
+    plan = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
+    return SCANNED & {n["Relation Name"] for n in nodes(plan) if n["Node Type"] == "Seq Scan"}, plan
+
+
+async def test_no_read_scans_a_trace_or_kept_table(filled: SQLStore) -> None:
+    reads = await captured_reads(filled)
+    assert len(reads) > 40
+    bad = []
+    with filled.engine.connect() as conn:
+        # The check itself can fail: a filter no index serves is a sequential scan here.
+        assert scanned(conn, "SELECT count(*) FROM steps WHERE name = %(n)s", {"n": "t"})[0] == {"steps"}
+        for statement, parameters in reads:
+            tables, plan = scanned(conn, statement, parameters)
+            if tables:
+                bad.append(f"{statement}\n{parameters}\n{json.dumps(plan, indent=1)[:3000]}")
+    assert not bad, "\n\n".join(bad)
