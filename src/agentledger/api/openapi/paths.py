@@ -87,7 +87,8 @@ _RUN_FILTERS = [
     param("from", "query", TIMESTAMP, "Runs started at or after."),
     param("to", "query", TIMESTAMP, "Runs started before."),
     param("limit", "query", integer(1, 1000, default=50), "Page size."),
-    param("offset", "query", integer(0, 10_000_000, default=0), "Rows to skip."),
+    param("offset", "query", integer(0, 10_000_000, default=0), "Rows to skip (reads them; prefer `cursor`)."),
+    param("cursor", "query", {"type": "string"}, "The `next_cursor` of the previous page."),
 ]
 _PROPERTY_NAME = h.PROPERTY_NAME_RE.pattern.removeprefix("^").removesuffix("$").replace("\\-", "-")
 _GROUP_BY = {
@@ -213,7 +214,7 @@ PATHS: Schema = {
             "Runs with totals, newest first.",
             "query",
             ADMIN,
-            {200: ok_json("Runs.", _listing("Run"))},
+            {200: ok_json("A page of runs; `next_cursor` is null on the last.", ref("RunPage"))},
             (400, *API_READ),
             parameters=_RUN_FILTERS,
         )
@@ -262,6 +263,32 @@ PATHS: Schema = {
                 param("interval", "query", enum(["hour", "day"]), "Bucket the rows by time."),
             ],
         )
+    },
+    "/api/analytics/properties": {
+        "get": op(
+            "Properties whose cost rollups are kept (group_by=property.<name> reads them).",
+            "query",
+            ADMIN,
+            {200: ok_json("Indexed properties.", ref("IndexedProperties"))},
+            API_READ,
+        ),
+        "post": op(
+            "Keep cost rollups for a property, filled from the events already stored.",
+            "query",
+            ADMIN,
+            {
+                201: ok_json("Declared.", ref("PropertyDeclared")),
+                200: ok_json("Already declared.", ref("PropertyDeclared")),
+            },
+            API_WRITE,
+            requestBody=body(
+                {
+                    "type": "object",
+                    "properties": {"name": {"type": "string", "pattern": f"^{_PROPERTY_NAME}$"}},
+                    "required": ["name"],
+                }
+            ),
+        ),
     },
     "/healthz": {"get": op("Alive.", "operations", PUBLIC, {200: ok_json("Alive.", _STATUS)}, ())},
     "/readyz": {

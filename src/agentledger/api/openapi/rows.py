@@ -206,6 +206,14 @@ ROWS: dict[str, Schema] = {
         ["group_by", "interval", "data"],
         closed=True,
     ),
+    "RunPage": obj(
+        {"data": array(ref("Run")), "next_cursor": nullable(STR)},
+        ["data", "next_cursor"],
+        closed=True,
+    ),
+    "IndexedProperty": obj({"name": STR}, ["name"], closed=True),
+    "IndexedProperties": obj({"data": array(ref("IndexedProperty"))}, ["data"], closed=True),
+    "PropertyDeclared": obj({"name": STR, "created": BOOL}, ["name", "created"], closed=True),
     "RunStarted": obj({"run_id": ID, "created": BOOL}, ["run_id", "created"], closed=True),
     "StepsAdded": obj({"run_id": ID, "step_ids": array(ID, min_items=1)}, ["run_id", "step_ids"], closed=True),
     "RunEnded": obj(
