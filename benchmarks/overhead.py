@@ -26,26 +26,33 @@ import asyncio
 import json
 import math
 import os
-import platform
-import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from _procs import (
+    bootstrap_keys,
+    clean_env,
+    cpu_seconds,
+    create_pg_database,
+    drop_pg_database,
+    free_port,
+    machine,
+    machine_busy_seconds,
+    pct,
+    start_gateway,
+    stop,
+    wait_http,
+)
 
 MODEL = "gpt-4o-mini"
 PROMPT = "Say hello to the benchmark in one short sentence."
-PG_ADMIN_URL = os.environ.get("AGENTLEDGER_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 UPSTREAM_CODE = """
 import collections, sys, uvicorn
@@ -58,32 +65,6 @@ uvicorn.run(fake_upstream_app(state), host="127.0.0.1", port=int(sys.argv[1]), l
 
 
 # -- processes --------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of a process (all its threads), from /proc; None where there is no /proc."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def machine_busy_seconds() -> float | None:
-    """CPU seconds all cores spent busy since boot (every process), from /proc/stat."""
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:]]
-    except OSError:
-        return None
-    return (sum(ticks) - ticks[3] - ticks[4]) / CLK_TCK  # all but idle and iowait
-
-
 OUR_PIDS: list[int] = []  # the upstream, the gateway, a profiler: CPU that is part of the measurement
 
 
@@ -97,30 +78,6 @@ def foreign_busy() -> float | None:
     return busy - sum(c for c in ours if c is not None) - own.user - own.system
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            httpx.get(url, timeout=1.0, trust_env=False)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s:\n{log.read_text()[-4000:]}")
-
-
-def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 30.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGINT)  # graceful: the gateway drains its trace pipeline on shutdown
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
 @dataclass
 class Stack:
     upstream_url: str
@@ -132,9 +89,7 @@ class Stack:
 
 
 def start_stack(workdir: Path, db_url: str | None, durability: str = "strict") -> Stack:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for name in [k for k in env if k.startswith("AGENTLEDGER_")]:
-        del env[name]  # the run is defined by its arguments, not by the caller's environment
+    env = clean_env()
     up_port, gw_port = free_port(), free_port()
     up_log, gw_log = workdir / "upstream.log", workdir / "gateway.log"
     upstream = subprocess.Popen(
@@ -143,25 +98,15 @@ def start_stack(workdir: Path, db_url: str | None, durability: str = "strict") -
         stderr=subprocess.STDOUT,
         env=env,
     )
-    cmd = [sys.executable, "-m", "agentledger", "--data-dir", str(workdir / "data"), "--set", "log_level=warning"]
-    cmd += ["--set", f"durability={durability}"]
-    if db_url:
-        cmd += ["--db", db_url]
-    gateway = subprocess.Popen(
-        [*cmd, "serve", "--port", str(gw_port)], stdout=gw_log.open("wb"), stderr=subprocess.STDOUT, env=env
-    )
+    gateway = start_gateway(workdir / "data", gw_log, gw_port, db_url, durability, env)
     try:
         up_url, gw_url = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
         wait_http(up_url + "/", upstream, up_log)
         wait_http(gw_url + "/healthz", gateway, gw_log)
-        out = gw_log.read_text()
-        vk = re.search(r"virtual key\s+(\S+)", out)
-        admin = re.search(r"admin token\s+(\S+)", out)
-        if not vk or not admin:
-            raise RuntimeError(f"could not read the bootstrap keys from the gateway output:\n{out[-4000:]}")
+        vk, admin = bootstrap_keys(gw_log)
         resp = httpx.post(
             gw_url + "/api/provider-keys",
-            headers={"authorization": f"Bearer {admin.group(1)}"},
+            headers={"authorization": f"Bearer {admin}"},
             json={
                 "name": "fake",
                 "kind": "openai",
@@ -180,7 +125,7 @@ def start_stack(workdir: Path, db_url: str | None, durability: str = "strict") -
         stop(gateway)
         stop(upstream)
         raise
-    return Stack(up_url, gw_url, vk.group(1), admin.group(1), upstream, gateway)
+    return Stack(up_url, gw_url, vk, admin, upstream, gateway)
 
 
 # -- the client -------------------------------------------------------------------------------------------
@@ -303,15 +248,6 @@ async def measured_round(
         target.foreign += max(other1 - other0, 0.0)
 
 
-def pct(sorted_values: list[float], q: float) -> float:
-    """Linear-interpolated percentile of an ascending list, in milliseconds."""
-    if not sorted_values:
-        return math.nan
-    k = (len(sorted_values) - 1) * q / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return 1000 * (sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo))
-
-
 def summary(t: Target) -> dict[str, Any]:
     lat = sorted(t.latencies)
     n = len(lat)
@@ -413,23 +349,6 @@ def markdown(cells: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
 # -- main ---------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
@@ -473,23 +392,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except ImportError:
             args.client = "httpx"
     return args
-
-
-def create_pg_database() -> tuple[str, str]:
-    import psycopg
-
-    name = f"agentledger_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    return name, f"{base}/{name}"
-
-
-def drop_pg_database(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def drive(stack: Stack, args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
