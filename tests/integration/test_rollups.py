@@ -233,6 +233,27 @@ def test_hand_checked_totals(gw: Harness, dataset: list[dict[str, Any]]) -> None
     assert [d["key"] for d in costs(gw, group_by="run")] == ["run-1", None, "run-2"]
 
 
+def test_an_indexed_property_groups_exactly_as_an_unindexed_one(gw: Harness, dataset: list[dict[str, Any]]) -> None:
+    """Declaring a property changes where its rollup is read from (kept rows instead of the events), never the
+    answer: the events without it stay under None, over whole hours and partial ones alike."""
+    windows: list[dict[str, Any]] = [
+        {},
+        {"interval": "day"},
+        {"from": "2020-01-01T00:00:00Z", "to": "2100-01-01T00:30:00Z"},
+    ]
+    now = gw.get("/api/analytics/costs", group_by="workspace", interval="hour")["data"][0]["bucket"]
+    windows.append({"from": now[:14] + "17:31Z", "to": "2100-01-01T00:00:00Z"})  # starts inside an hour of events
+    before = [costs(gw, group_by="property.customer", **w) for w in windows]
+    assert gw.get("/api/analytics/properties") == {"data": []}
+    resp = gw.api("POST", "/api/analytics/properties", json={"name": "customer"})
+    assert (resp.status_code, resp.json()) == (201, {"name": "customer", "created": True})
+    again = gw.api("POST", "/api/analytics/properties", json={"name": "customer"})
+    assert (again.status_code, again.json()) == (200, {"name": "customer", "created": False})
+    assert gw.get("/api/analytics/properties") == {"data": [{"name": "customer"}]}
+    assert [costs(gw, group_by="property.customer", **w) for w in windows] == before
+    assert {d["key"]: d["cost_nanos"] for d in before[0]} == {"acme": 36_600, "globex": 12_600, None: 12_965_300}
+
+
 def test_gateway_calls_are_counted_once(gw: Harness, dataset: list[dict[str, Any]]) -> None:
     run1 = gw.get("/api/runs/run-1")
     # R1-R3 appear both as requests and as run-1's model-call steps; S1 and S2 are ingested steps.

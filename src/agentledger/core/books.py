@@ -18,6 +18,7 @@ counter adds up any number of events at the $10^6 bound without overflowing BIGI
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ RUN_MEASURES = ("steps", "model_calls", "errors", "retries", "model_latency_ms",
 LEDGER_MEASURES = ("events", "requests", "cost_nanos", *TOKEN_FIELDS)
 # The hourly rollup's dimensions: every `group_by` of the analytics API but session, run and properties.
 HOURLY_DIMS = ("department_id", "agent_id", "virtual_key_id", "workflow", "model", "provider", "prompt_id")
+assert HOURLY_DIMS[3] == "workflow"  # Books._ledger builds the key in this order
 
 Key = tuple[Any, ...]
 NO_SESSION = ""  # the session rollup's key for events without a session (a primary key holds no NULL)
@@ -108,16 +110,18 @@ class Books:
     def _ledger(self, row: Mapping[str, Any], workflow: str | None, indexed: frozenset[str], m: list[Any]) -> None:
         ws = row["workspace_id"]
         hour = hour_of(row["started_at"])
-        dims = {**row, "workflow": workflow}
-        _add(self.hourly, (ws, hour, *(dims[d] for d in HOURLY_DIMS)), m)
+        # The key in HOURLY_DIMS order, spelled out: this runs for every event written.
+        dims = (row["department_id"], row["agent_id"], row["virtual_key_id"], workflow, row["model"], row["provider"])
+        _add(self.hourly, (ws, hour, *dims, row["prompt_id"]), m)
         session = row["session_id"]
         _add(self.sessions, (ws, hour, session or NO_SESSION), m)
         if session is not None:
             _add(self.paths, (ws, session, row["session_path"]), m)
         if indexed:
+            # An event without the property counts under None, as group_by=property.<name> shows it unindexed.
             props = row["properties"] or {}
-            for name in indexed & props.keys():
-                _add(self.properties, (ws, name, hour, props[name]), m)
+            for name in indexed:
+                _add(self.properties, (ws, name, hour, props.get(name)), m)
 
     def tables(self) -> dict[str, dict[Key, list[Any]]]:
         """Each kept table's deltas, without those that cancelled out (a replay that changed nothing)."""
@@ -131,8 +135,4 @@ class Books:
 
 def _add(table: dict[Key, list[Any]], key: Key, m: list[Any]) -> None:
     held = table.get(key)
-    if held is None:
-        table[key] = list(m)
-    else:
-        for i, v in enumerate(m):
-            held[i] += v
+    table[key] = list(m) if held is None else list(map(operator.add, held, m))

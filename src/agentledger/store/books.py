@@ -176,11 +176,7 @@ def _recompute_property(conn: Connection, workspace_id: str, name: str) -> dict[
     led, _ = ledger(workspace_id)
     hour = _hour(led.c.started_at, conn.dialect.name == "sqlite").label("hour")
     value = led.c.properties[name].as_string()
-    stmt = (
-        select(literal(workspace_id), literal(name), hour, value, *_ledger_sums(led))
-        .where(value.is_not(None))
-        .group_by(hour, value)
-    )
+    stmt = select(literal(workspace_id), literal(name), hour, value, *_ledger_sums(led)).group_by(hour, value)
     return _keyed(conn, stmt, 4)
 
 

@@ -11,6 +11,7 @@ have written it: a contract test compares rows written both ways.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +38,8 @@ class BulkStatement:
             raise ValueError(f"bulk statement binds values that are not row columns: {extra}")
         self.sql = str(compiled)
         self.order = list(compiled.positiontup) if compiled.positional else None
+        # A row → its parameters in one C call (a generator over ~35 columns a row was a fifth of the writer).
+        self._positional = operator.itemgetter(*self.order) if self.order else None
         self.keys = tuple(keys)
         self.json = [c.name for c in table.c if isinstance(c.type, JSON) and c.name in keys]
         sqlite = dialect.name == "sqlite"
@@ -59,7 +62,7 @@ class BulkStatement:
                     v = row[k]
                     if v is not None:
                         row[k] = sqlite_datetime(v)
-            params.append(tuple(row[k] for k in self.order) if self.order is not None else row)
+            params.append(self._positional(row) if self._positional is not None else row)
         dbapi = conn.dialect.loaded_dbapi
         cursor = conn.connection.cursor()
         out: list[Any] = []

@@ -352,7 +352,7 @@ rollup_properties = Table(
     Column("name", String(64), primary_key=True),
     Column("hour", TS, primary_key=True),
     Column("value_key", String(32), primary_key=True),
-    Column("value", String(1024), nullable=False),
+    Column("value", String(1024), nullable=True),  # NULL: the events without the property
     *_measures(*_LEDGER),
 )
 

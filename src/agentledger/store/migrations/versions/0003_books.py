@@ -50,7 +50,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=64), nullable=False),
         sa.Column("hour", sa.DateTime(timezone=True), nullable=False),
         sa.Column("value_key", sa.String(length=32), nullable=False),
-        sa.Column("value", sa.String(length=1024), nullable=False),
+        sa.Column("value", sa.String(length=1024), nullable=True),
         sa.Column("events", sa.BigInteger(), nullable=False),
         sa.Column("requests", sa.BigInteger(), nullable=False),
         sa.Column("cost_nanos", sa.BigInteger(), nullable=False),
