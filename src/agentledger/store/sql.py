@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -149,7 +151,7 @@ def _row(r: Any) -> dict[str, Any]:
 
 
 class SQLStore:
-    def __init__(self, url: str, *, readers: int = 4, durable_commits: bool = True) -> None:
+    def __init__(self, url: str, *, readers: int = 4, queries: int = 2, durable_commits: bool = True) -> None:
         """`durable_commits`: a commit is on disk when it returns (SQLite `synchronous=FULL`; PostgreSQL's
         default). False (durability=batched) trades the last moments before an OS crash for less waiting:
         SQLite `synchronous=NORMAL` (WAL: safe from a process crash, not from power loss) and PostgreSQL
@@ -164,7 +166,7 @@ class SQLStore:
         else:
             self.engine = create_engine(
                 url,
-                pool_size=readers + 1,
+                pool_size=readers + queries + 1,
                 max_overflow=4,
                 pool_pre_ping=True,
                 pool_timeout=PG_POOL_TIMEOUT,
@@ -175,6 +177,10 @@ class SQLStore:
         # Trace-write statements, built once: building an upsert per row cost ~1 ms of CPU (and GIL) a row.
         self._statements: dict[tuple[str, ...], Any] = {}
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="store-reader")
+        # The query API's reads (runs, sessions, costs, verify) get their own few threads, at a lower OS
+        # priority: however many dashboards poll, they queue here, and the writer and the hot path's lookups
+        # (keys, routes, claims on `_readers`) keep their CPU (docs/architecture.md, "Reads and writes").
+        self._queries = ThreadPoolExecutor(queries, thread_name_prefix="store-query", initializer=_lower_priority)
         # Trace batches go through one connection kept by the writer thread: checking one out of the pool per
         # batch cost a pre-ping round trip each time. It is dropped (and reopened) after an availability fault.
         self._trace_conn: Connection | None = None
@@ -184,12 +190,12 @@ class SQLStore:
         self._pending_workflows: dict[tuple[str, str], str | None] = {}
 
     # -- plumbing ---------------------------------------------------------------------------------------
-    async def _read(self, fn: Callable[[Connection], T]) -> T:
+    async def _read(self, fn: Callable[[Connection], T], *, query: bool = False) -> T:
         def run() -> T:
             with self.engine.connect() as conn:
                 return fn(conn)
 
-        return await self._run(self._readers, run)
+        return await self._run(self._queries if query else self._readers, run)
 
     async def _write(self, fn: Callable[[Connection], T]) -> T:
         def run() -> T:
@@ -227,6 +233,7 @@ class SQLStore:
         await asyncio.get_running_loop().run_in_executor(self._writer, self._drop_trace_conn)
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
+        self._queries.shutdown(wait=True)
         self.engine.dispose()
 
     # -- trace writes -----------------------------------------------------------------------------------
@@ -477,8 +484,8 @@ class SQLStore:
         except IntegrityError as exc:
             raise Conflict(f"{what} already exists or refers to something that does not.") from exc
 
-    async def _select(self, stmt: Any) -> list[dict[str, Any]]:
-        return await self._read(lambda conn: [_row(r) for r in conn.execute(stmt)])
+    async def _select(self, stmt: Any, *, query: bool = False) -> list[dict[str, Any]]:
+        return await self._read(lambda conn: [_row(r) for r in conn.execute(stmt)], query=query)
 
     async def create_workspace(self, workspace_id: str, name: str, now: datetime) -> None:
         await self._insert_row(t.workspaces, {"id": workspace_id, "name": name, "created_at": now}, "Workspace")
@@ -690,7 +697,7 @@ class SQLStore:
         await self._autocommit(run)
 
     async def list_runs(self, workspace_id: str, flt: RunFilter) -> list[dict[str, Any]]:
-        return [carried(r) for r in await self._select(runs_query(workspace_id, flt))]
+        return [carried(r) for r in await self._select(runs_query(workspace_id, flt), query=True)]
 
     async def get_run(self, workspace_id: str, run_id: str) -> dict[str, Any] | None:
         rows = await self._select(runs_query(workspace_id, RunFilter(limit=1), run_id=run_id))
@@ -699,7 +706,8 @@ class SQLStore:
     async def run_steps(self, workspace_id: str, run_id: str) -> list[dict[str, Any]]:
         c = t.steps.c
         return await self._select(
-            select(t.steps).where(c.workspace_id == workspace_id, c.run_id == run_id).order_by(c.started_at, c.seq)
+            select(t.steps).where(c.workspace_id == workspace_id, c.run_id == run_id).order_by(c.started_at, c.seq),
+            query=True,
         )
 
     async def step_exists(self, workspace_id: str, step_ids: Sequence[str]) -> set[str]:
@@ -716,13 +724,14 @@ class SQLStore:
             return None
         session = rows[0]
         session["runs"] = await self.list_runs(workspace_id, RunFilter(session_id=session_id, limit=1000))
-        session["paths"] = [carried(r) for r in await self._select(session_paths_query(workspace_id, session_id))]
+        paths = await self._select(session_paths_query(workspace_id, session_id), query=True)
+        session["paths"] = [carried(r) for r in paths]
         return session
 
     async def get_request(self, workspace_id: str, request_id: str) -> dict[str, Any] | None:
         c = t.requests.c
         cols = [col for col in t.requests.c if col.name not in ("response_body", "request_hash")]
-        rows = await self._select(select(*cols).where(c.workspace_id == workspace_id, c.id == request_id))
+        rows = await self._select(select(*cols).where(c.workspace_id == workspace_id, c.id == request_id), query=True)
         return rows[0] if rows else None
 
     async def costs(self, workspace_id: str, query: CostQuery) -> list[dict[str, Any]]:
@@ -730,7 +739,7 @@ class SQLStore:
         indexed = name is not None and name in await self.indexed_properties(workspace_id)
         if kept_source(query, workspace_id, indexed) is None:
             scanned = await self._read(
-                lambda conn: conn.execute(scan_count_query(workspace_id, query, MAX_SCAN_EVENTS)).scalar()
+                lambda conn: conn.execute(scan_count_query(workspace_id, query, MAX_SCAN_EVENTS)).scalar(), query=True
             )
             if (scanned or 0) > MAX_SCAN_EVENTS:
                 raise InvalidRequest(
@@ -739,7 +748,7 @@ class SQLStore:
                     + (" or declare the property indexed (POST /api/analytics/properties)." if name else "."),
                     param="group_by",
                 )
-        rows = await self._select(costs_query(workspace_id, query, sqlite=self.is_sqlite, indexed=indexed))
+        rows = await self._select(costs_query(workspace_id, query, sqlite=self.is_sqlite, indexed=indexed), query=True)
         return [carried(r) for r in rows]
 
     # -- the books: indexed properties, verify and rebuild ----------------------------------------------------------
@@ -774,7 +783,7 @@ class SQLStore:
                 with conn.begin():
                     return books_sql.verify(conn, workspace_id)
 
-        return await self._run(self._readers, run)
+        return await self._run(self._queries, run)
 
     async def rebuild_books(self, workspace_id: str | None = None) -> int:
         """Replace the kept totals and rollups with their recomputation (on the writer, so no batch interleaves)."""
@@ -797,6 +806,15 @@ def _stored_response(r: Mapping[Any, Any]) -> StoredResponse | None:
         r["run_id"],
         r["cost_nanos"],
     )
+
+
+QUERY_NICE = 10  # how much lower the query threads' OS priority is (Linux `nice`; 19 is the lowest)
+
+
+def _lower_priority() -> None:
+    """Lower this thread's scheduling priority (Linux: setpriority on a thread id affects that thread alone)."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted: the pool still bounds reads
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), QUERY_NICE)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, synchronous: str) -> None:
