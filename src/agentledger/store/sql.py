@@ -57,7 +57,7 @@ from agentledger.core.rollup import TOKEN_FIELDS
 from agentledger.store import books as books_sql, schema as t
 from agentledger.store.base import CostQuery, RequestClaim, RunFilter, StoredResponse, WriteResult
 from agentledger.store.books import BookKeeper
-from agentledger.store.bulk import BulkStatement
+from agentledger.store.bulk import BulkStatement, CopyInsert
 from agentledger.store.queries import (
     carried,
     check_group_by,
@@ -185,6 +185,7 @@ class SQLStore:
         # batch cost a pre-ping round trip each time. It is dropped (and reopened) after an availability fault.
         self._trace_conn: Connection | None = None
         self._books = BookKeeper(self.engine.dialect)
+        self._copies: dict[tuple[str, ...], CopyInsert] = {}
         # Run workflows the books have looked up (writer thread only): the rollups group by them.
         self._workflow_cache: dict[tuple[str, str], str | None] = {}
         self._pending_workflows: dict[tuple[str, str], str | None] = {}
@@ -354,7 +355,16 @@ class SQLStore:
             if fresh:
                 self._bulk(conn, table, build, fresh)
             return fresh
-        inserted = {(r[0], r[1]) for r in self._bulk(conn, table, pg_build, list(rows.values()), returning=True)}
+        values = list(rows.values())
+        if table is t.steps:  # the bulk of what is written: COPY (store.bulk.CopyInsert)
+            keys = tuple(values[0])
+            copier = self._copies.get(keys)
+            if copier is None:
+                copier = self._copies[keys] = CopyInsert(table, keys)
+            returned = copier.run(conn, values)
+        else:
+            returned = self._bulk(conn, table, pg_build, values, returning=True)
+        inserted = {(r[0], r[1]) for r in returned}
         return [row for key, row in rows.items() if key in inserted]
 
     def _write_requests(
