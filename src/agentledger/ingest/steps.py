@@ -84,10 +84,12 @@ class StepIngest:
             raise
 
     async def _lookup(self, workspace_id: str, run_id: str) -> RunIdentity | None:
-        """The stored run, once what this node has queued is written (a gateway call may have just created the
-        run; `flush` returns at once when nothing is queued), and remembered, so this is asked once a run."""
-        await self.gateway.pipeline.flush()
-        row = await self.gateway.store.get_run(workspace_id, run_id)
+        """The stored run, once a RunStart of it that this node has queued is written (a gateway call may have
+        just created the run), and remembered, so this is asked once a run. Other queued events are not waited
+        for: under load the queue is never empty, and a new run's first batch would wait for all of it."""
+        if self.gateway.pipeline.pending_run(workspace_id, run_id):
+            await self.gateway.pipeline.flush()
+        row = await self.gateway.store.run_identity(workspace_id, run_id)
         if row is None:
             return None
         run = RunIdentity.of_row(row)

@@ -28,12 +28,12 @@ import contextlib
 import enum
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agentledger.core.errors import AgentLedgerError, StoreUnavailable
-from agentledger.core.model import RunEnd, TraceEvent
+from agentledger.core.model import RunEnd, RunStart, TraceEvent
 from agentledger.pipeline.spool import Spool
 from agentledger.store.base import Store, WriteResult
 
@@ -81,6 +81,13 @@ class TracePipeline:
         self.stats = PipelineStats()
         self._queue: deque[_Item] = deque()
         self._queued_events = 0
+        # Events queued so far, and events done (written, spooled or given up on): FIFO, so a flush waits for
+        # the count at its call, not for an empty queue (which under steady load never comes).
+        self._seq = 0
+        self._done_seq = 0
+        self._flushes: list[tuple[int, asyncio.Future[None]]] = []
+        # Runs whose RunStart is queued or being written: until it is done, the store may not show the run yet.
+        self._pending_runs: Counter[tuple[str, str]] = Counter()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -107,9 +114,18 @@ class TracePipeline:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="trace-pipeline")
 
+    def pending_run(self, workspace_id: str, run_id: str) -> bool:
+        """True while a RunStart of this run, queued in this process, is not written yet: a read of the store
+        that does not find the run must `flush` and read again."""
+        return (workspace_id, run_id) in self._pending_runs
+
     def _put(self, events: Sequence[TraceEvent], fut: asyncio.Future[None] | None) -> None:
         self._queue.append((events, fut))
         self._queued_events += len(events)
+        self._seq += len(events)
+        for ev in events:
+            if isinstance(ev, RunStart):
+                self._pending_runs[(ev.attribution.workspace_id, ev.run_id)] += 1
         self.stats.emitted += len(events)
         self._idle.clear()
         self._wake.set()
@@ -138,11 +154,34 @@ class TracePipeline:
         await fut
 
     async def flush(self) -> None:
-        """Wait until everything emitted so far has been written (or spooled)."""
-        if self._queue:
-            self._idle.clear()
-            self._wake.set()
-        await self._idle.wait()
+        """Wait until everything emitted so far has been written (or spooled), not for what comes later."""
+        if self._done_seq >= self._seq:
+            return
+        if self._task is None:  # not started: nothing will ever write it; wait for the queue to empty as before
+            await self._idle.wait()
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._flushes.append((self._seq, fut))
+        self._wake.set()
+        await fut
+
+    def _done(self, events: Sequence[TraceEvent]) -> None:
+        self._done_seq += len(events)
+        for ev in events:
+            if isinstance(ev, RunStart):
+                key = (ev.attribution.workspace_id, ev.run_id)
+                self._pending_runs[key] -= 1
+                if self._pending_runs[key] <= 0:
+                    del self._pending_runs[key]
+        if self._flushes:
+            waiting = []
+            for target, fut in self._flushes:
+                if target <= self._done_seq:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    waiting.append((target, fut))
+            self._flushes = waiting
 
     async def aclose(self) -> None:
         self._closing = True
@@ -174,7 +213,10 @@ class TracePipeline:
                 count += len(item[0])
             self._queued_events -= count
             events = [ev for evs, _ in batch for ev in evs]
-            lost = await self._write(events)
+            try:
+                lost = await self._write(events)
+            finally:
+                self._done(events)
             for evs, fut in batch:
                 if fut is None or fut.done():
                     continue

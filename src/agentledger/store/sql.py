@@ -28,9 +28,11 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal,
     literal_column,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -388,19 +390,28 @@ class SQLStore:
 
     def _booked_before(self, conn: Connection, runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], bool, str]]:
         """The ledger rows booked before their run existed (steps sent without it), for runs this batch created
-        with a workflow: they were booked under no workflow and move to the run's. (row, is_request, workflow)"""
-        found: list[tuple[dict[str, Any], bool, str]] = []
+        with a workflow: they were booked under no workflow and move to the run's. (row, is_request, workflow)
+        One statement per workspace, however many runs the batch created."""
+        workflows: dict[str, dict[str, str]] = {}
         for run in runs:
-            if run["workflow"] is None:
-                continue
-            for table, is_request in ((t.requests, True), (t.steps, False)):
-                c = table.c
-                stmt = select(*[c[k] for k in _LEDGER_BOOK_COLUMNS]).where(
-                    c.workspace_id == run["workspace_id"], c.run_id == run["id"]
-                )
-                if not is_request:
-                    stmt = stmt.where(c.request_id.is_(None))
-                found += [(dict(r._mapping), is_request, run["workflow"]) for r in conn.execute(stmt)]
+            if run["workflow"] is not None:
+                workflows.setdefault(run["workspace_id"], {})[run["id"]] = run["workflow"]
+        found: list[tuple[dict[str, Any], bool, str]] = []
+        r, s = t.requests.c, t.steps.c
+        for ws, by_run in workflows.items():
+            ids = sorted(by_run)
+            stmt = union_all(
+                select(*[r[k] for k in _LEDGER_BOOK_COLUMNS], literal(True).label("is_request")).where(
+                    r.workspace_id == ws, r.run_id.in_(ids)
+                ),
+                select(*[s[k] for k in _LEDGER_BOOK_COLUMNS], literal(False)).where(
+                    s.workspace_id == ws, s.run_id.in_(ids), s.request_id.is_(None)
+                ),
+            )
+            for row in conn.execute(stmt):
+                values = dict(row._mapping)
+                is_request = bool(values.pop("is_request"))
+                found.append((values, is_request, by_run[values["run_id"]]))
         return found
 
     def _keep_books(
@@ -712,6 +723,17 @@ class SQLStore:
     async def get_run(self, workspace_id: str, run_id: str) -> dict[str, Any] | None:
         rows = await self._select(runs_query(workspace_id, RunFilter(limit=1), run_id=run_id))
         return carried(rows[0]) if rows else None
+
+    async def run_identity(self, workspace_id: str, run_id: str) -> dict[str, Any] | None:
+        """A run's department, agent, session and workflow by primary key: what ingest checks a batch against,
+        without the totals (get_run's join)."""
+        c = t.runs.c
+        rows = await self._select(
+            select(c.department_id, c.agent_id, c.session_id, c.workflow).where(
+                c.workspace_id == workspace_id, c.id == run_id
+            )
+        )
+        return rows[0] if rows else None
 
     async def run_steps(self, workspace_id: str, run_id: str) -> list[dict[str, Any]]:
         c = t.steps.c

@@ -146,6 +146,39 @@ async def test_events_are_written_in_batches_and_flush_waits(store: SQLStore, ws
     await pipeline.aclose()
 
 
+async def test_flush_waits_for_what_came_before_it_not_for_an_empty_queue(store: SQLStore, ws: str) -> None:
+    """Under steady load the queue is never empty: a flush (every /api read does one) must still return once
+    the events emitted before it are written, while later ones keep arriving."""
+    pipeline = make_pipeline(store, max_batch=50, interval=0.001)
+    pipeline.emit(step(ws, 0))
+    flushed = asyncio.create_task(pipeline.flush())
+    i = 1
+    deadline = time.monotonic() + 10
+    while not flushed.done() and time.monotonic() < deadline:
+        pipeline.emit(step(ws, i))  # more keeps coming, faster than one batch a turn
+        i += 1
+        await asyncio.sleep(0)
+    assert flushed.done(), "flush waited for events emitted after it"
+    assert steps_written(store, ws) >= 1 and pipeline.depth > 0
+    await pipeline.aclose()
+
+
+async def test_a_queued_run_start_is_pending_until_written(store: SQLStore, ws: str) -> None:
+    pipeline = make_pipeline(store, interval=0.05)
+    assert not pipeline.pending_run(ws, "run-1")
+    pipeline.emit(run_start(ws))
+    assert pipeline.pending_run(ws, "run-1") and not pipeline.pending_run("other", "run-1")
+    await pipeline.flush()
+    assert not pipeline.pending_run(ws, "run-1")
+    assert await store.run_identity(ws, "run-1") == {
+        "department_id": None,
+        "agent_id": None,
+        "session_id": None,
+        "workflow": None,
+    }
+    await pipeline.aclose()
+
+
 async def test_submit_returns_once_the_events_are_durable(store: SQLStore, ws: str) -> None:
     pipeline = make_pipeline(store, interval=0.05)
     await pipeline.submit([run_start(ws), step(ws, 1), step(ws, 2)])
