@@ -26,8 +26,8 @@ from agentledger.store.schema import UTCDateTime
 
 def sqlite_datetime(value: datetime) -> str:
     """SQLAlchemy's SQLite DATETIME text (UTC, always with microseconds), which its reader parses back."""
-    v = value.astimezone(UTC) if value.tzinfo is not None else value
-    return f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond:06d}"
+    v = value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
+    return v.isoformat(" ", "microseconds")
 
 
 class BulkStatement:
@@ -42,6 +42,7 @@ class BulkStatement:
         self._positional = operator.itemgetter(*self.order) if self.order else None
         self.keys = tuple(keys)
         self.json = [c.name for c in table.c if isinstance(c.type, JSON) and c.name in keys]
+        self.rowcount = -1  # of the last run without `returning`: the rows it changed, as the driver counts them
         sqlite = dialect.name == "sqlite"
         self.datetimes = [c.name for c in table.c if sqlite and isinstance(c.type, UTCDateTime) and c.name in keys]
 
@@ -75,6 +76,7 @@ class BulkStatement:
                         break
             else:
                 cursor.executemany(self.sql, params)
+                self.rowcount = cursor.rowcount
         except dbapi.Error as exc:
             # As SQLAlchemy itself would raise it (OperationalError, IntegrityError, ...): callers tell an
             # unreachable store from a bad row by those classes.
