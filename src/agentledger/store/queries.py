@@ -44,13 +44,14 @@ class _ExactInt(TypeDecorator[int]):
 
 
 class exact_sum(FunctionElement[int]):  # noqa: N801 (an SQL function, named like one)
-    """SUM of a bounded, non-negative BIGINT column that cannot overflow on either store.
+    """SUM of a non-negative BIGINT column that cannot overflow on either store.
 
     PostgreSQL sums BIGINT into NUMERIC: exact, never overflows. SQLite's SUM raises "integer overflow" past
-    2^63, which 9,224 events at the $1M bound would reach. So on SQLite each value is split into base-10^5
-    digits v = d2·10^10 + d1·10^5 + d0; with every value ≤ 10^15 (core.bounds) each digit is ≤ 10^5, and
-    each digit's SUM stays below 2^63 for fewer than 9.2·10^13 rows, more than a SQLite file can hold
-    (docs/architecture.md, "Bounds"). The digit sums are carried and joined as a decimal string in SQL.
+    2^63, which 9,224 events at the $1M bound would reach. So on SQLite each value is split in two at 10^9,
+    v = hi·10^9 + lo: every lo is below 10^9, so their SUM stays below 2^63 for 9.2·10^9 rows; every hi is at
+    most 2^63/10^9 ≈ 9.2·10^9 (10^6 for an event's own value, core.bounds), so theirs too for 10^9 rows of
+    kept totals or 9.2·10^12 events — more than a SQLite file holds (docs/architecture.md, "Bounds"). The two
+    sums are carried and joined as a decimal string in SQL. (Two digits, not three: a third of the work.)
     """
 
     type = _ExactInt()
@@ -66,9 +67,8 @@ def _exact_sum(element: exact_sum, compiler: SQLCompiler, **kw: Any) -> str:
 @compiles(exact_sum, "sqlite")
 def _exact_sum_sqlite(element: exact_sum, compiler: SQLCompiler, **kw: Any) -> str:
     v = compiler.process(element.clauses, **kw)
-    d0, d1, d2 = f"SUM(({v}) % 100000)", f"SUM(({v}) / 100000 % 100000)", f"SUM(({v}) / 10000000000)"
-    t1 = f"({d1} + {d0} / 100000)"  # the middle digit sum with the carry from the lowest
-    return f"(CAST({d2} + {t1} / 100000 AS TEXT) || printf('%05d', {t1} % 100000) || printf('%05d', {d0} % 100000))"
+    lo, hi = f"SUM(({v}) % 1000000000)", f"SUM(({v}) / 1000000000)"
+    return f"(CAST({hi} + {lo} / 1000000000 AS TEXT) || printf('%09d', {lo} % 1000000000))"
 
 
 def carried(row: dict[str, Any]) -> dict[str, Any]:
@@ -315,7 +315,10 @@ def _bucket(col: Any, interval: str, *, sqlite: bool) -> Any:
     if interval not in fmt:
         raise InvalidRequest("interval must be 'hour' or 'day'.", param="interval")
     if sqlite:
-        return func.strftime(fmt[interval][0], col)
+        # The stored text is 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC, store.bulk.sqlite_datetime): cutting it is
+        # exact and costs a fraction of parsing it with strftime, over every rollup row of a chart.
+        day = func.substr(col, 1, 10)
+        return day if interval == "day" else day + "T" + func.substr(col, 12, 2) + ":00:00Z"
     return func.to_char(func.timezone("UTC", col), fmt[interval][1])
 
 
