@@ -274,6 +274,16 @@ def test_time_filters_and_day_buckets(gw: Harness, dataset: list[dict[str, Any]]
     assert by_key(group_by="run", to=DAY2 + "T00:00:00Z") == {"run-1": S1_NANOS}
     assert by_key(group_by="run", **{"from": DAY1 + "T12:00:00Z", "to": DAY1 + "T12:00:01Z"}) == {"run-1": S1_NANOS}
     assert by_key(group_by="run", to=DAY1 + "T12:00:00Z") == {}  # `to` is exclusive
+    # Windows are whole hours: `from` rounds down, `to` up, and the answer says which window it counted.
+    for group_by in ("run", "workspace"):
+        body = gw.get(
+            "/api/analytics/costs", group_by=group_by, **{"from": DAY1 + "T12:59:59Z", "to": DAY1 + "T12:00:01Z"}
+        )
+        assert (body["from"], body["to"]) == (DAY1 + "T12:00:00+00:00", DAY1 + "T13:00:00+00:00")
+        assert [d["cost_nanos"] for d in body["data"]] == [S1_NANOS]
+    edge = gw.get("/api/analytics/costs", group_by="workspace", to="9999-12-31T23:30:00Z")
+    assert (edge["from"], edge["to"]) == (None, None)  # the last hour of the calendar: open-ended
+    assert gw.get("/api/analytics/costs")["to"] is None
     recent = costs(gw, group_by="workspace", **{"from": "2025-02-01T00:00:00+00:00"})
     assert [(d["cost_nanos"], d["requests"], d["events"]) for d in recent] == [(5 * MINI + 2 * ALPHA, 7, 7)]
 

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agentledger.api.auth import AdminAuth, path_id
+from agentledger.core.books import hour_window
 from agentledger.core.errors import InvalidRequest, NotFound
 from agentledger.core.fields import id_field, text_field, time_field
 from agentledger.core.headers import PROPERTY_NAME_HELP, PROPERTY_NAME_RE
@@ -198,7 +199,9 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
         await pipeline.flush()
         rows = await store.costs(admin.workspace_id, query)
         data = [{"key": r["key"], **({"bucket": r["bucket"]} if "bucket" in r else {}), **totals(r)} for r in rows]
-        return TotalsResponse({"group_by": group_by, "interval": query.interval, "data": data})
+        since, until = hour_window(query.since, query.until)
+        window = {"from": since.isoformat() if since else None, "to": until.isoformat() if until else None}
+        return TotalsResponse({"group_by": group_by, "interval": query.interval, **window, "data": data})
 
     g = auth.guard
     return [

@@ -21,11 +21,12 @@ import hashlib
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agentledger.core.rollup import TOKEN_FIELDS
 
+_LAST_HOUR = datetime.max.replace(minute=0, second=0, microsecond=0, tzinfo=UTC)
 COST_UNIT = 10**15  # one carry unit; also the per-event cost bound (core.bounds)
 
 # Measures, in the order of the lists below and of the tables' columns.
@@ -43,6 +44,20 @@ def hour_of(ts: datetime) -> datetime:
     """The start of the UTC hour `ts` falls in (the rollups' bucket)."""
     utc = ts.astimezone(UTC) if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
     return utc.replace(minute=0, second=0, microsecond=0)
+
+
+def hour_window(since: datetime | None, until: datetime | None) -> tuple[datetime | None, datetime | None]:
+    """The window a cost rollup answers for [since, until): whole hours, `since` rounded down and `until` up
+    (an `until` in the last hour of the calendar leaves the window open). Rollups are hourly; reading the
+    events of the partial hours instead would cost as much as the busiest hour holds, which is the current one
+    of every dashboard ("until now")."""
+    lo = None if since is None else hour_of(since)
+    hi = None
+    if until is not None:
+        hi = hour_of(until)
+        if hi != until:
+            hi = hi + timedelta(hours=1) if hi < _LAST_HOUR else None
+    return lo, hi
 
 
 def dims_key(values: tuple[str | None, ...]) -> str:

@@ -8,7 +8,7 @@ count) is therefore every request plus only those steps that did not come throug
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, Select, and_, func, literal, literal_column, or_, select, union_all
@@ -17,7 +17,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
-from agentledger.core.books import COST_UNIT, NO_SESSION, RUN_MEASURES
+from agentledger.core.books import COST_UNIT, NO_SESSION, RUN_MEASURES, hour_window
 from agentledger.core.errors import InvalidRequest
 from agentledger.store import schema as t
 from agentledger.store.base import GROUP_COLUMNS, CostQuery, RunFilter
@@ -211,38 +211,12 @@ def kept_source(q: CostQuery, workspace_id: str, indexed: bool) -> tuple[Any, An
     return None
 
 
-def floor_hour(ts: datetime) -> datetime:
-    return ts.replace(minute=0, second=0, microsecond=0)
-
-
-def ceil_hour(ts: datetime) -> datetime:
-    floor = floor_hour(ts)
-    return floor if floor == ts else floor + timedelta(hours=1)
-
-
-def split_window(
-    since: datetime | None, until: datetime | None
-) -> tuple[tuple[datetime | None, datetime | None] | None, list[tuple[datetime | None, datetime | None]]]:
-    """[since, until) → (the whole hours inside it, answered by rollups; the partial hours at its edges, read
-    from the events). Either end may be open."""
-    lo = ceil_hour(since) if since is not None else None
-    hi = floor_hour(until) if until is not None else None
-    if lo is not None and hi is not None and lo >= hi:
-        return None, [(since, until)]
-    edges: list[tuple[datetime | None, datetime | None]] = []
-    if since is not None and since != lo:
-        edges.append((since, lo))
-    if until is not None and until != hi:
-        edges.append((hi, until))
-    return (lo, hi), edges
-
-
 def raw_key(q: CostQuery, led: Any) -> Any:
     name = check_group_by(q.group_by)
     if name is not None:
         return led.c.properties[name].as_string()
     if q.group_by == "workflow":
-        # Looked up per event by primary key: a join would hash the whole runs table for a few edge events.
+        # Looked up per event by primary key: a join would hash the whole runs table.
         runs = t.runs.c
         return (
             select(runs.workflow)
@@ -253,39 +227,35 @@ def raw_key(q: CostQuery, led: Any) -> Any:
 
 
 def costs_query(workspace_id: str, q: CostQuery, *, sqlite: bool, indexed: bool = False) -> Select[Any]:
-    """Costs grouped by `q.group_by` (and bucketed by `q.interval`): whole hours from the kept rollups, the
-    partial hours at the window's edges from the events; or all from the events when no rollup keeps the
-    grouping (the store bounds how many it reads: `scan_count_query`)."""
+    """Costs grouped by `q.group_by` (and bucketed by `q.interval`) over whole hours (core.books.hour_window):
+    from the kept rollups, or from the events when no rollup keeps the grouping (the store bounds how many it
+    reads: `scan_count_query`)."""
+    since, until = hour_window(q.since, q.until)
     measures = ("events", "requests", "cost_nanos", *_TOTALS[1:], "cost_carry")
     source = kept_source(q, workspace_id, indexed)
-    whole, edges = split_window(q.since, q.until) if source is not None else (None, [(q.since, q.until)])
-    parts: list[Any] = []
-    if source is not None and whole is not None:
+    if source is not None:
         roll, key, conditions = source
         cols = [key.label("key")]
         if q.interval is not None:
             cols.append(_bucket(roll.c.hour, q.interval, sqlite=sqlite).label("bucket"))
         part = select(*cols, *[roll.c[m] for m in measures]).where(roll.c.workspace_id == workspace_id, *conditions)
-        if whole[0] is not None:
-            part = part.where(roll.c.hour >= whole[0])
-        if whole[1] is not None:
-            part = part.where(roll.c.hour < whole[1])
-        parts.append(part)
-    if edges:
-        led, _ = ledger(workspace_id, edges)
+        if since is not None:
+            part = part.where(roll.c.hour >= since)
+        if until is not None:
+            part = part.where(roll.c.hour < until)
+    else:
+        led, _ = ledger(workspace_id, [(since, until)])
         cols = [raw_key(q, led).label("key")]
         if q.interval is not None:
             cols.append(_bucket(led.c.started_at, q.interval, sqlite=sqlite).label("bucket"))
-        parts.append(
-            select(
-                *cols,
-                literal(1).label("events"),
-                led.c.requests,
-                *[led.c[m] for m in _TOTALS],
-                literal(0).label("cost_carry"),
-            ).select_from(led)
-        )
-    u = union_all(*parts).subquery("u")
+        part = select(
+            *cols,
+            literal(1).label("events"),
+            led.c.requests,
+            *[led.c[m] for m in _TOTALS],
+            literal(0).label("cost_carry"),
+        ).select_from(led)
+    u = part.subquery("u")
     group = [u.c.key] + ([u.c.bucket] if q.interval is not None else [])
     # Ordering only: SQLite's TOTAL() is a float and never overflows, where its SUM() would.
     total = func.total if sqlite else func.sum
@@ -306,7 +276,7 @@ def costs_query(workspace_id: str, q: CostQuery, *, sqlite: bool, indexed: bool 
 
 def scan_count_query(workspace_id: str, q: CostQuery, cap: int) -> Select[Any]:
     """How many events a grouping without a rollup would read, counted up to `cap` + 1 (an index-only scan)."""
-    led, _ = ledger(workspace_id, [(q.since, q.until)])
+    led, _ = ledger(workspace_id, [hour_window(q.since, q.until)])
     return select(func.count()).select_from(select(led.c.workspace_id).limit(cap + 1).subquery())
 
 

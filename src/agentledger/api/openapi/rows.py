@@ -201,9 +201,11 @@ ROWS: dict[str, Schema] = {
         {
             "group_by": STR,
             "interval": nullable(enum(["hour", "day"])),
+            "from": OPT_TS,
+            "to": OPT_TS,
             "data": array({"allOf": [obj({"key": ANY, "bucket": STR}, ["key"]), TOTALS]}),
         },
-        ["group_by", "interval", "data"],
+        ["group_by", "interval", "from", "to", "data"],
         closed=True,
     ),
     "RunPage": obj(
