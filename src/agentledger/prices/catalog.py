@@ -83,11 +83,15 @@ def catalog_cost(usage: Usage, model: str, provider: str, at: datetime) -> Cost:
     flat = None if usage.cache_write_tokens else _flat_price(catalog_model.get_prices(at))
     if flat is not None:
         return cost(usage, flat)
+    # The breakdown within the input, as core.pricing.cost reads it: genai-prices raises (a 500 was the result)
+    # when cache reads and writes together exceed the input they are part of.
+    cached = min(usage.cached_input_tokens, usage.input_tokens)
+    written = min(usage.cache_write_tokens, usage.input_tokens - cached)
     calc = catalog_model.calc_price(
         genai_prices.Usage(
             input_tokens=usage.input_tokens,
-            cache_read_tokens=usage.cached_input_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
+            cache_read_tokens=cached,
+            cache_write_tokens=written,
             output_tokens=usage.output_tokens,
         ),
         catalog_provider,

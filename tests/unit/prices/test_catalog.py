@@ -12,6 +12,12 @@ from agentledger.prices.catalog import catalog_knows, price_known, price_usage
 
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
 USAGE = Usage(input_tokens=1000, cached_input_tokens=200, output_tokens=500, reasoning_tokens=100)
+HAIKU = Price(
+    input_mtok=Decimal("0.8"),
+    output_mtok=Decimal("4"),
+    cached_input_mtok=Decimal("0.08"),
+    cache_write_mtok=Decimal("1"),
+)
 
 
 def test_catalog_prices_gpt_4o_mini_with_cached_tokens() -> None:
@@ -30,6 +36,16 @@ def test_catalog_charges_cache_writes() -> None:
     usage = Usage(input_tokens=1000, cache_write_tokens=200, output_tokens=500)
     cost = price_usage(usage, "claude-3-5-haiku-latest", "anthropic", NOW, {})
     assert cost == Cost(800 * 800 + 200 * 1000 + 500 * 4000, CostSource.COMPUTED)
+
+
+def test_cache_reads_and_writes_past_the_input_are_cut_to_it_as_our_own_prices_do() -> None:
+    # A client's step may claim more cached and written tokens than its input (genai-prices raised: a 500).
+    # Reads take the input first (1000 at $0.08 for claude-3-5-haiku), writes what is left: nothing here.
+    usage = Usage(input_tokens=1000, cached_input_tokens=5000, cache_write_tokens=200, output_tokens=500)
+    cost = price_usage(usage, "claude-3-5-haiku-latest", "anthropic", NOW, {})
+    assert cost == Cost(1000 * 80 + 500 * 4000, CostSource.COMPUTED)
+    flat = price_usage(usage, "claude-3-5-haiku-latest", "anthropic", NOW, {"claude-3-5-haiku-latest": [HAIKU]})
+    assert flat == cost
 
 
 def test_workspace_override_wins_over_the_catalog() -> None:
