@@ -130,6 +130,12 @@ class IdempotencyKeyReused(Conflict):
     code = "idempotency_key_reused"
 
 
+class RunConflict(Conflict):
+    """A step batch names a different agent, session or workflow than the run already has."""
+
+    code = "run_conflict"
+
+
 class StoreUnavailable(AgentLedgerError):
     """The database did not answer (down, unreachable, pool exhausted): the call cannot go on, but a retry
     shortly may succeed. 503 is one of the statuses the official SDKs retry by themselves."""

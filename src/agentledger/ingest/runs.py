@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from agentledger.core.errors import Conflict, InvalidRequest
+from agentledger.core.errors import InvalidRequest, RunConflict
 from agentledger.core.fields import id_field, text_field, time_field
 from agentledger.core.headers import AGENT_ID, MAX_NAME_LEN, SESSION_ID, SESSION_NAME, TrackingContext
 from agentledger.gateway.bodies import storable_json
@@ -25,12 +25,6 @@ from agentledger.gateway.bodies import storable_json
 # The members a step batch's `run` object may carry: those of POST /v1/runs that describe a run. `run_id` is
 # the path's, and `session_path` belongs to steps, not runs.
 RUN_MEMBERS = ("agent_id", "session_id", "session_name", "workflow", "name", "metadata", "started_at")
-
-
-class RunConflict(Conflict):
-    """A step batch names a different agent, session or workflow than the run already has."""
-
-    code = "run_conflict"
 
 
 @dataclass(frozen=True, slots=True)

@@ -159,7 +159,7 @@ PATHS: Schema = {
             "runs",
             VIRTUAL_KEY,
             {201: ok_json("Durable.", ref("StepsAdded"))},
-            V1_WRITE,
+            (*V1_WRITE, 403, 409),
             parameters=[path_id("run_id")],
             requestBody=body(ref("StepBatch")),
         )

@@ -136,9 +136,22 @@ REQUESTS = {
     "Step": STEP_IN,
     # Any object with a `steps` member is read as the wrapper, so `steps` must then be an array; a single step
     # is an object without one.
+    # What a batch may say about its run (ingest.runs.RUN_MEMBERS); it creates the run when it is new.
+    "BatchRun": obj(
+        {
+            "agent_id": N(ID),
+            "session_id": N(ID),
+            "session_name": N(NAME),
+            "workflow": N(NAME),
+            "name": N(NAME),
+            "started_at": N(TIMESTAMP),
+            "metadata": N(STORED_OBJECT),
+        },
+        closed=True,
+    ),
     "StepBatch": {
         "anyOf": [
-            obj({"steps": array(ref("Step"), min_items=1, max_items=MAX_BATCH)}, ["steps"]),
+            obj({"steps": array(ref("Step"), min_items=1, max_items=MAX_BATCH), "run": ref("BatchRun")}, ["steps"]),
             array(ref("Step"), min_items=1, max_items=MAX_BATCH),
             {"allOf": [ref("Step"), {"not": {"required": ["steps"]}}]},
         ]
