@@ -11,6 +11,7 @@ which gives the exact 400 it always gave. So no error message or `param` depends
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import datetime
 from typing import Any
@@ -190,20 +191,7 @@ class BatchParser:
             path = normalize_path("session_path", path)
         except AgentLedgerError as exc:
             raise InvalidRequest(exc.message, param="session_path") from None
-        a = self.attribution
-        held = self._paths[raw] = Attribution(
-            workspace_id=a.workspace_id,
-            department_id=a.department_id,
-            virtual_key_id=a.virtual_key_id,
-            agent_id=a.agent_id,
-            run_id=a.run_id,
-            session_id=a.session_id,
-            session_path=path,
-            session_name=a.session_name,
-            prompt_id=a.prompt_id,
-            prompt_version=a.prompt_version,
-            properties=a.properties,
-        )
+        held = self._paths[raw] = dataclasses.replace(self.attribution, session_path=path)
         return held
 
 

@@ -12,6 +12,7 @@ and session path. Writes are awaited through the pipeline, so a 2xx means the st
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -294,17 +295,7 @@ def _with_session_path(tracking: TrackingContext, data: dict[str, Any]) -> Track
     if raw is None:
         return tracking
     path = normalize_path("session_path", text_field(raw, "session_path", limit=1024))
-    return TrackingContext(
-        request_id=tracking.request_id,
-        agent_id=tracking.agent_id,
-        run_id=tracking.run_id,
-        session_id=tracking.session_id,
-        session_path=path,
-        session_name=tracking.session_name,
-        prompt_id=tracking.prompt_id,
-        prompt_version=tracking.prompt_version,
-        properties=tracking.properties,
-    )
+    return dataclasses.replace(tracking, session_path=path)
 
 
 def _identity(start: RunStart) -> RunIdentity:

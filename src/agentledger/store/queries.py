@@ -129,6 +129,24 @@ def session_paths_query(workspace_id: str, session_id: str) -> Select[Any]:
     )
 
 
+# What a ledger row carries: its attribution, time, cost and tokens (also what core.books.Books reads of one).
+LEDGER_COLUMNS = (
+    "workspace_id",
+    "department_id",
+    "virtual_key_id",
+    "agent_id",
+    "run_id",
+    "session_id",
+    "session_path",
+    "prompt_id",
+    "model",
+    "provider",
+    "properties",
+    "started_at",
+    *_TOTALS,
+)
+
+
 def ledger(
     workspace_id: str | None, ranges: Sequence[tuple[datetime | None, datetime | None]] = ((None, None),)
 ) -> Any:
@@ -136,21 +154,7 @@ def ledger(
     its run's workflow (`workflow` column), started in one of `ranges` [from, to). Each range of each table is
     its own branch, so each is an index range scan (schema: ix_requests_ws_started, ix_steps_ws_started)."""
     r, s = t.requests.c, t.steps.c
-    cols = (
-        "workspace_id",
-        "department_id",
-        "virtual_key_id",
-        "agent_id",
-        "run_id",
-        "session_id",
-        "session_path",
-        "model",
-        "provider",
-        "prompt_id",
-        "properties",
-        "started_at",
-        *_TOTALS,
-    )
+    cols = LEDGER_COLUMNS
     parts = []
     for since, until in ranges:
         for c, requests in ((r, 1), (s, 0)):

@@ -55,12 +55,12 @@ from agentledger.core.model import (
     TraceEvent,
 )
 from agentledger.core.pricing import Price
-from agentledger.core.rollup import TOKEN_FIELDS
 from agentledger.store import books as books_sql, schema as t
 from agentledger.store.base import CostQuery, RequestClaim, RunFilter, StoredResponse, WriteResult
 from agentledger.store.books import BookKeeper
 from agentledger.store.bulk import BulkStatement, CopyInsert
 from agentledger.store.queries import (
+    LEDGER_COLUMNS,
     carried,
     check_group_by,
     costs_query,
@@ -93,23 +93,8 @@ CLAIM_PURGE_INTERVAL = 60.0  # seconds between purges of expired idempotency cla
 # at most this many (docs/api.md, "Bounds"), about a second of reading.
 MAX_SCAN_EVENTS = 200_000
 WORKFLOW_CACHE_SIZE = 100_000  # runs whose workflow the writer remembers
-# What the books need of a ledger row (core.books.Books), and of a request row that a retry replaces.
-_LEDGER_BOOK_COLUMNS = (
-    "workspace_id",
-    "department_id",
-    "virtual_key_id",
-    "agent_id",
-    "run_id",
-    "session_id",
-    "session_path",
-    "prompt_id",
-    "model",
-    "provider",
-    "properties",
-    "started_at",
-    "cost_nanos",
-    *TOKEN_FIELDS,
-)
+# What the books need of a request row that a retry replaces.
+_LEDGER_BOOK_COLUMNS = LEDGER_COLUMNS
 _REQUEST_BOOK_COLUMNS = ("id", "status", *_LEDGER_BOOK_COLUMNS)
 
 # PostgreSQL: find the completed response of an x-request-id, or else claim the id, in one statement (one round
