@@ -86,13 +86,30 @@ PG_CONNECT_ARGS: dict[str, Any] = {
     "keepalives_interval": 2,
     "keepalives_count": 3,
     "tcp_user_timeout": 10_000,
+    # psycopg prepares a statement run five times on a connection, and PostgreSQL then settles on a generic plan,
+    # costed once, without the values and with the table as small as it was then; with no statistics (autovacuum
+    # off) that plan was an index scan of the whole workspace for a run's steps, 181M rows read at 300k steps.
+    # Custom plans see the values and the table's current size every time, for a fraction of a millisecond.
+    "options": "-c plan_cache_mode=force_custom_plan",
 }
 PG_POOL_TIMEOUT = 2.0
 CLAIM_PURGE_INTERVAL = 60.0  # seconds between purges of expired idempotency claims
 # A cost grouping no rollup keeps (`run`, a property not declared indexed) reads the events of its window:
 # at most this many (docs/api.md, "Bounds"), about a second of reading.
 MAX_SCAN_EVENTS = 200_000
-WORKFLOW_CACHE_SIZE = 100_000  # runs whose workflow the writer remembers
+WORKFLOW_CACHE_SIZE = 100_000
+ANALYZE_FIRST = 10_000  # events written before the first statistics refresh (then at each doubling)
+ANALYZED = (
+    "steps",
+    "requests",
+    "runs",
+    "sessions",
+    "run_totals",
+    "session_paths",
+    "rollup_hourly",
+    "rollup_sessions",
+    "rollup_properties",
+)  # runs whose workflow the writer remembers
 # What the books need of a request row that a retry replaces.
 _LEDGER_BOOK_COLUMNS = LEDGER_COLUMNS
 _REQUEST_BOOK_COLUMNS = ("id", "status", *_LEDGER_BOOK_COLUMNS)
@@ -172,6 +189,8 @@ class SQLStore:
         # batch cost a pre-ping round trip each time. It is dropped (and reopened) after an availability fault.
         self._trace_conn: Connection | None = None
         self._books = BookKeeper(self.engine.dialect)
+        self._written = 0  # trace events this process has written (writer thread only)
+        self._analyze_at = ANALYZE_FIRST
         self._copies: dict[tuple[str, ...], CopyInsert] = {}
         # Run workflows the books have looked up (writer thread only): the rollups group by them.
         self._workflow_cache: dict[tuple[str, str], str | None] = {}
@@ -253,6 +272,26 @@ class SQLStore:
         if len(self._workflow_cache) + len(self._pending_workflows) > WORKFLOW_CACHE_SIZE:
             self._workflow_cache.clear()
         self._workflow_cache.update(self._pending_workflows)
+        self._written += len(events)
+        if not self.is_sqlite and self._written >= self._analyze_at:
+            self._analyze(conn)
+
+    def _analyze(self, conn: Connection) -> None:
+        """PostgreSQL: refresh the planner's statistics of the trace and kept tables, each time this process has
+        written twice as many events as at the last refresh (from 10,000), so plans hold where autovacuum is off.
+
+        Without statistics every index keeps the size it had when created (one page, on an empty table): they
+        all cost the same to the planner, which then read a whole workspace through a time index to find one
+        request by its primary key. ANALYZE samples a bounded number of rows (tens of milliseconds at 1M steps)
+        and blocks no writer; a failure only postpones it."""
+        self._analyze_at = max(2 * self._written, ANALYZE_FIRST)
+        try:
+            with conn.begin():
+                conn.exec_driver_sql(f"ANALYZE {', '.join(ANALYZED)}")
+        except UNAVAILABLE:
+            self._drop_trace_conn()
+        except Exception:  # statistics are an optimization: never let them fail a write that succeeded
+            log.warning("ANALYZE failed; the planner keeps its old statistics", exc_info=True)
 
     def _drop_trace_conn(self) -> None:
         conn, self._trace_conn = self._trace_conn, None
