@@ -88,6 +88,7 @@ class Books:
     runs: dict[Key, list[Any]] = field(default_factory=dict)  # (ws, run_id)
     paths: dict[Key, list[Any]] = field(default_factory=dict)  # (ws, session_id, path)
     hourly: dict[Key, list[Any]] = field(default_factory=dict)  # (ws, hour, *HOURLY_DIMS)
+    daily: dict[Key, list[Any]] = field(default_factory=dict)  # (ws, day, *HOURLY_DIMS)
     sessions: dict[Key, list[Any]] = field(default_factory=dict)  # (ws, hour, session_id or NO_SESSION)
     properties: dict[Key, list[Any]] = field(default_factory=dict)  # (ws, name, hour, value)
     # (ws, hour, *HOURLY_DIMS, session_id, session_path, ((name, value), ...) of the indexed properties)
@@ -152,6 +153,7 @@ class Books:
         for key, m in self._ledger_rows.items():
             ws, hour, *dims, session, path, props = key
             _add(self.hourly, (ws, hour, *dims), m)
+            _add(self.daily, (ws, hour.replace(hour=0), *dims), m)
             _add(self.sessions, (ws, hour, session or NO_SESSION), m)
             if session is not None:
                 _add(self.paths, (ws, session, path), m)
@@ -159,7 +161,7 @@ class Books:
                 _add(self.properties, (ws, name, hour, value), m)
         self._ledger_rows = {}
         out = {}
-        for name in ("runs", "paths", "hourly", "sessions", "properties"):
+        for name in ("runs", "paths", "hourly", "daily", "sessions", "properties"):
             deltas = {k: v for k, v in getattr(self, name).items() if any(v)}
             if deltas:
                 out[name] = deltas

@@ -39,6 +39,7 @@ KEPT: dict[str, tuple[Table, tuple[str, ...], tuple[str, ...]]] = {
     "runs": (t.run_totals, ("workspace_id", "run_id"), RUN_MEASURES),
     "paths": (t.session_paths, ("workspace_id", "session_id", "path"), LEDGER_MEASURES),
     "hourly": (t.rollup_hourly, ("workspace_id", "hour", *HOURLY_DIMS), LEDGER_MEASURES),
+    "daily": (t.rollup_daily, ("workspace_id", "day", *HOURLY_DIMS), LEDGER_MEASURES),
     "sessions": (t.rollup_sessions, ("workspace_id", "hour", "session_id"), LEDGER_MEASURES),
     "properties": (t.rollup_properties, ("workspace_id", "name", "hour", "value"), LEDGER_MEASURES),
 }
@@ -46,6 +47,7 @@ KEPT: dict[str, tuple[Table, tuple[str, ...], tuple[str, ...]]] = {
 _HASHED = {
     "paths": ("path_key", ("path",)),
     "hourly": ("dims_key", HOURLY_DIMS),
+    "daily": ("dims_key", HOURLY_DIMS),
     "properties": ("value_key", ("value",)),
 }
 _UNIT: Any = literal_column(str(COST_UNIT), BigInteger)
@@ -108,10 +110,11 @@ def _sortable(key: Key) -> tuple[Any, ...]:
 # -- recomputation from the raw rows ---------------------------------------------------------------------------
 
 
-def _hour(col: Any, sqlite_dialect: bool) -> Any:
+def _hour(col: Any, sqlite_dialect: bool, unit: str = "hour") -> Any:
     if sqlite_dialect:  # the text SQLAlchemy stores a DATETIME as (store.bulk.sqlite_datetime)
-        return type_coerce(func.strftime("%Y-%m-%d %H:00:00.000000", col), t.TS)
-    return func.timezone("UTC", func.date_trunc("hour", func.timezone("UTC", col)))
+        fmt = "%Y-%m-%d %H:00:00.000000" if unit == "hour" else "%Y-%m-%d 00:00:00.000000"
+        return type_coerce(func.strftime(fmt, col), t.TS)
+    return func.timezone("UTC", func.date_trunc(unit, func.timezone("UTC", col)))
 
 
 def _ledger_sums(led: Any) -> list[Any]:
@@ -152,6 +155,12 @@ def recompute(conn: Connection, workspace_id: str | None = None) -> dict[str, di
     out["hourly"] = _keyed(
         conn,
         select(led.c.workspace_id, hour, *dims, *sums).select_from(joined).group_by(led.c.workspace_id, hour, *dims),
+        9,
+    )
+    day = _hour(led.c.started_at, lite, "day").label("day")
+    out["daily"] = _keyed(
+        conn,
+        select(led.c.workspace_id, day, *dims, *sums).select_from(joined).group_by(led.c.workspace_id, day, *dims),
         9,
     )
     in_session = led.c.session_id.is_not(None)

@@ -8,7 +8,7 @@ count) is therefore every request plus only those steps that did not come throug
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import BigInteger, Select, and_, func, literal, literal_column, or_, select, union_all
@@ -239,27 +239,37 @@ def costs_query(workspace_id: str, q: CostQuery, *, sqlite: bool, indexed: bool 
     source = kept_source(q, workspace_id, indexed)
     if source is not None:
         roll, key, conditions = source
-        cols = [key.label("key")]
-        if q.interval is not None:
-            cols.append(_bucket(roll.c.hour, q.interval, sqlite=sqlite).label("bucket"))
-        part = select(*cols, *[roll.c[m] for m in measures]).where(roll.c.workspace_id == workspace_id, *conditions)
-        if since is not None:
-            part = part.where(roll.c.hour >= since)
-        if until is not None:
-            part = part.where(roll.c.hour < until)
+        spans: list[tuple[Any, str, datetime | None, datetime | None]] = [(roll, "hour", since, until)]
+        if roll is t.rollup_hourly and q.interval != "hour":
+            spans = _by_days(since, until)
+        parts = []
+        for table, column, lo, hi in spans:
+            at = table.c[column]
+            cols = [(key if table is roll else table.c[key.name]).label("key")]
+            if q.interval is not None:
+                cols.append(_bucket(at, q.interval, sqlite=sqlite).label("bucket"))
+            part = select(*cols, *[table.c[m] for m in measures]).where(
+                table.c.workspace_id == workspace_id, *conditions
+            )
+            if lo is not None:
+                part = part.where(at >= lo)
+            if hi is not None:
+                part = part.where(at < hi)
+            parts.append(part)
+        rows: Any = parts[0] if len(parts) == 1 else union_all(*parts)
     else:
         led, _ = ledger(workspace_id, [(since, until)])
         cols = [raw_key(q, led).label("key")]
         if q.interval is not None:
             cols.append(_bucket(led.c.started_at, q.interval, sqlite=sqlite).label("bucket"))
-        part = select(
+        rows = select(
             *cols,
             literal(1).label("events"),
             led.c.requests,
             *[led.c[m] for m in _TOTALS],
             literal(0).label("cost_carry"),
         ).select_from(led)
-    u = part.subquery("u")
+    u = rows.subquery("u")
     group = [u.c.key] + ([u.c.bucket] if q.interval is not None else [])
     # Ordering only: SQLite's TOTAL() is a float and never overflows, where its SUM() would.
     total = func.total if sqlite else func.sum
@@ -276,6 +286,30 @@ def costs_query(workspace_id: str, q: CostQuery, *, sqlite: bool, indexed: bool 
         .having(func.sum(u.c.events) != 0)
         .order_by(*group[1:], by_cost.desc(), u.c.key)
     )
+
+
+def _by_days(since: datetime | None, until: datetime | None) -> list[tuple[Any, str, datetime | None, datetime | None]]:
+    """An hour-aligned window as the whole days inside it (rollup_daily) and the hours around them
+    (rollup_hourly): the same sums, from 24 times fewer rows over a month."""
+    hours = [(t.rollup_hourly, "hour", since, until)]
+    try:
+        first = None if since is None else _next_day(since)
+    except OverflowError:  # since falls on the calendar's last day: no whole day follows it
+        return hours
+    last = None if until is None else until.replace(hour=0)
+    if first is not None and last is not None and first >= last:
+        return hours
+    spans: list[tuple[Any, str, datetime | None, datetime | None]] = [(t.rollup_daily, "day", first, last)]
+    if since is not None and first != since:
+        spans.append((t.rollup_hourly, "hour", since, first))
+    if until is not None and last != until:
+        spans.append((t.rollup_hourly, "hour", last, until))
+    return spans
+
+
+def _next_day(ts: datetime) -> datetime:
+    day = ts.replace(hour=0)
+    return day if day == ts else day + timedelta(days=1)
 
 
 def scan_count_query(workspace_id: str, q: CostQuery, cap: int) -> Select[Any]:

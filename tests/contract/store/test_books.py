@@ -164,6 +164,17 @@ async def test_kept_books_equal_their_recomputation(store: SQLStore, data: st.Da
     ws = await new_workspace(store)
     await apply(store, ws, data.draw(operations(ws)))
     assert [m.describe() for m in await store.verify_books(ws)] == []
+    # A window of whole days and loose hours (daily rows plus hourly ones) sums what its hours do.
+    for since, until in ((at(-4 * 24 * 60 + 300), at(120)), (None, at(60)), (at(-3 * 24 * 60), None), (None, None)):
+        for group_by in ("model", "workflow"):
+            whole = await store.costs(ws, CostQuery(group_by=group_by, since=since, until=until))
+            hours = await store.costs(ws, CostQuery(group_by=group_by, since=since, until=until, interval="hour"))
+            summed: dict[Any, list[int]] = {}
+            for r in hours:
+                held = summed.setdefault(r["key"], [0, 0])
+                held[0] += r["events"]
+                held[1] += r["cost_nanos"]
+            assert {r["key"]: [r["events"], r["cost_nanos"]] for r in whole} == summed
 
 
 async def test_a_run_total_counts_each_step_once_however_often_it_is_sent(store: SQLStore) -> None:

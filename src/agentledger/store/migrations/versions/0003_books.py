@@ -45,6 +45,29 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("workspace_id", "hour", "dims_key"),
     )
     op.create_table(
+        "rollup_daily",
+        sa.Column("workspace_id", sa.String(length=128), nullable=False),
+        sa.Column("day", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("dims_key", sa.String(length=32), nullable=False),
+        sa.Column("department_id", sa.String(length=128), nullable=True),
+        sa.Column("agent_id", sa.String(length=128), nullable=True),
+        sa.Column("virtual_key_id", sa.String(length=128), nullable=True),
+        sa.Column("workflow", sa.String(length=256), nullable=True),
+        sa.Column("model", sa.String(length=256), nullable=True),
+        sa.Column("provider", sa.String(length=64), nullable=True),
+        sa.Column("prompt_id", sa.String(length=128), nullable=True),
+        sa.Column("events", sa.BigInteger(), nullable=False),
+        sa.Column("requests", sa.BigInteger(), nullable=False),
+        sa.Column("cost_nanos", sa.BigInteger(), nullable=False),
+        sa.Column("input_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("cached_input_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("cache_write_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("output_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("reasoning_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("cost_carry", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("workspace_id", "day", "dims_key"),
+    )
+    op.create_table(
         "rollup_properties",
         sa.Column("workspace_id", sa.String(length=128), nullable=False),
         sa.Column("name", sa.String(length=64), nullable=False),
@@ -173,4 +196,5 @@ def downgrade() -> None:
     op.drop_table("rollup_sessions")
     op.drop_table("rollup_properties")
     op.drop_table("rollup_hourly")
+    op.drop_table("rollup_daily")
     # ### end Alembic commands ###
