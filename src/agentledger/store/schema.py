@@ -322,38 +322,29 @@ session_paths = Table(
     *_measures(*_LEDGER),
 )
 
-rollup_hourly = Table(
-    "rollup_hourly",
-    metadata,
-    Column("workspace_id", ID, primary_key=True),
-    Column("hour", TS, primary_key=True),
-    Column("dims_key", String(32), primary_key=True),
-    Column("department_id", ID, nullable=True),
-    Column("agent_id", ID, nullable=True),
-    Column("virtual_key_id", ID, nullable=True),
-    Column("workflow", String(256), nullable=True),
-    Column("model", String(256), nullable=True),
-    Column("provider", String(64), nullable=True),
-    Column("prompt_id", ID, nullable=True),
-    *_measures(*_LEDGER),
-)
 
+def _rollup_by(name: str, bucket: str) -> Table:
+    """The ledger summed per time bucket and per combination of the analytics dimensions (core.books.HOURLY_DIMS)."""
+    return Table(
+        name,
+        metadata,
+        Column("workspace_id", ID, primary_key=True),
+        Column(bucket, TS, primary_key=True),
+        Column("dims_key", String(32), primary_key=True),
+        Column("department_id", ID, nullable=True),
+        Column("agent_id", ID, nullable=True),
+        Column("virtual_key_id", ID, nullable=True),
+        Column("workflow", String(256), nullable=True),
+        Column("model", String(256), nullable=True),
+        Column("provider", String(64), nullable=True),
+        Column("prompt_id", ID, nullable=True),
+        *_measures(*_LEDGER),
+    )
+
+
+rollup_hourly = _rollup_by("rollup_hourly", "hour")
 # The same rows summed per UTC day: a month's chart reads 30 rows a key instead of 720 (core.books.Books.tables).
-rollup_daily = Table(
-    "rollup_daily",
-    metadata,
-    Column("workspace_id", ID, primary_key=True),
-    Column("day", TS, primary_key=True),
-    Column("dims_key", String(32), primary_key=True),
-    Column("department_id", ID, nullable=True),
-    Column("agent_id", ID, nullable=True),
-    Column("virtual_key_id", ID, nullable=True),
-    Column("workflow", String(256), nullable=True),
-    Column("model", String(256), nullable=True),
-    Column("provider", String(64), nullable=True),
-    Column("prompt_id", ID, nullable=True),
-    *_measures(*_LEDGER),
-)
+rollup_daily = _rollup_by("rollup_daily", "day")
 
 rollup_sessions = Table(
     "rollup_sessions",
