@@ -151,7 +151,7 @@ REQUESTS = {
     ),
     "StepBatch": {
         "anyOf": [
-            obj({"steps": array(ref("Step"), min_items=1, max_items=MAX_BATCH), "run": ref("BatchRun")}, ["steps"]),
+            obj({"steps": array(ref("Step"), min_items=1, max_items=MAX_BATCH), "run": N(ref("BatchRun"))}, ["steps"]),
             array(ref("Step"), min_items=1, max_items=MAX_BATCH),
             {"allOf": [ref("Step"), {"not": {"required": ["steps"]}}]},
         ]
