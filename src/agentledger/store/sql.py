@@ -282,8 +282,9 @@ class SQLStore:
 
         Without statistics every index keeps the size it had when created (one page, on an empty table): they
         all cost the same to the planner, which then read a whole workspace through a time index to find one
-        request by its primary key. ANALYZE samples a bounded number of rows (tens of milliseconds at 1M steps)
-        and blocks no writer; a failure only postpones it."""
+        request by its primary key. ANALYZE samples a bounded number of rows (tens of milliseconds at 1M steps);
+        it runs here on the writer thread, between two batches, and its lock lets other writers (replicas)
+        insert meanwhile. A failure only postpones it."""
         self._analyze_at = max(2 * self._written, ANALYZE_FIRST)
         try:
             with conn.begin():
