@@ -9,7 +9,7 @@ compares it with what is kept, `rebuild` replaces what is kept with it (and fill
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -281,15 +281,11 @@ def verify(conn: Connection, workspace_id: str | None = None) -> list[Mismatch]:
     return compare(kept(conn, workspace_id), recompute(conn, workspace_id))
 
 
-def rebuild(
-    conn: Connection, workspace_id: str | None = None, *, lock: Callable[[Connection], None] | None = None
-) -> int:
+def rebuild(conn: Connection, workspace_id: str | None = None) -> int:
     """Replace every kept row with its recomputation; returns how many rows are kept now. Runs in the caller's
     transaction; on PostgreSQL writers are held off meanwhile (`lock_writers`), or a batch committed between
     the recomputation and the replacement would be lost from the books."""
-    if lock is not None:
-        lock(conn)
-    elif conn.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql":
         lock_writers(conn)
     # Deleting first also takes SQLite's write lock before the recomputation reads: no batch of another
     # process can commit between the two.

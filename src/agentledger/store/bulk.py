@@ -12,7 +12,8 @@ have written it: a contract test compares rows written both ways.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +31,41 @@ def sqlite_datetime(value: datetime) -> str:
     return v.isoformat(" ", "microseconds")
 
 
+def _json_columns(table: Table, keys: Sequence[str]) -> list[str]:
+    return [c.name for c in table.c if isinstance(c.type, JSON) and c.name in keys]
+
+
+def _as_driver_values(row: dict[str, Any], json: Sequence[str], datetimes: Sequence[str]) -> dict[str, Any]:
+    """A copy of `row` with JSON columns as JSON text and (SQLite) datetimes as SQLAlchemy's text; the row itself
+    is left as it was (the books fold it after the write)."""
+    if not json and not datetimes:
+        return row
+    row = dict(row)
+    for k in json:
+        v = row[k]
+        row[k] = None if v is None else orjson.dumps(v).decode()
+    for k in datetimes:
+        v = row[k]
+        if v is not None:
+            row[k] = sqlite_datetime(v)
+    return row
+
+
+@contextmanager
+def _driver_cursor(conn: Connection, sql: str) -> Iterator[Any]:
+    """The DB-API cursor of `conn`'s connection, closed afterwards; a driver error is raised as SQLAlchemy would
+    raise it (OperationalError, IntegrityError, ...): callers tell an unreachable store from a bad row by those
+    classes."""
+    dbapi = conn.dialect.loaded_dbapi
+    cursor = conn.connection.cursor()
+    try:
+        yield cursor
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(sql, None, exc, dbapi.Error) from exc
+    finally:
+        cursor.close()
+
+
 class BulkStatement:
     def __init__(self, stmt: Any, table: Table, keys: Sequence[str], dialect: Dialect) -> None:
         compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
@@ -41,35 +77,24 @@ class BulkStatement:
         # A row → its parameters in one C call (a generator over ~35 columns a row was a fifth of the writer).
         self._positional = operator.itemgetter(*self.order) if self.order else None
         self.keys = tuple(keys)
-        self.json = [c.name for c in table.c if isinstance(c.type, JSON) and c.name in keys]
+        self.json = _json_columns(table, keys)
         self.rowcount = -1  # of the last run without `returning`: the rows it changed, as the driver counts them
         sqlite = dialect.name == "sqlite"
         self.datetimes = [c.name for c in table.c if sqlite and isinstance(c.type, UTCDateTime) and c.name in keys]
 
     def run(self, conn: Connection, rows: Sequence[dict[str, Any]], *, returning: bool = False) -> list[Any]:
-        """Execute for every row; the rows are left as they were (the books fold them after the write).
+        """Execute for every row; the rows are left as they were.
 
         `returning` (PostgreSQL, a statement with RETURNING): the rows each execution returned, in order; a
         conflict that inserted nothing returns none. sqlite3's executemany cannot return rows."""
         params: list[Any] = []
-        convert = self.json or self.datetimes
         for row in rows:
-            if convert:
-                row = dict(row)
-                for k in self.json:
-                    v = row[k]
-                    row[k] = None if v is None else orjson.dumps(v).decode()
-                for k in self.datetimes:
-                    v = row[k]
-                    if v is not None:
-                        row[k] = sqlite_datetime(v)
-            params.append(self._positional(row) if self._positional is not None else row)
-        dbapi = conn.dialect.loaded_dbapi
-        cursor = conn.connection.cursor()
+            values = _as_driver_values(row, self.json, self.datetimes)
+            params.append(self._positional(values) if self._positional is not None else values)
         out: list[Any] = []
-        try:
+        with _driver_cursor(conn, self.sql) as cursor:
             if returning:
-                cursor.executemany(self.sql, params, returning=True)  # type: ignore[call-arg]  # psycopg 3
+                cursor.executemany(self.sql, params, returning=True)
                 while True:
                     out.extend(cursor.fetchall())
                     if not cursor.nextset():
@@ -77,12 +102,6 @@ class BulkStatement:
             else:
                 cursor.executemany(self.sql, params)
                 self.rowcount = cursor.rowcount
-        except dbapi.Error as exc:
-            # As SQLAlchemy itself would raise it (OperationalError, IntegrityError, ...): callers tell an
-            # unreachable store from a bad row by those classes.
-            raise DBAPIError.instance(self.sql, None, exc, dbapi.Error) from exc
-        finally:
-            cursor.close()
         return out
 
 
@@ -96,7 +115,7 @@ class CopyInsert:
         cols = ", ".join(f'"{k}"' for k in keys)
         stage = f"{table.name}_stage"
         self.keys = tuple(keys)
-        self.json = [c.name for c in table.c if isinstance(c.type, JSON) and c.name in keys]
+        self.json = _json_columns(table, keys)
         self.create = (
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
             f"SELECT {cols} FROM {table.name} WITH NO DATA"
@@ -109,21 +128,10 @@ class CopyInsert:
         self._values = operator.itemgetter(*keys)
 
     def run(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> list[Any]:
-        dbapi = conn.dialect.loaded_dbapi
-        cursor = conn.connection.cursor()
-        try:
+        with _driver_cursor(conn, self.insert) as cursor:
             cursor.execute(self.create)
             with cursor.copy(self.copy) as copy:
                 for row in rows:
-                    if self.json:
-                        row = dict(row)
-                        for k in self.json:
-                            v = row[k]
-                            row[k] = None if v is None else orjson.dumps(v).decode()
-                    copy.write_row(self._values(row))
+                    copy.write_row(self._values(_as_driver_values(row, self.json, ())))
             cursor.execute(self.insert)
             return list(cursor.fetchall())
-        except dbapi.Error as exc:
-            raise DBAPIError.instance(self.insert, None, exc, dbapi.Error) from exc
-        finally:
-            cursor.close()

@@ -7,7 +7,6 @@ count) is therefore every request plus only those steps that did not come throug
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -147,27 +146,23 @@ LEDGER_COLUMNS = (
 )
 
 
-def ledger(
-    workspace_id: str | None, ranges: Sequence[tuple[datetime | None, datetime | None]] = ((None, None),)
-) -> Any:
-    """Every costed event once — all gateway requests, plus steps that did not come through the gateway — with
-    its run's workflow (`workflow` column), started in one of `ranges` [from, to). Each range of each table is
-    its own branch, so each is an index range scan (schema: ix_requests_ws_started, ix_steps_ws_started)."""
+def ledger(workspace_id: str | None, since: datetime | None = None, until: datetime | None = None) -> Any:
+    """Every costed event once — all gateway requests, plus steps that did not come through the gateway —
+    started in [since, until); and the same outer-joined to its run (for the run's `workflow`). Each table is
+    its own branch, an index range scan (schema: ix_requests_started_ws, ix_steps_ws_started)."""
     r, s = t.requests.c, t.steps.c
-    cols = LEDGER_COLUMNS
     parts = []
-    for since, until in ranges:
-        for c, requests in ((r, 1), (s, 0)):
-            part = select(*[c[k] for k in cols], literal(requests).label("requests"))
-            if requests == 0:
-                part = part.where(c.request_id.is_(None))
-            if workspace_id is not None:
-                part = part.where(c.workspace_id == workspace_id)
-            if since is not None:
-                part = part.where(c.started_at >= since)
-            if until is not None:
-                part = part.where(c.started_at < until)
-            parts.append(part)
+    for c, requests in ((r, 1), (s, 0)):
+        part = select(*[c[k] for k in LEDGER_COLUMNS], literal(requests).label("requests"))
+        if requests == 0:
+            part = part.where(c.request_id.is_(None))
+        if workspace_id is not None:
+            part = part.where(c.workspace_id == workspace_id)
+        if since is not None:
+            part = part.where(c.started_at >= since)
+        if until is not None:
+            part = part.where(c.started_at < until)
+        parts.append(part)
     led = union_all(*parts).subquery("ledger")
     runs = t.runs.c
     joined = led.outerjoin(t.runs, and_(runs.workspace_id == led.c.workspace_id, runs.id == led.c.run_id))
@@ -201,7 +196,7 @@ def check_group_by(group_by: str) -> str | None:
     return None
 
 
-def kept_source(q: CostQuery, workspace_id: str, indexed: bool) -> tuple[Any, Any, list[Any]] | None:
+def kept_source(q: CostQuery, indexed: bool) -> tuple[Any, Any, list[Any]] | None:
     """The kept rollup that answers `q` (table, key column, extra conditions), or None: the events must be read."""
     if q.group_by in _HOURLY_GROUP:
         roll = t.rollup_hourly
@@ -236,7 +231,7 @@ def costs_query(workspace_id: str, q: CostQuery, *, sqlite: bool, indexed: bool 
     reads: `scan_count_query`)."""
     since, until = hour_window(q.since, q.until)
     measures = ("events", "requests", "cost_nanos", *_TOTALS[1:], "cost_carry")
-    source = kept_source(q, workspace_id, indexed)
+    source = kept_source(q, indexed)
     if source is not None:
         roll, key, conditions = source
         spans: list[tuple[Any, str, datetime | None, datetime | None]] = [(roll, "hour", since, until)]
@@ -258,7 +253,7 @@ def costs_query(workspace_id: str, q: CostQuery, *, sqlite: bool, indexed: bool 
             parts.append(part)
         rows: Any = parts[0] if len(parts) == 1 else union_all(*parts)
     else:
-        led, _ = ledger(workspace_id, [(since, until)])
+        led, _ = ledger(workspace_id, since, until)
         cols = [raw_key(q, led).label("key")]
         if q.interval is not None:
             cols.append(_bucket(led.c.started_at, q.interval, sqlite=sqlite).label("bucket"))
@@ -314,20 +309,20 @@ def _next_day(ts: datetime) -> datetime:
 
 def scan_count_query(workspace_id: str, q: CostQuery, cap: int) -> Select[Any]:
     """How many events a grouping without a rollup would read, counted up to `cap` + 1 (an index-only scan)."""
-    led, _ = ledger(workspace_id, [hour_window(q.since, q.until)])
+    led, _ = ledger(workspace_id, *hour_window(q.since, q.until))
     return select(func.count()).select_from(select(led.c.workspace_id).limit(cap + 1).subquery())
 
 
 def _bucket(col: Any, interval: str, *, sqlite: bool) -> Any:
-    fmt = {"hour": ("%Y-%m-%dT%H:00:00Z", 'YYYY-MM-DD"T"HH24:00:00"Z"'), "day": ("%Y-%m-%d", "YYYY-MM-DD")}
-    if interval not in fmt:
+    pg_format = {"hour": 'YYYY-MM-DD"T"HH24:00:00"Z"', "day": "YYYY-MM-DD"}
+    if interval not in pg_format:
         raise InvalidRequest("interval must be 'hour' or 'day'.", param="interval")
     if sqlite:
         # The stored text is 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC, store.bulk.sqlite_datetime): cutting it is
         # exact and costs a fraction of parsing it with strftime, over every rollup row of a chart.
         day = func.substr(col, 1, 10)
         return day if interval == "day" else day + "T" + func.substr(col, 12, 2) + ":00:00Z"
-    return func.to_char(func.timezone("UTC", col), fmt[interval][1])
+    return func.to_char(func.timezone("UTC", col), pg_format[interval])
 
 
 __all__ = ["carried", "costs_query", "exact_sum", "ledger", "runs_query", "scan_count_query", "session_paths_query"]

@@ -97,22 +97,12 @@ CLAIM_PURGE_INTERVAL = 60.0  # seconds between purges of expired idempotency cla
 # A cost grouping no rollup keeps (`run`, a property not declared indexed) reads the events of its window:
 # at most this many (docs/api.md, "Bounds"), about a second of reading.
 MAX_SCAN_EVENTS = 200_000
-WORKFLOW_CACHE_SIZE = 100_000
+WORKFLOW_CACHE_SIZE = 100_000  # runs whose workflow the writer remembers
 ANALYZE_FIRST = 10_000  # events written before the first statistics refresh (then at each doubling)
-ANALYZED = (
-    "steps",
-    "requests",
-    "runs",
-    "sessions",
-    "run_totals",
-    "session_paths",
-    "rollup_hourly",
-    "rollup_sessions",
-    "rollup_properties",
-)  # runs whose workflow the writer remembers
+# The trace tables and every kept one (the list was written out once, and missed rollup_daily when it came).
+ANALYZED = ("steps", "requests", "runs", "sessions", *(table.name for table, _, _ in books_sql.KEPT.values()))
 # What the books need of a request row that a retry replaces.
-_LEDGER_BOOK_COLUMNS = LEDGER_COLUMNS
-_REQUEST_BOOK_COLUMNS = ("id", "status", *_LEDGER_BOOK_COLUMNS)
+_REQUEST_BOOK_COLUMNS = ("id", "status", *LEDGER_COLUMNS)
 
 # PostgreSQL: find the completed response of an x-request-id, or else claim the id, in one statement (one round
 # trip). ON CONFLICT serializes concurrent claimants across processes: the loser sees the winner's row and
@@ -436,10 +426,10 @@ class SQLStore:
         for ws, by_run in workflows.items():
             ids = sorted(by_run)
             stmt = union_all(
-                select(*[r[k] for k in _LEDGER_BOOK_COLUMNS], literal(True).label("is_request")).where(
+                select(*[r[k] for k in LEDGER_COLUMNS], literal(True).label("is_request")).where(
                     r.workspace_id == ws, r.run_id.in_(ids)
                 ),
-                select(*[s[k] for k in _LEDGER_BOOK_COLUMNS], literal(False)).where(
+                select(*[s[k] for k in LEDGER_COLUMNS], literal(False)).where(
                     s.workspace_id == ws, s.run_id.in_(ids), s.request_id.is_(None)
                 ),
             )
@@ -490,10 +480,19 @@ class SQLStore:
                 self._pending_workflows[key] = row["workflow"]
         return known
 
+    def _statement(self, table: Any, build: Callable[[], Any], keys: tuple[str, ...]) -> BulkStatement:
+        # One statement per builder, table and column set (an insert and an upsert of the same rows differ).
+        cache_key = (build.__qualname__, table.name, *keys)
+        stmt = self._statements.get(cache_key)
+        if stmt is None:
+            stmt = self._statements[cache_key] = BulkStatement(build(), table, keys, self.engine.dialect)
+        return stmt
+
     def _bulk_count(self, conn: Connection, table: Any, build: Callable[[], Any], rows: list[dict[str, Any]]) -> int:
         """`_bulk`, returning how many rows the statement changed."""
-        self._bulk(conn, table, build, rows)
-        return int(self._statements[(build.__qualname__, table.name, *rows[0])].rowcount)
+        stmt = self._statement(table, build, tuple(rows[0]))
+        stmt.run(conn, rows)
+        return int(stmt.rowcount)
 
     def _bulk(
         self,
@@ -504,13 +503,7 @@ class SQLStore:
         *,
         returning: bool = False,
     ) -> list[Any]:
-        keys = tuple(rows[0])
-        # One statement per builder, table and column set (an insert and an upsert of the same rows differ).
-        cache_key = (build.__qualname__, table.name, *keys)
-        stmt = self._statements.get(cache_key)
-        if stmt is None:
-            stmt = self._statements[cache_key] = BulkStatement(build(), table, keys, self.engine.dialect)
-        return stmt.run(conn, rows, returning=returning)
+        return self._statement(table, build, tuple(rows[0])).run(conn, rows, returning=returning)
 
     def _session_upsert(self) -> Any:
         stmt = self._insert(t.sessions)
@@ -809,7 +802,7 @@ class SQLStore:
     async def costs(self, workspace_id: str, query: CostQuery) -> list[dict[str, Any]]:
         name = check_group_by(query.group_by)
         indexed = name is not None and name in await self.indexed_properties(workspace_id)
-        if kept_source(query, workspace_id, indexed) is None:
+        if kept_source(query, indexed) is None:
             scanned = await self._read(
                 lambda conn: conn.execute(scan_count_query(workspace_id, query, MAX_SCAN_EVENTS)).scalar(), query=True
             )
