@@ -27,7 +27,7 @@ from agentledger.gateway.failsafe import ErrorMiddleware
 from agentledger.gateway.flow import Gateway
 from agentledger.gateway.limits import BodyLimitMiddleware
 from agentledger.gateway.middleware import RequestIdMiddleware
-from agentledger.gateway.responses import error_response
+from agentledger.gateway.responses import error_for_path
 from agentledger.gateway.routes import chat_routes
 from agentledger.governance import Governance
 from agentledger.ingest.steps import StepIngest
@@ -35,8 +35,8 @@ from agentledger.pipeline.queue import TracePipeline
 from agentledger.pipeline.spool import Spool
 from agentledger.prices.catalog import catalog_knows
 from agentledger.providers.base import Upstream, UpstreamTimeouts
+from agentledger.providers.http import HTTPUpstream
 from agentledger.providers.mock import MockUpstream
-from agentledger.providers.openai import OpenAIUpstream
 from agentledger.secrets_box import SecretBox
 from agentledger.store.base import Store
 from agentledger.store.sql import SQLStore
@@ -61,7 +61,9 @@ def build_components(
     box = SecretBox.from_setting(settings.secret_key or None, data_dir / "secret.key")
     store = store or SQLStore(settings.database_url, durable_commits=settings.durability == "strict")
     timeouts = UpstreamTimeouts(settings.connect_timeout, settings.read_timeout, settings.first_token_timeout)
-    upstreams = upstreams or {"openai": OpenAIUpstream(timeouts), "mock": MockUpstream()}
+    if upstreams is None:
+        http = HTTPUpstream(timeouts)  # one connection pool for every HTTP provider kind
+        upstreams = {"openai": http, "azure": http, "anthropic": http, "mock": MockUpstream()}
     pipeline = TracePipeline(
         store,
         spool=Spool(data_dir / "spool" / "trace.spool"),
@@ -109,7 +111,7 @@ def create_app(
             await c.store.aclose()
 
     async def not_found(request: Request, exc: Exception) -> Response:
-        return error_response(NotFound(f"No route for {request.method} {request.url.path}."))
+        return error_for_path(NotFound(f"No route for {request.method} {request.url.path}."), request.url.path)
 
     async def method_not_allowed(request: Request, exc: Exception) -> Response:
         # Starlette's own Allow names only the first route of the path, but GET and POST of one path are
@@ -123,7 +125,7 @@ def create_app(
             }
         )
         err = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}.")
-        return error_response(err, {"allow": ", ".join(allow)} if allow else {})
+        return error_for_path(err, request.url.path, {"allow": ", ".join(allow)} if allow else {})
 
     routes = [
         *chat_routes(c.gateway),

@@ -19,10 +19,12 @@ from agentledger.core.headers import has_control
 from agentledger.core.ids import new_id
 from agentledger.core.keys import ADMIN_TOKEN_PREFIX, VIRTUAL_KEY_PREFIX, display_prefix, hash_secret, new_secret
 from agentledger.core.model import Role
+from agentledger.core.route_config import parse_fallbacks, parse_options, parse_retry
+from agentledger.formats import registry as formats_registry
 from agentledger.secrets_box import SecretBox
 from agentledger.store.base import Store
 
-PROVIDER_KINDS = ("openai", "mock")
+PROVIDER_KINDS = formats_registry.PROVIDER_KINDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +173,8 @@ class Governance:
                 "'base_url' must be an http(s) URL of at most 1024 characters, without control characters.",
                 param="base_url",
             )
+        if kind == "azure" and base_url is None:
+            raise InvalidRequest("An azure key needs 'base_url': its resource endpoint.", param="base_url")
         api_key = data.get("api_key")
         if api_key is not None and (not isinstance(api_key, str) or not api_key):
             raise InvalidRequest("'api_key' must be a non-empty string.", param="api_key")
@@ -192,6 +196,9 @@ class Governance:
             models=_patterns(data.get("models"), "models", ["*"]),
             priority=priority,
             created_at=self.clock(),
+            fallbacks=parse_fallbacks(data.get("fallbacks")),
+            retry=parse_retry(data.get("retry")),
+            options=parse_options(kind, data.get("options")),
         )
         await self.store.create_provider_key(row)
         return {k: v for k, v in row.items() if k != "api_key_encrypted"}

@@ -7,7 +7,8 @@ total is the sum of its rows at every commit, whatever replays, retries or late 
 
 What is counted where (as the read-time queries counted before, docs/architecture.md "Books"):
 
-* run totals: every step of the run (a gateway call in a run is a `model_call` step too);
+* run totals: every step of the run (a gateway call in a run is a `model_call` step too), but the cost and
+  tokens of a `model_attempt` step, which are part of its parent model_call's;
 * the ledger — session paths and the hourly rollups behind `/api/analytics/costs` — counts every gateway
   request, plus the steps that did not come through the gateway (no `request_id`), so nothing twice.
 
@@ -96,8 +97,10 @@ class Books:
 
     def step(self, row: Mapping[str, Any], workflow: str | None, indexed: frozenset[str], sign: int = 1) -> None:
         """A step row inserted (sign 1). Steps are never replaced: a step id is written once."""
-        cost = row["cost_nanos"] * sign
-        tokens = [row[f] * sign for f in TOKEN_FIELDS]
+        # An attempt's cost and tokens are its model_call's already (gateway/records.py): counted there, once.
+        part = row["kind"] == "model_attempt"
+        cost = 0 if part else row["cost_nanos"] * sign
+        tokens = [0 if part else row[f] * sign for f in TOKEN_FIELDS]
         model_call = row["kind"] == "model_call"
         _add(
             self.runs,

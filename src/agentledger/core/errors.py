@@ -150,6 +150,11 @@ class UpstreamError(AgentLedgerError):
     status = 502
     type = "upstream_error"
     code = "upstream_error"
+    # Worth another try, here or at a fallback: 429, 5xx, timeouts, refused and dropped connections.
+    retryable: ClassVar[bool] = True
+    # What the provider said, when it answered: its status, and the wait it asked for (Retry-After), in seconds.
+    provider_status: int | None = None
+    wait: float | None = None
 
 
 class UpstreamTimeout(UpstreamError):
@@ -172,5 +177,7 @@ class UpstreamBadResponse(UpstreamError):
 
 class UpstreamRejected(UpstreamError):
     """The provider refused the request itself (4xx); its status is passed through."""
+
+    retryable = False
 
     code = "upstream_rejected"

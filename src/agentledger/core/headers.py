@@ -21,6 +21,9 @@ SESSION_NAME = "alephant-session-name"
 PROMPT_ID = "alephant-prompt-id"
 PROMPT_VERSION = "alephant-prompt-version"
 PROPERTY_PREFIX = "alephant-property-"
+FORCED_ROUTING = "alephant-forced-routing"
+# Client headers an Anthropic provider reads: which API version and beta features the answer must follow.
+PROVIDER_HEADERS = frozenset({"anthropic-version", "anthropic-beta"})
 
 MAX_ID_LEN = 128
 MAX_NAME_LEN = 256
@@ -48,6 +51,8 @@ class TrackingContext:
     prompt_id: str | None = None
     prompt_version: str | None = None
     properties: dict[str, str] = field(default_factory=dict)
+    forced_route: str | None = None  # alephant-forced-routing: a provider key's name
+    provider_headers: tuple[tuple[str, str], ...] = ()  # PROVIDER_HEADERS the client sent, to pass on
 
 
 def has_control(value: str) -> bool:
@@ -107,6 +112,7 @@ def parse_prompt(name: str, value: str, version: str | None) -> tuple[str, str |
 def parse_tracking(headers: Iterable[tuple[bytes, bytes]]) -> TrackingContext:
     values: dict[str, str] = {}
     properties: dict[str, str] = {}
+    passed: list[tuple[str, str]] = []
     for raw_name, raw_value in headers:
         name = raw_name.decode("latin-1").lower()
         if name.startswith(PROPERTY_PREFIX):
@@ -118,6 +124,8 @@ def parse_tracking(headers: Iterable[tuple[bytes, bytes]]) -> TrackingContext:
                 raise InvalidHeader(f"At most {MAX_PROPERTIES} alephant-property-* headers are allowed.", param=name)
         elif name in _KNOWN:
             values[name] = _decode(name, raw_value)
+        elif name in PROVIDER_HEADERS:
+            passed.append((name, _check_len(name, _decode(name, raw_value), MAX_PATH_LEN)))
 
     prompt_id = prompt_version = None
     if PROMPT_ID in values:
@@ -139,7 +147,13 @@ def parse_tracking(headers: Iterable[tuple[bytes, bytes]]) -> TrackingContext:
         prompt_id=prompt_id,
         prompt_version=prompt_version,
         properties=properties,
+        forced_route=_check_len(FORCED_ROUTING, values[FORCED_ROUTING], MAX_NAME_LEN)
+        if FORCED_ROUTING in values
+        else None,
+        provider_headers=tuple(passed),
     )
 
 
-_KNOWN = frozenset({REQUEST_ID, AGENT_ID, RUN_ID, SESSION_ID, SESSION_PATH, SESSION_NAME, PROMPT_ID, PROMPT_VERSION})
+_KNOWN = frozenset(
+    {REQUEST_ID, AGENT_ID, RUN_ID, SESSION_ID, SESSION_PATH, SESSION_NAME, PROMPT_ID, PROMPT_VERSION, FORCED_ROUTING}
+)

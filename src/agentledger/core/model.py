@@ -13,6 +13,9 @@ from agentledger.core.usage import Usage
 
 class StepKind(enum.StrEnum):
     MODEL_CALL = "model_call"
+    # One try of a model call at one provider, a child of its model_call step when the call took more than one
+    # (retries, fallbacks). Its cost and tokens are part of its parent's, so no total counts them again.
+    MODEL_ATTEMPT = "model_attempt"
     TOOL_CALL = "tool_call"
     API_CALL = "api_call"
     WORKFLOW_STEP = "workflow_step"
@@ -58,6 +61,28 @@ class AdminPrincipal:
 
 
 @dataclass(frozen=True, slots=True)
+class Fallback:
+    """Where a call goes when its provider key fails (429, 5xx, timeout, refused): another key (by name),
+    another model, or both. None keeps the failed attempt's own key or model."""
+
+    key: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often one provider key is tried before its fallbacks, and how long to wait in between: `backoff_ms`
+    doubled each time, or the provider's `Retry-After` when it says more, never past `max_backoff_ms`."""
+
+    attempts: int = 1
+    backoff_ms: int = 200
+    max_backoff_ms: int = 10_000
+
+
+NO_RETRY = RetryPolicy()
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderRoute:
     """One upstream credential: which models it serves and where. `api_key` is decrypted only in memory."""
 
@@ -65,11 +90,15 @@ class ProviderRoute:
     workspace_id: str
     name: str
     provider: str  # price-catalog provider id: openai, openrouter, anthropic, mock, ...
-    kind: str  # adapter: openai (any OpenAI-compatible base URL) or mock
+    kind: str  # adapter: openai (any OpenAI-compatible base URL), azure, anthropic or mock
     base_url: str | None
     api_key: str | None
     models: tuple[str, ...]  # glob patterns
     priority: int = 0
+    fallbacks: tuple[Fallback, ...] = ()
+    retry: RetryPolicy = NO_RETRY
+    # Per kind: azure `api_version` and `deployments` (model → deployment name); anthropic `anthropic_version`.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +136,9 @@ class RequestRecord:
     request_hash: str
     attempt: int = 1
     ttft_ms: float | None = None
+    requested_model: str | None = None  # as the client named it, when it differs from `model` (the final one)
+    provider_key: str | None = None  # the name of the provider key that answered last
+    route_attempts: int = 1  # tries across retries and fallbacks (each a model_attempt step when above 1)
     usage: Usage | None = None
     cost_nanos: int = 0
     cost_source: CostSource | None = None

@@ -67,6 +67,48 @@ def parse_openai(usage: Mapping[str, Any] | None) -> tuple[Usage, bool] | None:
     return Usage(*(n for n, _ in counts)), any(clamped for _, clamped in counts)
 
 
+def parse_anthropic(usage: Mapping[str, Any] | None) -> tuple[Usage, bool] | None:
+    """Anthropic Messages `usage` → (Usage, clamped).
+
+    Anthropic counts `input_tokens` apart from the cache: the input the model read is input + cache reads +
+    cache writes, so they are added into our `input_tokens` (which includes both, priced each at its rate).
+    """
+    if not isinstance(usage, Mapping):
+        return None
+    plain, c1 = _count(usage.get("input_tokens"))
+    read, c2 = _count(usage.get("cache_read_input_tokens"))
+    written, c3 = _count(usage.get("cache_creation_input_tokens"))
+    output, c4 = _count(usage.get("output_tokens"))
+    total_in = min(plain + read + written, MAX_TOKENS)
+    return Usage(total_in, read, written, output, 0), c1 or c2 or c3 or c4 or total_in < plain + read + written
+
+
+def parse_responses(usage: Mapping[str, Any] | None) -> tuple[Usage, bool] | None:
+    """OpenAI Responses `usage` (also Embeddings', which has input tokens only) → (Usage, clamped)."""
+    if not isinstance(usage, Mapping):
+        return None
+    inp = usage.get("input_tokens_details")
+    out = usage.get("output_tokens_details")
+    inp = inp if isinstance(inp, Mapping) else {}
+    out = out if isinstance(out, Mapping) else {}
+    counts = [
+        _count(usage.get("input_tokens", usage.get("prompt_tokens"))),
+        _count(inp.get("cached_tokens")),
+        (0, False),
+        _count(usage.get("output_tokens")),
+        _count(out.get("reasoning_tokens")),
+    ]
+    return Usage(*(n for n, _ in counts)), any(clamped for _, clamped in counts)
+
+
+def merge_anthropic(held: dict[str, Any] | None, update: Mapping[str, Any]) -> dict[str, Any]:
+    """A stream's usage so far: `message_start` carries the input counts, each `message_delta` the
+    cumulative output (and, from newer API versions, cumulative input counts too): later counts win."""
+    merged = dict(held or {})
+    merged.update({k: v for k, v in update.items() if v is not None})
+    return merged
+
+
 def from_openai(usage: Mapping[str, Any] | None) -> Usage | None:
     parsed = parse_openai(usage)
     return parsed[0] if parsed is not None else None

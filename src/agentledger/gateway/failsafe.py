@@ -14,7 +14,7 @@ import logging
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentledger.core.errors import AgentLedgerError
-from agentledger.gateway.responses import error_response
+from agentledger.gateway.responses import error_for_path
 
 log = logging.getLogger(__name__)
 
@@ -46,4 +46,4 @@ class ErrorMiddleware:
             else:
                 err = AgentLedgerError("The server failed to handle this request; it has been logged.")
                 log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
-            await error_response(err)(scope, receive, send)
+            await error_for_path(err, scope.get("path", ""))(scope, receive, send)

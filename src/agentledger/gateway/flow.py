@@ -1,109 +1,62 @@
-"""One LLM call through the gateway: auth → validate → route → (replay?) → forward → price → emit.
+"""One model call through the gateway, whatever its wire format: auth → validate → route → (replay?) →
+forward, falling back on failure → price → emit.
 
-The gateway depends on ports only (Store, Upstream, TracePipeline); `app.create_app` hands it the
-concrete adapters. Nothing here waits on the database once a key's lookups are cached: records leave
-through `pipeline.emit()`.
+Every route (chat completions, Messages, Responses, embeddings) takes this one flow; what differs per API shape
+lives in its format (formats/: parse the request, read usage, shape errors and streams) and, when the client and
+the provider speak different shapes, in the bridge between them (formats/registry.py).
+
+The gateway depends on ports only (Store, Upstream, TracePipeline); `app.create_app` hands it the concrete
+adapters. Nothing here waits on the database once a key's lookups are cached: records leave through
+`pipeline.commit()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.datastructures import Headers
 
-from agentledger.core import usage as usage_mod
 from agentledger.core.errors import (
     AgentLedgerError,
     AgentMismatch,
     AuthenticationError,
     ClientClosed,
-    IdempotencyKeyReused,
     InvalidRequest,
     ModelNotAllowed,
-    StoreUnavailable,
     UnknownAgent,
     UnknownModel,
     UpstreamBadResponse,
     UpstreamError,
+    UpstreamUnavailable,
 )
 from agentledger.core.headers import TrackingContext, parse_tracking
-from agentledger.core.ids import new_id
 from agentledger.core.keys import hash_secret
-from agentledger.core.model import (
-    Attribution,
-    Principal,
-    ProviderRoute,
-    RequestRecord,
-    RunStart,
-    StepKind,
-    StepRecord,
-    StepStatus,
-    TraceEvent,
-)
+from agentledger.core.model import Attribution, Principal, ProviderRoute, RetryPolicy, StepStatus
 from agentledger.core.money import event_cost_nanos
 from agentledger.core.pricing import Cost, CostSource, Price, bounded
-from agentledger.core.routing import choose_route, model_allowed
-from agentledger.core.usage import Usage
+from agentledger.core.routing import Hop, chain, model_allowed, resolve
+from agentledger.core.usage import Usage, reported_cost
+from agentledger.formats.base import Format, Parsed, StreamAdapter, loads
+from agentledger.formats.registry import Bridge, bridge
 from agentledger.gateway.bodies import parse_json_object
 from agentledger.gateway.cache import TTLCache
-from agentledger.gateway.responses import error_event
+from agentledger.gateway.claims import Claims
+from agentledger.gateway.records import Attempt, Call, Outcome, rejection, trace_events
 from agentledger.pipeline.queue import TracePipeline
 from agentledger.prices.catalog import price_known, price_usage
-from agentledger.providers.base import Upstream
+from agentledger.providers.base import Event, Target, Upstream
 from agentledger.store.base import Store, StoredResponse
 
-CHAT_PATH = "/chat/completions"
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """A validated request, ready to forward."""
-
-    request_id: str
-    principal: Principal
-    tracking: TrackingContext
-    attribution: Attribution
-    route: ProviderRoute
-    model: str
-    stream: bool
-    client_wants_usage: bool
-    upstream_body: bytes
-    request_hash: str
-    started_at: datetime
-    t0: float
-    client_request_id: bool
-    price_overrides: dict[str, list[Price]]
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    status: StepStatus
-    http_status: int
-    usage: Usage | None
-    cost: Cost | None
-    ttft_ms: float | None = None
-    error: AgentLedgerError | None = None
-    body: bytes | None = None
-    content_type: str | None = None
-
-
-@dataclass(slots=True, eq=False)
-class _Claim:
-    """This node's hold on a client-supplied x-request-id while its call is in flight."""
-
-    call: Call
-    done: asyncio.Future[None]  # resolved on release: local duplicates waiting on it look again
-    in_store: bool = False  # the store's cross-process claim is held too (released on failure)
+T = TypeVar("T")
 
 
 class Gateway:
@@ -118,27 +71,21 @@ class Gateway:
         stale_if_error: float = 3600.0,
         inflight_timeout: float = 300.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.store = store
         self.pipeline = pipeline
         self.upstreams = upstreams
         self.decrypt = decrypt
         self.clock = clock
-        self.inflight_timeout = inflight_timeout
-        # Lookups outlive a store outage by `stale_if_error` seconds (gateway/cache.py), so chat keeps serving
+        self.sleep = sleep
+        # Lookups outlive a store outage by `stale_if_error` seconds (gateway/cache.py), so calls keep serving
         # the keys, routes, agents and prices this node has seen.
         self.principals: TTLCache[str, Principal] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
         self.routes: TTLCache[str, list[ProviderRoute]] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
         self.agents: TTLCache[tuple[str, str], dict[str, Any]] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
         self.prices: TTLCache[str, dict[str, list[Price]]] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
-        # Idempotency on one node: calls in flight, recent failed attempts (to number retries), and recent
-        # completed responses (a duplicate may arrive before the pipeline has written the original).
-        self._inflight: dict[tuple[str, str], _Claim] = {}
-        # Names this process in the store's cross-process claims (see `claim`).
-        self.node_id = new_id("node")
-        self._background: set[asyncio.Task[None]] = set()
-        self._attempts: OrderedDict[tuple[str, str], int] = OrderedDict()
-        self._completed: OrderedDict[tuple[str, str], StoredResponse] = OrderedDict()
+        self.claims = Claims(store, inflight_timeout)
 
     # -- lookups -------------------------------------------------------------------------------------------
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
@@ -164,7 +111,7 @@ class Gateway:
         return await self.agents.get((workspace_id, agent_id), lambda: self.store.get_agent(workspace_id, agent_id))
 
     # -- validation ----------------------------------------------------------------------------------------
-    async def prepare(self, request_id: str, raw_headers: list[tuple[bytes, bytes]], body: bytes) -> Call:
+    async def prepare(self, fmt: Format, request_id: str, raw_headers: list[tuple[bytes, bytes]], body: bytes) -> Call:
         t0 = time.perf_counter()
         started_at = self.clock()
         principal = await self.authenticate(Headers(raw=raw_headers))
@@ -178,37 +125,74 @@ class Gateway:
         try:
             tracking = parse_tracking(raw_headers)
             attribution = await self.attribute(principal, tracking)
-            payload = parse_json_object(body)
-            model, stream, wants_usage, upstream_body = _chat_request(payload, body)
-            if not model_allowed(model, principal.allowed_models):
-                raise ModelNotAllowed(f"This virtual key may not use model {model!r}.", param="model")
-            route = choose_route(model, await self.routes_for(principal.workspace_id))
-            if route is None or route.kind not in self.upstreams:
-                raise UnknownModel(f"The model {model!r} does not exist or no provider serves it.", param="model")
+            parsed = fmt.parse(parse_json_object(body), body)
+            routes = await self.routes_for(principal.workspace_id)
+            primary = resolve(parsed.model, routes, tracking.forced_route)
+            allowed = principal.allowed_models
+            if allowed and not (model_allowed(parsed.model, allowed) or model_allowed(primary.model, allowed)):
+                raise ModelNotAllowed(f"This virtual key may not use model {parsed.model!r}.", param="model")
             overrides = await self.prices_for(principal.workspace_id)
-            if not price_known(model, route.provider, overrides):
-                raise UnknownModel(
-                    f"The model {model!r} has no known price; add a price override for it to use it.", param="model"
-                )
+            hops, bridges = self._usable(fmt, chain(primary, routes, allowed), overrides)
+            # Built now: a translation that refuses the request is the client's 400, before any claim is taken.
+            body_out = self._body(parsed, hops[0], bridges[0])
+            return Call(
+                request_id=request_id,
+                principal=principal,
+                tracking=tracking,
+                attribution=attribution,
+                fmt=fmt,
+                parsed=parsed,
+                hops=hops,
+                bridges=bridges,
+                primary_body=body_out,
+                request_hash=hashlib.sha256(body).hexdigest(),
+                started_at=started_at,
+                t0=t0,
+                client_request_id=tracking.request_id is not None,
+                price_overrides=overrides,
+            )
         except AgentLedgerError as exc:
-            await _durable(self.record_rejection(request_id, base, exc, started_at, t0, body))
+            await _durable(self.record_rejection(request_id, base, fmt, exc, started_at, t0, body))
             raise
-        return Call(
-            request_id=request_id,
-            principal=principal,
-            tracking=tracking,
-            attribution=attribution,
-            route=route,
-            model=model,
-            stream=stream,
-            client_wants_usage=wants_usage,
-            upstream_body=upstream_body,
-            request_hash=hashlib.sha256(body).hexdigest(),
-            started_at=started_at,
-            t0=t0,
-            client_request_id=tracking.request_id is not None,
-            price_overrides=overrides,
-        )
+
+    def _usable(
+        self, fmt: Format, hops: list[Hop], overrides: dict[str, list[Price]]
+    ) -> tuple[tuple[Hop, ...], tuple[Bridge, ...]]:
+        """The hops some upstream can serve in this format at a known price. The client's own route must be one
+        (else a 404 or 400 saying why); a fallback that is not is left out."""
+        usable: list[tuple[Hop, Bridge]] = []
+        for hop in hops:
+            route = hop.route
+            found = bridge(fmt.name, route.kind) if route.kind in self.upstreams else None
+            if found is None:
+                if hop.fallback:
+                    continue
+                if route.kind not in self.upstreams:
+                    raise UnknownModel(
+                        f"The model {hop.model!r} does not exist or no provider serves it.", param="model"
+                    )
+                raise InvalidRequest(
+                    f"Provider key {route.name!r} ({route.kind}) serves {hop.model!r} but cannot answer the "
+                    f"{fmt.name} format.",
+                    param="model",
+                )
+            if not price_known(hop.model, route.provider, overrides):
+                if hop.fallback:
+                    continue
+                raise UnknownModel(
+                    f"The model {hop.model!r} has no known price; add a price override for it to use it.", param="model"
+                )
+            usable.append((hop, found))
+        return tuple(h for h, _ in usable), tuple(b for _, b in usable)
+
+    @staticmethod
+    def _body(parsed: Parsed, hop: Hop, link: Bridge) -> bytes:
+        """What one hop sends: the client's body, its model swapped for the hop's, or translated."""
+        if link.request is not None:
+            return orjson.dumps({**link.request(parsed.payload), "model": hop.model})
+        if hop.model == parsed.model:
+            return parsed.upstream_body
+        return orjson.dumps({**parsed.payload, "model": hop.model})
 
     async def attribute(self, principal: Principal, tracking: TrackingContext) -> Attribution:
         agent_id = principal.agent_id
@@ -240,235 +224,198 @@ class Gateway:
 
     # -- idempotency ---------------------------------------------------------------------------------------
     async def claim(self, call: Call) -> StoredResponse | None:
-        """Returns the stored response if this x-request-id already completed, else claims it for this call,
-        which must then `release` it. One x-request-id reaches the provider once:
-
-        * On this node, the in-memory claim is taken before any await, so no duplicate can slip in between a
-          lookup and the claim. (It used to be taken after the store lookup: a duplicate whose lookup was still
-          queued while the first call completed and released found nothing, and forwarded again.) Duplicates
-          wait for the holder, then replay its response from `_completed`.
-        * Across processes sharing PostgreSQL, `Store.claim_request` finds a completed response or claims the id
-          atomically, in the one round trip this lookup always cost. A duplicate on another node polls until
-          the holder's record lands (replay), its failure releases the claim, or its lease (`inflight_timeout`)
-          expires (a crashed holder).
-        * While the store is unavailable, only this node's memory answers (docs/architecture.md).
-
-        Only client-supplied ids can repeat, so generated ids skip all of this.
-        """
-        if not call.client_request_id:
-            return None
-        key = (call.principal.workspace_id, call.request_id)
-        while (held := self._inflight.get(key)) is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(held.done), self.inflight_timeout)
-            except TimeoutError:
-                # The holder never released its claim (its client left before the stream began).
-                if self._inflight.get(key) is held:
-                    del self._inflight[key]
-        stored = self._completed.get(key)
-        if stored is None:
-            # No await between the check above and this line: the claim is atomic on this node.
-            held = self._inflight[key] = _Claim(call, asyncio.get_running_loop().create_future())
-            try:
-                stored = await self._claim_in_store(held)
-            except BaseException:  # cancelled (client gone) or failed: give the claim up
-                self._drop_claim(key, held)
-                raise
-            if stored is None:
-                return None  # held: the caller forwards, then releases
-            self._remember(key, stored)  # local duplicates waiting on us replay it from memory
-            self._drop_claim(key, held)
-        if stored.request_hash != call.request_hash:
-            raise IdempotencyKeyReused(
-                f"x-request-id {call.request_id!r} was already used for a different request body.",
-                param="x-request-id",
-            )
-        return stored
-
-    async def _claim_in_store(self, held: _Claim) -> StoredResponse | None:
-        ws, rid = held.call.principal.workspace_id, held.call.request_id
-        deadline = time.monotonic() + self.inflight_timeout + 10  # past the other holder's lease: a safety net
-        delay = 0.02
-        while True:
-            try:
-                found = await self.store.claim_request(ws, rid, self.node_id, self.inflight_timeout)
-            except StoreUnavailable:
-                return None  # an outage: this node's memory is all there is; forward under the local claim
-            if found.stored is not None or found.claimed:
-                held.in_store = found.claimed
-                return found.stored
-            if time.monotonic() > deadline:
-                return None
-            # Another node holds the id (or this node's own completed record has not landed yet): wait for it.
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.25)
+        """The stored response if this x-request-id already completed, else claim it (see gateway/claims.py)."""
+        return await self.claims.claim(call)
 
     def release(self, call: Call) -> None:
-        """Give up `call`'s claim (idempotent). A completed call's record supersedes the store's claim; a failed
-        one releases that too, so a retry, on any node, forwards again."""
-        key = (call.principal.workspace_id, call.request_id)
-        held = self._inflight.get(key)
-        if held is None or held.call is not call:
-            return
-        self._drop_claim(key, held)
-        if held.in_store and key not in self._completed:
-            self._spawn(self.store.release_claim(key[0], key[1], self.node_id))
-
-    def _drop_claim(self, key: tuple[str, str], held: _Claim) -> None:
-        if self._inflight.get(key) is held:
-            del self._inflight[key]
-        if not held.done.done():
-            held.done.set_result(None)
-
-    def _remember(self, key: tuple[str, str], stored: StoredResponse) -> None:
-        self._completed[key] = stored
-        while len(self._completed) > 4096:
-            self._completed.popitem(last=False)
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Fire and forget (release runs where it cannot await); an unavailable store lets the lease expire."""
-        try:
-            task = asyncio.get_running_loop().create_task(work)
-        except RuntimeError:  # no loop: shutting down; the claim's lease runs out by itself
-            work.close()
-            return
-        self._background.add(task)
-        task.add_done_callback(self._background_done)
-
-    def _background_done(self, task: asyncio.Task[None]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.warning("releasing an idempotency claim failed (its lease will expire): %s", exc)
-
-    def _next_attempt(self, call: Call, failed: bool) -> int:
-        key = (call.principal.workspace_id, call.request_id)
-        attempt = self._attempts.pop(key, 0) + 1
-        if failed:
-            self._attempts[key] = attempt
-            while len(self._attempts) > 50_000:
-                self._attempts.popitem(last=False)
-        return attempt
+        self.claims.release(call)
 
     # -- forwarding ----------------------------------------------------------------------------------------
-    async def complete(self, call: Call) -> Outcome:
-        upstream = self.upstreams[call.route.kind]
-        try:
-            resp = await upstream.send(call.route, CHAT_PATH, call.upstream_body)
-        except UpstreamError as exc:
-            return Outcome(StepStatus.ERROR, exc.status, None, None, error=exc)
-        data = _loads(resp.body)
-        if not isinstance(data, dict):
-            # A 2xx that is not a JSON object is no answer: fail it rather than pass garbage on unpriced.
-            bad = UpstreamBadResponse(f"Provider {call.route.name!r} answered {resp.status} with a non-JSON body.")
-            return Outcome(StepStatus.ERROR, bad.status, None, None, error=bad)
-        usage, cost = self._settle(call, _usage_of(data))
-        return Outcome(
-            StepStatus.OK,
-            resp.status,
-            usage,
-            cost,
-            body=resp.body,
-            content_type=resp.content_type,
+    def _target(self, call: Call, hop: Hop, link: Bridge) -> Target:
+        return Target(hop.route, link.provider.endpoint, hop.model, call.tracking.provider_headers)
+
+    async def _forward(
+        self, call: Call, attempts: list[Attempt], once: Callable[[Hop, Bridge, bytes], Awaitable[T]]
+    ) -> tuple[T, Hop, Bridge, datetime, float, float]:
+        """Try each hop in turn, each as often as its key's retry policy says, until one answers.
+
+        Failed attempts are appended to `attempts`; a failure nothing should retry (a 4xx, the client gone)
+        ends the call at once. Returns the answer, its hop and bridge, when it started, and the backoff before it.
+        """
+        last: UpstreamError | None = None
+        for hop, link in zip(call.hops, call.bridges, strict=True):
+            policy = hop.route.retry
+            for n in range(policy.attempts):
+                backoff = _backoff(policy, n, last) if n else 0.0
+                if backoff:
+                    await self.sleep(backoff)
+                started, t = self.clock(), time.perf_counter()
+                try:
+                    body = call.primary_body if hop is call.hops[0] else self._body(call.parsed, hop, link)
+                    return await once(hop, link, body), hop, link, started, t, backoff * 1000
+                except InvalidRequest as exc:  # a fallback's translation refused this request: skip that hop
+                    attempts.append(self._failed(hop, link, started, t, backoff, exc))
+                    break
+                except UpstreamError as exc:
+                    attempts.append(self._failed(hop, link, started, t, backoff, exc))
+                    if not exc.retryable:
+                        raise
+                    last = exc
+        assert last is not None  # every hop failed, and each failure was recorded
+        raise last
+
+    def _failed(
+        self, hop: Hop, link: Bridge, started: datetime, t: float, backoff: float, exc: AgentLedgerError
+    ) -> Attempt:
+        return Attempt(
+            hop,
+            link,
+            StepStatus.ERROR,
+            exc.status,
+            started,
+            self.clock(),
+            (time.perf_counter() - t) * 1000,
+            backoff * 1000,
+            error=exc,
         )
 
-    async def stream(self, call: Call) -> AsyncIterator[bytes]:
-        """Pass SSE events through as they arrive; price the stream from its usage chunk at the end.
+    async def complete(self, call: Call) -> Outcome:
+        attempts: list[Attempt] = []
 
-        The stream's last frame (`[DONE]`, or the error event) is held until the call's record is durable
-        (strict mode), so a client that saw the end of its stream can trust the books have it. A client that
-        hangs up cancels this generator: recording then happens in `finally`, synchronously (no await may
-        run there), so an abandoned stream is still on the books, its cost estimated.
+        async def once(hop: Hop, link: Bridge, body: bytes) -> tuple[Any, bytes, str]:
+            resp = await self.upstreams[hop.route.kind].send(self._target(call, hop, link), body)
+            data = loads(resp.body)
+            if not isinstance(data, dict):
+                # A 2xx that is not a JSON object is no answer: fail it rather than pass garbage on unpriced.
+                raise UpstreamBadResponse(f"Provider {hop.route.name!r} answered {resp.status} with a non-JSON body.")
+            if link.response is not None:
+                return data, orjson.dumps(link.response(data, call.model)), "application/json"
+            return data, resp.body, resp.content_type
+
+        try:
+            (data, body, content_type), hop, link, started, t, backoff = await self._forward(call, attempts, once)
+        except AgentLedgerError as exc:
+            return Outcome(StepStatus.ERROR, exc.status, tuple(attempts), error=exc)
+        usage, cost = self._settle(call, hop, link.provider.usage(data), reported_cost(data.get("usage")))
+        latency = (time.perf_counter() - t) * 1000
+        attempts.append(
+            Attempt(hop, link, StepStatus.OK, 200, started, self.clock(), latency, backoff, usage=usage, cost=cost)
+        )
+        return Outcome(StepStatus.OK, 200, tuple(attempts), body=body, content_type=content_type)
+
+    async def stream(self, call: Call) -> AsyncIterator[bytes]:
+        """Pass SSE events through as they arrive (translated when the provider speaks another format); price
+        the stream from its usage at the end.
+
+        Fallbacks happen only before the stream begins: once a provider has sent an event, the client has it.
+        The stream's last frames (`[DONE]`, `message_stop`, `response.completed`, or the error event) are held
+        until the call's record is durable (strict mode), so a client that saw the end of its stream can trust
+        the books have it. A client that hangs up cancels this generator: recording then happens in `finally`,
+        synchronously (no await may run there), so an abandoned stream is still on the books, its cost estimated.
         """
-        upstream = self.upstreams[call.route.kind]
+        attempts: list[Attempt] = []
         sent: list[bytes] = []
-        raw_usage: dict[str, Any] | None = None
+        adapter: StreamAdapter | None = None
+        hop, link, started, t, backoff = call.hops[0], call.bridges[0], call.started_at, call.t0, 0.0
         ttft: float | None = None
-        done_frame: bytes | None = None
         recorded = False
         try:
-            async with upstream.stream(call.route, CHAT_PATH, call.upstream_body) as events:
-                async for data in events:
-                    if data == b"[DONE]":
-                        done_frame = b"data: [DONE]\n\n"
-                        continue
-                    # Only a chunk with a usage object needs parsing; the rest pass through as bytes.
-                    chunk = _loads(data) if _may_hold_usage(data) else None
-                    if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
-                        raw_usage = chunk["usage"]
-                        if not chunk.get("choices") and not call.client_wants_usage:
-                            continue  # the usage-only chunk we forced; this client did not ask for it
-                    frame = b"data: " + data + b"\n\n"
-                    if ttft is None:
-                        ttft = (time.perf_counter() - call.t0) * 1000
-                    sent.append(frame)
-                    yield frame
-            if done_frame is not None:
-                sent.append(done_frame)
-            usage, cost = self._settle(call, raw_usage)
+            async with contextlib.AsyncExitStack() as stack:
+
+                async def once(h: Hop, b: Bridge, body: bytes) -> AsyncIterator[Event]:
+                    return await stack.enter_async_context(
+                        self.upstreams[h.route.kind].stream(self._target(call, h, b), body)
+                    )
+
+                events, hop, link, started, t, backoff = await self._forward(call, attempts, once)
+                adapter = link.stream(call.parsed, call.model)
+                async for event, data in events:
+                    for frame in adapter.feed(event, data):
+                        if ttft is None:
+                            ttft = (time.perf_counter() - call.t0) * 1000
+                        sent.append(frame)
+                        yield frame
+            if not adapter.complete:
+                raise UpstreamUnavailable(f"Provider {hop.route.name!r} ended the stream before its last event.")
+            closing = adapter.close()
+            sent.extend(closing)
+            usage, cost = self._settle(call, hop, adapter.usage(), adapter.reported_cost())
+            failure = (
+                UpstreamBadResponse(f"Provider {hop.route.name!r}: {adapter.failure}") if adapter.failure else None
+            )
+            status = StepStatus.ERROR if failure else StepStatus.OK
+            http_status = failure.status if failure else 200
+            ended = self.clock()
+            latency = (time.perf_counter() - t) * 1000
+            attempts.append(
+                Attempt(hop, link, status, http_status, started, ended, latency, backoff, usage, cost, failure)
+            )
             outcome = Outcome(
-                StepStatus.OK,
-                200,
-                usage,
-                cost,
+                status,
+                http_status,
+                tuple(attempts),
                 ttft_ms=ttft,
+                error=failure,
                 body=b"".join(sent),
                 content_type="text/event-stream",
             )
             recorded = True
             await self.finish(call, outcome)
-            if done_frame is not None:
-                yield done_frame
+            for frame in closing:
+                yield frame
         except UpstreamError as exc:
             recorded = True
-            await self.finish(call, self._stream_failure(call, exc, raw_usage, sent, ttft))
-            if not sent:
-                raise  # nothing sent yet: the route answers with the error's own status (see routes.py)
-            yield error_event(exc)  # not in `sent`: that counts the provider's chunks for the estimate
+            if adapter is None:  # no provider answered: the route responds with the error's own status
+                await self.finish(call, Outcome(StepStatus.ERROR, exc.status, tuple(attempts), error=exc))
+                raise
+            attempts.append(self._broken(call, hop, link, started, t, backoff, exc, adapter, len(sent)))
+            await self.finish(call, Outcome(StepStatus.ERROR, exc.status, tuple(attempts), ttft_ms=ttft, error=exc))
+            yield call.fmt.error_frame(exc)  # not in `sent`: that counts the provider's events for the estimate
         finally:
             if not recorded:
                 closed = ClientClosed("The client closed the connection before the stream ended.")
-                self.record(call, self._stream_failure(call, closed, raw_usage, sent, ttft))
+                if adapter is not None:
+                    attempts.append(self._broken(call, hop, link, started, t, backoff, closed, adapter, len(sent)))
+                self.record(call, Outcome(StepStatus.ERROR, closed.status, tuple(attempts), ttft_ms=ttft, error=closed))
                 self.release(call)
 
-    def _stream_failure(
+    def _broken(
         self,
         call: Call,
+        hop: Hop,
+        link: Bridge,
+        started: datetime,
+        t: float,
+        backoff: float,
         err: AgentLedgerError,
-        raw_usage: dict[str, Any] | None,
-        sent: list[bytes],
-        ttft: float | None,
-    ) -> Outcome:
-        if isinstance(err, UpstreamError) and not sent:  # the provider refused before answering: nothing to charge
-            return Outcome(StepStatus.ERROR, err.status, None, None, error=err)
-        usage, cost = self._settle(call, raw_usage)
-        if not raw_usage:  # no usage chunk came: estimate what was sent
-            usage = usage or self._estimate(call, len(sent))
-            cost = self._estimated_cost(call, usage)
-        return Outcome(StepStatus.ERROR, err.status, usage, cost, ttft_ms=ttft, error=err)
+        adapter: StreamAdapter,
+        frames: int,
+    ) -> Attempt:
+        """A stream that began and did not end: charged what the provider reported, else an estimate."""
+        usage, cost = self._settle(call, hop, adapter.usage(), adapter.reported_cost())
+        if usage is None:  # no usage came: ~4 bytes a token for the prompt, one token per event sent
+            usage = Usage(input_tokens=len(call.primary_body) // 4, output_tokens=max(frames - 1, 0))
+            priced = price_usage(usage, hop.model, hop.route.provider, call.started_at, call.price_overrides)
+            cost = Cost(priced.nanos, CostSource.ESTIMATED) if priced else None
+        ended = self.clock()
+        latency = (time.perf_counter() - t) * 1000
+        return Attempt(hop, link, StepStatus.ERROR, err.status, started, ended, latency, backoff, usage, cost, err)
 
-    def _estimate(self, call: Call, chunks: int) -> Usage:
-        # No usage chunk arrived: ~4 bytes a token for the prompt, one token per content chunk sent.
-        return Usage(input_tokens=len(call.upstream_body) // 4, output_tokens=max(chunks - 1, 0))
-
-    def _estimated_cost(self, call: Call, usage: Usage) -> Cost | None:
-        cost = price_usage(usage, call.model, call.route.provider, call.started_at, call.price_overrides)
-        return Cost(cost.nanos, CostSource.ESTIMATED) if cost else None
-
-    def _settle(self, call: Call, raw_usage: dict[str, Any] | None) -> tuple[Usage | None, Cost | None]:
-        """The provider's usage, parsed once, and the call's cost: reported by the provider, else computed.
+    def _settle(
+        self, call: Call, hop: Hop, parsed: tuple[Usage, bool] | None, reported: str | None
+    ) -> tuple[Usage | None, Cost | None]:
+        """The provider's usage and the attempt's cost: reported by the provider, else computed.
 
         The provider has answered (and charged) by now, so its numbers are recorded whatever they are:
         absurd ones (2^63 tokens, a $1e30 charge) are clamped to core.bounds and the cost flagged `clamped`.
         """
-        parsed = usage_mod.parse_openai(raw_usage)
         if parsed is None:
             return None, None
         usage, clamped = parsed
-        reported = usage_mod.reported_cost(raw_usage)
         if reported is not None:
             nanos, over = event_cost_nanos(reported)
             return usage, bounded(Cost(nanos, CostSource.REPORTED), clamped or over)
-        cost = price_usage(usage, call.model, call.route.provider, call.started_at, call.price_overrides)
+        cost = price_usage(usage, hop.model, hop.route.provider, call.started_at, call.price_overrides)
         return usage, (bounded(cost, clamped) if cost is not None else None)
 
     # -- recording -----------------------------------------------------------------------------------------
@@ -483,107 +430,40 @@ class Gateway:
         ended_at = self.clock()
         latency_ms = (time.perf_counter() - call.t0) * 1000
         failed = outcome.status is StepStatus.ERROR
-        attempt = self._next_attempt(call, failed)
-        cost_nanos = outcome.cost.nanos if outcome.cost else 0
-        cost_source = outcome.cost.source if outcome.cost else None
-        err = outcome.error
-        a = call.attribution
+        attempt = self.claims.next_attempt(call, failed)
         if not failed and call.client_request_id and outcome.body is not None:
-            self._remember(
-                (a.workspace_id, call.request_id),
+            cost = outcome.cost
+            self.claims.remember(
+                (call.workspace_id, call.request_id),
                 StoredResponse(
                     call.request_hash,
                     outcome.http_status,
                     outcome.body,
                     outcome.content_type or "",
-                    a.run_id,
-                    cost_nanos,
+                    call.attribution.run_id,
+                    cost.nanos if cost else 0,
                 ),
             )
-        events: list[TraceEvent] = []
-        if a.run_id is not None:
-            events.append(RunStart(run_id=a.run_id, attribution=a, started_at=call.started_at))
-        events.append(
-            RequestRecord(
-                request_id=call.request_id,
-                attribution=a,
-                endpoint=CHAT_PATH,
-                provider=call.route.provider,
-                model=call.model,
-                stream=call.stream,
-                status=outcome.status,
-                http_status=outcome.http_status,
-                started_at=call.started_at,
-                ended_at=ended_at,
-                latency_ms=latency_ms,
-                request_hash=call.request_hash,
-                attempt=attempt,
-                ttft_ms=outcome.ttft_ms,
-                usage=outcome.usage,
-                cost_nanos=cost_nanos,
-                cost_source=cost_source,
-                error_code=err.code if err else None,
-                error_message=err.message if err else None,
-                response_body=outcome.body if not failed else None,
-                response_content_type=outcome.content_type,
-            )
-        )
-        if a.run_id is not None:
-            events.append(
-                StepRecord(
-                    step_id=_model_step_id(a.workspace_id, call.request_id, attempt),
-                    run_id=a.run_id,
-                    attribution=a,
-                    kind=StepKind.MODEL_CALL,
-                    name=call.model,
-                    status=outcome.status,
-                    started_at=call.started_at,
-                    ended_at=ended_at,
-                    latency_ms=latency_ms,
-                    request_id=call.request_id,
-                    model=call.model,
-                    provider=call.route.provider,
-                    usage=outcome.usage,
-                    cost_nanos=cost_nanos,
-                    cost_source=cost_source,
-                    attempt=attempt,
-                    error=err.message if err else None,
-                    attributes={"stream": call.stream, "ttft_ms": outcome.ttft_ms, "http_status": outcome.http_status},
-                )
-            )
-        return self.pipeline.commit(events)
+        return self.pipeline.commit(trace_events(call, outcome, attempt, ended_at, latency_ms))
 
     def record_rejection(
-        self, request_id: str, base: Attribution, exc: AgentLedgerError, started_at: datetime, t0: float, body: bytes
+        self,
+        request_id: str,
+        base: Attribution,
+        fmt: Format,
+        exc: AgentLedgerError,
+        started_at: datetime,
+        t0: float,
+        body: bytes,
     ) -> asyncio.Future[None] | None:
-        """A request refused after authentication is still on the books (zero cost), against its key."""
         model = "unknown"
-        try:
-            payload = orjson.loads(body)
-            if isinstance(payload, dict) and isinstance(payload.get("model"), str):
-                model = payload["model"][:256]
-        except orjson.JSONDecodeError:
-            pass
-        return self.pipeline.commit(
-            [
-                RequestRecord(
-                    request_id=request_id,
-                    attribution=base,
-                    endpoint=CHAT_PATH,
-                    provider="none",
-                    model=model,
-                    stream=False,
-                    status=StepStatus.ERROR,
-                    http_status=exc.status,
-                    started_at=started_at,
-                    ended_at=self.clock(),
-                    latency_ms=(time.perf_counter() - t0) * 1000,
-                    request_hash=hashlib.sha256(body).hexdigest(),
-                    error_code=exc.code,
-                    error_message=exc.message,
-                )
-            ]
-        )
+        payload = loads(body)
+        if isinstance(payload, dict) and isinstance(payload.get("model"), str):
+            model = payload["model"][:256]
+        ended = self.clock()
+        latency = (time.perf_counter() - t0) * 1000
+        digest = hashlib.sha256(body).hexdigest()
+        return self.pipeline.commit([rejection(request_id, base, fmt, exc, model, started_at, ended, latency, digest)])
 
     def invalidate_key(self, key_hash: str | None) -> None:
         if key_hash:
@@ -607,44 +487,10 @@ async def _durable(fut: asyncio.Future[None] | None) -> None:
         log.error("a call's record could not be made durable; its response is released anyway")
 
 
-def _model_step_id(workspace_id: str, request_id: str, attempt: int) -> str:
-    digest = hashlib.sha256(f"{workspace_id}\0{request_id}\0{attempt}".encode()).hexdigest()[:24]
-    return f"mc_{digest}"
-
-
-def _may_hold_usage(data: bytes) -> bool:
-    return b'"usage"' in data and b'"usage":null' not in data and b'"usage": null' not in data
-
-
-def _loads(data: bytes) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-
-
-def _usage_of(data: Any) -> dict[str, Any] | None:
-    usage = data.get("usage") if isinstance(data, dict) else None
-    return usage if isinstance(usage, dict) else None
-
-
-def _chat_request(payload: dict[str, Any], body: bytes) -> tuple[str, bool, bool, bytes]:
-    """Validate the fields the gateway relies on; return (model, stream, client_wants_usage, upstream body)."""
-    model = payload.get("model")
-    if not isinstance(model, str) or not model or len(model) > 256:
-        raise InvalidRequest("'model' must be a non-empty string of at most 256 characters.", param="model")
-    messages = payload.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
-    stream = payload.get("stream", False)
-    if not isinstance(stream, bool):
-        raise InvalidRequest("'stream' must be a boolean.", param="stream")
-    options = payload.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
-    wants_usage = bool(options and options.get("include_usage"))
-    if stream and not wants_usage:
-        # Streams are always priced: ask for the usage chunk, and hide it from this client later.
-        payload = {**payload, "stream_options": {**(options or {}), "include_usage": True}}
-        return model, stream, wants_usage, orjson.dumps(payload)
-    return model, stream, wants_usage, body
+def _backoff(policy: RetryPolicy, retry: int, last: UpstreamError | None) -> float:
+    """Seconds before retry number `retry` (1, 2, ...) on the same key: the policy's doubling backoff, or the
+    provider's Retry-After when it asks for longer, capped by the policy."""
+    wait: float = policy.backoff_ms / 1000 * (1 << (retry - 1))
+    if last is not None and last.wait is not None:
+        wait = max(wait, last.wait)
+    return min(wait, policy.max_backoff_ms / 1000)

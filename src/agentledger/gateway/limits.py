@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentledger.core.errors import RequestTooLarge
-from agentledger.gateway.responses import error_response
+from agentledger.gateway.responses import error_for_path
 
 
 class BodyLimitMiddleware:
@@ -27,7 +27,7 @@ class BodyLimitMiddleware:
             return
         for name, value in scope["headers"]:
             if name.lower() == b"content-length" and value.strip().isdigit() and int(value) > self.limit:
-                await error_response(self._error())(scope, receive, send)
+                await error_for_path(self._error(), scope.get("path", ""))(scope, receive, send)
                 return
         received = 0
         started = False
@@ -51,7 +51,7 @@ class BodyLimitMiddleware:
         except RequestTooLarge as exc:
             if started:
                 raise
-            await error_response(exc)(scope, receive, send)
+            await error_for_path(exc, scope.get("path", ""))(scope, receive, send)
 
     def _error(self) -> RequestTooLarge:
         return RequestTooLarge(f"The request body is larger than the {self.limit} bytes this server accepts.")

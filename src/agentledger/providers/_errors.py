@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import aiohttp
@@ -41,15 +41,41 @@ def _provider_message(body: bytes) -> str:
             return str(err["message"])[:500]
         if isinstance(err, str):
             return err[:500]
+        if isinstance(data, dict) and isinstance(data.get("message"), str):  # Azure, some proxies
+            return str(data["message"])[:500]
     except orjson.JSONDecodeError:
         pass
     return body[:200].decode("utf-8", "replace")
 
 
-def error_for_status(provider: str, status: int, body: bytes) -> UpstreamError:
+def retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """The wait a provider asked for, in seconds: OpenAI's `retry-after-ms`, else `Retry-After` in seconds
+    (an HTTP-date is read as no advice: the backoff decides)."""
+    if not headers:
+        return None
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / scale
+        except ValueError:
+            continue
+        if seconds == seconds and 0 <= seconds < 86_400:  # not NaN, not negative, not absurd
+            return seconds
+    return None
+
+
+def error_for_status(
+    provider: str, status: int, body: bytes, headers: Mapping[str, str] | None = None
+) -> UpstreamError:
     message = f"Provider {provider!r} answered {status}: {_provider_message(body)}"
     if status == 429:
-        return UpstreamRateLimited(message)
-    if status >= 500:
-        return UpstreamBadResponse(message)
-    return UpstreamRejected(message, status=status)
+        exc: UpstreamError = UpstreamRateLimited(message)
+    elif status >= 500:
+        exc = UpstreamBadResponse(message)
+    else:
+        exc = UpstreamRejected(message, status=status)
+    exc.provider_status = status
+    exc.wait = retry_after(headers)
+    return exc

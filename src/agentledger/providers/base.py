@@ -7,10 +7,11 @@ this boundary (see `providers._errors`), so the gateway does not know which libr
 
 Example:
     upstream = OpenAIUpstream(timeouts)
-    resp = await upstream.send(route, "/chat/completions", body)
+    target = Target(route, "/chat/completions", "gpt-4o-mini")
+    resp = await upstream.send(target, body)
     if resp.status == 200: ...
-    async with upstream.stream(route, "/chat/completions", body) as events:
-        async for data in events:   # each SSE `data:` payload as bytes, "[DONE]" included
+    async with upstream.stream(target, body) as events:
+        async for event, data in events:   # each SSE event: its name (or None) and its data payload
             ...
 The caller closes the stream by leaving the `async with`; the adapter closes the HTTP response then.
 """
@@ -42,14 +43,33 @@ class UpstreamResponse:
     content_type: str
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one attempt goes: the provider key (route), the endpoint in the provider's own format
+    (`/chat/completions`, `/messages`, `/messages/count_tokens`, `/responses`, `/embeddings`: the adapter maps it
+    to the provider's URL, e.g. an Azure deployment), the model, and the client headers a provider reads
+    (`anthropic-version`, `anthropic-beta`) as lower-case (name, value) pairs."""
+
+    route: ProviderRoute
+    path: str
+    model: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+# One SSE event of a provider's stream: its `event:` name (None when the provider names none, as chat
+# completions do) and its `data:` payload.
+Event = tuple[str | None, bytes]
+
+
 class Upstream(Protocol):
-    async def send(self, route: ProviderRoute, path: str, body: bytes) -> UpstreamResponse:
-        """POST `body` to `path`; return a 2xx answer or raise an UpstreamError."""
+    async def send(self, target: Target, body: bytes) -> UpstreamResponse:
+        """POST `body`; return a 2xx answer or raise an UpstreamError."""
         ...
 
-    def stream(self, route: ProviderRoute, path: str, body: bytes) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        """POST a streaming request; yield each SSE data payload. Errors before the first byte raise on
-        entering the context; a connection dropped mid-stream raises UpstreamUnavailable from the iterator."""
+    def stream(self, target: Target, body: bytes) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
+        """POST a streaming request; yield each SSE event, as the provider sent it (`[DONE]` included).
+        Errors before the first byte raise on entering the context; a connection dropped mid-stream raises
+        UpstreamUnavailable from the iterator. Whether the stream ended properly is the format's to judge."""
         ...
 
     async def aclose(self) -> None: ...

@@ -138,8 +138,8 @@ def recompute(conn: Connection, workspace_id: str | None = None) -> dict[str, di
             func.sum(case((s.status == "error", 1), else_=0)),
             func.sum(case((s.attempt > 1, 1), else_=0)),
             func.sum(case((s.kind == "model_call", func.coalesce(s.latency_ms, 0.0)), else_=0.0)),
-            exact_sum(s.cost_nanos),
-            *[exact_sum(s[k]) for k in TOKEN_FIELDS],
+            exact_sum(case((s.kind == "model_attempt", 0), else_=s.cost_nanos)),
+            *[exact_sum(case((s.kind == "model_attempt", 0), else_=s[k])) for k in TOKEN_FIELDS],
         )
         .group_by(s.workspace_id, s.run_id)
         .where(s.run_id.is_not(None))

@@ -116,6 +116,9 @@ provider_keys = Table(
     Column("created_at", TS, nullable=False),
     Column("revoked_at", TS, nullable=True),
     ForeignKeyConstraint(["workspace_id"], ["workspaces.id"]),
+    Column("fallbacks", JSON, nullable=True),  # [{"key": name, "model": id}, ...] (core.model.Fallback)
+    Column("retry", JSON, nullable=True),  # {"attempts", "backoff_ms", "max_backoff_ms"} (core.model.RetryPolicy)
+    Column("options", JSON, nullable=True),  # per kind: azure api_version / deployments, anthropic_version
 )
 
 admin_tokens = Table(
@@ -237,6 +240,9 @@ requests = Table(
     Column("response_content_type", String(128), nullable=True),
     Column("started_at", TS, nullable=False),
     Column("ended_at", TS, nullable=False),
+    Column("requested_model", String(256), nullable=True),  # as the client named it, when not `model`
+    Column("provider_key", String(256), nullable=True),  # the provider key that answered last
+    Column("route_attempts", Integer, nullable=False, server_default="1"),  # retries and fallbacks included
     # Time first: led by the workspace, PostgreSQL without statistics took it for point lookups by
     # (workspace_id, id) as readily as the primary key, and read a whole workspace to find one request.
     Index("ix_requests_started_ws", "started_at", "workspace_id"),

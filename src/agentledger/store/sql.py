@@ -43,11 +43,14 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, Tim
 from agentledger.core.books import Books
 from agentledger.core.errors import Conflict, InvalidRequest, StoreUnavailable
 from agentledger.core.model import (
+    NO_RETRY,
     AdminPrincipal,
     Attribution,
+    Fallback,
     Principal,
     ProviderRoute,
     RequestRecord,
+    RetryPolicy,
     Role,
     RunEnd,
     RunStart,
@@ -655,6 +658,9 @@ class SQLStore:
                 api_key=decrypt(r["api_key_encrypted"]) if r["api_key_encrypted"] else None,
                 models=tuple(r["models"]),
                 priority=r["priority"],
+                fallbacks=tuple(Fallback(f.get("key"), f.get("model")) for f in r["fallbacks"] or ()),
+                retry=RetryPolicy(**r["retry"]) if r["retry"] else NO_RETRY,
+                options=r["options"] or {},
             )
             for r in rows
         ]
@@ -983,6 +989,9 @@ def _request_values(r: RequestRecord) -> dict[str, Any]:
         response_content_type=r.response_content_type,
         started_at=r.started_at,
         ended_at=r.ended_at,
+        requested_model=r.requested_model,
+        provider_key=r.provider_key,
+        route_attempts=r.route_attempts,
     )
 
 

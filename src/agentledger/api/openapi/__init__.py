@@ -37,18 +37,20 @@ _RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"t
 DESCRIPTION = """\
 agentledger: an OpenAI-compatible AI gateway that records runs, steps and costs.
 
-Every error has one shape, `{"error": {"message", "type", "code", "param"}}`. 499 (`client_closed_request`)
-is only ever recorded, never sent. A provider's own 4xx refusal (`upstream_rejected`) on
-/v1/chat/completions passes its status through. Tracking headers `alephant-property-<name>` (name: 1-64 of
-`a-z 0-9 _ . -`, value at most 1024 characters, at most 32 of them) are accepted besides the listed ones.
+Errors follow the wire format of the route: `{"error": {"message", "type", "code", "param"}}` everywhere
+but /v1/messages, whose errors are Anthropic's `{"type": "error", "error": {"type", "message"}}`.
+499 (`client_closed_request`) is only ever recorded, never sent. A provider's own 4xx refusal
+(`upstream_rejected`) on a model route passes its status through. Tracking headers
+`alephant-property-<name>` (name: 1-64 of `a-z 0-9 _ . -`, value at most 1024 characters, at most 32 of
+them) are accepted besides the listed ones.
 """
 
 
-def _error_response(status: int) -> Schema:
+def _error_response(status: int, shape: str = "Error") -> Schema:
     headers = {"x-request-id": _REQUEST_ID}
     if status in (429, 503):
         headers["Retry-After"] = _RETRY_AFTER
-    return {"description": _ERRORS[status], "headers": headers, "content": json_content(ref("Error"))}
+    return {"description": _ERRORS[status], "headers": headers, "content": json_content(ref(shape))}
 
 
 @cache
@@ -59,7 +61,10 @@ def document() -> Schema:
         "paths": PATHS,
         "components": {
             "schemas": {**REQUESTS, **ROWS},
-            "responses": {f"Error{status}": _error_response(status) for status in _ERRORS},
+            "responses": {
+                **{f"Error{status}": _error_response(status) for status in _ERRORS},
+                **{f"AnthropicError{status}": _error_response(status, "AnthropicError") for status in _ERRORS},
+            },
             "securitySchemes": {
                 "virtualKey": {"type": "http", "scheme": "bearer", "description": "A virtual key, `vk-…`."},
                 "virtualKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key"},

@@ -41,6 +41,12 @@ TRACKING = [
     param(h.SESSION_NAME, "header", text(h.MAX_NAME_LEN), "Human label of the session."),
     param(h.PROMPT_ID, "header", _PROMPT, "Prompt template id."),
     param(h.PROMPT_VERSION, "header", ID, "Prompt version; needs alephant-prompt-id."),
+    param(
+        h.FORCED_ROUTING,
+        "header",
+        text(h.MAX_NAME_LEN),
+        "A provider key's name: the call goes to that key (which must serve the model), not the route table.",
+    ),
 ]
 
 
@@ -122,14 +128,70 @@ _STATUS = {
     "required": ["status"],
 }
 
+_MODEL_ERRORS = (400, 401, 403, 404, 409, 413, 429, 502, 503, 504)
+
+
+def _answer(kind: str, schema: str, streams: bool = True) -> Schema:
+    content = json_content(ref(schema))
+    if streams:
+        content["text/event-stream"] = {"schema": {"type": "string"}}
+    what = f"The provider's answer: {kind}" + (", or an SSE stream when `stream` is true." if streams else ".")
+    return {"description": what, "headers": _GATEWAY_HEADERS, "content": content}
+
+
+def _anthropic_op(summary: str, ok: Schema, errors: tuple[int, ...], **extra: Schema | list[Schema]) -> Schema:
+    """An operation on /v1/messages: its errors have Anthropic's shape."""
+    answers = {"200": ok, **{str(s): {"$ref": f"#/components/responses/AnthropicError{s}"} for s in sorted(errors)}}
+    return {"summary": summary, "tags": ["gateway"], "security": VIRTUAL_KEY, "responses": answers, **extra}
+
+
 PATHS: Schema = {
+    "/v1/messages": {
+        "post": _anthropic_op(
+            "Anthropic Messages, streamed or not (`x-api-key` or Bearer virtual key); routed, priced and recorded.",
+            _answer("a Message", "Message"),
+            _MODEL_ERRORS,
+            parameters=TRACKING,
+            requestBody=body(ref("MessagesRequest")),
+        )
+    },
+    "/v1/messages/count_tokens": {
+        "post": _anthropic_op(
+            "Anthropic's token count, from the provider serving the model (not billed, not recorded).",
+            ok_json("The count.", ref("TokenCount")),
+            (400, 401, 404, 413, 429, 502, 503, 504),
+            requestBody=body(ref("CountTokensRequest")),
+        )
+    },
+    "/v1/responses": {
+        "post": op(
+            "OpenAI Responses, streamed or not; routed, priced and recorded.",
+            "gateway",
+            VIRTUAL_KEY,
+            {200: _answer("a Response", "Response")},
+            _MODEL_ERRORS,
+            parameters=TRACKING,
+            requestBody=body(ref("ResponsesRequest")),
+        )
+    },
+    "/v1/embeddings": {
+        "post": op(
+            "OpenAI embeddings; routed, priced (input tokens) and recorded.",
+            "gateway",
+            VIRTUAL_KEY,
+            {200: _answer("embeddings", "Embeddings", streams=False)},
+            _MODEL_ERRORS,
+            parameters=TRACKING,
+            requestBody=body(ref("EmbeddingsRequest")),
+        )
+    },
     "/v1/chat/completions": {
         "post": op(
             "OpenAI chat completion, streamed or not; routed, priced and recorded.",
             "gateway",
             VIRTUAL_KEY,
             {200: _STREAM_OR_JSON},
-            (400, 401, 403, 404, 409, 413, 429, 502, 503, 504),
+            _MODEL_ERRORS,
             parameters=TRACKING,
             requestBody=body(ref("ChatCompletionRequest")),
         )

@@ -107,6 +107,14 @@ ROWS: dict[str, Schema] = {
         ["error"],
         closed=True,
     ),
+    "AnthropicError": obj(
+        {
+            "type": {"const": "error"},
+            "error": obj({"type": STR, "message": STR}, ["type", "message"], closed=True),
+        },
+        ["type", "error"],
+        closed=True,
+    ),
     "Workspace": obj({"id": STR, "name": STR, "created_at": TIMESTAMP}, ["id", "name", "created_at"]),
     "Department": obj({"workspace_id": STR, "id": STR, "name": STR, "created_at": TIMESTAMP}, ["id", "name"]),
     "Agent": obj(
@@ -140,6 +148,9 @@ ROWS: dict[str, Schema] = {
             "priority": INT,
             "created_at": TIMESTAMP,
             "revoked_at": OPT_TS,
+            "fallbacks": nullable(array(obj({"key": OPT_STR, "model": OPT_STR}))),
+            "retry": nullable(obj({"attempts": INT, "backoff_ms": INT, "max_backoff_ms": INT})),
+            "options": nullable({"type": "object"}),
         },
         ["id", "name", "provider", "kind", "base_url", "models", "priority", "created_at"],
     ),
@@ -194,6 +205,9 @@ ROWS: dict[str, Schema] = {
             "error_message": OPT_STR,
             "started_at": TIMESTAMP,
             "ended_at": TIMESTAMP,
+            "requested_model": OPT_STR,
+            "provider_key": OPT_STR,
+            "route_attempts": INT,
         },
         ["id", "model", "provider", "status", "http_status", "cost_nanos", "cost_usd", "started_at"],
     ),
@@ -236,4 +250,8 @@ ROWS: dict[str, Schema] = {
         ["object", "data"],
     ),
     "ChatCompletion": obj({"id": STR, "object": STR, "choices": array(OBJECT), "usage": OBJECT}),
+    "Message": obj({"id": STR, "type": STR, "role": STR, "content": array(OBJECT), "usage": OBJECT}),
+    "Response": obj({"id": STR, "object": STR, "output": array(OBJECT), "usage": OBJECT}),
+    "Embeddings": obj({"object": STR, "data": array(OBJECT), "model": STR, "usage": OBJECT}),
+    "TokenCount": obj({"input_tokens": INT}, ["input_tokens"]),
 }

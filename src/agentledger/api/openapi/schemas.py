@@ -22,6 +22,7 @@ from agentledger.core.bounds import (
 from agentledger.core.headers import ID_RE, MAX_ID_LEN, MAX_NAME_LEN, MAX_PATH_LEN
 from agentledger.core.model import RunStatus, StepKind
 from agentledger.core.rollup import TOKEN_FIELDS
+from agentledger.core.route_config import MAX_BACKOFF_MS, MAX_FALLBACKS, MAX_RETRY_ATTEMPTS
 from agentledger.governance import PROVIDER_KINDS
 from agentledger.ingest.steps import MAX_BATCH
 
@@ -173,6 +174,33 @@ REQUESTS = {
         },
         ["model", "messages"],
     ),
+    "MessagesRequest": obj(
+        {
+            "model": text(MAX_NAME_LEN, pattern=None),
+            "messages": array(ANY_OBJECT, min_items=1),
+            "max_tokens": integer(1, 1 << 31),
+            "stream": {"type": "boolean", "default": False},
+        },
+        ["model", "messages", "max_tokens"],
+    ),
+    "CountTokensRequest": obj(
+        {"model": text(MAX_NAME_LEN, pattern=None), "messages": array(ANY_OBJECT, min_items=1)}, ["model", "messages"]
+    ),
+    "ResponsesRequest": obj(
+        {
+            "model": text(MAX_NAME_LEN, pattern=None),
+            "input": {"anyOf": [{"type": "string"}, array(ANY_OBJECT)]},
+            "stream": {"type": "boolean", "default": False},
+        },
+        ["model"],
+    ),
+    "EmbeddingsRequest": obj(
+        {
+            "model": text(MAX_NAME_LEN, pattern=None),
+            "input": {"anyOf": [{"type": "string", "minLength": 1}, {"type": "array", "minItems": 1}]},
+        },
+        ["model", "input"],
+    ),
     "DepartmentIn": obj({"id": N(ID), "name": LABEL}, ["name"]),
     "AgentIn": obj(
         {"id": N(ID), "name": LABEL, "department_id": ID, "kind": enum(["ai", "workflow"], default="ai")},
@@ -193,6 +221,24 @@ REQUESTS = {
             "api_key": N({"type": "string", "minLength": 1}),  # bounded only by max_body_bytes
             "models": N(MODEL_PATTERNS),
             "priority": integer(MIN_PRIORITY, MAX_PRIORITY, default=0),
+            "fallbacks": N(
+                array(
+                    obj({"key": N(LABEL), "model": N(LABEL)}, closed=True),
+                    max_items=MAX_FALLBACKS,
+                )
+            ),
+            "retry": N(
+                obj(
+                    {
+                        "attempts": integer(1, MAX_RETRY_ATTEMPTS, default=1),
+                        "backoff_ms": integer(0, MAX_BACKOFF_MS, default=200),
+                        "max_backoff_ms": integer(0, MAX_BACKOFF_MS, default=10_000),
+                    },
+                    closed=True,
+                )
+            ),
+            # Per kind: azure `api_version`, `deployments` (model → deployment); anthropic `anthropic_version`.
+            "options": N({"type": "object"}),
         }
     ),
     "PriceIn": obj(
