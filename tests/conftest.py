@@ -41,6 +41,9 @@ def db_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def gw(db_url: str, tmp_path: Path, upstream: ServerThread) -> Iterator[Harness]:
     """A real gateway server over a real store (SQLite and PostgreSQL), with a fake upstream behind it."""
-    upstream.config.app.state.fake.received.clear()
+    fake = upstream.config.app.state.fake
+    fake.received.clear()
+    fake.script.clear()
+    fake.retry_after = None
     with running_gateway(db_url, tmp_path, upstream) as harness:
         yield harness

@@ -48,6 +48,18 @@ class Harness:
     fake: FakeUpstream
     server: ServerThread
     settings: Settings
+    upstream_url: str = ""
+
+    def add_provider_key(self, **fields: Any) -> dict[str, Any]:
+        """A provider key created through the API (which also drops the gateway's cached routes).
+        `base_url` defaults to the fake upstream's, in the form the kind expects."""
+        kind = fields.setdefault("kind", "openai")
+        if "base_url" not in fields:
+            fields["base_url"] = self.upstream_url + ("" if kind == "azure" else "/v1")
+        fields.setdefault("api_key", f"sk-{kind}-upstream-secret")
+        resp = self.api("POST", "/api/provider-keys", json=fields)
+        assert resp.status_code == 201, resp.text
+        return dict(resp.json())
 
     def openai(self, **kw: Any) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=kw.pop("api_key", self.vk), max_retries=0, **kw)
@@ -106,4 +118,11 @@ def running_gateway(db_url: str, data_dir: Path, upstream: ServerThread, **setti
     ids = provision(cfg, upstream.url)
     server = ServerThread(create_app(cfg, store=SQLStore(cfg.database_url, durable_commits=cfg.durability == "strict")))
     with server:
-        yield Harness(url=server.url, fake=upstream.config.app.state.fake, server=server, settings=cfg, **ids)
+        yield Harness(
+            url=server.url,
+            fake=upstream.config.app.state.fake,
+            server=server,
+            settings=cfg,
+            upstream_url=upstream.url,
+            **ids,
+        )

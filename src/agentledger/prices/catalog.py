@@ -19,8 +19,11 @@ from agentledger.core.money import to_nanos
 from agentledger.core.pricing import Cost, CostSource, Price, cost, pick_price
 from agentledger.core.usage import Usage
 
-# Route providers that genai-prices does not know price by model name alone.
-_CATALOG_PROVIDERS = frozenset({"openai", "anthropic", "openrouter", "google", "groq", "mistral", "deepseek", "x-ai"})
+# Route providers that genai-prices does not know price by model name alone. In this order they are also tried
+# for a provider it does not know (mock, azure, a self-hosted OpenAI-compatible server): genai-prices matches a
+# bare name only to models whose provider it can infer from the name, which leaves out e.g. embeddings models.
+_CATALOG_ORDER = ("openai", "anthropic", "google", "mistral", "deepseek", "x-ai", "groq", "openrouter")
+_CATALOG_PROVIDERS = frozenset(_CATALOG_ORDER)
 
 
 def _provider_id(provider: str) -> str | None:
@@ -31,12 +34,16 @@ def _provider_id(provider: str) -> str | None:
 def _catalog_entry(model: str, provider: str) -> tuple[Any, Any] | None:
     """(provider, model) as genai-prices knows them, or None. Matching a name is cached; prices are not,
     because they depend on the request's timestamp."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return data_snapshot.get_snapshot().find_provider_model(model, None, _provider_id(provider), None)
-    except LookupError:
-        return None
+    provider_id = _provider_id(provider)
+    snapshot = data_snapshot.get_snapshot()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for candidate in (provider_id,) if provider_id is not None else (None, *_CATALOG_ORDER):
+            try:
+                return snapshot.find_provider_model(model, None, candidate, None)
+            except LookupError:
+                continue
+    return None
 
 
 def catalog_knows(model: str, provider: str) -> bool:
