@@ -252,17 +252,18 @@ class Gateway:
                 started, t = self.clock(), time.perf_counter()
                 try:
                     body = call.primary_body if hop is call.hops[0] else self._body(call.parsed, hop, link)
-                    return await once(hop, link, body), hop, link, started, t, backoff * 1000
-                except InvalidRequest as exc:  # a fallback's translation refused this request: skip that hop
-                    attempts.append(self._failed(hop, link, started, t, backoff, exc))
+                except InvalidRequest as exc:  # this fallback's translation refuses the request: not a hop for it
+                    log.info("fallback %s skipped: %s", hop.route.name, exc.message)
                     break
+                try:
+                    return await once(hop, link, body), hop, link, started, t, backoff * 1000
                 except UpstreamError as exc:
                     attempts.append(self._failed(hop, link, started, t, backoff, exc))
                     if not exc.retryable:
                         raise
                     last = exc
-        assert last is not None  # every hop failed, and each failure was recorded
-        raise last
+        # Every hop was tried and failed (each failure recorded); the primary always is, so `last` is set.
+        raise last or UpstreamUnavailable("No provider could be tried for this call.")
 
     def _failed(
         self, hop: Hop, link: Bridge, started: datetime, t: float, backoff: float, exc: AgentLedgerError
