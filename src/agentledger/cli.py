@@ -23,7 +23,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from agentledger.config import SETTINGS, Settings, load_settings
 from agentledger.core.errors import AgentLedgerError, InvalidRequest
 from agentledger.core.model import Role
-from agentledger.governance import Governance
+from agentledger.governance import PROVIDER_KINDS, Governance
 from agentledger.secrets_box import SecretBox
 from agentledger.store.sql import SQLStore
 
@@ -240,6 +240,36 @@ def _in_workspace(workspace: str, fn: Callable[[Governance], Awaitable[T]]) -> C
     return run
 
 
+def _provider_key_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The CLI's flat flags → the API's `fallbacks`, `retry` and `options` objects."""
+    if "fallbacks" in body:
+        entries = []
+        for given in body["fallbacks"]:
+            key, sep, model = given.partition(":")
+            entries.append({"key": key or None, "model": model or None} if sep else {"key": key})
+        body["fallbacks"] = entries
+    retry = {
+        name: body.pop(flag)
+        for flag, name in (
+            ("retry_attempts", "attempts"),
+            ("retry_backoff_ms", "backoff_ms"),
+            ("retry_max_backoff_ms", "max_backoff_ms"),
+        )
+        if flag in body
+    }
+    if retry:
+        body["retry"] = retry
+    options: dict[str, Any] = {k: body.pop(k) for k in ("api_version", "anthropic_version") if k in body}
+    if "deployments" in body:
+        pairs = [d.partition("=") for d in body.pop("deployments")]
+        if any(not sep or not model or not name for model, sep, name in pairs):
+            raise click.BadParameter("expected MODEL=DEPLOYMENT", param_hint="'--deployment'")
+        options["deployments"] = {model: name for model, _, name in pairs}
+    if options:
+        body["options"] = options
+    return body
+
+
 def _create_command(
     group: click.Group,
     name: str,
@@ -247,6 +277,7 @@ def _create_command(
     options: list[click.Option],
     help: str,
     one_of: tuple[str, ...] = (),
+    shape: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> None:
     @click.pass_context
     def command(ctx: click.Context, /, workspace: str, **data: Any) -> None:
@@ -257,6 +288,8 @@ def _create_command(
         for k in ("allowed_models", "models"):
             if k in body:
                 body[k] = list(body[k])
+        if shape is not None:
+            body = shape(body)
         result = _with_governance(
             _settings(ctx), _in_workspace(workspace, lambda g: getattr(g, method)(workspace, body))
         )
@@ -393,14 +426,26 @@ _create_command(
     "create_provider_key",
     [
         click.Option(["--name"]),
-        click.Option(["--kind"], type=click.Choice(["openai", "mock"]), default="openai"),
+        click.Option(["--kind"], type=click.Choice(list(PROVIDER_KINDS)), default="openai"),
         click.Option(["--provider"], help="Price-catalog provider id: openai, openrouter, anthropic, ..."),
         click.Option(["--base-url", "base_url"]),
         click.Option(["--api-key", "api_key"], envvar="AGENTLEDGER_PROVIDER_API_KEY"),
         click.Option(["--model", "models"], multiple=True, help="Model name or glob; repeatable (default '*')."),
         click.Option(["--priority"], type=int),
+        click.Option(
+            ["--fallback", "fallbacks"],
+            multiple=True,
+            help="KEY, KEY:MODEL or :MODEL, tried in order when this key fails; repeatable.",
+        ),
+        click.Option(["--retry-attempts", "retry_attempts"], type=int, help="Tries on this key before fallbacks."),
+        click.Option(["--retry-backoff-ms", "retry_backoff_ms"], type=int),
+        click.Option(["--retry-max-backoff-ms", "retry_max_backoff_ms"], type=int),
+        click.Option(["--api-version", "api_version"], help="azure: the api-version (default 2024-10-21)."),
+        click.Option(["--deployment", "deployments"], multiple=True, help="azure: MODEL=DEPLOYMENT; repeatable."),
+        click.Option(["--anthropic-version", "anthropic_version"], help="anthropic: default anthropic-version."),
     ],
     "Add a provider credential and the models it serves.",
+    shape=_provider_key_body,
 )
 _create_command(
     prices,

@@ -24,7 +24,7 @@ from agentledger.ingest.step_parse import _PRINTABLE, BatchParser, ident, label,
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 ATTRIBUTION = Attribution(workspace_id="ws", department_id="dep", virtual_key_id="vk", run_id="r", session_id="s")
-KINDS = "model_call, tool_call, api_call, workflow_step, payment, policy_check, audit"
+KINDS = "model_call, model_attempt, tool_call, api_call, workflow_step, payment, policy_check, audit"
 STAMP = "must be an ISO 8601 timestamp from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z."
 ID_HELP = "must start with a letter or digit and hold only letters, digits, '.', '_', ':', '-'."
 COST = "'cost_usd' must be a decimal from 0 to 1000000 dollars, such as \"0.0125\"."
