@@ -272,7 +272,8 @@ class Gateway:
             hop,
             link,
             StepStatus.ERROR,
-            exc.status,
+            # What the provider answered (its 500, 503, 529), not the status the gateway would send for it.
+            (exc.provider_status if isinstance(exc, UpstreamError) else None) or exc.status,
             started,
             self.clock(),
             (time.perf_counter() - t) * 1000,
