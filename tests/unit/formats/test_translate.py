@@ -6,6 +6,7 @@ what a client receives is what its SDK understands.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +23,6 @@ from pydantic import TypeAdapter
 
 from agentledger.core.errors import InvalidRequest
 from agentledger.core.usage import Usage
-from agentledger.formats import translate
 from agentledger.formats.translate import (
     ChatToMessagesStream,
     MessagesToChatStream,
@@ -41,7 +41,7 @@ CHAT_REQUEST = TypeAdapter(CompletionCreateParamsNonStreaming)
 
 @pytest.fixture(autouse=True)
 def _fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(translate.time, "time", lambda: float(NOW))
+    monkeypatch.setattr(time, "time", lambda: float(NOW))
 
 
 def _consumed(value: Any) -> Any:
