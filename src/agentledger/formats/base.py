@@ -1,7 +1,7 @@
 """What every wire format (API shape) gives the one gateway flow. Pure: no I/O, no framework.
 
 A format is what a client speaks on a route (`chat`, `messages`, `responses`, `embeddings`) and what a provider
-speaks on its endpoint. When the two differ, a translator (formats/translate.py) sits between them; when they
+speaks on its endpoint. When the two differ, a translator (formats/translate/) sits between them; when they
 match, the provider's answer passes through untouched but for what the gateway must read (usage) or hide (the
 usage chunk it forced on a client that did not ask for it).
 

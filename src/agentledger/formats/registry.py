@@ -1,6 +1,6 @@
 """Which formats each provider kind speaks, and how a client's format reaches a provider that speaks another.
 
-Chat completions and Messages translate both ways (formats/translate.py); the Responses API and embeddings
+Chat completions and Messages translate both ways (formats/translate/); the Responses API and embeddings
 reach only providers that speak them: a route that would need another translation is refused with a 400.
 """
 
