@@ -23,7 +23,9 @@ class CostSource(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """Dollars per million tokens. A missing cache rate means cached tokens cost the plain input rate."""
+    """Dollars per million tokens. A missing cache rate means cached tokens cost the plain input rate. An
+    override has one cache-write rate (1-hour writes pay it too) and no per-search price: the catalog prices
+    those (prices/catalog.py)."""
 
     input_mtok: Decimal
     output_mtok: Decimal

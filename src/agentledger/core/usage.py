@@ -21,6 +21,10 @@ class Usage:
     cache_write_tokens: int = 0
     output_tokens: int = 0
     reasoning_tokens: int = 0
+    # Priced, not kept as columns (they show on the call's step attributes): the part of `cache_write_tokens`
+    # written to Anthropic's 1-hour cache (dearer than the 5-minute one), and server-side web searches.
+    cache_write_1h_tokens: int = 0
+    web_searches: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -33,6 +37,8 @@ class Usage:
             self.cache_write_tokens + other.cache_write_tokens,
             self.output_tokens + other.output_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
+            self.cache_write_1h_tokens + other.cache_write_1h_tokens,
+            self.web_searches + other.web_searches,
         )
 
 
@@ -80,7 +86,12 @@ def parse_anthropic(usage: Mapping[str, Any] | None) -> tuple[Usage, bool] | Non
     written, c3 = _count(usage.get("cache_creation_input_tokens"))
     output, c4 = _count(usage.get("output_tokens"))
     total_in = min(plain + read + written, MAX_TOKENS)
-    return Usage(total_in, read, written, output, 0), c1 or c2 or c3 or c4 or total_in < plain + read + written
+    creation = usage.get("cache_creation")
+    hour, _ = _count(creation.get("ephemeral_1h_input_tokens")) if isinstance(creation, Mapping) else (0, False)
+    tools = usage.get("server_tool_use")
+    searches, _ = _count(tools.get("web_search_requests")) if isinstance(tools, Mapping) else (0, False)
+    clamped = c1 or c2 or c3 or c4 or total_in < plain + read + written
+    return Usage(total_in, read, written, output, 0, min(hour, written), searches), clamped
 
 
 def parse_responses(usage: Mapping[str, Any] | None) -> tuple[Usage, bool] | None:
@@ -94,7 +105,7 @@ def parse_responses(usage: Mapping[str, Any] | None) -> tuple[Usage, bool] | Non
     counts = [
         _count(usage.get("input_tokens", usage.get("prompt_tokens"))),
         _count(inp.get("cached_tokens")),
-        (0, False),
+        _count(inp.get("cache_write_tokens")),
         _count(usage.get("output_tokens")),
         _count(out.get("reasoning_tokens")),
     ]

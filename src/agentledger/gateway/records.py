@@ -173,6 +173,9 @@ def trace_events(call: Call, outcome: Outcome, attempt: int, ended_at: datetime,
     if tries > 1:
         attributes["attempts"] = tries
         attributes["requested_model"] = call.model
+    if usage is not None and (usage.cache_write_1h_tokens or usage.web_searches):
+        attributes["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
+        attributes["web_searches"] = usage.web_searches
     events.append(
         StepRecord(
             step_id=step_id,

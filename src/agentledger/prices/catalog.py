@@ -87,19 +87,26 @@ def catalog_cost(usage: Usage, model: str, provider: str, at: datetime) -> Cost:
     if entry is None:
         raise LookupError(f"no catalog price for {model!r}")
     catalog_provider, catalog_model = entry
-    flat = None if usage.cache_write_tokens else _flat_price(catalog_model.get_prices(at))
+    special = usage.cache_write_tokens or usage.web_searches
+    flat = None if special else _flat_price(catalog_model.get_prices(at))
     if flat is not None:
         return cost(usage, flat)
     # The breakdown within the input, as core.pricing.cost reads it: genai-prices raises (a 500 was the result)
     # when cache reads and writes together exceed the input they are part of.
     cached = min(usage.cached_input_tokens, usage.input_tokens)
     written = min(usage.cache_write_tokens, usage.input_tokens - cached)
+    extra: dict[str, int] = {}
+    if usage.cache_write_1h_tokens:
+        extra["cache_write_1h_tokens"] = min(usage.cache_write_1h_tokens, written)
+    if usage.web_searches:
+        extra["web_searches"] = usage.web_searches
     calc = catalog_model.calc_price(
         genai_prices.Usage(
             input_tokens=usage.input_tokens,
             cache_read_tokens=cached,
             cache_write_tokens=written,
             output_tokens=usage.output_tokens,
+            **extra,
         ),
         catalog_provider,
         genai_request_timestamp=at,

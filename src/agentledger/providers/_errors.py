@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -78,4 +79,6 @@ def error_for_status(
         exc = UpstreamRejected(message, status=status)
     exc.provider_status = status
     exc.wait = retry_after(headers)
+    if exc.wait is not None:  # passed on to the client when this is the call's last error, as the SDKs read it
+        exc.retry_after = max(1, math.ceil(exc.wait))  # type: ignore[misc]
     return exc

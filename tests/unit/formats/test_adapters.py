@@ -152,3 +152,34 @@ def test_bridges_translate_chat_and_messages_only() -> None:
     assert not bridge("messages", "mock").translated  # type: ignore[union-attr]
     assert bridge("responses", "anthropic") is None and bridge("embeddings", "anthropic") is None
     assert bridge("chat", "nonexistent") is None
+
+
+def test_anthropic_one_hour_cache_writes_and_web_searches_are_read_and_priced() -> None:
+    from datetime import UTC, datetime
+
+    from agentledger.prices.catalog import price_usage
+
+    raw = {
+        "input_tokens": 100,
+        "cache_creation_input_tokens": 1000,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 1000},
+        "output_tokens": 50,
+        "server_tool_use": {"web_search_requests": 3},
+    }
+    usage, clamped = parse_anthropic(raw)  # type: ignore[misc]
+    assert usage == Usage(1100, 0, 1000, 50, 0, cache_write_1h_tokens=1000, web_searches=3) and not clamped
+    # claude-haiku-4-5 (genai-prices, Anthropic's price page): $1 input, $2 1-hour cache write, $5 output per
+    # MTok, $10 per thousand searches: 100 + 2000 + 250 micro-dollars, plus 3 × 10,000.
+    cost = price_usage(usage, "claude-haiku-4-5", "anthropic", datetime(2026, 11, 1, tzinfo=UTC), {})
+    assert cost is not None and cost.nanos == 2_350_000 + 30_000_000
+
+
+def test_a_providers_retry_after_is_kept_for_backoff_and_passed_to_the_client() -> None:
+    from agentledger.providers._errors import error_for_status
+
+    exc = error_for_status("p", 429, b'{"error":{"message":"slow"}}', {"retry-after": "2.5"})
+    assert (exc.wait, exc.retry_after, exc.provider_status, exc.retryable) == (2.5, 3, 429, True)
+    ms = error_for_status("p", 503, b"", {"retry-after-ms": "40"})
+    assert (ms.wait, ms.retry_after, ms.status) == (0.04, 1, 502)
+    bad = error_for_status("p", 400, b"", {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})
+    assert (bad.wait, bad.retry_after, bad.retryable, bad.status) == (None, None, False, 400)
