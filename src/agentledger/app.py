@@ -3,11 +3,13 @@ concrete adapters named. State lives on the returned app, never in module global
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -23,6 +25,9 @@ from agentledger.api.openapi import openapi_routes
 from agentledger.api.query import query_routes
 from agentledger.config import Settings
 from agentledger.core.errors import MethodNotAllowed, NotFound
+from agentledger.core.model import TraceEvent
+from agentledger.gateway.budget_recovery import expiry_entries, recover
+from agentledger.gateway.budgets import BudgetGate
 from agentledger.gateway.failsafe import ErrorMiddleware
 from agentledger.gateway.flow import Gateway
 from agentledger.gateway.limits import BodyLimitMiddleware
@@ -31,6 +36,9 @@ from agentledger.gateway.responses import error_for_path
 from agentledger.gateway.routes import chat_routes
 from agentledger.governance import Governance
 from agentledger.ingest.steps import StepIngest
+from agentledger.limits.base import Counters, CountersUnavailable
+from agentledger.limits.memory import MemoryCounters
+from agentledger.limits.redis import RedisCounters
 from agentledger.pipeline.queue import TracePipeline
 from agentledger.pipeline.spool import Spool
 from agentledger.prices.catalog import catalog_knows
@@ -42,6 +50,7 @@ from agentledger.store.base import Store
 from agentledger.store.sql import SQLStore
 
 log = logging.getLogger("agentledger")
+LOADED_MARKER = "counters-loaded-from-ledger"
 
 
 @dataclass
@@ -52,10 +61,16 @@ class Components:
     gateway: Gateway
     governance: Governance
     upstreams: Mapping[str, Upstream]
+    counters: Counters
+    gate: BudgetGate
 
 
 def build_components(
-    settings: Settings, *, store: Store | None = None, upstreams: Mapping[str, Upstream] | None = None
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    upstreams: Mapping[str, Upstream] | None = None,
+    counters: Counters | None = None,
 ) -> Components:
     data_dir = Path(settings.data_dir)
     box = SecretBox.from_setting(settings.secret_key or None, data_dir / "secret.key")
@@ -71,10 +86,75 @@ def build_components(
         interval=settings.batch_interval_ms / 1000,
         durability=settings.durability,
     )
-    gateway = Gateway(
-        store, pipeline, upstreams, box.decrypt, cache_ttl=settings.cache_ttl, stale_if_error=settings.stale_if_error
+    counters = counters or (RedisCounters(settings.redis_url) if settings.redis_url else MemoryCounters())
+    gate = BudgetGate(
+        store.budgets.active,
+        _workflow_lookup(store),
+        counters,
+        pipeline.commit,
+        lambda: datetime.now(UTC),
+        default_output_tokens=settings.budget_output_tokens,
+        reservation_ttl=settings.reservation_ttl,
+        cache_ttl=settings.cache_ttl,
+        stale_if_error=settings.stale_if_error,
     )
-    return Components(settings, store, pipeline, gateway, Governance(store, box), upstreams)
+    gateway = Gateway(
+        store,
+        pipeline,
+        upstreams,
+        box.decrypt,
+        cache_ttl=settings.cache_ttl,
+        stale_if_error=settings.stale_if_error,
+        gate=gate,
+    )
+    return Components(settings, store, pipeline, gateway, Governance(store, box), upstreams, counters, gate)
+
+
+def _workflow_lookup(store: Store) -> Callable[[str, str], Awaitable[str | None]]:
+    async def workflow_of(workspace_id: str, run_id: str) -> str | None:
+        found = await store.run_identity(workspace_id, run_id)
+        return found["workflow"] if found else None
+
+    return workflow_of
+
+
+async def _load_counters(c: Components) -> None:
+    """The counters from the ledger (gateway/budget_recovery.py): always in-process, and for Redis when it holds
+    no counters yet (it outlives gateways; a new or flushed one is rebuilt by the first gateway to start)."""
+    if isinstance(c.counters, RedisCounters):
+        try:
+            # The first gateway to find no marker loads (the marker lasts as long as Redis keeps its data).
+            if await c.counters.claim(LOADED_MARKER, c.gateway.claims.node_id, 10 * 365 * 86400) is not None:
+                return
+        except CountersUnavailable:
+            log.error("budget counters (Redis) unavailable at start: budgets that block refuse calls meanwhile")
+            return
+
+    async def request_cost(workspace_id: str, request_id: str) -> int | None:
+        row = await c.store.get_request(workspace_id, request_id)
+        return int(row["cost_nanos"]) if row and row.get("status") == "ok" else None
+
+    async def commit(events: list[TraceEvent]) -> None:
+        fut = c.pipeline.commit(events)
+        if fut is not None:
+            await fut
+
+    try:
+        await recover(c.store.budgets, request_cost, c.counters, commit, datetime.now(UTC))
+    except CountersUnavailable:
+        log.error("budget counters unavailable at start: budgets that block refuse calls until they answer")
+
+
+async def _expire_reservations(c: Components, every: float = 5.0) -> None:
+    """Reservations whose call vanished (no settle within reservation_ttl) are charged their estimate."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            expired = await c.counters.expire(datetime.now(UTC).timestamp())
+        except CountersUnavailable:
+            continue
+        if expired:
+            c.pipeline.commit(expiry_entries(expired, datetime.now(UTC)))
 
 
 def settle_heap() -> None:
@@ -100,12 +180,16 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await c.store.migrate()
         c.pipeline.start()
+        await _load_counters(c)
+        expiry = asyncio.get_running_loop().create_task(_expire_reservations(c))
         settle_heap()
         try:
             yield
         finally:
+            expiry.cancel()
             # Graceful shutdown: every acknowledged trace event is written (or spooled) before exit.
             await c.pipeline.aclose()
+            await c.counters.aclose()
             for upstream in c.upstreams.values():
                 await upstream.aclose()
             await c.store.aclose()

@@ -57,7 +57,33 @@ SETTINGS: tuple[Setting, ...] = (
         "batched: responses do not wait, a crash may lose about batch_interval_ms of records.",
     ),
     Setting("batch_interval_ms", float, 20.0, "batched mode: how long the writer waits to fill a batch."),
-    Setting("workers", int, 1, "Server worker processes (SQLite: keep 1)."),
+    Setting(
+        "workers",
+        int,
+        1,
+        "Server worker processes. More than 1 makes each a replica: they need redis_url (budgets, rate limits and "
+        "idempotency claims must be shared) and PostgreSQL.",
+    ),
+    Setting(
+        "redis_url",
+        str,
+        "",
+        "Redis for budget and rate-limit counters shared by replicas (redis://127.0.0.1:6379/0); empty means "
+        "in-process counters (one node).",
+    ),
+    Setting(
+        "budget_output_tokens",
+        int,
+        4096,
+        "Output tokens a budget reservation assumes for a call that sets no max_tokens / max_output_tokens.",
+    ),
+    Setting(
+        "reservation_ttl",
+        float,
+        900.0,
+        "Seconds a budget reservation (a call in flight, a spend authorization) lives before it expires and is "
+        "charged its estimate.",
+    ),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
     Setting(
         "max_body_bytes",
@@ -86,6 +112,9 @@ class Settings:
     durability: str = "strict"
     batch_interval_ms: float = 20.0
     workers: int = 1
+    redis_url: str = ""
+    budget_output_tokens: int = 4096
+    reservation_ttl: float = 900.0
     log_level: str = "info"
     max_body_bytes: int = 52_428_800
 

@@ -8,6 +8,8 @@
     │   ├── UnknownAgent                  400 invalid_request_error / agent_not_found
     │   └── RequestTooLarge               413 invalid_request_error / request_too_large
     ├── AuthenticationError               401 authentication_error / invalid_api_key
+    ├── BudgetExceeded                    402 budget_exceeded / budget_exceeded (names scope, limit, spent, reserved)
+    ├── RateLimited                       429 rate_limit_error / rate_limited (+ Retry-After)
     ├── PermissionDenied                  403 permission_error
     │   ├── ModelNotAllowed               403 permission_error / model_not_allowed
     │   └── AgentMismatch                 403 permission_error / agent_mismatch
@@ -84,6 +86,27 @@ class AuthenticationError(AgentLedgerError):
     status = 401
     type = "authentication_error"
     code = "invalid_api_key"
+
+
+class BudgetExceeded(AgentLedgerError):
+    """A budget that blocks (`block_requests`, `pause_all`, `disable_key`) has too little left for this call.
+    402, not 429: the SDKs retry a 429 by themselves, and waiting does not refill a budget before its window."""
+
+    status = 402
+    type = "budget_exceeded"
+    code = "budget_exceeded"
+
+
+class RateLimited(AgentLedgerError):
+    """A rate, token or concurrency limit (or a `soft_throttle` budget past its limit): retry after `retry_after`."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = max(1, retry_after)  # type: ignore[misc]
 
 
 class PermissionDenied(AgentLedgerError):

@@ -139,6 +139,8 @@ class RequestRecord:
     requested_model: str | None = None  # as the client named it, when it differs from `model` (the final one)
     provider_key: str | None = None  # the name of the provider key that answered last
     route_attempts: int = 1  # tries across retries and fallbacks (each a model_attempt step when above 1)
+    policy_decision: str | None = None  # allowed / blocked / throttled, when budgets or rate limits governed it
+    governance: dict[str, Any] | None = None  # the policy check: who decided, each budget's figures after
     usage: Usage | None = None
     cost_nanos: int = 0
     cost_source: CostSource | None = None
@@ -196,4 +198,41 @@ class RunEnd:
     output: Any = None
 
 
-TraceEvent = RequestRecord | StepRecord | RunStart | RunEnd
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One movement of a budget's counter (append-only): `reserve` (+reserved), `settle` (−reserved, +spent),
+    `release` (−reserved), `expire` (a reservation whose call vanished: −reserved, +the same spent), `spend`
+    (+spent after the fact: a tool step's cost) and `adjust` (a correction). Written through the same durable
+    path as the call it belongs to."""
+
+    workspace_id: str
+    entry_id: str
+    budget_id: str
+    counter_key: str
+    kind: str
+    reserved_delta: int
+    spent_delta: int
+    at: datetime
+    reservation_id: str | None = None
+    request_id: str | None = None
+    step_id: str | None = None
+    run_id: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetAlert:
+    """A budget's threshold crossed in one window (kept once per window; delivered by alerting later)."""
+
+    workspace_id: str
+    budget_id: str
+    window_key: str
+    threshold: int
+    spent_nanos: int
+    limit_nanos: int
+    at: datetime
+    request_id: str | None = None
+    run_id: str | None = None
+
+
+TraceEvent = RequestRecord | StepRecord | RunStart | RunEnd | LedgerEntry | BudgetAlert

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import orjson
 from starlette.datastructures import Headers
 
+from agentledger.core.budgets import Subject
 from agentledger.core.errors import (
     AgentLedgerError,
     AgentMismatch,
@@ -47,6 +48,7 @@ from agentledger.core.usage import Usage, reported_cost
 from agentledger.formats.base import Format, Parsed, StreamAdapter, loads
 from agentledger.formats.registry import Bridge, bridge
 from agentledger.gateway.bodies import parse_json_object
+from agentledger.gateway.budgets import BudgetGate
 from agentledger.gateway.cache import TTLCache
 from agentledger.gateway.claims import Claims
 from agentledger.gateway.records import Attempt, Call, Outcome, rejection, trace_events
@@ -57,6 +59,8 @@ from agentledger.store.base import Store, StoredResponse
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Where each format caps a call's output, in the order they are read (the reservation's output bound).
+_OUTPUT_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
 class Gateway:
@@ -72,6 +76,7 @@ class Gateway:
         inflight_timeout: float = 300.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        gate: BudgetGate | None = None,
     ) -> None:
         self.store = store
         self.pipeline = pipeline
@@ -86,6 +91,7 @@ class Gateway:
         self.agents: TTLCache[tuple[str, str], dict[str, Any]] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
         self.prices: TTLCache[str, dict[str, list[Price]]] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
         self.claims = Claims(store, inflight_timeout)
+        self.gate = gate
 
     # -- lookups -------------------------------------------------------------------------------------------
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
@@ -229,6 +235,33 @@ class Gateway:
 
     def release(self, call: Call) -> None:
         self.claims.release(call)
+
+    # -- budgets and rate limits ---------------------------------------------------------------------------
+    async def admit(self, call: Call) -> None:
+        """Reserve the call's most possible cost against its budgets and count its rate limits (after the
+        claim: a replay reserves nothing), or raise BudgetExceeded / RateLimited, the refusal recorded."""
+        if self.gate is None:
+            return
+        a = call.attribution
+        base = Subject(a.workspace_id, a.department_id, a.agent_id, a.virtual_key_id, None, a.run_id, a.properties)
+        hop = call.hops[0]
+        payload = call.parsed.payload
+        cap = next((payload[k] for k in _OUTPUT_CAPS if isinstance(payload.get(k), int)), None)
+        try:
+            await self.gate.admit(
+                call.governed,
+                base,
+                request_id=call.request_id,
+                model=hop.model,
+                provider=hop.route.provider,
+                body_bytes=len(call.primary_body),
+                max_output=cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None,
+                overrides=call.price_overrides,
+                embeddings=call.fmt.name == "embeddings",
+            )
+        except AgentLedgerError as exc:
+            await self.finish(call, Outcome(StepStatus.ERROR, exc.status, (), error=exc))
+            raise
 
     # -- forwarding ----------------------------------------------------------------------------------------
     def _target(self, call: Call, hop: Hop, link: Bridge) -> Target:
@@ -446,7 +479,23 @@ class Gateway:
                     cost.nanos if cost else 0,
                 ),
             )
-        return self.pipeline.commit(trace_events(call, outcome, attempt, ended_at, latency_ms))
+        governed = call.governed
+        if self.gate is None or not governed.governed:
+            return self.pipeline.commit(trace_events(call, outcome, attempt, ended_at, latency_ms))
+        cost, usage = outcome.cost, outcome.usage
+        a = call.attribution
+        booked = self.gate.settle(
+            governed,
+            cost.nanos if cost else 0,
+            usage.total_tokens if usage else 0,
+            request_id=call.request_id,
+            run_id=a.run_id,
+            refused=not outcome.attempts,
+        )
+        report = self.gate.report(governed)
+        events = trace_events(call, outcome, attempt, ended_at, latency_ms, report)
+        check = self.gate.policy_step(governed, report, request_id=call.request_id, base=a)
+        return self.pipeline.commit([*events, *booked, *([check] if check else [])])
 
     def record_rejection(
         self,
@@ -475,6 +524,8 @@ class Gateway:
     def invalidate_workspace(self, workspace_id: str) -> None:
         self.routes.invalidate(workspace_id)
         self.prices.invalidate(workspace_id)
+        if self.gate is not None:
+            self.gate.invalidate(workspace_id)
 
 
 async def _durable(fut: asyncio.Future[None] | None) -> None:

@@ -9,7 +9,7 @@ their own cost for reading, and no total adds them (core/books.py).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +30,7 @@ from agentledger.core.routing import Hop
 from agentledger.core.usage import Usage
 from agentledger.formats.base import Format, Parsed
 from agentledger.formats.registry import Bridge
+from agentledger.gateway.budgets import Governed
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,7 @@ class Call:
     t0: float
     client_request_id: bool
     price_overrides: dict[str, list[Price]]
+    governed: Governed = field(default_factory=Governed)  # filled by the budget gate after the claim
 
     @property
     def workspace_id(self) -> str:
@@ -116,8 +118,17 @@ def model_step_id(workspace_id: str, request_id: str, attempt: int) -> str:
     return f"mc_{digest}"
 
 
-def trace_events(call: Call, outcome: Outcome, attempt: int, ended_at: datetime, latency_ms: float) -> list[TraceEvent]:
-    """`attempt` numbers this x-request-id's tries by the client (idempotent retries), not the provider attempts."""
+def trace_events(
+    call: Call,
+    outcome: Outcome,
+    attempt: int,
+    ended_at: datetime,
+    latency_ms: float,
+    governance: dict[str, Any] | None = None,
+) -> list[TraceEvent]:
+    """`attempt` numbers this x-request-id's tries by the client (idempotent retries), not the provider attempts.
+    `governance`: the policy check's report (gateway/budgets.py), when budgets or rate limits applied. A call
+    they refused never reached a model: its request row and policy_check step are all there is."""
     a = call.attribution
     err = outcome.error
     cost = outcome.cost
@@ -157,9 +168,11 @@ def trace_events(call: Call, outcome: Outcome, attempt: int, ended_at: datetime,
             requested_model=call.model if call.model != hop.model else None,
             provider_key=hop.route.name,
             route_attempts=max(tries, 1),
+            policy_decision=governance["decision"] if governance else None,
+            governance=governance,
         )
     )
-    if a.run_id is None:
+    if a.run_id is None or (governance is not None and governance["decision"] != "allowed"):
         return events
     step_id = model_step_id(a.workspace_id, call.request_id, attempt)
     attributes: dict[str, Any] = {
@@ -173,6 +186,13 @@ def trace_events(call: Call, outcome: Outcome, attempt: int, ended_at: datetime,
     if tries > 1:
         attributes["attempts"] = tries
         attributes["requested_model"] = call.model
+    if governance is not None:
+        attributes["policy_decision"] = governance["decision"]
+        budgets = governance.get("budgets")
+        if budgets:
+            least = min(budgets, key=lambda b: b["remaining_nanos"])
+            attributes["budget_remaining_usd"] = least["remaining_usd"]
+            attributes["budget_scope"] = least["scope_label"]
     if usage is not None and (usage.cache_write_1h_tokens or usage.web_searches):
         attributes["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
         attributes["web_searches"] = usage.web_searches

@@ -17,6 +17,7 @@ from agentledger.formats.base import Format, model_of
 from agentledger.formats.errors import anthropic_body
 from agentledger.formats.registry import FORMATS, NATIVE
 from agentledger.gateway.bodies import parse_json_object
+from agentledger.gateway.budgets import headline
 from agentledger.gateway.flow import Gateway
 from agentledger.gateway.records import Call, Outcome
 from agentledger.gateway.responses import (
@@ -46,7 +47,7 @@ ROUTES = {
 
 
 def _headers(call: Call, outcome: Outcome | None = None) -> dict[str, str]:
-    headers = {DECISION_HEADER: "allowed"}
+    headers = headline(call.governed) if call.governed.governed else {DECISION_HEADER: "allowed"}
     if call.attribution.run_id:
         headers[RUN_ID_HEADER] = call.attribution.run_id
     if outcome is not None:
@@ -88,6 +89,10 @@ def model_call(gateway: Gateway, fmt: Format) -> Route:
             return fail(exc, _headers(call))
         if stored is not None:
             return _replay(stored)
+        try:
+            await gateway.admit(call)
+        except AgentLedgerError as exc:
+            return fail(exc, _headers(call))
         if call.stream:
             # `gateway.stream` records and releases the claim itself, however the stream ends. Its first
             # frame is awaited here, so a provider failing before the stream starts gets its own status.

@@ -128,3 +128,18 @@ def price_usage(
     if catalog_knows(model, provider):
         return catalog_cost(usage, model, provider, at)
     return None
+
+
+def worst_rates(model: str, provider: str, at: datetime, overrides: dict[str, list[Price]]) -> tuple[int, int] | None:
+    """(input, output) nano-dollars per million tokens at their dearest: an input token at the highest of the
+    plain, cache-write and 1-hour cache-write rates, and a tier's rate at a million tokens (the upper tier).
+    What a budget reservation multiplies its token bounds by (core.budgets.reservation_nanos)."""
+    mtok = 1_000_000
+    plain = price_usage(Usage(input_tokens=mtok), model, provider, at, overrides)
+    written = price_usage(
+        Usage(input_tokens=mtok, cache_write_tokens=mtok, cache_write_1h_tokens=mtok), model, provider, at, overrides
+    )
+    output = price_usage(Usage(output_tokens=mtok), model, provider, at, overrides)
+    if plain is None or written is None or output is None:
+        return None
+    return max(plain.nanos, written.nanos), output.nanos

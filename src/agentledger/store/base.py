@@ -10,10 +10,13 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agentledger.core.model import AdminPrincipal, Principal, ProviderRoute, TraceEvent
 from agentledger.core.pricing import Price
+
+if TYPE_CHECKING:
+    from agentledger.store.budgets import BudgetStore
 
 
 class WriteResult(enum.Enum):
@@ -88,6 +91,8 @@ class Store(Protocol):
     Every other method raises `core.errors.StoreUnavailable` when the database cannot be reached (down,
     refused, timed out, pool exhausted), so callers render a 503 rather than a 500.
     """
+
+    budgets: BudgetStore  # the budget domain: budgets, rate limits, the ledger and alerts (store/budgets.py)
 
     async def migrate(self) -> None: ...
     async def aclose(self) -> None: ...

@@ -243,6 +243,8 @@ requests = Table(
     Column("requested_model", String(256), nullable=True),  # as the client named it, when not `model`
     Column("provider_key", String(256), nullable=True),  # the provider key that answered last
     Column("route_attempts", Integer, nullable=False, server_default="1"),  # retries and fallbacks included
+    Column("policy_decision", String(16), nullable=True),  # allowed / blocked / throttled, when governed
+    Column("governance", JSON, nullable=True),  # the policy check: who decided, each budget's figures after
     # Time first: led by the workspace, PostgreSQL without statistics took it for point lookups by
     # (workspace_id, id) as readily as the primary key, and read a whole workspace to find one request.
     Index("ix_requests_started_ws", "started_at", "workspace_id"),
@@ -277,6 +279,85 @@ steps = Table(
     UniqueConstraint("workspace_id", "id", name="uq_steps_ws_id"),
     Index("ix_steps_ws_run", "workspace_id", "run_id", "started_at"),
     Index("ix_steps_ws_started", "workspace_id", "started_at"),
+)
+
+# -- budgets, rate limits and their ledger (core/budgets.py; docs/budgets.md) ----------------------------------
+budgets = Table(
+    "budgets",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("name", String(256), nullable=True),
+    Column("scope", String(16), nullable=False),
+    Column("scope_value", String(1024), nullable=True),  # an id, a workflow name or a property's value
+    Column("property", String(64), nullable=True),
+    Column("limit_nanos", BigInteger, nullable=False),
+    Column("period", String(16), nullable=False),
+    Column("anchor", TS, nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("thresholds", JSON, nullable=False),
+    Column("throttle_rpm", Integer, nullable=True),
+    Column("created_at", TS, nullable=False),
+    Column("deleted_at", TS, nullable=True),
+    ForeignKeyConstraint(["workspace_id"], ["workspaces.id"]),
+)
+
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("name", String(256), nullable=True),
+    Column("scope", String(16), nullable=False),
+    Column("scope_value", String(1024), nullable=True),
+    Column("property", String(64), nullable=True),
+    Column("requests_per_minute", Integer, nullable=True),
+    Column("tokens_per_minute", BigInteger, nullable=True),
+    Column("concurrent", Integer, nullable=True),
+    Column("created_at", TS, nullable=False),
+    Column("deleted_at", TS, nullable=True),
+    ForeignKeyConstraint(["workspace_id"], ["workspaces.id"]),
+)
+
+# Append-only: every reserve, settle, release, expiry, spend and adjustment of a budget's counter. A counter is
+# the sum of its entries (reserved = Σ reserved_delta, spent = Σ spent_delta), which is how counters are
+# rebuilt on start.
+budget_ledger = Table(
+    "budget_ledger",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("budget_id", ID, nullable=False),
+    Column("counter_key", String(1200), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("reserved_delta", BigInteger, nullable=False),
+    Column("spent_delta", BigInteger, nullable=False),
+    Column("reservation_id", ID, nullable=True),
+    Column("request_id", ID, nullable=True),
+    Column("step_id", ID, nullable=True),
+    Column("run_id", ID, nullable=True),
+    Column("note", String(256), nullable=True),
+    Column("at", TS, nullable=False),
+    Index("ix_budget_ledger_ws_at", "workspace_id", "at"),
+    Index("ix_budget_ledger_budget", "workspace_id", "budget_id", "at"),
+    Index("ix_budget_ledger_reservation", "workspace_id", "reservation_id"),
+    Index("ix_budget_ledger_run", "workspace_id", "run_id"),
+)
+
+# A threshold crossed in a window, once (the primary key makes a second crossing a no-op).
+budget_alerts = Table(
+    "budget_alerts",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("budget_id", ID, primary_key=True),
+    Column("window_key", String(160), primary_key=True),  # the window start (epoch s), "total", or "run:<id>"
+    Column("threshold", Integer, primary_key=True),
+    Column("spent_nanos", BigInteger, nullable=False),
+    Column("limit_nanos", BigInteger, nullable=False),
+    Column("request_id", ID, nullable=True),
+    Column("run_id", ID, nullable=True),
+    Column("at", TS, nullable=False),
+    Index("ix_budget_alerts_ws_at", "workspace_id", "at"),
 )
 
 # Cross-process x-request-id claims (PostgreSQL; see store.base.Store.claim_request). A row lives from the

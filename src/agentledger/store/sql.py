@@ -46,7 +46,9 @@ from agentledger.core.model import (
     NO_RETRY,
     AdminPrincipal,
     Attribution,
+    BudgetAlert,
     Fallback,
+    LedgerEntry,
     Principal,
     ProviderRoute,
     RequestRecord,
@@ -59,7 +61,7 @@ from agentledger.core.model import (
     TraceEvent,
 )
 from agentledger.core.pricing import Price
-from agentledger.store import books as books_sql, schema as t
+from agentledger.store import books as books_sql, budgets as budgets_sql, schema as t
 from agentledger.store.base import CostQuery, RequestClaim, RunFilter, StoredResponse, WriteResult
 from agentledger.store.books import BookKeeper
 from agentledger.store.bulk import BulkStatement, CopyInsert
@@ -190,6 +192,7 @@ class SQLStore:
         # Run workflows the books have looked up (writer thread only): the rollups group by them.
         self._workflow_cache: dict[tuple[str, str], str | None] = {}
         self._pending_workflows: dict[tuple[str, str], str | None] = {}
+        self.budgets = budgets_sql.BudgetStore(self)
 
     # -- plumbing ---------------------------------------------------------------------------------------
     async def _read(self, fn: Callable[[Connection], T], *, query: bool = False) -> T:
@@ -309,9 +312,18 @@ class SQLStore:
         requests: dict[tuple[str, str], dict[str, Any]] = {}
         steps: dict[tuple[str, str], dict[str, Any]] = {}
         ends: list[RunEnd] = []
+        ledger: dict[tuple[str, str], dict[str, Any]] = {}
+        alerts: dict[tuple[str, str, str, int], dict[str, Any]] = {}
         for ev in events:
             if isinstance(ev, RunEnd):
                 ends.append(ev)
+                continue
+            if isinstance(ev, LedgerEntry):
+                ledger.setdefault((ev.workspace_id, ev.entry_id), budgets_sql.ledger_values(ev))
+                continue
+            if isinstance(ev, BudgetAlert):
+                key4 = (ev.workspace_id, ev.budget_id, ev.window_key, ev.threshold)
+                alerts.setdefault(key4, budgets_sql.alert_values(ev))
                 continue
             _fold_session(sessions, ev.attribution, ev.started_at)
             if isinstance(ev, RequestRecord):
@@ -331,6 +343,10 @@ class SQLStore:
         new_steps = self._insert_new(conn, t.steps, steps) if steps else []
         if transitions or new_steps or moved:
             self._keep_books(conn, transitions, new_steps, moved)
+        if ledger:  # entry ids are unique: a replayed batch inserts nothing twice
+            self._bulk(conn, t.budget_ledger, self._ledger_insert, list(ledger.values()))
+        if alerts:
+            self._bulk(conn, t.budget_alerts, self._alert_insert, list(alerts.values()))
         for end in ends:
             conn.execute(
                 update(t.runs)
@@ -516,6 +532,13 @@ class SQLStore:
         returning: bool = False,
     ) -> list[Any]:
         return self._statement(table, build, tuple(rows[0])).run(conn, rows, returning=returning)
+
+    def _ledger_insert(self) -> Any:
+        return self._insert(t.budget_ledger).on_conflict_do_nothing()
+
+    def _alert_insert(self) -> Any:
+        # A threshold is crossed once per window: a second crossing (another replica, a replay) changes nothing.
+        return self._insert(t.budget_alerts).on_conflict_do_nothing()
 
     def _session_upsert(self) -> Any:
         stmt = self._insert(t.sessions)
@@ -992,6 +1015,8 @@ def _request_values(r: RequestRecord) -> dict[str, Any]:
         requested_model=r.requested_model,
         provider_key=r.provider_key,
         route_attempts=r.route_attempts,
+        policy_decision=r.policy_decision,
+        governance=r.governance,
     )
 
 

@@ -1,0 +1,290 @@
+"""Budgets and rate limits: which apply to a call, their windows, the reservation a call makes, and the decision.
+
+Pure: the gateway hands in the call's subject (who and what it is for), `now` and the counters' standings; the
+counters (limits/) make the reservation atomic, the ledger (store) keeps every movement.
+
+Periods, all UTC. `24h`, `7d`, `30d` are consecutive fixed windows of that length from the budget's `anchor`:
+window k is [anchor + k·length, anchor + (k+1)·length). `billing_cycle` is monthly from the anchor's day of
+month at 00:00 UTC; an anchor day past the end of a short month falls on that month's last day (31 → 28/29
+Feb). `total` never resets. `run` gives each run in the scope its own allowance (a call outside any run is not
+under a run budget).
+
+Levels do not cascade: each applicable budget is evaluated on its own, and the strictest outcome wins.
+"""
+
+from __future__ import annotations
+
+import calendar
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from agentledger.core.money import format_usd
+
+
+class Scope(enum.StrEnum):
+    WORKSPACE = "workspace"
+    DEPARTMENT = "department"
+    AGENT = "agent"
+    VIRTUAL_KEY = "virtual_key"
+    WORKFLOW = "workflow"
+    PROPERTY = "property"
+
+
+class Period(enum.StrEnum):
+    DAY = "24h"
+    WEEK = "7d"
+    MONTH = "30d"
+    BILLING_CYCLE = "billing_cycle"
+    TOTAL = "total"
+    RUN = "run"
+
+
+class Action(enum.StrEnum):
+    """What happens at the limit (the reference's names). `pause_all` is `block_requests` at department scope."""
+
+    ALERT_ONLY = "alert_only"
+    SOFT_THROTTLE = "soft_throttle"
+    BLOCK_REQUESTS = "block_requests"
+    PAUSE_ALL = "pause_all"
+    DISABLE_KEY = "disable_key"
+
+
+class Decision(enum.StrEnum):
+    ALLOWED = "allowed"
+    BLOCKED = "blocked"
+    THROTTLED = "throttled"
+    ESCALATED = "escalated"
+
+
+BLOCKING = frozenset({Action.BLOCK_REQUESTS, Action.PAUSE_ALL, Action.DISABLE_KEY})
+_LENGTHS = {Period.DAY: timedelta(hours=24), Period.WEEK: timedelta(days=7), Period.MONTH: timedelta(days=30)}
+DEFAULT_THRESHOLDS = (50, 80, 100)
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """What a call or a step is for: the scopes a budget or a rate limit may name."""
+
+    workspace_id: str
+    department_id: str | None = None
+    agent_id: str | None = None
+    virtual_key_id: str | None = None
+    workflow: str | None = None
+    run_id: str | None = None
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    workspace_id: str
+    id: str
+    scope: Scope
+    value: str | None  # the department/agent/key id, the workflow name or the property's value; None: workspace
+    limit_nanos: int
+    period: Period
+    anchor: datetime
+    action: Action = Action.ALERT_ONLY
+    thresholds: tuple[int, ...] = DEFAULT_THRESHOLDS
+    property_name: str | None = None  # the property's name, for scope `property`
+    throttle_rpm: int | None = None  # soft_throttle: the request rate allowed past the limit
+
+    @property
+    def blocks(self) -> bool:
+        return self.action in BLOCKING
+
+    @property
+    def scope_label(self) -> str:
+        """`department:research`, `property.customer:acme`, `workspace`: how headers and errors name it."""
+        if self.scope is Scope.WORKSPACE:
+            return "workspace"
+        name = f"property.{self.property_name}" if self.scope is Scope.PROPERTY else self.scope.value
+        return f"{name}:{self.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    workspace_id: str
+    id: str
+    scope: Scope
+    value: str | None
+    property_name: str | None = None
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    concurrent: int | None = None
+
+    @property
+    def scope_label(self) -> str:
+        if self.scope is Scope.WORKSPACE:
+            return "workspace"
+        name = f"property.{self.property_name}" if self.scope is Scope.PROPERTY else self.scope.value
+        return f"{name}:{self.value}"
+
+
+def _scope_value(scope: Scope, prop: str | None, subject: Subject) -> str | None:
+    if scope is Scope.WORKSPACE:
+        return subject.workspace_id
+    if scope is Scope.DEPARTMENT:
+        return subject.department_id
+    if scope is Scope.AGENT:
+        return subject.agent_id
+    if scope is Scope.VIRTUAL_KEY:
+        return subject.virtual_key_id
+    if scope is Scope.WORKFLOW:
+        return subject.workflow
+    return subject.properties.get(prop or "")
+
+
+def applies(scope: Scope, value: str | None, prop: str | None, subject: Subject) -> bool:
+    if scope is Scope.WORKSPACE:
+        return True
+    found = _scope_value(scope, prop, subject)
+    return found is not None and found == value
+
+
+def applicable_budgets(budgets: Sequence[Budget], subject: Subject) -> list[Budget]:
+    """The budgets that govern this subject; a run budget only inside a run."""
+    return [
+        b
+        for b in budgets
+        if applies(b.scope, b.value, b.property_name, subject) and (b.period is not Period.RUN or subject.run_id)
+    ]
+
+
+def applicable_limits(limits: Sequence[RateLimit], subject: Subject) -> list[RateLimit]:
+    return [r for r in limits if applies(r.scope, r.value, r.property_name, subject)]
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.astimezone(UTC) if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def default_anchor(created_at: datetime) -> datetime:
+    """A budget's creation time truncated to 00:00 UTC."""
+    return _utc(created_at).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _cycle_start(year: int, month: int, day: int) -> datetime:
+    last = calendar.monthrange(year, month)[1]
+    return datetime(year, month, min(day, last), tzinfo=UTC)
+
+
+def _add_months(year: int, month: int, n: int) -> tuple[int, int]:
+    total = year * 12 + (month - 1) + n
+    return total // 12, total % 12 + 1
+
+
+def window(budget: Budget, now: datetime) -> tuple[datetime | None, datetime | None]:
+    """[start, end) of the window `now` falls in; (anchor, None) for `total`, (None, None) for `run`."""
+    anchor = _utc(budget.anchor)
+    now = _utc(now)
+    if budget.period is Period.TOTAL:
+        return anchor, None
+    if budget.period is Period.RUN:
+        return None, None
+    if budget.period is Period.BILLING_CYCLE:
+        day = anchor.day
+        start = _cycle_start(now.year, now.month, day)
+        if start > now:
+            start = _cycle_start(*_add_months(now.year, now.month, -1), day)
+        end = _cycle_start(*_add_months(start.year, start.month, 1), day)
+        return start, end
+    length = _LENGTHS[budget.period]
+    k = (now - anchor) // length  # floor division: windows before the anchor count back from it
+    start = anchor + k * length
+    return start, start + length
+
+
+def counter_key(budget: Budget, now: datetime, run_id: str | None) -> str:
+    """The counter a call charges: one per budget and window (per run for `run`). `|` separates the parts: no id
+    holds one (ids are letters, digits and `. _ : -`)."""
+    if budget.period is Period.RUN:
+        part = f"run:{run_id}"
+    elif budget.period is Period.TOTAL:
+        part = "total"
+    else:
+        start, _ = window(budget, now)
+        assert start is not None
+        part = str(int(start.timestamp()))
+    return f"b|{budget.workspace_id}|{budget.id}|{part}"
+
+
+def parse_counter_key(key: str) -> tuple[str, str, str]:
+    """(workspace_id, budget_id, window) of a counter key: the window is the start in epoch seconds, `total`,
+    or `run:<run id>`."""
+    _, workspace_id, budget_id, part = key.split("|", 3)
+    return workspace_id, budget_id, part
+
+
+def window_of_key(key: str) -> str:
+    return parse_counter_key(key)[2]
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """A budget's figures in one window, in nano-dollars."""
+
+    budget: Budget
+    key: str
+    spent: int
+    reserved: int
+
+    @property
+    def remaining(self) -> int:
+        return self.budget.limit_nanos - self.spent - self.reserved
+
+    @property
+    def percent_used(self) -> float:
+        limit = self.budget.limit_nanos
+        return round(100.0 * (self.spent + self.reserved) / limit, 2) if limit else 100.0
+
+    def view(self, now: datetime) -> dict[str, object]:
+        """As the policy_check step, the status API and `GET /v1/budget` show it."""
+        b = self.budget
+        start, end = window(b, now)
+        return {
+            "budget_id": b.id,
+            "scope_label": b.scope_label,
+            "scope": b.scope.value,
+            "scope_value": b.value,
+            "property": b.property_name,
+            "period": b.period.value,
+            "action": b.action.value,
+            "limit_usd": format_usd(b.limit_nanos),
+            "spent_usd": format_usd(self.spent),
+            "reserved_usd": format_usd(self.reserved),
+            "remaining_usd": format_usd(max(self.remaining, 0)),
+            "remaining_nanos": self.remaining,
+            "percent_used": self.percent_used,
+            "window_start": start.isoformat() if start is not None else None,
+            "window_end": end.isoformat() if end is not None else None,
+        }
+
+
+def tightest(standings: Sequence[Figures]) -> Figures | None:
+    """The budget with the least left: the one response headers and model_call steps name."""
+    return min(standings, key=lambda s: s.remaining, default=None)
+
+
+def crossed(limit: int, before: int, after: int, thresholds: Sequence[int]) -> list[int]:
+    """Thresholds (percent) passed between `before` and `after` spent (an alert each, once per window)."""
+    if limit <= 0:
+        return [t for t in thresholds if before <= 0 < after] if after > before else []
+    return [t for t in thresholds if before * 100 < t * limit <= after * 100]
+
+
+# -- the reservation a call makes --------------------------------------------------------------------------------
+
+
+def input_bound(body_bytes: int) -> int:
+    """Prompt tokens, bounded from above without a tokenizer: no tokenizer's token is shorter than one byte of
+    the text, and the body holds the text plus JSON around it. (Images and audio are the exception: a few bytes
+    of URL can stand for many tokens; the docs state it in the overspend bound.)"""
+    return max(body_bytes, 1)
+
+
+def reservation_nanos(input_tokens: int, output_tokens: int, input_rate: int, output_rate: int) -> int:
+    """The most a call may cost: `rate`s are nano-dollars per million tokens (the worst input rate, i.e. a
+    cache write's when it is dearer than plain input)."""
+    return -(-(input_tokens * input_rate + output_tokens * output_rate) // 1_000_000)  # ceiling

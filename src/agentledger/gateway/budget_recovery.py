@@ -1,0 +1,111 @@
+"""Counters from the ledger, on start: what the budget counters are is what the ledger says.
+
+A reservation its process never settled (a crash, a kill) is closed here: charged its estimate (`expire`, noted),
+then corrected to the call's actual cost when the call's request row is on the books (`adjust`). Then the
+counters are loaded with the ledger's sums, these entries included. With Redis the counters outlive a gateway,
+so this runs only when Redis holds none yet (a new or flushed Redis): the ledger is the source of truth.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from agentledger.core.budgets import parse_counter_key
+from agentledger.core.ids import new_id
+from agentledger.core.model import LedgerEntry, TraceEvent
+from agentledger.limits.base import Counters, Standing
+from agentledger.store.budgets import BudgetStore
+
+log = logging.getLogger(__name__)
+
+
+def closing_entries(
+    open_rows: list[dict[str, Any]], actual: dict[tuple[str, str], int | None], now: datetime
+) -> list[LedgerEntry]:
+    """For each open (reservation, counter): `expire` at the estimate, then `adjust` to the recorded cost when
+    the call's request row says what it was (`actual[(workspace, request_id)]`)."""
+    entries: list[LedgerEntry] = []
+    for row in open_rows:
+        held = int(row["reserved"])
+        common = dict(
+            workspace_id=row["workspace_id"],
+            budget_id=row["budget_id"],
+            counter_key=row["counter_key"],
+            at=now,
+            reservation_id=row["reservation_id"],
+            request_id=row["request_id"],
+            run_id=row["run_id"],
+        )
+        entries.append(
+            LedgerEntry(
+                entry_id=new_id("led"),
+                kind="expire",
+                reserved_delta=-held,
+                spent_delta=held,
+                note="open at restart: charged its estimate",
+                **common,
+            )
+        )
+        cost = actual.get((row["workspace_id"], row["request_id"])) if row["request_id"] else None
+        if cost is not None and cost != held:
+            entries.append(
+                LedgerEntry(
+                    entry_id=new_id("led"),
+                    kind="adjust",
+                    reserved_delta=0,
+                    spent_delta=cost - held,
+                    note="corrected from the call's record",
+                    **common,
+                )
+            )
+    return entries
+
+
+async def recover(
+    budgets: BudgetStore,
+    request_cost: Callable[[str, str], Awaitable[int | None]],
+    counters: Counters,
+    commit: Callable[[list[TraceEvent]], Awaitable[None]],
+    now: datetime,
+) -> int:
+    """Close the open reservations in the ledger, then load the counters from it. Returns how many closed."""
+    open_rows = await budgets.open_reservations()
+    actual: dict[tuple[str, str], int | None] = {}
+    for row in open_rows:
+        if row["request_id"] and (row["workspace_id"], row["request_id"]) not in actual:
+            actual[(row["workspace_id"], row["request_id"])] = await request_cost(
+                row["workspace_id"], row["request_id"]
+            )
+    entries = closing_entries(open_rows, actual, now)
+    if entries:
+        await commit(list(entries))
+        log.warning("closed %d budget reservations left open by a stopped process", len(open_rows))
+    totals = await budgets.totals()
+    await counters.load({k: Standing(spent, reserved) for k, (spent, reserved) in totals.items()}, {})
+    return len(open_rows)
+
+
+def expiry_entries(expired: list[tuple[str, dict[str, int]]], now: datetime) -> list[TraceEvent]:
+    """Ledger entries for reservations the counters expired (no settle within their ttl): charged the estimate."""
+    entries: list[TraceEvent] = []
+    for reservation_id, amounts in expired:
+        for key, amount in amounts.items():
+            workspace_id, budget_id, _ = parse_counter_key(key)
+            entries.append(
+                LedgerEntry(
+                    workspace_id=workspace_id,
+                    entry_id=new_id("led"),
+                    budget_id=budget_id,
+                    counter_key=key,
+                    kind="expire",
+                    reserved_delta=-amount,
+                    spent_delta=amount,
+                    at=now,
+                    reservation_id=reservation_id,
+                    note="not settled within reservation_ttl: charged its estimate",
+                )
+            )
+    return entries

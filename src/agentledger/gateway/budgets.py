@@ -1,0 +1,432 @@
+"""Budgets and rate limits on the hot path: admit a call (reserve), then settle what it cost.
+
+Before a call is forwarded, `BudgetGate.admit` finds the budgets and rate limits that apply to it
+(core/budgets.py), hits its rate limits and reserves its most possible cost against every applicable budget in one
+atomic step of the counters (limits/: in-process or Redis). A refusal is a 402 (`budget_exceeded`) or a 429
+(`rate_limited`, with Retry-After). When the call ends, `settle` books its actual cost: the ledger entries, the
+alerts of thresholds crossed and the policy_check step go out with the call's own records, and the counters
+are settled in the background (a settle never holds up the answer).
+
+A workspace without budgets or limits costs one cache lookup per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from agentledger.core.budgets import (
+    Action,
+    Budget,
+    Decision,
+    Figures,
+    RateLimit,
+    Scope,
+    Subject,
+    applicable_budgets,
+    applicable_limits,
+    counter_key,
+    crossed,
+    input_bound,
+    reservation_nanos,
+    tightest,
+    window_of_key,
+)
+from agentledger.core.errors import BudgetExceeded, RateLimited, StoreUnavailable
+from agentledger.core.ids import new_id
+from agentledger.core.model import Attribution, BudgetAlert, LedgerEntry, StepKind, StepRecord, StepStatus, TraceEvent
+from agentledger.core.money import MAX_EVENT_COST_NANOS, format_usd
+from agentledger.gateway.cache import TTLCache
+from agentledger.limits.base import Charge, Counters, CountersUnavailable, Rate, Refused
+from agentledger.prices.catalog import worst_rates
+
+log = logging.getLogger(__name__)
+
+Rules = tuple[list[Budget], list[RateLimit]]
+
+
+@dataclass(slots=True)
+class Governed:
+    """A call's governance, filled by `BudgetGate.admit` (the call itself is frozen, and claimed by identity)."""
+
+    decision: Decision = Decision.ALLOWED
+    reservation_id: str | None = None
+    estimate: int = 0
+    figures: list[Figures] = field(default_factory=list)  # each applicable budget, as reserving left it
+    limits: list[RateLimit] = field(default_factory=list)
+    slots: list[str] = field(default_factory=list)  # concurrency slots held
+    token_rates: list[str] = field(default_factory=list)  # tokens-per-minute keys charged with the estimate
+    tokens_estimate: int = 0
+    decided_by: dict[str, Any] | None = None
+    note: str | None = None
+
+    @property
+    def governed(self) -> bool:
+        return bool(self.figures or self.limits or self.decided_by)
+
+
+def _cost_after(f: Figures, estimate: int, actual: int) -> Figures:
+    """A budget's figures once this call's reservation is replaced by what it cost."""
+    return Figures(f.budget, f.key, f.spent + actual, max(f.reserved - estimate, 0))
+
+
+class BudgetGate:
+    def __init__(
+        self,
+        rules: Callable[[str], Awaitable[Rules]],
+        workflow_of: Callable[[str, str], Awaitable[str | None]],
+        counters: Counters,
+        commit: Callable[[list[TraceEvent]], object],
+        clock: Callable[[], datetime],
+        *,
+        default_output_tokens: int = 4096,
+        reservation_ttl: float = 900.0,
+        cache_ttl: float = 30.0,
+        stale_if_error: float = 3600.0,
+    ) -> None:
+        self._rules_of = rules
+        self._workflow_of = workflow_of
+        self.counters = counters
+        self.commit = commit
+        self.clock = clock
+        self.default_output_tokens = default_output_tokens
+        self.reservation_ttl = reservation_ttl
+        self.rules: TTLCache[str, Rules] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
+        self.workflows: TTLCache[tuple[str, str], str | None] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
+        self._rates: dict[tuple[str, str, str], tuple[int, int] | None] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- lookups -----------------------------------------------------------------------------------------------
+    async def rules_for(self, workspace_id: str) -> Rules:
+        return await self.rules.get(workspace_id, lambda: self._rules_of(workspace_id)) or ([], [])
+
+    def invalidate(self, workspace_id: str) -> None:
+        self.rules.invalidate(workspace_id)
+        self._rates = {k: v for k, v in self._rates.items() if k[0] != workspace_id}
+
+    async def subject(self, base: Subject, budgets: Sequence[Budget], limits: Sequence[RateLimit]) -> Subject:
+        """The subject with its run's workflow, looked up only when a workflow budget or limit exists."""
+        if base.run_id is None or base.workflow is not None:
+            return base
+        if not any(b.scope is Scope.WORKFLOW for b in budgets) and not any(r.scope is Scope.WORKFLOW for r in limits):
+            return base
+        ws, run_id = base.workspace_id, base.run_id
+        workflow = await self.workflows.get((ws, run_id), lambda: self._workflow_of(ws, run_id))
+        if workflow is None:
+            return base
+        return Subject(
+            base.workspace_id,
+            base.department_id,
+            base.agent_id,
+            base.virtual_key_id,
+            workflow,
+            base.run_id,
+            base.properties,
+        )
+
+    def _worst(
+        self, workspace_id: str, model: str, provider: str, at: datetime, overrides: dict[str, Any]
+    ) -> tuple[int, int] | None:
+        key = (workspace_id, model, provider)
+        if key not in self._rates:
+            self._rates[key] = worst_rates(model, provider, at, overrides)
+        return self._rates[key]
+
+    # -- admission ---------------------------------------------------------------------------------------------
+    async def admit(
+        self,
+        governed: Governed,
+        base: Subject,
+        *,
+        request_id: str,
+        model: str,
+        provider: str,
+        body_bytes: int,
+        max_output: int | None,
+        overrides: dict[str, Any],
+        embeddings: bool = False,
+    ) -> None:
+        """Reserve the call's most possible cost and count its rates, or raise BudgetExceeded / RateLimited.
+
+        `governed` is filled either way: a refused call is recorded with the decision that refused it."""
+        budgets, limits = await self.rules_for(base.workspace_id)
+        if not budgets and not limits:
+            return
+        subject = await self.subject(base, budgets, limits)
+        applied = applicable_budgets(budgets, subject)
+        rated = applicable_limits(limits, subject)
+        if not applied and not rated:
+            return
+        now = self.clock()
+        tokens_in = input_bound(body_bytes)
+        tokens_out = 0 if embeddings else (max_output or self.default_output_tokens)
+        governed.limits = rated
+        governed.tokens_estimate = tokens_in + tokens_out
+        try:
+            if rated:
+                await self._rate_limits(governed, rated, now)
+            if applied:
+                rates = self._worst(base.workspace_id, model, provider, now, overrides)
+                estimate = reservation_nanos(tokens_in, tokens_out, *rates) if rates else 0
+                await self._reserve(governed, applied, subject, min(estimate, MAX_EVENT_COST_NANOS), now, request_id)
+        except CountersUnavailable:
+            self._unavailable(governed, applied)
+        except BaseException:
+            await self._undo(governed)
+            raise
+
+    async def _rate_limits(self, governed: Governed, rated: list[RateLimit], now: datetime) -> None:
+        epoch = now.timestamp()
+        rates: list[Rate] = []
+        for r in rated:
+            if r.requests_per_minute is not None:
+                rates.append(Rate(f"r:{r.workspace_id}:{r.id}:rpm", r.requests_per_minute, 60.0, 1))
+            if r.tokens_per_minute is not None:
+                key = f"r:{r.workspace_id}:{r.id}:tpm"
+                rates.append(Rate(key, r.tokens_per_minute, 60.0, governed.tokens_estimate))
+        if rates:
+            wait = await self.counters.hit(rates, epoch)
+            if wait is not None:
+                governed.decision = Decision.THROTTLED
+                first = next(r for r in rated if r.requests_per_minute or r.tokens_per_minute)
+                governed.decided_by = {"kind": "rate_limit", "id": first.id, "scope": first.scope_label}
+                raise RateLimited(
+                    f"Rate limit {first.id!r} ({first.scope_label}) reached; retry in {wait:.1f} s.",
+                    retry_after=math.ceil(wait),
+                )
+            governed.token_rates = [r.key for r in rates if r.key.endswith(":tpm")]
+        holder = new_id("slot")
+        for r in rated:
+            if r.concurrent is None:
+                continue
+            key = f"c:{r.workspace_id}:{r.id}"
+            if not await self.counters.acquire(key, r.concurrent, holder, self.reservation_ttl):
+                governed.decision = Decision.THROTTLED
+                governed.decided_by = {"kind": "rate_limit", "id": r.id, "scope": r.scope_label}
+                raise RateLimited(
+                    f"Rate limit {r.id!r} ({r.scope_label}) allows {r.concurrent} concurrent requests; retry shortly.",
+                    retry_after=1,
+                )
+            governed.slots.append(f"{key}\0{holder}")
+
+    async def _reserve(
+        self, governed: Governed, applied: list[Budget], subject: Subject, estimate: int, now: datetime, request_id: str
+    ) -> None:
+        keys = [counter_key(b, now, subject.run_id) for b in applied]
+        # A soft_throttle or alert_only budget is counted, never refused by the reservation itself.
+        charges = [Charge(k, b.limit_nanos if b.blocks else None, estimate) for b, k in zip(applied, keys, strict=True)]
+        reservation = new_id("rsv")
+        answer = await self.counters.reserve(reservation, charges, self.reservation_ttl)
+        if isinstance(answer, Refused):
+            budget = applied[keys.index(answer.key)]
+            governed.decision = Decision.BLOCKED
+            governed.figures = [Figures(budget, answer.key, answer.standing.spent, answer.standing.reserved)]
+            governed.decided_by = {"kind": "budget", "id": budget.id, "scope": budget.scope_label}
+            raise BudgetExceeded(
+                f"Budget {budget.id!r} ({budget.scope_label}, {budget.period.value}, {budget.action.value}) has too "
+                f"little left for this call: limit ${format_usd(budget.limit_nanos)}, spent "
+                f"${format_usd(answer.standing.spent)}, reserved ${format_usd(answer.standing.reserved)}, this call "
+                f"may cost up to ${format_usd(estimate)}."
+            )
+        governed.reservation_id = reservation
+        governed.estimate = estimate
+        governed.figures = [
+            Figures(b, k, answer[k].spent, answer[k].reserved) for b, k in zip(applied, keys, strict=True)
+        ]
+        self.commit(self._entries(governed, "reserve", request_id, subject.run_id, now))
+        for f in governed.figures:
+            b = f.budget
+            if b.action is Action.SOFT_THROTTLE and f.spent + f.reserved > b.limit_nanos:
+                await self._soft_throttle(governed, f, now)
+
+    async def _soft_throttle(self, governed: Governed, f: Figures, now: datetime) -> None:
+        """Past its limit, a soft_throttle budget lets calls through at its `throttle_rpm` only."""
+        b = f.budget
+        rate = Rate(f"t:{f.key}", b.throttle_rpm or 1, 60.0, 1)
+        wait = await self.counters.hit([rate], now.timestamp())
+        if wait is not None:
+            governed.decision = Decision.THROTTLED
+            governed.decided_by = {"kind": "budget", "id": b.id, "scope": b.scope_label}
+            raise RateLimited(
+                f"Budget {b.id!r} ({b.scope_label}) is past its limit; soft_throttle allows {b.throttle_rpm or 1} "
+                "requests a minute.",
+                retry_after=math.ceil(wait),
+            )
+        governed.note = f"soft_throttle: budget {b.id} is past its limit"
+
+    def _unavailable(self, governed: Governed, applied: list[Budget]) -> None:
+        """The counters cannot be reached: fail closed if a budget that blocks applies, open (and say so) if not."""
+        blocking = [b for b in applied if b.blocks]
+        if blocking:
+            b = blocking[0]
+            governed.decision = Decision.BLOCKED
+            governed.decided_by = {"kind": "budget", "id": b.id, "scope": b.scope_label}
+            raise StoreUnavailable(
+                f"Budget {b.id!r} ({b.scope_label}) cannot be checked: the counters are unavailable; retry shortly."
+            )
+        governed.note = "counters unavailable: allowed unchecked (no budget that blocks applies)"
+        log.warning("budget counters unavailable; a call was allowed unchecked (only alert_only budgets apply)")
+
+    async def _undo(self, governed: Governed) -> None:
+        """A refusal after some of the admission was taken gives it back."""
+        for slot in governed.slots:
+            key, holder = slot.split("\0", 1)
+            await self.counters.release_slot(key, holder)
+        governed.slots = []
+        if governed.reservation_id is not None:
+            await self.counters.settle(governed.reservation_id, 0)
+
+    # -- settlement --------------------------------------------------------------------------------------------
+    def settle(
+        self,
+        governed: Governed,
+        actual: int,
+        tokens: int,
+        *,
+        request_id: str,
+        run_id: str | None,
+        refused: bool = False,
+    ) -> list[TraceEvent]:
+        """The ledger entries and alerts of a finished call; the counters are settled in the background."""
+        if not governed.governed:
+            return []
+        now = self.clock()
+        events: list[TraceEvent] = []
+        if governed.reservation_id is not None and not refused:
+            kind = "settle" if actual or not governed.estimate else "release"
+            events += self._entries(governed, kind, request_id, run_id, now, actual)
+            for f in governed.figures:
+                b = f.budget
+                for threshold in crossed(b.limit_nanos, f.spent, f.spent + actual, b.thresholds):
+                    events.append(
+                        BudgetAlert(
+                            workspace_id=b.workspace_id,
+                            budget_id=b.id,
+                            window_key=window_of_key(f.key),
+                            threshold=threshold,
+                            spent_nanos=f.spent + actual,
+                            limit_nanos=b.limit_nanos,
+                            at=now,
+                            request_id=request_id,
+                            run_id=run_id,
+                        )
+                    )
+            governed.figures = [_cost_after(f, governed.estimate, actual) for f in governed.figures]
+        self._spawn(self._settle_counters(governed, actual, tokens, now.timestamp()))
+        return events
+
+    async def _settle_counters(self, governed: Governed, actual: int, tokens: int, epoch: float) -> None:
+        try:
+            if governed.reservation_id is not None:
+                await self.counters.settle(governed.reservation_id, actual)
+            for key in governed.token_rates:
+                await self.counters.adjust_rate(key, 60.0, tokens - governed.tokens_estimate, epoch)
+            for slot in governed.slots:
+                key, holder = slot.split("\0", 1)
+                await self.counters.release_slot(key, holder)
+        except CountersUnavailable:
+            # The reservation expires at its estimate (the ledger's settle entry, already written, is the truth
+            # a rebuild uses); the slot frees itself at its ttl.
+            log.warning("budget counters unavailable while settling reservation %s", governed.reservation_id)
+
+    def _entries(
+        self,
+        governed: Governed,
+        kind: str,
+        request_id: str | None,
+        run_id: str | None,
+        now: datetime,
+        actual: int = 0,
+        step_id: str | None = None,
+    ) -> list[TraceEvent]:
+        est = governed.estimate
+        deltas = {"reserve": (est, 0), "settle": (-est, actual), "release": (-est, 0)}[kind]
+        return [
+            LedgerEntry(
+                workspace_id=f.budget.workspace_id,
+                entry_id=new_id("led"),
+                budget_id=f.budget.id,
+                counter_key=f.key,
+                kind=kind,
+                reserved_delta=deltas[0],
+                spent_delta=deltas[1],
+                at=now,
+                reservation_id=governed.reservation_id,
+                request_id=request_id,
+                step_id=step_id,
+                run_id=run_id,
+            )
+            for f in governed.figures
+        ]
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(work)
+        except RuntimeError:
+            work.close()
+            return
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- what the trace shows ----------------------------------------------------------------------------------
+    def report(self, governed: Governed) -> dict[str, Any]:
+        """The policy check as the request row and the policy_check step keep it."""
+        now = self.clock()
+        out: dict[str, Any] = {"decision": governed.decision.value, "decided_by": governed.decided_by}
+        if governed.figures:
+            out["budgets"] = [f.view(now) for f in governed.figures]
+        if governed.limits:
+            out["rate_limits"] = [
+                {
+                    "rate_limit_id": r.id,
+                    "scope": r.scope_label,
+                    "requests_per_minute": r.requests_per_minute,
+                    "tokens_per_minute": r.tokens_per_minute,
+                    "concurrent": r.concurrent,
+                }
+                for r in governed.limits
+            ]
+        if governed.reservation_id:
+            out["reservation_id"] = governed.reservation_id
+            out["reserved_usd"] = format_usd(governed.estimate)
+        if governed.note:
+            out["note"] = governed.note
+        return out
+
+    def policy_step(
+        self, governed: Governed, report: dict[str, Any], *, request_id: str, base: Attribution
+    ) -> StepRecord | None:
+        if base.run_id is None:
+            return None
+        digest = hashlib.sha256(f"{base.workspace_id}\0{request_id}\0policy".encode()).hexdigest()[:24]
+        now = self.clock()
+        ok = governed.decision is Decision.ALLOWED
+        return StepRecord(
+            step_id=f"pc_{digest}",
+            run_id=base.run_id,
+            attribution=base,
+            kind=StepKind.POLICY_CHECK,
+            name="budgets and rate limits",
+            status=StepStatus.OK if ok else StepStatus.ERROR,
+            started_at=now,
+            ended_at=now,
+            request_id=request_id,
+            error=None if ok else f"{governed.decision.value} by {governed.decided_by}",
+            attributes=report,
+        )
+
+
+def headline(governed: Governed) -> dict[str, str]:
+    """Response headers: the decision, and the tightest applicable budget's remaining amount and scope."""
+    headers = {"alephant-policy-decision": governed.decision.value}
+    f = tightest(governed.figures)
+    if f is not None:
+        headers["alephant-budget-remaining-usd"] = format_usd(max(f.remaining, 0))
+        headers["alephant-budget-scope"] = f.budget.scope_label
+    return headers

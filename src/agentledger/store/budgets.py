@@ -1,0 +1,202 @@
+"""Budgets, rate limits, the budget ledger and alerts in SQL: the store's budget domain, composed by SQLStore.
+
+The ledger is append-only; the trace writer inserts its entries and alerts with the call's records
+(`SQLStore._apply`). Everything here is management (create, list, delete), the reads of the API, and what the
+gateway needs on start: the active budgets and limits, and the ledger's sums to rebuild the counters from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.engine import Connection
+
+from agentledger.core.budgets import Action, Budget, Period, RateLimit, Scope
+from agentledger.core.model import BudgetAlert, LedgerEntry
+from agentledger.store import schema as t
+
+if TYPE_CHECKING:
+    from agentledger.store.sql import SQLStore
+
+
+def ledger_values(e: LedgerEntry) -> dict[str, Any]:
+    return {
+        "workspace_id": e.workspace_id,
+        "id": e.entry_id,
+        "budget_id": e.budget_id,
+        "counter_key": e.counter_key,
+        "kind": e.kind,
+        "reserved_delta": e.reserved_delta,
+        "spent_delta": e.spent_delta,
+        "reservation_id": e.reservation_id,
+        "request_id": e.request_id,
+        "step_id": e.step_id,
+        "run_id": e.run_id,
+        "note": e.note,
+        "at": e.at,
+    }
+
+
+def alert_values(a: BudgetAlert) -> dict[str, Any]:
+    return {
+        "workspace_id": a.workspace_id,
+        "budget_id": a.budget_id,
+        "window_key": a.window_key,
+        "threshold": a.threshold,
+        "spent_nanos": a.spent_nanos,
+        "limit_nanos": a.limit_nanos,
+        "request_id": a.request_id,
+        "run_id": a.run_id,
+        "at": a.at,
+    }
+
+
+def budget_of(r: dict[str, Any]) -> Budget:
+    return Budget(
+        workspace_id=r["workspace_id"],
+        id=r["id"],
+        scope=Scope(r["scope"]),
+        value=r["scope_value"],
+        limit_nanos=int(r["limit_nanos"]),
+        period=Period(r["period"]),
+        anchor=r["anchor"],
+        action=Action(r["action"]),
+        thresholds=tuple(r["thresholds"] or ()),
+        property_name=r["property"],
+        throttle_rpm=r["throttle_rpm"],
+    )
+
+
+def rate_limit_of(r: dict[str, Any]) -> RateLimit:
+    return RateLimit(
+        workspace_id=r["workspace_id"],
+        id=r["id"],
+        scope=Scope(r["scope"]),
+        value=r["scope_value"],
+        property_name=r["property"],
+        requests_per_minute=r["requests_per_minute"],
+        tokens_per_minute=r["tokens_per_minute"],
+        concurrent=r["concurrent"],
+    )
+
+
+class BudgetStore:
+    """The budget domain of an SQLStore (its connections, threads and error mapping)."""
+
+    def __init__(self, store: SQLStore) -> None:
+        self.store = store
+
+    async def create_budget(self, row: dict[str, Any]) -> None:
+        await self.store._insert_row(t.budgets, row, "Budget")
+
+    async def create_rate_limit(self, row: dict[str, Any]) -> None:
+        await self.store._insert_row(t.rate_limits, row, "Rate limit")
+
+    async def list_budgets(self, workspace_id: str) -> list[dict[str, Any]]:
+        c = t.budgets.c
+        stmt = select(t.budgets).where(c.workspace_id == workspace_id, c.deleted_at.is_(None)).order_by(c.created_at)
+        return await self.store._select(stmt)
+
+    async def get_budget(self, workspace_id: str, budget_id: str) -> dict[str, Any] | None:
+        c = t.budgets.c
+        rows = await self.store._select(
+            select(t.budgets).where(c.workspace_id == workspace_id, c.id == budget_id, c.deleted_at.is_(None))
+        )
+        return rows[0] if rows else None
+
+    async def list_rate_limits(self, workspace_id: str) -> list[dict[str, Any]]:
+        c = t.rate_limits.c
+        stmt = (
+            select(t.rate_limits).where(c.workspace_id == workspace_id, c.deleted_at.is_(None)).order_by(c.created_at)
+        )
+        return await self.store._select(stmt)
+
+    async def delete(self, table_name: str, workspace_id: str, ident: str, now: datetime) -> bool:
+        table = t.budgets if table_name == "budgets" else t.rate_limits
+        c = table.c
+
+        def run(conn: Connection) -> bool:
+            res = conn.execute(
+                update(table)
+                .where(and_(c.workspace_id == workspace_id, c.id == ident, c.deleted_at.is_(None)))
+                .values(deleted_at=now)
+            )
+            return bool(res.rowcount)
+
+        return await self.store._write(run)
+
+    async def active(self, workspace_id: str) -> tuple[list[Budget], list[RateLimit]]:
+        """What governs this workspace's calls now (cached by the gateway, invalidated on change)."""
+        budgets = [budget_of(r) for r in await self.list_budgets(workspace_id)]
+        limits = [rate_limit_of(r) for r in await self.list_rate_limits(workspace_id)]
+        return budgets, limits
+
+    async def ledger(
+        self,
+        workspace_id: str,
+        *,
+        budget_id: str | None = None,
+        run_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        c = t.budget_ledger.c
+        where = [c.workspace_id == workspace_id]
+        if budget_id is not None:
+            where.append(c.budget_id == budget_id)
+        if run_id is not None:
+            where.append(c.run_id == run_id)
+        if since is not None:
+            where.append(c.at >= since)
+        if until is not None:
+            where.append(c.at < until)
+        stmt = select(t.budget_ledger).where(*where).order_by(c.at.desc(), c.id.desc()).limit(limit)
+        return await self.store._select(stmt, query=True)
+
+    async def alerts(
+        self, workspace_id: str, *, since: datetime | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        c = t.budget_alerts.c
+        where = [c.workspace_id == workspace_id]
+        if since is not None:
+            where.append(c.at >= since)
+        stmt = select(t.budget_alerts).where(*where).order_by(c.at.desc()).limit(limit)
+        return await self.store._select(stmt, query=True)
+
+    async def totals(self, keys: Sequence[str] | None = None) -> dict[str, tuple[int, int]]:
+        """Σ (spent_delta, reserved_delta) per counter key: what the counters are, by the ledger."""
+        c = t.budget_ledger.c
+        stmt = select(c.counter_key, func.sum(c.spent_delta), func.sum(c.reserved_delta)).group_by(c.counter_key)
+        if keys is not None:
+            stmt = stmt.where(c.counter_key.in_(list(keys)))
+
+        def run(conn: Connection) -> dict[str, tuple[int, int]]:
+            return {key: (int(spent or 0), int(reserved or 0)) for key, spent, reserved in conn.execute(stmt)}
+
+        return await self.store._read(run, query=True)
+
+    async def open_reservations(self) -> list[dict[str, Any]]:
+        """Reservations whose reserve no settle, release or expiry has closed (their process stopped meanwhile):
+        one row per (reservation, counter) with what is still reserved, the call's request and run."""
+        c = t.budget_ledger.c
+        held = func.sum(c.reserved_delta)
+        stmt = (
+            select(
+                c.workspace_id,
+                c.reservation_id,
+                c.budget_id,
+                c.counter_key,
+                held.label("reserved"),
+                func.max(c.request_id).label("request_id"),
+                func.max(c.run_id).label("run_id"),
+                func.min(c.at).label("at"),
+            )
+            .where(c.reservation_id.is_not(None))
+            .group_by(c.workspace_id, c.reservation_id, c.budget_id, c.counter_key)
+            .having(held != 0)
+        )
+        return await self.store._select(stmt)
