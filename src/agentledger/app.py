@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 
 from agentledger.api.auth import AdminAuth
+from agentledger.api.budgets import budget_routes
 from agentledger.api.health import health_routes
 from agentledger.api.manage import manage_routes
 from agentledger.api.openapi import openapi_routes
@@ -27,7 +28,7 @@ from agentledger.config import Settings
 from agentledger.core.errors import MethodNotAllowed, NotFound
 from agentledger.core.model import TraceEvent
 from agentledger.gateway.budget_recovery import expiry_entries, recover
-from agentledger.gateway.budgets import BudgetGate
+from agentledger.gateway.budgets import BudgetGate, SpendDesk
 from agentledger.gateway.failsafe import ErrorMiddleware
 from agentledger.gateway.flow import Gateway
 from agentledger.gateway.limits import BodyLimitMiddleware
@@ -63,6 +64,7 @@ class Components:
     upstreams: Mapping[str, Upstream]
     counters: Counters
     gate: BudgetGate
+    desk: SpendDesk
 
 
 def build_components(
@@ -107,7 +109,8 @@ def build_components(
         stale_if_error=settings.stale_if_error,
         gate=gate,
     )
-    return Components(settings, store, pipeline, gateway, Governance(store, box), upstreams, counters, gate)
+    desk = SpendDesk(gate, store.budgets.reservation)
+    return Components(settings, store, pipeline, gateway, Governance(store, box), upstreams, counters, gate, desk)
 
 
 def _workflow_lookup(store: Store) -> Callable[[str, str], Awaitable[str | None]]:
@@ -213,8 +216,9 @@ def create_app(
 
     routes = [
         *chat_routes(c.gateway),
-        *StepIngest(c.gateway).routes(),
+        *StepIngest(c.gateway, c.desk).routes(),
         *manage_routes(auth, c.governance, c.gateway),
+        *budget_routes(auth, c.store, c.gateway, c.desk),
         *query_routes(auth, c.store, c.pipeline),
         *health_routes(c.store, c.pipeline),
         *openapi_routes(),

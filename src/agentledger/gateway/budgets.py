@@ -400,7 +400,7 @@ class BudgetGate:
         return out
 
     def policy_step(
-        self, governed: Governed, report: dict[str, Any], *, request_id: str, base: Attribution
+        self, governed: Governed, report: dict[str, Any], *, request_id: str, base: Attribution, started_at: datetime
     ) -> StepRecord | None:
         if base.run_id is None:
             return None
@@ -414,7 +414,7 @@ class BudgetGate:
             kind=StepKind.POLICY_CHECK,
             name="budgets and rate limits",
             status=StepStatus.OK if ok else StepStatus.ERROR,
-            started_at=now,
+            started_at=started_at,  # the check ran before the model call; its figures are as the call left them
             ended_at=now,
             request_id=request_id,
             error=None if ok else f"{governed.decision.value} by {governed.decided_by}",
@@ -430,3 +430,120 @@ def headline(governed: Governed) -> dict[str, str]:
         headers["alephant-budget-remaining-usd"] = format_usd(max(f.remaining, 0))
         headers["alephant-budget-scope"] = f.budget.scope_label
     return headers
+
+
+class SpendDesk:
+    """Spend outside model calls: authorizing a tool or paid API call before it happens, charging steps that
+    report a cost after the fact, and the figures a key or an admin reads. Same counters, same ledger."""
+
+    def __init__(self, gate: BudgetGate, reservation_rows: Callable[[str, str], Awaitable[list[dict[str, Any]]]]):
+        self.gate = gate
+        self._reservation_rows = reservation_rows
+
+    async def figures(self, subject: Subject) -> list[Figures]:
+        """Each budget that applies to `subject`, in its current window (a `run` budget: this run's)."""
+        budgets, limits = await self.gate.rules_for(subject.workspace_id)
+        subject = await self.gate.subject(subject, budgets, limits)
+        applied = applicable_budgets(budgets, subject)
+        now = self.gate.clock()
+        keys = [counter_key(b, now, subject.run_id) for b in applied]
+        found = await self.gate.counters.standing(keys) if keys else {}
+        return [Figures(b, k, found[k].spent, found[k].reserved) for b, k in zip(applied, keys, strict=True)]
+
+    async def authorize(
+        self, subject: Subject, amount: int, *, kind: str, name: str, ttl: float
+    ) -> tuple[Governed, list[TraceEvent]]:
+        """Reserve `amount` against every applicable budget, or raise BudgetExceeded (recorded by the caller)."""
+        budgets, limits = await self.gate.rules_for(subject.workspace_id)
+        subject = await self.gate.subject(subject, budgets, limits)
+        applied = applicable_budgets(budgets, subject)
+        governed = Governed()
+        now = self.gate.clock()
+        if not applied:
+            return governed, []
+        keys = [counter_key(b, now, subject.run_id) for b in applied]
+        charges = [Charge(k, b.limit_nanos if b.blocks else None, amount) for b, k in zip(applied, keys, strict=True)]
+        reservation = new_id("rsv")
+        answer = await self.gate.counters.reserve(reservation, charges, ttl)
+        if isinstance(answer, Refused):
+            budget = applied[keys.index(answer.key)]
+            governed.decision = Decision.BLOCKED
+            governed.figures = [Figures(budget, answer.key, answer.standing.spent, answer.standing.reserved)]
+            governed.decided_by = {"kind": "budget", "id": budget.id, "scope": budget.scope_label}
+            raise BudgetExceeded(
+                f"Budget {budget.id!r} ({budget.scope_label}) has too little left for {kind} {name!r}: limit "
+                f"${format_usd(budget.limit_nanos)}, spent ${format_usd(answer.standing.spent)}, reserved "
+                f"${format_usd(answer.standing.reserved)}, asked ${format_usd(amount)}."
+            )
+        governed.reservation_id = reservation
+        governed.estimate = amount
+        governed.figures = [
+            Figures(b, k, answer[k].spent, answer[k].reserved) for b, k in zip(applied, keys, strict=True)
+        ]
+        entries = self.gate._entries(governed, "reserve", None, subject.run_id, now)
+        return governed, entries
+
+    async def charge_steps(
+        self, steps: Sequence[StepRecord], workflow: str | None, reservations: dict[str, str]
+    ) -> list[TraceEvent]:
+        """Ledger entries for steps that report a cost: a step naming a reservation settles it (what was not
+        spent is released), any other is spent against the budgets that apply to it."""
+        events: list[TraceEvent] = []
+        now = self.gate.clock()
+        for step in steps:
+            reservation = reservations.get(step.step_id)
+            if reservation is not None:
+                events += await self._settle_reservation(step, reservation, now)
+                continue
+            if not step.cost_nanos:
+                continue
+            a = step.attribution
+            subject = Subject(
+                a.workspace_id, a.department_id, a.agent_id, a.virtual_key_id, workflow, step.run_id, a.properties
+            )
+            budgets, _ = await self.gate.rules_for(a.workspace_id)
+            applied = applicable_budgets(budgets, subject)
+            if not applied:
+                continue
+            keys = [counter_key(b, now, step.run_id) for b in applied]
+            await self.gate.counters.add([Charge(k, None, step.cost_nanos) for k in keys])
+            events += [
+                LedgerEntry(
+                    workspace_id=a.workspace_id,
+                    entry_id=new_id("led"),
+                    budget_id=b.id,
+                    counter_key=k,
+                    kind="spend",
+                    reserved_delta=0,
+                    spent_delta=step.cost_nanos,
+                    at=now,
+                    step_id=step.step_id,
+                    run_id=step.run_id,
+                    note=f"{step.kind.value} {step.name}"[:256],
+                )
+                for b, k in zip(applied, keys, strict=True)
+            ]
+        return events
+
+    async def _settle_reservation(self, step: StepRecord, reservation: str, now: datetime) -> list[TraceEvent]:
+        ws = step.attribution.workspace_id
+        rows = await self._reservation_rows(ws, reservation)  # what the ledger holds reserved for it, per counter
+        if not rows:
+            return []  # unknown, already settled or expired: the step is still recorded, not charged twice
+        await self.gate.counters.settle(reservation, step.cost_nanos)
+        return [
+            LedgerEntry(
+                workspace_id=ws,
+                entry_id=new_id("led"),
+                budget_id=r["budget_id"],
+                counter_key=r["counter_key"],
+                kind="settle",
+                reserved_delta=-int(r["reserved"]),
+                spent_delta=step.cost_nanos,
+                at=now,
+                reservation_id=reservation,
+                step_id=step.step_id,
+                run_id=step.run_id,
+            )
+            for r in rows
+        ]

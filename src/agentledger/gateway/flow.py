@@ -494,7 +494,7 @@ class Gateway:
         )
         report = self.gate.report(governed)
         events = trace_events(call, outcome, attempt, ended_at, latency_ms, report)
-        check = self.gate.policy_step(governed, report, request_id=call.request_id, base=a)
+        check = self.gate.policy_step(governed, report, request_id=call.request_id, base=a, started_at=call.started_at)
         return self.pipeline.commit([*events, *booked, *([check] if check else [])])
 
     def record_rejection(

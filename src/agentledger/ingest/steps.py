@@ -24,8 +24,9 @@ from agentledger.core.errors import AgentLedgerError, InvalidHeader, InvalidRequ
 from agentledger.core.fields import id_field, text_field, time_field
 from agentledger.core.headers import AGENT_ID, RUN_ID, TrackingContext, normalize_path, parse_tracking
 from agentledger.core.ids import new_id
-from agentledger.core.model import Attribution, Principal, RunEnd, RunStart, RunStatus, StepRecord
+from agentledger.core.model import Attribution, Principal, RunEnd, RunStart, RunStatus, StepRecord, TraceEvent
 from agentledger.gateway.bodies import parse_json, storable_json
+from agentledger.gateway.budgets import SpendDesk
 from agentledger.gateway.flow import Gateway
 from agentledger.gateway.responses import JSONResponse, error_response
 from agentledger.ingest.runs import (
@@ -70,8 +71,9 @@ class _Batch:
 
 
 class StepIngest:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, desk: SpendDesk | None = None) -> None:
         self.gateway = gateway
+        self.desk = desk  # charges steps that report a cost to their budgets (gateway/budgets.py)
         self.runs = KnownRuns()
 
     async def _attribute(self, principal: Principal, tracking: TrackingContext, named: dict[str, str]) -> Attribution:
@@ -183,7 +185,7 @@ class StepIngest:
             properties=t.properties,
         )
         steps = await self._parse(batch, attribution)
-        await self.gateway.pipeline.submit(steps)
+        await self.gateway.pipeline.submit([*steps, *await self._charges(batch, steps, run.workflow)])
         return steps
 
     async def _create(self, batch: _Batch) -> list[StepRecord]:
@@ -197,9 +199,23 @@ class StepIngest:
             name=batch.run.name,
             metadata=batch.run.metadata,
         )
-        await self.gateway.pipeline.submit([start, *steps])
+        await self.gateway.pipeline.submit([start, *steps, *await self._charges(batch, steps, batch.run.workflow)])
         self.runs.remember(batch.principal.workspace_id, batch.run_id, _identity(start))
         return steps
+
+    async def _charges(self, batch: _Batch, steps: list[StepRecord], workflow: str | None) -> list[TraceEvent]:
+        """Ledger entries for the batch's steps that cost something (or settle a spend authorization); they
+        are written in the steps' transaction."""
+        if self.desk is None:
+            return []
+        reservations = {
+            step.step_id: item["reservation_id"]
+            for step, item in zip(steps, batch.items, strict=True)
+            if isinstance(item, dict) and isinstance(item.get("reservation_id"), str)
+        }
+        if not reservations and not any(s.cost_nanos for s in steps):
+            return []
+        return await self.desk.charge_steps(steps, workflow, reservations)
 
     async def _parse(self, batch: _Batch, attribution: Attribution) -> list[StepRecord]:
         ws = batch.principal.workspace_id

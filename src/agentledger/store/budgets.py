@@ -200,3 +200,15 @@ class BudgetStore:
             .having(held != 0)
         )
         return await self.store._select(stmt)
+
+    async def reservation(self, workspace_id: str, reservation_id: str) -> list[dict[str, Any]]:
+        """What the ledger still holds reserved for one reservation, per counter (none once it is closed)."""
+        c = t.budget_ledger.c
+        held = func.sum(c.reserved_delta)
+        stmt = (
+            select(c.budget_id, c.counter_key, held.label("reserved"))
+            .where(c.workspace_id == workspace_id, c.reservation_id == reservation_id)
+            .group_by(c.budget_id, c.counter_key)
+            .having(held != 0)
+        )
+        return await self.store._select(stmt)

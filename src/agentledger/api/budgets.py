@@ -1,0 +1,218 @@
+"""Budgets and rate limits: `/api/budgets`, `/api/rate-limits`, `/api/ledger`, `/api/alerts` (admin token), and
+for a virtual key `GET /v1/budget` and `POST /v1/spend/authorize`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from agentledger.api.auth import AdminAuth, json_body, path_id
+from agentledger.core.budget_config import budget_row, rate_limit_row
+from agentledger.core.budgets import Figures, Scope, Subject, counter_key
+from agentledger.core.errors import AgentLedgerError, InvalidRequest, NotFound
+from agentledger.core.fields import id_field, text_field, time_field
+from agentledger.core.headers import parse_tracking
+from agentledger.core.ids import new_id
+from agentledger.core.model import AdminPrincipal, Principal
+from agentledger.core.money import MAX_EVENT_COST_NANOS, format_usd, to_nanos
+from agentledger.gateway.budgets import SpendDesk
+from agentledger.gateway.flow import Gateway
+from agentledger.gateway.responses import JSONResponse, error_response
+from agentledger.store.base import Store
+from agentledger.store.budgets import budget_of
+
+MAX_PAGE = 1000
+
+
+def _limit(request: Request) -> int:
+    raw = request.query_params.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise InvalidRequest(f"'limit' must be an integer from 1 to {MAX_PAGE}.", param="limit")
+    return int(raw)
+
+
+def _time(request: Request, name: str) -> Any:
+    raw = request.query_params.get(name)
+    return None if raw is None else time_field(raw, name)
+
+
+async def _check_scope(store: Store, workspace_id: str, row: dict[str, Any]) -> None:
+    """A department, agent or key a budget names must exist (a workflow or property value need not)."""
+    scope, value = Scope(row["scope"]), row["scope_value"]
+    if scope is Scope.DEPARTMENT:
+        found = any(d["id"] == value for d in await store.list_departments(workspace_id))
+    elif scope is Scope.AGENT:
+        found = await store.get_agent(workspace_id, value) is not None
+    elif scope is Scope.VIRTUAL_KEY:
+        found = any(k["id"] == value for k in await store.list_virtual_keys(workspace_id))
+    else:
+        return
+    if not found:
+        raise NotFound(f"The {scope.value} {value!r} does not exist in this workspace.", param="scope_value")
+
+
+def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDesk) -> list[Route]:
+    gate = desk.gate
+    budgets = store.budgets
+
+    async def status(row: dict[str, Any]) -> dict[str, Any]:
+        budget = budget_of(row)
+        now = gate.clock()
+        out = {k: v for k, v in row.items() if k not in ("deleted_at",)}
+        out["limit_usd"] = format_usd(budget.limit_nanos)
+        if budget.period.value == "run":  # each run has its own allowance: read it on the run's policy checks
+            out["status"] = None
+            return out
+        key = counter_key(budget, now, None)
+        found = (await gate.counters.standing([key]))[key]
+        out["status"] = Figures(budget, key, found.spent, found.reserved).view(now)
+        return out
+
+    async def create_budget(request: Request, admin: AdminPrincipal) -> Response:
+        data = await json_body(request)
+        now = gate.clock()
+        anchor = time_field(str(data["anchor"]), "anchor") if data.get("anchor") is not None else None
+        row = budget_row(data, now, anchor)
+        await _check_scope(store, admin.workspace_id, row)
+        ident = id_field(data["id"], "id") if data.get("id") is not None else new_id("bud")
+        row = {"workspace_id": admin.workspace_id, "id": ident, **row}
+        await budgets.create_budget(row)
+        gateway.invalidate_workspace(admin.workspace_id)
+        return JSONResponse(await status(row), status_code=201)
+
+    async def list_budgets(request: Request, admin: AdminPrincipal) -> Response:
+        return JSONResponse({"data": [await status(r) for r in await budgets.list_budgets(admin.workspace_id)]})
+
+    async def get_budget(request: Request, admin: AdminPrincipal) -> Response:
+        budget_id = path_id(request, "budget_id", "Budget")
+        row = await budgets.get_budget(admin.workspace_id, budget_id)
+        if row is None:
+            raise NotFound(f"Budget {budget_id!r} does not exist.", param="budget_id")
+        return JSONResponse(await status(row))
+
+    async def delete_budget(request: Request, admin: AdminPrincipal) -> Response:
+        budget_id = path_id(request, "budget_id", "Budget")
+        if not await budgets.delete("budgets", admin.workspace_id, budget_id, gate.clock()):
+            raise NotFound(f"Budget {budget_id!r} does not exist.", param="budget_id")
+        gateway.invalidate_workspace(admin.workspace_id)
+        return JSONResponse({"id": budget_id, "deleted": True})
+
+    async def create_rate_limit(request: Request, admin: AdminPrincipal) -> Response:
+        data = await json_body(request)
+        row = rate_limit_row(data, gate.clock())
+        await _check_scope(store, admin.workspace_id, row)
+        ident = id_field(data["id"], "id") if data.get("id") is not None else new_id("rl")
+        row = {"workspace_id": admin.workspace_id, "id": ident, **row}
+        await budgets.create_rate_limit(row)
+        gateway.invalidate_workspace(admin.workspace_id)
+        return JSONResponse(row, status_code=201)
+
+    async def list_rate_limits(request: Request, admin: AdminPrincipal) -> Response:
+        return JSONResponse({"data": await budgets.list_rate_limits(admin.workspace_id)})
+
+    async def delete_rate_limit(request: Request, admin: AdminPrincipal) -> Response:
+        limit_id = path_id(request, "rate_limit_id", "Rate limit")
+        if not await budgets.delete("rate_limits", admin.workspace_id, limit_id, gate.clock()):
+            raise NotFound(f"Rate limit {limit_id!r} does not exist.", param="rate_limit_id")
+        gateway.invalidate_workspace(admin.workspace_id)
+        return JSONResponse({"id": limit_id, "deleted": True})
+
+    async def ledger(request: Request, admin: AdminPrincipal) -> Response:
+        q = request.query_params
+        await gateway.pipeline.flush()  # read your writes: entries of calls already answered
+        rows = await budgets.ledger(
+            admin.workspace_id,
+            budget_id=id_field(q["budget"], "budget") if "budget" in q else None,
+            run_id=id_field(q["run"], "run") if "run" in q else None,
+            since=_time(request, "from"),
+            until=_time(request, "to"),
+            limit=_limit(request),
+        )
+        return JSONResponse({"data": rows})
+
+    async def alerts(request: Request, admin: AdminPrincipal) -> Response:
+        await gateway.pipeline.flush()
+        rows = await budgets.alerts(admin.workspace_id, since=_time(request, "from"), limit=_limit(request))
+        return JSONResponse({"data": rows})
+
+    async def subject_of(request: Request, principal: Principal, run_id: str | None) -> Subject:
+        tracking = parse_tracking(request.scope["headers"])
+        return Subject(
+            principal.workspace_id,
+            principal.department_id,
+            tracking.agent_id or principal.agent_id,
+            principal.virtual_key_id,
+            None,
+            run_id or tracking.run_id,
+            tracking.properties,
+        )
+
+    async def my_budget(request: Request) -> Response:
+        try:
+            principal = await gateway.authenticate(request.headers)
+            figures = await desk.figures(await subject_of(request, principal, None))
+        except AgentLedgerError as exc:
+            return error_response(exc)
+        now = gate.clock()
+        return JSONResponse({"data": [f.view(now) for f in figures]})
+
+    async def authorize(request: Request) -> Response:
+        try:
+            principal = await gateway.authenticate(request.headers)
+            data = await json_body(request)
+            run_id = id_field(data["run_id"], "run_id") if data.get("run_id") is not None else None
+            amount = _amount(data.get("amount_usd"))
+            kind = text_field(data.get("kind", "tool_call"), "kind", limit=64, strip=True)
+            name = text_field(data.get("name", kind), "name", limit=256, strip=True)
+            subject = await subject_of(request, principal, run_id)
+            governed, entries = await desk.authorize(subject, amount, kind=kind, name=name, ttl=gate.reservation_ttl)
+            if entries:
+                await gateway.pipeline.submit(entries)  # durable before the agent may spend against it
+        except AgentLedgerError as exc:
+            return error_response(exc, {"alephant-policy-decision": "blocked"} if exc.status == 402 else None)
+        now = gate.clock()
+        body = {
+            "decision": governed.decision.value,
+            "reservation_id": governed.reservation_id,
+            "amount_usd": format_usd(amount),
+            "expires_at": (now + timedelta(seconds=gate.reservation_ttl)).isoformat()
+            if governed.reservation_id
+            else None,
+            "budgets": [f.view(now) for f in governed.figures],
+        }
+        return JSONResponse(body, status_code=201 if governed.reservation_id else 200)
+
+    g = auth.guard
+    return [
+        Route("/api/budgets", g(list_budgets), methods=["GET"]),
+        Route("/api/budgets", g(create_budget, write=True), methods=["POST"]),
+        Route("/api/budgets/{budget_id}", g(get_budget), methods=["GET"]),
+        Route("/api/budgets/{budget_id}", g(delete_budget, write=True), methods=["DELETE"]),
+        Route("/api/rate-limits", g(list_rate_limits), methods=["GET"]),
+        Route("/api/rate-limits", g(create_rate_limit, write=True), methods=["POST"]),
+        Route("/api/rate-limits/{rate_limit_id}", g(delete_rate_limit, write=True), methods=["DELETE"]),
+        Route("/api/ledger", g(ledger), methods=["GET"]),
+        Route("/api/alerts", g(alerts), methods=["GET"]),
+        Route("/v1/budget", my_budget, methods=["GET"]),
+        Route("/v1/spend/authorize", authorize, methods=["POST"]),
+    ]
+
+
+def _amount(value: Any) -> int:
+    try:
+        amount = Decimal(str(value)) if isinstance(value, str | int) and not isinstance(value, bool) else None
+    except (InvalidOperation, ValueError):
+        amount = None
+    if amount is None or not amount.is_finite() or amount <= 0 or amount.as_tuple().exponent < -9:  # type: ignore[operator]
+        raise InvalidRequest(
+            "'amount_usd' must be a positive decimal string of dollars, such as \"0.25\".", param="amount_usd"
+        )
+    nanos = to_nanos(amount)
+    if nanos > MAX_EVENT_COST_NANOS:
+        raise InvalidRequest("'amount_usd' is past the per-event bound of $1,000,000.", param="amount_usd")
+    return nanos
