@@ -27,6 +27,7 @@ from agentledger.api.query import query_routes
 from agentledger.config import Settings
 from agentledger.core.errors import MethodNotAllowed, NotFound
 from agentledger.core.model import TraceEvent
+from agentledger.gateway.broadcast import Broadcast
 from agentledger.gateway.budget_recovery import expiry_entries, recover
 from agentledger.gateway.budgets import BudgetGate, SpendDesk
 from agentledger.gateway.failsafe import ErrorMiddleware
@@ -160,6 +161,14 @@ async def _expire_reservations(c: Components, every: float = 5.0) -> None:
             c.pipeline.commit(expiry_entries(expired, datetime.now(UTC)))
 
 
+def app_from_env() -> Starlette:
+    """The app of one worker process when `workers` > 1 (uvicorn imports it by name in each): the parent passed
+    its settings through AGENTLEDGER_* environment variables."""
+    from agentledger.config import load_settings
+
+    return create_app(load_settings())
+
+
 def settle_heap() -> None:
     """Load the price catalog now and move everything alive at startup out of the collector's sight.
 
@@ -185,11 +194,19 @@ def create_app(
         c.pipeline.start()
         await _load_counters(c)
         expiry = asyncio.get_running_loop().create_task(_expire_reservations(c))
+        broadcast = None
+        if settings.redis_url:
+            broadcast = Broadcast(settings.redis_url, c.gateway.claims.node_id, c.gateway.apply_invalidation)
+            broadcast.start()
+            c.gateway.broadcast = broadcast.publish
         settle_heap()
         try:
             yield
         finally:
             expiry.cancel()
+            if broadcast is not None:
+                c.gateway.broadcast = None
+                await broadcast.aclose()
             # Graceful shutdown: every acknowledged trace event is written (or spooled) before exit.
             await c.pipeline.aclose()
             await c.counters.aclose()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -162,11 +163,20 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
         }
     )
     _configure_logging(settings)
+    if settings.workers > 1:
+        # Each worker is a replica: what one node keeps in memory (budget counters, rate windows) must be shared.
+        if not settings.redis_url:
+            raise click.ClickException(
+                "workers > 1 needs redis_url: with in-process counters each worker would enforce budgets and rate "
+                "limits alone (set --set redis_url=redis://127.0.0.1:6379/0, or keep workers at 1)."
+            )
+        if settings.database_url.startswith("sqlite"):
+            raise click.ClickException(
+                "workers > 1 needs PostgreSQL (--db postgresql+psycopg://...): SQLite has one writer."
+            )
     base_url = f"http://{settings.host}:{settings.port}"
     _prepare(settings, base_url)
-    app = create_app(settings)
-    uvicorn.run(
-        app,
+    options: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -175,6 +185,12 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
         http="httptools",
         timeout_graceful_shutdown=30,
     )
+    if settings.workers > 1:
+        for s in SETTINGS:  # the workers are new processes: they read the settings from the environment
+            os.environ[s.env] = str(getattr(settings, s.name))
+        uvicorn.run("agentledger.app:app_from_env", factory=True, workers=settings.workers, **options)
+        return
+    uvicorn.run(create_app(settings), **options)
 
 
 def _prepare(settings: Settings, base_url: str) -> None:

@@ -92,6 +92,8 @@ class Gateway:
         self.prices: TTLCache[str, dict[str, list[Price]]] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
         self.claims = Claims(store, inflight_timeout)
         self.gate = gate
+        # Tells the other replicas what this one invalidated (set when redis_url is; gateway/broadcast.py).
+        self.broadcast: Callable[[str, str], None] | None = None
 
     # -- lookups -------------------------------------------------------------------------------------------
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
@@ -518,14 +520,26 @@ class Gateway:
 
     def invalidate_key(self, key_hash: str | None) -> None:
         if key_hash:
-            # Cached as "no such key" rather than forgotten: through a store outage it stays refused.
-            self.principals.put(key_hash, None)
+            self.apply_invalidation("key", key_hash)
+            if self.broadcast is not None:
+                self.broadcast("key", key_hash)
 
     def invalidate_workspace(self, workspace_id: str) -> None:
-        self.routes.invalidate(workspace_id)
-        self.prices.invalidate(workspace_id)
-        if self.gate is not None:
-            self.gate.invalidate(workspace_id)
+        self.apply_invalidation("workspace", workspace_id)
+        if self.broadcast is not None:
+            self.broadcast("workspace", workspace_id)
+
+    def apply_invalidation(self, kind: str, value: str) -> None:
+        """Drop a key or a workspace's routes, prices and budgets from this node's caches (also what another
+        replica broadcast: gateway/broadcast.py)."""
+        if kind == "key":
+            # Cached as "no such key" rather than forgotten: through a store outage it stays refused.
+            self.principals.put(value, None)
+        elif kind == "workspace":
+            self.routes.invalidate(value)
+            self.prices.invalidate(value)
+            if self.gate is not None:
+                self.gate.invalidate(value)
 
 
 async def _durable(fut: asyncio.Future[None] | None) -> None:
