@@ -25,10 +25,10 @@ from agentledger.api.manage import manage_routes
 from agentledger.api.openapi import openapi_routes
 from agentledger.api.query import query_routes
 from agentledger.config import Settings
-from agentledger.core.errors import MethodNotAllowed, NotFound
+from agentledger.core.errors import MethodNotAllowed, NotFound, StoreUnavailable
 from agentledger.core.model import TraceEvent
 from agentledger.gateway.broadcast import Broadcast
-from agentledger.gateway.budget_recovery import expiry_entries, recover
+from agentledger.gateway.budget_recovery import reconcile_expired, recover
 from agentledger.gateway.budgets import BudgetGate, SpendDesk
 from agentledger.gateway.failsafe import ErrorMiddleware
 from agentledger.gateway.flow import Gateway
@@ -122,7 +122,7 @@ def _workflow_lookup(store: Store) -> Callable[[str, str], Awaitable[str | None]
     return workflow_of
 
 
-async def _load_counters(c: Components) -> None:
+async def _load_counters(c: Components, *, at_start: bool = False) -> None:
     """The counters from the ledger (gateway/budget_recovery.py): always in-process, and for Redis when it holds
     no counters yet (it outlives gateways; a new or flushed one is rebuilt by the first gateway to start)."""
     if isinstance(c.counters, RedisCounters):
@@ -131,7 +131,8 @@ async def _load_counters(c: Components) -> None:
             if await c.counters.claim(LOADED_MARKER, c.gateway.claims.node_id, 10 * 365 * 86400) is not None:
                 return
         except CountersUnavailable:
-            log.error("budget counters (Redis) unavailable at start: budgets that block refuse calls meanwhile")
+            if at_start:
+                log.error("budget counters (Redis) unavailable at start: budgets that block refuse calls meanwhile")
             return
 
     async def request_cost(workspace_id: str, request_id: str) -> int | None:
@@ -150,15 +151,23 @@ async def _load_counters(c: Components) -> None:
 
 
 async def _expire_reservations(c: Components, every: float = 5.0) -> None:
-    """Reservations whose call vanished (no settle within reservation_ttl) are charged their estimate."""
+    """Every few seconds: reservations whose call vanished (no settle within reservation_ttl) are charged their
+    estimate, as the ledger decides (gateway/budget_recovery.py); and a Redis that lost its counters (restarted
+    empty, flushed) is loaded again from the ledger."""
     while True:
         await asyncio.sleep(every)
         try:
+            if isinstance(c.counters, RedisCounters):
+                await _load_counters(c)
             expired = await c.counters.expire(datetime.now(UTC).timestamp())
-        except CountersUnavailable:
+            if expired:
+                events = await reconcile_expired(expired, c.store.budgets, c.counters, datetime.now(UTC))
+                if events:
+                    c.pipeline.commit(events)
+        except (CountersUnavailable, StoreUnavailable):
             continue
-        if expired:
-            c.pipeline.commit(expiry_entries(expired, datetime.now(UTC)))
+        except Exception:  # a sweep must never stop sweeping
+            log.exception("budget reservation sweep failed; retrying")
 
 
 def app_from_env() -> Starlette:
@@ -192,7 +201,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await c.store.migrate()
         c.pipeline.start()
-        await _load_counters(c)
+        await _load_counters(c, at_start=True)
         expiry = asyncio.get_running_loop().create_task(_expire_reservations(c))
         broadcast = None
         if settings.redis_url:

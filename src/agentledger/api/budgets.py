@@ -14,7 +14,7 @@ from starlette.routing import Route
 from agentledger.api.auth import AdminAuth, json_body, path_id
 from agentledger.core.budget_config import budget_row, rate_limit_row
 from agentledger.core.budgets import Figures, Scope, Subject, counter_key
-from agentledger.core.errors import AgentLedgerError, InvalidRequest, NotFound
+from agentledger.core.errors import AgentLedgerError, InvalidRequest, NotFound, StoreUnavailable
 from agentledger.core.fields import id_field, text_field, time_field
 from agentledger.core.headers import parse_tracking
 from agentledger.core.ids import new_id
@@ -23,6 +23,7 @@ from agentledger.core.money import MAX_EVENT_COST_NANOS, format_usd, to_nanos
 from agentledger.gateway.budgets import SpendDesk
 from agentledger.gateway.flow import Gateway
 from agentledger.gateway.responses import JSONResponse, error_response
+from agentledger.limits.base import CountersUnavailable
 from agentledger.store.base import Store
 from agentledger.store.budgets import budget_of
 
@@ -69,7 +70,12 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
             out["status"] = None
             return out
         key = counter_key(budget, now, None)
-        found = (await gate.counters.standing([key]))[key]
+        try:
+            found = (await gate.counters.standing([key]))[key]
+        except CountersUnavailable:  # the budget is still shown; its figures are not known just now
+            out["status"] = None
+            out["status_error"] = "counters unavailable"
+            return out
         out["status"] = Figures(budget, key, found.spent, found.reserved).view(now)
         return out
 
@@ -156,6 +162,8 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
         try:
             principal = await gateway.authenticate(request.headers)
             figures = await desk.figures(await subject_of(request, principal, None))
+        except CountersUnavailable:
+            return error_response(StoreUnavailable("The budget counters are unavailable; retry shortly."))
         except AgentLedgerError as exc:
             return error_response(exc)
         now = gate.clock()
@@ -170,7 +178,12 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
             kind = text_field(data.get("kind", "tool_call"), "kind", limit=64, strip=True)
             name = text_field(data.get("name", kind), "name", limit=256, strip=True)
             subject = await subject_of(request, principal, run_id)
-            governed, entries = await desk.authorize(subject, amount, kind=kind, name=name, ttl=gate.reservation_ttl)
+            try:
+                governed, entries = await desk.authorize(
+                    subject, amount, kind=kind, name=name, ttl=gate.reservation_ttl
+                )
+            except CountersUnavailable:
+                raise StoreUnavailable("The budget counters are unavailable; retry shortly.") from None
             if entries:
                 await gateway.pipeline.submit(entries)  # durable before the agent may spend against it
         except AgentLedgerError as exc:

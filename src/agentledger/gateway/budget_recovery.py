@@ -16,7 +16,7 @@ from typing import Any
 from agentledger.core.budgets import parse_counter_key
 from agentledger.core.ids import new_id
 from agentledger.core.model import LedgerEntry, TraceEvent
-from agentledger.limits.base import Counters, Standing
+from agentledger.limits.base import Charge, Counters, Standing
 from agentledger.store.budgets import BudgetStore
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,29 @@ async def recover(
     return len(open_rows)
 
 
+async def reconcile_expired(
+    expired: list[tuple[str, dict[str, int]]], budgets: BudgetStore, counters: Counters, now: datetime
+) -> list[TraceEvent]:
+    """Reservations the counters expired (no settle reached them within their ttl) → ledger entries.
+
+    The ledger decides. Still open there: the call vanished, charged its estimate (`expire`). Already settled
+    there (the counters missed the settle: Redis was down, a process died after writing it): the counters, which
+    just charged the estimate, are corrected to what the ledger charged, and the ledger gains nothing."""
+    open_now: list[tuple[str, dict[str, int]]] = []
+    for reservation_id, amounts in expired:
+        workspace_id = parse_counter_key(next(iter(amounts)))[0] if amounts else ""
+        sums = await budgets.reservation_sums(workspace_id, reservation_id) if workspace_id else {}
+        still = {k: a for k, a in amounts.items() if sums.get(k, (a, 0))[0] != 0}
+        if still:
+            open_now.append((reservation_id, still))
+        fixes = [Charge(k, None, sums[k][1] - a) for k, a in amounts.items() if k in sums and sums[k][0] == 0]
+        if fixes:
+            await counters.add(fixes)
+    return expiry_entries(open_now, now)
+
+
 def expiry_entries(expired: list[tuple[str, dict[str, int]]], now: datetime) -> list[TraceEvent]:
-    """Ledger entries for reservations the counters expired (no settle within their ttl): charged the estimate."""
+    """Ledger entries for reservations the counters expired that the ledger holds open: charged the estimate."""
     entries: list[TraceEvent] = []
     for reservation_id, amounts in expired:
         for key, amount in amounts.items():

@@ -68,7 +68,7 @@ class Governed:
 
     @property
     def governed(self) -> bool:
-        return bool(self.figures or self.limits or self.decided_by)
+        return bool(self.figures or self.limits or self.decided_by or self.note)
 
 
 def _cost_after(f: Figures, estimate: int, actual: int) -> Figures:
@@ -506,7 +506,12 @@ class SpendDesk:
             if not applied:
                 continue
             keys = [counter_key(b, now, step.run_id) for b in applied]
-            await self.gate.counters.add([Charge(k, None, step.cost_nanos) for k in keys])
+            try:
+                await self.gate.counters.add([Charge(k, None, step.cost_nanos) for k in keys])
+            except CountersUnavailable:
+                # The ledger entry below is still written; the counters catch up when they are next loaded
+                # from the ledger (docs/budgets.md, "Redis down").
+                log.warning("budget counters unavailable: step %s charged to the ledger only", step.step_id)
             events += [
                 LedgerEntry(
                     workspace_id=a.workspace_id,
@@ -530,7 +535,10 @@ class SpendDesk:
         rows = await self._reservation_rows(ws, reservation)  # what the ledger holds reserved for it, per counter
         if not rows:
             return []  # unknown, already settled or expired: the step is still recorded, not charged twice
-        await self.gate.counters.settle(reservation, step.cost_nanos)
+        try:
+            await self.gate.counters.settle(reservation, step.cost_nanos)
+        except CountersUnavailable:
+            log.warning("budget counters unavailable: reservation %s settled in the ledger only", reservation)
         return [
             LedgerEntry(
                 workspace_id=ws,

@@ -212,3 +212,18 @@ class BudgetStore:
             .having(held != 0)
         )
         return await self.store._select(stmt)
+
+    async def reservation_sums(self, workspace_id: str, reservation_id: str) -> dict[str, tuple[int, int]]:
+        """Per counter: (Σ reserved_delta, Σ spent_delta) of one reservation's entries: open while the first is
+        not zero; what it was charged once closed."""
+        c = t.budget_ledger.c
+        stmt = (
+            select(c.counter_key, func.sum(c.reserved_delta), func.sum(c.spent_delta))
+            .where(c.workspace_id == workspace_id, c.reservation_id == reservation_id)
+            .group_by(c.counter_key)
+        )
+
+        def run(conn: Connection) -> dict[str, tuple[int, int]]:
+            return {key: (int(r or 0), int(s or 0)) for key, r, s in conn.execute(stmt)}
+
+        return await self.store._read(run)

@@ -7,6 +7,8 @@ drift from the validators; the few without a constant are written here next to w
 from __future__ import annotations
 
 from agentledger.api.openapi.shapes import Schema, array, enum, integer, nullable, number, obj, ref, text
+from agentledger.core.budget_config import MAX_LIMIT_USD, MAX_RATE, MAX_THRESHOLDS
+from agentledger.core.budgets import Action, Period, Scope
 from agentledger.core.bounds import (
     MAX_ATTEMPT,
     MAX_EVENT_COST_USD,
@@ -19,7 +21,7 @@ from agentledger.core.bounds import (
     MAX_TOKENS,
     MIN_PRIORITY,
 )
-from agentledger.core.headers import ID_RE, MAX_ID_LEN, MAX_NAME_LEN, MAX_PATH_LEN
+from agentledger.core.headers import ID_RE, MAX_ID_LEN, MAX_NAME_LEN, MAX_PATH_LEN, PROPERTY_NAME_RE
 from agentledger.core.model import RunStatus, StepKind
 from agentledger.core.rollup import TOKEN_FIELDS
 from agentledger.core.route_config import MAX_BACKOFF_MS, MAX_FALLBACKS, MAX_RETRY_ATTEMPTS
