@@ -38,7 +38,7 @@ from agentledger.core.budgets import (
     tightest,
     window_of_key,
 )
-from agentledger.core.errors import BudgetExceeded, RateLimited, StoreUnavailable
+from agentledger.core.errors import BudgetExceeded, InvalidRequest, RateLimited, StoreUnavailable
 from agentledger.core.ids import new_id
 from agentledger.core.model import Attribution, BudgetAlert, LedgerEntry, StepKind, StepRecord, StepStatus, TraceEvent
 from agentledger.core.money import MAX_EVENT_COST_NANOS, format_usd
@@ -196,6 +196,12 @@ class BudgetGate:
                 governed.decision = Decision.THROTTLED
                 first = next(r for r in rated if r.requests_per_minute or r.tokens_per_minute)
                 governed.decided_by = {"kind": "rate_limit", "id": first.id, "scope": first.scope_label}
+                if math.isinf(wait):  # no wait admits it: the call alone is past a tokens-per-minute limit
+                    raise InvalidRequest(
+                        f"This call may use up to {governed.tokens_estimate} tokens, more than a rate limit of "
+                        f"{first.scope_label} allows in a minute; lower max_tokens or shorten the prompt.",
+                        param="max_tokens",
+                    )
                 raise RateLimited(
                     f"Rate limit {first.id!r} ({first.scope_label}) reached; retry in {wait:.1f} s.",
                     retry_after=math.ceil(wait),

@@ -90,6 +90,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from agentledger.core.errors import StoreUnavailable
+
 MAX_AMOUNT = 10**18  # any one amount, limit or actual, in nano-dollars: a billion dollars
 MAX_COUNTER = 2**63 - 1  # Redis integers are 64-bit signed: every spent, reserved and spent+reserved stays within ±this
 MAX_RATE_UNITS = 2**53  # rate limits, costs and counts are exact in a double (Lua's only number type)
@@ -97,8 +99,10 @@ MIN_RETRY_AFTER = 0.001  # seconds: a refused rate never answers a wait of zero
 RETRY_PAD = 1e-5  # seconds added to a computed wait: float rounding at epoch magnitudes is ~1e-6 s
 
 
-class CountersUnavailable(Exception):
+class CountersUnavailable(StoreUnavailable):
     """The counters could not be reached or did not answer in time (Redis down, timeout, pool exhausted).
+
+    A StoreUnavailable: wherever it is not handled, the client gets a 503 with Retry-After, never a 500.
 
     The outcome of the operation is unknown: `reserve`, `settle`, `claim` and `release_*` may be retried
     with the same arguments; `add`, `hit` and `adjust_rate` may have counted (a retry may count twice).
