@@ -179,9 +179,7 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
             name = text_field(data.get("name", kind), "name", limit=256, strip=True)
             subject = await subject_of(request, principal, run_id)
             try:
-                governed, entries = await desk.authorize(
-                    subject, amount, kind=kind, name=name, ttl=gate.reservation_ttl
-                )
+                governed, entries = await desk.authorize(subject, amount, kind=kind, name=name)
             except CountersUnavailable:
                 raise StoreUnavailable("The budget counters are unavailable; retry shortly.") from None
             if entries:

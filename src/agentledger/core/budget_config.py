@@ -54,6 +54,12 @@ def scope_fields(data: dict[str, Any]) -> tuple[Scope, str | None, str | None]:
     return scope, value.strip(), None
 
 
+def _name(name: Any) -> str | None:
+    if name is not None and (not isinstance(name, str) or len(name) > 256 or has_control(name)):
+        raise InvalidRequest("'name' must be a string of at most 256 characters.", param="name")
+    return name
+
+
 def _limit_nanos(value: Any) -> int:
     try:
         amount = Decimal(str(value)) if isinstance(value, str | int) and not isinstance(value, bool) else None
@@ -101,11 +107,8 @@ def budget_row(data: dict[str, Any], now: datetime, anchor: datetime | None) -> 
             )
     elif rpm is not None:
         raise InvalidRequest("'throttle_rpm' is only for action 'soft_throttle'.", param="throttle_rpm")
-    name = data.get("name")
-    if name is not None and (not isinstance(name, str) or len(name) > 256 or has_control(name)):
-        raise InvalidRequest("'name' must be a string of at most 256 characters.", param="name")
     return {
-        "name": name,
+        "name": _name(data.get("name")),
         "scope": scope.value,
         "scope_value": value,
         "property": prop,
@@ -137,11 +140,8 @@ def rate_limit_row(data: dict[str, Any], now: datetime) -> dict[str, Any]:
             "A rate limit needs 'requests_per_minute', 'tokens_per_minute' or 'concurrent'.",
             param="requests_per_minute",
         )
-    name = data.get("name")
-    if name is not None and (not isinstance(name, str) or len(name) > 256 or has_control(name)):
-        raise InvalidRequest("'name' must be a string of at most 256 characters.", param="name")
     return {
-        "name": name,
+        "name": _name(data.get("name")),
         "scope": scope.value,
         "scope_value": value,
         "property": prop,

@@ -63,6 +63,14 @@ _LENGTHS = {Period.DAY: timedelta(hours=24), Period.WEEK: timedelta(days=7), Per
 DEFAULT_THRESHOLDS = (50, 80, 100)
 
 
+def scope_label(scope: Scope, value: str | None, prop: str | None) -> str:
+    """`department:research`, `property.customer:acme`, `workspace`: how headers, steps and errors name a scope."""
+    if scope is Scope.WORKSPACE:
+        return "workspace"
+    name = f"property.{prop}" if scope is Scope.PROPERTY else scope.value
+    return f"{name}:{value}"
+
+
 @dataclass(frozen=True, slots=True)
 class Subject:
     """What a call or a step is for: the scopes a budget or a rate limit may name."""
@@ -96,11 +104,7 @@ class Budget:
 
     @property
     def scope_label(self) -> str:
-        """`department:research`, `property.customer:acme`, `workspace`: how headers and errors name it."""
-        if self.scope is Scope.WORKSPACE:
-            return "workspace"
-        name = f"property.{self.property_name}" if self.scope is Scope.PROPERTY else self.scope.value
-        return f"{name}:{self.value}"
+        return scope_label(self.scope, self.value, self.property_name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +120,7 @@ class RateLimit:
 
     @property
     def scope_label(self) -> str:
-        if self.scope is Scope.WORKSPACE:
-            return "workspace"
-        name = f"property.{self.property_name}" if self.scope is Scope.PROPERTY else self.scope.value
-        return f"{name}:{self.value}"
+        return scope_label(self.scope, self.value, self.property_name)
 
 
 def _scope_value(scope: Scope, prop: str | None, subject: Subject) -> str | None:

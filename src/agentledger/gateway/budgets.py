@@ -224,9 +224,20 @@ class BudgetGate:
     async def _reserve(
         self, governed: Governed, applied: list[Budget], subject: Subject, estimate: int, now: datetime, request_id: str
     ) -> None:
-        keys = [counter_key(b, now, subject.run_id) for b in applied]
-        # A soft_throttle or alert_only budget is counted, never refused by the reservation itself.
-        charges = [Charge(k, b.limit_nanos if b.blocks else None, estimate) for b, k in zip(applied, keys, strict=True)]
+        await self.hold(governed, applied, subject.run_id, estimate, now, "this call")
+        self.commit(self.entries(governed, "reserve", request_id, subject.run_id, now))
+        for f in governed.figures:
+            b = f.budget
+            if b.action is Action.SOFT_THROTTLE and f.spent + f.reserved > b.limit_nanos:
+                await self._soft_throttle(governed, f, now)
+
+    async def hold(
+        self, governed: Governed, applied: list[Budget], run_id: str | None, amount: int, now: datetime, what: str
+    ) -> None:
+        """Reserve `amount` against every budget in `applied` (all or none), or raise BudgetExceeded naming the
+        first that has too little left. A soft_throttle or alert_only budget is counted, never refused here."""
+        keys = [counter_key(b, now, run_id) for b in applied]
+        charges = [Charge(k, b.limit_nanos if b.blocks else None, amount) for b, k in zip(applied, keys, strict=True)]
         reservation = new_id("rsv")
         answer = await self.counters.reserve(reservation, charges, self.reservation_ttl)
         if isinstance(answer, Refused):
@@ -236,20 +247,15 @@ class BudgetGate:
             governed.decided_by = {"kind": "budget", "id": budget.id, "scope": budget.scope_label}
             raise BudgetExceeded(
                 f"Budget {budget.id!r} ({budget.scope_label}, {budget.period.value}, {budget.action.value}) has too "
-                f"little left for this call: limit ${format_usd(budget.limit_nanos)}, spent "
-                f"${format_usd(answer.standing.spent)}, reserved ${format_usd(answer.standing.reserved)}, this call "
-                f"may cost up to ${format_usd(estimate)}."
+                f"little left for {what}: limit ${format_usd(budget.limit_nanos)}, spent "
+                f"${format_usd(answer.standing.spent)}, reserved ${format_usd(answer.standing.reserved)}, asked "
+                f"${format_usd(amount)} at most."
             )
         governed.reservation_id = reservation
-        governed.estimate = estimate
+        governed.estimate = amount
         governed.figures = [
             Figures(b, k, answer[k].spent, answer[k].reserved) for b, k in zip(applied, keys, strict=True)
         ]
-        self.commit(self._entries(governed, "reserve", request_id, subject.run_id, now))
-        for f in governed.figures:
-            b = f.budget
-            if b.action is Action.SOFT_THROTTLE and f.spent + f.reserved > b.limit_nanos:
-                await self._soft_throttle(governed, f, now)
 
     async def _soft_throttle(self, governed: Governed, f: Figures, now: datetime) -> None:
         """Past its limit, a soft_throttle budget lets calls through at its `throttle_rpm` only."""
@@ -306,7 +312,7 @@ class BudgetGate:
         events: list[TraceEvent] = []
         if governed.reservation_id is not None and not refused:
             kind = "settle" if actual or not governed.estimate else "release"
-            events += self._entries(governed, kind, request_id, run_id, now, actual)
+            events += self.entries(governed, kind, request_id, run_id, now, actual)
             for f in governed.figures:
                 b = f.budget
                 for threshold in crossed(b.limit_nanos, f.spent, f.spent + actual, b.thresholds):
@@ -341,7 +347,7 @@ class BudgetGate:
             # a rebuild uses); the slot frees itself at its ttl.
             log.warning("budget counters unavailable while settling reservation %s", governed.reservation_id)
 
-    def _entries(
+    def entries(
         self,
         governed: Governed,
         kind: str,
@@ -457,7 +463,7 @@ class SpendDesk:
         return [Figures(b, k, found[k].spent, found[k].reserved) for b, k in zip(applied, keys, strict=True)]
 
     async def authorize(
-        self, subject: Subject, amount: int, *, kind: str, name: str, ttl: float
+        self, subject: Subject, amount: int, *, kind: str, name: str
     ) -> tuple[Governed, list[TraceEvent]]:
         """Reserve `amount` against every applicable budget, or raise BudgetExceeded (recorded by the caller)."""
         budgets, limits = await self.gate.rules_for(subject.workspace_id)
@@ -467,27 +473,8 @@ class SpendDesk:
         now = self.gate.clock()
         if not applied:
             return governed, []
-        keys = [counter_key(b, now, subject.run_id) for b in applied]
-        charges = [Charge(k, b.limit_nanos if b.blocks else None, amount) for b, k in zip(applied, keys, strict=True)]
-        reservation = new_id("rsv")
-        answer = await self.gate.counters.reserve(reservation, charges, ttl)
-        if isinstance(answer, Refused):
-            budget = applied[keys.index(answer.key)]
-            governed.decision = Decision.BLOCKED
-            governed.figures = [Figures(budget, answer.key, answer.standing.spent, answer.standing.reserved)]
-            governed.decided_by = {"kind": "budget", "id": budget.id, "scope": budget.scope_label}
-            raise BudgetExceeded(
-                f"Budget {budget.id!r} ({budget.scope_label}) has too little left for {kind} {name!r}: limit "
-                f"${format_usd(budget.limit_nanos)}, spent ${format_usd(answer.standing.spent)}, reserved "
-                f"${format_usd(answer.standing.reserved)}, asked ${format_usd(amount)}."
-            )
-        governed.reservation_id = reservation
-        governed.estimate = amount
-        governed.figures = [
-            Figures(b, k, answer[k].spent, answer[k].reserved) for b, k in zip(applied, keys, strict=True)
-        ]
-        entries = self.gate._entries(governed, "reserve", None, subject.run_id, now)
-        return governed, entries
+        await self.gate.hold(governed, applied, subject.run_id, amount, now, f"{kind} {name!r}")
+        return governed, self.gate.entries(governed, "reserve", None, subject.run_id, now)
 
     async def charge_steps(
         self, steps: Sequence[StepRecord], workflow: str | None, reservations: dict[str, str]
