@@ -225,11 +225,12 @@ class BudgetGate:
         self, governed: Governed, applied: list[Budget], subject: Subject, estimate: int, now: datetime, request_id: str
     ) -> None:
         await self.hold(governed, applied, subject.run_id, estimate, now, "this call")
-        self.commit(self.entries(governed, "reserve", request_id, subject.run_id, now))
         for f in governed.figures:
             b = f.budget
             if b.action is Action.SOFT_THROTTLE and f.spent + f.reserved > b.limit_nanos:
-                await self._soft_throttle(governed, f, now)
+                await self._soft_throttle(governed, f, now)  # a refusal undoes the hold: nothing to write
+        # Written once the call is admitted: a refusal's reservation never reaches the ledger to be left open.
+        self.commit(self.entries(governed, "reserve", request_id, subject.run_id, now))
 
     async def hold(
         self, governed: Governed, applied: list[Budget], run_id: str | None, amount: int, now: datetime, what: str
@@ -483,10 +484,13 @@ class SpendDesk:
         spent is released), any other is spent against the budgets that apply to it."""
         events: list[TraceEvent] = []
         now = self.gate.clock()
+        settled: set[str] = set()
         for step in steps:
             reservation = reservations.get(step.step_id)
             if reservation is not None:
-                events += await self._settle_reservation(step, reservation, now)
+                if reservation not in settled:  # two steps of a batch naming one reservation: the first settles
+                    settled.add(reservation)
+                    events += await self._settle_reservation(step, reservation, now)
                 continue
             if not step.cost_nanos:
                 continue
@@ -529,7 +533,8 @@ class SpendDesk:
         if not rows:
             return []  # unknown, already settled or expired: the step is still recorded, not charged twice
         try:
-            await self.gate.counters.settle(reservation, step.cost_nanos)
+            if not await self.gate.counters.settle(reservation, step.cost_nanos):
+                return []  # another batch settled it first (the counters' settle is atomic and answers once)
         except CountersUnavailable:
             log.warning("budget counters unavailable: reservation %s settled in the ledger only", reservation)
         return [
