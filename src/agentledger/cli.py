@@ -22,10 +22,17 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from agentledger.config import SETTINGS, Settings, load_settings
-from agentledger.core.errors import AgentLedgerError, InvalidRequest
+from agentledger.core.budget_config import budget_row, rate_limit_row
+from agentledger.core.budgets import Action, Figures, Period, Scope, counter_key
+from agentledger.core.errors import AgentLedgerError, InvalidRequest, NotFound
+from agentledger.core.fields import id_field, time_field
+from agentledger.core.ids import new_id
 from agentledger.core.model import Role
+from agentledger.core.money import format_usd
 from agentledger.governance import PROVIDER_KINDS, Governance
 from agentledger.secrets_box import SecretBox
+from agentledger.store.base import Store
+from agentledger.store.budgets import budget_of
 from agentledger.store.sql import SQLStore
 
 T = TypeVar("T")
@@ -286,29 +293,33 @@ def _provider_key_body(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+Create = Callable[[Governance, str, dict[str, Any]], Awaitable[Any]]
+
+
 def _create_command(
     group: click.Group,
     name: str,
-    method: str,
+    method: str | Create,
     options: list[click.Option],
     help: str,
     one_of: tuple[str, ...] = (),
     shape: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> None:
+    """`method`: a Governance method's name, or a function of (governance, workspace, body)."""
+    create: Create = method if callable(method) else lambda g, ws, body: getattr(g, method)(ws, body)
+
     @click.pass_context
     def command(ctx: click.Context, /, workspace: str, **data: Any) -> None:
         body = {k: v for k, v in data.items() if v not in (None, ())}
         if one_of and not any(k in body for k in one_of):
             flags = [p.opts[0] for p in ctx.command.params if p.name in one_of]
             raise click.UsageError(f"Missing option {' or '.join(repr(f) for f in flags)}.", ctx)
-        for k in ("allowed_models", "models"):
+        for k in ("allowed_models", "models", "thresholds"):
             if k in body:
                 body[k] = list(body[k])
         if shape is not None:
             body = shape(body)
-        result = _with_governance(
-            _settings(ctx), _in_workspace(workspace, lambda g: getattr(g, method)(workspace, body))
-        )
+        result = _with_governance(_settings(ctx), _in_workspace(workspace, lambda g: create(g, workspace, body)))
         _echo_json(result)
 
     params: list[click.Parameter] = [_workspace_option(), *options]
@@ -321,14 +332,17 @@ def _list_command(
     fetch: Callable[[Governance, str], Awaitable[list[dict[str, Any]]]],
     help: str,
     name: str = "list",
+    cells: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> None:
+    """`cells`: what the table shows of a row, when it is not the row's own fields (the JSON is the row)."""
+
     @click.pass_context
     def command(ctx: click.Context, /, workspace: str, as_json: bool) -> None:
         rows = _with_governance(_settings(ctx), _in_workspace(workspace, lambda g: fetch(g, workspace)))
         if as_json:
             _echo_json({"data": rows})
         else:
-            _echo_table(rows, columns)
+            _echo_table([cells(r) for r in rows] if cells else rows, columns)
 
     group.add_command(click.Command(name, callback=command, params=[_workspace_option(), _json_option()], help=help))
 
@@ -596,3 +610,234 @@ def rollups_rebuild(ctx: click.Context, workspace: str | None) -> None:
     """Replace the kept totals with their recomputation from the raw rows. Trace writes wait meanwhile."""
     rows = _with_governance(_settings(ctx), lambda gov: gov.store.rebuild_books(workspace))
     click.echo(f"rollups rebuilt: {rows} rows")
+
+
+# -- budgets and rate limits (docs/budgets.md) ----------------------------------------------------------------------
+# The CLI writes the store; a running gateway reads budgets and rate limits through a cache of cache_ttl, so it
+# applies a change made here within that time (one made through the API, at once).
+_RULES_NOTE = " (a running gateway applies it within cache_ttl)"
+
+
+async def _check_scope(store: Store, workspace: str, row: dict[str, Any]) -> None:
+    """A department, agent or virtual key a budget or rate limit names must exist (as api.budgets checks, with a
+    404 there; here a bad --scope-value)."""
+    scope, value = Scope(row["scope"]), row["scope_value"]
+    if scope is Scope.DEPARTMENT:
+        found = any(d["id"] == value for d in await store.list_departments(workspace))
+    elif scope is Scope.AGENT:
+        found = await store.get_agent(workspace, value) is not None
+    elif scope is Scope.VIRTUAL_KEY:
+        found = any(k["id"] == value for k in await store.list_virtual_keys(workspace))
+    else:
+        return
+    if not found:
+        raise InvalidRequest(
+            f"the {scope.value} {value!r} does not exist in workspace {workspace!r}.", param="scope_value"
+        )
+
+
+async def _with_ledger_figures(store: Store, rows: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """Each budget row as the API shows it, its `status` from the ledger's sums over the budget's counter in the
+    current window (the API reads the running gateway's counters, which the CLI cannot reach)."""
+    budgets = [budget_of(r) for r in rows]
+    keys = {b.id: counter_key(b, now, None) for b in budgets if b.period is not Period.RUN}
+    sums = await store.budgets.totals(list(keys.values())) if keys else {}
+    out = []
+    for row, budget in zip(rows, budgets, strict=True):
+        shown = {k: v for k, v in row.items() if k != "deleted_at"}
+        shown["limit_usd"] = format_usd(budget.limit_nanos)
+        key = keys.get(budget.id)
+        if key is None:  # a `run` budget: each run has its own allowance
+            shown["status"] = None
+        else:
+            spent, reserved = sums.get(key, (0, 0))
+            shown["status"] = Figures(budget, key, spent, reserved).view(now)
+        out.append(shown)
+    return out
+
+
+async def _create_budget(g: Governance, workspace: str, data: dict[str, Any]) -> dict[str, Any]:
+    now = g.clock()
+    anchor = time_field(data["anchor"], "anchor") if "anchor" in data else None
+    row = budget_row(data, now, anchor)
+    await _check_scope(g.store, workspace, row)
+    row = {"workspace_id": workspace, "id": id_field(data["id"], "id") if "id" in data else new_id("bud"), **row}
+    await g.store.budgets.create_budget(row)
+    return (await _with_ledger_figures(g.store, [row], now))[0]
+
+
+async def _create_rate_limit(g: Governance, workspace: str, data: dict[str, Any]) -> dict[str, Any]:
+    row = rate_limit_row(data, g.clock())
+    await _check_scope(g.store, workspace, row)
+    row = {"workspace_id": workspace, "id": id_field(data["id"], "id") if "id" in data else new_id("rl"), **row}
+    await g.store.budgets.create_rate_limit(row)
+    return row
+
+
+async def _list_budgets(g: Governance, workspace: str) -> list[dict[str, Any]]:
+    return await _with_ledger_figures(g.store, await g.store.budgets.list_budgets(workspace), g.clock())
+
+
+def _budget_cells(row: dict[str, Any]) -> dict[str, Any]:
+    status = row["status"] or {}
+    scope = status.get("scope_label") or budget_of(row).scope_label
+    return {**row, **status, "scope": scope}
+
+
+def _delete_command(group: click.Group, what: str, table: str) -> None:
+    param = f"{table.removesuffix('s')}_id"
+
+    @click.pass_context
+    def command(ctx: click.Context, /, id: str, workspace: str, as_json: bool) -> None:
+        async def delete(g: Governance) -> None:
+            if not await g.store.budgets.delete(table, workspace, id, g.clock()):
+                raise NotFound(f"{what.capitalize()} {id!r} does not exist in workspace {workspace!r}.", param=param)
+
+        _with_governance(_settings(ctx), _in_workspace(workspace, delete))
+        if as_json:
+            _echo_json({"id": id, "deleted": True})
+        else:
+            click.echo(
+                f"deleted {what} {id} in workspace {workspace} (a running gateway stops applying it within cache_ttl)"
+            )
+
+    params: list[click.Parameter] = [click.Argument(["id"]), _workspace_option(), _json_option()]
+    group.add_command(click.Command("delete", callback=command, params=params, help=f"Delete a {what} by its id."))
+
+
+def _scope_options() -> list[click.Option]:
+    return [
+        click.Option(["--scope"], type=click.Choice([s.value for s in Scope]), required=True),
+        click.Option(
+            ["--scope-value", "--value", "scope_value"],
+            help="The department, agent or virtual key id, the workflow name or the property's value (every scope "
+            "but workspace).",
+        ),
+        click.Option(["--property"], help="The property's name, for --scope property."),
+        click.Option(["--name"]),
+        click.Option(["--id"]),
+    ]
+
+
+@main.group()
+def budgets() -> None:
+    """Budgets: a USD limit per scope and period, and what happens at the limit (docs/budgets.md)."""
+
+
+@main.group("rate-limits")
+def rate_limits() -> None:
+    """Rate limits: requests and tokens per minute, concurrent calls (docs/budgets.md)."""
+
+
+_create_command(
+    budgets,
+    "create",
+    _create_budget,
+    [
+        *_scope_options(),
+        click.Option(["--limit-usd", "limit_usd"], required=True, help='Dollars, a decimal such as "25.00".'),
+        click.Option(["--period"], type=click.Choice([p.value for p in Period]), required=True),
+        click.Option(["--anchor"], help="ISO 8601: where the windows start (default: today, 00:00 UTC)."),
+        click.Option(
+            ["--action"], type=click.Choice([a.value for a in Action]), help="At the limit (default block_requests)."
+        ),
+        click.Option(
+            ["--threshold", "thresholds"], type=int, multiple=True, help="Alert percentage; repeatable (50, 80, 100)."
+        ),
+        click.Option(["--throttle-rpm", "throttle_rpm"], type=int, help="soft_throttle: requests a minute past it."),
+    ],
+    "Create a budget" + _RULES_NOTE + ". Its `status` figures are the ledger's sums.",
+)
+_list_command(
+    budgets,
+    (
+        "id",
+        "scope",
+        "period",
+        "action",
+        "limit_usd",
+        "spent_usd",
+        "reserved_usd",
+        "remaining_usd",
+        "window_start",
+        "window_end",
+    ),
+    _list_budgets,
+    "List budgets with their current window's figures. The CLI cannot reach a running gateway's counters: spent "
+    "and reserved are the ledger's sums for the window (what the counters are rebuilt from on start; entries a "
+    "running gateway has not written yet are missing). A run budget has no figures here (each run has its own).",
+    cells=_budget_cells,
+)
+_delete_command(budgets, "budget", "budgets")
+
+_create_command(
+    rate_limits,
+    "create",
+    _create_rate_limit,
+    [
+        *_scope_options(),
+        click.Option(["--rpm", "requests_per_minute"], type=int, help="Requests per minute."),
+        click.Option(["--tpm", "tokens_per_minute"], type=int, help="Tokens per minute (estimated, then corrected)."),
+        click.Option(["--concurrent"], type=int, help="Calls in flight at once."),
+    ],
+    "Create a rate limit" + _RULES_NOTE + ".",
+    one_of=("requests_per_minute", "tokens_per_minute", "concurrent"),
+)
+_list_command(
+    rate_limits,
+    ("id", "name", "scope", "scope_value", "property", "requests_per_minute", "tokens_per_minute", "concurrent"),
+    lambda g, ws: g.store.budgets.list_rate_limits(ws),
+    "List rate limits.",
+)
+_delete_command(rate_limits, "rate limit", "rate_limits")
+
+
+def _usd_cells(row: dict[str, Any], *fields: str) -> dict[str, Any]:
+    return {**row, **{f.removesuffix("_nanos").removesuffix("_delta") + "_usd": format_usd(row[f]) for f in fields}}
+
+
+@main.command()
+@click.option("--workspace", default="default", show_default=True, help="Workspace id.")
+@click.option("--budget", default=None, help="Only this budget's entries.")
+@click.option("--run", default=None, help="Only this run's entries.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help='JSON ({"data": [...]}, as GET /api/ledger answers).')
+@click.pass_context
+def ledger(ctx: click.Context, workspace: str, budget: str | None, run: str | None, limit: int, as_json: bool) -> None:
+    """The budget ledger, newest first: every reserve, settle, release, expire, spend and adjust entry."""
+
+    async def fetch(g: Governance) -> list[dict[str, Any]]:
+        return await g.store.budgets.ledger(
+            workspace,
+            budget_id=id_field(budget, "budget") if budget is not None else None,
+            run_id=id_field(run, "run") if run is not None else None,
+            limit=limit,
+        )
+
+    rows = _with_governance(_settings(ctx), _in_workspace(workspace, fetch))
+    if as_json:
+        _echo_json({"data": rows})
+        return
+    _echo_table(
+        [_usd_cells(r, "reserved_delta", "spent_delta") for r in rows],
+        ("at", "kind", "budget_id", "reserved_usd", "spent_usd", "reservation_id", "request_id", "step_id", "run_id"),
+    )
+
+
+@main.command()
+@click.option("--workspace", default="default", show_default=True, help="Workspace id.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help='JSON ({"data": [...]}, as GET /api/alerts answers).')
+@click.pass_context
+def alerts(ctx: click.Context, workspace: str, limit: int, as_json: bool) -> None:
+    """Budget thresholds crossed (each once per budget and window), newest first."""
+    rows = _with_governance(
+        _settings(ctx), _in_workspace(workspace, lambda g: g.store.budgets.alerts(workspace, limit=limit))
+    )
+    if as_json:
+        _echo_json({"data": rows})
+        return
+    _echo_table(
+        [_usd_cells(r, "spent_nanos", "limit_nanos") for r in rows],
+        ("at", "budget_id", "window_key", "threshold", "spent_usd", "limit_usd", "request_id", "run_id"),
+    )

@@ -6,6 +6,7 @@ that its paths and methods are exactly the routes the app mounts.
 
 from __future__ import annotations
 
+import copy
 from functools import cache
 
 import orjson
@@ -15,24 +16,44 @@ from starlette.routing import Route
 
 from agentledger import __version__
 from agentledger.api.openapi.paths import PATHS
-from agentledger.api.openapi.rows import ROWS
+from agentledger.api.openapi.rows import DECISIONS, ROWS
 from agentledger.api.openapi.schemas import REQUESTS
-from agentledger.api.openapi.shapes import Schema, json_content, ref
+from agentledger.api.openapi.shapes import Schema, enum, json_content, ref
 
 _ERRORS = {
     400: "Invalid request, header, JSON body or unknown agent (`invalid_request_error`); `param` names the field.",
     401: "Missing, invalid or revoked credential (`authentication_error` / `invalid_api_key`).",
+    402: "A budget that blocks (`block_requests`, `pause_all`, `disable_key`) has too little left for this call "
+    "(`budget_exceeded`; `billing_error` in Anthropic's shape); the message names the budget, its scope (and on "
+    "model routes its period and action), its limit, spent and reserved amounts and what the call may cost. "
+    "Waiting does not refill a budget before its next window.",
     403: "Not allowed: read-only token, model not allowed, agent mismatch (`permission_error`).",
     404: "Unknown object (`not_found_error`) or model (`model_not_found`).",
     409: "Already exists (`conflict`), or x-request-id reused with another body (`idempotency_key_reused`).",
     413: "The body is larger than `max_body_bytes` (`request_too_large`).",
-    429: "The provider is rate limiting (`upstream_rate_limited`); honour Retry-After when present.",
+    429: "A rate, token or concurrency limit of the gateway, or a `soft_throttle` budget past its limit "
+    "(`rate_limited`, always with Retry-After); or the provider is rate limiting (`upstream_rate_limited`, "
+    "Retry-After when it sent one).",
     502: "The provider failed or answered garbage (`upstream_bad_response`, `upstream_unavailable`).",
-    503: "The store is unreachable and the call cannot go on (`store_unavailable`); retry after Retry-After.",
+    503: "The store is unreachable and the call cannot go on (`store_unavailable`), or, on a model route, the "
+    "budget counters are unreachable and a budget that blocks applies; retry after Retry-After.",
     504: "The provider did not answer in time (`upstream_timeout`).",
 }
 _REQUEST_ID = {"description": "The request's id: the client's, or generated.", "schema": {"type": "string"}}
 _RETRY_AFTER = {"description": "Seconds to wait before retrying.", "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+# On the model routes a refusal by budgets or rate limits says so (gateway.budgets.headline).
+_POLICY_HEADERS = {
+    "alephant-policy-decision": {
+        "description": "`blocked` (402; 503 when a budget that blocks cannot be checked), `throttled` (429 from the "
+        "gateway's own limits), `allowed` (the call was admitted: the provider refused it).",
+        "schema": enum(DECISIONS),
+    },
+    "alephant-budget-remaining-usd": {
+        "description": "Model routes: the refusing (or tightest) budget's remaining amount, floored at 0.",
+        "schema": {"type": "string", "pattern": "^[0-9]+\\.[0-9]{9}$"},
+    },
+    "alephant-budget-scope": {"description": "Model routes: that budget's scope.", "schema": {"type": "string"}},
+}
 
 DESCRIPTION = """\
 agentledger: an OpenAI-compatible AI gateway that records runs, steps and costs.
@@ -50,6 +71,8 @@ def _error_response(status: int, shape: str = "Error") -> Schema:
     headers = {"x-request-id": _REQUEST_ID}
     if status in (429, 503):
         headers["Retry-After"] = _RETRY_AFTER
+    if status in (402, 429, 503):
+        headers.update(copy.deepcopy(_POLICY_HEADERS))
     return {"description": _ERRORS[status], "headers": headers, "content": json_content(ref(shape))}
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from agentledger.api.budgets import MAX_PAGE
+from agentledger.api.openapi.rows import DECISIONS
 from agentledger.api.openapi.schemas import ID, NAME, PATH, TIMESTAMP
 from agentledger.api.openapi.shapes import (
     Schema,
@@ -105,7 +107,22 @@ _GROUP_BY = {
 _GATEWAY_HEADERS = {
     "x-request-id": {"description": "The request's id: the client's, or generated.", "schema": {"type": "string"}},
     "alephant-run-id": {"description": "The run, when the call belongs to one.", "schema": ID},
-    "alephant-policy-decision": {"description": "Forwarded calls: `allowed`.", "schema": {"type": "string"}},
+    "alephant-policy-decision": {
+        "description": "What budgets and rate limits decided: `allowed` on every answer; a refusal says `blocked` "
+        "(402, or 503 when a budget that blocks cannot be checked) or `throttled` (429).",
+        "schema": enum(DECISIONS),
+    },
+    "alephant-budget-remaining-usd": {
+        "description": "When a budget applies: what the tightest applicable budget has left (limit - spent - "
+        "reserved, floored at 0, 9 decimals): after this call's cost on a non-streamed answer, after its "
+        "reservation on a stream (sent before its cost is known).",
+        "schema": {"type": "string", "pattern": "^[0-9]+\\.[0-9]{9}$"},
+    },
+    "alephant-budget-scope": {
+        "description": "With the remaining amount: that budget's scope, e.g. `workspace`, `agent:planner`, "
+        "`property.customer:acme`.",
+        "schema": {"type": "string"},
+    },
     "alephant-cost-usd": {
         "description": "Non-streamed calls and replays: exact cost, 9 decimals (0 on a replay).",
         "schema": {"type": "string", "pattern": "^[0-9]+\\.[0-9]{9}$"},
@@ -115,6 +132,18 @@ _GATEWAY_HEADERS = {
         "schema": enum([s.value for s in CostSource]),
     },
     "alephant-replayed": {"description": "`true` on a replay of an earlier x-request-id.", "schema": {"const": "true"}},
+    "alephant-provider": {
+        "description": "Non-streamed calls: the name of the provider key that answered (after fallbacks).",
+        "schema": {"type": "string"},
+    },
+    "alephant-model": {
+        "description": "Non-streamed calls: the model that answered (a fallback may have changed it).",
+        "schema": {"type": "string"},
+    },
+    "alephant-attempts": {
+        "description": "Non-streamed calls: the provider attempts the call took (retries and fallbacks).",
+        "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+    },
 }
 _STREAM_OR_JSON = {
     "description": "The provider's answer: a chat completion, or an SSE stream when `stream` is true.",
@@ -128,7 +157,130 @@ _STATUS = {
     "required": ["status"],
 }
 
-_MODEL_ERRORS = (400, 401, 403, 404, 409, 413, 429, 502, 503, 504)
+_PAGE = param("limit", "query", integer(1, MAX_PAGE, default=100), "Page size (newest first).")
+_BUDGET_HEADERS = [
+    param(h.AGENT_ID, "header", ID, "The agent whose budgets count (default: the key's agent)."),
+    param(h.RUN_ID, "header", ID, "The run: its workflow's budgets and its own `run` budgets count."),
+]
+_DELETED = ok_json("Deleted (it governs no call from now on; its ledger stays).", ref("Deleted"))
+_BUDGET_PATHS: Schema = {
+    "/api/budgets": {
+        "get": op(
+            "Budgets, each with its current window's figures.",
+            "budgets",
+            ADMIN,
+            {200: ok_json("The workspace's budgets.", ref("Budgets"))},
+            API_READ,
+        ),
+        "post": op(
+            "Create a budget (a department, agent or virtual key it names must exist: 404 naming `scope_value`).",
+            "budgets",
+            ADMIN,
+            {201: ok_json("Created, with its figures.", ref("Budget"))},
+            (*API_WRITE, 404),
+            requestBody=body(ref("BudgetIn")),
+        ),
+    },
+    "/api/budgets/{budget_id}": {
+        "get": op(
+            "A budget and its current window's figures.",
+            "budgets",
+            ADMIN,
+            {200: ok_json("The budget.", ref("Budget"))},
+            (404, *API_READ),
+            parameters=[path_id("budget_id")],
+        ),
+        "delete": op(
+            "Delete a budget.",
+            "budgets",
+            ADMIN,
+            {200: _DELETED},
+            (401, 403, 404, 503),
+            parameters=[path_id("budget_id")],
+        ),
+    },
+    "/api/rate-limits": {
+        "get": op(
+            "Rate limits.",
+            "budgets",
+            ADMIN,
+            {200: ok_json("The workspace's rate limits.", ref("RateLimits"))},
+            API_READ,
+        ),
+        "post": op(
+            "Create a rate limit: requests and tokens per minute, concurrent calls.",
+            "budgets",
+            ADMIN,
+            {201: ok_json("Created.", ref("RateLimit"))},
+            (*API_WRITE, 404),
+            requestBody=body(ref("RateLimitIn")),
+        ),
+    },
+    "/api/rate-limits/{rate_limit_id}": {
+        "delete": op(
+            "Delete a rate limit.",
+            "budgets",
+            ADMIN,
+            {200: _DELETED},
+            (401, 403, 404, 503),
+            parameters=[path_id("rate_limit_id")],
+        )
+    },
+    "/api/ledger": {
+        "get": op(
+            "The budget ledger: every reserve, settle, release, expiry, spend and adjustment, newest first.",
+            "budgets",
+            ADMIN,
+            {200: ok_json("Ledger entries.", ref("Ledger"))},
+            (400, *API_READ),
+            parameters=[
+                param("budget", "query", ID, "Only this budget's entries."),
+                param("run", "query", ID, "Only this run's entries."),
+                param("from", "query", TIMESTAMP, "Entries at or after."),
+                param("to", "query", TIMESTAMP, "Entries before."),
+                _PAGE,
+            ],
+        )
+    },
+    "/api/alerts": {
+        "get": op(
+            "Budget thresholds crossed (each once per budget and window), newest first.",
+            "budgets",
+            ADMIN,
+            {200: ok_json("Alerts.", ref("BudgetAlerts"))},
+            (400, *API_READ),
+            parameters=[param("from", "query", TIMESTAMP, "Alerts at or after."), _PAGE],
+        )
+    },
+    "/v1/budget": {
+        "get": op(
+            "The budgets that govern this key's calls (with the agent and run the headers name), in their current "
+            "window; `alephant-property-<name>` headers bring in property budgets.",
+            "budgets",
+            VIRTUAL_KEY,
+            {200: ok_json("Each applicable budget's figures.", ref("BudgetList"))},
+            (400, *V1),
+            parameters=_BUDGET_HEADERS,
+        )
+    },
+    "/v1/spend/authorize": {
+        "post": op(
+            "Reserve spend outside a model call (a paid tool or API) against every applicable budget; a later step "
+            "naming the `reservation_id` settles it.",
+            "budgets",
+            VIRTUAL_KEY,
+            {
+                201: ok_json("Reserved.", ref("SpendAuthorization")),
+                200: ok_json("No budget applies: nothing reserved (`reservation_id` null).", ref("SpendAuthorization")),
+            },
+            (*V1_WRITE, 402),
+            parameters=_BUDGET_HEADERS,
+            requestBody=body(ref("SpendAuthorizeIn")),
+        )
+    },
+}
+
+_MODEL_ERRORS = (400, 401, 402, 403, 404, 409, 413, 429, 502, 503, 504)
 
 
 def _answer(kind: str, schema: str, streams: bool = True) -> Schema:
@@ -271,6 +423,7 @@ PATHS: Schema = {
         )
     },
     "/api/prices": _crud("Price", "PriceIn", "price overrides"),
+    **_BUDGET_PATHS,
     "/api/runs": {
         "get": op(
             "Runs with totals, newest first.",

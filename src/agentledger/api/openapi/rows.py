@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from agentledger.api.openapi.schemas import ANY, ID, TIMESTAMP, TOTALS, USD
 from agentledger.api.openapi.shapes import Schema, array, enum, nullable, obj, ref
+from agentledger.core.budgets import Action, Decision, Period, Scope
 from agentledger.core.model import RunStatus, StepKind
 from agentledger.core.pricing import CostSource
 from agentledger.core.rollup import MAX_TREE_DEPTH, TOKEN_FIELDS
@@ -94,6 +95,150 @@ _STEP_TREE = {
         f"ancestor at level {MAX_TREE_DEPTH - 1}; its `parent_id` still names its real parent."
     ),
 }
+
+# -- budgets and rate limits (api/budgets.py, core/budgets.py) --------------------------------------------------
+# What a policy check can decide. `escalated` exists in core.budgets.Decision but nothing sets it yet.
+DECISIONS = [d.value for d in Decision if d is not Decision.ESCALATED]
+LEDGER_KINDS = ["reserve", "settle", "release", "expire", "spend", "adjust"]
+_SCOPE = enum([s.value for s in Scope])
+_PERIOD = enum([p.value for p in Period])
+_ACTION = enum([a.value for a in Action])
+
+# core.budgets.Figures.view: one budget in one window, as the status API, GET /v1/budget, spend authorizations,
+# the request row's `governance` and the policy_check step show it.
+BUDGET_STATUS = obj(
+    {
+        "budget_id": STR,
+        "scope_label": {**STR, "description": "`workspace`, `department:research`, `property.customer:acme`, ..."},
+        "scope": _SCOPE,
+        "scope_value": OPT_STR,
+        "property": OPT_STR,
+        "period": _PERIOD,
+        "action": _ACTION,
+        "limit_usd": USD,
+        "spent_usd": USD,
+        "reserved_usd": {**USD, "description": "Held by calls and spend authorizations in flight."},
+        "remaining_usd": {**USD, "description": "limit - spent - reserved, floored at 0."},
+        "remaining_nanos": {**INT, "description": "limit - spent - reserved in nano-dollars; negative when over."},
+        "percent_used": {**NUM, "description": "(spent + reserved) / limit, in percent, 2 decimals; 100 at a 0 limit."},
+        "window_start": {**OPT_TS, "description": "The current window's start; for `total` the anchor."},
+        "window_end": {**OPT_TS, "description": "The current window's end; null for `total`."},
+    },
+    [
+        "budget_id",
+        "scope_label",
+        "scope",
+        "scope_value",
+        "property",
+        "period",
+        "action",
+        "limit_usd",
+        "spent_usd",
+        "reserved_usd",
+        "remaining_usd",
+        "remaining_nanos",
+        "percent_used",
+        "window_start",
+        "window_end",
+    ],
+)
+_RULE = {
+    "workspace_id": STR,
+    "id": STR,
+    "name": OPT_STR,
+    "scope": _SCOPE,
+    "scope_value": OPT_STR,
+    "property": OPT_STR,
+    "created_at": TIMESTAMP,
+}
+BUDGET = obj(
+    {
+        **_RULE,
+        "limit_nanos": INT,
+        "limit_usd": USD,
+        "period": _PERIOD,
+        "anchor": TIMESTAMP,
+        "action": _ACTION,
+        "thresholds": array(INT),
+        "throttle_rpm": nullable(INT),
+        "status": {
+            "anyOf": [ref("BudgetStatus"), {"type": "null"}],
+            "description": "The current window's figures; null for a `run` budget (each run has its own: read them "
+            "on the run's policy_check steps), or when the counters cannot be read (then `status_error` says so).",
+        },
+        "status_error": {**STR, "description": "Only when `status` is null for want of the counters."},
+    },
+    ["id", "scope", "scope_value", "property", "limit_nanos", "limit_usd", "period", "anchor", "action"]
+    + ["thresholds", "throttle_rpm", "created_at", "status"],
+)
+RATE_LIMIT = obj(
+    {
+        **_RULE,
+        "requests_per_minute": nullable(INT),
+        "tokens_per_minute": nullable(INT),
+        "concurrent": nullable(INT),
+    },
+    ["id", "scope", "scope_value", "property", "requests_per_minute", "tokens_per_minute", "concurrent", "created_at"],
+)
+LEDGER_ENTRY = obj(
+    {
+        "workspace_id": STR,
+        "id": STR,
+        "budget_id": STR,
+        "counter_key": {**STR, "description": "`b|<workspace>|<budget>|<window>`: the budget's counter it moved."},
+        "kind": enum(LEDGER_KINDS),
+        "reserved_delta": INT,
+        "spent_delta": INT,
+        "reservation_id": OPT_STR,
+        "request_id": OPT_STR,
+        "step_id": OPT_STR,
+        "run_id": OPT_STR,
+        "note": OPT_STR,
+        "at": TIMESTAMP,
+    },
+    ["id", "budget_id", "counter_key", "kind", "reserved_delta", "spent_delta", "reservation_id", "request_id"]
+    + ["step_id", "run_id", "note", "at"],
+)
+BUDGET_ALERT = obj(
+    {
+        "workspace_id": STR,
+        "budget_id": STR,
+        "window_key": {**STR, "description": "The window: its start in epoch seconds, `total`, or `run:<run id>`."},
+        "threshold": {**INT, "description": "The percentage of the limit crossed."},
+        "spent_nanos": INT,
+        "limit_nanos": INT,
+        "request_id": OPT_STR,
+        "run_id": OPT_STR,
+        "at": TIMESTAMP,
+    },
+    ["budget_id", "window_key", "threshold", "spent_nanos", "limit_nanos", "request_id", "run_id", "at"],
+)
+# gateway.budgets.BudgetGate.report: the policy check, on the request row and the policy_check step.
+GOVERNANCE = obj(
+    {
+        "decision": enum(DECISIONS),
+        "decided_by": nullable(
+            obj({"kind": enum(["budget", "rate_limit"]), "id": STR, "scope": STR}, ["kind", "id", "scope"])
+        ),
+        "budgets": {**array(ref("BudgetStatus")), "description": "Each applicable budget, as the call left it."},
+        "rate_limits": array(
+            obj(
+                {
+                    "rate_limit_id": STR,
+                    "scope": STR,
+                    "requests_per_minute": nullable(INT),
+                    "tokens_per_minute": nullable(INT),
+                    "concurrent": nullable(INT),
+                },
+                ["rate_limit_id", "scope"],
+            )
+        ),
+        "reservation_id": STR,
+        "reserved_usd": USD,
+        "note": STR,
+    },
+    ["decision", "decided_by"],
+)
 
 ROWS: dict[str, Schema] = {
     "Error": obj(
@@ -208,6 +353,15 @@ ROWS: dict[str, Schema] = {
             "requested_model": OPT_STR,
             "provider_key": OPT_STR,
             "route_attempts": INT,
+            "policy_decision": {
+                **nullable(enum(DECISIONS)),
+                "description": "What budgets and rate limits decided; null when none applied.",
+            },
+            "governance": {
+                "anyOf": [ref("Governance"), {"type": "null"}],
+                "description": "The policy check (who decided, each budget's figures after the call); null when "
+                "no budget or rate limit applied.",
+            },
         },
         ["id", "model", "provider", "status", "http_status", "cost_nanos", "cost_usd", "started_at"],
     ),
@@ -254,4 +408,30 @@ ROWS: dict[str, Schema] = {
     "Response": obj({"id": STR, "object": STR, "output": array(OBJECT), "usage": OBJECT}),
     "Embeddings": obj({"object": STR, "data": array(OBJECT), "model": STR, "usage": OBJECT}),
     "TokenCount": obj({"input_tokens": INT}, ["input_tokens"]),
+    "BudgetStatus": BUDGET_STATUS,
+    "Budget": BUDGET,
+    "Budgets": _listing("Budget"),
+    "RateLimit": RATE_LIMIT,
+    "RateLimits": _listing("RateLimit"),
+    "LedgerEntry": LEDGER_ENTRY,
+    "Ledger": _listing("LedgerEntry"),
+    "BudgetAlert": BUDGET_ALERT,
+    "BudgetAlerts": _listing("BudgetAlert"),
+    "BudgetList": _listing("BudgetStatus"),
+    "Governance": GOVERNANCE,
+    "SpendAuthorization": obj(
+        {
+            "decision": {"const": Decision.ALLOWED.value},
+            "reservation_id": {
+                **OPT_STR,
+                "description": "Name it as the settling step's `reservation_id`; null when no budget applies.",
+            },
+            "amount_usd": USD,
+            "expires_at": {**OPT_TS, "description": "Unsettled by then, the reservation is charged in full."},
+            "budgets": array(ref("BudgetStatus")),
+        },
+        ["decision", "reservation_id", "amount_usd", "expires_at", "budgets"],
+        closed=True,
+    ),
+    "Deleted": obj({"id": STR, "deleted": {"const": True}}, ["id", "deleted"], closed=True),
 }

@@ -7,8 +7,6 @@ drift from the validators; the few without a constant are written here next to w
 from __future__ import annotations
 
 from agentledger.api.openapi.shapes import Schema, array, enum, integer, nullable, number, obj, ref, text
-from agentledger.core.budget_config import MAX_LIMIT_USD, MAX_RATE, MAX_THRESHOLDS
-from agentledger.core.budgets import Action, Period, Scope
 from agentledger.core.bounds import (
     MAX_ATTEMPT,
     MAX_EVENT_COST_USD,
@@ -21,6 +19,8 @@ from agentledger.core.bounds import (
     MAX_TOKENS,
     MIN_PRIORITY,
 )
+from agentledger.core.budget_config import MAX_LIMIT_USD, MAX_RATE, MAX_THRESHOLDS
+from agentledger.core.budgets import Action, Period, Scope
 from agentledger.core.headers import ID_RE, MAX_ID_LEN, MAX_NAME_LEN, MAX_PATH_LEN, PROPERTY_NAME_RE
 from agentledger.core.model import RunStatus, StepKind
 from agentledger.core.rollup import TOKEN_FIELDS
@@ -116,11 +116,142 @@ STEP_IN = obj(
         "input": STORED,
         "output": STORED,
         "attributes": N(STORED_OBJECT),
+        # ingest.steps._charges: a string names a spend authorization (POST /v1/spend/authorize) this step settles
+        # at its cost; any other value is ignored.
+        "reservation_id": {
+            "description": "The `reservation_id` of a spend authorization this step settles with its cost "
+            "(`cost_usd`, or priced from `usage`); what was not spent is released. A value that is not a string "
+            "is ignored."
+        },
     },
     ["name"],
 )
 
 RUN_END_STATUSES = [s.value for s in RunStatus if s is not RunStatus.RUNNING]
+
+# -- budgets and rate limits (core/budget_config.py) --------------------------------------------------------------
+# Python's str.strip() whitespace outside the control ranges (JSON Schema's \s also holds U+FEFF, which strip keeps).
+_SPACE = "\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+_CONTROLS = "\\u0000-\\u001f\\u007f-\\u009f"
+_NOT_BLANK = f"^[^{_CONTROLS}]*[^{_SPACE}{_CONTROLS}][^{_CONTROLS}]*$"
+# scope_fields: the department, agent or key id, workflow name or property value; at most 1024 characters, not
+# blank, no control characters.
+SCOPE_VALUE = text(1024, pattern=_NOT_BLANK)
+PROPERTY_NAME = {"type": "string", "pattern": PROPERTY_NAME_RE.pattern.replace("\\-", "-")}
+RULE_NAME = text(256, min_length=0)  # a budget's or rate limit's `name`: may be empty, no control characters
+
+_LIMIT_DIGITS = len(str(MAX_LIMIT_USD)) - 1
+# Dollars as budget_config._limit_nanos reads them: a decimal string (or an integer, never a float), 0 to
+# MAX_LIMIT_USD, at most 9 decimals. (The validator parses with Decimal, which also takes signs, exponents,
+# underscores and surrounding spaces; this is the form it documents.)
+LIMIT_USD = {
+    "type": ["string", "integer"],
+    "pattern": (
+        f"^0*([0-9]{{1,{_LIMIT_DIGITS}}}\\.?|[0-9]{{0,{_LIMIT_DIGITS}}}\\.[0-9]{{1,9}}|{MAX_LIMIT_USD}(\\.0{{0,9}})?)$"
+    ),
+    "minimum": 0,
+    "maximum": int(MAX_LIMIT_USD),
+    "description": f'Dollars, 0 to {MAX_LIMIT_USD}, at most 9 decimals: a decimal string ("25.00") or an integer.',
+}
+_EVENT_DIGITS = len(str(MAX_EVENT_COST_USD)) - 1
+_NONZERO_FRACTION = "|".join(f"0{{{k}}}[1-9][0-9]{{0,{8 - k}}}" for k in range(9))
+# api.budgets._amount: more than zero, at most MAX_EVENT_COST_USD, at most 9 decimals; a string or an integer.
+AMOUNT_USD = {
+    "type": ["string", "integer"],
+    "pattern": (
+        f"^0*([1-9][0-9]{{0,{_EVENT_DIGITS - 1}}}(\\.[0-9]{{0,9}})?|\\.({_NONZERO_FRACTION})"
+        f"|{MAX_EVENT_COST_USD}(\\.0{{0,9}})?)$"
+    ),
+    "minimum": 1,
+    "maximum": int(MAX_EVENT_COST_USD),
+    "description": f'Dollars, more than 0 and at most {MAX_EVENT_COST_USD}, at most 9 decimals: "0.25", or an integer.',
+}
+
+
+def _scope_rules() -> list[Schema]:
+    """scope_fields: a workspace takes no scope_value or property; every other scope needs a scope_value; only
+    scope `property` takes (and needs) the property's name."""
+    no_value = {"properties": {"scope_value": {"type": "null"}, "property": {"type": "null"}}}
+    return [
+        {
+            "if": {"properties": {"scope": {"const": Scope.WORKSPACE.value}}},
+            "then": no_value,
+            "else": {"required": ["scope_value"], "properties": {"scope_value": {"type": "string"}}},
+        },
+        {
+            "if": {"properties": {"scope": {"const": Scope.PROPERTY.value}}},
+            "then": {"required": ["property"], "properties": {"property": {"type": "string"}}},
+            "else": {"properties": {"property": {"type": "null"}}},
+        },
+    ]
+
+
+def _scoped(properties: dict[str, Schema]) -> dict[str, Schema]:
+    return {
+        "id": N(ID),
+        "name": N(RULE_NAME),
+        "scope": enum([s.value for s in Scope]),
+        "scope_value": N(SCOPE_VALUE),
+        "property": N(PROPERTY_NAME),
+        **properties,
+    }
+
+
+def _when_action(action: Action, then: Schema, otherwise: Schema | None = None) -> Schema:
+    rule: Schema = {"if": {"properties": {"action": {"const": action.value}}, "required": ["action"]}, "then": then}
+    if otherwise is not None:
+        rule["else"] = otherwise
+    return rule
+
+
+BUDGET_IN = {
+    **obj(
+        _scoped(
+            {
+                "limit_usd": LIMIT_USD,
+                "period": enum([p.value for p in Period]),
+                "anchor": N(
+                    {**TIMESTAMP, "description": "Where the windows start (default: the creation day, 00:00 UTC)."}
+                ),
+                "action": N(enum([a.value for a in Action], default=Action.BLOCK_REQUESTS.value)),
+                "thresholds": N(array(integer(1, 1000), max_items=MAX_THRESHOLDS)),
+                "throttle_rpm": N(integer(1, MAX_RATE)),
+            }
+        ),
+        ["scope", "limit_usd", "period"],
+    ),
+    "allOf": [
+        *_scope_rules(),
+        _when_action(Action.PAUSE_ALL, {"properties": {"scope": {"const": Scope.DEPARTMENT.value}}}),
+        _when_action(Action.DISABLE_KEY, {"properties": {"scope": {"const": Scope.VIRTUAL_KEY.value}}}),
+        _when_action(
+            Action.SOFT_THROTTLE,
+            {"required": ["throttle_rpm"], "properties": {"throttle_rpm": {"type": "integer"}}},
+            {"properties": {"throttle_rpm": {"type": "null"}}},
+        ),
+    ],
+}
+
+_RATES = ("requests_per_minute", "tokens_per_minute", "concurrent")
+RATE_LIMIT_IN = {
+    **obj(_scoped({name: N(integer(1, MAX_RATE * 1000)) for name in _RATES}), ["scope"]),
+    "allOf": [
+        *_scope_rules(),
+        # At least one of the three, not null.
+        {"anyOf": [{"required": [name], "properties": {name: {"type": "integer"}}} for name in _RATES]},
+    ],
+}
+
+SPEND_AUTHORIZE_IN = obj(
+    {
+        "run_id": N({**ID, "description": "The run the spend is for (else the alephant-run-id header's)."}),
+        "amount_usd": AMOUNT_USD,
+        # text_field(..., strip=True): not blank once trimmed; the length is that of the value as sent.
+        "kind": text(64, pattern=_NOT_BLANK, default="tool_call", description="What is paid for: any label."),
+        "name": text(MAX_NAME_LEN, pattern=_NOT_BLANK, description="Its name (default: `kind`)."),
+    },
+    ["amount_usd"],
+)
 
 REQUESTS = {
     "RunStart": obj(
@@ -254,4 +385,7 @@ REQUESTS = {
         },
         ["model", "input_mtok", "output_mtok"],
     ),
+    "BudgetIn": BUDGET_IN,
+    "RateLimitIn": RATE_LIMIT_IN,
+    "SpendAuthorizeIn": SPEND_AUTHORIZE_IN,
 }
