@@ -3,8 +3,8 @@ for a virtual key `GET /v1/budget` and `POST /v1/spend/authorize`."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from starlette.requests import Request
@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agentledger.api.auth import AdminAuth, json_body, path_id
-from agentledger.core.budget_config import budget_row, rate_limit_row
+from agentledger.core.budget_config import budget_row, dollars, rate_limit_row
 from agentledger.core.budgets import Figures, Scope, Subject, counter_key
 from agentledger.core.errors import AgentLedgerError, InvalidRequest, NotFound, StoreUnavailable
 from agentledger.core.fields import id_field, text_field, time_field
@@ -32,7 +32,7 @@ MAX_PAGE = 1000
 
 def _limit(request: Request) -> int:
     raw = request.query_params.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not re.fullmatch(r"[0-9]{1,7}", raw) or not 1 <= int(raw) <= MAX_PAGE:  # isdigit() takes "²"
         raise InvalidRequest(f"'limit' must be an integer from 1 to {MAX_PAGE}.", param="limit")
     return int(raw)
 
@@ -82,7 +82,10 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
     async def create_budget(request: Request, admin: AdminPrincipal) -> Response:
         data = await json_body(request)
         now = gate.clock()
-        anchor = time_field(str(data["anchor"]), "anchor") if data.get("anchor") is not None else None
+        given = data.get("anchor")
+        if given is not None and not isinstance(given, str):
+            raise InvalidRequest("'anchor' must be an ISO 8601 timestamp string.", param="anchor")
+        anchor = time_field(given, "anchor") if given is not None else None
         row = budget_row(data, now, anchor)
         await _check_scope(store, admin.workspace_id, row)
         ident = id_field(data["id"], "id") if data.get("id") is not None else new_id("bud")
@@ -147,15 +150,10 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
         return JSONResponse({"data": rows})
 
     async def subject_of(request: Request, principal: Principal, run_id: str | None) -> Subject:
-        tracking = parse_tracking(request.scope["headers"])
+        # The gateway's own agent check: a key bound to an agent may not name another (403), nor an unknown one.
+        a = await gateway.attribute(principal, parse_tracking(request.scope["headers"]))
         return Subject(
-            principal.workspace_id,
-            principal.department_id,
-            tracking.agent_id or principal.agent_id,
-            principal.virtual_key_id,
-            None,
-            run_id or tracking.run_id,
-            tracking.properties,
+            a.workspace_id, a.department_id, a.agent_id, a.virtual_key_id, None, run_id or a.run_id, a.properties
         )
 
     async def my_budget(request: Request) -> Response:
@@ -215,11 +213,8 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
 
 
 def _amount(value: Any) -> int:
-    try:
-        amount = Decimal(str(value)) if isinstance(value, str | int) and not isinstance(value, bool) else None
-    except (InvalidOperation, ValueError):
-        amount = None
-    if amount is None or not amount.is_finite() or amount <= 0 or amount.as_tuple().exponent < -9:  # type: ignore[operator]
+    amount = dollars(value)
+    if amount is None or amount <= 0:
         raise InvalidRequest(
             "'amount_usd' must be a positive decimal string of dollars, such as \"0.25\".", param="amount_usd"
         )

@@ -6,8 +6,9 @@ caller's to check (a 404): this module knows no store.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from agentledger.core.bounds import MAX_EVENT_COST_USD
@@ -48,7 +49,7 @@ def scope_fields(data: dict[str, Any]) -> tuple[Scope, str | None, str | None]:
     if scope is Scope.PROPERTY:
         if not isinstance(prop, str) or not PROPERTY_NAME_RE.fullmatch(prop):
             raise InvalidRequest(f"'property' must name the property: {PROPERTY_NAME_HELP}.", param="property")
-        return scope, value, prop
+        return scope, value.strip(), prop  # as a tracking header's value is read: trimmed
     if prop is not None:
         raise InvalidRequest("'property' is only for scope 'property'.", param="property")
     return scope, value.strip(), None
@@ -60,12 +61,22 @@ def _name(name: Any) -> str | None:
     return name
 
 
+DOLLARS_RE = re.compile(r"[0-9]{1,16}(\.[0-9]{1,9})?")
+
+
+def dollars(value: Any) -> Decimal | None:
+    """An amount as the API writes money: an integer, or a plain decimal string with at most 9 decimals (no
+    exponent, sign or spaces: "1e3" or " 5" is more likely a mistake than a budget)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return Decimal(value)
+    if isinstance(value, str) and DOLLARS_RE.fullmatch(value):
+        return Decimal(value)
+    return None
+
+
 def _limit_nanos(value: Any) -> int:
-    try:
-        amount = Decimal(str(value)) if isinstance(value, str | int) and not isinstance(value, bool) else None
-    except (InvalidOperation, ValueError):
-        amount = None
-    if amount is None or not amount.is_finite() or not 0 <= amount <= MAX_LIMIT_USD or amount.as_tuple().exponent < -9:  # type: ignore[operator]
+    amount = dollars(value)
+    if amount is None or amount > MAX_LIMIT_USD:
         raise InvalidRequest(
             f"'limit_usd' must be a decimal string (or integer) of dollars from 0 to {MAX_LIMIT_USD}, at most 9 "
             'decimals, such as "25.00".',
@@ -122,19 +133,19 @@ def budget_row(data: dict[str, Any], now: datetime, anchor: datetime | None) -> 
     }
 
 
-def _rate(value: Any, what: str) -> int | None:
+def _rate(value: Any, what: str, most: int) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RATE * 1000:
-        raise InvalidRequest(f"'{what}' must be a positive integer.", param=what)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise InvalidRequest(f"'{what}' must be an integer from 1 to {most}.", param=what)
     return value
 
 
 def rate_limit_row(data: dict[str, Any], now: datetime) -> dict[str, Any]:
     scope, value, prop = scope_fields(data)
-    rpm = _rate(data.get("requests_per_minute"), "requests_per_minute")
-    tpm = _rate(data.get("tokens_per_minute"), "tokens_per_minute")
-    concurrent = _rate(data.get("concurrent"), "concurrent")
+    rpm = _rate(data.get("requests_per_minute"), "requests_per_minute", MAX_RATE)
+    tpm = _rate(data.get("tokens_per_minute"), "tokens_per_minute", MAX_RATE * 1000)
+    concurrent = _rate(data.get("concurrent"), "concurrent", MAX_RATE)
     if rpm is None and tpm is None and concurrent is None:
         raise InvalidRequest(
             "A rate limit needs 'requests_per_minute', 'tokens_per_minute' or 'concurrent'.",

@@ -538,5 +538,22 @@ def test_good_rate_limit_rows() -> None:
         "concurrent": 2,
         "created_at": NOW,
     }
-    top = rate_limit_row({"scope": "workspace", "requests_per_minute": MAX_RATE * 1000, "concurrent": 1}, NOW)
-    assert (top["requests_per_minute"], top["concurrent"]) == (MAX_RATE * 1000, 1)
+    # requests_per_minute and concurrent are 32-bit columns on PostgreSQL: their bound keeps them there.
+    top = rate_limit_row(
+        {
+            "scope": "workspace",
+            "requests_per_minute": MAX_RATE,
+            "concurrent": MAX_RATE,
+            "tokens_per_minute": MAX_RATE * 1000,
+        },
+        NOW,
+    )
+    assert (top["requests_per_minute"], top["concurrent"], top["tokens_per_minute"]) == (
+        MAX_RATE,
+        MAX_RATE,
+        MAX_RATE * 1000,
+    )
+    for field in ("requests_per_minute", "concurrent"):
+        with pytest.raises(InvalidRequest) as caught:
+            rate_limit_row({"scope": "workspace", field: MAX_RATE + 1}, NOW)
+        assert caught.value.param == field
