@@ -100,6 +100,8 @@ def build_components(
         reservation_ttl=settings.reservation_ttl,
         cache_ttl=settings.cache_ttl,
         stale_if_error=settings.stale_if_error,
+        reservation_sums=store.budgets.reservation_sums,
+        disable_key=lambda ws, key_id: _disable_key(store, gateway, ws, key_id),
     )
     gateway = Gateway(
         store,
@@ -112,6 +114,12 @@ def build_components(
     )
     desk = SpendDesk(gate, store.budgets.reservation)
     return Components(settings, store, pipeline, gateway, Governance(store, box), upstreams, counters, gate, desk)
+
+
+async def _disable_key(store: Store, gateway: Gateway, workspace_id: str, key_id: str) -> None:
+    """A `disable_key` budget exhausted: its virtual key is revoked, here and (broadcast) on every replica."""
+    key_hash = await store.revoke_virtual_key(workspace_id, key_id, datetime.now(UTC))
+    gateway.invalidate_key(key_hash)
 
 
 def _workflow_lookup(store: Store) -> Callable[[str, str], Awaitable[str | None]]:

@@ -15,6 +15,7 @@ BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"
 
 @pytest.fixture
 def down(tmp_path: Path, upstream: ServerThread, sqlite_url: str) -> Harness:
+    upstream.config.app.state.fake.received.clear()
     # Port 1 on loopback: nothing listens, every connection is refused at once.
     with running_gateway(sqlite_url, tmp_path, upstream, redis_url="redis://127.0.0.1:1/0") as harness:
         yield harness

@@ -43,7 +43,7 @@ from agentledger.core.ids import new_id
 from agentledger.core.model import Attribution, BudgetAlert, LedgerEntry, StepKind, StepRecord, StepStatus, TraceEvent
 from agentledger.core.money import MAX_EVENT_COST_NANOS, format_usd
 from agentledger.gateway.cache import TTLCache
-from agentledger.limits.base import Charge, Counters, CountersUnavailable, Rate, Refused
+from agentledger.limits.base import Charge, Counters, CountersUnavailable, Rate, Refused, Standing
 from agentledger.prices.catalog import worst_rates
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class Governed:
     slots: list[str] = field(default_factory=list)  # concurrency slots held
     token_rates: list[str] = field(default_factory=list)  # tokens-per-minute keys charged with the estimate
     tokens_estimate: int = 0
+    tokens_in: int = 0
     decided_by: dict[str, Any] | None = None
     note: str | None = None
 
@@ -89,7 +90,11 @@ class BudgetGate:
         reservation_ttl: float = 900.0,
         cache_ttl: float = 30.0,
         stale_if_error: float = 3600.0,
+        reservation_sums: Callable[[str, str], Awaitable[dict[str, tuple[int, int]]]] | None = None,
+        disable_key: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
+        self._reservation_sums = reservation_sums
+        self._disable_key = disable_key
         self._rules_of = rules
         self._workflow_of = workflow_of
         self.counters = counters
@@ -151,6 +156,7 @@ class BudgetGate:
         max_output: int | None,
         overrides: dict[str, Any],
         embeddings: bool = False,
+        choices: int = 1,
     ) -> None:
         """Reserve the call's most possible cost and count its rates, or raise BudgetExceeded / RateLimited.
 
@@ -165,9 +171,10 @@ class BudgetGate:
             return
         now = self.clock()
         tokens_in = input_bound(body_bytes)
-        tokens_out = 0 if embeddings else (max_output or self.default_output_tokens)
+        tokens_out = 0 if embeddings else (max_output or self.default_output_tokens) * max(choices, 1)
         governed.limits = rated
         governed.tokens_estimate = tokens_in + tokens_out
+        governed.tokens_in = tokens_in
         try:
             if rated:
                 await self._rate_limits(governed, rated, now)
@@ -194,18 +201,18 @@ class BudgetGate:
             wait = await self.counters.hit(rates, epoch)
             if wait is not None:
                 governed.decision = Decision.THROTTLED
-                first = next(r for r in rated if r.requests_per_minute or r.tokens_per_minute)
-                governed.decided_by = {"kind": "rate_limit", "id": first.id, "scope": first.scope_label}
+                # One round trip counts every rate at once, so which of them refused is not told apart: name them.
+                named = [r for r in rated if r.requests_per_minute or r.tokens_per_minute]
+                labels = ", ".join(f"{r.id!r} ({r.scope_label})" for r in named)
+                which: dict[str, Any] = {"id": named[0].id} if len(named) == 1 else {"ids": [r.id for r in named]}
+                governed.decided_by = {"kind": "rate_limit", **which, "scope": named[0].scope_label}
                 if math.isinf(wait):  # no wait admits it: the call alone is past a tokens-per-minute limit
                     raise InvalidRequest(
-                        f"This call may use up to {governed.tokens_estimate} tokens, more than a rate limit of "
-                        f"{first.scope_label} allows in a minute; lower max_tokens or shorten the prompt.",
+                        f"This call may use up to {governed.tokens_estimate} tokens, more than rate limit "
+                        f"{labels} allows in a minute; lower max_tokens or shorten the prompt.",
                         param="max_tokens",
                     )
-                raise RateLimited(
-                    f"Rate limit {first.id!r} ({first.scope_label}) reached; retry in {wait:.1f} s.",
-                    retry_after=math.ceil(wait),
-                )
+                raise RateLimited(f"Rate limit {labels} reached; retry in {wait:.1f} s.", retry_after=math.ceil(wait))
             governed.token_rates = [r.key for r in rates if r.key.endswith(":tpm")]
         holder = new_id("slot")
         for r in rated:
@@ -246,17 +253,59 @@ class BudgetGate:
             governed.decision = Decision.BLOCKED
             governed.figures = [Figures(budget, answer.key, answer.standing.spent, answer.standing.reserved)]
             governed.decided_by = {"kind": "budget", "id": budget.id, "scope": budget.scope_label}
+            disabled = ""
+            if budget.action is Action.DISABLE_KEY and budget.value and self._disable_key is not None:
+                await self._disable_key(budget.workspace_id, budget.value)
+                disabled = " The virtual key is disabled (revoked); issue a new one to go on."
             raise BudgetExceeded(
                 f"Budget {budget.id!r} ({budget.scope_label}, {budget.period.value}, {budget.action.value}) has too "
                 f"little left for {what}: limit ${format_usd(budget.limit_nanos)}, spent "
                 f"${format_usd(answer.standing.spent)}, reserved ${format_usd(answer.standing.reserved)}, asked "
-                f"${format_usd(amount)} at most."
+                f"${format_usd(amount)} at most.{disabled}"
             )
         governed.reservation_id = reservation
         governed.estimate = amount
         governed.figures = [
             Figures(b, k, answer[k].spent, answer[k].reserved) for b, k in zip(applied, keys, strict=True)
         ]
+
+    async def rehold(
+        self,
+        governed: Governed,
+        *,
+        model: str,
+        provider: str,
+        overrides: dict[str, Any],
+        request_id: str,
+        run_id: str | None,
+    ) -> None:
+        """Before a fallback to another model: reserve again at its price when it may cost more than the
+        reservation held (the old one released), or raise BudgetExceeded, which ends the call."""
+        if governed.reservation_id is None or not governed.figures:
+            return
+        now = self.clock()
+        ws = governed.figures[0].budget.workspace_id
+        rates = self._worst(ws, model, provider, now, overrides)
+        if rates is None:
+            return
+        tokens_out = max(governed.tokens_estimate - governed.tokens_in, 0)
+        estimate = min(reservation_nanos(governed.tokens_in, tokens_out, *rates), MAX_EVENT_COST_NANOS)
+        if estimate <= governed.estimate:
+            return
+        old = Governed(reservation_id=governed.reservation_id, estimate=governed.estimate, figures=governed.figures)
+        budgets = [f.budget for f in governed.figures]
+        try:
+            await self.hold(governed, budgets, run_id, estimate, now, f"a fallback to {model!r}")
+        except BudgetExceeded:
+            governed.figures = old.figures  # the call still holds its first reservation, settled as it ends
+            raise
+        await self.counters.settle(old.reservation_id or "", 0)
+        self.commit(
+            [
+                *self.entries(old, "release", request_id, run_id, now),
+                *self.entries(governed, "reserve", request_id, run_id, now),
+            ]
+        )
 
     async def _soft_throttle(self, governed: Governed, f: Figures, now: datetime) -> None:
         """Past its limit, a soft_throttle budget lets calls through at its `throttle_rpm` only."""
@@ -306,7 +355,8 @@ class BudgetGate:
         run_id: str | None,
         refused: bool = False,
     ) -> list[TraceEvent]:
-        """The ledger entries and alerts of a finished call; the counters are settled in the background."""
+        """The ledger entries of a finished call, written with its records; the counters are settled in the
+        background, and the alerts of the thresholds that settle crossed follow from the counters' answer."""
         if not governed.governed:
             return []
         now = self.clock()
@@ -314,39 +364,100 @@ class BudgetGate:
         if governed.reservation_id is not None and not refused:
             kind = "settle" if actual or not governed.estimate else "release"
             events += self.entries(governed, kind, request_id, run_id, now, actual)
-            for f in governed.figures:
-                b = f.budget
-                for threshold in crossed(b.limit_nanos, f.spent, f.spent + actual, b.thresholds):
-                    events.append(
-                        BudgetAlert(
-                            workspace_id=b.workspace_id,
-                            budget_id=b.id,
-                            window_key=window_of_key(f.key),
-                            threshold=threshold,
-                            spent_nanos=f.spent + actual,
-                            limit_nanos=b.limit_nanos,
-                            at=now,
-                            request_id=request_id,
-                            run_id=run_id,
-                        )
-                    )
             governed.figures = [_cost_after(f, governed.estimate, actual) for f in governed.figures]
-        self._spawn(self._settle_counters(governed, actual, tokens, now.timestamp()))
+        self._spawn(self._settle_counters(governed, actual, tokens, now.timestamp(), request_id, run_id))
         return events
 
-    async def _settle_counters(self, governed: Governed, actual: int, tokens: int, epoch: float) -> None:
+    def alerts(
+        self,
+        budgets: dict[str, Budget],
+        after: dict[str, Standing],
+        spent: int,
+        request_id: str | None,
+        run_id: str | None,
+    ) -> list[TraceEvent]:
+        """Alerts for the thresholds `spent` crossed, from the counters' own figures after it was booked: each
+        settle or spend moves a counter atomically, so exactly one of them crosses each threshold."""
+        now = self.clock()
+        events: list[TraceEvent] = []
+        for key, standing in after.items():
+            b = budgets.get(key)
+            if b is None:
+                continue
+            for threshold in crossed(b.limit_nanos, standing.spent - spent, standing.spent, b.thresholds):
+                events.append(
+                    BudgetAlert(
+                        workspace_id=b.workspace_id,
+                        budget_id=b.id,
+                        window_key=window_of_key(key),
+                        threshold=threshold,
+                        spent_nanos=standing.spent,
+                        limit_nanos=b.limit_nanos,
+                        at=now,
+                        request_id=request_id,
+                        run_id=run_id,
+                    )
+                )
+        return events
+
+    async def _settle_counters(
+        self, governed: Governed, actual: int, tokens: int, epoch: float, request_id: str, run_id: str | None
+    ) -> None:
         try:
             if governed.reservation_id is not None:
-                await self.counters.settle(governed.reservation_id, actual)
+                after = await self.counters.settle(governed.reservation_id, actual)
+                if after:
+                    by_key = {f.key: f.budget for f in governed.figures}
+                    alerts = self.alerts(by_key, after, actual, request_id, run_id)
+                    if alerts:
+                        self.commit(alerts)
+                else:
+                    await self._late_settle(governed, actual)
             for key in governed.token_rates:
                 await self.counters.adjust_rate(key, 60.0, tokens - governed.tokens_estimate, epoch)
             for slot in governed.slots:
                 key, holder = slot.split("\0", 1)
                 await self.counters.release_slot(key, holder)
         except CountersUnavailable:
-            # The reservation expires at its estimate (the ledger's settle entry, already written, is the truth
-            # a rebuild uses); the slot frees itself at its ttl.
+            # The reservation expires at its estimate and the sweep corrects it from the ledger, whose settle
+            # entry is already written (gateway/budget_recovery.py); the slot frees itself at its ttl.
             log.warning("budget counters unavailable while settling reservation %s", governed.reservation_id)
+
+    async def _late_settle(self, governed: Governed, actual: int) -> None:
+        """The counters no longer held the reservation: the call outlived `reservation_ttl` and the sweep charged
+        its estimate. If the sweep wrote an `expire` entry before this call's settle entry, the ledger now
+        closes the reservation twice; an `adjust` entry takes the estimate back out, and the counters (which
+        charged the estimate) get the difference. If the sweep saw the settle entry first, it already made the
+        counters agree with it, and there is nothing to do."""
+        if self._reservation_sums is None or not governed.figures or governed.reservation_id is None:
+            return
+        await asyncio.sleep(1.0)  # this call's settle entry is committed with its records: let it land
+        ws = governed.figures[0].budget.workspace_id
+        sums = await self._reservation_sums(ws, governed.reservation_id)
+        fixes: list[TraceEvent] = []
+        counter_fixes: list[Charge] = []
+        for f in governed.figures:
+            reserved, spent = sums.get(f.key, (0, 0))
+            if reserved == 0:
+                continue
+            fixes.append(
+                LedgerEntry(
+                    workspace_id=ws,
+                    entry_id=new_id("led"),
+                    budget_id=f.budget.id,
+                    counter_key=f.key,
+                    kind="adjust",
+                    reserved_delta=-reserved,
+                    spent_delta=actual - spent,
+                    at=self.clock(),
+                    reservation_id=governed.reservation_id,
+                    note="settled after it expired: the expiry's estimate taken back",
+                )
+            )
+            counter_fixes.append(Charge(f.key, None, actual - governed.estimate))
+        if fixes:
+            self.commit(fixes)
+            await self.counters.add(counter_fixes)
 
     def entries(
         self,
@@ -487,57 +598,74 @@ class SpendDesk:
         settled: set[str] = set()
         for step in steps:
             reservation = reservations.get(step.step_id)
-            if reservation is not None:
-                if reservation not in settled:  # two steps of a batch naming one reservation: the first settles
-                    settled.add(reservation)
-                    events += await self._settle_reservation(step, reservation, now)
+            if reservation is not None and reservation not in settled:
+                settled.add(reservation)  # two steps of a batch naming one reservation: the first settles it
+                found = await self._settle_reservation(step, reservation, now)
+                if found is not None:
+                    events += found
+                    continue
+            elif reservation is not None:
                 continue
-            if not step.cost_nanos:
-                continue
-            a = step.attribution
-            subject = Subject(
-                a.workspace_id, a.department_id, a.agent_id, a.virtual_key_id, workflow, step.run_id, a.properties
-            )
-            budgets, _ = await self.gate.rules_for(a.workspace_id)
-            applied = applicable_budgets(budgets, subject)
-            if not applied:
-                continue
-            keys = [counter_key(b, now, step.run_id) for b in applied]
-            try:
-                await self.gate.counters.add([Charge(k, None, step.cost_nanos) for k in keys])
-            except CountersUnavailable:
-                # The ledger entry below is still written; the counters catch up when they are next loaded
-                # from the ledger (docs/budgets.md, "Redis down").
-                log.warning("budget counters unavailable: step %s charged to the ledger only", step.step_id)
-            events += [
-                LedgerEntry(
-                    workspace_id=a.workspace_id,
-                    entry_id=new_id("led"),
-                    budget_id=b.id,
-                    counter_key=k,
-                    kind="spend",
-                    reserved_delta=0,
-                    spent_delta=step.cost_nanos,
-                    at=now,
-                    step_id=step.step_id,
-                    run_id=step.run_id,
-                    note=f"{step.kind.value} {step.name}"[:256],
-                )
-                for b, k in zip(applied, keys, strict=True)
-            ]
+            if step.cost_nanos:  # no reservation, or one nobody made: spent after the fact
+                events += await self._spend(step, workflow, now)
         return events
 
-    async def _settle_reservation(self, step: StepRecord, reservation: str, now: datetime) -> list[TraceEvent]:
+    async def _spend(self, step: StepRecord, workflow: str | None, now: datetime) -> list[TraceEvent]:
+        a = step.attribution
+        subject = Subject(
+            a.workspace_id, a.department_id, a.agent_id, a.virtual_key_id, workflow, step.run_id, a.properties
+        )
+        budgets, _ = await self.gate.rules_for(a.workspace_id)
+        applied = applicable_budgets(budgets, subject)
+        if not applied:
+            return []
+        keys = [counter_key(b, now, step.run_id) for b in applied]
+        events: list[TraceEvent] = []
+        try:
+            after = await self.gate.counters.add([Charge(k, None, step.cost_nanos) for k in keys])
+            events += self.gate.alerts(dict(zip(keys, applied, strict=True)), after, step.cost_nanos, None, step.run_id)
+        except CountersUnavailable:
+            # The ledger entry below is still written; the counters catch up when they are next loaded from the
+            # ledger (docs/budgets.md, "Redis down").
+            log.warning("budget counters unavailable: step %s charged to the ledger only", step.step_id)
+        events += [
+            LedgerEntry(
+                workspace_id=a.workspace_id,
+                entry_id=new_id("led"),
+                budget_id=b.id,
+                counter_key=k,
+                kind="spend",
+                reserved_delta=0,
+                spent_delta=step.cost_nanos,
+                at=now,
+                step_id=step.step_id,
+                run_id=step.run_id,
+                note=f"{step.kind.value} {step.name}"[:256],
+            )
+            for b, k in zip(applied, keys, strict=True)
+        ]
+        return events
+
+    async def _settle_reservation(self, step: StepRecord, reservation: str, now: datetime) -> list[TraceEvent] | None:
+        """Settle an authorization with the step's cost: its entries, [] when it was settled or expired already
+        (not charged twice), None when no such reservation was ever made (the step is then plain spend)."""
         ws = step.attribution.workspace_id
         rows = await self._reservation_rows(ws, reservation)  # what the ledger holds reserved for it, per counter
         if not rows:
-            return []  # unknown, already settled or expired: the step is still recorded, not charged twice
+            sums = self.gate._reservation_sums
+            return None if sums is None or not await sums(ws, reservation) else []
         try:
-            if not await self.gate.counters.settle(reservation, step.cost_nanos):
+            after = await self.gate.counters.settle(reservation, step.cost_nanos)
+            if not after:
                 return []  # another batch settled it first (the counters' settle is atomic and answers once)
         except CountersUnavailable:
             log.warning("budget counters unavailable: reservation %s settled in the ledger only", reservation)
-        return [
+            after = {}
+        budgets, _ = await self.gate.rules_for(ws)
+        by_id = {b.id: b for b in budgets}
+        by_key = {r["counter_key"]: by_id[r["budget_id"]] for r in rows if r["budget_id"] in by_id}
+        events = self.gate.alerts(by_key, after, step.cost_nanos, None, step.run_id)
+        return events + [
             LedgerEntry(
                 workspace_id=ws,
                 entry_id=new_id("led"),

@@ -260,6 +260,7 @@ class Gateway:
                 max_output=cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None,
                 overrides=call.price_overrides,
                 embeddings=call.fmt.name == "embeddings",
+                choices=payload["n"] if isinstance(payload.get("n"), int) and not isinstance(payload["n"], bool) else 1,
             )
         except AgentLedgerError as exc:
             await self.finish(call, Outcome(StepStatus.ERROR, exc.status, (), error=exc))
@@ -280,6 +281,16 @@ class Gateway:
         last: UpstreamError | None = None
         for hop, link in zip(call.hops, call.bridges, strict=True):
             policy = hop.route.retry
+            if hop.fallback and self.gate is not None and hop.model != call.hops[0].model:
+                # Each fallback reserves again at its own model's price (a refusal ends the call: 402).
+                await self.gate.rehold(
+                    call.governed,
+                    model=hop.model,
+                    provider=hop.route.provider,
+                    overrides=call.price_overrides,
+                    request_id=call.request_id,
+                    run_id=call.attribution.run_id,
+                )
             for n in range(policy.attempts):
                 backoff = _backoff(policy, n, last) if n else 0.0
                 if backoff:
@@ -400,7 +411,7 @@ class Gateway:
             await self.finish(call, outcome)
             for frame in closing:
                 yield frame
-        except UpstreamError as exc:
+        except AgentLedgerError as exc:  # a provider failure, or a fallback's budget refusal before the stream began
             recorded = True
             if adapter is None:  # no provider answered: the route responds with the error's own status
                 await self.finish(call, Outcome(StepStatus.ERROR, exc.status, tuple(attempts), error=exc))
