@@ -14,13 +14,13 @@ from starlette.routing import Route
 from agentledger.api.auth import AdminAuth, json_body, path_id
 from agentledger.core.budget_config import budget_row, dollars, rate_limit_row
 from agentledger.core.budgets import Figures, Scope, Subject, counter_key
-from agentledger.core.errors import AgentLedgerError, InvalidRequest, NotFound, StoreUnavailable
+from agentledger.core.errors import AgentLedgerError, BudgetExceeded, InvalidRequest, NotFound, StoreUnavailable
 from agentledger.core.fields import id_field, text_field, time_field
 from agentledger.core.headers import parse_tracking
 from agentledger.core.ids import new_id
-from agentledger.core.model import AdminPrincipal, Principal
+from agentledger.core.model import AdminPrincipal, Attribution, Principal, RunStart
 from agentledger.core.money import MAX_EVENT_COST_NANOS, format_usd, to_nanos
-from agentledger.gateway.budgets import SpendDesk
+from agentledger.gateway.budgets import Governed, SpendDesk
 from agentledger.gateway.flow import Gateway
 from agentledger.gateway.responses import JSONResponse, error_response
 from agentledger.limits.base import CountersUnavailable
@@ -167,6 +167,27 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
         now = gate.clock()
         return JSONResponse({"data": [f.view(now) for f in figures]})
 
+    async def record_refusal(principal: Principal, subject: Subject, governed: Governed, kind: str, name: str) -> None:
+        """A refused authorization in a run is a policy_check step of that run (blocked, and by which budget)."""
+        if subject.run_id is None:
+            return
+        base = Attribution(
+            workspace_id=subject.workspace_id,
+            department_id=subject.department_id,
+            virtual_key_id=subject.virtual_key_id,
+            agent_id=subject.agent_id,
+            run_id=subject.run_id,
+            properties=dict(subject.properties),
+        )
+        report = {**gate.report(governed), "authorization": {"kind": kind, "name": name}}
+        step = gate.policy_step(
+            governed, report, request_id=new_id("auth"), base=base, started_at=gate.clock(), name=f"authorize {kind}"
+        )
+        if step is not None:
+            await gateway.pipeline.submit(
+                [RunStart(run_id=subject.run_id, attribution=base, started_at=gate.clock()), step]
+            )
+
     async def authorize(request: Request) -> Response:
         try:
             principal = await gateway.authenticate(request.headers)
@@ -176,10 +197,14 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
             kind = text_field(data.get("kind", "tool_call"), "kind", limit=64, strip=True)
             name = text_field(data.get("name", kind), "name", limit=256, strip=True)
             subject = await subject_of(request, principal, run_id)
+            governed = Governed()
             try:
-                governed, entries = await desk.authorize(subject, amount, kind=kind, name=name)
+                entries = await desk.authorize(governed, subject, amount, kind=kind, name=name)
             except CountersUnavailable:
                 raise StoreUnavailable("The budget counters are unavailable; retry shortly.") from None
+            except BudgetExceeded:
+                await record_refusal(principal, subject, governed, kind, name)
+                raise
             if entries:
                 await gateway.pipeline.submit(entries)  # durable before the agent may spend against it
         except AgentLedgerError as exc:

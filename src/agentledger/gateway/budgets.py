@@ -524,7 +524,14 @@ class BudgetGate:
         return out
 
     def policy_step(
-        self, governed: Governed, report: dict[str, Any], *, request_id: str, base: Attribution, started_at: datetime
+        self,
+        governed: Governed,
+        report: dict[str, Any],
+        *,
+        request_id: str,
+        base: Attribution,
+        started_at: datetime,
+        name: str = "budgets and rate limits",
     ) -> StepRecord | None:
         if base.run_id is None:
             return None
@@ -536,7 +543,7 @@ class BudgetGate:
             run_id=base.run_id,
             attribution=base,
             kind=StepKind.POLICY_CHECK,
-            name="budgets and rate limits",
+            name=name,
             status=StepStatus.OK if ok else StepStatus.ERROR,
             started_at=started_at,  # the check ran before the model call; its figures are as the call left them
             ended_at=now,
@@ -575,18 +582,18 @@ class SpendDesk:
         return [Figures(b, k, found[k].spent, found[k].reserved) for b, k in zip(applied, keys, strict=True)]
 
     async def authorize(
-        self, subject: Subject, amount: int, *, kind: str, name: str
-    ) -> tuple[Governed, list[TraceEvent]]:
-        """Reserve `amount` against every applicable budget, or raise BudgetExceeded (recorded by the caller)."""
+        self, governed: Governed, subject: Subject, amount: int, *, kind: str, name: str
+    ) -> list[TraceEvent]:
+        """Reserve `amount` against every applicable budget into `governed`, or raise BudgetExceeded (`governed`
+        then says which budget refused, for the caller to record)."""
         budgets, limits = await self.gate.rules_for(subject.workspace_id)
         subject = await self.gate.subject(subject, budgets, limits)
         applied = applicable_budgets(budgets, subject)
-        governed = Governed()
         now = self.gate.clock()
         if not applied:
-            return governed, []
+            return []
         await self.gate.hold(governed, applied, subject.run_id, amount, now, f"{kind} {name!r}")
-        return governed, self.gate.entries(governed, "reserve", None, subject.run_id, now)
+        return self.gate.entries(governed, "reserve", None, subject.run_id, now)
 
     async def charge_steps(
         self, steps: Sequence[StepRecord], workflow: str | None, reservations: dict[str, str]
