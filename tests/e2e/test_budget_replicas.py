@@ -151,6 +151,21 @@ def _gateway_process(
         time.sleep(0.05)
 
 
+def _revoked_everywhere(urls: list[str], admin: str, vk: str) -> None:
+    """A key revoked on one replica is refused by the other at once (broadcast), not after cache_ttl (30 s)."""
+    auth = {"authorization": f"Bearer {admin}"}
+    keys = HTTP.get(urls[0] + "/api/virtual-keys", headers=auth).json()["data"]
+    key_id = next(k["id"] for k in keys if vk.startswith(k["key_prefix"]))
+    assert HTTP.delete(urls[0] + f"/api/virtual-keys/{key_id}", headers=auth).status_code == 200
+    deadline = time.monotonic() + 2
+    while True:
+        resp = HTTP.get(urls[1] + "/v1/models", headers={"authorization": f"Bearer {vk}"})
+        if resp.status_code == 401 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert resp.status_code == 401
+
+
 @pytest.mark.pg
 def test_two_gateway_processes_sharing_postgresql_and_redis_never_overspend(
     tmp_path: Path, upstream: ServerThread
@@ -178,6 +193,7 @@ def test_two_gateway_processes_sharing_postgresql_and_redis_never_overspend(
             assert [b["budget_id"] for b in seen["data"]] == ["cap"]
             results = asyncio.run(_storm(urls, ids["vk"]))
             _check_books(urls[0], ids["admin"], db_url, ids["workspace"], results)
+            _revoked_everywhere(urls, ids["admin"], ids["vk"])
         finally:
             for proc, _ in procs:
                 proc.terminate()

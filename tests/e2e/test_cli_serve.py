@@ -324,3 +324,18 @@ def test_cli_create_commands_and_a_created_key_works(tmp_path: Path) -> None:
         stop(srv)
     with sqlite3.connect(data_dir / "agentledger.db") as db:
         assert db.execute("SELECT id FROM workspaces").fetchall() == [("acme",)]
+
+
+@pytest.mark.parametrize(
+    ("settings", "needs"),
+    [
+        (["--set", "workers=2"], "redis_url"),
+        (["--set", "workers=2", "--set", "redis_url=redis://127.0.0.1:6379/0"], "PostgreSQL"),
+    ],
+    ids=["no-redis", "sqlite"],
+)
+def test_several_workers_need_shared_counters_and_postgresql(tmp_path: Path, settings: list[str], needs: str) -> None:
+    """Each worker is a replica: with in-process counters each would enforce budgets alone, so it refuses."""
+    result = CliRunner().invoke(main, ["--data-dir", str(tmp_path), *settings, "serve"], env=_clean_env())
+    assert result.exit_code == 1
+    assert needs in result.output and "workers > 1" in result.output
