@@ -1,22 +1,33 @@
 """The gateway's added latency, measured against calling the upstream directly, in one run.
 
-    python benchmarks/overhead.py [--requests N] [--concurrency 1,16] [--stream | --no-stream]
-                                  [--db sqlite|postgres] [--client aiohttp|httpx] [--tracking]
-                                  [--json PATH] [--py-spy PROFILE.json]
+    python benchmarks/overhead.py [--api chat,messages,translated] [--requests N] [--concurrency 1,16]
+                                  [--stream | --no-stream] [--db sqlite|postgres] [--client aiohttp|httpx]
+                                  [--tracking] [--json PATH] [--py-spy PROFILE.json]
     (or scripts/bench with the same arguments; --help lists the rest)
 
 Three processes on 127.0.0.1, nothing else is contacted:
-  * the fake OpenAI upstream (`agentledger.testing.fake_upstream_app`) under uvicorn (uvloop + httptools);
+  * the fake upstream (`agentledger.testing.fake_upstream_app`: OpenAI and Anthropic routes) under uvicorn
+    (uvloop + httptools);
   * the gateway, started the way users start it (`python -m agentledger ... serve`, uvloop + httptools,
     tracing on: every call goes through the batching pipeline into SQLite, or PostgreSQL with --db postgres),
-    with a provider key pointing at the fake upstream added through the admin API;
-  * this process, the load generator: one shared HTTP client posting the same small chat completion body.
+    with a provider key pointing at the fake upstream added through the admin API (an `anthropic`-kind one
+    too with --api messages or translated);
+  * this process, the load generator: one shared HTTP client posting the same small body.
+The wire format (--api):
+  chat        a chat completion (gpt-4o-mini, openai key): gateway and fake `/v1/chat/completions` (default);
+  messages    an Anthropic Messages call (claude-haiku-4-5, anthropic key): gateway and fake `/v1/messages`;
+  translated  a chat completion for the Claude model at the gateway, which only the anthropic key serves, so
+              the gateway sends it as Messages and translates the answer back; direct: the fake's
+              `/v1/messages` with the Messages body the gateway sends it (checked at startup).
+Several, comma-separated, are measured in one run (one gateway with both keys), their rounds interleaved.
 For each (mode, concurrency) cell both targets are warmed up, then measured in alternating rounds
-(direct, gateway, gateway, direct, ...) so drift on the machine hits both alike. The same client measures
+(direct, gateway, gateway, direct, ...; with several formats, each round visits every format, starting
+with the next one each time) so drift on the machine hits both alike. The same client measures
 both targets, so its own cost is in both figures and cancels out of the difference. At the end the
-gateway's own analytics must count every request sent through it (and, with --tracking, every run its
-model calls), or the run fails. CPU used by other processes during the measurement is reported, since a
-busy machine skews everything. The figures and how to read them: docs/benchmark.md.
+gateway's own analytics must count every request sent through it (with --api messages or translated, every
+one a priced call of the Claude model; with --tracking, every run its model calls), or the run fails. CPU
+used by other processes during the measurement is reported, since a busy machine skews everything. The
+figures and how to read them: docs/benchmark.md.
 """
 
 from __future__ import annotations
@@ -52,7 +63,27 @@ from _procs import (
 )
 
 MODEL = "gpt-4o-mini"
+CLAUDE_MODEL = "claude-haiku-4-5"  # priced by genai-prices under "anthropic" (checked at startup)
+MAX_TOKENS = 256
 PROMPT = "Say hello to the benchmark in one short sentence."
+APIS = ("chat", "messages", "translated")
+ANTHROPIC_VERSION = "2023-06-01"
+
+# What a complete stream's last frame starts with: chat's `[DONE]`, Messages' `message_stop` event.
+CHAT_END = b"data: [DONE]"
+MESSAGES_END = b"event: message_stop\n"
+
+PREFLIGHT_CODE = """
+import json, sys
+from agentledger.formats.registry import bridge
+from agentledger.prices.catalog import catalog_knows
+model, chat, messages = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+if not catalog_knows(model, "anthropic"):
+    sys.exit(f"genai-prices does not price {model!r} for anthropic")
+sent = bridge("chat", "anthropic").request(chat)
+if sent != messages:
+    sys.exit(f"the gateway would send {sent!r}, not the direct body {messages!r}")
+"""
 
 UPSTREAM_CODE = """
 import collections, sys, uvicorn
@@ -88,7 +119,19 @@ class Stack:
     gateway: subprocess.Popen[bytes]
 
 
-def start_stack(workdir: Path, db_url: str | None, durability: str = "strict") -> Stack:
+def add_provider_key(gw_url: str, admin: str, key: dict[str, Any]) -> None:
+    resp = httpx.post(
+        gw_url + "/api/provider-keys",
+        headers={"authorization": f"Bearer {admin}"},
+        json=key,
+        timeout=30,
+        trust_env=False,
+    )
+    if resp.status_code != 201:
+        raise RuntimeError(f"adding the provider key {key['name']!r} failed: {resp.status_code} {resp.text}")
+
+
+def start_stack(workdir: Path, db_url: str | None, durability: str = "strict", anthropic: bool = False) -> Stack:
     env = clean_env()
     up_port, gw_port = free_port(), free_port()
     up_log, gw_log = workdir / "upstream.log", workdir / "gateway.log"
@@ -104,10 +147,10 @@ def start_stack(workdir: Path, db_url: str | None, durability: str = "strict") -
         wait_http(up_url + "/", upstream, up_log)
         wait_http(gw_url + "/healthz", gateway, gw_log)
         vk, admin = bootstrap_keys(gw_log)
-        resp = httpx.post(
-            gw_url + "/api/provider-keys",
-            headers={"authorization": f"Bearer {admin}"},
-            json={
+        add_provider_key(
+            gw_url,
+            admin,
+            {
                 "name": "fake",
                 "kind": "openai",
                 "provider": "openai",
@@ -116,11 +159,21 @@ def start_stack(workdir: Path, db_url: str | None, durability: str = "strict") -
                 "models": ["gpt-*"],
                 "priority": 10,
             },
-            timeout=30,
-            trust_env=False,
         )
-        if resp.status_code != 201:
-            raise RuntimeError(f"adding the provider key failed: {resp.status_code} {resp.text}")
+        if anthropic:  # Claude models: only this key serves them, so chat requests for them are translated
+            add_provider_key(
+                gw_url,
+                admin,
+                {
+                    "name": "bench-anthropic",
+                    "kind": "anthropic",
+                    "provider": "anthropic",
+                    "base_url": up_url + "/v1",
+                    "api_key": "sk-ant-bench-upstream",
+                    "models": ["claude-*"],
+                    "priority": 10,
+                },
+            )
     except BaseException:
         stop(gateway)
         stop(upstream)
@@ -157,10 +210,13 @@ class Client:
         else:
             await self._session.aclose()
 
-    async def call(self, url: str, headers: dict[str, str], body: bytes, stream: bool) -> tuple[bool, float, float]:
+    async def call(
+        self, url: str, headers: dict[str, str], body: bytes, stream: bool, end: bytes = CHAT_END
+    ) -> tuple[bool, float, float]:
+        """`end`: what a complete stream's last frame starts with (CHAT_END or MESSAGES_END)."""
         t0 = time.perf_counter()
         first = 0.0
-        last = b""
+        prev = last = b""
         if self.kind == "aiohttp":
             async with self._session.post(url, data=body, headers=headers) as resp:
                 ok = resp.status == 200
@@ -168,7 +224,7 @@ class Client:
                     async for chunk in resp.content.iter_any():
                         if not first:
                             first = time.perf_counter()
-                        last = chunk
+                        prev, last = last, chunk
                 else:
                     await resp.read()
         elif stream:
@@ -177,14 +233,21 @@ class Client:
                 async for chunk in resp.aiter_raw():
                     if not first:
                         first = time.perf_counter()
-                    last = chunk
+                    prev, last = last, chunk
         else:
             resp = await self._session.post(url, content=body, headers=headers)
             ok = resp.status_code == 200
-        end = time.perf_counter()
-        if stream and not last.endswith(b"data: [DONE]\n\n"):
+        t1 = time.perf_counter()
+        if stream and not stream_complete(prev[-512:] + last, end):
             ok = False
-        return ok, end - t0, (first or end) - t0
+        return ok, t1 - t0, (first or t1) - t0
+
+
+def stream_complete(tail: bytes, end: bytes) -> bool:
+    """The stream's last frame (blank-line separated) starts with `end` and is terminated."""
+    if not tail.endswith(b"\n\n"):
+        return False
+    return tail[:-2].rsplit(b"\n\n", 1)[-1].lstrip(b"\r\n").startswith(end)
 
 
 # -- load ---------------------------------------------------------------------------------------------------
@@ -194,6 +257,7 @@ class Target:
     url: str
     headers: dict[str, str]
     pid: int
+    fmt: str = "chat"  # the wire format it is sent: "chat" or "messages"
     latencies: list[float] = field(default_factory=list)
     ttfb: list[float] = field(default_factory=list)
     wall: float = 0.0
@@ -213,6 +277,7 @@ async def burst(client: Client, target: Target, body: bytes, stream: bool, n: in
     """Send n requests with `conc` in flight; stop early (between requests) once `deadline` passes."""
     remaining = n
     done = 0
+    end = MESSAGES_END if target.fmt == "messages" else CHAT_END
 
     async def worker() -> None:
         nonlocal remaining, done
@@ -220,7 +285,7 @@ async def burst(client: Client, target: Target, body: bytes, stream: bool, n: in
             remaining -= 1
             target.sent += 1
             try:
-                ok, total, first = await client.call(target.url, target.headers, body, stream)
+                ok, total, first = await client.call(target.url, target.headers, body, stream, end)
             except Exception:
                 target.errors += 1
                 continue
@@ -266,40 +331,78 @@ def summary(t: Target) -> dict[str, Any]:
     }
 
 
-async def run_cell(
-    client: Client, direct: Target, gateway: Target, stream: bool, conc: int, args: argparse.Namespace
-) -> dict[str, Any]:
-    payload: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}]}
+def payload(api: str, fmt: str, stream: bool, include_usage: bool = True) -> dict[str, Any]:
+    """The body a target of format `fmt` is sent in an --api run (the same request both ways)."""
+    messages = [{"role": "user", "content": PROMPT}]
+    if fmt == "messages":
+        body: dict[str, Any] = {"model": CLAUDE_MODEL, "messages": messages, "max_tokens": MAX_TOKENS}
+        if stream:
+            body["stream"] = True
+        return body
+    body = {"model": MODEL, "messages": messages}
+    if api == "translated":
+        body = {"model": CLAUDE_MODEL, "messages": messages, "max_tokens": MAX_TOKENS}
     if stream:
-        payload["stream"] = True
-        if args.include_usage:
-            payload["stream_options"] = {"include_usage": True}
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    deadline = time.monotonic() + args.cell_timeout
-    for t in (direct, gateway):
-        t.reset()
-        await burst(client, t, body, stream, args.warmup, conc, deadline)
-        t.reset()
+        body["stream"] = True
+        if include_usage:
+            body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def encode(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+@dataclass
+class Pair:
+    """One wire format's two targets: the fake upstream called directly and the gateway."""
+
+    api: str
+    direct: Target
+    gateway: Target
+
+
+async def run_cell(
+    client: Client, pairs: list[Pair], stream: bool, conc: int, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """One (mode, concurrency) cell for every --api at once: the formats' rounds interleave, so drift on the
+    machine hits them alike too (a run of one format alone is the plain direct/gateway alternation)."""
+    bodies = {
+        id(t): encode(payload(p.api, t.fmt, stream, args.include_usage)) for p in pairs for t in (p.direct, p.gateway)
+    }
+    deadline = time.monotonic() + args.cell_timeout * len(pairs)
+    for p in pairs:
+        for t in (p.direct, p.gateway):
+            t.reset()
+            await burst(client, t, bodies[id(t)], stream, args.warmup, conc, deadline)
+            t.reset()
     rounds = max(1, min(args.rounds, args.requests))
     per_round = math.ceil(args.requests / rounds)
     for i in range(rounds):
         if time.monotonic() >= deadline:
             break
-        order = (direct, gateway) if i % 2 == 0 else (gateway, direct)
-        for t in order:
-            await measured_round(client, t, body, stream, per_round, conc, deadline)
-    d, g = summary(direct), summary(gateway)
-    return {
-        "mode": "stream" if stream else "plain",
-        "concurrency": conc,
-        "timed_out": time.monotonic() >= deadline,
-        "direct": d,
-        "gateway": g,
-        "added_p50_ms": g["p50_ms"] - d["p50_ms"],
-        "added_p99_ms": g["p99_ms"] - d["p99_ms"],
-        "ratio_p50": g["p50_ms"] / d["p50_ms"],
-        "ratio_p99": g["p99_ms"] / d["p99_ms"],
-    }
+        for p in pairs[i % len(pairs) :] + pairs[: i % len(pairs)]:
+            order = (p.direct, p.gateway) if i % 2 == 0 else (p.gateway, p.direct)
+            for t in order:
+                await measured_round(client, t, bodies[id(t)], stream, per_round, conc, deadline)
+    cells = []
+    for p in pairs:
+        d, g = summary(p.direct), summary(p.gateway)
+        cells.append(
+            {
+                "api": p.api,
+                "mode": "stream" if stream else "plain",
+                "concurrency": conc,
+                "timed_out": time.monotonic() >= deadline,
+                "direct": d,
+                "gateway": g,
+                "added_p50_ms": g["p50_ms"] - d["p50_ms"],
+                "added_p99_ms": g["p99_ms"] - d["p99_ms"],
+                "ratio_p50": g["p50_ms"] / d["p50_ms"],
+                "ratio_p99": g["p99_ms"] / d["p99_ms"],
+            }
+        )
+    return cells
 
 
 def admin_get(stack: Stack, path: str, **params: str) -> Any:
@@ -320,18 +423,25 @@ def recorded_requests(stack: Stack) -> int:
     return sum(int(row.get("requests", 0)) for row in rows)
 
 
+def priced_claude_calls(stack: Stack) -> tuple[int, int]:
+    """(requests, cost in nanodollars) the gateway recorded for the Claude model (--api messages/translated)."""
+    rows = admin_get(stack, "/api/analytics/costs", group_by="model")["data"]
+    row: dict[str, Any] = next((r for r in rows if r.get("key") == CLAUDE_MODEL), {})
+    return int(row.get("requests", 0)), int(row.get("cost_nanos", 0))
+
+
 def recorded_model_calls(stack: Stack, cells: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
     """With --tracking: each cell's run must hold one model call per request sent in that cell."""
     out = {}
     for c in cells:
-        run_id = f"bench-{c['mode']}-{c['concurrency']}"
-        out[run_id] = (c["gateway_sent"], int(admin_get(stack, f"/api/runs/{run_id}")["totals"]["model_calls"]))
+        rid = run_id(c["api"], c["mode"], c["concurrency"])
+        out[rid] = (c["gateway_sent"], int(admin_get(stack, f"/api/runs/{rid}")["totals"]["model_calls"]))
     return out
 
 
 # -- report -------------------------------------------------------------------------------------------------
-def markdown(cells: list[dict[str, Any]]) -> str:
-    head = (
+def markdown(cells: list[dict[str, Any]], with_api: bool = False) -> str:
+    head = ("| api " if with_api else "") + (
         "| mode | conc | n | direct p50 / p90 / p99 ms | gateway p50 / p90 / p99 ms | added p50 ms | added p99 ms "
         "| ratio p50 | gateway p99/p50 | direct req/s | gateway req/s | gateway CPU ms/req |"
     )
@@ -339,7 +449,7 @@ def markdown(cells: list[dict[str, Any]]) -> str:
     for c in cells:
         d, g = c["direct"], c["gateway"]
         lines.append(
-            f"| {c['mode']} | {c['concurrency']} | {g['requests']} "
+            (f"| {c['api']} " if with_api else "") + f"| {c['mode']} | {c['concurrency']} | {g['requests']} "
             f"| {d['p50_ms']:.2f} / {d['p90_ms']:.2f} / {d['p99_ms']:.2f} "
             f"| {g['p50_ms']:.2f} / {g['p90_ms']:.2f} / {g['p99_ms']:.2f} "
             f"| {c['added_p50_ms']:+.2f} | {c['added_p99_ms']:+.2f} | {c['ratio_p50']:.2f} "
@@ -352,6 +462,13 @@ def markdown(cells: list[dict[str, Any]]) -> str:
 # -- main ---------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--api",
+        default="chat",
+        help="wire format: chat (chat completions), messages (Anthropic Messages), translated (a chat request\n"
+        "the gateway serves from an anthropic key as Messages; direct: the fake's /v1/messages); several,\n"
+        "comma-separated, are measured in one run with their rounds interleaved (chat)",
+    )
     p.add_argument("--requests", type=int, default=2000, help="measured requests per target per cell (2000)")
     p.add_argument("--concurrency", default="1,16", help="comma-separated in-flight request counts (1,16)")
     modes = p.add_mutually_exclusive_group()
@@ -382,6 +499,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--py-spy-rate", type=int, default=250, help="py-spy samples per second (250)")
     args = p.parse_args(argv)
     args.concurrency = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
+    args.api = list(dict.fromkeys(a.strip() for a in str(args.api).split(",") if a.strip()))
+    if not args.api or any(a not in APIS for a in args.api):
+        p.error(f"--api takes one or more of {', '.join(APIS)}, comma-separated")
     if args.requests < 1 or not args.concurrency or min(args.concurrency) < 1:
         p.error("--requests and every --concurrency must be positive")
     if args.client is None:
@@ -394,41 +514,80 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def drive(stack: Stack, args: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
-    """Every cell; returns them with the number of requests sent through the gateway (warm-ups included)."""
-    direct = Target("direct", stack.upstream_url + "/v1/chat/completions", {}, stack.upstream.pid)
-    gateway = Target("gateway", stack.gateway_url + "/v1/chat/completions", {}, stack.gateway.pid)
-    # Same header set and sizes both ways; only the key differs.
-    direct.headers = {"content-type": "application/json", "authorization": "Bearer " + "sk-x" * (len(stack.vk) // 4)}
-    gateway.headers = {"content-type": "application/json", "authorization": f"Bearer {stack.vk}"}
+def auth_headers(fmt: str, key: str) -> dict[str, str]:
+    if fmt == "messages":  # as Anthropic's SDK sends them
+        return {"content-type": "application/json", "x-api-key": key, "anthropic-version": ANTHROPIC_VERSION}
+    return {"content-type": "application/json", "authorization": f"Bearer {key}"}
+
+
+def preflight(apis: list[str]) -> None:
+    """The Claude model is priced, and the direct body is what the gateway sends the provider (translated)."""
+    if apis == ["chat"]:
+        return
+    chat = payload("translated", "chat", True)
+    messages = payload("translated", "messages", True)
+    out = subprocess.run(
+        [sys.executable, "-c", PREFLIGHT_CODE, CLAUDE_MODEL, json.dumps(chat), json.dumps(messages)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"preflight failed: {out.stderr.strip()[-2000:]}")
+
+
+def run_id(api: str, mode: str, conc: int) -> str:
+    return f"bench-{mode}-{conc}" if api == "chat" else f"bench-{api}-{mode}-{conc}"
+
+
+def make_pair(stack: Stack, api: str) -> Pair:
+    direct_fmt = "chat" if api == "chat" else "messages"
+    gateway_fmt = "messages" if api == "messages" else "chat"
+    paths = {"chat": "/v1/chat/completions", "messages": "/v1/messages"}
+    direct = Target("direct", stack.upstream_url + paths[direct_fmt], {}, stack.upstream.pid, direct_fmt)
+    gateway = Target("gateway", stack.gateway_url + paths[gateway_fmt], {}, stack.gateway.pid, gateway_fmt)
+    # Same header set and sizes both ways for the same format; only the key differs.
+    direct.headers = auth_headers(direct_fmt, "sk-x" * (len(stack.vk) // 4))
+    gateway.headers = auth_headers(gateway_fmt, stack.vk)
+    return Pair(api, direct, gateway)
+
+
+async def drive(stack: Stack, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Every cell; returns them with the number of requests sent through the gateway per --api (warm-ups
+    included)."""
+    pairs = [make_pair(stack, api) for api in args.api]
     cells = []
     async with Client(args.client, max(args.concurrency) * 2) as client:
         for mode in args.modes:
             for conc in args.concurrency:
-                if args.tracking:  # one run and session per cell, as an agent would send them
-                    tracking = {
-                        "alephant-run-id": f"bench-{mode}-{conc}",
-                        "alephant-session-id": "bench",
-                        "alephant-session-path": f"/{mode}/c{conc}",
-                    }
-                    direct.headers.update(tracking)
-                    gateway.headers.update(tracking)
-                before = gateway.sent
-                cell = await run_cell(client, direct, gateway, mode == "stream", conc, args)
-                cell["gateway_sent"] = gateway.sent - before
-                cells.append(cell)
-                g, d = cell["gateway"], cell["direct"]
-                print(
-                    f"  {mode:6} c={conc:<3} direct p50 {d['p50_ms']:.2f} ms, gateway p50 {g['p50_ms']:.2f} ms "
-                    f"(+{cell['added_p50_ms']:.2f}), p99 {g['p99_ms']:.2f} ms (x{g['p99_ms'] / g['p50_ms']:.1f}), "
-                    f"CPU {g['server_cpu_ms_per_req']:.3f} ms/req, "
-                    f"{d['throughput_rps']:.0f} vs {g['throughput_rps']:.0f} req/s; "
-                    f"other load {max(d['other_load_cores'], g['other_load_cores']):.2f} cores"
-                    + (" [TIME CAP HIT]" if cell["timed_out"] else ""),
-                    file=sys.stderr,
-                    flush=True,
-                )
-    return cells, gateway.sent
+                before = {}
+                for p in pairs:
+                    if args.tracking:  # one run and session per cell, as an agent would send them
+                        tracking = {
+                            "alephant-run-id": run_id(p.api, mode, conc),
+                            "alephant-session-id": "bench",
+                            "alephant-session-path": f"/{mode}/c{conc}",
+                        }
+                        p.direct.headers.update(tracking)
+                        p.gateway.headers.update(tracking)
+                    before[p.api] = p.gateway.sent
+                for p, cell in zip(pairs, await run_cell(client, pairs, mode == "stream", conc, args), strict=True):
+                    cell["gateway_sent"] = p.gateway.sent - before[p.api]
+                    cells.append(cell)
+                    g, d = cell["gateway"], cell["direct"]
+                    print(
+                        f"  {p.api} {mode:6} c={conc:<3} "
+                        f"direct p50 {d['p50_ms']:.2f} ms, gateway p50 {g['p50_ms']:.2f} ms "
+                        f"(+{cell['added_p50_ms']:.2f}), p99 {g['p99_ms']:.2f} ms "
+                        f"(x{g['p99_ms'] / g['p50_ms']:.1f}), CPU {g['server_cpu_ms_per_req']:.3f} ms/req, "
+                        f"{d['throughput_rps']:.0f} vs {g['throughput_rps']:.0f} req/s; "
+                        f"other load {max(d['other_load_cores'], g['other_load_cores']):.2f} cores"
+                        + (" [TIME CAP HIT]" if cell["timed_out"] else ""),
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    return cells, {p.api: p.gateway.sent for p in pairs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -441,8 +600,10 @@ def main(argv: list[str] | None = None) -> int:
         db_url = None
         if args.db == "postgres":
             pg_name, db_url = create_pg_database()
-        print(f"starting upstream and gateway ({args.db}) in {workdir}", file=sys.stderr, flush=True)
-        stack = start_stack(workdir, db_url, args.durability)
+        preflight(args.api)
+        apis = ",".join(args.api)
+        print(f"starting upstream and gateway ({args.db}, --api {apis}) in {workdir}", file=sys.stderr, flush=True)
+        stack = start_stack(workdir, db_url, args.durability, anthropic=args.api != ["chat"])
         OUR_PIDS[:] = [stack.upstream.pid, stack.gateway.pid]
         if args.py_spy:
             exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -453,8 +614,11 @@ def main(argv: list[str] | None = None) -> int:
                 stderr=(workdir / "py-spy.log").open("wb"),
             )
             OUR_PIDS.append(spy.pid)
-        results, sent = asyncio.run(drive(stack, args))
+        results, sent_by_api = asyncio.run(drive(stack, args))
+        sent = sum(sent_by_api.values())
+        claude_sent = sum(n for api, n in sent_by_api.items() if api != "chat")
         recorded = recorded_requests(stack)
+        claude = priced_claude_calls(stack) if claude_sent else None
         runs = recorded_model_calls(stack, results) if args.tracking else {}
     finally:
         if spy is not None:
@@ -466,9 +630,15 @@ def main(argv: list[str] | None = None) -> int:
             drop_pg_database(pg_name)
         shutil.rmtree(workdir, ignore_errors=True)
 
-    report = {
+    # --api messages/translated: every request of theirs was a Claude call, and each was priced.
+    claude_ok = claude is None or (claude[0] == claude_sent and claude[1] > 0)
+    claude_report = None
+    if claude is not None:
+        claude_report = {"model": CLAUDE_MODEL, "sent": claude_sent, "requests": claude[0], "cost_nanos": claude[1]}
+    report: dict[str, Any] = {
         "machine": machine(),
         "config": {
+            "api": args.api,
             "requests": args.requests,
             "warmup": args.warmup,
             "rounds": args.rounds,
@@ -483,22 +653,30 @@ def main(argv: list[str] | None = None) -> int:
         "cells": results,
         "tracing": {
             "sent_through_gateway": sent,
+            "sent_by_api": sent_by_api,
             "recorded_by_gateway": recorded,
             "runs": {k: {"sent": a, "model_calls": b} for k, (a, b) in runs.items()},
-            "ok": sent == recorded and all(a == b for a, b in runs.values()),
+            "claude": claude_report,
+            "ok": sent == recorded and claude_ok and all(a == b for a, b in runs.values()),
         },
     }
     m = report["machine"]
     print(
-        f"\n{m['cpu']}, {m['cores']} cores, Python {m['python']}; client {args.client}; store {args.db}, "
+        f"\n{m['cpu']}, {m['cores']} cores, Python {m['python']}; --api {','.join(args.api)}; client {args.client}; "
+        f"store {args.db}, "
         f"durability {args.durability}; "
         f"{args.requests} requests per target per cell after {args.warmup} warm-up\n"
     )
-    print(markdown(results))
+    print(markdown(results, with_api=args.api != ["chat"]))
     errors = sum(c["direct"]["errors"] + c["gateway"]["errors"] for c in results)
     ok = report["tracing"]["ok"]
     verdict = "OK" if ok else "MISMATCH"
     print(f"\ntracing: {sent} requests sent through the gateway, {recorded} recorded ({verdict}); errors: {errors}")
+    if claude is not None:
+        print(
+            f"  {CLAUDE_MODEL}: {claude_sent} requests sent, {claude[0]} recorded, "
+            f"cost ${claude[1] / 1e9:.6f} (must be > 0)"
+        )
     for run_id, (a, b) in runs.items():
         print(f"  run {run_id}: {a} requests sent, {b} model calls recorded")
     other = max(max(c["direct"]["other_load_cores"], c["gateway"]["other_load_cores"]) for c in results)
