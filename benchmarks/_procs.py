@@ -40,6 +40,38 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def descendants(pid: int) -> list[int]:
+    """The live processes under `pid` (children, theirs, ...), from /proc; [] where there is no /proc."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def tree_cpu_seconds(pids: list[int] | tuple[int, ...]) -> float | None:
+    """The summed CPU of `pids` (a gateway and its worker processes); None if one cannot be read."""
+    total = 0.0
+    for pid in pids:
+        c = cpu_seconds(pid)
+        if c is None:
+            return None
+        total += c
+    return total
+
+
 def machine_busy_seconds() -> float | None:
     """CPU seconds all cores spent busy since boot (every process), from /proc/stat."""
     try:
@@ -59,16 +91,36 @@ def clean_env() -> dict[str, str]:
 
 
 def start_gateway(
-    data_dir: Path, log: Path, port: int, db_url: str | None, durability: str, env: dict[str, str]
+    data_dir: Path,
+    log: Path,
+    port: int,
+    db_url: str | None,
+    durability: str,
+    env: dict[str, str],
+    settings: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """`python -m agentledger ... serve`, the way users start it; its output goes to `log`."""
+    """`python -m agentledger ... serve`, the way users start it; its output goes to `log`. `settings`: more
+    `--set NAME=VALUE` (redis_url, workers)."""
     cmd = [sys.executable, "-m", "agentledger", "--data-dir", str(data_dir), "--set", "log_level=warning"]
     cmd += ["--set", f"durability={durability}"]
+    for name, value in (settings or {}).items():
+        cmd += ["--set", f"{name}={value}"]
     if db_url:
         cmd += ["--db", db_url]
     return subprocess.Popen(
         [*cmd, "serve", "--port", str(port)], stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env
     )
+
+
+def agentledger_cli(data_dir: Path, db_url: str | None, args: list[str], env: dict[str, str]) -> str:
+    """`python -m agentledger --data-dir ... [--db ...] <args>` against a gateway's store; its stdout."""
+    cmd = [sys.executable, "-m", "agentledger", "--data-dir", str(data_dir), "--set", "log_level=warning"]
+    if db_url:
+        cmd += ["--db", db_url]
+    out = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"agentledger {' '.join(args)} failed: {out.stderr.strip()[-2000:]}")
+    return out.stdout
 
 
 def bootstrap_keys(log: Path) -> tuple[str, str]:

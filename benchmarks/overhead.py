@@ -2,7 +2,8 @@
 
     python benchmarks/overhead.py [--api chat,messages,translated] [--requests N] [--concurrency 1,16]
                                   [--stream | --no-stream] [--db sqlite|postgres] [--client aiohttp|httpx]
-                                  [--tracking] [--json PATH] [--py-spy PROFILE.json]
+                                  [--tracking] [--governed] [--redis redis://127.0.0.1:6379/N] [--workers N]
+                                  [--json PATH] [--py-spy PROFILE.json]
     (or scripts/bench with the same arguments; --help lists the rest)
 
 Three processes on 127.0.0.1, nothing else is contacted:
@@ -26,8 +27,15 @@ with the next one each time) so drift on the machine hits both alike. The same c
 both targets, so its own cost is in both figures and cancels out of the difference. At the end the
 gateway's own analytics must count every request sent through it (with --api messages or translated, every
 one a priced call of the Claude model; with --tracking, every run its model calls), or the run fails. CPU
-used by other processes during the measurement is reported, since a busy machine skews everything. The
-figures and how to read them: docs/benchmark.md.
+used by other processes during the measurement is reported, since a busy machine skews everything.
+Budgets and rate limits (--governed): the same gateway also serves a second workspace whose key's calls are
+under 3 budgets (workspace, department, virtual_key) and a workspace rate limit, all far too large to refuse;
+each format gets a second pair (direct, gateway with that key) whose rounds interleave with the plain key's,
+and the difference (added p50/p99, gateway CPU per request) is reported. At the end each budget's spent must
+equal the cost recorded for that key's calls, with nothing reserved. --redis URL starts the gateway with shared
+Redis counters (that database is flushed before and after), --workers N with N worker processes (their CPU is
+summed; needs --db postgres and --redis). With PostgreSQL or Redis their servers' CPU per request is reported
+too (processes found by name). The figures and how to read them: docs/benchmark.md.
 """
 
 from __future__ import annotations
@@ -48,10 +56,13 @@ from typing import Any
 
 import httpx
 from _procs import (
+    CLK_TCK,
+    agentledger_cli,
     bootstrap_keys,
     clean_env,
     cpu_seconds,
     create_pg_database,
+    descendants,
     drop_pg_database,
     free_port,
     machine,
@@ -59,6 +70,7 @@ from _procs import (
     pct,
     start_gateway,
     stop,
+    tree_cpu_seconds,
     wait_http,
 )
 
@@ -96,17 +108,51 @@ uvicorn.run(fake_upstream_app(state), host="127.0.0.1", port=int(sys.argv[1]), l
 
 
 # -- processes --------------------------------------------------------------------------------------------
-OUR_PIDS: list[int] = []  # the upstream, the gateway, a profiler: CPU that is part of the measurement
+OUR_PIDS: list[int] = []  # the upstream, the gateway (and its workers), a profiler: part of the measurement
+# With PostgreSQL or Redis: their server processes' CPU is part of the measurement too (counted per request,
+# not as other load). Found by name, so a test suite using the same servers meanwhile would be counted as ours.
+SERVICES: tuple[str, ...] = ()
+
+
+def services_cpu() -> float:
+    """CPU seconds of the live processes named in SERVICES (redis-server, postgres), from /proc."""
+    if not SERVICES:
+        return 0.0
+    total = 0.0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                head, tail = f.read().rsplit(")", 1)
+        except OSError:
+            continue
+        if head.split("(", 1)[1].startswith(SERVICES):
+            fields = tail.split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
 
 
 def foreign_busy() -> float | None:
-    """Busy CPU seconds of everything on the machine except this benchmark's processes."""
+    """Busy CPU seconds of everything on the machine except this benchmark's processes and its services."""
     busy = machine_busy_seconds()
     ours = [cpu_seconds(pid) for pid in OUR_PIDS]
     if busy is None or any(c is None for c in ours):
         return None
     own = os.times()
-    return busy - sum(c for c in ours if c is not None) - own.user - own.system
+    return busy - sum(c for c in ours if c is not None) - own.user - own.system - services_cpu()
+
+
+@dataclass
+class Bench:
+    """A workspace the load is sent in: its admin token and its virtual key."""
+
+    workspace_id: str
+    admin: str
+    vk: str
+    vk_id: str | None = None
+    budget_ids: list[str] = field(default_factory=list)
+    rate_limit_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -117,21 +163,96 @@ class Stack:
     admin: str
     upstream: subprocess.Popen[bytes]
     gateway: subprocess.Popen[bytes]
+    data_dir: Path | None = None
+    db_url: str | None = None
+    gateway_pids: list[int] = field(default_factory=list)  # the gateway and its worker processes
+    governed: Bench | None = None  # --governed: the second workspace, its key under budgets and a rate limit
+
+
+def admin_post(gw_url: str, admin: str, path: str, body: dict[str, Any]) -> Any:
+    resp = httpx.post(
+        gw_url + path, headers={"authorization": f"Bearer {admin}"}, json=body, timeout=30, trust_env=False
+    )
+    if resp.status_code != 201:
+        raise RuntimeError(f"POST {path} {body!r} failed: {resp.status_code} {resp.text}")
+    return resp.json()
 
 
 def add_provider_key(gw_url: str, admin: str, key: dict[str, Any]) -> None:
-    resp = httpx.post(
-        gw_url + "/api/provider-keys",
-        headers={"authorization": f"Bearer {admin}"},
-        json=key,
-        timeout=30,
-        trust_env=False,
+    admin_post(gw_url, admin, "/api/provider-keys", key)
+
+
+def add_provider_keys(up_url: str, gw_url: str, admin: str, anthropic: bool) -> None:
+    add_provider_key(
+        gw_url,
+        admin,
+        {
+            "name": "fake",
+            "kind": "openai",
+            "provider": "openai",
+            "base_url": up_url + "/v1",
+            "api_key": "sk-bench-upstream",
+            "models": ["gpt-*"],
+            "priority": 10,
+        },
     )
-    if resp.status_code != 201:
-        raise RuntimeError(f"adding the provider key {key['name']!r} failed: {resp.status_code} {resp.text}")
+    if anthropic:  # Claude models: only this key serves them, so chat requests for them are translated
+        add_provider_key(
+            gw_url,
+            admin,
+            {
+                "name": "bench-anthropic",
+                "kind": "anthropic",
+                "provider": "anthropic",
+                "base_url": up_url + "/v1",
+                "api_key": "sk-ant-bench-upstream",
+                "models": ["claude-*"],
+                "priority": 10,
+            },
+        )
 
 
-def start_stack(workdir: Path, db_url: str | None, durability: str = "strict", anthropic: bool = False) -> Stack:
+GOVERNED_WS = "bench-governed"
+HUGE_USD = "1000000"  # $1M per 30 days: each call reserves ~$0.0025 at most, so no budget ever refuses
+HUGE_RPM = 10_000_000  # requests a minute (the most the API takes): never refuses here
+
+
+def setup_governed(stack: Stack, env: dict[str, str], anthropic: bool) -> Bench:
+    """--governed: a second workspace shaped like the bootstrap one (a department, an agent, the demo mock key,
+    a virtual key bound to the agent), whose key's calls are under 3 budgets (workspace, department,
+    virtual_key; block_requests, $1M per 30 days) and a workspace rate limit, none of which ever refuses."""
+    assert stack.data_dir is not None
+    out = agentledger_cli(
+        stack.data_dir, stack.db_url, ["workspaces", "create", "Bench governed", "--id", GOVERNED_WS], env
+    )
+    admin = json.loads(out)["owner_token"]
+    gw = stack.gateway_url
+    admin_post(gw, admin, "/api/departments", {"id": "bench-dept", "name": "Bench"})
+    admin_post(gw, admin, "/api/agents", {"id": "bench-agent", "department_id": "bench-dept", "name": "Bench agent"})
+    add_provider_key(gw, admin, {"name": "mock", "kind": "mock", "provider": "mock", "models": ["*"], "priority": -100})
+    add_provider_keys(stack.upstream_url, gw, admin, anthropic)
+    key = admin_post(gw, admin, "/api/virtual-keys", {"name": "bench-governed", "agent_id": "bench-agent"})
+    bench = Bench(GOVERNED_WS, admin, key["key"], key["id"])
+    common = {"limit_usd": HUGE_USD, "period": "30d", "action": "block_requests"}
+    for ident, scope in (
+        ("bench-ws", {"scope": "workspace"}),
+        ("bench-dept", {"scope": "department", "scope_value": "bench-dept"}),
+        ("bench-vk", {"scope": "virtual_key", "scope_value": key["id"]}),
+    ):
+        bench.budget_ids.append(admin_post(gw, admin, "/api/budgets", {"id": ident, **scope, **common})["id"])
+    rl = {"id": "bench-rpm", "scope": "workspace", "requests_per_minute": HUGE_RPM}
+    bench.rate_limit_ids.append(admin_post(gw, admin, "/api/rate-limits", rl)["id"])
+    return bench
+
+
+def start_stack(
+    workdir: Path,
+    db_url: str | None,
+    durability: str = "strict",
+    anthropic: bool = False,
+    settings: dict[str, str] | None = None,
+    governed: bool = False,
+) -> Stack:
     env = clean_env()
     up_port, gw_port = free_port(), free_port()
     up_log, gw_log = workdir / "upstream.log", workdir / "gateway.log"
@@ -141,44 +262,28 @@ def start_stack(workdir: Path, db_url: str | None, durability: str = "strict", a
         stderr=subprocess.STDOUT,
         env=env,
     )
-    gateway = start_gateway(workdir / "data", gw_log, gw_port, db_url, durability, env)
+    gateway = start_gateway(workdir / "data", gw_log, gw_port, db_url, durability, env, settings)
     try:
         up_url, gw_url = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
         wait_http(up_url + "/", upstream, up_log)
         wait_http(gw_url + "/healthz", gateway, gw_log)
         vk, admin = bootstrap_keys(gw_log)
-        add_provider_key(
-            gw_url,
-            admin,
-            {
-                "name": "fake",
-                "kind": "openai",
-                "provider": "openai",
-                "base_url": up_url + "/v1",
-                "api_key": "sk-bench-upstream",
-                "models": ["gpt-*"],
-                "priority": 10,
-            },
-        )
-        if anthropic:  # Claude models: only this key serves them, so chat requests for them are translated
-            add_provider_key(
-                gw_url,
-                admin,
-                {
-                    "name": "bench-anthropic",
-                    "kind": "anthropic",
-                    "provider": "anthropic",
-                    "base_url": up_url + "/v1",
-                    "api_key": "sk-ant-bench-upstream",
-                    "models": ["claude-*"],
-                    "priority": 10,
-                },
-            )
+        add_provider_keys(up_url, gw_url, admin, anthropic)
+        stack = Stack(up_url, gw_url, vk, admin, upstream, gateway, workdir / "data", db_url)
+        if governed:
+            stack.governed = setup_governed(stack, env, anthropic)
+        workers = int((settings or {}).get("workers", 1))
+        deadline = time.monotonic() + 60
+        while True:  # with workers: every worker process is up (each answers; the CPU of all is counted)
+            stack.gateway_pids = [gateway.pid, *descendants(gateway.pid)]
+            if workers <= 1 or len(stack.gateway_pids) > workers or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     except BaseException:
         stop(gateway)
         stop(upstream)
         raise
-    return Stack(up_url, gw_url, vk, admin, upstream, gateway)
+    return stack
 
 
 # -- the client -------------------------------------------------------------------------------------------
@@ -258,18 +363,24 @@ class Target:
     headers: dict[str, str]
     pid: int
     fmt: str = "chat"  # the wire format it is sent: "chat" or "messages"
+    pids: list[int] = field(default_factory=list)  # processes whose CPU is counted (default: [pid])
+    metrics_url: str | None = None  # the gateway's /metrics (one process only): trace events and writes per call
     latencies: list[float] = field(default_factory=list)
     ttfb: list[float] = field(default_factory=list)
     wall: float = 0.0
     errors: int = 0
     sent: int = 0
     cpu: float = 0.0  # server process CPU seconds during the measured rounds
+    services: float = 0.0  # PostgreSQL and Redis server CPU seconds during the measured rounds
+    events: int = 0  # trace events the gateway emitted during the measured rounds (with metrics_url)
+    batches: int = 0  # store writes (transactions) it made meanwhile
     foreign: float = 0.0  # CPU seconds other processes on the machine used during the measured rounds
     client_cpu: float = 0.0  # this process's CPU seconds during the measured rounds
 
     def reset(self) -> None:
         self.latencies, self.ttfb = [], []
-        self.wall = self.cpu = self.client_cpu = self.foreign = 0.0
+        self.wall = self.cpu = self.client_cpu = self.foreign = self.services = 0.0
+        self.events = self.batches = 0
         self.errors = 0
 
 
@@ -299,16 +410,34 @@ async def burst(client: Client, target: Target, body: bytes, stream: bool, n: in
     return done
 
 
+def pipeline_counts(url: str) -> tuple[int, int]:
+    """(trace events emitted, batches written) from the gateway's /metrics."""
+    text = httpx.get(url, timeout=10, trust_env=False).text
+    found = dict(line.split(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    return int(found["agentledger_trace_events_emitted_total"]), int(found["agentledger_trace_batches_total"])
+
+
 async def measured_round(
     client: Client, target: Target, body: bytes, stream: bool, n: int, conc: int, deadline: float
 ) -> None:
-    cpu0, ccpu0, t0, other0 = cpu_seconds(target.pid), time.process_time(), time.perf_counter(), foreign_busy()
+    if target.metrics_url:
+        await asyncio.sleep(0.05)  # the last round's writes land first
+        ev0, b0 = pipeline_counts(target.metrics_url)
+    pids = target.pids or [target.pid]
+    svc0, other0 = services_cpu(), foreign_busy()
+    cpu0, ccpu0, t0 = tree_cpu_seconds(pids), time.process_time(), time.perf_counter()
     await burst(client, target, body, stream, n, conc, deadline)
     target.wall += time.perf_counter() - t0
     target.client_cpu += time.process_time() - ccpu0
-    cpu1, other1 = cpu_seconds(target.pid), foreign_busy()
+    cpu1, svc1, other1 = tree_cpu_seconds(pids), services_cpu(), foreign_busy()
     if cpu0 is not None and cpu1 is not None:
         target.cpu += cpu1 - cpu0
+    target.services += max(svc1 - svc0, 0.0)
+    if target.metrics_url:
+        await asyncio.sleep(0.05)
+        ev1, b1 = pipeline_counts(target.metrics_url)
+        target.events += ev1 - ev0
+        target.batches += b1 - b0
     if other0 is not None and other1 is not None:
         target.foreign += max(other1 - other0, 0.0)
 
@@ -326,6 +455,9 @@ def summary(t: Target) -> dict[str, Any]:
         "ttfb_p50_ms": pct(sorted(t.ttfb), 50),
         "throughput_rps": n / t.wall if t.wall else math.nan,
         "server_cpu_ms_per_req": 1000 * t.cpu / n if n else math.nan,
+        "services_cpu_ms_per_req": 1000 * t.services / n if n else math.nan,
+        "trace_events_per_req": t.events / n if n and t.metrics_url else None,
+        "store_writes_per_req": t.batches / n if n and t.metrics_url else None,
         "client_cpu_ms_per_req": 1000 * t.client_cpu / n if n else math.nan,
         "other_load_cores": t.foreign / t.wall if t.wall else math.nan,
     }
@@ -355,11 +487,17 @@ def encode(body: dict[str, Any]) -> bytes:
 
 @dataclass
 class Pair:
-    """One wire format's two targets: the fake upstream called directly and the gateway."""
+    """One wire format's two targets: the fake upstream called directly and the gateway (with --governed,
+    each format has two pairs: the gateway called with the plain key, and with the governed one)."""
 
     api: str
     direct: Target
     gateway: Target
+    governed: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.api}+governed" if self.governed else self.api
 
 
 async def run_cell(
@@ -391,6 +529,8 @@ async def run_cell(
         cells.append(
             {
                 "api": p.api,
+                "governed": p.governed,
+                "label": p.label,
                 "mode": "stream" if stream else "plain",
                 "concurrency": conc,
                 "timed_out": time.monotonic() >= deadline,
@@ -405,11 +545,11 @@ async def run_cell(
     return cells
 
 
-def admin_get(stack: Stack, path: str, **params: str) -> Any:
+def admin_get(stack: Stack, path: str, token: str | None = None, **params: str) -> Any:
     resp = httpx.get(
         stack.gateway_url + path,
         params=params,
-        headers={"authorization": f"Bearer {stack.admin}"},
+        headers={"authorization": f"Bearer {token or stack.admin}"},
         timeout=120,
         trust_env=False,
     )
@@ -417,17 +557,28 @@ def admin_get(stack: Stack, path: str, **params: str) -> Any:
     return resp.json()
 
 
+def admins(stack: Stack) -> list[str]:
+    """The admin token of each workspace the load went to."""
+    return [stack.admin] + ([stack.governed.admin] if stack.governed else [])
+
+
 def recorded_requests(stack: Stack) -> int:
-    """What the gateway's own books say: every request of the workspace (reads flush the pipeline first)."""
-    rows = admin_get(stack, "/api/analytics/costs", group_by="workspace")["data"]
-    return sum(int(row.get("requests", 0)) for row in rows)
+    """What the gateway's own books say: every request of the workspaces (reads flush the pipeline first)."""
+    total = 0
+    for token in admins(stack):
+        rows = admin_get(stack, "/api/analytics/costs", token, group_by="workspace")["data"]
+        total += sum(int(row.get("requests", 0)) for row in rows)
+    return total
 
 
 def priced_claude_calls(stack: Stack) -> tuple[int, int]:
     """(requests, cost in nanodollars) the gateway recorded for the Claude model (--api messages/translated)."""
-    rows = admin_get(stack, "/api/analytics/costs", group_by="model")["data"]
-    row: dict[str, Any] = next((r for r in rows if r.get("key") == CLAUDE_MODEL), {})
-    return int(row.get("requests", 0)), int(row.get("cost_nanos", 0))
+    requests = cost = 0
+    for token in admins(stack):
+        rows = admin_get(stack, "/api/analytics/costs", token, group_by="model")["data"]
+        row: dict[str, Any] = next((r for r in rows if r.get("key") == CLAUDE_MODEL), {})
+        requests, cost = requests + int(row.get("requests", 0)), cost + int(row.get("cost_nanos", 0))
+    return requests, cost
 
 
 def recorded_model_calls(stack: Stack, cells: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
@@ -435,26 +586,141 @@ def recorded_model_calls(stack: Stack, cells: list[dict[str, Any]]) -> dict[str,
     out = {}
     for c in cells:
         rid = run_id(c["api"], c["mode"], c["concurrency"])
-        out[rid] = (c["gateway_sent"], int(admin_get(stack, f"/api/runs/{rid}")["totals"]["model_calls"]))
+        token = stack.governed.admin if c.get("governed") and stack.governed else stack.admin
+        got = int(admin_get(stack, f"/api/runs/{rid}", token)["totals"]["model_calls"])
+        out[c["label"] + ":" + rid] = (c["gateway_sent"], got)
     return out
 
 
+def usd_nanos(text: str) -> int:
+    whole, _, frac = text.partition(".")
+    sign = -1 if whole.startswith("-") else 1
+    return sign * (abs(int(whole or "0")) * 10**9 + int((frac + "0" * 9)[:9]))
+
+
+def governed_books(stack: Stack, sent: int, wait: float = 30.0) -> dict[str, Any]:
+    """--governed: each budget's spent (its status, from the counters) must equal the cost the gateway recorded
+    for the governed key's calls, and nothing may stay reserved (counters are settled in the background: the
+    check waits up to `wait` seconds for the last settles)."""
+    bench = stack.governed
+    assert bench is not None
+    rows = admin_get(stack, "/api/analytics/costs", bench.admin, group_by="virtual_key")["data"]
+    row: dict[str, Any] = next((r for r in rows if r.get("key") == bench.vk_id), {})
+    requests, cost = int(row.get("requests", 0)), int(row.get("cost_nanos", 0))
+    deadline = time.monotonic() + wait
+    while True:
+        budgets = {}
+        for ident in bench.budget_ids:
+            status = admin_get(stack, f"/api/budgets/{ident}", bench.admin).get("status") or {}
+            budgets[ident] = {
+                "spent_nanos": usd_nanos(status.get("spent_usd", "-1")),
+                "reserved_nanos": usd_nanos(status.get("reserved_usd", "-1")),
+            }
+        settled = all(b["reserved_nanos"] == 0 and b["spent_nanos"] == cost for b in budgets.values())
+        if settled or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    return {
+        "virtual_key": bench.vk_id,
+        "sent": sent,
+        "requests": requests,
+        "cost_nanos": cost,
+        "budgets": budgets,
+        "ok": requests == sent and cost > 0 and settled,
+    }
+
+
 # -- report -------------------------------------------------------------------------------------------------
-def markdown(cells: list[dict[str, Any]], with_api: bool = False) -> str:
-    head = ("| api " if with_api else "") + (
-        "| mode | conc | n | direct p50 / p90 / p99 ms | gateway p50 / p90 / p99 ms | added p50 ms | added p99 ms "
-        "| ratio p50 | gateway p99/p50 | direct req/s | gateway req/s | gateway CPU ms/req |"
+def markdown(cells: list[dict[str, Any]], with_api: bool = False, services: bool = False) -> str:
+    head = (
+        ("| api " if with_api else "")
+        + (
+            "| mode | conc | n | direct p50 / p90 / p99 ms | gateway p50 / p90 / p99 ms | added p50 ms | added p99 ms "
+            "| ratio p50 | gateway p99/p50 | direct req/s | gateway req/s | gateway CPU ms/req |"
+        )
+        + (" PostgreSQL + Redis CPU ms/req |" if services else "")
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in cells:
         d, g = c["direct"], c["gateway"]
         lines.append(
-            (f"| {c['api']} " if with_api else "") + f"| {c['mode']} | {c['concurrency']} | {g['requests']} "
+            (f"| {c.get('label', c['api'])} " if with_api else "")
+            + f"| {c['mode']} | {c['concurrency']} | {g['requests']} "
             f"| {d['p50_ms']:.2f} / {d['p90_ms']:.2f} / {d['p99_ms']:.2f} "
             f"| {g['p50_ms']:.2f} / {g['p90_ms']:.2f} / {g['p99_ms']:.2f} "
             f"| {c['added_p50_ms']:+.2f} | {c['added_p99_ms']:+.2f} | {c['ratio_p50']:.2f} "
             f"| {g['p99_ms'] / g['p50_ms']:.1f} "
             f"| {d['throughput_rps']:.0f} | {g['throughput_rps']:.0f} | {g['server_cpu_ms_per_req']:.2f} |"
+            + (f" {g['services_cpu_ms_per_req']:.2f} |" if services else "")
+        )
+    return "\n".join(lines)
+
+
+def governed_deltas(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """--governed: each governed cell against the plain key's cell of the same format, mode and concurrency."""
+    plain = {(c["api"], c["mode"], c["concurrency"]): c for c in cells if not c.get("governed")}
+    out = []
+    for c in cells:
+        base = plain.get((c["api"], c["mode"], c["concurrency"]))
+        if not c.get("governed") or base is None:
+            continue
+        g, b = c["gateway"], base["gateway"]
+        out.append(
+            {
+                "api": c["api"],
+                "mode": c["mode"],
+                "concurrency": c["concurrency"],
+                "none_added_p50_ms": base["added_p50_ms"],
+                "governed_added_p50_ms": c["added_p50_ms"],
+                "delta_p50_ms": c["added_p50_ms"] - base["added_p50_ms"],
+                "none_added_p99_ms": base["added_p99_ms"],
+                "governed_added_p99_ms": c["added_p99_ms"],
+                "delta_p99_ms": c["added_p99_ms"] - base["added_p99_ms"],
+                "none_cpu_ms_per_req": b["server_cpu_ms_per_req"],
+                "governed_cpu_ms_per_req": g["server_cpu_ms_per_req"],
+                "delta_cpu_ms_per_req": g["server_cpu_ms_per_req"] - b["server_cpu_ms_per_req"],
+                "none_services_cpu_ms_per_req": b["services_cpu_ms_per_req"],
+                "governed_services_cpu_ms_per_req": g["services_cpu_ms_per_req"],
+                "none_rps": b["throughput_rps"],
+                "governed_rps": g["throughput_rps"],
+                "none_events_per_req": b["trace_events_per_req"],
+                "governed_events_per_req": g["trace_events_per_req"],
+                "none_writes_per_req": b["store_writes_per_req"],
+                "governed_writes_per_req": g["store_writes_per_req"],
+            }
+        )
+    return out
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def governed_markdown(deltas: list[dict[str, Any]], with_api: bool = False, services: bool = False) -> str:
+    head = (
+        ("| api " if with_api else "")
+        + (
+            "| mode | conc | added p50 ms none / governed | **Δ p50 ms** | added p99 ms none / governed | Δ p99 ms "
+            "| gateway CPU ms/req none / governed | **Δ CPU ms/req** | req/s none / governed "
+            "| trace events per call none / governed | store writes per call none / governed |"
+        )
+        + (" PostgreSQL + Redis CPU ms/req none / governed |" if services else "")
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for d in deltas:
+        lines.append(
+            (f"| {d['api']} " if with_api else "") + f"| {d['mode']} | {d['concurrency']} "
+            f"| {d['none_added_p50_ms']:+.2f} / {d['governed_added_p50_ms']:+.2f} | **{d['delta_p50_ms']:+.2f}** "
+            f"| {d['none_added_p99_ms']:+.2f} / {d['governed_added_p99_ms']:+.2f} | {d['delta_p99_ms']:+.2f} "
+            f"| {d['none_cpu_ms_per_req']:.2f} / {d['governed_cpu_ms_per_req']:.2f} "
+            f"| **{d['delta_cpu_ms_per_req']:+.2f}** | {d['none_rps']:.0f} / {d['governed_rps']:.0f} "
+            f"| {_num(d['none_events_per_req'])} / {_num(d['governed_events_per_req'])} "
+            f"| {_num(d['none_writes_per_req'])} / {_num(d['governed_writes_per_req'])} |"
+            + (
+                f" {d['none_services_cpu_ms_per_req']:.2f} / {d['governed_services_cpu_ms_per_req']:.2f} |"
+                if services
+                else ""
+            )
         )
     return "\n".join(lines)
 
@@ -494,6 +760,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="send run and session headers too (the gateway then also records a run, a step and a session)",
     )
+    p.add_argument(
+        "--governed",
+        action="store_true",
+        help="also send the load with a second workspace's key whose calls are under 3 budgets (workspace,\n"
+        "department, virtual_key) and a workspace rate limit, none ever refusing; its rounds interleave with\n"
+        "the plain key's, and the difference is reported. At the end each budget's spent must equal the cost\n"
+        "recorded for that key's calls, with nothing left reserved",
+    )
+    p.add_argument(
+        "--redis",
+        default=None,
+        metavar="URL",
+        help="start the gateway with redis_url=URL (shared counters); the URL must name a database number\n"
+        "other than 0 (redis://127.0.0.1:6379/12), which is FLUSHED before and after the run",
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="start the gateway with workers=N (needs --db postgres and --redis)"
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     p.add_argument("--py-spy", type=Path, default=None, help="record the gateway with py-spy (speedscope) here")
     p.add_argument("--py-spy-rate", type=int, default=250, help="py-spy samples per second (250)")
@@ -504,6 +788,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--api takes one or more of {', '.join(APIS)}, comma-separated")
     if args.requests < 1 or not args.concurrency or min(args.concurrency) < 1:
         p.error("--requests and every --concurrency must be positive")
+    if args.workers < 1:
+        p.error("--workers must be positive")
+    if args.workers > 1 and (args.db != "postgres" or not args.redis):
+        p.error("--workers > 1 needs --db postgres and --redis (each worker is a replica)")
+    if args.redis is not None:
+        db = args.redis.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        if not args.redis.startswith("redis://127.0.0.1:") or not db.isdigit() or int(db) == 0:
+            p.error("--redis must be redis://127.0.0.1:PORT/N with a database number N > 0 (it is flushed)")
     if args.client is None:
         try:
             import aiohttp  # noqa: F401
@@ -541,22 +833,26 @@ def run_id(api: str, mode: str, conc: int) -> str:
     return f"bench-{mode}-{conc}" if api == "chat" else f"bench-{api}-{mode}-{conc}"
 
 
-def make_pair(stack: Stack, api: str) -> Pair:
+def make_pair(stack: Stack, api: str, governed: bool = False) -> Pair:
     direct_fmt = "chat" if api == "chat" else "messages"
     gateway_fmt = "messages" if api == "messages" else "chat"
     paths = {"chat": "/v1/chat/completions", "messages": "/v1/messages"}
     direct = Target("direct", stack.upstream_url + paths[direct_fmt], {}, stack.upstream.pid, direct_fmt)
     gateway = Target("gateway", stack.gateway_url + paths[gateway_fmt], {}, stack.gateway.pid, gateway_fmt)
-    # Same header set and sizes both ways for the same format; only the key differs.
-    direct.headers = auth_headers(direct_fmt, "sk-x" * (len(stack.vk) // 4))
-    gateway.headers = auth_headers(gateway_fmt, stack.vk)
-    return Pair(api, direct, gateway)
+    gateway.pids = list(stack.gateway_pids)
+    if len(stack.gateway_pids) == 1:  # with workers, /metrics answers for whichever worker takes the call
+        gateway.metrics_url = stack.gateway_url + "/metrics"
+    vk = stack.governed.vk if governed and stack.governed else stack.vk
+    # Same header set and sizes both ways for the same format; only the key differs (both keys are as long).
+    direct.headers = auth_headers(direct_fmt, "sk-x" * (len(vk) // 4))
+    gateway.headers = auth_headers(gateway_fmt, vk)
+    return Pair(api, direct, gateway, governed)
 
 
 async def drive(stack: Stack, args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Every cell; returns them with the number of requests sent through the gateway per --api (warm-ups
     included)."""
-    pairs = [make_pair(stack, api) for api in args.api]
+    pairs = [make_pair(stack, api, governed) for api in args.api for governed in (False, True)[: 1 + args.governed]]
     cells = []
     async with Client(args.client, max(args.concurrency) * 2) as client:
         for mode in args.modes:
@@ -571,44 +867,79 @@ async def drive(stack: Stack, args: argparse.Namespace) -> tuple[list[dict[str, 
                         }
                         p.direct.headers.update(tracking)
                         p.gateway.headers.update(tracking)
-                    before[p.api] = p.gateway.sent
+                    before[p.label] = p.gateway.sent
                 for p, cell in zip(pairs, await run_cell(client, pairs, mode == "stream", conc, args), strict=True):
-                    cell["gateway_sent"] = p.gateway.sent - before[p.api]
+                    cell["gateway_sent"] = p.gateway.sent - before[p.label]
                     cells.append(cell)
                     g, d = cell["gateway"], cell["direct"]
                     print(
-                        f"  {p.api} {mode:6} c={conc:<3} "
+                        f"  {p.label} {mode:6} c={conc:<3} "
                         f"direct p50 {d['p50_ms']:.2f} ms, gateway p50 {g['p50_ms']:.2f} ms "
                         f"(+{cell['added_p50_ms']:.2f}), p99 {g['p99_ms']:.2f} ms "
-                        f"(x{g['p99_ms'] / g['p50_ms']:.1f}), CPU {g['server_cpu_ms_per_req']:.3f} ms/req, "
-                        f"{d['throughput_rps']:.0f} vs {g['throughput_rps']:.0f} req/s; "
+                        f"(x{g['p99_ms'] / g['p50_ms']:.1f}), CPU {g['server_cpu_ms_per_req']:.3f} ms/req"
+                        + (f" (+{g['services_cpu_ms_per_req']:.3f} PG/Redis), " if SERVICES else ", ")
+                        + f"{d['throughput_rps']:.0f} vs {g['throughput_rps']:.0f} req/s; "
                         f"other load {max(d['other_load_cores'], g['other_load_cores']):.2f} cores"
                         + (" [TIME CAP HIT]" if cell["timed_out"] else ""),
                         file=sys.stderr,
                         flush=True,
                     )
-    return cells, {p.api: p.gateway.sent for p in pairs}
+    return cells, {p.label: p.gateway.sent for p in pairs}
+
+
+def flush_redis(url: str) -> None:
+    """Empty the benchmark's own Redis database (parse_args checked the URL names one, not 0)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
 
 
 def main(argv: list[str] | None = None) -> int:
+    global SERVICES
     args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="agentledger-bench-"))
     pg_name = None
     spy = None
     stack = None
+    books = None
+    settings: dict[str, str] = {}
+    if args.redis:
+        settings["redis_url"] = args.redis
+    if args.workers > 1:
+        settings["workers"] = str(args.workers)
+    SERVICES = (("postgres",) if args.db == "postgres" else ()) + (("redis-server",) if args.redis else ())
     try:
         db_url = None
         if args.db == "postgres":
             pg_name, db_url = create_pg_database()
+        if args.redis:
+            flush_redis(args.redis)
         preflight(args.api)
         apis = ",".join(args.api)
-        print(f"starting upstream and gateway ({args.db}, --api {apis}) in {workdir}", file=sys.stderr, flush=True)
-        stack = start_stack(workdir, db_url, args.durability, anthropic=args.api != ["chat"])
-        OUR_PIDS[:] = [stack.upstream.pid, stack.gateway.pid]
+        print(
+            f"starting upstream and gateway ({args.db}, --api {apis}"
+            + (f", redis {args.redis}" if args.redis else "")
+            + (f", workers {args.workers}" if args.workers > 1 else "")
+            + (", --governed" if args.governed else "")
+            + f") in {workdir}",
+            file=sys.stderr,
+            flush=True,
+        )
+        stack = start_stack(
+            workdir, db_url, args.durability, anthropic=args.api != ["chat"], settings=settings, governed=args.governed
+        )
+        OUR_PIDS[:] = [stack.upstream.pid, *stack.gateway_pids]
+        if args.workers > 1:
+            print(f"gateway processes (CPU summed): {stack.gateway_pids}", file=sys.stderr, flush=True)
         if args.py_spy:
             exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             spy = subprocess.Popen(
                 [exe, "record", "--pid", str(stack.gateway.pid), "--rate", str(args.py_spy_rate), "--nonblocking"]
+                + (["--subprocesses"] if args.workers > 1 else [])
                 + ["--format", "speedscope", "-o", str(args.py_spy)],
                 stdout=subprocess.DEVNULL,
                 stderr=(workdir / "py-spy.log").open("wb"),
@@ -616,10 +947,12 @@ def main(argv: list[str] | None = None) -> int:
             OUR_PIDS.append(spy.pid)
         results, sent_by_api = asyncio.run(drive(stack, args))
         sent = sum(sent_by_api.values())
-        claude_sent = sum(n for api, n in sent_by_api.items() if api != "chat")
+        claude_sent = sum(n for label, n in sent_by_api.items() if label.split("+")[0] != "chat")
         recorded = recorded_requests(stack)
         claude = priced_claude_calls(stack) if claude_sent else None
         runs = recorded_model_calls(stack, results) if args.tracking else {}
+        if args.governed:
+            books = governed_books(stack, sum(n for label, n in sent_by_api.items() if label.endswith("+governed")))
     finally:
         if spy is not None:
             stop(spy)
@@ -628,6 +961,8 @@ def main(argv: list[str] | None = None) -> int:
             stop(stack.upstream)
         if pg_name:
             drop_pg_database(pg_name)
+        if args.redis:
+            flush_redis(args.redis)
         shutil.rmtree(workdir, ignore_errors=True)
 
     # --api messages/translated: every request of theirs was a Claude call, and each was priced.
@@ -649,6 +984,9 @@ def main(argv: list[str] | None = None) -> int:
             "client": args.client,
             "stream_include_usage": args.include_usage,
             "tracking_headers": args.tracking,
+            "governed": args.governed,
+            "redis": args.redis,
+            "workers": args.workers,
         },
         "cells": results,
         "tracing": {
@@ -657,21 +995,42 @@ def main(argv: list[str] | None = None) -> int:
             "recorded_by_gateway": recorded,
             "runs": {k: {"sent": a, "model_calls": b} for k, (a, b) in runs.items()},
             "claude": claude_report,
-            "ok": sent == recorded and claude_ok and all(a == b for a, b in runs.values()),
+            "budgets": books,
+            "ok": sent == recorded
+            and claude_ok
+            and all(a == b for a, b in runs.values())
+            and (books is None or books["ok"]),
         },
     }
     m = report["machine"]
     print(
         f"\n{m['cpu']}, {m['cores']} cores, Python {m['python']}; --api {','.join(args.api)}; client {args.client}; "
         f"store {args.db}, "
-        f"durability {args.durability}; "
+        + (f"redis {args.redis}, " if args.redis else "")
+        + (f"workers {args.workers}, " if args.workers > 1 else "")
+        + f"durability {args.durability}; "
         f"{args.requests} requests per target per cell after {args.warmup} warm-up\n"
     )
-    print(markdown(results, with_api=args.api != ["chat"]))
+    services = bool(SERVICES)
+    print(markdown(results, with_api=args.api != ["chat"] or args.governed, services=services))
+    if args.governed:
+        deltas = governed_deltas(results)
+        report["governed_vs_none"] = deltas
+        print("\ngoverned (3 budgets + a rate limit) against none, same gateway, interleaved rounds:\n")
+        print(governed_markdown(deltas, with_api=args.api != ["chat"], services=services))
     errors = sum(c["direct"]["errors"] + c["gateway"]["errors"] for c in results)
     ok = report["tracing"]["ok"]
-    verdict = "OK" if ok else "MISMATCH"
+    verdict = "OK" if sent == recorded else "MISMATCH"
     print(f"\ntracing: {sent} requests sent through the gateway, {recorded} recorded ({verdict}); errors: {errors}")
+    if books is not None:
+        print(
+            f"  budgets: the governed key sent {books['sent']}, {books['requests']} recorded costing "
+            f"{books['cost_nanos']} nano-USD; "
+            + ", ".join(
+                f"{k} spent {b['spent_nanos']} reserved {b['reserved_nanos']}" for k, b in books["budgets"].items()
+            )
+            + (" (OK)" if books["ok"] else " (MISMATCH)")
+        )
     if claude is not None:
         print(
             f"  {CLAUDE_MODEL}: {claude_sent} requests sent, {claude[0]} recorded, "
