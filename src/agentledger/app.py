@@ -101,6 +101,7 @@ def build_components(
         cache_ttl=settings.cache_ttl,
         stale_if_error=settings.stale_if_error,
         reservation_sums=store.budgets.reservation_sums,
+        defer=pipeline.defer,
         disable_key=lambda ws, key_id: _disable_key(store, gateway, ws, key_id),
     )
     gateway = Gateway(

@@ -92,7 +92,11 @@ class BudgetGate:
         stale_if_error: float = 3600.0,
         reservation_sums: Callable[[str, str], Awaitable[dict[str, tuple[int, int]]]] | None = None,
         disable_key: Callable[[str, str], Awaitable[None]] | None = None,
+        defer: Callable[[list[TraceEvent]], object] | None = None,
     ) -> None:
+        # Reservations' entries need not be written on their own: with the call's records, or within the
+        # pipeline's interval (TracePipeline.defer).
+        self.defer = defer or commit
         self._reservation_sums = reservation_sums
         self._disable_key = disable_key
         self._rules_of = rules
@@ -237,7 +241,7 @@ class BudgetGate:
             if b.action is Action.SOFT_THROTTLE and f.spent + f.reserved > b.limit_nanos:
                 await self._soft_throttle(governed, f, now)  # a refusal undoes the hold: nothing to write
         # Written once the call is admitted: a refusal's reservation never reaches the ledger to be left open.
-        self.commit(self.entries(governed, "reserve", request_id, subject.run_id, now))
+        self.defer(self.entries(governed, "reserve", request_id, subject.run_id, now))
 
     async def hold(
         self, governed: Governed, applied: list[Budget], run_id: str | None, amount: int, now: datetime, what: str

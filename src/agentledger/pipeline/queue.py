@@ -89,6 +89,7 @@ class TracePipeline:
         # Runs whose RunStart is queued or being written: until it is done, the store may not show the run yet.
         self._pending_runs: Counter[tuple[str, str]] = Counter()
         self._wake = asyncio.Event()
+        self._deferred: asyncio.TimerHandle | None = None  # when deferred events must be written at the latest
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
@@ -119,7 +120,7 @@ class TracePipeline:
         that does not find the run must `flush` and read again."""
         return (workspace_id, run_id) in self._pending_runs
 
-    def _put(self, events: Sequence[TraceEvent], fut: asyncio.Future[None] | None) -> None:
+    def _put(self, events: Sequence[TraceEvent], fut: asyncio.Future[None] | None, *, wake: bool = True) -> None:
         self._queue.append((events, fut))
         self._queued_events += len(events)
         self._seq += len(events)
@@ -128,6 +129,21 @@ class TracePipeline:
                 self._pending_runs[(ev.attribution.workspace_id, ev.run_id)] += 1
         self.stats.emitted += len(events)
         self._idle.clear()
+        if wake:
+            self._wake.set()
+
+    def defer(self, events: Sequence[TraceEvent]) -> None:
+        """Queue events that need not be written at once: they go with the next batch another event starts,
+        or within `interval`. A budget reservation's ledger entries are such: written alone, their own commit
+        (an fsync, in strict mode) was one more write per call ahead of the call's records, which waited for it;
+        gone with the call's own batch, they cost nothing more, and a crash a call outlives by `interval`
+        still finds them."""
+        self._put(events, None, wake=False)
+        if self._deferred is None:
+            self._deferred = asyncio.get_running_loop().call_later(self.interval, self._deferred_due)
+
+    def _deferred_due(self) -> None:
+        self._deferred = None
         self._wake.set()
 
     def emit(self, event: TraceEvent) -> None:

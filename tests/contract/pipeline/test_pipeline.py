@@ -381,3 +381,28 @@ async def test_a_failing_spool_does_not_kill_the_worker(
     await pipeline.flush()
     assert steps_written(store, ws) == 1
     await pipeline.aclose()
+
+
+async def test_deferred_events_ride_with_the_next_batch(flaky: FlakyStore, store: SQLStore, ws: str) -> None:
+    """A reservation's ledger entries (TracePipeline.defer) are not a write of their own: the next commit
+    carries them, in one batch."""
+    pipeline = make_pipeline(flaky, durability="strict", interval=5.0)
+    await asyncio.sleep(0.05)  # the writer is idle, waiting for work, as between calls
+    pipeline.defer([step(ws, 0)])
+    await asyncio.sleep(0.05)
+    assert flaky.calls == 0 and steps_written(store, ws) == 0  # nothing woke the writer for it
+    fut = pipeline.commit([step(ws, 1)])
+    assert fut is not None
+    await fut
+    assert (flaky.calls, steps_written(store, ws)) == (1, 2)
+    await pipeline.aclose()
+
+
+async def test_deferred_events_are_written_within_the_interval_alone(store: SQLStore, ws: str) -> None:
+    pipeline = make_pipeline(store, durability="strict", interval=0.05)
+    pipeline.defer([step(ws, 0)])
+    deadline = time.monotonic() + 2
+    while steps_written(store, ws) == 0 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert steps_written(store, ws) == 1
+    await pipeline.aclose()
