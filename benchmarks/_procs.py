@@ -30,10 +30,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of a process (all its threads), from /proc; None where there is no /proc."""
+def cpu_seconds(pid: int, tid: int | None = None) -> float | None:
+    """User + system CPU of a process (all its threads; or of its thread `tid` alone: `tid=pid` is the main
+    thread, a gateway's event loop), from /proc; None where there is no /proc."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None

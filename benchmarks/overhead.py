@@ -371,6 +371,7 @@ class Target:
     errors: int = 0
     sent: int = 0
     cpu: float = 0.0  # server process CPU seconds during the measured rounds
+    loop_cpu: float = 0.0  # of which its main thread (the event loop), for a one-process gateway
     services: float = 0.0  # PostgreSQL and Redis server CPU seconds during the measured rounds
     events: int = 0  # trace events the gateway emitted during the measured rounds (with metrics_url)
     batches: int = 0  # store writes (transactions) it made meanwhile
@@ -379,7 +380,7 @@ class Target:
 
     def reset(self) -> None:
         self.latencies, self.ttfb = [], []
-        self.wall = self.cpu = self.client_cpu = self.foreign = self.services = 0.0
+        self.wall = self.cpu = self.client_cpu = self.foreign = self.services = self.loop_cpu = 0.0
         self.events = self.batches = 0
         self.errors = 0
 
@@ -425,13 +426,17 @@ async def measured_round(
         ev0, b0 = pipeline_counts(target.metrics_url)
     pids = target.pids or [target.pid]
     svc0, other0 = services_cpu(), foreign_busy()
+    loop0 = cpu_seconds(pids[0], pids[0]) if len(pids) == 1 else None
     cpu0, ccpu0, t0 = tree_cpu_seconds(pids), time.process_time(), time.perf_counter()
     await burst(client, target, body, stream, n, conc, deadline)
     target.wall += time.perf_counter() - t0
     target.client_cpu += time.process_time() - ccpu0
     cpu1, svc1, other1 = tree_cpu_seconds(pids), services_cpu(), foreign_busy()
+    loop1 = cpu_seconds(pids[0], pids[0]) if len(pids) == 1 else None
     if cpu0 is not None and cpu1 is not None:
         target.cpu += cpu1 - cpu0
+    if loop0 is not None and loop1 is not None:
+        target.loop_cpu += loop1 - loop0
     target.services += max(svc1 - svc0, 0.0)
     if target.metrics_url:
         await asyncio.sleep(0.05)
@@ -456,6 +461,7 @@ def summary(t: Target) -> dict[str, Any]:
         "throughput_rps": n / t.wall if t.wall else math.nan,
         "server_cpu_ms_per_req": 1000 * t.cpu / n if n else math.nan,
         "services_cpu_ms_per_req": 1000 * t.services / n if n else math.nan,
+        "loop_cpu_ms_per_req": 1000 * t.loop_cpu / n if n else math.nan,
         "trace_events_per_req": t.events / n if n and t.metrics_url else None,
         "store_writes_per_req": t.batches / n if n and t.metrics_url else None,
         "client_cpu_ms_per_req": 1000 * t.client_cpu / n if n else math.nan,
@@ -679,6 +685,7 @@ def governed_deltas(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "none_cpu_ms_per_req": b["server_cpu_ms_per_req"],
                 "governed_cpu_ms_per_req": g["server_cpu_ms_per_req"],
                 "delta_cpu_ms_per_req": g["server_cpu_ms_per_req"] - b["server_cpu_ms_per_req"],
+                "delta_loop_cpu_ms_per_req": g["loop_cpu_ms_per_req"] - b["loop_cpu_ms_per_req"],
                 "none_services_cpu_ms_per_req": b["services_cpu_ms_per_req"],
                 "governed_services_cpu_ms_per_req": g["services_cpu_ms_per_req"],
                 "none_rps": b["throughput_rps"],
@@ -701,7 +708,7 @@ def governed_markdown(deltas: list[dict[str, Any]], with_api: bool = False, serv
         ("| api " if with_api else "")
         + (
             "| mode | conc | added p50 ms none / governed | **Δ p50 ms** | added p99 ms none / governed | Δ p99 ms "
-            "| gateway CPU ms/req none / governed | **Δ CPU ms/req** | req/s none / governed "
+            "| gateway CPU ms/req none / governed | **Δ CPU ms/req** | of which event loop | req/s none / governed "
             "| trace events per call none / governed | store writes per call none / governed |"
         )
         + (" PostgreSQL + Redis CPU ms/req none / governed |" if services else "")
@@ -713,7 +720,8 @@ def governed_markdown(deltas: list[dict[str, Any]], with_api: bool = False, serv
             f"| {d['none_added_p50_ms']:+.2f} / {d['governed_added_p50_ms']:+.2f} | **{d['delta_p50_ms']:+.2f}** "
             f"| {d['none_added_p99_ms']:+.2f} / {d['governed_added_p99_ms']:+.2f} | {d['delta_p99_ms']:+.2f} "
             f"| {d['none_cpu_ms_per_req']:.2f} / {d['governed_cpu_ms_per_req']:.2f} "
-            f"| **{d['delta_cpu_ms_per_req']:+.2f}** | {d['none_rps']:.0f} / {d['governed_rps']:.0f} "
+            f"| **{d['delta_cpu_ms_per_req']:+.2f}** | {d['delta_loop_cpu_ms_per_req']:+.2f} "
+            f"| {d['none_rps']:.0f} / {d['governed_rps']:.0f} "
             f"| {_num(d['none_events_per_req'])} / {_num(d['governed_events_per_req'])} "
             f"| {_num(d['none_writes_per_req'])} / {_num(d['governed_writes_per_req'])} |"
             + (
