@@ -26,6 +26,7 @@ from agentledger.api.openapi import openapi_routes
 from agentledger.api.query import query_routes
 from agentledger.config import Settings
 from agentledger.core.errors import MethodNotAllowed, NotFound, StoreUnavailable
+from agentledger.core.ids import new_id
 from agentledger.core.model import TraceEvent
 from agentledger.gateway.broadcast import Broadcast
 from agentledger.gateway.budget_recovery import reconcile_expired, recover
@@ -136,8 +137,9 @@ async def _load_counters(c: Components, *, at_start: bool = False) -> None:
     no counters yet (it outlives gateways; a new or flushed one is rebuilt by the first gateway to start)."""
     if isinstance(c.counters, RedisCounters):
         try:
-            # The first gateway to find no marker loads (the marker lasts as long as Redis keeps its data).
-            if await c.counters.claim(LOADED_MARKER, c.gateway.claims.node_id, 10 * 365 * 86400) is not None:
+            # The first gateway to find no marker loads (the marker lasts as long as Redis keeps its data). A fresh
+            # holder each time: a claim by its own holder succeeds again, which reloaded the counters every sweep.
+            if await c.counters.claim(LOADED_MARKER, new_id("load"), 10 * 365 * 86400) is not None:
                 return
         except CountersUnavailable:
             if at_start:

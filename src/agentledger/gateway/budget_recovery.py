@@ -84,7 +84,8 @@ async def recover(
         await commit(list(entries))
         log.warning("closed %d budget reservations left open by a stopped process", len(open_rows))
     totals = await budgets.totals()
-    await counters.load({k: Standing(spent, reserved) for k, (spent, reserved) in totals.items()}, {})
+    # Sums read while other replicas write can catch a settle whose reserve is in a later batch: never below 0.
+    await counters.load({k: Standing(spent, max(reserved, 0)) for k, (spent, reserved) in totals.items()}, {})
     return len(open_rows)
 
 
