@@ -619,18 +619,9 @@ _RULES_NOTE = " (a running gateway applies it within cache_ttl)"
 
 
 async def _check_scope(store: Store, workspace: str, row: dict[str, Any]) -> None:
-    """A department, agent or virtual key a budget or rate limit names must exist (as api.budgets checks, with a
-    404 there; here a bad --scope-value)."""
+    """As api.budgets checks (a 404 there; here a bad --scope-value)."""
     scope, value = Scope(row["scope"]), row["scope_value"]
-    if scope is Scope.DEPARTMENT:
-        found = any(d["id"] == value for d in await store.list_departments(workspace))
-    elif scope is Scope.AGENT:
-        found = await store.get_agent(workspace, value) is not None
-    elif scope is Scope.VIRTUAL_KEY:
-        found = any(k["id"] == value for k in await store.list_virtual_keys(workspace))
-    else:
-        return
-    if not found:
+    if not await store.budgets.scope_exists(workspace, scope, value):
         raise InvalidRequest(
             f"the {scope.value} {value!r} does not exist in workspace {workspace!r}.", param="scope_value"
         )

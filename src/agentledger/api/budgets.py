@@ -43,17 +43,8 @@ def _time(request: Request, name: str) -> Any:
 
 
 async def _check_scope(store: Store, workspace_id: str, row: dict[str, Any]) -> None:
-    """A department, agent or key a budget names must exist (a workflow or property value need not)."""
     scope, value = Scope(row["scope"]), row["scope_value"]
-    if scope is Scope.DEPARTMENT:
-        found = any(d["id"] == value for d in await store.list_departments(workspace_id))
-    elif scope is Scope.AGENT:
-        found = await store.get_agent(workspace_id, value) is not None
-    elif scope is Scope.VIRTUAL_KEY:
-        found = any(k["id"] == value for k in await store.list_virtual_keys(workspace_id))
-    else:
-        return
-    if not found:
+    if not await store.budgets.scope_exists(workspace_id, scope, value):
         raise NotFound(f"The {scope.value} {value!r} does not exist in this workspace.", param="scope_value")
 
 

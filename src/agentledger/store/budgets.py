@@ -107,6 +107,18 @@ class BudgetStore:
         )
         return rows[0] if rows else None
 
+    async def scope_exists(self, workspace_id: str, scope: Scope, value: str | None) -> bool:
+        """Whether the department, agent or virtual key a budget or rate limit names exists (a workspace,
+        workflow or property value needs no object)."""
+        store = self.store
+        if scope is Scope.DEPARTMENT:
+            return any(d["id"] == value for d in await store.list_departments(workspace_id))
+        if scope is Scope.AGENT:
+            return value is not None and await store.get_agent(workspace_id, value) is not None
+        if scope is Scope.VIRTUAL_KEY:
+            return any(k["id"] == value for k in await store.list_virtual_keys(workspace_id))
+        return True
+
     async def list_rate_limits(self, workspace_id: str) -> list[dict[str, Any]]:
         c = t.rate_limits.c
         stmt = (
