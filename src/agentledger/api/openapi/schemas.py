@@ -234,7 +234,11 @@ BUDGET_IN = {
 
 _RATES = ("requests_per_minute", "tokens_per_minute", "concurrent")
 RATE_LIMIT_IN = {
-    **obj(_scoped({name: N(integer(1, MAX_RATE * 1000)) for name in _RATES}), ["scope"]),
+    # requests_per_minute and concurrent are 32-bit columns on PostgreSQL; tokens_per_minute 64-bit.
+    **obj(
+        _scoped({name: N(integer(1, MAX_RATE * 1000 if name == "tokens_per_minute" else MAX_RATE)) for name in _RATES}),
+        ["scope"],
+    ),
     "allOf": [
         *_scope_rules(),
         # At least one of the three, not null.
