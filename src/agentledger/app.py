@@ -30,13 +30,14 @@ from agentledger.core.ids import new_id
 from agentledger.core.model import TraceEvent
 from agentledger.gateway.broadcast import Broadcast
 from agentledger.gateway.budget_recovery import reconcile_expired, recover
-from agentledger.gateway.budgets import BudgetGate, SpendDesk
+from agentledger.gateway.budgets import BudgetGate
 from agentledger.gateway.failsafe import ErrorMiddleware
 from agentledger.gateway.flow import Gateway
 from agentledger.gateway.limits import BodyLimitMiddleware
 from agentledger.gateway.middleware import RequestIdMiddleware
 from agentledger.gateway.responses import error_for_path
 from agentledger.gateway.routes import chat_routes
+from agentledger.gateway.spend import SpendDesk
 from agentledger.governance import Governance
 from agentledger.ingest.steps import StepIngest
 from agentledger.limits.base import Counters, CountersUnavailable
@@ -101,7 +102,7 @@ def build_components(
         reservation_ttl=settings.reservation_ttl,
         cache_ttl=settings.cache_ttl,
         stale_if_error=settings.stale_if_error,
-        reservation_sums=store.budgets.reservation_sums,
+        reservation=store.budgets.reservation,
         defer=pipeline.defer,
         disable_key=lambda ws, key_id: _disable_key(store, gateway, ws, key_id),
     )
@@ -114,7 +115,7 @@ def build_components(
         stale_if_error=settings.stale_if_error,
         gate=gate,
     )
-    desk = SpendDesk(gate, store.budgets.reservation)
+    desk = SpendDesk(gate)
     return Components(settings, store, pipeline, gateway, Governance(store, box), upstreams, counters, gate, desk)
 
 

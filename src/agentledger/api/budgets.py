@@ -20,9 +20,10 @@ from agentledger.core.headers import parse_tracking
 from agentledger.core.ids import new_id
 from agentledger.core.model import AdminPrincipal, Attribution, Principal, RunStart
 from agentledger.core.money import MAX_EVENT_COST_NANOS, format_usd, to_nanos
-from agentledger.gateway.budgets import Governed, SpendDesk
+from agentledger.gateway.budgets import Governed
 from agentledger.gateway.flow import Gateway
 from agentledger.gateway.responses import JSONResponse, error_response
+from agentledger.gateway.spend import SpendDesk
 from agentledger.limits.base import CountersUnavailable
 from agentledger.store.base import Store
 from agentledger.store.budgets import budget_of
@@ -142,10 +143,7 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
 
     async def subject_of(request: Request, principal: Principal, run_id: str | None) -> Subject:
         # The gateway's own agent check: a key bound to an agent may not name another (403), nor an unknown one.
-        a = await gateway.attribute(principal, parse_tracking(request.scope["headers"]))
-        return Subject(
-            a.workspace_id, a.department_id, a.agent_id, a.virtual_key_id, None, run_id or a.run_id, a.properties
-        )
+        return Subject.of(await gateway.attribute(principal, parse_tracking(request.scope["headers"])), run_id=run_id)
 
     async def my_budget(request: Request) -> Response:
         try:

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from agentledger.core.model import Attribution
 from agentledger.core.money import format_usd
 
 
@@ -82,6 +83,14 @@ class Subject:
     workflow: str | None = None
     run_id: str | None = None
     properties: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, a: Attribution, *, workflow: str | None = None, run_id: str | None = None) -> Subject:
+        """The subject of a call or step attributed as `a` (its run's workflow, when known, and another run id
+        when the caller names one)."""
+        return cls(
+            a.workspace_id, a.department_id, a.agent_id, a.virtual_key_id, workflow, run_id or a.run_id, a.properties
+        )
 
 
 @dataclass(frozen=True, slots=True)

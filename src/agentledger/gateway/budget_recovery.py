@@ -100,11 +100,11 @@ async def reconcile_expired(
     open_now: list[tuple[str, dict[str, int]]] = []
     for reservation_id, amounts in expired:
         workspace_id = parse_counter_key(next(iter(amounts)))[0] if amounts else ""
-        sums = await budgets.reservation_sums(workspace_id, reservation_id) if workspace_id else {}
-        still = {k: a for k, a in amounts.items() if sums.get(k, (a, 0))[0] != 0}
+        sums = await budgets.reservation(workspace_id, reservation_id) if workspace_id else {}
+        still = {k: a for k, a in amounts.items() if (sums[k][1] if k in sums else a) != 0}
         if still:
             open_now.append((reservation_id, still))
-        fixes = [Charge(k, None, sums[k][1] - a) for k, a in amounts.items() if k in sums and sums[k][0] == 0]
+        fixes = [Charge(k, None, sums[k][2] - a) for k, a in amounts.items() if k in sums and sums[k][1] == 0]
         if fixes:
             await counters.add(fixes)
     return expiry_entries(open_now, now)

@@ -17,7 +17,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -90,14 +90,14 @@ class BudgetGate:
         reservation_ttl: float = 900.0,
         cache_ttl: float = 30.0,
         stale_if_error: float = 3600.0,
-        reservation_sums: Callable[[str, str], Awaitable[dict[str, tuple[int, int]]]] | None = None,
+        reservation: Callable[[str, str], Awaitable[dict[str, tuple[str, int, int]]]] | None = None,
         disable_key: Callable[[str, str], Awaitable[None]] | None = None,
         defer: Callable[[list[TraceEvent]], object] | None = None,
     ) -> None:
         # Reservations' entries need not be written on their own: with the call's records, or within the
         # pipeline's interval (TracePipeline.defer).
         self.defer = defer or commit
-        self._reservation_sums = reservation_sums
+        self.reservation_of = reservation  # the ledger's sums of one reservation (store.budgets.reservation)
         self._disable_key = disable_key
         self._rules_of = rules
         self._workflow_of = workflow_of
@@ -129,15 +129,7 @@ class BudgetGate:
         workflow = await self.workflows.get((ws, run_id), lambda: self._workflow_of(ws, run_id))
         if workflow is None:
             return base
-        return Subject(
-            base.workspace_id,
-            base.department_id,
-            base.agent_id,
-            base.virtual_key_id,
-            workflow,
-            base.run_id,
-            base.properties,
-        )
+        return replace(base, workflow=workflow)
 
     def _worst(
         self, workspace_id: str, model: str, provider: str, at: datetime, overrides: dict[str, Any]
@@ -433,15 +425,15 @@ class BudgetGate:
         closes the reservation twice; an `adjust` entry takes the estimate back out, and the counters (which
         charged the estimate) get the difference. If the sweep saw the settle entry first, it already made the
         counters agree with it, and there is nothing to do."""
-        if self._reservation_sums is None or not governed.figures or governed.reservation_id is None:
+        if self.reservation_of is None or not governed.figures or governed.reservation_id is None:
             return
         await asyncio.sleep(1.0)  # this call's settle entry is committed with its records: let it land
         ws = governed.figures[0].budget.workspace_id
-        sums = await self._reservation_sums(ws, governed.reservation_id)
+        sums = await self.reservation_of(ws, governed.reservation_id)
         fixes: list[TraceEvent] = []
         counter_fixes: list[Charge] = []
         for f in governed.figures:
-            reserved, spent = sums.get(f.key, (0, 0))
+            _, reserved, spent = sums.get(f.key, ("", 0, 0))
             if reserved == 0:
                 continue
             fixes.append(
@@ -565,130 +557,3 @@ def headline(governed: Governed) -> dict[str, str]:
         headers["alephant-budget-remaining-usd"] = format_usd(max(f.remaining, 0))
         headers["alephant-budget-scope"] = f.budget.scope_label
     return headers
-
-
-class SpendDesk:
-    """Spend outside model calls: authorizing a tool or paid API call before it happens, charging steps that
-    report a cost after the fact, and the figures a key or an admin reads. Same counters, same ledger."""
-
-    def __init__(self, gate: BudgetGate, reservation_rows: Callable[[str, str], Awaitable[list[dict[str, Any]]]]):
-        self.gate = gate
-        self._reservation_rows = reservation_rows
-
-    async def figures(self, subject: Subject) -> list[Figures]:
-        """Each budget that applies to `subject`, in its current window (a `run` budget: this run's)."""
-        budgets, limits = await self.gate.rules_for(subject.workspace_id)
-        subject = await self.gate.subject(subject, budgets, limits)
-        applied = applicable_budgets(budgets, subject)
-        now = self.gate.clock()
-        keys = [counter_key(b, now, subject.run_id) for b in applied]
-        found = await self.gate.counters.standing(keys) if keys else {}
-        return [Figures(b, k, found[k].spent, found[k].reserved) for b, k in zip(applied, keys, strict=True)]
-
-    async def authorize(
-        self, governed: Governed, subject: Subject, amount: int, *, kind: str, name: str
-    ) -> list[TraceEvent]:
-        """Reserve `amount` against every applicable budget into `governed`, or raise BudgetExceeded (`governed`
-        then says which budget refused, for the caller to record)."""
-        budgets, limits = await self.gate.rules_for(subject.workspace_id)
-        subject = await self.gate.subject(subject, budgets, limits)
-        applied = applicable_budgets(budgets, subject)
-        now = self.gate.clock()
-        if not applied:
-            return []
-        await self.gate.hold(governed, applied, subject.run_id, amount, now, f"{kind} {name!r}")
-        return self.gate.entries(governed, "reserve", None, subject.run_id, now)
-
-    async def charge_steps(
-        self, steps: Sequence[StepRecord], workflow: str | None, reservations: dict[str, str]
-    ) -> list[TraceEvent]:
-        """Ledger entries for steps that report a cost: a step naming a reservation settles it (what was not
-        spent is released), any other is spent against the budgets that apply to it."""
-        events: list[TraceEvent] = []
-        now = self.gate.clock()
-        settled: set[str] = set()
-        for step in steps:
-            reservation = reservations.get(step.step_id)
-            if reservation is not None and reservation not in settled:
-                settled.add(reservation)  # two steps of a batch naming one reservation: the first settles it
-                found = await self._settle_reservation(step, reservation, now)
-                if found is not None:
-                    events += found
-                    continue
-            elif reservation is not None:
-                continue
-            if step.cost_nanos:  # no reservation, or one nobody made: spent after the fact
-                events += await self._spend(step, workflow, now)
-        return events
-
-    async def _spend(self, step: StepRecord, workflow: str | None, now: datetime) -> list[TraceEvent]:
-        a = step.attribution
-        subject = Subject(
-            a.workspace_id, a.department_id, a.agent_id, a.virtual_key_id, workflow, step.run_id, a.properties
-        )
-        budgets, _ = await self.gate.rules_for(a.workspace_id)
-        applied = applicable_budgets(budgets, subject)
-        if not applied:
-            return []
-        keys = [counter_key(b, now, step.run_id) for b in applied]
-        events: list[TraceEvent] = []
-        try:
-            after = await self.gate.counters.add([Charge(k, None, step.cost_nanos) for k in keys])
-            events += self.gate.alerts(dict(zip(keys, applied, strict=True)), after, step.cost_nanos, None, step.run_id)
-        except CountersUnavailable:
-            # The ledger entry below is still written; the counters catch up when they are next loaded from the
-            # ledger (docs/budgets.md, "Redis down").
-            log.warning("budget counters unavailable: step %s charged to the ledger only", step.step_id)
-        events += [
-            LedgerEntry(
-                workspace_id=a.workspace_id,
-                entry_id=new_id("led"),
-                budget_id=b.id,
-                counter_key=k,
-                kind="spend",
-                reserved_delta=0,
-                spent_delta=step.cost_nanos,
-                at=now,
-                step_id=step.step_id,
-                run_id=step.run_id,
-                note=f"{step.kind.value} {step.name}"[:256],
-            )
-            for b, k in zip(applied, keys, strict=True)
-        ]
-        return events
-
-    async def _settle_reservation(self, step: StepRecord, reservation: str, now: datetime) -> list[TraceEvent] | None:
-        """Settle an authorization with the step's cost: its entries, [] when it was settled or expired already
-        (not charged twice), None when no such reservation was ever made (the step is then plain spend)."""
-        ws = step.attribution.workspace_id
-        rows = await self._reservation_rows(ws, reservation)  # what the ledger holds reserved for it, per counter
-        if not rows:
-            sums = self.gate._reservation_sums
-            return None if sums is None or not await sums(ws, reservation) else []
-        try:
-            after = await self.gate.counters.settle(reservation, step.cost_nanos)
-            if not after:
-                return []  # another batch settled it first (the counters' settle is atomic and answers once)
-        except CountersUnavailable:
-            log.warning("budget counters unavailable: reservation %s settled in the ledger only", reservation)
-            after = {}
-        budgets, _ = await self.gate.rules_for(ws)
-        by_id = {b.id: b for b in budgets}
-        by_key = {r["counter_key"]: by_id[r["budget_id"]] for r in rows if r["budget_id"] in by_id}
-        events = self.gate.alerts(by_key, after, step.cost_nanos, None, step.run_id)
-        return events + [
-            LedgerEntry(
-                workspace_id=ws,
-                entry_id=new_id("led"),
-                budget_id=r["budget_id"],
-                counter_key=r["counter_key"],
-                kind="settle",
-                reserved_delta=-int(r["reserved"]),
-                spent_delta=step.cost_nanos,
-                at=now,
-                reservation_id=reservation,
-                step_id=step.step_id,
-                run_id=step.run_id,
-            )
-            for r in rows
-        ]

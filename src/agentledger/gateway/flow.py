@@ -244,23 +244,20 @@ class Gateway:
         claim: a replay reserves nothing), or raise BudgetExceeded / RateLimited, the refusal recorded."""
         if self.gate is None:
             return
-        a = call.attribution
-        base = Subject(a.workspace_id, a.department_id, a.agent_id, a.virtual_key_id, None, a.run_id, a.properties)
         hop = call.hops[0]
         payload = call.parsed.payload
-        cap = next((payload[k] for k in _OUTPUT_CAPS if isinstance(payload.get(k), int)), None)
         try:
             await self.gate.admit(
                 call.governed,
-                base,
+                Subject.of(call.attribution),
                 request_id=call.request_id,
                 model=hop.model,
                 provider=hop.route.provider,
                 body_bytes=len(call.primary_body),
-                max_output=cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None,
+                max_output=next(filter(None, (_positive_int(payload.get(k)) for k in _OUTPUT_CAPS)), None),
                 overrides=call.price_overrides,
                 embeddings=call.fmt.name == "embeddings",
-                choices=payload["n"] if isinstance(payload.get("n"), int) and not isinstance(payload["n"], bool) else 1,
+                choices=_positive_int(payload.get("n")) or 1,
             )
         except AgentLedgerError as exc:
             await self.finish(call, Outcome(StepStatus.ERROR, exc.status, (), error=exc))
@@ -563,6 +560,10 @@ async def _durable(fut: asyncio.Future[None] | None) -> None:
         await fut
     except AgentLedgerError:
         log.error("a call's record could not be made durable; its response is released anyway")
+
+
+def _positive_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _backoff(policy: RetryPolicy, retry: int, last: UpstreamError | None) -> float:

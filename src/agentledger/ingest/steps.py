@@ -26,9 +26,9 @@ from agentledger.core.headers import AGENT_ID, RUN_ID, TrackingContext, normaliz
 from agentledger.core.ids import new_id
 from agentledger.core.model import Attribution, Principal, RunEnd, RunStart, RunStatus, StepRecord, TraceEvent
 from agentledger.gateway.bodies import parse_json, storable_json
-from agentledger.gateway.budgets import SpendDesk
 from agentledger.gateway.flow import Gateway
 from agentledger.gateway.responses import JSONResponse, error_response
+from agentledger.gateway.spend import SpendDesk
 from agentledger.ingest.runs import (
     KnownRuns,
     RunFields,

@@ -213,29 +213,18 @@ class BudgetStore:
         )
         return await self.store._select(stmt)
 
-    async def reservation(self, workspace_id: str, reservation_id: str) -> list[dict[str, Any]]:
-        """What the ledger still holds reserved for one reservation, per counter (none once it is closed)."""
-        c = t.budget_ledger.c
-        held = func.sum(c.reserved_delta)
-        stmt = (
-            select(c.budget_id, c.counter_key, held.label("reserved"))
-            .where(c.workspace_id == workspace_id, c.reservation_id == reservation_id)
-            .group_by(c.budget_id, c.counter_key)
-            .having(held != 0)
-        )
-        return await self.store._select(stmt)
-
-    async def reservation_sums(self, workspace_id: str, reservation_id: str) -> dict[str, tuple[int, int]]:
-        """Per counter: (Σ reserved_delta, Σ spent_delta) of one reservation's entries: open while the first is
-        not zero; what it was charged once closed."""
+    async def reservation(self, workspace_id: str, reservation_id: str) -> dict[str, tuple[str, int, int]]:
+        """One reservation's entries summed per counter: counter key → (budget id, Σ reserved_delta, Σ
+        spent_delta). Open while its reserved sum is not zero; once closed, the spent sum is what it charged.
+        Empty when no such reservation was ever made."""
         c = t.budget_ledger.c
         stmt = (
-            select(c.counter_key, func.sum(c.reserved_delta), func.sum(c.spent_delta))
+            select(c.counter_key, c.budget_id, func.sum(c.reserved_delta), func.sum(c.spent_delta))
             .where(c.workspace_id == workspace_id, c.reservation_id == reservation_id)
-            .group_by(c.counter_key)
+            .group_by(c.counter_key, c.budget_id)
         )
 
-        def run(conn: Connection) -> dict[str, tuple[int, int]]:
-            return {key: (int(r or 0), int(s or 0)) for key, r, s in conn.execute(stmt)}
+        def run(conn: Connection) -> dict[str, tuple[str, int, int]]:
+            return {key: (budget, int(r or 0), int(s or 0)) for key, budget, r, s in conn.execute(stmt)}
 
         return await self.store._read(run)
