@@ -108,7 +108,7 @@ class BudgetGate:
         self.reservation_ttl = reservation_ttl
         self.rules: TTLCache[str, Rules] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
         self.workflows: TTLCache[tuple[str, str], str | None] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
-        self._rates: dict[tuple[str, str, str], tuple[int, int] | None] = {}
+        self._rates: dict[tuple[str, str, str, str], tuple[int, int] | None] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     # -- lookups -----------------------------------------------------------------------------------------------
@@ -134,8 +134,12 @@ class BudgetGate:
     def _worst(
         self, workspace_id: str, model: str, provider: str, at: datetime, overrides: dict[str, Any]
     ) -> tuple[int, int] | None:
-        key = (workspace_id, model, provider)
+        # Catalog prices are dated: the rates are kept for the day they were read (a price override's change
+        # drops them at once, with the workspace's caches).
+        key = (workspace_id, model, provider, at.date().isoformat())
         if key not in self._rates:
+            if len(self._rates) > 4096:  # yesterday's entries, mostly
+                self._rates.clear()
             self._rates[key] = worst_rates(model, provider, at, overrides)
         return self._rates[key]
 
