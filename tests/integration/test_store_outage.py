@@ -51,6 +51,7 @@ def outage(tmp_path: Path, upstream: ServerThread) -> Iterator[Outage]:
 class Seen:
     chat: list[tuple[int, httpx.Response]] = field(default_factory=list)
     latency: list[float] = field(default_factory=list)  # seconds per chat call
+    slowest: list[tuple[float, int]] = field(default_factory=list)  # (seconds, call number), to name the slow ones
     probes: dict[str, httpx.Response] = field(default_factory=dict)
 
 
@@ -77,6 +78,7 @@ async def _traffic(o: Outage, unused_key: str, revoked_key: str, replay_before: 
             t = loop.time()
             resp = await client.post(CHAT, json=_chat_body(i), headers=_chat_headers(gw, i))
             seen.latency.append(loop.time() - t)
+            seen.slowest.append((seen.latency[-1], i))
             seen.chat.append((i, resp))
 
         async def probes() -> None:
@@ -164,8 +166,9 @@ def test_a_store_outage_keeps_chat_serving_and_loses_nothing(outage: Outage) -> 
         if i % 5 == 0:
             assert resp.text.endswith("data: [DONE]\n\n"), (i, resp.text[-200:])
     assert len(gw.fake.received) == warmup_calls + CALLS  # each call forwarded once, the replay not at all
-    # Nothing waited on the dead database (measured: at most ~0.35 s, behind the spool replay after the restore).
-    assert max(seen.latency) < 2.0, sorted(seen.latency)[-5:]
+    # Nothing waited on the dead database, nor long behind the spool's replay after the restore (measured: 0.07 s
+    # at most; 1.8 s, and 2.9 s on a slower machine, when the replay wrote each spooled batch on its own).
+    assert max(seen.latency) < 1.0, sorted(seen.slowest)[-5:]
 
     p = seen.probes
     for name in (

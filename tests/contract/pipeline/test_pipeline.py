@@ -284,6 +284,22 @@ async def test_a_spool_left_by_a_previous_process_is_replayed_at_start(store: SQ
     assert not spool.pending()
 
 
+async def test_spooled_batches_are_replayed_joined_into_store_sized_writes(
+    flaky: FlakyStore, spool: Spool, ws: str
+) -> None:
+    # An outage in strict mode spools a batch per write; replayed one transaction each, the calls arriving after
+    # the restore waited behind them all (1.8 s for a 6 s cut at 25 calls a second).
+    spool.append([run_start(ws)])
+    for i in range(1, 12):
+        spool.append([step(ws, i)])
+    pipeline = make_pipeline(flaky, spool, max_batch=5)
+    await pipeline.aclose()
+    assert flaky.calls == 3  # 12 events in writes of at most 5, in their spooled order
+    assert pipeline.stats.replayed == 12
+    assert steps_written(flaky.real, ws) == 11
+    assert not spool.pending()
+
+
 async def test_a_torn_tail_in_the_spool_is_ignored(store: SQLStore, spool: Spool, ws: str) -> None:
     spool.append([step(ws, 1)])
     spool.append([step(ws, 2), step(ws, 3)])
