@@ -462,3 +462,69 @@ indexed_properties = Table(
     Column("created_at", TS, nullable=False),
     ForeignKeyConstraint(["workspace_id"], ["workspaces.id"]),
 )
+
+
+# -- alerts and their webhooks (core/alerts.py, webhooks/; docs/alerts.md) --------------------------------------
+# Every alert, of every kind, once per subject and window: the primary key makes a second raise a no-op, and only
+# a newly inserted alert enqueues deliveries. `id` is derived from the key (core.alerts.alert_id), so a replayed
+# event finds its row by id too.
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("kind", String(32), primary_key=True),
+    Column("dedupe_key", String(512), primary_key=True),  # subject and window, e.g. "budget:b1:1700000000:80"
+    Column("id", ID, nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("budget_id", ID, nullable=True),
+    Column("run_id", ID, nullable=True),
+    Column("request_id", ID, nullable=True),
+    Column("agent_id", ID, nullable=True),
+    Column("department_id", ID, nullable=True),
+    Column("policy_id", ID, nullable=True),
+    Column("approval_id", ID, nullable=True),
+    Column("message", Text, nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("at", TS, nullable=False),
+    UniqueConstraint("workspace_id", "id", name="uq_alerts_ws_id"),
+    # The listing pages newest first by (at, id); a kind filter reads its own index.
+    Index("ix_alerts_ws_at", "workspace_id", "at", "id"),
+    Index("ix_alerts_ws_kind_at", "workspace_id", "kind", "at", "id"),
+)
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("url", String(2048), nullable=False),
+    Column("kinds", JSON, nullable=True),  # alert kinds subscribed; NULL: every kind
+    Column("description", String(1024), nullable=True),
+    Column("secret_encrypted", Text, nullable=False),  # Fernet, as provider keys (secrets_box.py)
+    Column("created_at", TS, nullable=False),
+    Column("deleted_at", TS, nullable=True),
+    ForeignKeyConstraint(["workspace_id"], ["workspaces.id"]),
+)
+
+# The outbox: one row per (alert or test event, webhook), inserted in the transaction that inserts the alert.
+# The worker claims due rows (status pending, next_attempt_at passed, no live lease) and records each attempt.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("webhook_id", ID, nullable=False),
+    Column("alert_id", ID, nullable=True),  # NULL for a test event
+    Column("event", String(32), nullable=False),  # the alert's kind, or "test"
+    Column("payload", JSON, nullable=False),  # the body, without delivery id (added when sent)
+    Column("status", String(16), nullable=False),  # pending / delivered / failed
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", TS, nullable=True),
+    Column("lease_until", TS, nullable=True),
+    Column("last_status_code", Integer, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    Index("ix_webhook_deliveries_hook", "workspace_id", "webhook_id", "created_at", "id"),
+)
