@@ -17,6 +17,7 @@ from agentledger.core.pricing import Price
 
 if TYPE_CHECKING:
     from agentledger.store.budgets import BudgetStore
+    from agentledger.store.governance import GovernanceStore
 
 
 class WriteResult(enum.Enum):
@@ -93,6 +94,7 @@ class Store(Protocol):
     """
 
     budgets: BudgetStore  # the budget domain: budgets, rate limits, the ledger and alerts (store/budgets.py)
+    governance: GovernanceStore  # policies and their versions, approvals, run controls (store/governance.py)
 
     async def migrate(self) -> None: ...
     async def aclose(self) -> None: ...

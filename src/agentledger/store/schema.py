@@ -360,6 +360,82 @@ budget_alerts = Table(
     Index("ix_budget_alerts_ws_at", "workspace_id", "at"),
 )
 
+# Policies (core/policy.py): the current version of each, and every version ever written (append-only), so a
+# decision recorded as "policy p, version 3" can always be read back as it was.
+policies = Table(
+    "policies",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("name", String(256), nullable=True),
+    Column("scope", String(16), nullable=False),
+    Column("scope_value", String(1024), nullable=True),
+    Column("mode", String(16), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("body", JSON, nullable=False),  # settings and rules, as core.policy_config.policy_json writes them
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    Column("deleted_at", TS, nullable=True),
+    ForeignKeyConstraint(["workspace_id"], ["workspaces.id"]),
+)
+
+policy_versions = Table(
+    "policy_versions",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("policy_id", ID, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("change", String(16), nullable=False),  # create, update, delete
+    Column("name", String(256), nullable=True),
+    Column("scope", String(16), nullable=False),
+    Column("scope_value", String(1024), nullable=True),
+    Column("mode", String(16), nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("created_by", String(256), nullable=True),
+)
+
+# An escalated call waiting for (or decided by) a human. `binding` ties it to the request that asked: its
+# workspace, key, run and body (gateway/approvals.py), so a resend of the same call finds it.
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("status", String(16), nullable=False),  # pending, approved, denied, expired
+    Column("binding", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("request_id", ID, nullable=True),
+    Column("virtual_key_id", ID, nullable=True),
+    Column("agent_id", ID, nullable=True),
+    Column("run_id", ID, nullable=True),
+    Column("summary", JSON, nullable=False),  # what was asked: model, name, amount, tokens
+    Column("policy_id", ID, nullable=True),
+    Column("policy_version", Integer, nullable=True),
+    Column("rule_id", String(128), nullable=True),
+    Column("reason", String(1024), nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("expires_at", TS, nullable=False),
+    Column("decided_at", TS, nullable=True),
+    Column("decided_by", String(256), nullable=True),
+    Column("comment", String(2048), nullable=True),
+    Column("used_at", TS, nullable=True),
+    Index("ix_approvals_ws_status", "workspace_id", "status", "created_at"),
+    Index("ix_approvals_binding", "workspace_id", "binding", "created_at"),
+)
+
+# A run stopped or paused from outside (POST /api/runs/{id}/cancel|pause|resume); no row: the run is free.
+run_controls = Table(
+    "run_controls",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("run_id", ID, primary_key=True),
+    Column("state", String(16), nullable=False),  # cancelled, paused, running (resumed)
+    Column("reason", String(1024), nullable=True),
+    Column("by", String(256), nullable=True),
+    Column("at", TS, nullable=False),
+)
+
 # Cross-process x-request-id claims (PostgreSQL; see store.base.Store.claim_request). A row lives from the
 # first forward of a client-supplied id until its lease ends; the completed request row supersedes it, and
 # expired rows are purged. On PostgreSQL the migration creates it UNLOGGED (no WAL, no fsync per claim).

@@ -61,7 +61,7 @@ from agentledger.core.model import (
     TraceEvent,
 )
 from agentledger.core.pricing import Price
-from agentledger.store import books as books_sql, budgets as budgets_sql, schema as t
+from agentledger.store import books as books_sql, budgets as budgets_sql, governance as governance_sql, schema as t
 from agentledger.store.base import CostQuery, RequestClaim, RunFilter, StoredResponse, WriteResult
 from agentledger.store.books import BookKeeper
 from agentledger.store.bulk import BulkStatement, CopyInsert
@@ -193,6 +193,7 @@ class SQLStore:
         self._workflow_cache: dict[tuple[str, str], str | None] = {}
         self._pending_workflows: dict[tuple[str, str], str | None] = {}
         self.budgets = budgets_sql.BudgetStore(self)
+        self.governance = governance_sql.GovernanceStore(self)
 
     # -- plumbing ---------------------------------------------------------------------------------------
     async def _read(self, fn: Callable[[Connection], T], *, query: bool = False) -> T:

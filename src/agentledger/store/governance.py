@@ -1,0 +1,246 @@
+"""Policies (versioned), approvals of escalated calls and run controls in SQL: composed by SQLStore as
+`store.governance`.
+
+A policy's every change is a new version: the current one is in `policies`, each one ever written in
+`policy_versions` (append-only), in one transaction. Approvals change state only forward (pending → approved /
+denied / expired; an approved one is used once), each by one conditional UPDATE, so two replicas or two admins
+racing on one approval cannot both win.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, case, insert, select, update
+from sqlalchemy.engine import Connection
+
+from agentledger.core.errors import Conflict
+from agentledger.store import schema as t
+
+if TYPE_CHECKING:
+    from agentledger.store.sql import SQLStore
+
+_POLICY_FIELDS = ("name", "scope", "scope_value", "mode", "body")
+
+
+class GovernanceStore:
+    def __init__(self, store: SQLStore) -> None:
+        self.store = store
+
+    # -- policies ----------------------------------------------------------------------------------------------
+    async def create_policy(self, row: dict[str, Any], by: str | None) -> dict[str, Any]:
+        """`row`: workspace_id, id, name, scope, scope_value, mode, body, created_at. Version 1."""
+        full = {**row, "version": 1, "updated_at": row["created_at"]}
+
+        def run(conn: Connection) -> None:
+            conn.execute(insert(t.policies).values(**full))
+            conn.execute(insert(t.policy_versions).values(**_version_row(full, "create", by)))
+
+        await self.store._write(run)
+        return full
+
+    async def update_policy(
+        self, workspace_id: str, policy_id: str, changes: dict[str, Any], now: datetime, by: str | None
+    ) -> dict[str, Any] | None:
+        """A new version with `changes` applied (None: no such policy). The version is taken under the row's
+        lock (PostgreSQL) or the single writer (SQLite): two concurrent updates get two versions."""
+        c = t.policies.c
+
+        def run(conn: Connection) -> dict[str, Any] | None:
+            stmt = select(t.policies).where(c.workspace_id == workspace_id, c.id == policy_id, c.deleted_at.is_(None))
+            if not self.store.is_sqlite:
+                stmt = stmt.with_for_update()
+            found = conn.execute(stmt).mappings().first()
+            if found is None:
+                return None
+            row = {**dict(found), **changes, "version": found["version"] + 1, "updated_at": now}
+            conn.execute(
+                update(t.policies)
+                .where(c.workspace_id == workspace_id, c.id == policy_id)
+                .values(**{k: row[k] for k in (*_POLICY_FIELDS, "version", "updated_at")})
+            )
+            conn.execute(insert(t.policy_versions).values(**_version_row(row, "update", by, now)))
+            return row
+
+        return await self.store._write(run)
+
+    async def delete_policy(self, workspace_id: str, policy_id: str, now: datetime, by: str | None) -> bool:
+        c = t.policies.c
+
+        def run(conn: Connection) -> bool:
+            found = (
+                conn.execute(
+                    select(t.policies).where(c.workspace_id == workspace_id, c.id == policy_id, c.deleted_at.is_(None))
+                )
+                .mappings()
+                .first()
+            )
+            if found is None:
+                return False
+            row = {**dict(found), "version": found["version"] + 1}
+            conn.execute(
+                update(t.policies)
+                .where(c.workspace_id == workspace_id, c.id == policy_id)
+                .values(deleted_at=now, version=row["version"], updated_at=now)
+            )
+            conn.execute(insert(t.policy_versions).values(**_version_row(row, "delete", by, now)))
+            return True
+
+        return await self.store._write(run)
+
+    async def list_policies(self, workspace_id: str) -> list[dict[str, Any]]:
+        c = t.policies.c
+        stmt = select(t.policies).where(c.workspace_id == workspace_id, c.deleted_at.is_(None)).order_by(c.created_at)
+        return await self.store._select(stmt)
+
+    async def get_policy(self, workspace_id: str, policy_id: str) -> dict[str, Any] | None:
+        c = t.policies.c
+        rows = await self.store._select(
+            select(t.policies).where(c.workspace_id == workspace_id, c.id == policy_id, c.deleted_at.is_(None))
+        )
+        return rows[0] if rows else None
+
+    async def policy_versions(self, workspace_id: str, policy_id: str) -> list[dict[str, Any]]:
+        c = t.policy_versions.c
+        stmt = (
+            select(t.policy_versions)
+            .where(c.workspace_id == workspace_id, c.policy_id == policy_id)
+            .order_by(c.version.desc())
+        )
+        return await self.store._select(stmt)
+
+    # -- approvals ---------------------------------------------------------------------------------------------
+    async def create_approval(self, row: dict[str, Any]) -> None:
+        await self.store._insert_row(t.approvals, row, "Approval")
+
+    async def get_approval(self, workspace_id: str, approval_id: str) -> dict[str, Any] | None:
+        c = t.approvals.c
+        rows = await self.store._select(select(t.approvals).where(c.workspace_id == workspace_id, c.id == approval_id))
+        return rows[0] if rows else None
+
+    async def approval_for(self, workspace_id: str, binding: str) -> dict[str, Any] | None:
+        """The newest approval bound to this call (workspace, key, run, body)."""
+        c = t.approvals.c
+        stmt = (
+            select(t.approvals)
+            .where(c.workspace_id == workspace_id, c.binding == binding)
+            .order_by(c.created_at.desc())
+            .limit(1)
+        )
+        rows = await self.store._select(stmt)
+        return rows[0] if rows else None
+
+    async def list_approvals(
+        self, workspace_id: str, *, status: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Pending first (oldest first: the longest waiting), then the rest newest first."""
+        c = t.approvals.c
+        where = [c.workspace_id == workspace_id]
+        if status is not None:
+            where.append(c.status == status)
+        pending_first = case((c.status == "pending", 0), else_=1)
+        stmt = select(t.approvals).where(*where).order_by(pending_first, c.created_at.desc()).limit(limit)
+        rows = await self.store._select(stmt, query=True)
+        pending = sorted((r for r in rows if r["status"] == "pending"), key=lambda r: r["created_at"])
+        return pending + [r for r in rows if r["status"] != "pending"]
+
+    async def decide_approval(
+        self, workspace_id: str, approval_id: str, status: str, by: str, comment: str | None, now: datetime
+    ) -> bool:
+        """pending → approved/denied, only while pending and not expired. False: someone decided first, or
+        it expired (the caller reads the row to say which)."""
+        c = t.approvals.c
+
+        def run(conn: Connection) -> bool:
+            res = conn.execute(
+                update(t.approvals)
+                .where(
+                    and_(
+                        c.workspace_id == workspace_id,
+                        c.id == approval_id,
+                        c.status == "pending",
+                        c.expires_at > now,
+                    )
+                )
+                .values(status=status, decided_by=by, comment=comment, decided_at=now)
+            )
+            return bool(res.rowcount)
+
+        return await self.store._write(run)
+
+    async def use_approval(self, workspace_id: str, approval_id: str, now: datetime) -> bool:
+        """Take an approved approval for the one call it allows: True once, False ever after."""
+        c = t.approvals.c
+
+        def run(conn: Connection) -> bool:
+            res = conn.execute(
+                update(t.approvals)
+                .where(
+                    and_(
+                        c.workspace_id == workspace_id,
+                        c.id == approval_id,
+                        c.status == "approved",
+                        c.used_at.is_(None),
+                    )
+                )
+                .values(used_at=now)
+            )
+            return bool(res.rowcount)
+
+        return await self.store._write(run)
+
+    async def expire_approvals(self, now: datetime) -> int:
+        c = t.approvals.c
+
+        def run(conn: Connection) -> int:
+            res = conn.execute(
+                update(t.approvals)
+                .where(and_(c.status == "pending", c.expires_at <= now))
+                .values(status="expired", decided_at=now)
+            )
+            return int(res.rowcount)
+
+        return await self.store._write(run)
+
+    # -- run controls ------------------------------------------------------------------------------------------
+    async def set_run_control(
+        self, workspace_id: str, run_id: str, state: str, reason: str | None, by: str | None, now: datetime
+    ) -> None:
+        """Cancel, pause or resume a run. A cancelled run stays cancelled: a later pause or resume is a 409."""
+        c = t.run_controls.c
+        values = {"state": state, "reason": reason, "by": by, "at": now}
+
+        def run(conn: Connection) -> None:
+            found = conn.execute(
+                select(c.state).where(c.workspace_id == workspace_id, c.run_id == run_id)
+            ).scalar_one_or_none()
+            if found == "cancelled" and state != "cancelled":
+                raise Conflict(f"Run {run_id!r} is cancelled: it cannot be paused or resumed.")
+            if found is None:
+                conn.execute(insert(t.run_controls).values(workspace_id=workspace_id, run_id=run_id, **values))
+            elif found != "cancelled":
+                conn.execute(
+                    update(t.run_controls).where(c.workspace_id == workspace_id, c.run_id == run_id).values(**values)
+                )
+
+        await self.store._write(run)
+
+    async def run_control(self, workspace_id: str, run_id: str) -> dict[str, Any] | None:
+        c = t.run_controls.c
+        rows = await self.store._select(
+            select(t.run_controls).where(c.workspace_id == workspace_id, c.run_id == run_id)
+        )
+        return rows[0] if rows else None
+
+
+def _version_row(row: dict[str, Any], change: str, by: str | None, at: datetime | None = None) -> dict[str, Any]:
+    return {
+        "workspace_id": row["workspace_id"],
+        "policy_id": row["id"],
+        "version": row["version"],
+        "change": change,
+        **{k: row[k] for k in _POLICY_FIELDS},
+        "created_at": at or row["created_at"],
+        "created_by": by,
+    }
