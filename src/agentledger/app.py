@@ -24,7 +24,9 @@ from agentledger.api.health import health_routes
 from agentledger.api.manage import manage_routes
 from agentledger.api.openapi import openapi_routes
 from agentledger.api.query import query_routes
+from agentledger.api.webhooks import webhook_routes
 from agentledger.config import Settings
+from agentledger.core import alerts as core_alerts
 from agentledger.core.errors import MethodNotAllowed, NotFound, StoreUnavailable
 from agentledger.core.ids import new_id
 from agentledger.core.model import TraceEvent
@@ -52,6 +54,10 @@ from agentledger.providers.mock import MockUpstream
 from agentledger.secrets_box import SecretBox
 from agentledger.store.base import Store
 from agentledger.store.sql import SQLStore
+from agentledger.store.webhooks import WebhookStore
+from agentledger.webhooks.guard import AllowList
+from agentledger.webhooks.sweep import AlertSweep
+from agentledger.webhooks.worker import DeliveryPolicy, DeliveryWorker
 
 log = logging.getLogger("agentledger")
 LOADED_MARKER = "counters-loaded-from-ledger"
@@ -182,6 +188,33 @@ async def _expire_reservations(c: Components, every: float = 5.0) -> None:
             log.exception("budget reservation sweep failed; retrying")
 
 
+def _alerting(settings: Settings, c: Components) -> tuple[WebhookStore, DeliveryWorker, AlertSweep]:
+    """The webhook store over the SQL store, its delivery worker and the alert detectors' sweep."""
+    if not isinstance(c.store, SQLStore):
+        raise TypeError("alerts and webhooks need an SQLStore")
+    hooks = WebhookStore(c.store)
+    policy = DeliveryPolicy(
+        max_attempts=settings.webhook_max_attempts,
+        backoff=settings.webhook_backoff,
+        max_backoff=settings.webhook_max_backoff,
+        timeout=settings.webhook_timeout,
+        interval=settings.webhook_poll_interval,
+    )
+    allow = AllowList.parse(settings.webhook_allow_hosts.split(","))
+    worker = DeliveryWorker(hooks, c.governance.box.decrypt, allow, policy)
+
+    async def commit(events: list[TraceEvent]) -> None:
+        fut = c.pipeline.commit(events)
+        if fut is not None:
+            await fut
+
+    anomaly = core_alerts.AnomalyRule(
+        factor=settings.anomaly_factor, floor_nanos=round(settings.anomaly_floor_usd * core_alerts.NANOS_PER_USD)
+    )
+    spike = core_alerts.SpikeRule(rate=settings.error_spike_rate, min_calls=settings.error_spike_min_calls)
+    return hooks, worker, AlertSweep(hooks, commit, anomaly, spike)
+
+
 def app_from_env() -> Starlette:
     """The app of one worker process when `workers` > 1 (uvicorn imports it by name in each): the parent passed
     its settings through AGENTLEDGER_* environment variables."""
@@ -208,6 +241,7 @@ def create_app(
 ) -> Starlette:
     c = build_components(settings, store=store, upstreams=upstreams)
     auth = AdminAuth(c.store, ttl=settings.cache_ttl, stale_if_error=settings.stale_if_error)
+    hooks, worker, sweep = _alerting(settings, c)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -215,6 +249,10 @@ def create_app(
         c.pipeline.start()
         await _load_counters(c, at_start=True)
         expiry = asyncio.get_running_loop().create_task(_expire_reservations(c))
+        # Alerts: the outbox's delivery worker and the detectors' sweep (docs/alerts.md), never on a request's path.
+        delivering = asyncio.get_running_loop().create_task(worker.run())
+        clock = lambda: datetime.now(UTC)  # noqa: E731
+        sweeping = asyncio.get_running_loop().create_task(sweep.run(clock, settings.alert_sweep_interval))
         broadcast = None
         if settings.redis_url:
             broadcast = Broadcast(settings.redis_url, c.gateway.claims.node_id, c.gateway.apply_invalidation)
@@ -225,6 +263,8 @@ def create_app(
             yield
         finally:
             expiry.cancel()
+            delivering.cancel()
+            sweeping.cancel()
             if broadcast is not None:
                 c.gateway.broadcast = None
                 await broadcast.aclose()
@@ -256,6 +296,7 @@ def create_app(
         *chat_routes(c.gateway),
         *StepIngest(c.gateway, c.desk).routes(),
         *manage_routes(auth, c.governance, c.gateway),
+        *webhook_routes(auth, hooks, c.governance.box, c.pipeline, worker.allow, wake=worker.wake.set),
         *budget_routes(auth, c.store, c.gateway, c.desk),
         *query_routes(auth, c.store, c.pipeline),
         *health_routes(c.store, c.pipeline),

@@ -13,6 +13,12 @@ from pathlib import Path
 from typing import Any
 
 
+# An escalated call holds its connection (and a worker's attention) while it waits: past 5 minutes, proxies and
+# clients time out anyway, so a longer wait only hides the 403 that tells the agent to come back later.
+MAX_APPROVAL_WAIT_S = 300.0
+MAX_APPROVAL_TTL_S = 365 * 86400.0
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     name: str
@@ -92,6 +98,36 @@ SETTINGS: tuple[Setting, ...] = (
         "Largest request body accepted on any route (50 MiB, OpenAI's own cap for a chat request with images); "
         "a larger one is refused with 413 request_too_large before it is read in full.",
     ),
+    Setting(
+        "webhook_allow_hosts",
+        str,
+        "",
+        "Comma-separated hostnames, addresses or CIDRs webhooks may be delivered to although private, loopback or "
+        "link-local (the address guard refuses them otherwise; docs/alerts.md).",
+    ),
+    Setting("webhook_timeout", float, 10.0, "Seconds one webhook delivery attempt may take, connect to answer."),
+    Setting("webhook_max_attempts", int, 8, "Attempts at a webhook delivery before it is failed."),
+    Setting("webhook_backoff", float, 10.0, "Seconds before a delivery's second attempt; doubled for each after."),
+    Setting("webhook_max_backoff", float, 3600.0, "Longest wait between two attempts of a delivery, in seconds."),
+    Setting("webhook_poll_interval", float, 1.0, "Seconds between polls of the webhook outbox when it is idle."),
+    Setting("alert_sweep_interval", float, 60.0, "Seconds between runs of the spend-anomaly and error-spike checks."),
+    Setting(
+        "anomaly_factor",
+        float,
+        3.0,
+        "spend_anomaly: an agent's last full hour's spend over this many times its trailing 7-day hourly average.",
+    ),
+    Setting("anomaly_floor_usd", float, 1.0, "spend_anomaly: no alert for an hour's spend below this many dollars."),
+    Setting("error_spike_rate", float, 0.2, "error_spike: a workspace's error rate in the last 15 minutes above this."),
+    Setting("error_spike_min_calls", int, 20, "error_spike: no alert with fewer calls than this in the 15 minutes."),
+    Setting(
+        "approval_wait_s",
+        float,
+        30.0,
+        "Seconds an escalated call is held waiting for a human's decision (0 to 300) before it is answered 403 "
+        "approval_required; a policy's own approval_wait_s wins.",
+    ),
+    Setting("approval_ttl_s", float, 86400.0, "Seconds an approval stays pending before it expires."),
 )
 
 
@@ -117,6 +153,19 @@ class Settings:
     reservation_ttl: float = 900.0
     log_level: str = "info"
     max_body_bytes: int = 52_428_800
+    webhook_allow_hosts: str = ""
+    webhook_timeout: float = 10.0
+    webhook_max_attempts: int = 8
+    webhook_backoff: float = 10.0
+    webhook_max_backoff: float = 3600.0
+    webhook_poll_interval: float = 1.0
+    alert_sweep_interval: float = 60.0
+    anomaly_factor: float = 3.0
+    anomaly_floor_usd: float = 1.0
+    error_spike_rate: float = 0.2
+    error_spike_min_calls: int = 20
+    approval_wait_s: float = 30.0
+    approval_ttl_s: float = 86400.0
 
     @property
     def database_url(self) -> str:
@@ -150,6 +199,11 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
             values[name] = _coerce(by_name[name], raw)
     if values.get("durability", "strict") not in ("strict", "batched"):
         raise ValueError(f"durability: expected strict or batched, got {values['durability']!r}")
+    wait, ttl = values.get("approval_wait_s", 0.0), values.get("approval_ttl_s", 1.0)
+    if not 0 <= wait <= MAX_APPROVAL_WAIT_S:  # NaN fails too
+        raise ValueError(f"approval_wait_s: expected 0 to {MAX_APPROVAL_WAIT_S:g} seconds, got {wait!r}")
+    if not 0 < ttl <= MAX_APPROVAL_TTL_S:
+        raise ValueError(f"approval_ttl_s: expected 0 < seconds <= {MAX_APPROVAL_TTL_S:g}, got {ttl!r}")
     return Settings(**values)
 
 

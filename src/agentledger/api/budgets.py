@@ -1,5 +1,5 @@
-"""Budgets and rate limits: `/api/budgets`, `/api/rate-limits`, `/api/ledger`, `/api/alerts` (admin token), and
-for a virtual key `GET /v1/budget` and `POST /v1/spend/authorize`."""
+"""Budgets and rate limits: `/api/budgets`, `/api/rate-limits`, `/api/ledger` (admin token; their alerts are listed
+by `/api/alerts`, api/webhooks.py), and for a virtual key `GET /v1/budget` and `POST /v1/spend/authorize`."""
 
 from __future__ import annotations
 
@@ -136,11 +136,6 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
         )
         return JSONResponse({"data": rows})
 
-    async def alerts(request: Request, admin: AdminPrincipal) -> Response:
-        await gateway.pipeline.flush()
-        rows = await budgets.alerts(admin.workspace_id, since=_time(request, "from"), limit=_limit(request))
-        return JSONResponse({"data": rows})
-
     async def subject_of(request: Request, principal: Principal, run_id: str | None) -> Subject:
         # The gateway's own agent check: a key bound to an agent may not name another (403), nor an unknown one.
         return Subject.of(await gateway.attribute(principal, parse_tracking(request.scope["headers"])), run_id=run_id)
@@ -220,7 +215,6 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
         Route("/api/rate-limits", g(create_rate_limit, write=True), methods=["POST"]),
         Route("/api/rate-limits/{rate_limit_id}", g(delete_rate_limit, write=True), methods=["DELETE"]),
         Route("/api/ledger", g(ledger), methods=["GET"]),
-        Route("/api/alerts", g(alerts), methods=["GET"]),
         Route("/v1/budget", my_budget, methods=["GET"]),
         Route("/v1/spend/authorize", authorize, methods=["POST"]),
     ]

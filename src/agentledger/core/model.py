@@ -235,4 +235,26 @@ class BudgetAlert:
     run_id: str | None = None
 
 
-TraceEvent = RequestRecord | StepRecord | RunStart | RunEnd | LedgerEntry | BudgetAlert
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """Something people should hear about, recorded once per (workspace, kind, dedupe_key): `dedupe_key` names
+    the subject and its window (core/alerts.py builds it; a second raise in the window is a no-op). A newly
+    recorded alert enqueues one delivery per subscribed webhook in the same transaction (docs/alerts.md)."""
+
+    workspace_id: str
+    kind: str  # core.alerts.AlertKind
+    severity: str  # core.alerts.Severity
+    dedupe_key: str
+    message: str
+    at: datetime
+    data: dict[str, Any] = field(default_factory=dict)
+    budget_id: str | None = None
+    run_id: str | None = None
+    request_id: str | None = None
+    agent_id: str | None = None
+    department_id: str | None = None
+    policy_id: str | None = None
+    approval_id: str | None = None
+
+
+TraceEvent = RequestRecord | StepRecord | RunStart | RunEnd | LedgerEntry | BudgetAlert | Alert

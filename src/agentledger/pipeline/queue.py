@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agentledger.core.errors import AgentLedgerError, StoreUnavailable
-from agentledger.core.model import BudgetAlert, LedgerEntry, RunEnd, RunStart, TraceEvent
+from agentledger.core.model import Alert, BudgetAlert, LedgerEntry, RunEnd, RunStart, TraceEvent
 from agentledger.pipeline.spool import Spool
 from agentledger.store.base import Store, WriteResult
 
@@ -351,5 +351,6 @@ def _coalesce(batches: list[list[TraceEvent]], limit: int) -> list[list[TraceEve
 
 def _describe(ev: TraceEvent) -> str:
     key = next(getattr(ev, k) for k in ("step_id", "entry_id", "request_id", "run_id", "budget_id") if hasattr(ev, k))
-    workspace = ev.workspace_id if isinstance(ev, RunEnd | LedgerEntry | BudgetAlert) else ev.attribution.workspace_id
+    own = isinstance(ev, RunEnd | LedgerEntry | BudgetAlert | Alert)  # events without an attribution
+    workspace = ev.workspace_id if own else ev.attribution.workspace_id
     return f"{type(ev).__name__} {key!r} in workspace {workspace!r}"

@@ -40,11 +40,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, TimeoutError as PoolTimeout
 
+from agentledger.core.alerts import from_budget_alert
 from agentledger.core.books import Books
 from agentledger.core.errors import Conflict, InvalidRequest, StoreUnavailable
 from agentledger.core.model import (
     NO_RETRY,
     AdminPrincipal,
+    Alert,
     Attribution,
     BudgetAlert,
     Fallback,
@@ -61,7 +63,13 @@ from agentledger.core.model import (
     TraceEvent,
 )
 from agentledger.core.pricing import Price
-from agentledger.store import books as books_sql, budgets as budgets_sql, governance as governance_sql, schema as t
+from agentledger.store import (
+    books as books_sql,
+    budgets as budgets_sql,
+    governance as governance_sql,
+    schema as t,
+    webhooks as webhooks_sql,
+)
 from agentledger.store.base import CostQuery, RequestClaim, RunFilter, StoredResponse, WriteResult
 from agentledger.store.books import BookKeeper
 from agentledger.store.bulk import BulkStatement, CopyInsert
@@ -315,6 +323,7 @@ class SQLStore:
         ends: list[RunEnd] = []
         ledger: dict[tuple[str, str], dict[str, Any]] = {}
         alerts: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+        raised: dict[tuple[str, str], dict[str, Any]] = {}  # core.model.Alert rows, by (workspace_id, id)
         for ev in events:
             if isinstance(ev, RunEnd):
                 ends.append(ev)
@@ -325,6 +334,11 @@ class SQLStore:
             if isinstance(ev, BudgetAlert):
                 key4 = (ev.workspace_id, ev.budget_id, ev.window_key, ev.threshold)
                 alerts.setdefault(key4, budgets_sql.alert_values(ev))
+                # Its alert's key is the budget alert's own (budget, window, threshold): both are new, or neither.
+                webhooks_sql.fold(raised, from_budget_alert(ev))
+                continue
+            if isinstance(ev, Alert):
+                webhooks_sql.fold(raised, ev)
                 continue
             _fold_session(sessions, ev.attribution, ev.started_at)
             if isinstance(ev, RequestRecord):
@@ -348,6 +362,8 @@ class SQLStore:
             self._bulk(conn, t.budget_ledger, self._ledger_insert, list(ledger.values()))
         if alerts:
             self._bulk(conn, t.budget_alerts, self._alert_insert, list(alerts.values()))
+        if raised:  # only alerts this batch inserted enqueue deliveries: a replay enqueues nothing twice
+            webhooks_sql.record_alerts(conn, self._insert_new(conn, t.alerts, raised), self._insert, datetime.now(UTC))
         for end in ends:
             conn.execute(
                 update(t.runs)

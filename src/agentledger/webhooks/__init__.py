@@ -1,0 +1,1 @@
+"""Webhooks: signed, durable delivery of alerts (docs/alerts.md)."""
