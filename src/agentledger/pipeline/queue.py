@@ -351,6 +351,8 @@ def _coalesce(batches: list[list[TraceEvent]], limit: int) -> list[list[TraceEve
 
 def _describe(ev: TraceEvent) -> str:
     key = next(getattr(ev, k) for k in ("step_id", "entry_id", "request_id", "run_id", "budget_id") if hasattr(ev, k))
-    own = isinstance(ev, RunEnd | LedgerEntry | BudgetAlert | Alert)  # events without an attribution
-    workspace = ev.workspace_id if own else ev.attribution.workspace_id
+    if isinstance(ev, RunEnd | LedgerEntry | BudgetAlert | Alert):  # events without an attribution
+        workspace = ev.workspace_id
+    else:
+        workspace = ev.attribution.workspace_id
     return f"{type(ev).__name__} {key!r} in workspace {workspace!r}"
