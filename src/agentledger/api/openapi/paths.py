@@ -242,16 +242,6 @@ _BUDGET_PATHS: Schema = {
             ],
         )
     },
-    "/api/alerts": {
-        "get": op(
-            "Budget thresholds crossed (each once per budget and window), newest first.",
-            "budgets",
-            ADMIN,
-            {200: ok_json("Alerts.", ref("BudgetAlerts"))},
-            (400, *API_READ),
-            parameters=[param("from", "query", TIMESTAMP, "Alerts at or after."), _PAGE],
-        )
-    },
     "/v1/budget": {
         "get": op(
             "The budgets that govern this key's calls (with the agent and run the headers name), in their current "
