@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
+from agentledger.api.approvals import approval_routes
 from agentledger.api.auth import AdminAuth
 from agentledger.api.budgets import budget_routes
 from agentledger.api.health import health_routes
@@ -30,6 +31,7 @@ from agentledger.core import alerts as core_alerts
 from agentledger.core.errors import MethodNotAllowed, NotFound, StoreUnavailable
 from agentledger.core.ids import new_id
 from agentledger.core.model import TraceEvent
+from agentledger.gateway.approvals import Approvals
 from agentledger.gateway.broadcast import Broadcast
 from agentledger.gateway.budget_recovery import reconcile_expired, recover
 from agentledger.gateway.budgets import BudgetGate
@@ -74,6 +76,7 @@ class Components:
     counters: Counters
     gate: BudgetGate
     desk: SpendDesk
+    approvals: Approvals
 
 
 def build_components(
@@ -122,7 +125,15 @@ def build_components(
         gate=gate,
     )
     desk = SpendDesk(gate)
-    return Components(settings, store, pipeline, gateway, Governance(store, box), upstreams, counters, gate, desk)
+    approvals = Approvals(
+        store,
+        lambda: datetime.now(UTC),
+        wait_s=settings.approval_wait_s,
+        ttl_s=settings.approval_ttl_s,
+        publish=None,  # the broadcast's, once it runs (lifespan)
+    )
+    governance = Governance(store, box)
+    return Components(settings, store, pipeline, gateway, governance, upstreams, counters, gate, desk, approvals)
 
 
 async def _disable_key(store: Store, gateway: Gateway, workspace_id: str, key_id: str) -> None:
@@ -215,6 +226,32 @@ def _alerting(settings: Settings, c: Components) -> tuple[WebhookStore, Delivery
     return hooks, worker, AlertSweep(hooks, commit, anomaly, spike)
 
 
+async def _expire_approvals(c: Components, every: float = 10.0) -> None:
+    """Every few seconds: approvals still pending past their expiry are marked `expired` (deciding or using one
+    is refused past its expiry anyway; this keeps the list honest)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await c.approvals.expire()
+        except StoreUnavailable:
+            continue
+        except Exception:  # a sweep must never stop sweeping
+            log.exception("approval expiry sweep failed; retrying")
+
+
+def _on_broadcast(c: Components) -> Callable[[str, str], None]:
+    """What another replica broadcast: an approval decided there wakes the calls held here; the rest are cache
+    invalidations."""
+
+    def apply(kind: str, value: str) -> None:
+        if kind == "approval":
+            c.approvals.on_broadcast(value)
+        else:
+            c.gateway.apply_invalidation(kind, value)
+
+    return apply
+
+
 def app_from_env() -> Starlette:
     """The app of one worker process when `workers` > 1 (uvicorn imports it by name in each): the parent passed
     its settings through AGENTLEDGER_* environment variables."""
@@ -249,24 +286,28 @@ def create_app(
         c.pipeline.start()
         await _load_counters(c, at_start=True)
         expiry = asyncio.get_running_loop().create_task(_expire_reservations(c))
+        approval_expiry = asyncio.get_running_loop().create_task(_expire_approvals(c))
         # Alerts: the outbox's delivery worker and the detectors' sweep (docs/alerts.md), never on a request's path.
         delivering = asyncio.get_running_loop().create_task(worker.run())
         clock = lambda: datetime.now(UTC)  # noqa: E731
         sweeping = asyncio.get_running_loop().create_task(sweep.run(clock, settings.alert_sweep_interval))
         broadcast = None
         if settings.redis_url:
-            broadcast = Broadcast(settings.redis_url, c.gateway.claims.node_id, c.gateway.apply_invalidation)
+            broadcast = Broadcast(settings.redis_url, c.gateway.claims.node_id, _on_broadcast(c))
             broadcast.start()
             c.gateway.broadcast = broadcast.publish
+            c.approvals.publish = broadcast.publish
         settle_heap()
         try:
             yield
         finally:
             expiry.cancel()
+            approval_expiry.cancel()
             delivering.cancel()
             sweeping.cancel()
             if broadcast is not None:
                 c.gateway.broadcast = None
+                c.approvals.publish = None
                 await broadcast.aclose()
             # Graceful shutdown: every acknowledged trace event is written (or spooled) before exit.
             await c.pipeline.aclose()
@@ -298,6 +339,7 @@ def create_app(
         *manage_routes(auth, c.governance, c.gateway),
         *webhook_routes(auth, hooks, c.governance.box, c.pipeline, worker.allow, wake=worker.wake.set),
         *budget_routes(auth, c.store, c.gateway, c.desk),
+        *approval_routes(auth, c.approvals),
         *query_routes(auth, c.store, c.pipeline),
         *health_routes(c.store, c.pipeline),
         *openapi_routes(),

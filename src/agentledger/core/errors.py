@@ -12,7 +12,9 @@
     ├── RateLimited                       429 rate_limit_error / rate_limited (+ Retry-After)
     ├── PermissionDenied                  403 permission_error
     │   ├── ModelNotAllowed               403 permission_error / model_not_allowed
-    │   └── AgentMismatch                 403 permission_error / agent_mismatch
+    │   ├── AgentMismatch                 403 permission_error / agent_mismatch
+    │   ├── ApprovalRequired              403 permission_error / approval_required (+ approval_id, Retry-After)
+    │   └── ApprovalDenied                403 permission_error / approval_denied (+ approval_id; the approver's reason)
     ├── NotFound                          404 not_found_error
     ├── MethodNotAllowed                  405 invalid_request_error / method_not_allowed
     ├── ClientClosed                      499 client_closed / client_closed_request (recorded, never sent)
@@ -27,11 +29,13 @@
         └── UpstreamRejected              upstream status / upstream_rejected (4xx passed through)
 
 `status`, `type` and `code` are class attributes so one renderer can serve all of them; `retry_after`
-(seconds), when set, becomes a `Retry-After` header.
+(seconds), when set, becomes a `Retry-After` header; `details()` are fields a client needs besides the message
+(an approval's id), rendered next to `code` in every wire format.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, ClassVar
 
 
@@ -48,8 +52,12 @@ class AgentLedgerError(Exception):
         if status is not None:
             self.status = status  # type: ignore[misc]
 
+    def details(self) -> dict[str, Any]:
+        return {}
+
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
+        error = {"message": self.message, "type": self.type, "code": self.code, "param": self.param}
+        return {"error": {**error, **self.details()}}
 
 
 class InvalidRequest(AgentLedgerError):
@@ -121,6 +129,73 @@ class ModelNotAllowed(PermissionDenied):
 
 class AgentMismatch(PermissionDenied):
     code = "agent_mismatch"
+
+
+class ApprovalRequired(PermissionDenied):
+    """An escalated call waited `waited_ms` for a human and none decided: resend the same `x-request-id` after
+    `retry_after` (it is held again, and proceeds once approved). 403, not 409/429: the SDKs must not retry it
+    by themselves. `created`: this call opened the approval."""
+
+    code = "approval_required"
+
+    def __init__(
+        self, message: str, *, approval_id: str, retry_after: int, created: bool = False, waited_ms: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.approval_id = approval_id
+        self.retry_after = max(1, retry_after)  # type: ignore[misc]
+        self.created = created
+        self.waited_ms = waited_ms
+
+    def details(self) -> dict[str, Any]:
+        return {"approval_id": self.approval_id}
+
+
+class ApprovalDenied(PermissionDenied):
+    """A human denied this call (`reason`: the approver's comment); resending it is refused the same way."""
+
+    code = "approval_denied"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        approval_id: str,
+        reason: str | None,
+        decided_by: str | None,
+        decided_at: datetime | None,
+        created: bool = False,
+        waited_ms: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.approval_id = approval_id
+        self.reason = reason
+        self.decided_by = decided_by
+        self.decided_at = decided_at
+        self.created = created
+        self.waited_ms = waited_ms
+
+    def details(self) -> dict[str, Any]:
+        return {"approval_id": self.approval_id}
+
+
+class RunCancelled(PermissionDenied):
+    """The call's run was cancelled (POST /api/runs/{id}/cancel): no call of it is forwarded again. 403, not a
+    retried status: a retry cannot succeed."""
+
+    code = "run_cancelled"
+
+
+class RunPaused(AgentLedgerError):
+    """The call's run is paused and was not resumed while the call waited (`run_pause_wait_s`)."""
+
+    status = 423
+    type = "run_paused"
+    code = "run_paused"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)  # type: ignore[misc]
 
 
 class NotFound(AgentLedgerError):

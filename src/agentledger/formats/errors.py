@@ -31,7 +31,7 @@ def anthropic_type(status: int) -> str:
 
 
 def anthropic_body(exc: AgentLedgerError) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": anthropic_type(exc.status), "message": exc.message}}
+    return {"type": "error", "error": {"type": anthropic_type(exc.status), "message": exc.message, **exc.details()}}
 
 
 def openai_body(exc: AgentLedgerError) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agentledger import __version__
-from agentledger.api.openapi.alerts import ALERT_PATHS, ALERT_ROWS
+from agentledger.api.openapi.approvals import APPROVAL_PATHS, APPROVAL_ROWS
 from agentledger.api.openapi.paths import PATHS
 from agentledger.api.openapi.rows import DECISIONS, ROWS
 from agentledger.api.openapi.schemas import REQUESTS
@@ -28,7 +28,10 @@ _ERRORS = {
     "(`budget_exceeded`; `billing_error` in Anthropic's shape); the message names the budget, its scope (and on "
     "model routes its period and action), its limit, spent and reserved amounts and what the call may cost. "
     "Waiting does not refill a budget before its next window.",
-    403: "Not allowed: read-only token, model not allowed, agent mismatch (`permission_error`).",
+    403: "Not allowed: read-only token, model not allowed, agent mismatch (`permission_error`). On model routes, a "
+    "call a policy escalated: `approval_required` (no human decided while it was held; `approval_id` names the "
+    "approval, and a resend of the same call after `Retry-After` is held again and proceeds once approved) or "
+    "`approval_denied` (the message carries the approver's reason).",
     404: "Unknown object (`not_found_error`) or model (`model_not_found`).",
     409: "Already exists (`conflict`), or x-request-id reused with another body (`idempotency_key_reused`).",
     413: "The body is larger than `max_body_bytes` (`request_too_large`).",
@@ -70,7 +73,7 @@ them) are accepted besides the listed ones.
 
 def _error_response(status: int, shape: str = "Error") -> Schema:
     headers = {"x-request-id": _REQUEST_ID}
-    if status in (429, 503):
+    if status in (403, 429, 503):  # 403: approval_required
         headers["Retry-After"] = _RETRY_AFTER
     if status in (402, 429, 503):
         headers.update(copy.deepcopy(_POLICY_HEADERS))
@@ -82,9 +85,9 @@ def document() -> Schema:
     return {
         "openapi": "3.1.0",
         "info": {"title": "agentledger", "version": __version__, "description": DESCRIPTION},
-        "paths": {**PATHS, **ALERT_PATHS},
+        "paths": {**PATHS, **APPROVAL_PATHS},
         "components": {
-            "schemas": {**REQUESTS, **ROWS, **ALERT_ROWS},
+            "schemas": {**REQUESTS, **ROWS, **APPROVAL_ROWS},
             "responses": {
                 **{f"Error{status}": _error_response(status) for status in _ERRORS},
                 **{f"AnthropicError{status}": _error_response(status, "AnthropicError") for status in _ERRORS},

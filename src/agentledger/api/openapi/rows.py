@@ -18,6 +18,8 @@ OBJECT: Schema = {"type": "object"}
 OPT_STR = nullable(STR)
 OPT_TS = nullable(TIMESTAMP)
 COST_SOURCE = nullable(enum([s.value for s in CostSource]))
+# On 403 approval_required / approval_denied only: the approval to decide (GET /api/approvals/{approval_id}).
+_APPROVAL_ID: Schema = {**STR, "description": "403 approval_required / approval_denied: the approval's id."}
 
 
 def _listing(item: str) -> Schema:
@@ -244,7 +246,7 @@ ROWS: dict[str, Schema] = {
     "Error": obj(
         {
             "error": obj(
-                {"message": STR, "type": STR, "code": OPT_STR, "param": OPT_STR},
+                {"message": STR, "type": STR, "code": OPT_STR, "param": OPT_STR, "approval_id": _APPROVAL_ID},
                 ["message", "type", "code", "param"],
                 closed=True,
             )
@@ -255,7 +257,7 @@ ROWS: dict[str, Schema] = {
     "AnthropicError": obj(
         {
             "type": {"const": "error"},
-            "error": obj({"type": STR, "message": STR}, ["type", "message"], closed=True),
+            "error": obj({"type": STR, "message": STR, "approval_id": _APPROVAL_ID}, ["type", "message"], closed=True),
         },
         ["type", "error"],
         closed=True,
