@@ -80,7 +80,9 @@ T = TypeVar("T")
 
 def _object(value: Any, param: str, keys: Iterable[str]) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise InvalidRequest(f"'{param}' must be an object.", param=param)
+        raise InvalidRequest(
+            f"'{param}' must be an object." if param else "A policy must be a JSON object.", param=param or None
+        )
     known = tuple(keys)
     unknown = [k for k in value if k not in known]
     if unknown:
