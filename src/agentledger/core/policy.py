@@ -12,6 +12,13 @@ settings and rules (core/policy_config.py reads them from the API's JSON; docs t
 * A condition about something the call does not have (a model for a tool call, a run outside any run) does
   not hold, negated or not, with one exception: `max_tokens_over` counts a model call without max_tokens as
   above (the provider's default may be the model's whole output).
+* What a setting applies to: the model and provider lists to calls that name one; `max_tokens`,
+  `prompt_ids_allow` and `max_run_model_calls` to model calls; the run guards inside a run; the rest to every
+  kind. `ip_allow` refuses a call whose client IP is unknown: it exists to keep callers out. Run guards count
+  what came before the call: `max_run_steps: 10` lets 10 steps through and refuses the 11th call;
+  `max_run_cost_usd` refuses once the run's spend reached it; `loop_repeats: 3` refuses the third identical body.
+  `requests_per_minute`, `tokens_per_minute`, `concurrent` and `approval_wait_s` are only merged and exposed
+  (`Applied.settings`): the gateway enforces them.
 * Monitor policies change nothing: the verdict is what the enforced policies decide, and `would` is what
   enforcing the monitor policies too would have decided, when that differs.
 
@@ -483,7 +490,7 @@ class PolicySet:
         if found is None:
             found = Applied([c for c in self._compiled if _over(c.policy, key)])
             if len(self._cache) >= MAX_CACHED_SUBJECTS:
-                del self._cache[next(iter(self._cache))]  # the oldest: a bound, not an LRU
+                self._cache.pop(next(iter(self._cache)), None)  # the oldest: a bound, not an LRU
             self._cache[key] = found
         return found
 

@@ -10,7 +10,7 @@ import fnmatch
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
@@ -40,8 +40,7 @@ class Env:
             memo = self._minutes = {}
         found = memo.get(key)
         if found is None:
-            now = self.ctx.now if self.ctx.now.tzinfo is not None else self.ctx.now.replace(tzinfo=UTC)
-            local = now.astimezone(zone)
+            local = _aware(self.ctx.now).astimezone(zone)
             found = memo[key] = local.weekday() * _DAY + local.hour * 60 + local.minute
         return found
 
@@ -119,7 +118,11 @@ def _seconds_in_run(ctx: CallContext) -> float | None:
     run = ctx.run
     if run is None or run.started_at is None:
         return None
-    return (ctx.now - run.started_at).total_seconds()
+    return (_aware(ctx.now) - _aware(run.started_at)).total_seconds()
+
+
+def _aware(ts: datetime) -> datetime:
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
 def _property_check(props: tuple[tuple[str, str], ...]) -> Check:

@@ -19,6 +19,7 @@ import ipaddress
 import math
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import fields
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -48,6 +49,7 @@ from agentledger.core.policy import (
 
 MAX_RULES = 200
 MAX_LIST = 1000  # globs, CIDRs, prompt ids per list
+MAX_ENTRIES = 5000  # list entries in a whole policy: compiling stays well under a second
 MAX_WINDOWS = 64
 MAX_HEADERS = 64
 MAX_KINDS = 64
@@ -377,11 +379,31 @@ def _scope(data: dict[str, Any]) -> tuple[Scope, str | None]:
     return scope, text_field(value, "scope_value", limit=1024, strip=True)
 
 
+def _entries(obj: Settings | Conditions) -> int:
+    return sum(len(v) for v in (getattr(obj, f.name) for f in fields(obj)) if isinstance(v, tuple | frozenset))
+
+
+def _check_size(policy: Policy) -> None:
+    total = _entries(policy.settings)
+    where = "settings"
+    for i, rule in enumerate(policy.rules):
+        if total > MAX_ENTRIES:
+            break
+        total += _entries(rule.when)
+        where = f"rules[{i}]"
+    if total > MAX_ENTRIES:
+        raise InvalidRequest(
+            f"A policy may hold at most {MAX_ENTRIES} list entries (globs, CIDRs, ids, windows) in all; "
+            f"'{where}' passes that.",
+            param=where,
+        )
+
+
 def parse_policy(data: Any, *, id: str, version: int) -> Policy:
     """The API's JSON for a policy (without its id and version, which the store gives) → the model."""
     body = _object(data, "", _POLICY_KEYS)
     scope, value = _scope(body)
-    return Policy(
+    policy = Policy(
         id=id,
         version=version,
         name=text_field(body.get("name"), "name", limit=MAX_TEXT, strip=True),
@@ -391,6 +413,8 @@ def parse_policy(data: Any, *, id: str, version: int) -> Policy:
         settings=parse_settings(body.get("settings")),
         rules=parse_rules(body.get("rules")),
     )
+    _check_size(policy)
+    return policy
 
 
 # -- back to JSON -----------------------------------------------------------------------------------------------

@@ -264,7 +264,7 @@ def test_max_tokens_block_refuses_above_the_cap() -> None:
 
 
 def test_a_blocked_call_carries_no_changes() -> None:
-    rules = [{"action": "block"}, {"action": "redact", "redact": ["email"]}]
+    rules: list[dict[str, Any]] = [{"action": "block"}, {"action": "redact", "redact": ["email"]}]
     verdict = judge([pol(settings={"max_tokens": 10}, rules=rules)], max_tokens=50, pii=frozenset({"email"}))
     assert verdict.decision is Decision.BLOCKED
     assert (verdict.clamp_max_tokens, verdict.redact, verdict.changes) == (None, frozenset(), ())
@@ -332,7 +332,7 @@ def test_block_beats_escalate_beats_throttle_beats_allow() -> None:
 
 
 def test_the_lowest_throttle_wins_and_redact_and_alert_apply_besides() -> None:
-    rules = [
+    rules: list[dict[str, Any]] = [
         {"id": "t20", "action": "throttle", "throttle_rpm": 20},
         {"id": "t5", "action": "throttle", "throttle_rpm": 5, "message": "slow down"},
         {"id": "mails", "action": "redact", "redact": ["email"], "when": {"pii": ["email"]}},
@@ -370,16 +370,11 @@ def test_the_outcome_does_not_depend_on_rule_order(rules: list[tuple[str, int, b
         return rule
 
     def outcome(order: list[int]) -> tuple[object, ...]:
-        policies = [
-            pol(
-                scope,
-                {"workspace": None, "department": "research", "agent": "planner"}[scope],
-                rules=[body(i, *r)],
-                id=f"p{i}",
-            )
-            for i in order
-            for *r, scope in [rules[i]]
-        ]
+        policies = []
+        for i in order:
+            action, rpm, matches, scope = rules[i]
+            value = {"workspace": None, "department": "research", "agent": "planner"}[scope]
+            policies.append(pol(scope, value, rules=[body(i, action, rpm, matches)], id=f"p{i}"))
         v = judge(policies)
         return (v.decision, v.throttle_rpm, v.redact, frozenset(h.rule_id for h in v.alerts))
 
@@ -387,7 +382,8 @@ def test_the_outcome_does_not_depend_on_rule_order(rules: list[tuple[str, int, b
     assert outcome(list(range(len(rules)))) == outcome(order)
     # and the decision is the strongest of the matching actions
     decisive = [_RANK[Decision(d)] for a, _, m, _ in rules if m for d in [_DECIDES.get(a)] if d]
-    assert _RANK[outcome(order)[0]] == max(decisive, default=1)  # type: ignore[index]
+    decision = outcome(order)[0]
+    assert isinstance(decision, Decision) and _RANK[decision] == max(decisive, default=1)
 
 
 _DECIDES = {"allow": "allowed", "block": "blocked", "throttle": "throttled", "escalate": "escalated"}

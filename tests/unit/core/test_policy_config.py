@@ -14,6 +14,7 @@ from agentledger.core.errors import InvalidRequest
 from agentledger.core.policy import Conditions, MaxTokensAction, Mode, Rule, RuleAction, Settings, TimeWindow
 from agentledger.core.policy_config import (
     CONDITION_KEYS,
+    MAX_ENTRIES,
     MAX_LIST,
     MAX_RULES,
     SETTING_KEYS,
@@ -337,6 +338,15 @@ def test_bounds_on_lists_and_strings() -> None:
     props = {f"p{i}": "*" for i in range(33)}
     assert refused(with_rule({"action": "block", "when": {"properties": props}})).param == "rules[0].when.properties"
     assert refused(base(scope="agent", scope_value="a" * 1025)).param == "scope_value"
+
+
+def test_a_whole_policy_holds_a_bounded_number_of_list_entries() -> None:
+    full = {"when": {"names": ["n"] * MAX_LIST}, "action": "block"}
+    parse(base(rules=[full] * (MAX_ENTRIES // MAX_LIST)))
+    assert refused(
+        base(rules=[full] * (MAX_ENTRIES // MAX_LIST) + [{"when": {"names": ["x"]}, "action": "block"}])
+    ).param == (f"rules[{MAX_ENTRIES // MAX_LIST}]")
+    assert refused(base(settings={"models_allow": ["m"] * MAX_LIST}, rules=[full] * 4 + [full])).param == "rules[4]"
 
 
 def test_settings_and_rules_parse_on_their_own_for_partial_updates() -> None:
