@@ -21,10 +21,12 @@ from starlette.routing import Match, Route
 from agentledger.api.approvals import approval_routes
 from agentledger.api.auth import AdminAuth
 from agentledger.api.budgets import budget_routes
+from agentledger.api.policies import policy_routes
 from agentledger.api.health import health_routes
 from agentledger.api.manage import manage_routes
 from agentledger.api.openapi import openapi_routes
 from agentledger.api.query import query_routes
+from agentledger.api.run_controls import run_control_routes
 from agentledger.api.webhooks import webhook_routes
 from agentledger.config import Settings
 from agentledger.core import alerts as core_alerts
@@ -37,10 +39,12 @@ from agentledger.gateway.budget_recovery import reconcile_expired, recover
 from agentledger.gateway.budgets import BudgetGate
 from agentledger.gateway.failsafe import ErrorMiddleware
 from agentledger.gateway.flow import Gateway
+from agentledger.gateway.policies import PolicyDesk
 from agentledger.gateway.limits import BodyLimitMiddleware
 from agentledger.gateway.middleware import RequestIdMiddleware
 from agentledger.gateway.responses import error_for_path
 from agentledger.gateway.routes import chat_routes
+from agentledger.gateway.run_controls import RunControls
 from agentledger.gateway.spend import SpendDesk
 from agentledger.governance import Governance
 from agentledger.ingest.steps import StepIngest
@@ -123,6 +127,22 @@ def build_components(
         cache_ttl=settings.cache_ttl,
         stale_if_error=settings.stale_if_error,
         gate=gate,
+        controls=RunControls(
+            store.governance.run_control,
+            pause_wait=settings.run_pause_wait_s,
+            cache_ttl=settings.cache_ttl,
+            stale_if_error=settings.stale_if_error,
+        ),
+        policies=PolicyDesk(
+            store.governance.list_policies,
+            store.get_run,
+            counters,
+            lambda: datetime.now(UTC),
+            cache_ttl=settings.cache_ttl,
+            stale_if_error=settings.stale_if_error,
+            client_ip_header=settings.client_ip_header or None,
+            emit=pipeline.commit,
+        ),
     )
     desk = SpendDesk(gate)
     approvals = Approvals(
@@ -132,6 +152,8 @@ def build_components(
         ttl_s=settings.approval_ttl_s,
         publish=None,  # the broadcast's, once it runs (lifespan)
     )
+    if gateway.policies is not None:
+        gateway.policies.approvals = approvals  # an escalation waits on them
     governance = Governance(store, box)
     return Components(settings, store, pipeline, gateway, governance, upstreams, counters, gate, desk, approvals)
 
@@ -340,6 +362,8 @@ def create_app(
         *webhook_routes(auth, hooks, c.governance.box, c.pipeline, worker.allow, wake=worker.wake.set),
         *budget_routes(auth, c.store, c.gateway, c.desk),
         *approval_routes(auth, c.approvals),
+        *policy_routes(auth, c.store, c.gateway),
+        *run_control_routes(auth, c.store, c.gateway),
         *query_routes(auth, c.store, c.pipeline),
         *health_routes(c.store, c.pipeline),
         *openapi_routes(),

@@ -12,7 +12,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-
 # An escalated call holds its connection (and a worker's attention) while it waits: past 5 minutes, proxies and
 # clients time out anyway, so a longer wait only hides the 403 that tells the agent to come back later.
 MAX_APPROVAL_WAIT_S = 300.0
@@ -90,6 +89,20 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a budget reservation (a call in flight, a spend authorization) lives before it expires and is "
         "charged its estimate.",
     ),
+    Setting(
+        "run_pause_wait_s",
+        float,
+        10.0,
+        "Seconds a call of a paused run waits for the run to be resumed before it is refused with 423 run_paused "
+        "(0 to 300; 0: refused at once).",
+    ),
+    Setting(
+        "client_ip_header",
+        str,
+        "",
+        "Behind a trusted reverse proxy: the header it puts the caller's address in (x-forwarded-for, x-real-ip); "
+        "policies' ip_allow and ip_in read the last address in it. Empty: the connection's peer address.",
+    ),
     Setting("log_level", str, "info", "Log level: debug, info, warning, error."),
     Setting(
         "max_body_bytes",
@@ -151,6 +164,8 @@ class Settings:
     redis_url: str = ""
     budget_output_tokens: int = 4096
     reservation_ttl: float = 900.0
+    run_pause_wait_s: float = 10.0
+    client_ip_header: str = ""
     log_level: str = "info"
     max_body_bytes: int = 52_428_800
     webhook_allow_hosts: str = ""
@@ -199,6 +214,9 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
             values[name] = _coerce(by_name[name], raw)
     if values.get("durability", "strict") not in ("strict", "batched"):
         raise ValueError(f"durability: expected strict or batched, got {values['durability']!r}")
+    # A held call keeps its connection open: the SDKs' own timeouts (600 s) must not end it first.
+    if not 0 <= values.get("run_pause_wait_s", 10.0) <= 300:
+        raise ValueError(f"run_pause_wait_s: expected 0 to 300 seconds, got {values['run_pause_wait_s']!r}")
     wait, ttl = values.get("approval_wait_s", 0.0), values.get("approval_ttl_s", 1.0)
     if not 0 <= wait <= MAX_APPROVAL_WAIT_S:  # NaN fails too
         raise ValueError(f"approval_wait_s: expected 0 to {MAX_APPROVAL_WAIT_S:g} seconds, got {wait!r}")

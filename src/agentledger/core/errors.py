@@ -14,7 +14,9 @@
     │   ├── ModelNotAllowed               403 permission_error / model_not_allowed
     │   ├── AgentMismatch                 403 permission_error / agent_mismatch
     │   ├── ApprovalRequired              403 permission_error / approval_required (+ approval_id, Retry-After)
-    │   └── ApprovalDenied                403 permission_error / approval_denied (+ approval_id; the approver's reason)
+    │   ├── ApprovalDenied                403 permission_error / approval_denied (+ approval_id; the approver's reason)
+    │   └── RunCancelled                  403 permission_error / run_cancelled
+    ├── RunPaused                         423 run_paused / run_paused (+ Retry-After)
     ├── NotFound                          404 not_found_error
     ├── MethodNotAllowed                  405 invalid_request_error / method_not_allowed
     ├── ClientClosed                      499 client_closed / client_closed_request (recorded, never sent)
@@ -121,6 +123,12 @@ class PermissionDenied(AgentLedgerError):
     status = 403
     type = "permission_error"
     code = "permission_denied"
+
+
+class PolicyBlocked(PermissionDenied):
+    """A policy's rule or setting refused the call; the message names the policy, its version and the rule."""
+
+    code = "policy_blocked"
 
 
 class ModelNotAllowed(PermissionDenied):

@@ -66,10 +66,11 @@ class Governed:
     tokens_in: int = 0
     decided_by: dict[str, Any] | None = None
     note: str | None = None
+    policy: dict[str, Any] | None = None  # the policies' verdict as the trace keeps it (gateway/policies.py)
 
     @property
     def governed(self) -> bool:
-        return bool(self.figures or self.limits or self.decided_by or self.note)
+        return bool(self.figures or self.limits or self.decided_by or self.note or self.policy)
 
 
 def _cost_after(f: Figures, estimate: int, actual: int) -> Figures:
@@ -143,6 +144,31 @@ class BudgetGate:
             self._rates[key] = worst_rates(model, provider, at, overrides)
         return self._rates[key]
 
+    def _tokens(self, body_bytes: int, max_output: int | None, embeddings: bool, choices: int) -> tuple[int, int]:
+        """A call's most possible input and output tokens (the reservation's bound)."""
+        tokens_out = 0 if embeddings else (max_output or self.default_output_tokens) * max(choices, 1)
+        return input_bound(body_bytes), tokens_out
+
+    def estimate(
+        self,
+        workspace_id: str,
+        model: str,
+        provider: str,
+        now: datetime,
+        overrides: dict[str, Any],
+        *,
+        body_bytes: int,
+        max_output: int | None,
+        embeddings: bool = False,
+        choices: int = 1,
+    ) -> int | None:
+        """A call's most possible cost in nano-dollars, as a reservation would hold it (None: no known price)."""
+        rates = self._worst(workspace_id, model, provider, now, overrides)
+        if rates is None:
+            return None
+        tokens_in, tokens_out = self._tokens(body_bytes, max_output, embeddings, choices)
+        return min(reservation_nanos(tokens_in, tokens_out, *rates), MAX_EVENT_COST_NANOS)
+
     # -- admission ---------------------------------------------------------------------------------------------
     async def admit(
         self,
@@ -170,8 +196,7 @@ class BudgetGate:
         if not applied and not rated:
             return
         now = self.clock()
-        tokens_in = input_bound(body_bytes)
-        tokens_out = 0 if embeddings else (max_output or self.default_output_tokens) * max(choices, 1)
+        tokens_in, tokens_out = self._tokens(body_bytes, max_output, embeddings, choices)
         governed.limits = rated
         governed.tokens_estimate = tokens_in + tokens_out
         governed.tokens_in = tokens_in
@@ -521,6 +546,8 @@ class BudgetGate:
             out["reserved_usd"] = format_usd(governed.estimate)
         if governed.note:
             out["note"] = governed.note
+        if governed.policy is not None:
+            out["policy"] = governed.policy
         return out
 
     def policy_step(
@@ -531,11 +558,17 @@ class BudgetGate:
         request_id: str,
         base: Attribution,
         started_at: datetime,
-        name: str = "budgets and rate limits",
+        name: str | None = None,
+        attempt: int = 1,
     ) -> StepRecord | None:
+        """`attempt`: the client's try of this x-request-id; each try's check is a step of its own (a resend
+        after an approval shows escalated → approved beside the first try's escalated → pending)."""
         if base.run_id is None:
             return None
-        digest = hashlib.sha256(f"{base.workspace_id}\0{request_id}\0policy".encode()).hexdigest()[:24]
+        if name is None:
+            name = "policy check" if governed.policy is not None else "budgets and rate limits"
+        tail = "" if attempt == 1 else f"\0{attempt}"  # the first try's id as it always was
+        digest = hashlib.sha256(f"{base.workspace_id}\0{request_id}\0policy{tail}".encode()).hexdigest()[:24]
         now = self.clock()
         ok = governed.decision is Decision.ALLOWED
         return StepRecord(

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import orjson
 from starlette.datastructures import Headers
 
-from agentledger.core.budgets import Subject
+from agentledger.core.budgets import Decision, Subject
 from agentledger.core.errors import (
     AgentLedgerError,
     AgentMismatch,
@@ -51,7 +51,9 @@ from agentledger.gateway.bodies import parse_json_object
 from agentledger.gateway.budgets import BudgetGate
 from agentledger.gateway.cache import TTLCache
 from agentledger.gateway.claims import Claims
+from agentledger.gateway.policies import PolicyDesk, Review, header_names
 from agentledger.gateway.records import Attempt, Call, Outcome, rejection, trace_events
+from agentledger.gateway.run_controls import RunControls, change_value
 from agentledger.pipeline.queue import TracePipeline
 from agentledger.prices.catalog import price_known, price_usage
 from agentledger.providers.base import Event, Target, Upstream
@@ -77,6 +79,8 @@ class Gateway:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         gate: BudgetGate | None = None,
+        controls: RunControls | None = None,
+        policies: PolicyDesk | None = None,
     ) -> None:
         self.store = store
         self.pipeline = pipeline
@@ -92,6 +96,8 @@ class Gateway:
         self.prices: TTLCache[str, dict[str, list[Price]]] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
         self.claims = Claims(store, inflight_timeout)
         self.gate = gate
+        self.controls = controls
+        self.policies = policies
         # Tells the other replicas what this one invalidated (set when redis_url is; gateway/broadcast.py).
         self.broadcast: Callable[[str, str], None] | None = None
 
@@ -119,7 +125,14 @@ class Gateway:
         return await self.agents.get((workspace_id, agent_id), lambda: self.store.get_agent(workspace_id, agent_id))
 
     # -- validation ----------------------------------------------------------------------------------------
-    async def prepare(self, fmt: Format, request_id: str, raw_headers: list[tuple[bytes, bytes]], body: bytes) -> Call:
+    async def prepare(
+        self,
+        fmt: Format,
+        request_id: str,
+        raw_headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        peer: str | None = None,
+    ) -> Call:
         t0 = time.perf_counter()
         started_at = self.clock()
         principal = await self.authenticate(Headers(raw=raw_headers))
@@ -141,6 +154,9 @@ class Gateway:
                 raise ModelNotAllowed(f"This virtual key may not use model {parsed.model!r}.", param="model")
             overrides = await self.prices_for(principal.workspace_id)
             hops, bridges = self._usable(fmt, chain(primary, routes, allowed), overrides)
+            review = await self._review(fmt, parsed, attribution, hops[0], overrides, raw_headers, body, peer)
+            if review is not None and review.changed:  # clamped or redacted: that is the body forwarded
+                parsed = fmt.parse(review.payload, orjson.dumps(review.payload))
             # Built now: a translation that refuses the request is the client's 400, before any claim is taken.
             body_out = self._body(parsed, hops[0], bridges[0])
             return Call(
@@ -158,10 +174,57 @@ class Gateway:
                 t0=t0,
                 client_request_id=tracking.request_id is not None,
                 price_overrides=overrides,
+                review=review,
             )
         except AgentLedgerError as exc:
             await _durable(self.record_rejection(request_id, base, fmt, exc, started_at, t0, body))
             raise
+
+    async def _review(
+        self,
+        fmt: Format,
+        parsed: Parsed,
+        attribution: Attribution,
+        hop: Hop,
+        overrides: dict[str, list[Price]],
+        raw_headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        peer: str | None,
+    ) -> Review | None:
+        """The policies' verdict on this call (gateway/policies.py), before its body is built: a clamp or a
+        redaction changes what is forwarded."""
+        if self.policies is None:
+            return None
+        gate, now = self.gate, self.clock()
+        payload = parsed.payload
+
+        def estimate(max_output: int | None) -> int | None:
+            if gate is None:
+                return None
+            return gate.estimate(
+                attribution.workspace_id,
+                hop.model,
+                hop.route.provider,
+                now,
+                overrides,
+                body_bytes=len(body),
+                max_output=max_output,
+                embeddings=fmt.name == "embeddings",
+                choices=_positive_int(payload.get("n")) or 1,
+            )
+
+        return await self.policies.review(
+            Subject.of(attribution),
+            fmt.name,
+            payload,
+            model=hop.model,
+            provider=hop.route.name,
+            cost_nanos=estimate,
+            client_ip=self.policies.client_ip(peer, Headers(raw=raw_headers)),
+            header_names=header_names(raw_headers),
+            prompt_id=attribution.prompt_id,
+            body_hash=hashlib.sha256(body).hexdigest(),
+        )
 
     def _usable(
         self, fmt: Format, hops: list[Hop], overrides: dict[str, list[Price]]
@@ -241,7 +304,29 @@ class Gateway:
     # -- budgets and rate limits ---------------------------------------------------------------------------
     async def admit(self, call: Call) -> None:
         """Reserve the call's most possible cost against its budgets and count its rate limits (after the
-        claim: a replay reserves nothing), or raise BudgetExceeded / RateLimited, the refusal recorded."""
+        claim: a replay reserves nothing), or raise BudgetExceeded / RateLimited, the refusal recorded.
+        The policies' verdict is enforced first (a block, a throttle, an escalation waiting for a human)."""
+        if self.controls is not None:  # a cancelled or paused run's call goes no further (gateway/run_controls.py)
+            try:
+                await self.controls.admit(call.workspace_id, call.attribution.run_id, call.governed)
+            except AgentLedgerError as exc:
+                await self.finish(call, Outcome(StepStatus.ERROR, exc.status, (), error=exc))
+                raise
+        if call.review is not None and self.policies is not None:
+            try:
+                await self.policies.enforce(call.governed, call.review, call.workspace_id)
+                if call.governed.decision is Decision.ESCALATED:
+                    await self.policies.escalate(
+                        call.governed,
+                        call.review,
+                        Subject.of(call.attribution),
+                        request_id=call.request_id if call.client_request_id else None,
+                        body_hash=call.request_hash,
+                        summary={"kind": "model_call", "model": call.hops[0].model, "stream": call.stream},
+                    )
+            except AgentLedgerError as exc:
+                await self.finish(call, Outcome(StepStatus.ERROR, exc.status, (), error=exc))
+                raise
         if self.gate is None:
             return
         hop = call.hops[0]
@@ -374,6 +459,8 @@ class Gateway:
 
                 events, hop, link, started, t, backoff = await self._forward(call, attempts, once)
                 adapter = link.stream(call.parsed, call.model)
+                if self.controls is not None:  # the run's cancel ends the stream: RunCancelled, below
+                    events = self.controls.watch(call.workspace_id, call.attribution.run_id, events)
                 async for event, data in events:
                     for frame in adapter.feed(event, data):
                         if ttft is None:
@@ -504,7 +591,9 @@ class Gateway:
         )
         report = self.gate.report(governed)
         events = trace_events(call, outcome, attempt, ended_at, latency_ms, report)
-        check = self.gate.policy_step(governed, report, request_id=call.request_id, base=a, started_at=call.started_at)
+        check = self.gate.policy_step(
+            governed, report, request_id=call.request_id, base=a, started_at=call.started_at, attempt=attempt
+        )
         return self.pipeline.commit([*events, *booked, *([check] if check else [])])
 
     def record_rejection(
@@ -537,17 +626,29 @@ class Gateway:
         if self.broadcast is not None:
             self.broadcast("workspace", workspace_id)
 
+    def invalidate_run(self, workspace_id: str, run_id: str, state: str) -> None:
+        """A run was cancelled, paused or resumed: its control is dropped here and on every replica at once."""
+        value = change_value(workspace_id, run_id, state)
+        self.apply_invalidation("run", value)
+        if self.broadcast is not None:
+            self.broadcast("run", value)
+
     def apply_invalidation(self, kind: str, value: str) -> None:
         """Drop a key or a workspace's routes, prices and budgets from this node's caches (also what another
         replica broadcast: gateway/broadcast.py)."""
         if kind == "key":
             # Cached as "no such key" rather than forgotten: through a store outage it stays refused.
             self.principals.put(value, None)
+        elif kind == "run":
+            if self.controls is not None:
+                self.controls.invalidate(value)
         elif kind == "workspace":
             self.routes.invalidate(value)
             self.prices.invalidate(value)
             if self.gate is not None:
                 self.gate.invalidate(value)
+            if self.policies is not None:
+                self.policies.invalidate(value)
 
 
 async def _durable(fut: asyncio.Future[None] | None) -> None:

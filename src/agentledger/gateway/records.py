@@ -31,6 +31,7 @@ from agentledger.core.usage import Usage
 from agentledger.formats.base import Format, Parsed
 from agentledger.formats.registry import Bridge
 from agentledger.gateway.budgets import Governed
+from agentledger.gateway.policies import Review
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,7 @@ class Call:
     t0: float
     client_request_id: bool
     price_overrides: dict[str, list[Price]]
+    review: Review | None = None  # the policies' verdict (gateway/policies.py), enforced after the claim
     governed: Governed = field(default_factory=Governed)  # filled by the budget gate after the claim
 
     @property

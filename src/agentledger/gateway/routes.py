@@ -80,7 +80,8 @@ def model_call(gateway: Gateway, fmt: Format) -> Route:
         request_id: str = request.scope["state"]["request_id"]
         body = await request.body()
         try:
-            call = await gateway.prepare(fmt, request_id, request.scope["headers"], body)
+            peer = request.client.host if request.client else None
+            call = await gateway.prepare(fmt, request_id, request.scope["headers"], body, peer)
         except AgentLedgerError as exc:
             return fail(exc)
         try:
