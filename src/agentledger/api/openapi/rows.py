@@ -100,7 +100,7 @@ _STEP_TREE = {
 
 # -- budgets and rate limits (api/budgets.py, core/budgets.py) --------------------------------------------------
 # What a policy check can decide. `escalated` exists in core.budgets.Decision but nothing sets it yet.
-DECISIONS = [d.value for d in Decision if d is not Decision.ESCALATED]
+DECISIONS = [d.value for d in Decision]
 LEDGER_KINDS = ["reserve", "settle", "release", "expire", "spend", "adjust"]
 _SCOPE = enum([s.value for s in Scope])
 _PERIOD = enum([p.value for p in Period])
@@ -220,7 +220,16 @@ GOVERNANCE = obj(
     {
         "decision": enum(DECISIONS),
         "decided_by": nullable(
-            obj({"kind": enum(["budget", "rate_limit"]), "id": STR, "scope": STR}, ["kind", "id", "scope"])
+            obj(
+                {
+                    "kind": enum(["budget", "rate_limit", "policy", "run_control"]),
+                    "id": OPT_STR,
+                    "scope": STR,
+                    "version": nullable(INT),
+                    "rule": OPT_STR,
+                },
+                ["kind"],
+            )
         ),
         "budgets": {**array(ref("BudgetStatus")), "description": "Each applicable budget, as the call left it."},
         "rate_limits": array(
@@ -238,6 +247,7 @@ GOVERNANCE = obj(
         "reservation_id": STR,
         "reserved_usd": USD,
         "note": STR,
+        "policy": {**ref("PolicyVerdict"), "description": "The policies' verdict, when a policy applies."},
     },
     ["decision", "decided_by"],
 )

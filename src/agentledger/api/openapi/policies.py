@@ -1,0 +1,196 @@
+"""The policy routes and their shapes in the OpenAPI document (api/policies.py, core/policy_config.py)."""
+
+from __future__ import annotations
+
+from agentledger.api.openapi.rows import DECISIONS, INT, OBJECT, OPT_STR, STR
+from agentledger.api.openapi.schemas import AMOUNT_USD, ID, TIMESTAMP
+from agentledger.api.openapi.shapes import (
+    Schema,
+    array,
+    body,
+    enum,
+    nullable,
+    obj,
+    ok_json,
+    param,
+    ref,
+    responses,
+    text,
+)
+from agentledger.core.policy import POLICY_SCOPES, Mode, RuleAction
+from agentledger.core.policy_config import MAX_RULES
+
+_TAG = "policies"
+_ADMIN: list[dict[str, list[str]]] = [{"adminToken": []}]
+_VK: list[dict[str, list[str]]] = [{"virtualKey": []}, {"virtualKeyHeader": []}]
+_POLICY_ID = param("policy_id", "path", ID, "The policy's id.", required=True)
+_MODES = enum([m.value for m in Mode])
+
+_RULE = obj(
+    {
+        "id": text(64),
+        "name": text(256),
+        "when": {**OBJECT, "description": "Conditions, all of which must hold (docs/policies.md)."},
+        "action": enum([a.value for a in RuleAction]),
+        "throttle_rpm": INT,
+        "redact": array(STR),
+        "message": text(1024),
+    },
+    ["action"],
+)
+_CONTENT = {
+    "name": text(256),
+    "scope": enum([s.value for s in POLICY_SCOPES]),
+    "scope_value": {**nullable(text(1024)), "description": "The department, agent or virtual key; none for workspace."},
+    "mode": _MODES,
+    "settings": {**OBJECT, "description": "The settings it sets; the most specific scope that sets one wins."},
+    "rules": array(ref("PolicyRule"), max_items=MAX_RULES),
+}
+_VERDICT = obj(
+    {
+        "decision": enum(DECISIONS),
+        "policy_id": OPT_STR,
+        "policy_version": nullable(INT),
+        "rule_id": {**OPT_STR, "description": "The rule's id, or `setting:<name>` for a setting."},
+        "reason": STR,
+        "mode": _MODES,
+        "changes": {**OBJECT, "description": "`max_tokens` {field, from, to}; `redacted` [{kind, path, count}]."},
+        "changed_by": array(OBJECT),
+        "throttle_rpm": nullable(INT),
+        "alerts": array(OBJECT),
+        "would": {**nullable(OBJECT), "description": "Monitor mode: what enforcing every policy would decide."},
+        "approval": {**OBJECT, "description": "An escalation: its approval, status, decider and the wait."},
+    },
+    ["decision", "reason", "mode"],
+)
+
+POLICY_ROWS: dict[str, Schema] = {
+    "PolicyRule": _RULE,
+    "PolicyIn": obj(_CONTENT, ["name", "scope"], closed=True),
+    "Policy": obj(
+        {"id": STR, "version": INT, **_CONTENT, "created_at": TIMESTAMP, "updated_at": TIMESTAMP},
+        ["id", "version", "name", "scope", "mode", "settings", "rules"],
+    ),
+    "Policies": obj({"data": array(ref("Policy"))}, ["data"], closed=True),
+    "PolicyVersions": obj(
+        {
+            "data": array(
+                obj(
+                    {"version": INT, "change": enum(["create", "update", "delete"]), **_CONTENT, "created_by": OPT_STR},
+                    ["version", "change"],
+                )
+            )
+        },
+        ["data"],
+        closed=True,
+    ),
+    "PolicyVerdict": _VERDICT,
+    "PolicyEvaluateIn": obj(
+        {
+            "virtual_key_id": ID,
+            "agent_id": ID,
+            "department_id": ID,
+            "call": obj(
+                {
+                    "kind": text(64),
+                    "model": text(1024),
+                    "provider": text(1024),
+                    "name": text(1024),
+                    "max_tokens": INT,
+                    "amount_usd": AMOUNT_USD,
+                    "headers": array(text(256)),
+                    "client_ip": text(64),
+                    "prompt_id": text(1024),
+                    "properties": OBJECT,
+                    "messages": array(OBJECT),
+                }
+            ),
+        }
+    ),
+    "PolicyEvaluation": obj({**_VERDICT["properties"], "policies": array(OBJECT)}, ["decision", "reason", "policies"]),
+    "PolicyCheckIn": obj(
+        {
+            "run_id": ID,
+            "kind": text(64),
+            "name": text(256),
+            "amount_usd": AMOUNT_USD,
+            "attributes": OBJECT,
+        }
+    ),
+    "PolicyCheck": obj({"decision": enum(DECISIONS), "policy": nullable(ref("PolicyVerdict"))}, ["decision"]),
+}
+
+_WRITE = (400, 401, 403, 404, 409, 413, 503)
+
+POLICY_PATHS: Schema = {
+    "/api/policies": {
+        "get": {
+            "summary": "The workspace's policies, each at its current version.",
+            "tags": [_TAG],
+            "security": _ADMIN,
+            "responses": responses({200: ok_json("Policies.", ref("Policies"))}, (401, 503)),
+        },
+        "post": {
+            "summary": "Create a policy (version 1). Unknown fields are a 400 naming them; a scope that names a "
+            "department, agent or key that does not exist is a 404.",
+            "tags": [_TAG],
+            "security": _ADMIN,
+            "requestBody": body(ref("PolicyIn")),
+            "responses": responses({201: ok_json("Created.", ref("Policy"))}, _WRITE),
+        },
+    },
+    "/api/policies/evaluate": {
+        "post": {
+            "summary": "What a call would get from the policies and why (which policy, version and rule), without "
+            "forwarding, counting or recording anything.",
+            "tags": [_TAG],
+            "security": _ADMIN,
+            "requestBody": body(ref("PolicyEvaluateIn")),
+            "responses": responses({200: ok_json("The verdict.", ref("PolicyEvaluation"))}, (400, 401, 404, 413, 503)),
+        }
+    },
+    "/api/policies/{policy_id}": {
+        "get": {
+            "summary": "One policy at its current version.",
+            "tags": [_TAG],
+            "security": _ADMIN,
+            "parameters": [_POLICY_ID],
+            "responses": responses({200: ok_json("The policy.", ref("Policy"))}, (401, 404, 503)),
+        },
+        "put": {
+            "summary": "Replace a policy's content: a new version (every version is kept).",
+            "tags": [_TAG],
+            "security": _ADMIN,
+            "parameters": [_POLICY_ID],
+            "requestBody": body(ref("PolicyIn")),
+            "responses": responses({200: ok_json("The new version.", ref("Policy"))}, _WRITE),
+        },
+        "delete": {
+            "summary": "Delete a policy (a last version records the deletion).",
+            "tags": [_TAG],
+            "security": _ADMIN,
+            "parameters": [_POLICY_ID],
+            "responses": responses({200: ok_json("Deleted.", ref("Deleted"))}, (401, 403, 404, 503)),
+        },
+    },
+    "/api/policies/{policy_id}/versions": {
+        "get": {
+            "summary": "Every version of a policy, newest first, as it was written.",
+            "tags": [_TAG],
+            "security": _ADMIN,
+            "parameters": [_POLICY_ID],
+            "responses": responses({200: ok_json("Versions.", ref("PolicyVersions"))}, (401, 404, 503)),
+        }
+    },
+    "/v1/policy/check": {
+        "post": {
+            "summary": "Before a sensitive tool or API call: the policies' decision (200 allowed), or the refusal "
+            "(403 policy_blocked, 403 approval_required after the escalation's wait, 429 rate_limited), recorded "
+            "as a policy_check step of the run.",
+            "tags": [_TAG],
+            "security": _VK,
+            "requestBody": body(ref("PolicyCheckIn")),
+            "responses": responses({200: ok_json("Allowed.", ref("PolicyCheck"))}, (400, 401, 403, 413, 429, 503)),
+        }
+    },
+}
