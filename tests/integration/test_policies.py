@@ -313,3 +313,44 @@ def _new_key(gw: Harness, department: str) -> tuple[str, str]:
     resp = gw.api("POST", "/api/virtual-keys", json={"name": f"k-{department}", "department_id": department})
     assert resp.status_code == 201, resp.text
     return resp.json()["key"], resp.json()["id"]
+
+
+def test_alert_rules_and_stopped_runs_raise_alerts_once(lone: Harness) -> None:
+    p = policy(
+        lone,
+        name="watch",
+        settings={"max_run_model_calls": 1},
+        rules=[{"id": "big-out", "when": {"max_tokens_over": 100}, "action": "alert"}],
+    )
+    h = {"alephant-run-id": "run-alert"}
+    assert chat(lone, "a", headers=h, max_tokens=500).status_code == 200
+    assert chat(lone, "b", max_tokens=500).status_code == 200  # the same rule, the same hour: one alert
+    refused(chat(lone, "c", headers=h), 403, "policy_blocked")
+    refused(chat(lone, "d", headers=h), 403, "policy_blocked")  # the run stops once
+    got = lone.get("/api/alerts", kind="policy_alert")["data"]
+    assert [(a["policy_id"], a["run_id"]) for a in got] == [(p["id"], "run-alert")]
+    assert "big-out" in got[0]["message"]
+    stopped = lone.get("/api/alerts", kind="run_stopped")["data"]
+    assert [(a["run_id"], a["policy_id"], a["severity"]) for a in stopped] == [("run-alert", p["id"], "warning")]
+
+
+def test_a_fallback_never_goes_where_the_policies_would_not_let_the_call_go(lone: Harness) -> None:
+    lone.add_provider_key(name="A", models=["gpt-4o*"], priority=10, fallbacks=[{"model": "gpt-4o"}])
+    policy(lone, name="small only", settings={"models_deny": ["gpt-4o"]})
+    lone.fake.script[:] = [500]
+    resp = chat(lone)
+    assert resp.status_code == 502, resp.text  # the gpt-4o fallback was not tried
+    assert [r["body"]["model"] for r in lone.fake.received] == ["gpt-4o-mini"]
+
+
+def test_spend_authorizations_pass_the_policies_first(lone: Harness) -> None:
+    policy(lone, name="no gambling", rules=[{"when": {"names": ["casino*"]}, "action": "block"}])
+    resp = lone.v1(
+        "POST", "/v1/spend/authorize", json={"run_id": "run-spend", "amount_usd": "1", "name": "casino-chips"}
+    )
+    refused(resp, 403, "policy_blocked")
+    assert resp.headers["alephant-policy-decision"] == "blocked"
+    ok = lone.v1("POST", "/v1/spend/authorize", json={"run_id": "run-spend", "amount_usd": "1", "name": "search-api"})
+    assert ok.status_code in (200, 201), ok.text
+    step = policy_step(lone, "run-spend")
+    assert step["attributes"]["policy"]["decision"] == "blocked"

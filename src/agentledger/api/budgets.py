@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from agentledger.api.auth import AdminAuth, json_body, path_id
 from agentledger.core.budget_config import budget_row, dollars, rate_limit_row
-from agentledger.core.budgets import Figures, Scope, Subject, counter_key
+from agentledger.core.budgets import Decision, Figures, Scope, Subject, counter_key
 from agentledger.core.errors import AgentLedgerError, BudgetExceeded, InvalidRequest, NotFound, StoreUnavailable
 from agentledger.core.fields import id_field, text_field, time_field
 from agentledger.core.headers import parse_tracking
@@ -22,6 +22,7 @@ from agentledger.core.model import AdminPrincipal, Attribution, Principal, RunSt
 from agentledger.core.money import MAX_EVENT_COST_NANOS, format_usd, to_nanos
 from agentledger.gateway.budgets import Governed
 from agentledger.gateway.flow import Gateway
+from agentledger.gateway.policies import header_names
 from agentledger.gateway.responses import JSONResponse, error_response
 from agentledger.gateway.spend import SpendDesk
 from agentledger.limits.base import CountersUnavailable
@@ -173,6 +174,7 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
             )
 
     async def authorize(request: Request) -> Response:
+        governed = Governed()
         try:
             principal = await gateway.authenticate(request.headers)
             data = await json_body(request)
@@ -181,7 +183,24 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
             kind = text_field(data.get("kind", "tool_call"), "kind", limit=64, strip=True)
             name = text_field(data.get("name", kind), "name", limit=256, strip=True)
             subject = await subject_of(request, principal, run_id)
-            governed = Governed()
+            if gateway.policies is not None:  # the policies first: a blocked or escalated spend reserves nothing
+                try:
+                    await gateway.policies.check_action(
+                        governed,
+                        subject,
+                        kind=kind,
+                        name=name,
+                        amount_nanos=amount,
+                        client_ip=gateway.policies.client_ip(
+                            request.client.host if request.client else None, request.headers
+                        ),
+                        header_names=header_names(request.scope["headers"]),
+                        prompt_id=None,
+                        body={"kind": kind, "name": name, "amount_usd": data.get("amount_usd"), "run_id": run_id},
+                    )
+                except AgentLedgerError:
+                    await record_refusal(principal, subject, governed, kind, name)
+                    raise
             try:
                 entries = await desk.authorize(governed, subject, amount, kind=kind, name=name)
             except CountersUnavailable:
@@ -192,7 +211,10 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
             if entries:
                 await gateway.pipeline.submit(entries)  # durable before the agent may spend against it
         except AgentLedgerError as exc:
-            return error_response(exc, {"alephant-policy-decision": "blocked"} if exc.status == 402 else None)
+            decided = governed.decision.value if governed.decision is not Decision.ALLOWED else None
+            if exc.status == 402:
+                decided = "blocked"
+            return error_response(exc, {"alephant-policy-decision": decided} if decided else None)
         now = gate.clock()
         body = {
             "decision": governed.decision.value,

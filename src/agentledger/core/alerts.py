@@ -25,6 +25,7 @@ class AlertKind(enum.StrEnum):
     APPROVAL_PENDING = "approval_pending"
     SPEND_ANOMALY = "spend_anomaly"
     ERROR_SPIKE = "error_spike"
+    POLICY_ALERT = "policy_alert"  # a policy rule with action `alert` matched
 
 
 KINDS = tuple(k.value for k in AlertKind)
@@ -130,6 +131,38 @@ def run_stopped(
         agent_id=agent_id,
         department_id=department_id,
         request_id=request_id,
+    )
+
+
+def policy_alert(
+    workspace_id: str,
+    policy_id: str,
+    policy_version: int,
+    rule_id: str,
+    reason: str,
+    *,
+    at: datetime,
+    run_id: str | None = None,
+    request_id: str | None = None,
+    agent_id: str | None = None,
+    department_id: str | None = None,
+) -> Alert:
+    """A policy's `alert` rule matched a call; once per rule and hour (a rule matching every call of a busy agent
+    pages people once an hour, not a thousand times)."""
+    hour = window_start(at, 60)
+    return Alert(
+        workspace_id=workspace_id,
+        kind=AlertKind.POLICY_ALERT.value,
+        severity=Severity.INFO.value,
+        dedupe_key=f"policy:{policy_id}:{rule_id}:{window_key(hour)}",
+        message=f"Policy {policy_id} v{policy_version} rule {rule_id} matched: {reason}",
+        at=at,
+        data={"reason": reason, "rule_id": rule_id, "policy_version": policy_version},
+        policy_id=policy_id,
+        run_id=run_id,
+        request_id=request_id,
+        agent_id=agent_id,
+        department_id=department_id,
     )
 
 

@@ -155,8 +155,12 @@ class Gateway:
             overrides = await self.prices_for(principal.workspace_id)
             hops, bridges = self._usable(fmt, chain(primary, routes, allowed), overrides)
             review = await self._review(fmt, parsed, attribution, hops[0], overrides, raw_headers, body, peer)
-            if review is not None and review.changed:  # clamped or redacted: that is the body forwarded
-                parsed = fmt.parse(review.payload, orjson.dumps(review.payload))
+            if review is not None:
+                if review.changed:  # clamped or redacted: that is the body forwarded
+                    parsed = fmt.parse(review.payload, orjson.dumps(review.payload))
+                if len(hops) > 1:  # no fallback where the policies would not let the call go
+                    kept = [0, *(i for i in range(1, len(hops)) if review.allows(hops[i].model, hops[i].route.name))]
+                    hops, bridges = tuple(hops[i] for i in kept), tuple(bridges[i] for i in kept)
             # Built now: a translation that refuses the request is the client's 400, before any claim is taken.
             body_out = self._body(parsed, hops[0], bridges[0])
             return Call(
@@ -314,7 +318,7 @@ class Gateway:
                 raise
         if call.review is not None and self.policies is not None:
             try:
-                await self.policies.enforce(call.governed, call.review, call.workspace_id)
+                await self.policies.enforce(call.governed, call.review, call.workspace_id, call.request_id)
                 if call.governed.decision is Decision.ESCALATED:
                     await self.policies.escalate(
                         call.governed,

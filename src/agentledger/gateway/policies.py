@@ -19,7 +19,7 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +29,7 @@ from agentledger.core import alerts, pii
 from agentledger.core.budgets import Decision, Subject
 from agentledger.core.errors import ApprovalDenied, ApprovalRequired, PolicyBlocked, RateLimited
 from agentledger.core.model import TraceEvent
-from agentledger.core.policy import CallContext, Policy, PolicySet, RunStats, Verdict, compile_policies
+from agentledger.core.policy import Applied, CallContext, Policy, PolicySet, RunStats, Verdict, compile_policies
 from agentledger.core.policy_config import parse_policy
 from agentledger.gateway.approvals import Approvals, Ask, trace_of
 from agentledger.gateway.budgets import Governed
@@ -44,6 +44,20 @@ OUTPUT_CAP = {"chat": "max_tokens", "messages": "max_tokens", "responses": "max_
 _CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
+# What stops a run when it refuses a call: the run guards (settings) and the run conditions of rules.
+RUN_SETTINGS = frozenset(
+    f"setting:{n}"
+    for n in ("max_run_steps", "max_run_model_calls", "max_run_duration_s", "max_run_cost_usd", "loop_repeats")
+)
+RUN_CONDITIONS = (
+    "run_steps_over",
+    "run_model_calls_over",
+    "run_duration_over_s",
+    "run_cost_over_nanos",
+    "repeated_over",
+)
+
+
 @dataclass(slots=True)
 class Review:
     """What `review` decided for a call, carried to `enforce`."""
@@ -52,6 +66,33 @@ class Review:
     payload: dict[str, Any]  # the body as it will be forwarded (clamped, redacted), or the client's own
     changed: bool = False
     changes: dict[str, Any] = field(default_factory=dict)  # clamped {field, from, to}; redacted [{kind, path, count}]
+    applied: Applied | None = None
+    context: CallContext | None = None
+    subject: Subject | None = None
+
+    @property
+    def stops_run(self) -> bool:
+        """A refusal by a run guard or a rule about the run: the run goes no further (alerted once)."""
+        v = self.verdict
+        if v.decision is not Decision.BLOCKED or v.rule_id is None or self.subject is None:
+            return False
+        if self.subject.run_id is None:
+            return False
+        if v.rule_id in RUN_SETTINGS:
+            return True
+        for p in self.applied.policies if self.applied is not None else ():
+            if p.id == v.policy_id:
+                rule = next((r for r in p.rules if r.id == v.rule_id), None)
+                return rule is not None and any(getattr(rule.when, n) is not None for n in RUN_CONDITIONS)
+        return False
+
+    def allows(self, model: str, provider: str) -> bool:
+        """Whether a fallback to `model` at `provider` would be allowed too (a fallback never goes where the
+        policies would not let the call go)."""
+        if self.applied is None or self.context is None:
+            return True
+        again = self.applied.evaluate(replace(self.context, model=model, provider=provider))
+        return again.decision is not Decision.BLOCKED
 
 
 class PolicyDesk:
@@ -154,7 +195,7 @@ class PolicyDesk:
             pii=frozenset(f.kind for f in found),
         )
         verdict = applied.evaluate(ctx)
-        out = Review(verdict, payload)
+        out = Review(verdict, payload, applied=applied, context=ctx, subject=subject)
         if verdict.decision is not Decision.ALLOWED and verdict.decision is not Decision.THROTTLED:
             return out  # refused or held: nothing is forwarded yet, nothing to rewrite
         if verdict.clamp_max_tokens is not None and fmt_name in OUTPUT_CAP:
@@ -222,7 +263,7 @@ class PolicyDesk:
         )
         if review is None:
             return
-        await self.enforce(governed, review, subject.workspace_id)
+        await self.enforce(governed, review, subject.workspace_id, request_id)
         if governed.decision is Decision.ESCALATED:
             digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
             summary = {"kind": kind, "name": name, "amount_usd": body.get("amount_usd")}
@@ -272,6 +313,40 @@ class PolicyDesk:
         governed.decision = Decision.ALLOWED  # approved: the call goes on, escalated → approved on its record
         governed.decided_by = None
 
+    def _raise_alerts(self, review: Review, request_id: str | None) -> None:
+        """The `alert` rules that matched (once per rule and hour), and a run stopped by a guard (once per run)."""
+        subject, verdict = review.subject, review.verdict
+        if self.emit is None or subject is None:
+            return
+        now = self.clock()
+        common = {
+            "run_id": subject.run_id,
+            "request_id": request_id,
+            "agent_id": subject.agent_id,
+            "department_id": subject.department_id,
+        }
+        out: list[TraceEvent] = [
+            alerts.policy_alert(
+                subject.workspace_id, h.policy_id, h.policy_version, h.rule_id, h.reason, at=now, **common
+            )
+            for h in verdict.alerts
+        ]
+        if review.stops_run and subject.run_id is not None:
+            out.append(
+                alerts.run_stopped(
+                    subject.workspace_id,
+                    subject.run_id,
+                    verdict.reason,
+                    at=now,
+                    policy_id=verdict.policy_id,
+                    agent_id=subject.agent_id,
+                    department_id=subject.department_id,
+                    request_id=request_id,
+                )
+            )
+        if out:
+            self.emit(out)
+
     def _alert(self, subject: Subject, approval_id: str, verdict: Verdict, request_id: str | None) -> None:
         if self.emit is None:
             return
@@ -289,13 +364,16 @@ class PolicyDesk:
         self.emit([alert])
 
     # -- enforcement ---------------------------------------------------------------------------------------------
-    async def enforce(self, governed: Governed, review: Review, workspace_id: str) -> None:
+    async def enforce(
+        self, governed: Governed, review: Review, workspace_id: str, request_id: str | None = None
+    ) -> None:
         """Put the verdict on the call's record and act on it: raise for a block or a throttle past its rate.
         An escalation is the caller's (it needs the call's identity to bind an approval to)."""
         verdict = review.verdict
         record = verdict.as_record()
         record["changes"] = {k: v for k, v in record["changes"].items() if k not in review.changes} | review.changes
         governed.policy = record
+        self._raise_alerts(review, request_id)
         if verdict.decision is Decision.ALLOWED:
             return
         governed.decision = verdict.decision
