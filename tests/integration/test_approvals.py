@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import jsonschema
 import pytest
 import redis
 
+from agentledger.api.openapi.approvals import APPROVAL
 from agentledger.config import MAX_APPROVAL_WAIT_S, load_settings
 from agentledger.core.errors import ApprovalDenied, ApprovalRequired
 from agentledger.formats.errors import anthropic_body, openai_body
@@ -343,7 +345,11 @@ def test_the_list_shows_pending_first_oldest_first_then_the_rest_newest_first(gw
     assert [r["id"] for r in gw.get("/api/approvals")["data"]] == [b, d, c, a]
     assert [r["id"] for r in gw.get("/api/approvals", status="pending")["data"]] == [b, d]
     assert [r["id"] for r in gw.get("/api/approvals", status="denied")["data"]] == [a]
-    assert len(gw.get("/api/approvals", limit=1)["data"]) == 1
+    # The page is cut after ordering: the longest waiting is on the first page, however many are pending.
+    assert [r["id"] for r in gw.get("/api/approvals", limit=1)["data"]] == [b]
+    assert [r["id"] for r in gw.get("/api/approvals", limit=3)["data"]] == [b, d, c]
+    for row in gw.get("/api/approvals")["data"]:  # what the OpenAPI document promises
+        jsonschema.validate(row, APPROVAL)
 
 
 def test_the_api_refuses_what_it_cannot_do_with_a_clear_error(gw: Harness) -> None:

@@ -140,10 +140,15 @@ class GovernanceStore:
         if status is not None:
             where.append(c.status == status)
         pending_first = case((c.status == "pending", 0), else_=1)
-        stmt = select(t.approvals).where(*where).order_by(pending_first, c.created_at.desc()).limit(limit)
-        rows = await self.store._select(stmt, query=True)
-        pending = sorted((r for r in rows if r["status"] == "pending"), key=lambda r: r["created_at"])
-        return pending + [r for r in rows if r["status"] != "pending"]
+        # In SQL, not after the LIMIT: a page of pending ones must hold the longest waiting, not the newest.
+        oldest_pending = case((c.status == "pending", c.created_at), else_=None).asc()
+        stmt = (
+            select(t.approvals)
+            .where(*where)
+            .order_by(pending_first, oldest_pending, c.created_at.desc(), c.id)
+            .limit(limit)
+        )
+        return await self.store._select(stmt, query=True)
 
     async def decide_approval(
         self, workspace_id: str, approval_id: str, status: str, by: str, comment: str | None, now: datetime
