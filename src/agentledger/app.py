@@ -21,10 +21,10 @@ from starlette.routing import Match, Route
 from agentledger.api.approvals import approval_routes
 from agentledger.api.auth import AdminAuth
 from agentledger.api.budgets import budget_routes
-from agentledger.api.policies import policy_routes
 from agentledger.api.health import health_routes
 from agentledger.api.manage import manage_routes
 from agentledger.api.openapi import openapi_routes
+from agentledger.api.policies import policy_routes
 from agentledger.api.query import query_routes
 from agentledger.api.run_controls import run_control_routes
 from agentledger.api.webhooks import webhook_routes
@@ -39,9 +39,9 @@ from agentledger.gateway.budget_recovery import reconcile_expired, recover
 from agentledger.gateway.budgets import BudgetGate
 from agentledger.gateway.failsafe import ErrorMiddleware
 from agentledger.gateway.flow import Gateway
-from agentledger.gateway.policies import PolicyDesk
 from agentledger.gateway.limits import BodyLimitMiddleware
 from agentledger.gateway.middleware import RequestIdMiddleware
+from agentledger.gateway.policies import PolicyDesk
 from agentledger.gateway.responses import error_for_path
 from agentledger.gateway.routes import chat_routes
 from agentledger.gateway.run_controls import RunControls
@@ -154,6 +154,7 @@ def build_components(
     )
     if gateway.policies is not None:
         gateway.policies.approvals = approvals  # an escalation waits on them
+        approvals.on_open = gateway.policies.approval_opened
     governance = Governance(store, box)
     return Components(settings, store, pipeline, gateway, governance, upstreams, counters, gate, desk, approvals)
 

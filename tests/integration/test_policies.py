@@ -9,6 +9,7 @@ on SQLite.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -354,3 +355,30 @@ def test_spend_authorizations_pass_the_policies_first(lone: Harness) -> None:
     assert ok.status_code in (200, 201), ok.text
     step = policy_step(lone, "run-spend")
     assert step["attributes"]["policy"]["decision"] == "blocked"
+
+
+def test_an_approval_while_the_call_is_held_lets_the_agent_continue(lone: Harness) -> None:
+    policy(
+        lone,
+        name="big",
+        settings={"approval_wait_s": 10},
+        rules=[{"when": {"models": ["gpt-4o"]}, "action": "escalate"}],
+    )
+    got: list[httpx.Response] = []
+    t0 = time.monotonic()
+    held = threading.Thread(
+        target=lambda: got.append(chat(lone, model="gpt-4o", headers={"alephant-run-id": "run-held"}))
+    )
+    held.start()
+    deadline = time.monotonic() + 5
+    while not (pending := lone.get("/api/approvals", status="pending")["data"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    # The people who decide hear of it while the call is held, not after.
+    assert [a["approval_id"] for a in lone.get("/api/alerts", kind="approval_pending")["data"]] == [pending[0]["id"]]
+    assert lone.api("POST", f"/api/approvals/{pending[0]['id']}/approve", json={}).status_code == 200
+    held.join(10)
+    assert got[0].status_code == 200, got[0].text
+    assert time.monotonic() - t0 < 5
+    approval = policy_step(lone, "run-held")["attributes"]["policy"]["approval"]
+    assert approval["status"] == "approved" and approval["waited_ms"] > 0

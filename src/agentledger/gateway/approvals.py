@@ -102,6 +102,8 @@ class Approvals:
         self.ttl = timedelta(seconds=ttl_s)
         self.publish = publish  # set once the broadcast runs (app lifespan); None: one node
         self.poll_s = poll_s
+        # Told of each approval this node opens (the policies raise `approval_pending` with it).
+        self.on_open: Callable[[Ask, str], None] | None = None
         # The waiters of each approval on this node, one event each: a decision sets them all.
         self._waiters: dict[tuple[str, str], set[asyncio.Event]] = {}
 
@@ -146,6 +148,8 @@ class Approvals:
                         raise self._required(row, created, waited())
                     # Expired while held, with time left: the next approval is opened below.
             row, created = await self._open(ask, binding, row)
+            if created and self.on_open is not None:
+                self.on_open(ask, row["id"])  # people hear of it now, while the call is held, not after
 
     async def _open(self, ask: Ask, binding: str, before: dict[str, Any] | None) -> tuple[dict[str, Any], bool]:
         """A new pending approval after `before` (None, used or expired); or, when another replica or call opened

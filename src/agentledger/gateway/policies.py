@@ -304,12 +304,8 @@ class PolicyDesk:
             granted = await self.approvals.escalate(ask)
         except (ApprovalRequired, ApprovalDenied) as exc:
             record["approval"] = trace_of(exc)
-            if isinstance(exc, ApprovalRequired) and exc.created:
-                self._alert(subject, exc.approval_id, verdict, request_id)
             raise
         record["approval"] = trace_of(granted)
-        if granted.created:
-            self._alert(subject, granted.approval_id, verdict, request_id)
         governed.decision = Decision.ALLOWED  # approved: the call goes on, escalated → approved on its record
         governed.decided_by = None
 
@@ -347,19 +343,19 @@ class PolicyDesk:
         if out:
             self.emit(out)
 
-    def _alert(self, subject: Subject, approval_id: str, verdict: Verdict, request_id: str | None) -> None:
+    def approval_opened(self, ask: Ask, approval_id: str) -> None:
+        """`approval_pending`, raised as the approval opens (Approvals.on_open), while its call is held."""
         if self.emit is None:
             return
         alert = alerts.approval_pending(
-            subject.workspace_id,
+            ask.workspace_id,
             approval_id,
-            verdict.reason,
+            ask.reason,
             at=self.clock(),
-            policy_id=verdict.policy_id,
-            run_id=subject.run_id,
-            request_id=request_id,
-            agent_id=subject.agent_id,
-            department_id=subject.department_id,
+            policy_id=ask.policy_id,
+            run_id=ask.run_id,
+            request_id=ask.request_id,
+            agent_id=ask.agent_id,
         )
         self.emit([alert])
 
