@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agentledger.api.auth import AdminAuth, path_id
+from agentledger.api.run_controls import controlled
 from agentledger.core.books import hour_window
 from agentledger.core.errors import InvalidRequest, NotFound
 from agentledger.core.fields import id_field, text_field, time_field
@@ -157,7 +158,7 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
         row = await store.get_run(admin.workspace_id, run_id)
         if row is None:
             raise NotFound(f"Run {run_id!r} does not exist.", param="run_id")
-        run = _run(row)
+        run = controlled(_run(row), await store.governance.run_control(admin.workspace_id, run_id))
         run["steps"] = step_tree(await store.run_steps(admin.workspace_id, run_id))
         return TotalsResponse(run)
 

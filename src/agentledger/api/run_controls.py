@@ -1,0 +1,82 @@
+"""Run controls: `POST /api/runs/{run_id}/cancel`, `/pause` and `/resume` (admin or owner token).
+
+A cancel refuses every later call of the run (403 `run_cancelled`), ends its open streams and ends the run as
+`cancelled`; a pause holds the run's calls (gateway/run_controls.py) until a resume lets them through. A cancelled
+run stays cancelled: pausing or resuming it is a 409. Each change reaches every replica at once (broadcast).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from agentledger.api.auth import AdminAuth, path_id
+from agentledger.core.errors import NotFound
+from agentledger.core.fields import text_field
+from agentledger.core.model import AdminPrincipal, RunEnd, RunStatus
+from agentledger.gateway.bodies import parse_json_object
+from agentledger.gateway.flow import Gateway
+from agentledger.gateway.responses import JSONResponse
+from agentledger.gateway.run_controls import CANCELLED, PAUSED, RUNNING, RunControl
+from agentledger.store.base import Store
+
+MAX_REASON = 1024  # store/schema.py run_controls.reason
+
+
+def _reason(body: bytes) -> str | None:
+    """The optional `{"reason": "..."}`; no body at all is no reason."""
+    if not body.strip():
+        return None
+    reason: Any = parse_json_object(body).get("reason")
+    return None if reason is None else text_field(reason, "reason", limit=MAX_REASON)
+
+
+def run_control_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route]:
+    async def change(request: Request, admin: AdminPrincipal, state: str) -> Response:
+        ws = admin.workspace_id
+        run_id = path_id(request, "run_id", "Run")
+        reason = _reason(await request.body())
+        await gateway.pipeline.flush()  # a run named by a call just answered is in the store
+        if await store.run_identity(ws, run_id) is None:
+            raise NotFound(f"Run {run_id!r} does not exist.", param="run_id")
+        now = gateway.clock()
+        before = await store.governance.run_control(ws, run_id)
+        await store.governance.set_run_control(ws, run_id, state, reason, admin.token_id, now)  # 409: cancelled
+        gateway.invalidate_run(ws, run_id, state)
+        if state == CANCELLED and (before is None or before["state"] != CANCELLED):
+            why = f"cancelled by {admin.token_id}" + (f": {reason}" if reason else "")
+            durable = gateway.pipeline.commit([RunEnd(ws, run_id, RunStatus.CANCELLED, now, error=why)])
+            if durable is not None:
+                await durable
+        row = await store.governance.run_control(ws, run_id)
+        control = RunControl.of(row) if row is not None else RunControl(state, reason, admin.token_id, now)
+        return JSONResponse({"run_id": run_id, **control.view()})
+
+    async def cancel(request: Request, admin: AdminPrincipal) -> Response:
+        return await change(request, admin, CANCELLED)
+
+    async def pause(request: Request, admin: AdminPrincipal) -> Response:
+        return await change(request, admin, PAUSED)
+
+    async def resume(request: Request, admin: AdminPrincipal) -> Response:
+        return await change(request, admin, RUNNING)
+
+    g = auth.guard
+    return [
+        Route("/api/runs/{run_id}/cancel", g(cancel, write=True), methods=["POST"]),
+        Route("/api/runs/{run_id}/pause", g(pause, write=True), methods=["POST"]),
+        Route("/api/runs/{run_id}/resume", g(resume, write=True), methods=["POST"]),
+    ]
+
+
+def controlled(run: dict[str, Any], row: dict[str, Any] | None) -> dict[str, Any]:
+    """A run as GET /api/runs/{id} shows it: its `control` (null: never controlled), and while cancelled or
+    paused that as its status (a run cancelled here may still be ended otherwise by its agent)."""
+    control = RunControl.of(row) if row is not None else None
+    run["control"] = control.view() if control is not None else None
+    if control is not None and control.state in (CANCELLED, PAUSED):
+        run["status"] = control.state
+    return run
