@@ -217,10 +217,57 @@ HUGE_USD = "1000000"  # $1M per 30 days: each call reserves ~$0.0025 at most, so
 HUGE_RPM = 10_000_000  # requests a minute (the most the API takes): never refuses here
 
 
-def setup_governed(stack: Stack, env: dict[str, str], anthropic: bool) -> Bench:
+def bench_policies(rules: int, key_id: str) -> list[dict[str, Any]]:
+    """--policies N: N rules over the 4 policy scopes (2/5, 3/10, 1/5, 1/10 of them: workspace, department,
+    agent, virtual key), with settings at each scope, none ever refusing the benchmark's call. The rules mix
+    model globs, kinds, tool names, output caps, cost, hours, IP ranges, headers, properties and run conditions
+    with every action; the call matches two (an alert, raised once an hour, and a redaction of e-mail
+    addresses, of which its text has none), so each call is evaluated in full and its messages scanned."""
+    scopes = (
+        (
+            "workspace",
+            None,
+            0.4,
+            {"models_allow": ["gpt-4o*", "claude-*"], "max_tokens": 100_000, "ip_allow": ["127.0.0.0/8", "::1/128"]},
+        ),
+        ("department", "bench-dept", 0.3, {"providers_deny": ["legacy-*"], "max_run_steps": 100_000}),
+        ("agent", "bench-agent", 0.2, {"loop_repeats": 1000}),
+        ("virtual_key", key_id, 0.1, {"max_run_cost_usd": "1000"}),
+    )
+    shapes: list[dict[str, Any]] = [
+        {"when": {"models": ["claude-x-*", "o1*"], "max_tokens_over": 16000}, "action": "block"},
+        {"when": {"kinds": ["tool_call"], "names": ["shell*", "rm*"]}, "action": "escalate"},
+        {"when": {"cost_over_usd": "5.00"}, "action": "escalate"},
+        {"when": {"ip_not_in": ["10.0.0.0/8"], "kinds": ["payment"]}, "action": "block"},
+        {"when": {"properties": {"customer": "acme*"}}, "action": "throttle", "throttle_rpm": 10},
+        {"when": {"run_steps_over": 5000}, "action": "block"},
+        {"when": {"prompt_ids_not": ["summarize"], "models_not": ["gpt-*", "claude-*"]}, "action": "alert"},
+        {"when": {"missing_headers": ["x-never-sent"], "models": ["o3*"]}, "action": "block"},
+    ]
+    out: list[dict[str, Any]] = []
+    n = 0
+    for i, (scope, value, share, settings) in enumerate(scopes):
+        count = rules - n if i == len(scopes) - 1 else round(rules * share)
+        body: list[dict[str, Any]] = [{"id": f"r{n + j}", **shapes[(n + j) % len(shapes)]} for j in range(count)]
+        if scope == "workspace" and body:
+            body[0] = {"id": "r0", "when": {"kinds": ["model_call"]}, "action": "alert"}
+            if len(body) > 1:
+                body[1] = {"id": "r1", "when": {}, "action": "redact", "redact": ["email"]}
+        n += count
+        policy: dict[str, Any] = {"name": f"bench {scope}", "scope": scope, "settings": settings, "rules": body}
+        if value is not None:
+            policy["scope_value"] = value
+        out.append(policy)
+    return out
+
+
+def setup_governed(
+    stack: Stack, env: dict[str, str], anthropic: bool, budgets: bool = True, policies: int = 0
+) -> Bench:
     """--governed: a second workspace shaped like the bootstrap one (a department, an agent, the demo mock key,
     a virtual key bound to the agent), whose key's calls are under 3 budgets (workspace, department,
-    virtual_key; block_requests, $1M per 30 days) and a workspace rate limit, none of which ever refuses."""
+    virtual_key; block_requests, $1M per 30 days) and a workspace rate limit, none of which ever refuses.
+    --policies N: under N policy rules (`bench_policies`) too, or (without --governed) under them alone."""
     assert stack.data_dir is not None
     out = agentledger_cli(
         stack.data_dir, stack.db_url, ["workspaces", "create", "Bench governed", "--id", GOVERNED_WS], env
@@ -233,6 +280,10 @@ def setup_governed(stack: Stack, env: dict[str, str], anthropic: bool) -> Bench:
     add_provider_keys(stack.upstream_url, gw, admin, anthropic)
     key = admin_post(gw, admin, "/api/virtual-keys", {"name": "bench-governed", "agent_id": "bench-agent"})
     bench = Bench(GOVERNED_WS, admin, key["key"], key["id"])
+    for policy in bench_policies(policies, key["id"]) if policies else ():
+        admin_post(gw, admin, "/api/policies", policy)
+    if not budgets:
+        return bench
     common = {"limit_usd": HUGE_USD, "period": "30d", "action": "block_requests"}
     for ident, scope in (
         ("bench-ws", {"scope": "workspace"}),
@@ -252,6 +303,8 @@ def start_stack(
     anthropic: bool = False,
     settings: dict[str, str] | None = None,
     governed: bool = False,
+    budgets: bool = True,
+    policies: int = 0,
 ) -> Stack:
     env = clean_env()
     up_port, gw_port = free_port(), free_port()
@@ -271,7 +324,7 @@ def start_stack(
         add_provider_keys(up_url, gw_url, admin, anthropic)
         stack = Stack(up_url, gw_url, vk, admin, upstream, gateway, workdir / "data", db_url)
         if governed:
-            stack.governed = setup_governed(stack, env, anthropic)
+            stack.governed = setup_governed(stack, env, anthropic, budgets, policies)
         workers = int((settings or {}).get("workers", 1))
         deadline = time.monotonic() + 60
         while True:  # with workers: every worker process is up (each answers; the CPU of all is counted)
@@ -777,6 +830,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "recorded for that key's calls, with nothing left reserved",
     )
     p.add_argument(
+        "--policies",
+        type=int,
+        default=0,
+        metavar="N",
+        help="put the second workspace's key under N policy rules across the 4 scopes, none refusing (with\n"
+        "--governed: besides its budgets and rate limit; without: instead of them)",
+    )
+    p.add_argument(
         "--redis",
         default=None,
         metavar="URL",
@@ -798,6 +859,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--requests and every --concurrency must be positive")
     if args.workers < 1:
         p.error("--workers must be positive")
+    if args.policies < 0 or args.policies > 200:
+        p.error("--policies takes 0 to 200 rules")
+    args.budgets = args.governed  # --policies alone: the second key is under the policies only
+    args.governed = args.governed or args.policies > 0
     if args.workers > 1 and (args.db != "postgres" or not args.redis):
         p.error("--workers > 1 needs --db postgres and --redis (each worker is a replica)")
     if args.redis is not None:
@@ -938,7 +1003,14 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         stack = start_stack(
-            workdir, db_url, args.durability, anthropic=args.api != ["chat"], settings=settings, governed=args.governed
+            workdir,
+            db_url,
+            args.durability,
+            anthropic=args.api != ["chat"],
+            settings=settings,
+            governed=args.governed,
+            budgets=args.budgets,
+            policies=args.policies,
         )
         OUR_PIDS[:] = [stack.upstream.pid, *stack.gateway_pids]
         if args.workers > 1:
@@ -959,7 +1031,7 @@ def main(argv: list[str] | None = None) -> int:
         recorded = recorded_requests(stack)
         claude = priced_claude_calls(stack) if claude_sent else None
         runs = recorded_model_calls(stack, results) if args.tracking else {}
-        if args.governed:
+        if args.governed and args.budgets:
             books = governed_books(stack, sum(n for label, n in sent_by_api.items() if label.endswith("+governed")))
     finally:
         if spy is not None:

@@ -134,6 +134,12 @@ def run_stopped(
     )
 
 
+def policy_alert_key(policy_id: str, rule_id: str, at: datetime) -> str:
+    """A `policy_alert`'s dedupe key: the rule and its UTC hour (known before the alert is built, so a caller
+    can skip building one it already raised)."""
+    return f"policy:{policy_id}:{rule_id}:{window_key(window_start(at, 60))}"
+
+
 def policy_alert(
     workspace_id: str,
     policy_id: str,
@@ -149,12 +155,11 @@ def policy_alert(
 ) -> Alert:
     """A policy's `alert` rule matched a call; once per rule and hour (a rule matching every call of a busy agent
     pages people once an hour, not a thousand times)."""
-    hour = window_start(at, 60)
     return Alert(
         workspace_id=workspace_id,
         kind=AlertKind.POLICY_ALERT.value,
         severity=Severity.INFO.value,
-        dedupe_key=f"policy:{policy_id}:{rule_id}:{window_key(hour)}",
+        dedupe_key=policy_alert_key(policy_id, rule_id, at),
         message=f"Policy {policy_id} v{policy_version} rule {rule_id} matched: {reason}",
         at=at,
         data={"reason": reason, "rule_id": rule_id, "policy_version": policy_version},

@@ -390,7 +390,8 @@ class BudgetGate:
             kind = "settle" if actual or not governed.estimate else "release"
             events += self.entries(governed, kind, request_id, run_id, now, actual)
             governed.figures = [_cost_after(f, governed.estimate, actual) for f in governed.figures]
-        self._spawn(self._settle_counters(governed, actual, tokens, now.timestamp(), request_id, run_id))
+        if governed.reservation_id is not None or governed.token_rates or governed.slots:
+            self._spawn(self._settle_counters(governed, actual, tokens, now.timestamp(), request_id, run_id))
         return events
 
     def alerts(

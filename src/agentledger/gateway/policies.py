@@ -38,6 +38,7 @@ from agentledger.limits.base import Counters, CountersUnavailable, Rate
 
 log = logging.getLogger(__name__)
 
+ALERT_MEMORY = 10_000  # alerts this node remembers raising (their windows are an hour or a run)
 LOOP_MEMORY = 100_000  # (run, body) pairs whose repeats are counted; the oldest are forgotten first
 # Where each format caps a call's output: the field a clamp writes when the client set none.
 OUTPUT_CAP = {"chat": "max_tokens", "messages": "max_tokens", "responses": "max_output_tokens"}
@@ -56,6 +57,21 @@ RUN_CONDITIONS = (
     "run_cost_over_nanos",
     "repeated_over",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A workspace's compiled policies, and whether any rule's conditions need the request scanned for PII."""
+
+    policies: PolicySet
+    scans: bool = False
+
+    def __init__(self, policies: PolicySet) -> None:
+        object.__setattr__(self, "policies", policies)
+        object.__setattr__(self, "scans", any(r.when.pii is not None for p in policies.policies for r in p.rules))
+
+
+NO_POLICIES = Loaded(PolicySet.empty)
 
 
 @dataclass(slots=True)
@@ -116,16 +132,20 @@ class PolicyDesk:
         self.counters = counters
         self.clock = clock
         self.client_ip_header = client_ip_header.lower() if client_ip_header else None
-        self.sets: TTLCache[str, PolicySet] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
+        self.sets: TTLCache[str, Loaded] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
         self._repeats: OrderedDict[tuple[str, str, str], int] = OrderedDict()
+        self._alerted: OrderedDict[tuple[str, str, str], None] = OrderedDict()
 
     async def policy_set(self, workspace_id: str) -> PolicySet:
-        async def load() -> PolicySet:
+        return (await self._loaded(workspace_id)).policies
+
+    async def _loaded(self, workspace_id: str) -> Loaded:
+        async def load() -> Loaded:
             rows = await self._policies_of(workspace_id)
-            return compile_policies([policy_from_row(r) for r in rows])
+            return Loaded(compile_policies([policy_from_row(r) for r in rows]))
 
         found = await self.sets.get(workspace_id, load)
-        return found if found is not None else PolicySet.empty
+        return found if found is not None else NO_POLICIES
 
     def invalidate(self, workspace_id: str) -> None:
         self.sets.invalidate(workspace_id)
@@ -165,7 +185,8 @@ class PolicyDesk:
     ) -> Review | None:
         """The verdict for a call (None: no policy applies). `cost_nanos` may be a function of the output cap
         (the estimate is computed only when some rule compares costs)."""
-        ps = await self.policy_set(subject.workspace_id)
+        loaded = await self._loaded(subject.workspace_id)
+        ps = loaded.policies
         if not ps.policies:
             return None
         applied = ps.applicable(subject)
@@ -173,7 +194,7 @@ class PolicyDesk:
             return None
         max_tokens = next((v for v in (_positive_int(payload.get(k)) for k in _CAPS) if v is not None), None)
         found: list[pii.Found] = []
-        if scan and applied.needs_pii:
+        if scan and loaded.scans and applied.needs_pii:  # a `pii` condition; a redaction alone scans as it redacts
             found = pii.scan_body(payload, pii.KINDS)
         run = None
         if applied.needs_run and subject.run_id is not None:
@@ -314,6 +335,9 @@ class PolicyDesk:
         subject, verdict = review.subject, review.verdict
         if self.emit is None or subject is None:
             return
+        stops = review.stops_run
+        if not verdict.alerts and not stops:
+            return
         now = self.clock()
         common = {
             "run_id": subject.run_id,
@@ -321,13 +345,13 @@ class PolicyDesk:
             "agent_id": subject.agent_id,
             "department_id": subject.department_id,
         }
+        kind, ws = alerts.AlertKind.POLICY_ALERT.value, subject.workspace_id
         out: list[TraceEvent] = [
-            alerts.policy_alert(
-                subject.workspace_id, h.policy_id, h.policy_version, h.rule_id, h.reason, at=now, **common
-            )
+            alerts.policy_alert(ws, h.policy_id, h.policy_version, h.rule_id, h.reason, at=now, **common)
             for h in verdict.alerts
+            if (ws, kind, alerts.policy_alert_key(h.policy_id, h.rule_id, now)) not in self._alerted
         ]
-        if review.stops_run and subject.run_id is not None:
+        if stops and subject.run_id is not None:
             out.append(
                 alerts.run_stopped(
                     subject.workspace_id,
@@ -340,8 +364,21 @@ class PolicyDesk:
                     request_id=request_id,
                 )
             )
-        if out:
-            self.emit(out)
+        fresh = [a for a in out if self._first(a)]
+        if fresh:
+            self.emit(fresh)
+
+    def _first(self, alert: Any) -> bool:
+        """Whether this node has not raised this alert yet: an alert rule matching every call of a busy agent
+        would otherwise write one (deduplicated) alert row per call. The store still keeps each once across
+        replicas and restarts; this only spares the writes."""
+        key = (alert.workspace_id, alert.kind, alert.dedupe_key)
+        if key in self._alerted:
+            return False
+        self._alerted[key] = None
+        if len(self._alerted) > ALERT_MEMORY:
+            self._alerted.popitem(last=False)
+        return True
 
     def approval_opened(self, ask: Ask, approval_id: str) -> None:
         """`approval_pending`, raised as the approval opens (Approvals.on_open), while its call is held."""
