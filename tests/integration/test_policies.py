@@ -323,11 +323,23 @@ def test_alert_rules_and_stopped_runs_raise_alerts_once(lone: Harness) -> None:
         settings={"max_run_model_calls": 1},
         rules=[{"id": "big-out", "when": {"max_tokens_over": 100}, "action": "alert"}],
     )
-    h = {"alephant-run-id": "run-alert"}
+    h = {"alephant-run-id": "run-alert", "alephant-session-id": "sess-alert"}
     assert chat(lone, "a", headers=h, max_tokens=500).status_code == 200
     assert chat(lone, "b", max_tokens=500).status_code == 200  # the same rule, the same hour: one alert
+    assert lone.get("/api/sessions/sess-alert")["status"] == "ok"
     refused(chat(lone, "c", headers=h), 403, "policy_blocked")
-    refused(chat(lone, "d", headers=h), 403, "policy_blocked")  # the run stops once
+    # The guard stopped the run: cancelled by the policy (on every replica), its session intercepted.
+    deadline = time.monotonic() + 5
+    while (run := lone.get("/api/runs/run-alert"))["control"] is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert (run["status"], run["control"]["state"], run["control"]["by"]) == (
+        "cancelled",
+        "cancelled",
+        f"policy:{p['id']}",
+    )
+    refused(chat(lone, "d", headers=h), 403, "run_cancelled")
+    assert lone.get("/api/sessions/sess-alert")["status"] == "intercepted"
     got = lone.get("/api/alerts", kind="policy_alert")["data"]
     assert [(a["policy_id"], a["run_id"]) for a in got] == [(p["id"], "run-alert")]
     assert "big-out" in got[0]["message"]

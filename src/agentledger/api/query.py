@@ -24,6 +24,7 @@ from agentledger.core.headers import PROPERTY_NAME_HELP, PROPERTY_NAME_RE
 from agentledger.core.model import AdminPrincipal, RunStatus
 from agentledger.core.rollup import TOKEN_FIELDS, duration_ms, step_tree, totals
 from agentledger.gateway.bodies import parse_json
+from agentledger.gateway.policies import POLICY_STOP
 from agentledger.gateway.responses import JSONResponse
 from agentledger.pipeline.queue import TracePipeline
 from agentledger.store.base import CostQuery, RunFilter, Store
@@ -169,6 +170,10 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
         if session is None:
             raise NotFound(f"Session {session_id!r} does not exist.", param="session_id")
         session["runs"] = [_run(r) for r in session["runs"]]
+        # A session one of whose runs a policy stopped shows as intercepted (docs/policies.md).
+        controls = await store.governance.run_controls(admin.workspace_id, [r["id"] for r in session["runs"]])
+        stopped = any((c["by"] or "").startswith(POLICY_STOP) for c in controls)
+        session["status"] = "intercepted" if stopped else "ok"
         session["paths"] = [{**p, **totals(p)} for p in session["paths"]]
         # The session's own events (its paths partition them), not its runs': a call may carry the session id
         # without a run id, and a run's steps may belong to other sessions.

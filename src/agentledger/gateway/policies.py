@@ -14,11 +14,12 @@ A workspace without policies costs one cache lookup per call.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -38,6 +39,7 @@ from agentledger.limits.base import Counters, CountersUnavailable, Rate
 
 log = logging.getLogger(__name__)
 
+POLICY_STOP = "policy:"  # how a run control set by a policy names who stopped the run: policy:<id>
 ALERT_MEMORY = 10_000  # alerts this node remembers raising (their windows are an hour or a run)
 LOOP_MEMORY = 100_000  # (run, body) pairs whose repeats are counted; the oldest are forgotten first
 # Where each format caps a call's output: the field a clamp writes when the client set none.
@@ -126,6 +128,9 @@ class PolicyDesk:
         emit: Callable[[list[TraceEvent]], object] | None = None,
     ) -> None:
         self.approvals = approvals
+        # Stops a run a guard refused (set by the app: a run control, cancelled, on every replica).
+        self.stop_run: Callable[[str, str, str, str], Coroutine[Any, Any, None]] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.emit = emit  # alerts leave through the trace pipeline (durable, exactly once)
         self._policies_of = policies
         self._run_of = run_of
@@ -351,6 +356,10 @@ class PolicyDesk:
             for h in verdict.alerts
             if (ws, kind, alerts.policy_alert_key(h.policy_id, h.rule_id, now)) not in self._alerted
         ]
+        if stops and subject.run_id is not None and self.stop_run is not None:
+            self._spawn(
+                self.stop_run(subject.workspace_id, subject.run_id, f"{POLICY_STOP}{verdict.policy_id}", verdict.reason)
+            )
         if stops and subject.run_id is not None:
             out.append(
                 alerts.run_stopped(
@@ -367,6 +376,17 @@ class PolicyDesk:
         fresh = [a for a in out if self._first(a)]
         if fresh:
             self.emit(fresh)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        async def logged() -> None:
+            try:
+                await work
+            except Exception:  # the refusal stands; the run is stopped by its next call's guard anyway
+                log.exception("stopping a run a policy refused failed")
+
+        task = asyncio.get_running_loop().create_task(logged())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _first(self, alert: Any) -> bool:
         """Whether this node has not raised this alert yet: an alert rule matching every call of a busy agent

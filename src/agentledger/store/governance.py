@@ -231,6 +231,15 @@ class GovernanceStore:
 
         await self.store._write(run)
 
+    async def run_controls(self, workspace_id: str, run_ids: list[str]) -> list[dict[str, Any]]:
+        """The controls of these runs (those that have one), by primary key."""
+        if not run_ids:
+            return []
+        c = t.run_controls.c
+        return await self.store._select(
+            select(t.run_controls).where(c.workspace_id == workspace_id, c.run_id.in_(run_ids))
+        )
+
     async def run_control(self, workspace_id: str, run_id: str) -> dict[str, Any] | None:
         c = t.run_controls.c
         rows = await self.store._select(
