@@ -394,3 +394,17 @@ def test_an_approval_while_the_call_is_held_lets_the_agent_continue(lone: Harnes
     assert time.monotonic() - t0 < 5
     approval = policy_step(lone, "run-held")["attributes"]["policy"]["approval"]
     assert approval["status"] == "approved" and approval["waited_ms"] > 0
+
+
+def test_rate_settings_are_rate_limits_at_the_policys_scope(lone: Harness) -> None:
+    p = policy(lone, name="dept rate", scope="department", scope_value="research", settings={"requests_per_minute": 2})
+    left = 60 - time.time() % 60
+    if left < 5:
+        time.sleep(left + 0.05)
+    assert [chat(lone).status_code for _ in range(2)] == [200, 200]
+    resp = chat(lone)
+    msg = refused(resp, 429, "rate_limited")
+    assert f"policy:{p['id']}:requests_per_minute" in msg and "(department:research)" in msg, msg
+    assert resp.headers["alephant-policy-decision"] == "throttled"
+    key, _ = _new_key(lone, "eng")
+    assert chat(lone, key=key).status_code == 200  # another department: not counted there

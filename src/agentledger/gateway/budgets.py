@@ -183,16 +183,18 @@ class BudgetGate:
         overrides: dict[str, Any],
         embeddings: bool = False,
         choices: int = 1,
+        extra_limits: Sequence[RateLimit] = (),
     ) -> None:
         """Reserve the call's most possible cost and count its rates, or raise BudgetExceeded / RateLimited.
+        `extra_limits`: rate limits that already apply to this call (the policies' rate settings).
 
         `governed` is filled either way: a refused call is recorded with the decision that refused it."""
         budgets, limits = await self.rules_for(base.workspace_id)
-        if not budgets and not limits:
+        if not budgets and not limits and not extra_limits:
             return
         subject = await self.subject(base, budgets, limits)
         applied = applicable_budgets(budgets, subject)
-        rated = applicable_limits(limits, subject)
+        rated = [*applicable_limits(limits, subject), *extra_limits]
         if not applied and not rated:
             return
         now = self.clock()

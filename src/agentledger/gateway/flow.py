@@ -347,6 +347,7 @@ class Gateway:
                 overrides=call.price_overrides,
                 embeddings=call.fmt.name == "embeddings",
                 choices=_positive_int(payload.get("n")) or 1,
+                extra_limits=call.review.limits if call.review is not None else (),
             )
         except AgentLedgerError as exc:
             await self.finish(call, Outcome(StepStatus.ERROR, exc.status, (), error=exc))

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from agentledger.core import alerts, pii
-from agentledger.core.budgets import Decision, Subject
+from agentledger.core.budgets import Decision, RateLimit, Subject
 from agentledger.core.errors import ApprovalDenied, ApprovalRequired, PolicyBlocked, RateLimited
 from agentledger.core.model import TraceEvent
 from agentledger.core.policy import Applied, CallContext, Policy, PolicySet, RunStats, Verdict, compile_policies
@@ -52,6 +52,7 @@ RUN_SETTINGS = frozenset(
     f"setting:{n}"
     for n in ("max_run_steps", "max_run_model_calls", "max_run_duration_s", "max_run_cost_usd", "loop_repeats")
 )
+RATE_SETTINGS = ("requests_per_minute", "tokens_per_minute", "concurrent")
 RUN_CONDITIONS = (
     "run_steps_over",
     "run_model_calls_over",
@@ -103,6 +104,31 @@ class Review:
                 rule = next((r for r in p.rules if r.id == v.rule_id), None)
                 return rule is not None and any(getattr(rule.when, n) is not None for n in RUN_CONDITIONS)
         return False
+
+    @property
+    def limits(self) -> list[RateLimit]:
+        """The rate settings in force for this caller as rate limits of the budget gate (one decision model):
+        each counted at the scope of the policy that set it, so a department's `requests_per_minute` is its
+        members' together, and a more specific scope's setting replaces a broader one for its callers."""
+        if self.applied is None or self.subject is None:
+            return []
+        eff = self.applied.settings
+        out: list[RateLimit] = []
+        for name in RATE_SETTINGS:
+            value = getattr(eff.settings, name)
+            source = eff.sources.get(name)
+            if value is None or source is None:
+                continue
+            out.append(
+                RateLimit(
+                    self.subject.workspace_id,
+                    f"policy:{source.id}:{name}",
+                    source.scope,
+                    source.scope_value,
+                    **{name: value},
+                )
+            )
+        return out
 
     def allows(self, model: str, provider: str) -> bool:
         """Whether a fallback to `model` at `provider` would be allowed too (a fallback never goes where the
