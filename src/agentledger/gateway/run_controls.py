@@ -8,8 +8,9 @@ the "run" kind (gateway/broadcast.py), on every replica at once; without Redis a
 cancelled run without asking the store.
 
 A paused run's call waits on an asyncio.Event of its run, set by any change of the run (here or broadcast), up
-to `pause_wait` seconds; then it proceeds (resumed), is refused 403 (cancelled meanwhile), or gets 423 with
-Retry-After (still paused). It waits before the budget gate, so nothing is reserved while it waits.
+to `pause_wait` seconds (reading the store itself every RECHECK seconds, in case a broadcast was lost); then it
+proceeds (resumed), is refused 403 (cancelled meanwhile), or gets 423 with Retry-After (still paused). It waits
+before the budget gate, so nothing is reserved while it waits.
 
 A store that cannot be asked fails open: the run is taken as uncontrolled for `cache_ttl` (logged), since
 refusing every call that names a run through an outage would stop the gateway, which a store outage must not.
@@ -42,6 +43,8 @@ STATES = (CANCELLED, PAUSED, RUNNING)
 # Bounds of `run_pause_wait_s` (config.py): a held call keeps its connection open, and the SDKs' own timeouts
 # (OpenAI's 600 s, Anthropic's 600 s) must not end it first.
 MAX_PAUSE_WAIT = 300.0
+# A held call reads the store itself this often (seconds) when no change woke it: a broadcast may be lost.
+RECHECK = 1.0
 
 Key = tuple[str, str]  # (workspace_id, run_id)
 
@@ -96,6 +99,14 @@ class RunControls:
         row = await self._load(workspace_id, run_id)
         return RunControl.of(row) if row is not None else None
 
+    async def _refresh(self, workspace_id: str, run_id: str, known: RunControl) -> RunControl | None:
+        try:
+            found = await self._fetch(workspace_id, run_id)
+        except StoreUnavailable:
+            return known
+        self.cache.put((workspace_id, run_id), found)
+        return found
+
     # -- admission ---------------------------------------------------------------------------------------------
     async def admit(self, workspace_id: str, run_id: str | None, governed: Governed) -> None:
         """Let the call of an uncontrolled or resumed run through; hold a paused run's call until it is resumed or
@@ -109,14 +120,17 @@ class RunControls:
         deadline = t0 + self.pause_wait
         while control is not None and control.state == PAUSED:
             left = deadline - time.monotonic()
-            if left <= 0 or not await self._wait((workspace_id, run_id), left):
+            if left <= 0:
                 self._refused(governed, Decision.THROTTLED, run_id, control)
                 raise RunPaused(
                     f"Run {run_id!r} is paused{_why(control)}; this call waited {self.pause_wait:g} s for it to be "
                     "resumed.",
                     retry_after=max(1, math.ceil(self.pause_wait)),
                 )
-            control = await self.control(workspace_id, run_id)
+            if await self._wait((workspace_id, run_id), min(left, RECHECK)):
+                control = await self.control(workspace_id, run_id)
+            else:  # no change seen: read the store itself, in case another replica's broadcast was lost
+                control = await self._refresh(workspace_id, run_id, control)
         if control is not None and control.state == CANCELLED:
             self._refused(governed, Decision.BLOCKED, run_id, control)
             raise RunCancelled(f"Run {run_id!r} is cancelled{_why(control)}: no further calls are allowed in it.")

@@ -33,10 +33,13 @@ _ERRORS = {
     403: "Not allowed: read-only token, model not allowed, agent mismatch (`permission_error`). On model routes, a "
     "call a policy escalated: `approval_required` (no human decided while it was held; `approval_id` names the "
     "approval, and a resend of the same call after `Retry-After` is held again and proceeds once approved) or "
-    "`approval_denied` (the message carries the approver's reason).",
+    "`approval_denied` (the message carries the approver's reason). On model routes, `run_cancelled`: the call's run "
+    "was cancelled (POST /api/runs/{run_id}/cancel).",
     404: "Unknown object (`not_found_error`) or model (`model_not_found`).",
     409: "Already exists (`conflict`), or x-request-id reused with another body (`idempotency_key_reused`).",
     413: "The body is larger than `max_body_bytes` (`request_too_large`).",
+    423: "The call's run is paused and was not resumed while the call waited `run_pause_wait_s` (`run_paused`, "
+    "with Retry-After).",
     429: "A rate, token or concurrency limit of the gateway, or a `soft_throttle` budget past its limit "
     "(`rate_limited`, always with Retry-After); or the provider is rate limiting (`upstream_rate_limited`, "
     "Retry-After when it sent one).",
@@ -75,9 +78,9 @@ them) are accepted besides the listed ones.
 
 def _error_response(status: int, shape: str = "Error") -> Schema:
     headers = {"x-request-id": _REQUEST_ID}
-    if status in (403, 429, 503):  # 403: approval_required
+    if status in (403, 423, 429, 503):  # 403: approval_required
         headers["Retry-After"] = _RETRY_AFTER
-    if status in (402, 429, 503):
+    if status in (402, 423, 429, 503):
         headers.update(copy.deepcopy(_POLICY_HEADERS))
     return {"description": _ERRORS[status], "headers": headers, "content": json_content(ref(shape))}
 

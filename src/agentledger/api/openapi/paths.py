@@ -11,12 +11,15 @@ from agentledger.api.openapi.shapes import (
     enum,
     integer,
     json_content,
+    nullable,
+    obj,
     ok_json,
     param,
     ref,
     responses,
     text,
 )
+from agentledger.api.run_controls import MAX_REASON
 from agentledger.core import headers as h
 from agentledger.core.model import RunStatus
 from agentledger.core.pricing import CostSource
@@ -270,7 +273,21 @@ _BUDGET_PATHS: Schema = {
     },
 }
 
-_MODEL_ERRORS = (400, 401, 402, 403, 404, 409, 413, 429, 502, 503, 504)
+_MODEL_ERRORS = (400, 401, 402, 403, 404, 409, 413, 423, 429, 502, 503, 504)
+
+
+def _run_control(summary: str) -> Schema:
+    return {
+        "post": op(
+            summary,
+            "runs",
+            ADMIN,
+            {200: ok_json("The run's control now.", ref("RunControl"))},
+            (*API_WRITE, 404),
+            parameters=[path_id("run_id")],
+            requestBody=body(obj({"reason": nullable(text(MAX_REASON))}), required=False),
+        )
+    }
 
 
 def _answer(kind: str, schema: str, streams: bool = True) -> Schema:
@@ -434,6 +451,14 @@ PATHS: Schema = {
             parameters=[path_id("run_id")],
         )
     },
+    "/api/runs/{run_id}/cancel": _run_control(
+        "Cancel a run: its later calls are refused (403 run_cancelled), its open streams end, it ends `cancelled`. "
+        "Cancelling again keeps the first cancel."
+    ),
+    "/api/runs/{run_id}/pause": _run_control(
+        "Pause a run: its calls wait for the resume, up to run_pause_wait_s, then 423 run_paused (409: cancelled)."
+    ),
+    "/api/runs/{run_id}/resume": _run_control("Resume a paused run: its waiting calls go on at once (409: cancelled)."),
     "/api/sessions/{session_id}": {
         "get": op(
             "A session: its runs, paths and totals.",

@@ -9,6 +9,7 @@ from agentledger.core.budgets import Action, Decision, Period, Scope
 from agentledger.core.model import RunStatus, StepKind
 from agentledger.core.pricing import CostSource
 from agentledger.core.rollup import MAX_TREE_DEPTH, TOKEN_FIELDS
+from agentledger.gateway.run_controls import STATES as CONTROL_STATES
 
 STR: Schema = {"type": "string"}
 INT: Schema = {"type": "integer"}
@@ -38,6 +39,13 @@ _ATTRIBUTION = {
     "prompt_version": OPT_STR,
     "properties": {"type": "object", "additionalProperties": STR},
 }
+
+
+def _control() -> dict[str, Schema]:
+    """A run's control (POST /api/runs/{run_id}/cancel|pause|resume): `running` once resumed."""
+    return {"state": enum(CONTROL_STATES), "reason": nullable(STR), "by": nullable(STR), "at": {**TIMESTAMP}}
+
+
 _USAGE = {**{f: INT for f in TOKEN_FIELDS}, "cost_nanos": INT, "cost_source": COST_SOURCE}
 
 RUN = obj(
@@ -50,7 +58,8 @@ RUN = obj(
         "session_id": OPT_STR,
         "workflow": OPT_STR,
         "name": OPT_STR,
-        "status": enum([s.value for s in RunStatus]),
+        # `paused` only in GET /api/runs/{run_id}, while a pause holds the run (api/run_controls.py `controlled`).
+        "status": enum([*(s.value for s in RunStatus), "paused"]),
         "started_at": TIMESTAMP,
         "ended_at": OPT_TS,
         "error": OPT_STR,
@@ -327,7 +336,13 @@ ROWS: dict[str, Schema] = {
     ),
     "Revoked": obj({"id": STR, "revoked": {"const": True}}, ["id", "revoked"], closed=True),
     "Run": RUN,
-    "RunDetail": {"allOf": [ref("Run"), obj({"steps": _STEP_TREE}, ["steps"])]},
+    "RunDetail": {
+        "allOf": [
+            ref("Run"),
+            obj({"steps": _STEP_TREE, "control": nullable(obj(_control(), list(_control()), closed=True))}, ["steps"]),
+        ]
+    },
+    "RunControl": obj({"run_id": {**ID}, **_control()}, ["run_id", *_control()], closed=True),
     "StepNode": STEP,
     "Session": obj(
         {
