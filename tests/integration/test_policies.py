@@ -16,7 +16,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
+import openai
 import orjson
 import pytest
 
@@ -117,7 +119,7 @@ def test_a_blocking_setting_is_a_403_naming_it_on_every_route_and_in_the_run(lon
     resp = lone.v1(
         "POST",
         "/v1/messages",
-        json={"model": "claude-3-5-haiku-latest", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+        json={"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
     )
     assert resp.status_code == 403 and resp.json()["type"] == "error", resp.text
     assert resp.json()["error"]["type"] == "permission_error"
@@ -408,3 +410,28 @@ def test_rate_settings_are_rate_limits_at_the_policys_scope(lone: Harness) -> No
     assert resp.headers["alephant-policy-decision"] == "throttled"
     key, _ = _new_key(lone, "eng")
     assert chat(lone, key=key).status_code == 200  # another department: not counted there
+
+
+def test_the_sdks_see_each_refusal_once_in_their_own_shape(lone: Harness) -> None:
+    policy(
+        lone,
+        name="sdk",
+        rules=[
+            {"id": "no-4o", "when": {"models": ["gpt-4o"]}, "action": "block"},
+            {"id": "ask", "when": {"models": ["claude-*"]}, "action": "escalate"},
+        ],
+    )
+    with pytest.raises(openai.PermissionDeniedError) as oe:
+        openai.OpenAI(base_url=lone.url + "/v1", api_key=lone.vk, max_retries=2).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert oe.value.body["code"] == "policy_blocked" and "no-4o" in oe.value.body["message"]  # type: ignore[index]
+    lone.add_provider_key(name="claude", kind="anthropic", provider="anthropic", models=["claude-*"])
+    client = anthropic.Anthropic(base_url=lone.url, api_key=lone.vk, max_retries=2)
+    before = len(lone.fake.received)
+    with pytest.raises(anthropic.PermissionDeniedError) as ae:
+        client.messages.create(model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    err = ae.value.body["error"]  # type: ignore[index]
+    assert err["type"] == "permission_error" and err["approval_id"].startswith("apr_"), err
+    assert len(lone.get("/api/approvals")["data"]) == 1  # a 403: the SDK did not retry it
+    assert len(lone.fake.received) == before
