@@ -569,7 +569,8 @@ class BudgetGate:
         if base.run_id is None:
             return None
         if name is None:
-            name = "policy check" if governed.policy is not None else "budgets and rate limits"
+            by = (governed.decided_by or {}).get("kind")
+            name = "policy check" if governed.policy is not None or by == "run_control" else "budgets and rate limits"
         tail = "" if attempt == 1 else f"\0{attempt}"  # the first try's id as it always was
         digest = hashlib.sha256(f"{base.workspace_id}\0{request_id}\0policy{tail}".encode()).hexdigest()[:24]
         now = self.clock()
