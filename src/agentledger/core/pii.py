@@ -37,8 +37,8 @@ character class occurs; a pattern opening with a lookbehind, or a choice of seve
 character (one combined pattern of all kinds cost ~200 µs per KB). So each family is found its own way,
 each pass skipping what cannot hold it: emails from each `@`; keys only when `in` finds a key prefix, by one
 pattern whose alternatives open with literals; private keys by `str.find`; IBANs by a pattern opening with a
-capital; cards, SSNs and phone numbers (one pattern, a named group each) only where a run of at least nine
-number characters starts a number. A text without a digit costs the number and IBAN passes nothing. Checks
+capital; cards, SSNs and phone numbers (one pattern, a named group each) only where at least nine number
+characters start a number. A text without a digit costs the number and IBAN passes nothing. Checks
 (Luhn, IIN, mod-97, digit counts) run on candidates only; when a card candidate fails its check, the other
 number kinds are tried at the same place. Matches never overlap: the leftmost wins, then the longest.
 """
@@ -170,10 +170,9 @@ _NUMBERS = {PAYMENT_CARD: _CARD, US_SSN: _SSN, PHONE: _PHONE}  # tried in this o
 _FLAGS = re.VERBOSE | re.ASCII
 _DIGIT = re.compile(r"[0-9]")
 _SK_LETTER = re.compile(r"[A-Za-z]")
-# A card, SSN or phone number is made of these characters only and has at least 8 digits, so it lies inside
-# a run of at least 9 of them; its first character is a digit after a non-digit, or `+`, or `(`.
-_NUMBER_RUN = re.compile(r"[0-9+(][0-9 ().+-]{8,}")
-_NUMBER_START = re.compile(r"[+(]|[0-9](?<![\w.-][0-9])[0-9]*", re.ASCII)
+# Where a card, SSN or phone number may start: `+`, `(`, or a digit not glued to a word or a longer number,
+# followed by at least 8 more number characters (each has 9 or more). One pass that skips to [0-9+(].
+_NUMBER_START = re.compile(r"[0-9+(](?<![\w.-][0-9])(?=[0-9 ().+-]{8})", re.ASCII)
 
 _EMAIL_LOCAL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._%+-")
 _EMAIL_DOMAIN = re.compile(
@@ -310,25 +309,24 @@ def _matches(text: str, pattern: re.Pattern[str]) -> list[Finding]:
 def _numbers(text: str, numbers: re.Pattern[str], alone: tuple[tuple[str, re.Pattern[str]], ...]) -> list[Finding]:
     found: list[Finding] = []
     done = 0  # the end of the last finding: nothing before it is looked at again
-    for run in _NUMBER_RUN.finditer(text):
-        for token in _NUMBER_START.finditer(text, max(run.start(), done), run.end()):
-            at = token.start()
-            if at < done or (m := numbers.match(text, at)) is None:
-                continue
-            kind = m.lastgroup
-            assert kind is not None
-            end = _valid_end(kind, m)
-            if end is None:
-                # The first kind to match here failed its check; another may still match at the same place.
-                for other, pattern in alone:
-                    if other != kind and (again := pattern.match(text, at)) is not None:
-                        end = _valid_end(other, again)
-                        if end is not None:
-                            kind = other
-                            break
-            if end is not None:
-                found.append(Finding(kind, at, end))
-                done = end
+    for start in _NUMBER_START.finditer(text):
+        at = start.start()
+        if at < done or (m := numbers.match(text, at)) is None:
+            continue
+        kind = m.lastgroup
+        assert kind is not None
+        end = _valid_end(kind, m)
+        if end is None:
+            # The first kind to match here failed its check; another may still match at the same place.
+            for other, pattern in alone:
+                if other != kind and (again := pattern.match(text, at)) is not None:
+                    end = _valid_end(other, again)
+                    if end is not None:
+                        kind = other
+                        break
+        if end is not None:
+            found.append(Finding(kind, at, end))
+            done = end
     return found
 
 
