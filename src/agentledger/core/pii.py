@@ -205,7 +205,10 @@ def _scanner(kinds: frozenset[str]) -> _Scanner:
 
 def scan_text(text: str, kinds: Iterable[str]) -> list[Finding]:
     """The values of `kinds` in `text`, in order and non-overlapping. ValueError for an unknown kind."""
-    scanner = _scanner(check_kinds(kinds))
+    return _scan(text, _scanner(check_kinds(kinds)))
+
+
+def _scan(text: str, scanner: _Scanner) -> list[Finding]:
     families: list[list[Finding]] = []
     if scanner.email and "@" in text:
         families.append(_emails(text))
@@ -488,10 +491,11 @@ class _Walk:
     or strings; token arrays are skipped). The shapes do not collide, so one walk serves all four formats.
     """
 
-    __slots__ = ("kinds", "rewrite", "found")
+    __slots__ = ("kinds", "scanner", "rewrite", "found")
 
     def __init__(self, kinds: frozenset[str], *, rewrite: bool) -> None:
         self.kinds = kinds
+        self.scanner = _scanner(kinds)
         self.rewrite = rewrite
         self.found: list[Found] = []
 
@@ -516,7 +520,7 @@ class _Walk:
     def text(self, value: Any, path: str) -> Any:
         if not isinstance(value, str) or not value:
             return value
-        findings = scan_text(value, self.kinds)
+        findings = _scan(value, self.scanner)
         if not findings:
             return value
         counts = Counter(f.kind for f in findings)
