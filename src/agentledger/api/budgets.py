@@ -18,7 +18,7 @@ from agentledger.core.errors import AgentLedgerError, BudgetExceeded, InvalidReq
 from agentledger.core.fields import id_field, text_field, time_field
 from agentledger.core.headers import parse_tracking
 from agentledger.core.ids import new_id
-from agentledger.core.model import AdminPrincipal, Attribution, Principal, RunStart
+from agentledger.core.model import AdminPrincipal, Principal
 from agentledger.core.money import MAX_EVENT_COST_NANOS, format_usd, to_nanos
 from agentledger.gateway.budgets import Governed
 from agentledger.gateway.flow import Gateway
@@ -153,25 +153,9 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
         return JSONResponse({"data": [f.view(now) for f in figures]})
 
     async def record_refusal(principal: Principal, subject: Subject, governed: Governed, kind: str, name: str) -> None:
-        """A refused authorization in a run is a policy_check step of that run (blocked, and by which budget)."""
-        if subject.run_id is None:
-            return
-        base = Attribution(
-            workspace_id=subject.workspace_id,
-            department_id=subject.department_id,
-            virtual_key_id=subject.virtual_key_id,
-            agent_id=subject.agent_id,
-            run_id=subject.run_id,
-            properties=dict(subject.properties),
-        )
-        report = {**gate.report(governed), "authorization": {"kind": kind, "name": name}}
-        step = gate.policy_step(
-            governed, report, request_id=new_id("auth"), base=base, started_at=gate.clock(), name=f"authorize {kind}"
-        )
-        if step is not None:
-            await gateway.pipeline.submit(
-                [RunStart(run_id=subject.run_id, attribution=base, started_at=gate.clock()), step]
-            )
+        """A refused authorization in a run is a policy_check step of that run (blocked, and by what)."""
+        extra = {"authorization": {"kind": kind, "name": name}}
+        await gateway.record_check(governed, subject, extra, name=f"authorize {kind}", prefix="auth")
 
     async def authorize(request: Request) -> Response:
         governed = Governed()

@@ -17,7 +17,7 @@ from agentledger.core.errors import AgentLedgerError, InvalidRequest, NotFound
 from agentledger.core.fields import id_field, text_field
 from agentledger.core.headers import parse_tracking
 from agentledger.core.ids import new_id
-from agentledger.core.model import AdminPrincipal, Attribution, RunStart
+from agentledger.core.model import AdminPrincipal
 from agentledger.core.money import MAX_EVENT_COST_NANOS, to_nanos
 from agentledger.core.policy_config import parse_policy, policy_json
 from agentledger.gateway.budgets import Governed, headline
@@ -233,32 +233,8 @@ def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route
         return JSONResponse(body, headers=headline(governed))
 
     async def record_check(governed: Governed, subject: Subject, action: dict[str, Any]) -> None:
-        if subject.run_id is None or not governed.governed:
-            return
-        gate = gateway.gate
-        if gate is None:
-            return
-        base = Attribution(
-            workspace_id=subject.workspace_id,
-            department_id=subject.department_id,
-            virtual_key_id=subject.virtual_key_id,
-            agent_id=subject.agent_id,
-            run_id=subject.run_id,
-            properties=dict(subject.properties),
-        )
-        report = {**gate.report(governed), "action": action}
-        step = gate.policy_step(
-            governed,
-            report,
-            request_id=new_id("chk"),
-            base=base,
-            started_at=desk.clock(),
-            name=f"check {action['kind']} {action['name']}",
-        )
-        if step is not None:
-            await gateway.pipeline.submit(
-                [RunStart(run_id=subject.run_id, attribution=base, started_at=desk.clock()), step]
-            )
+        name = f"check {action['kind']} {action['name']}"
+        await gateway.record_check(governed, subject, {"action": action}, name=name, prefix="chk")
 
     g = auth.guard
     return [

@@ -39,8 +39,9 @@ from agentledger.core.errors import (
     UpstreamUnavailable,
 )
 from agentledger.core.headers import TrackingContext, parse_tracking
+from agentledger.core.ids import new_id
 from agentledger.core.keys import hash_secret
-from agentledger.core.model import Attribution, Principal, ProviderRoute, RetryPolicy, StepStatus
+from agentledger.core.model import Attribution, Principal, ProviderRoute, RetryPolicy, RunStart, StepStatus
 from agentledger.core.money import event_cost_nanos
 from agentledger.core.pricing import Cost, CostSource, Price, bounded
 from agentledger.core.routing import Hop, chain, model_allowed, resolve
@@ -48,7 +49,7 @@ from agentledger.core.usage import Usage, reported_cost
 from agentledger.formats.base import Format, Parsed, StreamAdapter, loads
 from agentledger.formats.registry import Bridge, bridge
 from agentledger.gateway.bodies import parse_json_object
-from agentledger.gateway.budgets import BudgetGate
+from agentledger.gateway.budgets import BudgetGate, Governed
 from agentledger.gateway.cache import TTLCache
 from agentledger.gateway.claims import Claims
 from agentledger.gateway.policies import PolicyDesk, Review, header_names
@@ -600,6 +601,27 @@ class Gateway:
             governed, report, request_id=call.request_id, base=a, started_at=call.started_at, attempt=attempt
         )
         return self.pipeline.commit([*events, *booked, *([check] if check else [])])
+
+    async def record_check(
+        self, governed: Governed, subject: Subject, extra: dict[str, Any], *, name: str, prefix: str
+    ) -> None:
+        """A check outside a model call (a tool's pre-check, a spend authorization) in a run: a policy_check step of
+        that run with what was asked (`extra`) beside the decision, durable before the answer."""
+        if subject.run_id is None or self.gate is None or not governed.governed:
+            return
+        base = Attribution(
+            workspace_id=subject.workspace_id,
+            department_id=subject.department_id,
+            virtual_key_id=subject.virtual_key_id,
+            agent_id=subject.agent_id,
+            run_id=subject.run_id,
+            properties=dict(subject.properties),
+        )
+        now = self.clock()
+        report = {**self.gate.report(governed), **extra}
+        step = self.gate.policy_step(governed, report, request_id=new_id(prefix), base=base, started_at=now, name=name)
+        if step is not None:
+            await self.pipeline.submit([RunStart(run_id=subject.run_id, attribution=base, started_at=now), step])
 
     def record_rejection(
         self,
