@@ -435,3 +435,10 @@ def test_the_sdks_see_each_refusal_once_in_their_own_shape(lone: Harness) -> Non
     assert err["type"] == "permission_error" and err["approval_id"].startswith("apr_"), err
     assert len(lone.get("/api/approvals")["data"]) == 1  # a 403: the SDK did not retry it
     assert len(lone.fake.received) == before
+
+
+def test_evaluate_is_a_route_not_a_policy_id(lone: Harness) -> None:
+    resp = lone.api("GET", "/api/policies/evaluate")
+    assert resp.status_code == 405 and resp.headers["allow"] == "POST", resp.text
+    taken = lone.api("POST", "/api/policies", json={"id": "evaluate", "name": "x", "scope": "workspace"})
+    assert taken.status_code == 400 and taken.json()["error"]["param"] == "id", taken.text

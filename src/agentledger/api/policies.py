@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -27,6 +28,23 @@ from agentledger.gateway.responses import JSONResponse, error_response
 from agentledger.store.base import Store
 
 MAX_ATTRIBUTES_KEYS = 64
+RESERVED_IDS = frozenset({"evaluate"})
+
+
+class PolicyId(Convertor[str]):
+    """A policy id in a path: any segment but `evaluate`, so `/api/policies/evaluate` is that route's alone
+    (a GET there is a 405 naming POST, not a lookup of a policy called "evaluate")."""
+
+    regex = "(?!evaluate(?:/|$))[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("policy_id", PolicyId())
 
 
 def _view(row: dict[str, Any]) -> dict[str, Any]:
@@ -44,8 +62,10 @@ def _amount(value: Any) -> int | None:
     if value is None:
         return None
     amount = dollars(value)
-    if amount is None or amount < 0:
-        raise InvalidRequest("'amount_usd' must be a decimal string of dollars, such as \"5.00\".", param="amount_usd")
+    if amount is None or amount <= 0:
+        raise InvalidRequest(
+            "'amount_usd' must be a positive decimal string of dollars, such as \"5.00\".", param="amount_usd"
+        )
     nanos = to_nanos(amount)
     if nanos > MAX_EVENT_COST_NANOS:
         raise InvalidRequest("'amount_usd' is past the per-event bound of $1,000,000.", param="amount_usd")
@@ -75,6 +95,8 @@ def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route
         data = await json_body(request)
         ident = id_field(data.pop("id"), "id") if data.get("id") is not None else new_id("pol")
         data.pop("id", None)
+        if ident in RESERVED_IDS:
+            raise InvalidRequest(f"{ident!r} names a route (/api/policies/{ident}), not a policy.", param="id")
         columns, body = await content(data, admin.workspace_id)
         row = {
             "workspace_id": admin.workspace_id,
@@ -146,8 +168,9 @@ def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route
             raise InvalidRequest("'call' must be an object.", param="call")
         kind = text_field(call.get("kind", "model_call"), "call.kind", limit=64, strip=True)
         headers = call.get("headers", [])
-        if not isinstance(headers, list) or not all(isinstance(h, str) and len(h) <= 256 for h in headers):
+        if not isinstance(headers, list) or len(headers) > MAX_ATTRIBUTES_KEYS:
             raise InvalidRequest("'call.headers' must be a list of header names.", param="call.headers")
+        headers = [text_field(h, "call.headers", limit=256) for h in headers]
         properties = call.get("properties", {})
         if not isinstance(properties, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in properties.items()
@@ -159,8 +182,11 @@ def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route
         payload: dict[str, Any] = {}
         if max_tokens is not None:
             payload["max_tokens"] = max_tokens
-        if "messages" in call:
-            payload["messages"] = call["messages"]
+        messages = call.get("messages")
+        if messages is not None:
+            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+                raise InvalidRequest("'call.messages' must be a list of messages (objects).", param="call.messages")
+            payload["messages"] = messages
         subject = Subject(
             subject.workspace_id,
             subject.department_id,
@@ -241,10 +267,10 @@ def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route
         Route("/api/policies", g(list_policies), methods=["GET"]),
         Route("/api/policies", g(create_policy, write=True), methods=["POST"]),
         Route("/api/policies/evaluate", g(evaluate), methods=["POST"]),
-        Route("/api/policies/{policy_id}", g(get_policy), methods=["GET"]),
-        Route("/api/policies/{policy_id}", g(replace_policy, write=True), methods=["PUT"]),
-        Route("/api/policies/{policy_id}", g(delete_policy, write=True), methods=["DELETE"]),
-        Route("/api/policies/{policy_id}/versions", g(versions), methods=["GET"]),
+        Route("/api/policies/{policy_id:policy_id}", g(get_policy), methods=["GET"]),
+        Route("/api/policies/{policy_id:policy_id}", g(replace_policy, write=True), methods=["PUT"]),
+        Route("/api/policies/{policy_id:policy_id}", g(delete_policy, write=True), methods=["DELETE"]),
+        Route("/api/policies/{policy_id:policy_id}/versions", g(versions), methods=["GET"]),
         Route("/v1/policy/check", check, methods=["POST"]),
     ]
 

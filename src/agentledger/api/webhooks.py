@@ -68,11 +68,9 @@ def _cursor(request: Request) -> tuple[datetime, str] | None:
 
 def _since(request: Request) -> datetime | None:
     # `from` is what this listing took before alerts had kinds; `since` is the name it has with them.
-    for name in ("since", "from"):
-        raw = request.query_params.get(name)
-        if raw is not None:
-            return time_field(raw, name)
-    return None
+    # Both are read (and so checked) when both are sent; `since` wins.
+    found = [time_field(raw, name) for name in ("since", "from") if (raw := request.query_params.get(name)) is not None]
+    return found[0] if found else None
 
 
 def webhook_row(data: dict[str, Any]) -> tuple[str, list[str] | None, str | None]:

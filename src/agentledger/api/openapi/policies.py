@@ -43,8 +43,11 @@ _CONTENT = {
     "scope": enum([s.value for s in POLICY_SCOPES]),
     "scope_value": {**nullable(text(1024)), "description": "The department, agent or virtual key; none for workspace."},
     "mode": _MODES,
-    "settings": {**OBJECT, "description": "The settings it sets; the most specific scope that sets one wins."},
-    "rules": array(ref("PolicyRule"), max_items=MAX_RULES),
+    "settings": {
+        **nullable(OBJECT),
+        "description": "The settings it sets; the most specific scope that sets one wins (null: none).",
+    },
+    "rules": {**nullable(array(ref("PolicyRule"), max_items=MAX_RULES)), "description": "Its rules (null: none)."},
 }
 _VERDICT = obj(
     {
@@ -87,22 +90,22 @@ POLICY_ROWS: dict[str, Schema] = {
     "PolicyVerdict": _VERDICT,
     "PolicyEvaluateIn": obj(
         {
-            "virtual_key_id": ID,
-            "agent_id": ID,
-            "department_id": ID,
+            "virtual_key_id": nullable(ID),
+            "agent_id": nullable(ID),
+            "department_id": nullable(ID),
             "call": obj(
                 {
                     "kind": text(64),
-                    "model": text(1024),
-                    "provider": text(1024),
-                    "name": text(1024),
-                    "max_tokens": INT,
-                    "amount_usd": AMOUNT_USD,
+                    "model": nullable(text(1024)),
+                    "provider": nullable(text(1024)),
+                    "name": nullable(text(1024)),
+                    "max_tokens": nullable(INT),
+                    "amount_usd": nullable(AMOUNT_USD),
                     "headers": array(text(256)),
-                    "client_ip": text(64),
-                    "prompt_id": text(1024),
+                    "client_ip": nullable(text(64)),
+                    "prompt_id": nullable(text(1024)),
                     "properties": OBJECT,
-                    "messages": array(OBJECT),
+                    "messages": nullable(array(OBJECT)),
                 }
             ),
         }
@@ -110,10 +113,10 @@ POLICY_ROWS: dict[str, Schema] = {
     "PolicyEvaluation": obj({**_VERDICT["properties"], "policies": array(OBJECT)}, ["decision", "reason", "policies"]),
     "PolicyCheckIn": obj(
         {
-            "run_id": ID,
+            "run_id": {**nullable(ID), "description": "The run the action is for (else the alephant-run-id header's)."},
             "kind": text(64),
             "name": text(256),
-            "amount_usd": AMOUNT_USD,
+            "amount_usd": {**nullable(AMOUNT_USD), "description": "What it would cost, if it is paid."},
             "attributes": OBJECT,
         }
     ),
