@@ -26,15 +26,16 @@ _VK: list[dict[str, list[str]]] = [{"virtualKey": []}, {"virtualKeyHeader": []}]
 _POLICY_ID = param("policy_id", "path", ID, "The policy's id.", required=True)
 _MODES = enum([m.value for m in Mode])
 
+# Every optional field may be null, as absent (core/policy_config.py reads both alike).
 _RULE = obj(
     {
-        "id": text(64),
-        "name": text(256),
-        "when": {**OBJECT, "description": "Conditions, all of which must hold (docs/policies.md)."},
+        "id": {**nullable(text(64)), "description": "Stable id the trace names (default `r<position>`)."},
+        "name": nullable(text(256)),
+        "when": {**nullable(OBJECT), "description": "Conditions, all of which must hold (docs/policies.md)."},
         "action": enum([a.value for a in RuleAction]),
-        "throttle_rpm": INT,
-        "redact": array(STR),
-        "message": text(1024),
+        "throttle_rpm": nullable(INT),
+        "redact": nullable(array(STR)),
+        "message": nullable(text(1024)),
     },
     ["action"],
 )
@@ -42,7 +43,7 @@ _CONTENT = {
     "name": text(256),
     "scope": enum([s.value for s in POLICY_SCOPES]),
     "scope_value": {**nullable(text(1024)), "description": "The department, agent or virtual key; none for workspace."},
-    "mode": _MODES,
+    "mode": {**nullable(_MODES), "description": "`enforce` (default) or `monitor`."},
     "settings": {
         **nullable(OBJECT),
         "description": "The settings it sets; the most specific scope that sets one wins (null: none).",
