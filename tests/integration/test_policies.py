@@ -442,3 +442,14 @@ def test_evaluate_is_a_route_not_a_policy_id(lone: Harness) -> None:
     assert resp.status_code == 405 and resp.headers["allow"] == "POST", resp.text
     taken = lone.api("POST", "/api/policies", json={"id": "evaluate", "name": "x", "scope": "workspace"})
     assert taken.status_code == 400 and taken.json()["error"]["param"] == "id", taken.text
+
+
+def test_behind_a_trusted_proxy_the_last_forwarded_address_is_the_callers(
+    sqlite_url: str, tmp_path: Path, upstream: ServerThread
+) -> None:
+    with running_gateway(sqlite_url, tmp_path, upstream, client_ip_header="x-forwarded-for") as gw:
+        policy(gw, name="office", settings={"ip_allow": ["10.0.0.0/8"]})
+        # What the proxy appended is the caller; what came before it is whatever the client claimed.
+        assert chat(gw, headers={"x-forwarded-for": "203.0.113.9, 10.1.2.3"}).status_code == 200
+        refused(chat(gw, headers={"x-forwarded-for": "10.1.2.3, 203.0.113.9"}), 403, "policy_blocked")
+        refused(chat(gw), 403, "policy_blocked")  # no header: the peer, 127.0.0.1

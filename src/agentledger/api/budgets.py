@@ -22,7 +22,7 @@ from agentledger.core.model import AdminPrincipal, Principal
 from agentledger.core.money import MAX_EVENT_COST_NANOS, format_usd, to_nanos
 from agentledger.gateway.budgets import Governed
 from agentledger.gateway.flow import Gateway
-from agentledger.gateway.policies import header_names
+from agentledger.gateway.policies import names_of
 from agentledger.gateway.responses import JSONResponse, error_response
 from agentledger.gateway.spend import SpendDesk
 from agentledger.limits.base import CountersUnavailable
@@ -178,7 +178,7 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
                         client_ip=gateway.policies.client_ip(
                             request.client.host if request.client else None, request.headers
                         ),
-                        header_names=header_names(request.scope["headers"]),
+                        header_names=names_of(request.scope["headers"]),
                         prompt_id=None,
                         body={"kind": kind, "name": name, "amount_usd": data.get("amount_usd"), "run_id": run_id},
                     )

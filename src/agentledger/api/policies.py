@@ -23,7 +23,7 @@ from agentledger.core.money import MAX_EVENT_COST_NANOS, to_nanos
 from agentledger.core.policy_config import parse_policy, policy_json
 from agentledger.gateway.budgets import Governed, headline
 from agentledger.gateway.flow import Gateway
-from agentledger.gateway.policies import PolicyDesk, header_names, policy_from_row
+from agentledger.gateway.policies import PolicyDesk, names_of, policy_from_row
 from agentledger.gateway.responses import JSONResponse, error_response
 from agentledger.store.base import Store
 
@@ -247,7 +247,7 @@ def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route
                 name=name,
                 amount_nanos=amount,
                 client_ip=desk.client_ip(request.client.host if request.client else None, request.headers),
-                header_names=header_names(request.scope["headers"]),
+                header_names=names_of(request.scope["headers"]),
                 prompt_id=attribution.prompt_id,
                 body=action,
             )

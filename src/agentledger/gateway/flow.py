@@ -52,7 +52,7 @@ from agentledger.gateway.bodies import parse_json_object
 from agentledger.gateway.budgets import BudgetGate, Governed
 from agentledger.gateway.cache import TTLCache
 from agentledger.gateway.claims import Claims
-from agentledger.gateway.policies import PolicyDesk, Review, header_names
+from agentledger.gateway.policies import PolicyDesk, Review
 from agentledger.gateway.records import Attempt, Call, Outcome, rejection, trace_events
 from agentledger.gateway.run_controls import RunControls, change_value
 from agentledger.pipeline.queue import TracePipeline
@@ -155,7 +155,10 @@ class Gateway:
                 raise ModelNotAllowed(f"This virtual key may not use model {parsed.model!r}.", param="model")
             overrides = await self.prices_for(principal.workspace_id)
             hops, bridges = self._usable(fmt, chain(primary, routes, allowed), overrides)
-            review = await self._review(fmt, parsed, attribution, hops[0], overrides, raw_headers, body, peer)
+            request_hash = hashlib.sha256(body).hexdigest()
+            review = await self._review(
+                fmt, parsed, attribution, hops[0], overrides, raw_headers, body, peer, request_hash
+            )
             if review is not None:
                 if review.changed:  # clamped or redacted: that is the body forwarded
                     parsed = fmt.parse(review.payload, orjson.dumps(review.payload))
@@ -174,7 +177,7 @@ class Gateway:
                 hops=hops,
                 bridges=bridges,
                 primary_body=body_out,
-                request_hash=hashlib.sha256(body).hexdigest(),
+                request_hash=request_hash,
                 started_at=started_at,
                 t0=t0,
                 client_request_id=tracking.request_id is not None,
@@ -195,6 +198,7 @@ class Gateway:
         raw_headers: list[tuple[bytes, bytes]],
         body: bytes,
         peer: str | None,
+        body_hash: str,
     ) -> Review | None:
         """The policies' verdict on this call (gateway/policies.py), before its body is built: a clamp or a
         redaction changes what is forwarded."""
@@ -225,10 +229,10 @@ class Gateway:
             model=hop.model,
             provider=hop.route.name,
             cost_nanos=estimate,
-            client_ip=self.policies.client_ip(peer, Headers(raw=raw_headers)),
-            header_names=header_names(raw_headers),
+            client_ip=peer,
+            raw_headers=raw_headers,
             prompt_id=attribution.prompt_id,
-            body_hash=hashlib.sha256(body).hexdigest(),
+            body_hash=body_hash,
         )
 
     def _usable(

@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from starlette.datastructures import Headers
 
 from agentledger.core import alerts, pii
 from agentledger.core.budgets import Decision, RateLimit, Subject
@@ -67,11 +68,25 @@ class Loaded:
     """A workspace's compiled policies, and whether any rule's conditions need the request scanned for PII."""
 
     policies: PolicySet
-    scans: bool = False
+    scans: bool = False  # a rule's conditions ask for PII
+    headers: bool = False  # a setting or condition reads which headers a call carries
+    addresses: bool = False  # a setting or condition reads the caller's address
 
     def __init__(self, policies: PolicySet) -> None:
+        rules = [r for p in policies.policies for r in p.rules]
+        settings = [p.settings for p in policies.policies]
         object.__setattr__(self, "policies", policies)
-        object.__setattr__(self, "scans", any(r.when.pii is not None for p in policies.policies for r in p.rules))
+        object.__setattr__(self, "scans", any(r.when.pii is not None for r in rules))
+        object.__setattr__(
+            self,
+            "headers",
+            any(s.required_headers is not None for s in settings) or any(r.when.missing_headers for r in rules),
+        )
+        object.__setattr__(
+            self,
+            "addresses",
+            any(s.ip_allow is not None for s in settings) or any(r.when.ip_in or r.when.ip_not_in for r in rules),
+        )
 
 
 NO_POLICIES = Loaded(PolicySet.empty)
@@ -213,9 +228,11 @@ class PolicyDesk:
         prompt_id: str | None = None,
         body_hash: str | None = None,
         scan: bool = True,
+        raw_headers: Sequence[tuple[bytes, bytes]] | None = None,
     ) -> Review | None:
-        """The verdict for a call (None: no policy applies). `cost_nanos` may be a function of the output cap
-        (the estimate is computed only when some rule compares costs)."""
+        """The verdict for a call (None: no policy applies). `cost_nanos` may be a function of the output cap.
+        With `raw_headers` (a model call), `client_ip` is the peer's address: the caller's is read from the
+        trusted proxy's header, and the header names are listed, only when some policy needs them."""
         loaded = await self._loaded(subject.workspace_id)
         ps = loaded.policies
         if not ps.policies:
@@ -231,6 +248,11 @@ class PolicyDesk:
         if applied.needs_run and subject.run_id is not None:
             run = await self._run_stats(subject, body_hash if applied.needs_repeats else None)
         cost = cost_nanos(max_tokens) if callable(cost_nanos) else cost_nanos
+        if raw_headers is not None:
+            if self.client_ip_header is not None and loaded.addresses:
+                client_ip = self.client_ip(client_ip, Headers(raw=list(raw_headers)))
+            if loaded.headers:
+                header_names = names_of(raw_headers)
         ctx = CallContext(
             kind=kind,
             now=self.clock(),
@@ -490,5 +512,5 @@ def _positive_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def header_names(raw: Sequence[tuple[bytes, bytes]]) -> frozenset[str]:
+def names_of(raw: Sequence[tuple[bytes, bytes]]) -> frozenset[str]:
     return frozenset(k.decode("latin-1").lower() for k, _ in raw)
