@@ -12,14 +12,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agentledger.api.auth import AdminAuth, json_body, path_id
-from agentledger.core.budget_config import budget_row, dollars, rate_limit_row
+from agentledger.core.budget_config import amount_nanos, budget_row, rate_limit_row
 from agentledger.core.budgets import Decision, Figures, Scope, Subject, counter_key
 from agentledger.core.errors import AgentLedgerError, BudgetExceeded, InvalidRequest, NotFound, StoreUnavailable
 from agentledger.core.fields import id_field, text_field, time_field
 from agentledger.core.headers import parse_tracking
 from agentledger.core.ids import new_id
 from agentledger.core.model import AdminPrincipal, Principal
-from agentledger.core.money import MAX_EVENT_COST_NANOS, format_usd, to_nanos
+from agentledger.core.money import format_usd
 from agentledger.gateway.budgets import Governed
 from agentledger.gateway.flow import Gateway
 from agentledger.gateway.policies import names_of
@@ -227,12 +227,4 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
 
 
 def _amount(value: Any) -> int:
-    amount = dollars(value)
-    if amount is None or amount <= 0:
-        raise InvalidRequest(
-            "'amount_usd' must be a positive decimal string of dollars, such as \"0.25\".", param="amount_usd"
-        )
-    nanos = to_nanos(amount)
-    if nanos > MAX_EVENT_COST_NANOS:
-        raise InvalidRequest("'amount_usd' is past the per-event bound of $1,000,000.", param="amount_usd")
-    return nanos
+    return amount_nanos(value)

@@ -12,14 +12,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agentledger.api.auth import AdminAuth, json_body, path_id
-from agentledger.core.budget_config import dollars
+from agentledger.core.budget_config import amount_nanos
 from agentledger.core.budgets import Subject
 from agentledger.core.errors import AgentLedgerError, InvalidRequest, NotFound
 from agentledger.core.fields import id_field, text_field
 from agentledger.core.headers import parse_tracking
 from agentledger.core.ids import new_id
 from agentledger.core.model import AdminPrincipal
-from agentledger.core.money import MAX_EVENT_COST_NANOS, to_nanos
 from agentledger.core.policy_config import parse_policy, policy_json
 from agentledger.gateway.budgets import Governed, headline
 from agentledger.gateway.flow import Gateway
@@ -59,17 +58,7 @@ def _view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _amount(value: Any) -> int | None:
-    if value is None:
-        return None
-    amount = dollars(value)
-    if amount is None or amount <= 0:
-        raise InvalidRequest(
-            "'amount_usd' must be a positive decimal string of dollars, such as \"5.00\".", param="amount_usd"
-        )
-    nanos = to_nanos(amount)
-    if nanos > MAX_EVENT_COST_NANOS:
-        raise InvalidRequest("'amount_usd' is past the per-event bound of $1,000,000.", param="amount_usd")
-    return nanos
+    return None if value is None else amount_nanos(value)
 
 
 def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route]:

@@ -161,3 +161,17 @@ def rate_limit_row(data: dict[str, Any], now: datetime) -> dict[str, Any]:
         "concurrent": concurrent,
         "created_at": now,
     }
+
+
+def amount_nanos(value: Any) -> int:
+    """`amount_usd` of a spend authorization or a policy check: a positive decimal of dollars within the
+    per-event bound, in nano-dollars; else a 400 naming it."""
+    amount = dollars(value)
+    if amount is None or amount <= 0:
+        raise InvalidRequest(
+            "'amount_usd' must be a positive decimal string of dollars, such as \"0.25\".", param="amount_usd"
+        )
+    nanos = to_nanos(amount)
+    if nanos > MAX_EVENT_COST_USD * 10**9:
+        raise InvalidRequest("'amount_usd' is past the per-event bound of $1,000,000.", param="amount_usd")
+    return nanos

@@ -156,55 +156,24 @@ class GovernanceStore:
         """pending → approved/denied, only while pending and not expired. False: someone decided first, or
         it expired (the caller reads the row to say which)."""
         c = t.approvals.c
-
-        def run(conn: Connection) -> bool:
-            res = conn.execute(
-                update(t.approvals)
-                .where(
-                    and_(
-                        c.workspace_id == workspace_id,
-                        c.id == approval_id,
-                        c.status == "pending",
-                        c.expires_at > now,
-                    )
-                )
-                .values(status=status, decided_by=by, comment=comment, decided_at=now)
-            )
-            return bool(res.rowcount)
-
-        return await self.store._write(run)
+        where = (c.workspace_id == workspace_id, c.id == approval_id, c.status == "pending", c.expires_at > now)
+        return bool(await self._transition(where, status=status, decided_by=by, comment=comment, decided_at=now))
 
     async def use_approval(self, workspace_id: str, approval_id: str, now: datetime) -> bool:
         """Take an approved approval for the one call it allows: True once, False ever after."""
         c = t.approvals.c
-
-        def run(conn: Connection) -> bool:
-            res = conn.execute(
-                update(t.approvals)
-                .where(
-                    and_(
-                        c.workspace_id == workspace_id,
-                        c.id == approval_id,
-                        c.status == "approved",
-                        c.used_at.is_(None),
-                    )
-                )
-                .values(used_at=now)
-            )
-            return bool(res.rowcount)
-
-        return await self.store._write(run)
+        where = (c.workspace_id == workspace_id, c.id == approval_id, c.status == "approved", c.used_at.is_(None))
+        return bool(await self._transition(where, used_at=now))
 
     async def expire_approvals(self, now: datetime) -> int:
         c = t.approvals.c
+        return await self._transition((c.status == "pending", c.expires_at <= now), status="expired", decided_at=now)
+
+    async def _transition(self, where: tuple[Any, ...], **values: Any) -> int:
+        """One conditional UPDATE of approvals: the rows that still met `where` changed, and how many."""
 
         def run(conn: Connection) -> int:
-            res = conn.execute(
-                update(t.approvals)
-                .where(and_(c.status == "pending", c.expires_at <= now))
-                .values(status="expired", decided_at=now)
-            )
-            return int(res.rowcount)
+            return int(conn.execute(update(t.approvals).where(and_(*where)).values(**values)).rowcount)
 
         return await self.store._write(run)
 
