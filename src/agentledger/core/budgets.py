@@ -251,25 +251,50 @@ class Figures:
 
     def view(self, now: datetime) -> dict[str, object]:
         """As the policy_check step, the status API and `GET /v1/budget` show it."""
-        b = self.budget
-        start, end = window(b, now)
+        remaining = self.remaining
         return {
-            "budget_id": b.id,
-            "scope_label": b.scope_label,
-            "scope": b.scope.value,
-            "scope_value": b.value,
-            "property": b.property_name,
-            "period": b.period.value,
-            "action": b.action.value,
-            "limit_usd": format_usd(b.limit_nanos),
+            **_static_view(self.budget, self.key, now),
             "spent_usd": format_usd(self.spent),
             "reserved_usd": format_usd(self.reserved),
-            "remaining_usd": format_usd(max(self.remaining, 0)),
-            "remaining_nanos": self.remaining,
+            "remaining_usd": format_usd(max(remaining, 0)),
+            "remaining_nanos": remaining,
             "percent_used": self.percent_used,
-            "window_start": start.isoformat() if start is not None else None,
-            "window_end": end.isoformat() if end is not None else None,
         }
+
+
+# What a budget's view says of it and its window is the same for every call in the window (the counter key
+# names the window): built once, not per call (a policy check shows every applicable budget).
+_STATIC_VIEWS: dict[tuple[Budget, str], dict[str, object]] = {}
+STATIC_VIEWS_KEPT = 4096
+
+
+def _static_view(b: Budget, key: str, now: datetime) -> dict[str, object]:
+    found = _STATIC_VIEWS.get((b, key))
+    if found is not None:
+        return found
+    keyed = key.count("|") == 3  # a counter key (else: figures made up by a caller, viewed as of `now`)
+    part = window_of_key(key) if keyed else ""
+    if part.isdigit():  # the key's own window, whatever the clock says now (a call may straddle two)
+        now = datetime.fromtimestamp(int(part), UTC)
+    start, end = window(b, now)
+    found = {
+        "budget_id": b.id,
+        "scope_label": b.scope_label,
+        "scope": b.scope.value,
+        "scope_value": b.value,
+        "property": b.property_name,
+        "period": b.period.value,
+        "action": b.action.value,
+        "limit_usd": format_usd(b.limit_nanos),
+        "window_start": start.isoformat() if start is not None else None,
+        "window_end": end.isoformat() if end is not None else None,
+    }
+    if not keyed:
+        return found
+    if len(_STATIC_VIEWS) >= STATIC_VIEWS_KEPT:
+        _STATIC_VIEWS.clear()  # past windows and deleted budgets, mostly
+    _STATIC_VIEWS[(b, key)] = found
+    return found
 
 
 def tightest(standings: Sequence[Figures]) -> Figures | None:

@@ -73,6 +73,9 @@ class Governed:
         return bool(self.figures or self.limits or self.decided_by or self.note or self.policy)
 
 
+_ENTRY_CODE = {"reserve": "r", "settle": "s", "release": "x"}  # in a ledger entry's id, after its reservation's
+
+
 def _cost_after(f: Figures, estimate: int, actual: int) -> Figures:
     """A budget's figures once this call's reservation is replaced by what it cost."""
     return Figures(f.budget, f.key, f.spent + actual, max(f.reserved - estimate, 0))
@@ -499,10 +502,13 @@ class BudgetGate:
     ) -> list[TraceEvent]:
         est = governed.estimate
         deltas = {"reserve": (est, 0), "settle": (-est, actual), "release": (-est, 0)}[kind]
+        # A reservation is reserved once and closed once (settled or released), so its entries' ids follow from
+        # its own (unique, random) id: no random draw per entry, and a replayed entry names the same row.
+        stem = f"led_{(governed.reservation_id or new_id('rsv')).partition('_')[2]}{_ENTRY_CODE[kind]}"
         return [
             LedgerEntry(
                 workspace_id=f.budget.workspace_id,
-                entry_id=new_id("led"),
+                entry_id=f"{stem}{i:x}",
                 budget_id=f.budget.id,
                 counter_key=f.key,
                 kind=kind,
@@ -514,7 +520,7 @@ class BudgetGate:
                 step_id=step_id,
                 run_id=run_id,
             )
-            for f in governed.figures
+            for i, f in enumerate(governed.figures)
         ]
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:

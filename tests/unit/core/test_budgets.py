@@ -557,3 +557,13 @@ def test_good_rate_limit_rows() -> None:
         with pytest.raises(InvalidRequest) as caught:
             rate_limit_row({"scope": "workspace", field: MAX_RATE + 1}, NOW)
         assert caught.value.param == field
+
+
+def test_a_view_shows_its_counters_window_even_read_in_the_next() -> None:
+    # A call admitted at the end of a window is reported after it: its figures are the old window's.
+    b = budget(limit_nanos=1000)
+    key = counter_key(b, utc(2025, 1, 11), None)
+    later = Figures(b, key, 1, 0).view(utc(2025, 1, 12, 12))
+    assert (later["window_start"], later["window_end"]) == ("2025-01-10T06:00:00+00:00", "2025-01-11T06:00:00+00:00")
+    again = Figures(b, key, 2, 0).view(utc(2025, 1, 11))  # the second view of that window: the same, and its own sums
+    assert (again["window_start"], again["spent_usd"]) == ("2025-01-10T06:00:00+00:00", "0.000000002")
