@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import calendar
 import enum
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -210,14 +211,28 @@ def counter_key(budget: Budget, now: datetime, run_id: str | None) -> str:
     """The counter a call charges: one per budget and window (per run for `run`). `|` separates the parts: no id
     holds one (ids are letters, digits and `. _ : -`)."""
     if budget.period is Period.RUN:
-        part = f"run:{run_id}"
-    elif budget.period is Period.TOTAL:
-        part = "total"
+        return f"b|{budget.workspace_id}|{budget.id}|run:{run_id}"
+    # The key changes once a window: kept with the window's bounds, it is a comparison per call, not the
+    # window's arithmetic (the calendar's, for billing_cycle).
+    at = now.timestamp()
+    found = _KEYS.get(budget)
+    if found is not None and found[0] <= at < found[1]:
+        return found[2]
+    if budget.period is Period.TOTAL:
+        key, bounds = f"b|{budget.workspace_id}|{budget.id}|total", (-math.inf, math.inf)
     else:
-        start, _ = window(budget, now)
-        assert start is not None
-        part = str(int(start.timestamp()))
-    return f"b|{budget.workspace_id}|{budget.id}|{part}"
+        start, end = window(budget, now)
+        assert start is not None and end is not None
+        key = f"b|{budget.workspace_id}|{budget.id}|{int(start.timestamp())}"
+        bounds = (start.timestamp(), end.timestamp())
+    if len(_KEYS) >= KEYS_KEPT:
+        _KEYS.clear()  # deleted and changed budgets, mostly
+    _KEYS[budget] = (*bounds, key)
+    return key
+
+
+_KEYS: dict[Budget, tuple[float, float, str]] = {}  # each budget's current window: [start, end) epoch, its key
+KEYS_KEPT = 10_000
 
 
 def parse_counter_key(key: str) -> tuple[str, str, str]:
