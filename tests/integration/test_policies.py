@@ -341,7 +341,13 @@ def test_alert_rules_and_stopped_runs_raise_alerts_once(lone: Harness) -> None:
         f"policy:{p['id']}",
     )
     refused(chat(lone, "d", headers=h), 403, "run_cancelled")
-    assert lone.get("/api/sessions/sess-alert")["status"] == "intercepted"
+    session = lone.get("/api/sessions/sess-alert")
+    assert session["status"] == "intercepted"
+    assert [(r["id"], r["status"], r["control"]["by"]) for r in session["runs"]] == [
+        ("run-alert", "cancelled", f"policy:{p['id']}")
+    ]
+    listed = {r["id"]: r for r in lone.get("/api/runs")["data"]}
+    assert listed["run-alert"]["status"] == "cancelled" and listed["run-alert"]["control"]["state"] == "cancelled"
     got = lone.get("/api/alerts", kind="policy_alert")["data"]
     assert [(a["policy_id"], a["run_id"]) for a in got] == [(p["id"], "run-alert")]
     assert "big-out" in got[0]["message"]

@@ -135,9 +135,14 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
         await pipeline.flush()
         rows = await store.list_runs(admin.workspace_id, flt)
         more = len(rows) == flt.limit
-        return TotalsResponse(
-            {"data": [_run(r) for r in rows], "next_cursor": encode_cursor(rows[-1]) if more else None}
-        )
+        runs, _ = await with_controls(admin.workspace_id, [_run(r) for r in rows])
+        return TotalsResponse({"data": runs, "next_cursor": encode_cursor(rows[-1]) if more else None})
+
+    async def with_controls(workspace_id: str, runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+        """The runs with their controls (one query for the page), and whether a policy stopped any of them."""
+        found = {c["run_id"]: c for c in await store.governance.run_controls(workspace_id, [r["id"] for r in runs])}
+        stopped = any((c["by"] or "").startswith(POLICY_STOP) for c in found.values())
+        return [controlled(r, found.get(r["id"])) for r in runs], stopped
 
     async def list_properties(request: Request, admin: AdminPrincipal) -> Response:
         return JSONResponse({"data": [{"name": n} for n in await store.indexed_properties(admin.workspace_id)]})
@@ -169,10 +174,8 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
         session = await store.get_session(admin.workspace_id, session_id)
         if session is None:
             raise NotFound(f"Session {session_id!r} does not exist.", param="session_id")
-        session["runs"] = [_run(r) for r in session["runs"]]
         # A session one of whose runs a policy stopped shows as intercepted (docs/policies.md).
-        controls = await store.governance.run_controls(admin.workspace_id, [r["id"] for r in session["runs"]])
-        stopped = any((c["by"] or "").startswith(POLICY_STOP) for c in controls)
+        session["runs"], stopped = await with_controls(admin.workspace_id, [_run(r) for r in session["runs"]])
         session["status"] = "intercepted" if stopped else "ok"
         session["paths"] = [{**p, **totals(p)} for p in session["paths"]]
         # The session's own events (its paths partition them), not its runs': a call may carry the session id
