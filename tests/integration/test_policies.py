@@ -237,6 +237,11 @@ def test_run_guards_and_loop_detection_stop_a_runaway_run(lone: Harness) -> None
     loop = {"alephant-run-id": "run-loop"}
     policy(lone, name="more calls", scope="department", scope_value="research", settings={"max_run_model_calls": 100})
     assert [chat(lone, "same", headers=loop).status_code for _ in range(2)] == [200, 200]
+    # A resend of one request (the same x-request-id: an SDK's retry, here a replay) is not a repeat.
+    again = chat(lone, "other", headers={**loop, "x-request-id": "loop-1"})
+    replay = chat(lone, "other", headers={**loop, "x-request-id": "loop-1"})
+    assert (again.status_code, replay.status_code, replay.headers.get("alephant-replayed")) == (200, 200, "true")
+    assert chat(lone, "other", headers=loop).status_code == 200  # its second sighting
     msg = refused(chat(lone, "same", headers=loop), 403, "policy_blocked")
     assert "loop_repeats" in msg, msg
 

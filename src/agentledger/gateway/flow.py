@@ -157,7 +157,7 @@ class Gateway:
             hops, bridges = self._usable(fmt, chain(primary, routes, allowed), overrides)
             request_hash = hashlib.sha256(body).hexdigest()
             review = await self._review(
-                fmt, parsed, attribution, hops[0], overrides, raw_headers, body, peer, request_hash
+                fmt, parsed, attribution, hops[0], overrides, raw_headers, body, peer, request_hash, request_id
             )
             if review is not None:
                 if review.changed:  # clamped or redacted: that is the body forwarded
@@ -199,6 +199,7 @@ class Gateway:
         body: bytes,
         peer: str | None,
         body_hash: str,
+        request_id: str,
     ) -> Review | None:
         """The policies' verdict on this call (gateway/policies.py), before its body is built: a clamp or a
         redaction changes what is forwarded."""
@@ -233,6 +234,7 @@ class Gateway:
             raw_headers=raw_headers,
             prompt_id=attribution.prompt_id,
             body_hash=body_hash,
+            request_id=request_id,
         )
 
     def _usable(

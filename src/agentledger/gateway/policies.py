@@ -179,7 +179,9 @@ class PolicyDesk:
         self.clock = clock
         self.client_ip_header = client_ip_header.lower() if client_ip_header else None
         self.sets: TTLCache[str, Loaded] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
-        self._repeats: OrderedDict[tuple[str, str, str], int] = OrderedDict()
+        # (workspace, run, body hash) → (times seen, the last request id): a resend of one request (an SDK's
+        # retry under the same x-request-id) is not the agent repeating itself.
+        self._repeats: OrderedDict[tuple[str, str, str], tuple[int, str | None]] = OrderedDict()
         self._alerted: OrderedDict[tuple[str, str, str], None] = OrderedDict()
 
     async def policy_set(self, workspace_id: str) -> PolicySet:
@@ -229,6 +231,7 @@ class PolicyDesk:
         body_hash: str | None = None,
         scan: bool = True,
         raw_headers: Sequence[tuple[bytes, bytes]] | None = None,
+        request_id: str | None = None,
     ) -> Review | None:
         """The verdict for a call (None: no policy applies). `cost_nanos` may be a function of the output cap.
         With `raw_headers` (a model call), `client_ip` is the peer's address: the caller's is read from the
@@ -246,7 +249,7 @@ class PolicyDesk:
             found = pii.scan_body(payload, pii.KINDS)
         run = None
         if applied.needs_run and subject.run_id is not None:
-            run = await self._run_stats(subject, body_hash if applied.needs_repeats else None)
+            run = await self._run_stats(subject, body_hash if applied.needs_repeats else None, request_id)
         cost = cost_nanos(max_tokens) if callable(cost_nanos) else cost_nanos
         if raw_headers is not None:
             if self.client_ip_header is not None and loaded.addresses:
@@ -287,13 +290,14 @@ class PolicyDesk:
                 out.changed = True
         return out
 
-    async def _run_stats(self, subject: Subject, body_hash: str | None) -> RunStats:
+    async def _run_stats(self, subject: Subject, body_hash: str | None, request_id: str | None) -> RunStats:
         assert subject.run_id is not None
         repeats = 0
         if body_hash is not None:
             key = (subject.workspace_id, subject.run_id, body_hash)
-            repeats = self._repeats.pop(key, 0) + 1
-            self._repeats[key] = repeats
+            seen, last = self._repeats.pop(key, (0, None))
+            repeats = seen if request_id is not None and request_id == last else seen + 1
+            self._repeats[key] = (repeats, request_id)
             if len(self._repeats) > LOOP_MEMORY:
                 self._repeats.popitem(last=False)
         row = await self._run_of(subject.workspace_id, subject.run_id)
