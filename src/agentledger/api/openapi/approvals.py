@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agentledger.api.approvals import MAX_COMMENT, MAX_PAGE
+from agentledger.api.openapi.paths import ADMIN
 from agentledger.api.openapi.rows import BOOL, INT, OBJECT, OPT_STR, OPT_TS, STR
 from agentledger.api.openapi.schemas import ID, TIMESTAMP
 from agentledger.api.openapi.shapes import (
@@ -22,7 +23,6 @@ from agentledger.api.openapi.shapes import (
 from agentledger.gateway.approvals import STATUSES
 
 _TAG = "approvals"
-_ADMIN: list[dict[str, list[str]]] = [{"adminToken": []}]
 _APPROVAL_ID = param("approval_id", "path", ID, "The approval's id (in a 403 approval_required: `approval_id`).")
 
 APPROVAL = obj(
@@ -65,7 +65,7 @@ def _decide(verb: str) -> Schema:
         "summary": f"{verb.capitalize()} a pending approval (owner and admin tokens); its held calls wake at once, "
         "on every replica. 409 says whether it was already decided (by whom, when) or expired.",
         "tags": [_TAG],
-        "security": _ADMIN,
+        "security": ADMIN,
         "parameters": [_APPROVAL_ID],
         "requestBody": body(ref("ApprovalDecisionIn"), required=False),
         "responses": responses({200: ok_json("Decided.", ref("Approval"))}, (400, 401, 403, 404, 409, 413, 503)),
@@ -78,7 +78,7 @@ APPROVAL_PATHS: Schema = {
             "summary": "Approvals of escalated calls: pending first (the longest waiting first), then the rest "
             "newest first.",
             "tags": [_TAG],
-            "security": _ADMIN,
+            "security": ADMIN,
             "parameters": [
                 param("status", "query", enum(STATUSES), "Only approvals in this status."),
                 param("limit", "query", integer(1, MAX_PAGE, default=100), "Page size."),
@@ -90,7 +90,7 @@ APPROVAL_PATHS: Schema = {
         "get": {
             "summary": "One approval.",
             "tags": [_TAG],
-            "security": _ADMIN,
+            "security": ADMIN,
             "parameters": [_APPROVAL_ID],
             "responses": responses({200: ok_json("The approval.", ref("Approval"))}, (401, 404, 503)),
         }

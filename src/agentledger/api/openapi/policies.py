@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from agentledger.api.openapi.paths import ADMIN, VIRTUAL_KEY
 from agentledger.api.openapi.rows import DECISIONS, INT, OBJECT, OPT_STR, STR
 from agentledger.api.openapi.schemas import AMOUNT_USD, ID, TIMESTAMP
 from agentledger.api.openapi.shapes import (
@@ -21,8 +22,6 @@ from agentledger.core.policy import POLICY_SCOPES, Mode, RuleAction
 from agentledger.core.policy_config import MAX_RULES
 
 _TAG = "policies"
-_ADMIN: list[dict[str, list[str]]] = [{"adminToken": []}]
-_VK: list[dict[str, list[str]]] = [{"virtualKey": []}, {"virtualKeyHeader": []}]
 _POLICY_ID = param("policy_id", "path", ID, "The policy's id.", required=True)
 _MODES = enum([m.value for m in Mode])
 
@@ -131,14 +130,14 @@ POLICY_PATHS: Schema = {
         "get": {
             "summary": "The workspace's policies, each at its current version.",
             "tags": [_TAG],
-            "security": _ADMIN,
+            "security": ADMIN,
             "responses": responses({200: ok_json("Policies.", ref("Policies"))}, (401, 503)),
         },
         "post": {
             "summary": "Create a policy (version 1). Unknown fields are a 400 naming them; a scope that names a "
             "department, agent or key that does not exist is a 404.",
             "tags": [_TAG],
-            "security": _ADMIN,
+            "security": ADMIN,
             "requestBody": body(ref("PolicyIn")),
             "responses": responses({201: ok_json("Created.", ref("Policy"))}, _WRITE),
         },
@@ -148,7 +147,7 @@ POLICY_PATHS: Schema = {
             "summary": "What a call would get from the policies and why (which policy, version and rule), without "
             "forwarding, counting or recording anything.",
             "tags": [_TAG],
-            "security": _ADMIN,
+            "security": ADMIN,
             "requestBody": body(ref("PolicyEvaluateIn")),
             "responses": responses({200: ok_json("The verdict.", ref("PolicyEvaluation"))}, (400, 401, 404, 413, 503)),
         }
@@ -157,14 +156,14 @@ POLICY_PATHS: Schema = {
         "get": {
             "summary": "One policy at its current version.",
             "tags": [_TAG],
-            "security": _ADMIN,
+            "security": ADMIN,
             "parameters": [_POLICY_ID],
             "responses": responses({200: ok_json("The policy.", ref("Policy"))}, (401, 404, 503)),
         },
         "put": {
             "summary": "Replace a policy's content: a new version (every version is kept).",
             "tags": [_TAG],
-            "security": _ADMIN,
+            "security": ADMIN,
             "parameters": [_POLICY_ID],
             "requestBody": body(ref("PolicyIn")),
             "responses": responses({200: ok_json("The new version.", ref("Policy"))}, _WRITE),
@@ -172,7 +171,7 @@ POLICY_PATHS: Schema = {
         "delete": {
             "summary": "Delete a policy (a last version records the deletion).",
             "tags": [_TAG],
-            "security": _ADMIN,
+            "security": ADMIN,
             "parameters": [_POLICY_ID],
             "responses": responses({200: ok_json("Deleted.", ref("Deleted"))}, (401, 403, 404, 503)),
         },
@@ -181,7 +180,7 @@ POLICY_PATHS: Schema = {
         "get": {
             "summary": "Every version of a policy, newest first, as it was written.",
             "tags": [_TAG],
-            "security": _ADMIN,
+            "security": ADMIN,
             "parameters": [_POLICY_ID],
             "responses": responses({200: ok_json("Versions.", ref("PolicyVersions"))}, (401, 404, 503)),
         }
@@ -192,7 +191,7 @@ POLICY_PATHS: Schema = {
             "(403 policy_blocked, 403 approval_required after the escalation's wait, 429 rate_limited), recorded "
             "as a policy_check step of the run.",
             "tags": [_TAG],
-            "security": _VK,
+            "security": VIRTUAL_KEY,
             "requestBody": body(ref("PolicyCheckIn")),
             "responses": responses({200: ok_json("Allowed.", ref("PolicyCheck"))}, (400, 401, 403, 413, 429, 503)),
         }
