@@ -206,20 +206,28 @@ class BudgetGate:
         governed.tokens_estimate = tokens_in + tokens_out
         governed.tokens_in = tokens_in
         try:
-            if rated:
-                await self._rate_limits(governed, rated, now)
-            if applied:
-                rates = self._worst(base.workspace_id, model, provider, now, overrides)
-                estimate = reservation_nanos(tokens_in, tokens_out, *rates) if rates else 0
-                await self._reserve(governed, applied, subject, min(estimate, MAX_EVENT_COST_NANOS), now, request_id)
+            # Slots first (only limits with `concurrent` have any): nothing is reserved before a step that may fail.
+            await self._slots(governed, rated)
+            counted = self._rates_of(governed, rated)
+            if applied:  # the rates and the reservation in one step of the counters (one Redis round trip)
+                prices = self._worst(base.workspace_id, model, provider, now, overrides)
+                estimate = reservation_nanos(tokens_in, tokens_out, *prices) if prices else 0
+                estimate = min(estimate, MAX_EVENT_COST_NANOS)
+                await self._reserve(governed, applied, subject, estimate, now, request_id, rated, counted)
+                # Written once the call is admitted: a refusal's reservation never reaches the ledger to be left open.
+                self.defer(self.entries(governed, "reserve", request_id, subject.run_id, now))
+            elif counted:
+                wait = await self.counters.hit(counted, now.timestamp())
+                self._counted(governed, rated, counted, wait)
         except CountersUnavailable:
             self._unavailable(governed, applied)
         except BaseException:
             await self._undo(governed)
             raise
 
-    async def _rate_limits(self, governed: Governed, rated: list[RateLimit], now: datetime) -> None:
-        epoch = now.timestamp()
+    @staticmethod
+    def _rates_of(governed: Governed, rated: list[RateLimit]) -> list[Rate]:
+        """The rates a call counts: a request, and its tokens (its estimate, corrected when it settles)."""
         rates: list[Rate] = []
         for r in rated:
             if r.requests_per_minute is not None:
@@ -227,23 +235,30 @@ class BudgetGate:
             if r.tokens_per_minute is not None:
                 key = f"r:{r.workspace_id}:{r.id}:tpm"
                 rates.append(Rate(key, r.tokens_per_minute, 60.0, governed.tokens_estimate))
-        if rates:
-            wait = await self.counters.hit(rates, epoch)
-            if wait is not None:
-                governed.decision = Decision.THROTTLED
-                # One round trip counts every rate at once, so which of them refused is not told apart: name them.
-                named = [r for r in rated if r.requests_per_minute or r.tokens_per_minute]
-                labels = ", ".join(f"{r.id!r} ({r.scope_label})" for r in named)
-                which: dict[str, Any] = {"id": named[0].id} if len(named) == 1 else {"ids": [r.id for r in named]}
-                governed.decided_by = {"kind": "rate_limit", **which, "scope": named[0].scope_label}
-                if math.isinf(wait):  # no wait admits it: the call alone is past a tokens-per-minute limit
-                    raise InvalidRequest(
-                        f"This call may use up to {governed.tokens_estimate} tokens, more than rate limit "
-                        f"{labels} allows in a minute; lower max_tokens or shorten the prompt.",
-                        param="max_tokens",
-                    )
-                raise RateLimited(f"Rate limit {labels} reached; retry in {wait:.1f} s.", retry_after=math.ceil(wait))
+        return rates
+
+    @staticmethod
+    def _counted(governed: Governed, rated: list[RateLimit], rates: list[Rate], wait: float | None) -> None:
+        """After the rates were hit: raise the refusal if one refused, else note the tokens counted."""
+        if wait is None:
             governed.token_rates = [r.key for r in rates if r.key.endswith(":tpm")]
+            return
+        governed.decision = Decision.THROTTLED
+        # One round trip counts every rate at once, so which of them refused is not told apart: name them.
+        named = [r for r in rated if r.requests_per_minute or r.tokens_per_minute]
+        labels = ", ".join(f"{r.id!r} ({r.scope_label})" for r in named)
+        which: dict[str, Any] = {"id": named[0].id} if len(named) == 1 else {"ids": [r.id for r in named]}
+        governed.decided_by = {"kind": "rate_limit", **which, "scope": named[0].scope_label}
+        if math.isinf(wait):  # no wait admits it: the call alone is past a tokens-per-minute limit
+            raise InvalidRequest(
+                f"This call may use up to {governed.tokens_estimate} tokens, more than rate limit "
+                f"{labels} allows in a minute; lower max_tokens or shorten the prompt.",
+                param="max_tokens",
+            )
+        raise RateLimited(f"Rate limit {labels} reached; retry in {wait:.1f} s.", retry_after=math.ceil(wait))
+
+    async def _slots(self, governed: Governed, rated: list[RateLimit]) -> None:
+        """A concurrency slot of each limit that has one, held until the call settles."""
         holder = new_id("slot")
         for r in rated:
             if r.concurrent is None:
@@ -259,25 +274,48 @@ class BudgetGate:
             governed.slots.append(f"{key}\0{holder}")
 
     async def _reserve(
-        self, governed: Governed, applied: list[Budget], subject: Subject, estimate: int, now: datetime, request_id: str
+        self,
+        governed: Governed,
+        applied: list[Budget],
+        subject: Subject,
+        estimate: int,
+        now: datetime,
+        request_id: str,
+        rated: list[RateLimit],
+        rates: list[Rate],
     ) -> None:
-        await self.hold(governed, applied, subject.run_id, estimate, now, "this call")
+        await self.hold(governed, applied, subject.run_id, estimate, now, "this call", rated, rates)
         for f in governed.figures:
             b = f.budget
             if b.action is Action.SOFT_THROTTLE and f.spent + f.reserved > b.limit_nanos:
                 await self._soft_throttle(governed, f, now)  # a refusal undoes the hold: nothing to write
-        # Written once the call is admitted: a refusal's reservation never reaches the ledger to be left open.
-        self.defer(self.entries(governed, "reserve", request_id, subject.run_id, now))
 
     async def hold(
-        self, governed: Governed, applied: list[Budget], run_id: str | None, amount: int, now: datetime, what: str
+        self,
+        governed: Governed,
+        applied: list[Budget],
+        run_id: str | None,
+        amount: int,
+        now: datetime,
+        what: str,
+        rated: list[RateLimit] | None = None,
+        rates: list[Rate] | None = None,
     ) -> None:
         """Reserve `amount` against every budget in `applied` (all or none), or raise BudgetExceeded naming the
-        first that has too little left. A soft_throttle or alert_only budget is counted, never refused here."""
+        first that has too little left. A soft_throttle or alert_only budget is counted, never refused here.
+        With `rates`, they are hit first in the same step (a refusal raised as `_counted` says)."""
         keys = [counter_key(b, now, run_id) for b in applied]
         charges = [Charge(k, b.limit_nanos if b.blocks else None, amount) for b, k in zip(applied, keys, strict=True)]
         reservation = new_id("rsv")
-        answer = await self.counters.reserve(reservation, charges, self.reservation_ttl)
+        if rates:
+            wait, found = await self.counters.hit_and_reserve(
+                rates, now.timestamp(), reservation, charges, self.reservation_ttl
+            )
+            self._counted(governed, rated or [], rates, wait)
+            assert found is not None  # no wait: the reservation was tried
+            answer = found
+        else:
+            answer = await self.counters.reserve(reservation, charges, self.reservation_ttl)
         if isinstance(answer, Refused):
             budget = applied[keys.index(answer.key)]
             governed.decision = Decision.BLOCKED

@@ -211,6 +211,15 @@ class Counters(Protocol):
         pairs must be distinct (ValueError)."""
         ...
 
+    async def hit_and_reserve(
+        self, rates: Sequence[Rate], now: float, reservation_id: str, charges: Sequence[Charge], ttl: float
+    ) -> tuple[float | None, dict[str, Standing] | Refused | None]:
+        """`hit`, then, if no rate refused, `reserve`, as one step (on Redis one round trip): a call's rate limits
+        and its budgets before it is forwarded. ``(wait, None)`` when a rate refuses (nothing counted, nothing
+        reserved); else ``(None, answer)``, the answer `reserve`'s (the rates counted either way, as `hit` then
+        `reserve` would leave them)."""
+        ...
+
     async def adjust_rate(self, key: str, window: float, delta: int, now: float) -> None:
         """Correct (key, window)'s count by ``delta`` (an estimate replaced by the actual; may be negative)."""
         ...

@@ -157,6 +157,15 @@ class MemoryCounters:
             self._rates[(rate.key, float(rate.window))] = state
         return None
 
+    async def hit_and_reserve(
+        self, rates: Sequence[Rate], now: float, reservation_id: str, charges: Sequence[Charge], ttl: float
+    ) -> tuple[float | None, dict[str, Standing] | Refused | None]:
+        check_reservation(charges, ttl)  # before anything is counted: a bad reservation changes nothing
+        wait = await self.hit(rates, now)  # one event loop, no await in between that yields: one step
+        if wait is not None:
+            return wait, None
+        return None, await self.reserve(reservation_id, charges, ttl)
+
     async def adjust_rate(self, key: str, window: float, delta: int, now: float) -> None:
         check_now(now)
         check_seconds(window, "window")

@@ -117,9 +117,7 @@ end
 # KEYS: deadlines, registry, reservation hash, counter hashes...
 # ARGV: id, deadline, then (caller key, limit or '', amount) per counter.
 # -> 'E|OK spent reserved ...' | 'R index spent reserved' | 'O index'
-_RESERVE = (
-    _LIMBS
-    + """
+_RESERVE_BODY = """
 local n = #KEYS - 3
 local out = {}
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
@@ -160,7 +158,7 @@ if #fresh > 0 then redis.call('SADD', KEYS[2], unpack(fresh)) end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return table.concat(out, ' ')
 """
-)
+_RESERVE = _LIMBS + _RESERVE_BODY
 
 # KEYS: deadlines, reservation hash. ARGV: id, actual, counter prefix.
 # -> {'NONE'} | {'O'} | {'OK', 'spent reserved ...', key, ...}
@@ -321,10 +319,7 @@ end
 """
 
 # KEYS: rate states. ARGV: now, MIN_WAIT, PAD, (limit, window, cost) per rate. -> nil | seconds as a string
-_HIT = (
-    (
-        _WINDOWS
-        + """
+_HIT_BODY = """
 local now = tonumber(ARGV[1])
 local states = {}
 local longest = nil
@@ -345,9 +340,37 @@ for i = 1, #KEYS do
 end
 return false
 """
+_HIT = (_WINDOWS + _HIT_BODY).replace("MIN_WAIT", "tonumber(ARGV[2])").replace("PAD", "tonumber(ARGV[3])")
+
+# `hit` then `reserve` in one script (one round trip before a call is forwarded): each body runs as a function
+# of its own KEYS and ARGV, cut from the script's. KEYS: the rates' states, then `reserve`'s KEYS. ARGV: how
+# many rates, then `hit`'s ARGV, then `reserve`'s. -> 'W seconds' (a rate refused: nothing counted or reserved)
+# | `reserve`'s reply. `wait` (a top-level function) reads MIN_WAIT and PAD from the script's own ARGV[3], [4].
+_ADMIT = (
+    (
+        _LIMBS
+        + _WINDOWS
+        + "local function hit(KEYS, ARGV)\n"
+        + _HIT_BODY
+        + "end\nlocal function reserve(KEYS, ARGV)\n"
+        + _RESERVE_BODY
+        + """end
+local nk = tonumber(ARGV[1])
+local na = 3 + 3 * nk
+local hk, ha, rk, ra = {}, {}, {}, {}
+for i = 1, #KEYS do
+  if i <= nk then hk[#hk + 1] = KEYS[i] else rk[#rk + 1] = KEYS[i] end
+end
+for i = 2, #ARGV do
+  if i <= na + 1 then ha[#ha + 1] = ARGV[i] else ra[#ra + 1] = ARGV[i] end
+end
+local w = hit(hk, ha)
+if w then return 'W ' .. w end
+return reserve(rk, ra)
+"""
     )
-    .replace("MIN_WAIT", "tonumber(ARGV[2])")
-    .replace("PAD", "tonumber(ARGV[3])")
+    .replace("MIN_WAIT", "tonumber(ARGV[3])")
+    .replace("PAD", "tonumber(ARGV[4])")
 )
 
 # KEYS: rate state. ARGV: now, window, delta.
@@ -441,6 +464,7 @@ class RedisCounters:
         self._expire = register(_EXPIRE)
         self._load = register(_LOAD)
         self._hit = register(_HIT)
+        self._admit = register(_ADMIT)
         self._adjust = register(_ADJUST)
         self._acquire = register(_ACQUIRE)
         self._claim = register(_CLAIM)
@@ -458,21 +482,39 @@ class RedisCounters:
         self, reservation_id: str, charges: Sequence[Charge], ttl: float
     ) -> dict[str, Standing] | Refused:
         check_reservation(charges, ttl)
+        keys, args = self._reserve_call(reservation_id, charges, ttl)
+        return _reserved((await self._run(self._reserve, keys, args)).split(" "), charges)
+
+    def _reserve_call(
+        self, reservation_id: str, charges: Sequence[Charge], ttl: float
+    ) -> tuple[list[str], list[str | int]]:
         keys = [self._deadlines, self._registry, self._reservation + reservation_id]
         keys += [self._counter + c.key for c in charges]
         args: list[str | int] = [reservation_id, repr(float(self._clock() + ttl))]
         for c in charges:
             args += [c.key, "" if c.limit is None else c.limit, c.amount]
-        reply = (await self._run(self._reserve, keys, args)).split(" ")
-        tag = reply[0]
-        if tag == "R":
-            charge = charges[int(reply[1]) - 1]
-            assert charge.limit is not None
-            return Refused(charge.key, Standing(int(reply[2]), int(reply[3])), charge.limit)
-        if tag == "O":
-            key = charges[int(reply[1]) - 1].key
-            raise ValueError(f"counter {key!r} would leave the 64-bit range")
-        return {c.key: Standing(int(reply[1 + 2 * i]), int(reply[2 + 2 * i])) for i, c in enumerate(charges)}
+        return keys, args
+
+    def _hit_call(self, rates: Sequence[Rate], now: float) -> tuple[list[str], list[str | int]]:
+        args: list[str | int] = [repr(float(now)), repr(MIN_RETRY_AFTER), repr(RETRY_PAD)]
+        for r in rates:
+            args += [r.limit, repr(float(r.window)), r.cost]
+        return [self._rate_key(r.key, r.window) for r in rates], args
+
+    async def hit_and_reserve(
+        self, rates: Sequence[Rate], now: float, reservation_id: str, charges: Sequence[Charge], ttl: float
+    ) -> tuple[float | None, dict[str, Standing] | Refused | None]:
+        check_now(now)
+        check_rates(rates)
+        check_reservation(charges, ttl)
+        if not rates:
+            return None, await self.reserve(reservation_id, charges, ttl)
+        hit_keys, hit_args = self._hit_call(rates, now)
+        keys, args = self._reserve_call(reservation_id, charges, ttl)
+        reply = (await self._run(self._admit, hit_keys + keys, [len(rates), *hit_args, *args])).split(" ")
+        if reply[0] == "W":
+            return float(reply[1]), None
+        return None, _reserved(reply, charges)
 
     async def settle(self, reservation_id: str, actual: int) -> dict[str, Standing]:
         check_amount(actual, "actual", non_negative=True)
@@ -544,10 +586,8 @@ class RedisCounters:
         check_rates(rates)
         if not rates:
             return None
-        args: list[str | int] = [repr(float(now)), repr(MIN_RETRY_AFTER), repr(RETRY_PAD)]
-        for r in rates:
-            args += [r.limit, repr(float(r.window)), r.cost]
-        reply = await self._run(self._hit, [self._rate_key(r.key, r.window) for r in rates], args)
+        keys, args = self._hit_call(rates, now)
+        reply = await self._run(self._hit, keys, args)
         return None if reply is None else float(reply)
 
     async def adjust_rate(self, key: str, window: float, delta: int, now: float) -> None:
@@ -585,3 +625,16 @@ class RedisCounters:
 def _ms(seconds: float) -> int:
     """A ttl in whole milliseconds, rounded up, at least 1."""
     return max(1, math.ceil(seconds * 1000))
+
+
+def _reserved(reply: list[str], charges: Sequence[Charge]) -> dict[str, Standing] | Refused:
+    """`reserve`'s reply, split: what each counter stands at now, or the refusal."""
+    tag = reply[0]
+    if tag == "R":
+        charge = charges[int(reply[1]) - 1]
+        assert charge.limit is not None
+        return Refused(charge.key, Standing(int(reply[2]), int(reply[3])), charge.limit)
+    if tag == "O":
+        key = charges[int(reply[1]) - 1].key
+        raise ValueError(f"counter {key!r} would leave the 64-bit range")
+    return {c.key: Standing(int(reply[1 + 2 * i]), int(reply[2 + 2 * i])) for i, c in enumerate(charges)}

@@ -216,6 +216,26 @@ async def test_settle_after_the_ttl_but_before_expire_settles(counters: Counters
     assert await counters.expire(clock.now) == []
 
 
+async def test_hit_and_reserve_is_hit_then_reserve_in_one_step(counters: Counters, clock: Clock) -> None:
+    rpm, tpm = Rate("rpm", 3, 60.0), Rate("tpm", 1000, 60.0, 400)
+    # Both admit: counted and reserved.
+    assert await counters.hit_and_reserve([rpm, tpm], clock.now, "r1", [Charge("b", 100, 60)], 60) == (
+        None,
+        {"b": S(0, 60)},
+    )
+    # The budget refuses: the rates were counted all the same (as `hit` then `reserve`), nothing reserved.
+    wait, answer = await counters.hit_and_reserve([rpm, tpm], clock.now, "r2", [Charge("b", 100, 60)], 60)
+    assert (wait, answer) == (None, Refused("b", S(0, 60), 100))
+    # A rate refuses (tokens: 800 of 1000 used): nothing counted, nothing reserved, the wait said.
+    wait, answer = await counters.hit_and_reserve([rpm, tpm], clock.now, "r3", [Charge("b", 100, 10)], 60)
+    assert answer is None and wait is not None and wait >= MIN_RETRY_AFTER
+    assert await counters.standing(["b"]) == {"b": S(0, 60)}
+    assert await counters.settle("r3", 0) == {}
+    assert await counters.hit([Rate("rpm", 3, 60.0)], clock.now) is None  # the third request of the minute
+    # Without rates it is a reservation.
+    assert await counters.hit_and_reserve([], clock.now, "r4", [Charge("b", 100, 40)], 60) == (None, {"b": S(0, 100)})
+
+
 async def test_load_replaces_counters_and_reservations(make: Backends, clock: Clock) -> None:
     counters = make(clock)
     await counters.reserve("old", [Charge("gone", 100, 10), Charge("kept", 100, 10)], 10)
