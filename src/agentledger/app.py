@@ -32,7 +32,7 @@ from agentledger.config import Settings
 from agentledger.core import alerts as core_alerts
 from agentledger.core.errors import MethodNotAllowed, NotFound, StoreUnavailable
 from agentledger.core.ids import new_id
-from agentledger.core.model import RunEnd, RunStatus, TraceEvent
+from agentledger.core.model import TraceEvent
 from agentledger.gateway.approvals import Approvals
 from agentledger.gateway.broadcast import Broadcast
 from agentledger.gateway.budget_recovery import reconcile_expired, recover
@@ -155,21 +155,12 @@ def build_components(
     if gateway.policies is not None:
         gateway.policies.approvals = approvals  # an escalation waits on them
         approvals.on_open = gateway.policies.approval_opened
-        gateway.policies.stop_run = lambda ws, run_id, by, why: _stop_run(store, gateway, ws, run_id, by, why)
+        # A run guard's refusal stops the run: cancelled (on every replica), `by` naming the policy.
+        gateway.policies.stop_run = lambda ws, run_id, by, why: gateway.control_run(
+            ws, run_id, "cancelled", why[:1024], by, f"stopped by {by}: {why}"
+        )
     governance = Governance(store, box)
     return Components(settings, store, pipeline, gateway, governance, upstreams, counters, gate, desk, approvals)
-
-
-async def _stop_run(store: Store, gateway: Gateway, workspace_id: str, run_id: str, by: str, why: str) -> None:
-    """A run guard refused a call: the run is cancelled (its later calls refused, its open streams ended, on
-    every replica) and ends as cancelled, `by` naming the policy."""
-    now = datetime.now(UTC)
-    before = await store.governance.run_control(workspace_id, run_id)
-    if before is not None and before["state"] == "cancelled":
-        return
-    await store.governance.set_run_control(workspace_id, run_id, "cancelled", why[:1024], by, now)
-    gateway.invalidate_run(workspace_id, run_id, "cancelled")
-    gateway.pipeline.commit([RunEnd(workspace_id, run_id, RunStatus.CANCELLED, now, error=f"stopped by {by}: {why}")])
 
 
 async def _disable_key(store: Store, gateway: Gateway, workspace_id: str, key_id: str) -> None:

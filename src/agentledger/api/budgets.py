@@ -163,7 +163,7 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
             principal = await gateway.authenticate(request.headers)
             data = await json_body(request)
             run_id = id_field(data["run_id"], "run_id") if data.get("run_id") is not None else None
-            amount = _amount(data.get("amount_usd"))
+            amount = amount_nanos(data.get("amount_usd"))
             kind = text_field(data.get("kind", "tool_call"), "kind", limit=64, strip=True)
             name = text_field(data.get("name", kind), "name", limit=256, strip=True)
             subject = await subject_of(request, principal, run_id)
@@ -224,7 +224,3 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
         Route("/v1/budget", my_budget, methods=["GET"]),
         Route("/v1/spend/authorize", authorize, methods=["POST"]),
     ]
-
-
-def _amount(value: Any) -> int:
-    return amount_nanos(value)

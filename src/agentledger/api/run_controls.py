@@ -16,7 +16,7 @@ from starlette.routing import Route
 from agentledger.api.auth import AdminAuth, path_id
 from agentledger.core.errors import NotFound
 from agentledger.core.fields import text_field
-from agentledger.core.model import AdminPrincipal, RunEnd, RunStatus
+from agentledger.core.model import AdminPrincipal
 from agentledger.gateway.bodies import parse_json_object
 from agentledger.gateway.flow import Gateway
 from agentledger.gateway.responses import JSONResponse
@@ -43,14 +43,8 @@ def run_control_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[
         if await store.run_identity(ws, run_id) is None:
             raise NotFound(f"Run {run_id!r} does not exist.", param="run_id")
         now = gateway.clock()
-        before = await store.governance.run_control(ws, run_id)
-        await store.governance.set_run_control(ws, run_id, state, reason, admin.token_id, now)  # 409: cancelled
-        gateway.invalidate_run(ws, run_id, state)
-        if state == CANCELLED and (before is None or before["state"] != CANCELLED):
-            why = f"cancelled by {admin.token_id}" + (f": {reason}" if reason else "")
-            durable = gateway.pipeline.commit([RunEnd(ws, run_id, RunStatus.CANCELLED, now, error=why)])
-            if durable is not None:
-                await durable
+        ended = f"cancelled by {admin.token_id}" + (f": {reason}" if reason else "")
+        await gateway.control_run(ws, run_id, state, reason, admin.token_id, ended)  # 409: cancelled
         row = await store.governance.run_control(ws, run_id)
         control = RunControl.of(row) if row is not None else RunControl(state, reason, admin.token_id, now)
         return JSONResponse({"run_id": run_id, **control.view()})

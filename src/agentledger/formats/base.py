@@ -106,3 +106,16 @@ def stream_of(payload: dict[str, Any]) -> bool:
     if not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be a boolean.", param="stream")
     return stream
+
+
+# Where each format caps a call's output, in the order they are read.
+OUTPUT_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def positive_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def output_cap(payload: dict[str, Any]) -> int | None:
+    """The output tokens a request allows itself (its first positive cap), or None when it sets none."""
+    return next(filter(None, (positive_int(payload.get(k)) for k in OUTPUT_CAPS)), None)

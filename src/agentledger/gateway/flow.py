@@ -41,12 +41,21 @@ from agentledger.core.errors import (
 from agentledger.core.headers import TrackingContext, parse_tracking
 from agentledger.core.ids import new_id
 from agentledger.core.keys import hash_secret
-from agentledger.core.model import Attribution, Principal, ProviderRoute, RetryPolicy, RunStart, StepStatus
+from agentledger.core.model import (
+    Attribution,
+    Principal,
+    ProviderRoute,
+    RetryPolicy,
+    RunEnd,
+    RunStart,
+    RunStatus,
+    StepStatus,
+)
 from agentledger.core.money import event_cost_nanos
 from agentledger.core.pricing import Cost, CostSource, Price, bounded
 from agentledger.core.routing import Hop, chain, model_allowed, resolve
 from agentledger.core.usage import Usage, reported_cost
-from agentledger.formats.base import Format, Parsed, StreamAdapter, loads
+from agentledger.formats.base import Format, Parsed, StreamAdapter, loads, output_cap, positive_int
 from agentledger.formats.registry import Bridge, bridge
 from agentledger.gateway.bodies import parse_json_object
 from agentledger.gateway.budgets import BudgetGate, Governed
@@ -54,7 +63,7 @@ from agentledger.gateway.cache import TTLCache
 from agentledger.gateway.claims import Claims
 from agentledger.gateway.policies import PolicyDesk, Review
 from agentledger.gateway.records import Attempt, Call, Outcome, rejection, trace_events
-from agentledger.gateway.run_controls import RunControls, change_value
+from agentledger.gateway.run_controls import CANCELLED, RunControls, change_value
 from agentledger.pipeline.queue import TracePipeline
 from agentledger.prices.catalog import price_known, price_usage
 from agentledger.providers.base import Event, Target, Upstream
@@ -62,8 +71,6 @@ from agentledger.store.base import Store, StoredResponse
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# Where each format caps a call's output, in the order they are read (the reservation's output bound).
-_OUTPUT_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
 class Gateway:
@@ -220,7 +227,7 @@ class Gateway:
                 body_bytes=len(body),
                 max_output=max_output,
                 embeddings=fmt.name == "embeddings",
-                choices=_positive_int(payload.get("n")) or 1,
+                choices=positive_int(payload.get("n")) or 1,
             )
 
         return await self.policies.review(
@@ -317,46 +324,38 @@ class Gateway:
         """Reserve the call's most possible cost against its budgets and count its rate limits (after the
         claim: a replay reserves nothing), or raise BudgetExceeded / RateLimited, the refusal recorded.
         The policies' verdict is enforced first (a block, a throttle, an escalation waiting for a human)."""
-        if self.controls is not None:  # a cancelled or paused run's call goes no further (gateway/run_controls.py)
-            try:
+        subject = Subject.of(call.attribution)
+        try:
+            if self.controls is not None:  # a cancelled or paused run's call goes no further (gateway/run_controls.py)
                 await self.controls.admit(call.workspace_id, call.attribution.run_id, call.governed)
-            except AgentLedgerError as exc:
-                await self.finish(call, Outcome(StepStatus.ERROR, exc.status, (), error=exc))
-                raise
-        if call.review is not None and self.policies is not None:
-            try:
+            if call.review is not None and self.policies is not None:
                 await self.policies.enforce(call.governed, call.review, call.workspace_id, call.request_id)
                 if call.governed.decision is Decision.ESCALATED:
                     await self.policies.escalate(
                         call.governed,
                         call.review,
-                        Subject.of(call.attribution),
+                        subject,
                         request_id=call.request_id if call.client_request_id else None,
                         body_hash=call.request_hash,
                         summary={"kind": "model_call", "model": call.hops[0].model, "stream": call.stream},
                     )
-            except AgentLedgerError as exc:
-                await self.finish(call, Outcome(StepStatus.ERROR, exc.status, (), error=exc))
-                raise
-        if self.gate is None:
-            return
-        hop = call.hops[0]
-        payload = call.parsed.payload
-        try:
+            if self.gate is None:
+                return
+            payload = call.parsed.payload
             await self.gate.admit(
                 call.governed,
-                Subject.of(call.attribution),
+                subject,
                 request_id=call.request_id,
-                model=hop.model,
-                provider=hop.route.provider,
+                model=call.hops[0].model,
+                provider=call.hops[0].route.provider,
                 body_bytes=len(call.primary_body),
-                max_output=next(filter(None, (_positive_int(payload.get(k)) for k in _OUTPUT_CAPS)), None),
+                max_output=output_cap(payload),
                 overrides=call.price_overrides,
                 embeddings=call.fmt.name == "embeddings",
-                choices=_positive_int(payload.get("n")) or 1,
+                choices=positive_int(payload.get("n")) or 1,
                 extra_limits=call.review.limits if call.review is not None else (),
             )
-        except AgentLedgerError as exc:
+        except AgentLedgerError as exc:  # every refusal is recorded, whoever decided it
             await self.finish(call, Outcome(StepStatus.ERROR, exc.status, (), error=exc))
             raise
 
@@ -659,6 +658,22 @@ class Gateway:
         if self.broadcast is not None:
             self.broadcast("workspace", workspace_id)
 
+    async def control_run(
+        self, workspace_id: str, run_id: str, state: str, reason: str | None, by: str, ended: str
+    ) -> None:
+        """Cancel, pause or resume a run (the API's, or a policy's run guard): stored (a cancelled run stays
+        cancelled: 409 for a pause or resume), seen on every replica at once, and a run cancelled now ends as
+        cancelled (`ended`: why, on its RunEnd), durable before this returns."""
+        before = await self.store.governance.run_control(workspace_id, run_id)
+        await self.store.governance.set_run_control(workspace_id, run_id, state, reason, by, self.clock())
+        self.invalidate_run(workspace_id, run_id, state)
+        if state == CANCELLED and (before is None or before["state"] != CANCELLED):
+            durable = self.pipeline.commit(
+                [RunEnd(workspace_id, run_id, RunStatus.CANCELLED, self.clock(), error=ended)]
+            )
+            if durable is not None:
+                await durable
+
     def invalidate_run(self, workspace_id: str, run_id: str, state: str) -> None:
         """A run was cancelled, paused or resumed: its control is dropped here and on every replica at once."""
         value = change_value(workspace_id, run_id, state)
@@ -694,10 +709,6 @@ async def _durable(fut: asyncio.Future[None] | None) -> None:
         await fut
     except AgentLedgerError:
         log.error("a call's record could not be made durable; its response is released anyway")
-
-
-def _positive_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _backoff(policy: RetryPolicy, retry: int, last: UpstreamError | None) -> float:

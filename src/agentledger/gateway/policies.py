@@ -33,6 +33,7 @@ from agentledger.core.errors import ApprovalDenied, ApprovalRequired, PolicyBloc
 from agentledger.core.model import TraceEvent
 from agentledger.core.policy import Applied, CallContext, Policy, PolicySet, RunStats, Verdict, compile_policies
 from agentledger.core.policy_config import parse_policy
+from agentledger.formats.base import OUTPUT_CAPS, output_cap, positive_int
 from agentledger.gateway.approvals import Approvals, Ask, trace_of
 from agentledger.gateway.budgets import Governed
 from agentledger.gateway.cache import TTLCache
@@ -45,7 +46,6 @@ ALERT_MEMORY = 10_000  # alerts this node remembers raising (their windows are a
 LOOP_MEMORY = 100_000  # (run, body) pairs whose repeats are counted; the oldest are forgotten first
 # Where each format caps a call's output: the field a clamp writes when the client set none.
 OUTPUT_CAP = {"chat": "max_tokens", "messages": "max_tokens", "responses": "max_output_tokens"}
-_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
 # What stops a run when it refuses a call: the run guards (settings) and the run conditions of rules.
@@ -65,31 +65,28 @@ RUN_CONDITIONS = (
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
-    """A workspace's compiled policies, and whether any rule's conditions need the request scanned for PII."""
+    """A workspace's compiled policies, and which parts of a call their rules and settings read (what is not
+    read is not computed per call)."""
 
     policies: PolicySet
-    scans: bool = False  # a rule's conditions ask for PII
-    headers: bool = False  # a setting or condition reads which headers a call carries
-    addresses: bool = False  # a setting or condition reads the caller's address
+    scans: bool  # a rule's conditions ask for PII
+    headers: bool  # a setting or condition reads which headers a call carries
+    addresses: bool  # a setting or condition reads the caller's address
 
-    def __init__(self, policies: PolicySet) -> None:
+    @classmethod
+    def of(cls, policies: PolicySet) -> Loaded:
         rules = [r for p in policies.policies for r in p.rules]
         settings = [p.settings for p in policies.policies]
-        object.__setattr__(self, "policies", policies)
-        object.__setattr__(self, "scans", any(r.when.pii is not None for r in rules))
-        object.__setattr__(
-            self,
-            "headers",
-            any(s.required_headers is not None for s in settings) or any(r.when.missing_headers for r in rules),
-        )
-        object.__setattr__(
-            self,
-            "addresses",
-            any(s.ip_allow is not None for s in settings) or any(r.when.ip_in or r.when.ip_not_in for r in rules),
+        return cls(
+            policies,
+            scans=any(r.when.pii is not None for r in rules),
+            headers=any(s.required_headers is not None for s in settings) or any(r.when.missing_headers for r in rules),
+            addresses=any(s.ip_allow is not None for s in settings)
+            or any(r.when.ip_in or r.when.ip_not_in for r in rules),
         )
 
 
-NO_POLICIES = Loaded(PolicySet.empty)
+NO_POLICIES = Loaded.of(PolicySet.empty)
 
 
 @dataclass(slots=True)
@@ -190,7 +187,7 @@ class PolicyDesk:
     async def _loaded(self, workspace_id: str) -> Loaded:
         async def load() -> Loaded:
             rows = await self._policies_of(workspace_id)
-            return Loaded(compile_policies([policy_from_row(r) for r in rows]))
+            return Loaded.of(compile_policies([policy_from_row(r) for r in rows]))
 
         found = await self.sets.get(workspace_id, load)
         return found if found is not None else NO_POLICIES
@@ -243,7 +240,7 @@ class PolicyDesk:
         applied = ps.applicable(subject)
         if not applied.policies:
             return None
-        max_tokens = next((v for v in (_positive_int(payload.get(k)) for k in _CAPS) if v is not None), None)
+        max_tokens = output_cap(payload)
         found: list[pii.Found] = []
         if scan and loaded.scans and applied.needs_pii:  # a `pii` condition; a redaction alone scans as it redacts
             found = pii.scan_body(payload, pii.KINDS)
@@ -276,8 +273,8 @@ class PolicyDesk:
         if verdict.decision is not Decision.ALLOWED and verdict.decision is not Decision.THROTTLED:
             return out  # refused or held: nothing is forwarded yet, nothing to rewrite
         if verdict.clamp_max_tokens is not None and fmt_name in OUTPUT_CAP:
-            field_name = next((k for k in _CAPS if k in payload), OUTPUT_CAP[fmt_name])
-            before = _positive_int(payload.get(field_name))
+            field_name = next((k for k in OUTPUT_CAPS if k in payload), OUTPUT_CAP[fmt_name])
+            before = positive_int(payload.get(field_name))
             if before is None or before > verdict.clamp_max_tokens:
                 out.payload = {**out.payload, field_name: verdict.clamp_max_tokens}
                 out.changes["max_tokens"] = {"field": field_name, "from": before, "to": verdict.clamp_max_tokens}
@@ -510,10 +507,6 @@ def policy_from_row(row: Mapping[str, Any]) -> Policy:
     """A stored policy (store/governance.py: its scope, mode and name in columns, settings and rules in `body`)."""
     data = {"name": row["name"], "scope": row["scope"], "scope_value": row["scope_value"], "mode": row["mode"]}
     return parse_policy({**data, **row["body"]}, id=row["id"], version=row["version"])
-
-
-def _positive_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def names_of(raw: Sequence[tuple[bytes, bytes]]) -> frozenset[str]:
