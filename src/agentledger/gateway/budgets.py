@@ -166,10 +166,23 @@ class BudgetGate:
         choices: int = 1,
     ) -> int | None:
         """A call's most possible cost in nano-dollars, as a reservation would hold it (None: no known price)."""
+        tokens_in, tokens_out = self._tokens(body_bytes, max_output, embeddings, choices)
+        return self._bound(workspace_id, model, provider, now, overrides, tokens_in, tokens_out)
+
+    def _bound(
+        self,
+        workspace_id: str,
+        model: str,
+        provider: str,
+        now: datetime,
+        overrides: dict[str, Any],
+        tokens_in: int,
+        tokens_out: int,
+    ) -> int | None:
+        """At most this many tokens at the model's dearest rates, within the per-event bound (None: no price)."""
         rates = self._worst(workspace_id, model, provider, now, overrides)
         if rates is None:
             return None
-        tokens_in, tokens_out = self._tokens(body_bytes, max_output, embeddings, choices)
         return min(reservation_nanos(tokens_in, tokens_out, *rates), MAX_EVENT_COST_NANOS)
 
     # -- admission ---------------------------------------------------------------------------------------------
@@ -210,9 +223,7 @@ class BudgetGate:
             await self._slots(governed, rated)
             counted = self._rates_of(governed, rated)
             if applied:  # the rates and the reservation in one step of the counters (one Redis round trip)
-                prices = self._worst(base.workspace_id, model, provider, now, overrides)
-                estimate = reservation_nanos(tokens_in, tokens_out, *prices) if prices else 0
-                estimate = min(estimate, MAX_EVENT_COST_NANOS)
+                estimate = self._bound(base.workspace_id, model, provider, now, overrides, tokens_in, tokens_out) or 0
                 await self._reserve(governed, applied, subject, estimate, now, request_id, rated, counted)
                 # Written once the call is admitted: a refusal's reservation never reaches the ledger to be left open.
                 self.defer(self.entries(governed, "reserve", request_id, subject.run_id, now))
@@ -353,12 +364,9 @@ class BudgetGate:
             return
         now = self.clock()
         ws = governed.figures[0].budget.workspace_id
-        rates = self._worst(ws, model, provider, now, overrides)
-        if rates is None:
-            return
         tokens_out = max(governed.tokens_estimate - governed.tokens_in, 0)
-        estimate = min(reservation_nanos(governed.tokens_in, tokens_out, *rates), MAX_EVENT_COST_NANOS)
-        if estimate <= governed.estimate:
+        estimate = self._bound(ws, model, provider, now, overrides, governed.tokens_in, tokens_out)
+        if estimate is None or estimate <= governed.estimate:
             return
         old = Governed(reservation_id=governed.reservation_id, estimate=governed.estimate, figures=governed.figures)
         budgets = [f.budget for f in governed.figures]

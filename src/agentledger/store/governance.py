@@ -210,10 +210,7 @@ class GovernanceStore:
         )
 
     async def run_control(self, workspace_id: str, run_id: str) -> dict[str, Any] | None:
-        c = t.run_controls.c
-        rows = await self.store._select(
-            select(t.run_controls).where(c.workspace_id == workspace_id, c.run_id == run_id)
-        )
+        rows = await self.run_controls(workspace_id, [run_id])
         return rows[0] if rows else None
 
 
