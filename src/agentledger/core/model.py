@@ -29,6 +29,23 @@ class StepStatus(enum.StrEnum):
     ERROR = "error"
 
 
+class PaymentDirection(enum.StrEnum):
+    INBOUND = "inbound"  # a buyer paid the workspace (a paid endpoint's sale): revenue
+    OUTBOUND = "outbound"  # the agent paid someone (e.g. over x402): spend
+
+
+class PaymentStatus(enum.StrEnum):
+    VERIFIED = "verified"  # the proof checked out; no money has moved yet (not in the books)
+    SETTLED = "settled"  # money moved: revenue (inbound) or spend (outbound)
+    FAILED = "failed"  # never settled (refused, workflow failed, settlement failed): not in the books
+    REFUNDED = "refunded"  # money moved back: a step of its own, taking `amount` back out of the books
+
+
+class PaymentProtocol(enum.StrEnum):
+    X402 = "x402"
+    MANUAL = "manual"
+
+
 class RunStatus(enum.StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -151,6 +168,25 @@ class RequestRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Payment:
+    """What a `payment` step moved (core/finance.py says how it reaches the books). `amount_nanos` is the USD
+    value; `asset_amount` the amount in the asset's atomic units as paid (e.g. USDC: 6 decimals), as a decimal
+    string since it may pass 2^63. `fee_nanos`: the platform and settlement fees the workspace paid on it."""
+
+    direction: PaymentDirection
+    status: PaymentStatus
+    amount_nanos: int
+    protocol: PaymentProtocol = PaymentProtocol.MANUAL
+    fee_nanos: int = 0
+    asset_amount: str | None = None
+    network: str | None = None  # CAIP-2, e.g. eip155:84532
+    asset: str | None = None  # the token contract's address
+    counterparty: str | None = None  # the payer (inbound) or the payee (outbound): an address or a name
+    reference: str | None = None  # the settlement's transaction reference
+    endpoint_id: str | None = None  # the paid endpoint sold (inbound) or bought from, when known
+
+
+@dataclass(frozen=True, slots=True)
 class StepRecord:
     step_id: str
     run_id: str
@@ -174,6 +210,7 @@ class StepRecord:
     input: Any = None
     output: Any = None
     attributes: dict[str, Any] = field(default_factory=dict)
+    payment: Payment | None = None  # kind payment only
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +223,7 @@ class RunStart:
     workflow: str | None = None
     name: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    endpoint_id: str | None = None  # the paid endpoint whose sale started the run (its books group by it)
 
 
 @dataclass(frozen=True, slots=True)
