@@ -604,3 +604,33 @@ webhook_deliveries = Table(
     Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
     Index("ix_webhook_deliveries_hook", "workspace_id", "webhook_id", "created_at", "id"),
 )
+
+# -- x402 payment proofs, each claimed once per workspace (store/finance.py; docs/paid-endpoints.md) -------------------
+# One row per proof (core/proofs.py: sha256 of network, asset, payer and nonce), inserted by the one statement that
+# claims it: whoever inserted it owns it, on every replica. Its state only moves forward from `claimed`: to
+# `settled` (the money moved), `failed` (the proof was used and not settled: the workflow failed or settlement did;
+# it stays consumed) or `released` (given back before anything ran, e.g. the endpoint's policy refused it: the
+# only state a proof can be claimed again from).
+x402_payments = Table(
+    "x402_payments",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("network", String(64), nullable=False),  # CAIP-2
+    Column("asset", String(64), nullable=False),
+    Column("payer", String(64), nullable=False),
+    Column("nonce", String(80), nullable=False),
+    Column("amount", String(80), nullable=False),  # atomic units, a decimal string (it may pass 2^63)
+    Column("amount_nanos", BigInteger, nullable=True),  # its USD value when claimed
+    Column("state", String(16), nullable=False),  # claimed / settled / failed / released
+    Column("endpoint_id", ID, nullable=True),
+    Column("run_id", ID, nullable=True),
+    Column("payment_id", ID, nullable=True),  # the run's payment step
+    Column("reference", String(256), nullable=True),  # the settlement's transaction reference
+    Column("error", String(1024), nullable=True),
+    Column("valid_before", TS, nullable=True),  # past it the proof can never be settled
+    Column("claimed_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    ForeignKeyConstraint(["workspace_id"], ["workspaces.id"]),
+    Index("ix_x402_payments_run", "workspace_id", "run_id"),
+)

@@ -6,15 +6,44 @@ Revises: 0008_finance
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
+from alembic import op
+
 revision: str = "0009_paid_endpoints"
 down_revision: str | Sequence[str] | None = "0008_finance"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+ID = sa.String(length=128)
+
 
 def upgrade() -> None:
-    pass
+    ts = sa.DateTime(timezone=True)
+    op.create_table(
+        "x402_payments",
+        sa.Column("workspace_id", ID, nullable=False),
+        sa.Column("id", sa.String(length=64), nullable=False),
+        sa.Column("network", sa.String(length=64), nullable=False),
+        sa.Column("asset", sa.String(length=64), nullable=False),
+        sa.Column("payer", sa.String(length=64), nullable=False),
+        sa.Column("nonce", sa.String(length=80), nullable=False),
+        sa.Column("amount", sa.String(length=80), nullable=False),
+        sa.Column("amount_nanos", sa.BigInteger(), nullable=True),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("endpoint_id", ID, nullable=True),
+        sa.Column("run_id", ID, nullable=True),
+        sa.Column("payment_id", ID, nullable=True),
+        sa.Column("reference", sa.String(length=256), nullable=True),
+        sa.Column("error", sa.String(length=1024), nullable=True),
+        sa.Column("valid_before", ts, nullable=True),
+        sa.Column("claimed_at", ts, nullable=False),
+        sa.Column("updated_at", ts, nullable=False),
+        sa.ForeignKeyConstraint(["workspace_id"], ["workspaces.id"]),
+        sa.PrimaryKeyConstraint("workspace_id", "id"),
+    )
+    op.create_index("ix_x402_payments_run", "x402_payments", ["workspace_id", "run_id"])
 
 
 def downgrade() -> None:
-    pass
+    op.drop_index("ix_x402_payments_run", table_name="x402_payments")
+    op.drop_table("x402_payments")

@@ -1,0 +1,141 @@
+"""x402 payment proofs in SQL, each claimed once per workspace on every replica: composed over an SQLStore.
+
+Why a claim in the store: a proof (an EIP-3009 authorization) is good until its `validBefore`, and the
+facilitator only says it is good, not that nobody else is using it right now. Two replicas verifying the same
+replayed proof would both run the workflow. So between verification and anything else the route claims the
+proof with one statement, INSERT … ON CONFLICT, and whoever inserted the row owns the proof: PostgreSQL
+serializes the conflict across connections and processes, SQLite has one writer thread.
+
+States (schema.x402_payments), each change one conditional UPDATE from `claimed`, so a state is left once:
+
+    claimed ──▶ settled    the facilitator settled it: the money moved (locally: recorded as moved)
+            ├─▶ failed     it was used and not settled (the workflow failed or timed out, settlement failed)
+            └─▶ released   given back before anything ran (the endpoint's policy refused the call)
+
+A failed proof stays consumed: the issue makes a proof single-use from its claim on, the buyer was not charged
+(it was never settled) and signs a fresh authorization to retry, as any x402 client does on a 402. A released
+one may be claimed again, by the same statement that claims a new one: nothing ran on it and nothing was
+charged, so a client retrying after a rate limit may present it again. A claim whose holder dies before it
+settles or fails stays `claimed`: the proof is then spent without a charge (safe for the buyer) until its
+`validBefore` passes and no facilitator would settle it anyway.
+
+Every call is off the event loop, on the store's threads: claims on PostgreSQL in autocommit on the reader
+pool (one statement, not queued behind trace batches), on SQLite on the writer thread (its only writer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
+
+from agentledger.core.proofs import PaymentProof
+from agentledger.store import schema as t
+
+if TYPE_CHECKING:
+    from agentledger.store.sql import SQLStore
+
+T = TypeVar("T")
+
+CLAIMED, SETTLED, FAILED, RELEASED = "claimed", "settled", "failed", "released"
+STATES = (CLAIMED, SETTLED, FAILED, RELEASED)
+_ERROR_CHARS = 1024
+_LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z: a validBefore past it is "never expires"
+
+
+class PaymentProofs:
+    """The x402 proof claims of an SQLStore (its connections, threads and error mapping)."""
+
+    def __init__(self, store: SQLStore) -> None:
+        self.store = store
+
+    async def claim(
+        self,
+        workspace_id: str,
+        proof: PaymentProof,
+        now: datetime,
+        *,
+        amount_nanos: int | None = None,
+        endpoint_id: str | None = None,
+        run_id: str | None = None,
+        payment_id: str | None = None,
+    ) -> bool:
+        """Claim `proof` for this workspace: True when this call owns it now (a new proof, or one released),
+        False when it is claimed, settled or failed already (a replay)."""
+        values: dict[str, Any] = {
+            "workspace_id": workspace_id,
+            "id": proof.id,
+            "network": proof.network,
+            "asset": proof.asset,
+            "payer": proof.payer,
+            "nonce": proof.nonce,
+            "amount": proof.amount,
+            "amount_nanos": amount_nanos,
+            "state": CLAIMED,
+            "endpoint_id": endpoint_id,
+            "run_id": run_id,
+            "payment_id": payment_id,
+            "reference": None,
+            "error": None,
+            "valid_before": datetime.fromtimestamp(max(0, min(proof.valid_before, _LAST_SECOND)), UTC),
+            "claimed_at": now,
+            "updated_at": now,
+        }
+        again = {k: v for k, v in values.items() if k not in ("workspace_id", "id")}
+        stmt = (
+            self.store._insert(t.x402_payments)
+            .values(**values)
+            .on_conflict_do_update(
+                index_elements=["workspace_id", "id"], set_=again, where=t.x402_payments.c.state == RELEASED
+            )
+            # RETURNING, not rowcount: psycopg reports a row count for an upsert whose update was skipped.
+            .returning(t.x402_payments.c.id)
+        )
+
+        def run(conn: Connection) -> bool:
+            return conn.execute(stmt).first() is not None
+
+        return await self._one_statement(run)
+
+    async def settle(
+        self, workspace_id: str, proof_id: str, reference: str, now: datetime, *, payment_id: str | None = None
+    ) -> bool:
+        """claimed → settled, with the settlement's transaction reference. False if it was not `claimed`."""
+        changes: dict[str, Any] = {"reference": reference[:256]}
+        if payment_id is not None:
+            changes["payment_id"] = payment_id
+        return await self._move(workspace_id, proof_id, SETTLED, now, changes)
+
+    async def fail(self, workspace_id: str, proof_id: str, error: str, now: datetime) -> bool:
+        """claimed → failed: used, not settled, consumed for good. False if it was not `claimed`."""
+        return await self._move(workspace_id, proof_id, FAILED, now, {"error": error[:_ERROR_CHARS]})
+
+    async def release(self, workspace_id: str, proof_id: str, now: datetime, *, reason: str | None = None) -> bool:
+        """claimed → released: nothing ran on it, it may be claimed again. False if it was not `claimed`."""
+        return await self._move(workspace_id, proof_id, RELEASED, now, {"error": (reason or "")[:_ERROR_CHARS] or None})
+
+    async def get(self, workspace_id: str, proof_id: str) -> dict[str, Any] | None:
+        c = t.x402_payments.c
+        rows = await self.store._select(select(t.x402_payments).where(c.workspace_id == workspace_id, c.id == proof_id))
+        return rows[0] if rows else None
+
+    async def _move(self, workspace_id: str, proof_id: str, state: str, now: datetime, changes: dict[str, Any]) -> bool:
+        c = t.x402_payments.c
+        stmt = (
+            update(t.x402_payments)
+            .where(c.workspace_id == workspace_id, c.id == proof_id, c.state == CLAIMED)
+            .values(state=state, updated_at=now, **changes)
+        )
+
+        def run(conn: Connection) -> bool:
+            return bool(conn.execute(stmt).rowcount)
+
+        return await self._one_statement(run)
+
+    async def _one_statement(self, run: Callable[[Connection], T]) -> T:
+        if self.store.is_sqlite:
+            return await self.store._write(run)
+        return await self.store._autocommit(run)
