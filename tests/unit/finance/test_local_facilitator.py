@@ -199,3 +199,23 @@ def test_the_nonce_book_forgets_only_what_can_never_settle_again() -> None:
 def test_the_local_facilitator_needs_an_asset() -> None:
     with pytest.raises(ValueError):
         LocalFacilitator([])
+
+
+def test_the_simulated_transfer_recovers_the_signature_itself() -> None:
+    """The local token contract checks the EIP-712 signature again (eth_account), as FiatTokenV2 does on chain."""
+    chain = LocalChainSigner([USDC_BASE_SEPOLIA], MemoryNonceBook())
+    account, req = new_account(), requirements()
+    auth = signed(account, req).payload
+    forged = signed(new_account(), req, nonce=auth["authorization"]["nonce"]).payload
+
+    def call(signature_hex: str) -> object:
+        a = auth["authorization"]
+        sig = bytes.fromhex(signature_hex.removeprefix("0x"))
+        args = (a["from"], a["to"], int(a["value"]), int(a["validAfter"]), int(a["validBefore"]))
+        vrs = (sig[64], sig[:32], sig[32:64])
+        nonce = bytes.fromhex(a["nonce"].removeprefix("0x"))
+        return chain.read_contract(req.asset, [], "transferWithAuthorization", *args, nonce, *vrs)
+
+    assert call(auth["signature"]) is None
+    with pytest.raises(LocalChainRevert, match="invalid signature"):
+        call(forged["signature"])
