@@ -131,6 +131,13 @@ SETTINGS: tuple[Setting, ...] = (
         "spend_anomaly: an agent's last full hour's spend over this many times its trailing 7-day hourly average.",
     ),
     Setting("anomaly_floor_usd", float, 1.0, "spend_anomaly: no alert for an hour's spend below this many dollars."),
+    Setting(
+        "margin_floor_usd",
+        float,
+        0.0,
+        "margin_loss: a paid endpoint or selling agent whose known margin in the last full hour with revenue is "
+        "below this many dollars (0: any loss) raises an alert.",
+    ),
     Setting("error_spike_rate", float, 0.2, "error_spike: a workspace's error rate in the last 15 minutes above this."),
     Setting("error_spike_min_calls", int, 20, "error_spike: no alert with fewer calls than this in the 15 minutes."),
     Setting(
@@ -177,6 +184,7 @@ class Settings:
     alert_sweep_interval: float = 60.0
     anomaly_factor: float = 3.0
     anomaly_floor_usd: float = 1.0
+    margin_floor_usd: float = 0.0
     error_spike_rate: float = 0.2
     error_spike_min_calls: int = 20
     approval_wait_s: float = 30.0

@@ -26,6 +26,7 @@ class AlertKind(enum.StrEnum):
     SPEND_ANOMALY = "spend_anomaly"
     ERROR_SPIKE = "error_spike"
     POLICY_ALERT = "policy_alert"  # a policy rule with action `alert` matched
+    MARGIN_LOSS = "margin_loss"  # a paid endpoint's or a selling agent's margin over an hour below the floor
 
 
 KINDS = tuple(k.value for k in AlertKind)
@@ -254,6 +255,50 @@ def error_spike(workspace_id: str, calls: int, errors: int, rule: SpikeRule, *, 
     )
 
 
+def margin_loss(
+    workspace_id: str,
+    subject: str,
+    subject_id: str,
+    hour: datetime,
+    revenue_nanos: int,
+    margin_nanos: int,
+    rule: MarginRule,
+    *,
+    at: datetime,
+    agent_id: str | None = None,
+    department_id: str | None = None,
+) -> Alert:
+    """A paid endpoint (`subject` "endpoint") or an agent that sells ("agent") whose known margin in `hour` is
+    below `rule.floor_nanos`; once per subject and hour. Critical when the margin is negative: every sale then
+    costs more than it brings in."""
+    return Alert(
+        workspace_id=workspace_id,
+        kind=AlertKind.MARGIN_LOSS.value,
+        severity=(Severity.CRITICAL if margin_nanos < 0 else Severity.WARNING).value,
+        dedupe_key=f"margin:{subject}:{subject_id}:{window_key(hour)}",
+        message=(
+            f"{subject.capitalize()} {subject_id} made a known margin of {_signed_usd(margin_nanos)} on "
+            f"{_usd(revenue_nanos)} of revenue in the hour from {hour.isoformat()} (floor "
+            f"{_signed_usd(rule.floor_nanos)})."
+        ),
+        at=at,
+        data={
+            "subject": subject,
+            f"{subject}_id": subject_id,
+            "hour": hour.isoformat(),
+            "revenue_nanos": revenue_nanos,
+            "margin_nanos": margin_nanos,
+            "floor_nanos": rule.floor_nanos,
+        },
+        agent_id=agent_id,
+        department_id=department_id,
+    )
+
+
+def _signed_usd(nanos: int) -> str:
+    return ("-" if nanos < 0 else "") + _usd(abs(nanos))
+
+
 # -- detectors --------------------------------------------------------------------------------------------------
 
 
@@ -269,6 +314,20 @@ class SpikeRule:
     rate: float = 0.2
     min_calls: int = 20
     minutes: int = 15
+
+
+@dataclass(frozen=True, slots=True)
+class MarginRule:
+    """Margin below `floor_nanos` in an hour with revenue: an alert. Subjects without revenue in the hour are
+    not judged (an agent that only spends has a negative margin by definition; its spend is the budgets' and the
+    spend anomaly's business)."""
+
+    floor_nanos: int = 0
+
+
+def is_margin_loss(revenue_nanos: int, margin_nanos: int, rule: MarginRule) -> bool:
+    """revenue > 0 and margin < floor (docs/alerts.md, "margin_loss")."""
+    return revenue_nanos > 0 and margin_nanos < rule.floor_nanos
 
 
 def hourly_baseline(trailing_nanos: int, rule: AnomalyRule) -> int:
