@@ -294,6 +294,17 @@ def test_full_run_step_tree_and_totals(gw: Harness) -> None:
         "model_calls": 4,
         "errors": 2,  # tool-notify and the failed gateway attempt
         "retries": 2,  # tool-notify-2 and the gateway's second attempt
+        # The P&L: no revenue, so the margin is the cost, negated; the api call's reported cost is tool spend.
+        "revenue_usd": "0.000000000",
+        "refunds_usd": "0.000000000",
+        "model_cost_usd": "0.000447600",
+        "tool_spend_usd": "0.012500000",
+        "outbound_payments_usd": "0.000000000",
+        "fees_usd": "0.000000000",
+        "margin_usd": "-0.012947600",
+        "margin_pct": None,
+        "estimated_cost_usd": "0.000000000",
+        "estimated_share": 0.0,
     }
     assert run["totals"]["model_latency_ms"] > 0
 

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from agentledger.api.auth import AdminAuth, path_id
 from agentledger.api.run_controls import controlled
-from agentledger.core.books import hour_window
+from agentledger.core.books import FINANCE_MEASURES, MONEY_CARRIES, MONEY_MEASURES, RUN_MEASURES, hour_window
 from agentledger.core.errors import InvalidRequest, NotFound
 from agentledger.core.fields import id_field, text_field, time_field
 from agentledger.core.headers import PROPERTY_NAME_HELP, PROPERTY_NAME_RE
@@ -29,15 +29,15 @@ from agentledger.gateway.responses import JSONResponse
 from agentledger.pipeline.queue import TracePipeline
 from agentledger.store.base import CostQuery, RunFilter, Store
 
-_RUN_TOTAL_FIELDS = ("cost_nanos", *TOKEN_FIELDS, "steps", "model_calls", "errors", "retries", "model_latency_ms")
+_RUN_TOTAL_FIELDS = frozenset({*RUN_MEASURES, *MONEY_CARRIES})
 
 
-def _time_param(request: Request, name: str) -> datetime | None:
+def time_param(request: Request, name: str) -> datetime | None:
     raw = request.query_params.get(name)
     return None if raw is None else time_field(raw, name)
 
 
-def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
@@ -67,7 +67,7 @@ def _status_param(request: Request) -> str | None:
     return raw
 
 
-def _group_by_param(request: Request) -> str:
+def group_by_param(request: Request) -> str:
     """`property.<name>` needs a name the tracking headers could have stored (the other values the store
     checks: they are its columns)."""
     group_by = request.query_params.get("group_by", "workspace")
@@ -126,11 +126,12 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
             session_id=_id_param(request, "session"),
             workflow=None if q.get("workflow") is None else text_field(q["workflow"], "workflow"),
             status=_status_param(request),
-            since=_time_param(request, "from"),
-            until=_time_param(request, "to"),
-            limit=_int_param(request, "limit", 50, 1, 1000),
-            offset=_int_param(request, "offset", 0, 0, 10_000_000),
+            since=time_param(request, "from"),
+            until=time_param(request, "to"),
+            limit=int_param(request, "limit", 50, 1, 1000),
+            offset=int_param(request, "offset", 0, 0, 10_000_000),
             cursor=_cursor_param(request),
+            endpoint_id=_id_param(request, "endpoint"),
         )
         await pipeline.flush()
         rows = await store.list_runs(admin.workspace_id, flt)
@@ -177,13 +178,14 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
         # A session one of whose runs a policy stopped shows as intercepted (docs/policies.md).
         session["runs"], stopped = await with_controls(admin.workspace_id, [_run(r) for r in session["runs"]])
         session["status"] = "intercepted" if stopped else "ok"
-        session["paths"] = [{**p, **totals(p)} for p in session["paths"]]
+        paths = session["paths"]
+        session["paths"] = [{**{k: v for k, v in p.items() if k not in FINANCE_MEASURES}, **totals(p)} for p in paths]
         # The session's own events (its paths partition them), not its runs': a call may carry the session id
         # without a run id, and a run's steps may belong to other sessions.
         session["totals"] = totals(
             {
-                **{k: sum(p[k] for p in session["paths"]) for k in ("cost_nanos", *TOKEN_FIELDS, "requests")},
-                "events": sum(p["count"] for p in session["paths"]),
+                **{k: sum(p[k] for p in paths) for k in (*MONEY_MEASURES, *TOKEN_FIELDS, "requests", "errors")},
+                "events": sum(p["count"] for p in paths),
             }
         )
         return TotalsResponse(session)
@@ -198,11 +200,11 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
         return TotalsResponse(row)
 
     async def costs(request: Request, admin: AdminPrincipal) -> Response:
-        group_by = _group_by_param(request)
+        group_by = group_by_param(request)
         query = CostQuery(
             group_by=group_by,
-            since=_time_param(request, "from"),
-            until=_time_param(request, "to"),
+            since=time_param(request, "from"),
+            until=time_param(request, "to"),
             interval=request.query_params.get("interval"),
         )
         await pipeline.flush()

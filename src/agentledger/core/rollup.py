@@ -6,10 +6,14 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from agentledger.core.finance import Pnl, payment_view
 from agentledger.core.money import format_usd
 
 TOKEN_FIELDS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
 
+
+# Stored step columns a step document leaves out: the insertion order, and what a payment adds to the books.
+_BOOK_COLUMNS = ("seq", "revenue_nanos", "refund_nanos", "fee_nanos", "payment_out_nanos")
 
 # How many levels of steps a run document nests. orjson renders at most 254 levels of JSON; a step at tree
 # level k sits at about 2k + 1 (the run, `steps`, then each ancestor and its `children`), and its stored JSON
@@ -31,8 +35,11 @@ def step_tree(steps: Iterable[Mapping[str, Any]], max_depth: int = MAX_TREE_DEPT
     order: list[dict[str, Any]] = []
     for s in steps:
         node = {**s, "children": []}
-        node.pop("seq", None)
+        for column in _BOOK_COLUMNS:  # the books' copy of a payment's figures: `payment` shows them
+            node.pop(column, None)
         node["cost_usd"] = format_usd(int(node.get("cost_nanos") or 0))
+        if node.get("payment") is not None:
+            node["payment"] = payment_view(node["payment"])
         nodes[node["id"]] = node
         order.append(node)
 
@@ -96,6 +103,8 @@ def totals(row: Mapping[str, Any]) -> dict[str, Any]:
             out[f] = int(row[f] or 0)
     if "model_latency_ms" in row:
         out["model_latency_ms"] = round(float(row["model_latency_ms"] or 0.0), 3)
+    if "revenue_nanos" in row:  # kept with the finance measures (run totals, session paths): the P&L
+        out.update(Pnl.of(row).view())
     return out
 
 

@@ -36,6 +36,7 @@ class RunFilter:
     limit: int = 50
     offset: int = 0
     cursor: tuple[datetime, str] | None = None  # (started_at, id) of the last run of the previous page
+    endpoint_id: str | None = None  # the paid endpoint whose sale started the run
 
 
 GROUP_COLUMNS = (
@@ -58,6 +59,29 @@ class CostQuery:
     since: datetime | None = None
     until: datetime | None = None
     interval: str | None = None  # "hour" | "day" | None
+
+
+# The finance summary's groupings (GET /api/finance/summary; store/finance_queries.py), besides property.<name>.
+FINANCE_GROUPS = ("workspace", "department", "agent", "workflow", "endpoint", "session", "run")
+
+
+@dataclass(frozen=True, slots=True)
+class FinanceQuery:
+    group_by: str  # one of FINANCE_GROUPS or "property.<name>" (an indexed property)
+    since: datetime | None = None
+    until: datetime | None = None
+    bucket: str | None = None  # "hour" | "day" | None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class FinanceSummary:
+    """Rows of kept measures (money joined with its carries), the same over every row, and whether `limit` cut
+    the rows short."""
+
+    rows: list[dict[str, Any]]
+    totals: dict[str, Any]
+    more: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +193,11 @@ class Store(Protocol):
     async def step_exists(self, workspace_id: str, step_ids: Sequence[str]) -> set[str]: ...
     async def costs(self, workspace_id: str, query: CostQuery) -> list[dict[str, Any]]:
         """Raises InvalidRequest when the grouping has no rollup and its window holds too many events to read."""
+        ...
+
+    async def finance_summary(self, workspace_id: str, query: FinanceQuery) -> FinanceSummary:
+        """Raises InvalidRequest for a grouping it does not keep (an undeclared property) or a `run` window
+        holding too many runs to read."""
         ...
 
     async def indexed_properties(self, workspace_id: str) -> list[str]: ...

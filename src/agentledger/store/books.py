@@ -20,19 +20,26 @@ from sqlalchemy.engine import Connection
 
 from agentledger.core.books import (
     COST_UNIT,
+    ESTIMATED_SOURCES,
+    FINANCE_MEASURES,
     HOURLY_DIMS,
     LEDGER_MEASURES,
+    MONEY_MEASURES,
     NO_SESSION,
+    NOT_TOOL_KINDS,
+    PAYMENT_COLUMNS,
+    RUN_DIMS,
     RUN_MEASURES,
     Books,
     Key,
+    carry_of,
     dims_key,
-    split_cost,
+    split_money,
 )
 from agentledger.core.rollup import TOKEN_FIELDS
 from agentledger.store import schema as t
 from agentledger.store.bulk import BulkStatement
-from agentledger.store.queries import exact_sum, ledger
+from agentledger.store.queries import exact_sum, kept_measures, ledger
 
 # Each kept table: its name in core.books.Books, its key columns (Books' key order) and its measures.
 KEPT: dict[str, tuple[Table, tuple[str, ...], tuple[str, ...]]] = {
@@ -60,8 +67,12 @@ def _row(name: str, key: Key, measures: list[Any]) -> dict[str, Any]:
         column, labels = _HASHED[name]
         row[column] = dims_key(tuple(row[label] for label in labels))
     row.update(zip(names, measures, strict=True))
-    row["cost_nanos"], row["cost_carry"] = split_cost(row["cost_nanos"])
+    for measure, carry in _CARRIES:
+        row[measure], row[carry] = split_money(row[measure])
     return row
+
+
+_CARRIES = tuple((m, carry_of(m)) for m in MONEY_MEASURES)
 
 
 def _upsert(table: Table, columns: Iterable[str], sqlite_dialect: bool) -> Any:
@@ -69,10 +80,15 @@ def _upsert(table: Table, columns: Iterable[str], sqlite_dialect: bool) -> Any:
     old, new = table.c, stmt.excluded
     pk = [c.name for c in table.primary_key.columns]
     counters = [c for c in columns if c not in pk and c in old and not _is_label(table, c)]
-    sets: dict[str, Any] = {c: old[c] + new[c] for c in counters if c not in ("cost_nanos", "cost_carry")}
-    # Both remainders are in [0, 10^15), so their sum is non-negative and `//` (SQL integer division) floors.
-    sets["cost_nanos"] = (old.cost_nanos + new.cost_nanos) % _UNIT
-    sets["cost_carry"] = old.cost_carry + new.cost_carry + (old.cost_nanos + new.cost_nanos) // _UNIT
+    money = {name for pair in _CARRIES for name in pair}
+    sets: dict[str, Any] = {c: old[c] + new[c] for c in counters if c not in money}
+    for measure, carry in _CARRIES:
+        if measure in counters:
+            # Both remainders are in [0, 10^15), so their sum is non-negative and `//` (SQL integer division)
+            # floors: the remainder stays in [0, 10^15) and the carry takes the rest, of any sign.
+            both = old[measure] + new[measure]
+            sets[measure] = both % _UNIT
+            sets[carry] = old[carry] + new[carry] + both // _UNIT
     return stmt.on_conflict_do_update(index_elements=pk, set_=sets)
 
 
@@ -121,8 +137,30 @@ def _ledger_sums(led: Any) -> list[Any]:
     return [
         func.count().label("events"),
         func.sum(led.c.requests).label("requests"),
-        *[exact_sum(led.c[k]).label(k) for k in ("cost_nanos", *TOKEN_FIELDS)],
+        func.sum(led.c.errors).label("errors"),
+        *[exact_sum(led.c[k]).label(k) for k in LEDGER_MEASURES[3:]],
     ]
+
+
+def _run_sums(s: Any) -> list[Any]:
+    """RUN_MEASURES over a run's steps, as core.books.Books folds them."""
+    part = s.kind == "model_attempt"  # an attempt's cost and tokens are its model_call's
+    cost = case((part, 0), else_=s.cost_nanos)
+    return [
+        func.count(),
+        func.sum(case((s.kind == "model_call", 1), else_=0)),
+        func.sum(case((s.attempt > 1, 1), else_=0)),
+        func.sum(case((s.kind == "model_call", func.coalesce(s.latency_ms, 0.0)), else_=0.0)),
+        func.sum(case((s.status == "error", 1), else_=0)),
+        exact_sum(cost),
+        *[exact_sum(case((part, 0), else_=s[k])) for k in TOKEN_FIELDS],
+        *[exact_sum(s[k]) for k in PAYMENT_COLUMNS],
+        exact_sum(case((s.kind.in_(NOT_TOOL_KINDS), 0), else_=cost)),
+        exact_sum(case((s.cost_source.in_(ESTIMATED_SOURCES), cost), else_=0)),
+    ]
+
+
+assert len(FINANCE_MEASURES) == len(PAYMENT_COLUMNS) + 2  # _run_sums and ledger_measures spell them out
 
 
 def recompute(conn: Connection, workspace_id: str | None = None) -> dict[str, dict[Key, list[Any]]]:
@@ -130,19 +168,7 @@ def recompute(conn: Connection, workspace_id: str | None = None) -> dict[str, di
     lite = conn.dialect.name == "sqlite"
     s = t.steps.c
     runs = (
-        select(
-            s.workspace_id,
-            s.run_id,
-            func.count(),
-            func.sum(case((s.kind == "model_call", 1), else_=0)),
-            func.sum(case((s.status == "error", 1), else_=0)),
-            func.sum(case((s.attempt > 1, 1), else_=0)),
-            func.sum(case((s.kind == "model_call", func.coalesce(s.latency_ms, 0.0)), else_=0.0)),
-            exact_sum(case((s.kind == "model_attempt", 0), else_=s.cost_nanos)),
-            *[exact_sum(case((s.kind == "model_attempt", 0), else_=s[k])) for k in TOKEN_FIELDS],
-        )
-        .group_by(s.workspace_id, s.run_id)
-        .where(s.run_id.is_not(None))
+        select(s.workspace_id, s.run_id, *_run_sums(s)).group_by(s.workspace_id, s.run_id).where(s.run_id.is_not(None))
     )
     if workspace_id is not None:
         runs = runs.where(s.workspace_id == workspace_id)
@@ -151,17 +177,18 @@ def recompute(conn: Connection, workspace_id: str | None = None) -> dict[str, di
     led, joined = ledger(workspace_id)
     hour = _hour(led.c.started_at, lite).label("hour")
     sums = _ledger_sums(led)
-    dims = [led.c[d] if d != "workflow" else t.runs.c.workflow for d in HOURLY_DIMS]
+    by_run = dict(zip(RUN_DIMS, (t.runs.c.workflow, t.runs.c.endpoint_id), strict=True))
+    dims = [by_run[d] if d in by_run else led.c[d] for d in HOURLY_DIMS]
     out["hourly"] = _keyed(
         conn,
         select(led.c.workspace_id, hour, *dims, *sums).select_from(joined).group_by(led.c.workspace_id, hour, *dims),
-        9,
+        2 + len(HOURLY_DIMS),
     )
     day = _hour(led.c.started_at, lite, "day").label("day")
     out["daily"] = _keyed(
         conn,
         select(led.c.workspace_id, day, *dims, *sums).select_from(joined).group_by(led.c.workspace_id, day, *dims),
-        9,
+        2 + len(HOURLY_DIMS),
     )
     in_session = led.c.session_id.is_not(None)
     session = func.coalesce(led.c.session_id, NO_SESSION).label("session_id")
@@ -228,17 +255,20 @@ _DECLARED_IN = select(t.indexed_properties.c.workspace_id, t.indexed_properties.
 
 
 def kept(conn: Connection, workspace_id: str | None = None) -> dict[str, dict[Key, list[Any]]]:
-    """What the kept tables hold, in recompute's shape (cost joined back from its remainder and carry)."""
+    """What the kept tables hold, in recompute's shape (money joined back from its remainders and carries)."""
     out: dict[str, dict[Key, list[Any]]] = {}
     for name, (table, cols, measures) in KEPT.items():
-        stmt = select(*[table.c[c] for c in (*cols, *measures)], table.c.cost_carry)
+        columns = kept_measures(table, measures)
+        stmt = select(*[table.c[c] for c in cols], *columns)
         if workspace_id is not None:
             stmt = stmt.where(table.c.workspace_id == workspace_id)
         rows: dict[Key, list[Any]] = {}
-        cost = measures.index("cost_nanos")
+        money = [measures.index(m) for m in MONEY_MEASURES if m in measures]
+        width = len(cols) + len(measures)
         for r in conn.execute(stmt):
-            values = [_number(v) for v in r[len(cols) : -1]]
-            values[cost] += int(r[-1]) * COST_UNIT
+            values = [_number(v) for v in r[len(cols) : width]]
+            for at, carry in zip(money, r[width:], strict=True):
+                values[at] += int(carry) * COST_UNIT
             if any(values):  # a row whose events all moved elsewhere (a retried request) counts for nothing
                 rows[tuple(r[: len(cols)])] = values
         out[name] = rows

@@ -10,13 +10,24 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Select, and_, func, literal, literal_column, or_, select, union_all
+from sqlalchemy import BigInteger, Select, and_, case, func, literal, literal_column, or_, select, union_all
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
-from agentledger.core.books import COST_UNIT, NO_SESSION, RUN_MEASURES, hour_window
+from agentledger.core.books import (
+    COST_UNIT,
+    ESTIMATED_SOURCES,
+    LEDGER_MEASURES,
+    MONEY_MEASURES,
+    NO_SESSION,
+    NOT_TOOL_KINDS,
+    PAYMENT_COLUMNS,
+    RUN_MEASURES,
+    carry_of,
+    hour_window,
+)
 from agentledger.core.errors import InvalidRequest
 from agentledger.store import schema as t
 from agentledger.store.base import GROUP_COLUMNS, CostQuery, RunFilter
@@ -33,24 +44,34 @@ _TOTALS = (
 
 class _ExactInt(TypeDecorator[int]):
     """An exact integer however the backend hands it over: PostgreSQL's SUM(bigint) is NUMERIC (a Decimal),
-    SQLite's exact_sum a decimal string."""
+    SQLite's exact_sum the text 'hi,lo' (see there)."""
 
     impl = BigInteger
     cache_ok = True
 
     def process_result_value(self, value: Any, dialect: Any) -> int | None:
-        return None if value is None else int(value)
+        if value is None:
+            return None
+        if isinstance(value, str) and "," in value:
+            hi, lo = value.split(",")
+            return int(hi) * _SPLIT + int(lo)
+        return int(value)
+
+
+_SPLIT = 10**9
 
 
 class exact_sum(FunctionElement[int]):  # noqa: N801 (an SQL function, named like one)
-    """SUM of a non-negative BIGINT column that cannot overflow on either store.
+    """SUM of a BIGINT column that cannot overflow on either store, negative values included (an outbound
+    payment refunded is a negative cost).
 
     PostgreSQL sums BIGINT into NUMERIC: exact, never overflows. SQLite's SUM raises "integer overflow" past
-    2^63, which 9,224 events at the $1M bound would reach. So on SQLite each value is split in two at 10^9,
-    v = hi·10^9 + lo: every lo is below 10^9, so their SUM stays below 2^63 for 9.2·10^9 rows; every hi is at
-    most 2^63/10^9 ≈ 9.2·10^9 (10^6 for an event's own value, core.bounds), so theirs too for 10^9 rows of
-    kept totals or 9.2·10^12 events — more than a SQLite file holds (docs/architecture.md, "Bounds"). The two
-    sums are carried and joined as a decimal string in SQL. (Two digits, not three: a third of the work.)
+    2^63, which 9,224 events at the $1M bound would reach. So on SQLite each value is split in two at 10^9 with
+    SQLite's truncating `/` and `%`, v = hi·10^9 + lo, both parts of v's sign: every |lo| is below 10^9, so
+    their SUM stays within 2^63 for 9.2·10^9 rows; every |hi| is at most 2^63/10^9 ≈ 9.2·10^9 (2·10^6 for an
+    event's own value: a payment's amount plus its fee, core.bounds), so theirs too for 10^9 rows of kept
+    totals or 4.6·10^12 events — more than a SQLite file holds (docs/architecture.md, "Bounds"). The two sums
+    come back as the text 'hi,lo' and are joined in Python (`_ExactInt`), exactly, whatever their signs.
     """
 
     type = _ExactInt()
@@ -66,16 +87,21 @@ def _exact_sum(element: exact_sum, compiler: SQLCompiler, **kw: Any) -> str:
 @compiles(exact_sum, "sqlite")
 def _exact_sum_sqlite(element: exact_sum, compiler: SQLCompiler, **kw: Any) -> str:
     v = compiler.process(element.clauses, **kw)
-    lo, hi = f"SUM(({v}) % 1000000000)", f"SUM(({v}) / 1000000000)"
-    return f"(CAST({hi} + {lo} / 1000000000 AS TEXT) || printf('%09d', {lo} % 1000000000))"
+    return f"(CAST(SUM(({v}) / {_SPLIT}) AS TEXT) || ',' || CAST(SUM(({v}) % {_SPLIT}) AS TEXT))"
 
 
 def carried(row: dict[str, Any]) -> dict[str, Any]:
-    """A row of kept totals with its cost joined back: `cost_nanos` + `cost_carry`·10^15 (core.books)."""
-    carry = row.pop("cost_carry", None)
-    if carry:
-        row["cost_nanos"] = int(row["cost_nanos"] or 0) + int(carry) * COST_UNIT
+    """A row of kept totals with every money measure joined back: `x_nanos` + `x_carry`·10^15 (core.books)."""
+    for measure in MONEY_MEASURES:
+        carry = row.pop(carry_of(measure), None)
+        if carry:
+            row[measure] = int(row[measure] or 0) + int(carry) * COST_UNIT
     return row
+
+
+def kept_measures(table: Any, measures: tuple[str, ...]) -> list[Any]:
+    """The columns of `measures` and of the carries of the money measures among them."""
+    return [table.c[m] for m in measures] + [table.c[carry_of(m)] for m in MONEY_MEASURES if m in measures]
 
 
 def runs_query(workspace_id: str, flt: RunFilter, *, run_id: str | None = None) -> Select[Any]:
@@ -85,7 +111,8 @@ def runs_query(workspace_id: str, flt: RunFilter, *, run_id: str | None = None) 
     last row seen, so page 1000 costs what page 1 does; `offset` still works but reads what it skips."""
     r, k = t.runs.c, t.run_totals.c
     totals = [
-        func.coalesce(k[m], 0.0 if m == "model_latency_ms" else 0).label(m) for m in (*RUN_MEASURES, "cost_carry")
+        func.coalesce(c, 0.0 if c.name == "model_latency_ms" else 0).label(c.name)
+        for c in kept_measures(t.run_totals, RUN_MEASURES)
     ]
     stmt = (
         select(t.runs, *totals)
@@ -99,6 +126,7 @@ def runs_query(workspace_id: str, flt: RunFilter, *, run_id: str | None = None) 
         (flt.session_id, r.session_id),
         (flt.workflow, r.workflow),
         (flt.status, r.status),
+        (flt.endpoint_id, r.endpoint_id),
     ):
         if value is not None:
             stmt = stmt.where(col == value)
@@ -115,20 +143,16 @@ def runs_query(workspace_id: str, flt: RunFilter, *, run_id: str | None = None) 
 
 def session_paths_query(workspace_id: str, session_id: str) -> Select[Any]:
     p = t.session_paths.c
+    measures = [c for c in kept_measures(t.session_paths, LEDGER_MEASURES) if c.name != "events"]
     return (
-        select(
-            p.path,
-            p.events.label("count"),
-            p.requests,
-            *[p[m] for m in ("cost_nanos", *_TOTALS[1:])],
-            p.cost_carry,
-        )
+        select(p.path, p.events.label("count"), *measures)
         .where(p.workspace_id == workspace_id, p.session_id == session_id, p.events != 0)
         .order_by(p.path.asc().nulls_last())
     )
 
 
-# What a ledger row carries: its attribution, time, cost and tokens (also what core.books.Books reads of one).
+# What a ledger row carries: its attribution, time, status, cost and tokens (also what core.books.Books reads of
+# one, with a step's kind and payment columns: STEP_BOOK_COLUMNS).
 LEDGER_COLUMNS = (
     "workspace_id",
     "department_id",
@@ -142,20 +166,46 @@ LEDGER_COLUMNS = (
     "provider",
     "properties",
     "started_at",
+    "status",
+    "cost_source",
     *_TOTALS,
 )
+STEP_BOOK_COLUMNS = ("kind", *PAYMENT_COLUMNS)
+
+
+def ledger_measures(c: Any, is_request: bool) -> list[Any]:
+    """What one event adds to LEDGER_MEASURES but `events` (one each), as SQL over its table's columns `c`: the
+    rule core.books.Books applies when it books the event, for the recomputation that checks it."""
+    cost = c.cost_nanos if is_request else case((c.kind == "model_attempt", 0), else_=c.cost_nanos)
+    tokens = [c[f] if is_request else case((c.kind == "model_attempt", 0), else_=c[f]) for f in _TOTALS[1:]]
+    zero = literal_column("0", BigInteger)
+    return [
+        literal(int(is_request)).label("requests"),
+        case((c.status == "error", 1), else_=0).label("errors"),
+        cost.label("cost_nanos"),
+        *[v.label(f) for v, f in zip(tokens, _TOTALS[1:], strict=True)],
+        *[(zero if is_request else c[m]).label(m) for m in PAYMENT_COLUMNS],
+        (zero if is_request else case((c.kind.in_(NOT_TOOL_KINDS), 0), else_=cost)).label("tool_spend_nanos"),
+        case((c.cost_source.in_(ESTIMATED_SOURCES), cost), else_=0).label("estimated_cost_nanos"),
+    ]
+
+
+def ledger_part(c: Any, is_request: bool, attribution: tuple[str, ...] = LEDGER_COLUMNS[:12]) -> Select[Any]:
+    """One table's events of the ledger: `attribution` columns and the measures (`ledger_measures`); a step
+    counts only when it did not come through the gateway (its request is counted)."""
+    part = select(*[c[k] for k in attribution], *ledger_measures(c, is_request))
+    return part if is_request else part.where(c.request_id.is_(None))
 
 
 def ledger(workspace_id: str | None, since: datetime | None = None, until: datetime | None = None) -> Any:
     """Every costed event once — all gateway requests, plus steps that did not come through the gateway —
-    started in [since, until); and the same outer-joined to its run (for the run's `workflow`). Each table is
-    its own branch, an index range scan (schema: ix_requests_started_ws, ix_steps_ws_started)."""
+    started in [since, until), with what it adds to the books (`ledger_measures`); and the same outer-joined to
+    its run (for the run's `workflow`). Each table is its own branch, an index range scan (schema:
+    ix_requests_started_ws, ix_steps_ws_started)."""
     r, s = t.requests.c, t.steps.c
     parts = []
-    for c, requests in ((r, 1), (s, 0)):
-        part = select(*[c[k] for k in LEDGER_COLUMNS], literal(requests).label("requests"))
-        if requests == 0:
-            part = part.where(c.request_id.is_(None))
+    for c, is_request in ((r, True), (s, False)):
+        part = ledger_part(c, is_request)
         if workspace_id is not None:
             part = part.where(c.workspace_id == workspace_id)
         if since is not None:
@@ -236,13 +286,13 @@ def costs_query(workspace_id: str, q: CostQuery, *, sqlite: bool, indexed: bool 
         roll, key, conditions = source
         spans: list[tuple[Any, str, datetime | None, datetime | None]] = [(roll, "hour", since, until)]
         if roll is t.rollup_hourly and q.interval != "hour":
-            spans = _by_days(since, until)
+            spans = day_spans(since, until)
         parts = []
         for table, column, lo, hi in spans:
             at = table.c[column]
             cols = [(key if table is roll else table.c[key.name]).label("key")]
             if q.interval is not None:
-                cols.append(_bucket(at, q.interval, sqlite=sqlite).label("bucket"))
+                cols.append(time_bucket(at, q.interval, sqlite=sqlite).label("bucket"))
             part = select(*cols, *[table.c[m] for m in measures]).where(
                 table.c.workspace_id == workspace_id, *conditions
             )
@@ -256,7 +306,7 @@ def costs_query(workspace_id: str, q: CostQuery, *, sqlite: bool, indexed: bool 
         led, _ = ledger(workspace_id, since, until)
         cols = [raw_key(q, led).label("key")]
         if q.interval is not None:
-            cols.append(_bucket(led.c.started_at, q.interval, sqlite=sqlite).label("bucket"))
+            cols.append(time_bucket(led.c.started_at, q.interval, sqlite=sqlite).label("bucket"))
         rows = select(
             *cols,
             literal(1).label("events"),
@@ -283,7 +333,10 @@ def costs_query(workspace_id: str, q: CostQuery, *, sqlite: bool, indexed: bool 
     )
 
 
-def _by_days(since: datetime | None, until: datetime | None) -> list[tuple[Any, str, datetime | None, datetime | None]]:
+Span = tuple[Any, str, datetime | None, datetime | None]  # a kept table, its time column, [from, to)
+
+
+def day_spans(since: datetime | None, until: datetime | None) -> list[Span]:
     """An hour-aligned window as the whole days inside it (rollup_daily) and the hours around them
     (rollup_hourly): the same sums, from 24 times fewer rows over a month."""
     hours = [(t.rollup_hourly, "hour", since, until)]
@@ -294,7 +347,7 @@ def _by_days(since: datetime | None, until: datetime | None) -> list[tuple[Any, 
     last = None if until is None else until.replace(hour=0)
     if first is not None and last is not None and first >= last:
         return hours
-    spans: list[tuple[Any, str, datetime | None, datetime | None]] = [(t.rollup_daily, "day", first, last)]
+    spans: list[Span] = [(t.rollup_daily, "day", first, last)]
     if since is not None and first != since:
         spans.append((t.rollup_hourly, "hour", since, first))
     if until is not None and last != until:
@@ -313,7 +366,7 @@ def scan_count_query(workspace_id: str, q: CostQuery, cap: int) -> Select[Any]:
     return select(func.count()).select_from(select(led.c.workspace_id).limit(cap + 1).subquery())
 
 
-def _bucket(col: Any, interval: str, *, sqlite: bool) -> Any:
+def time_bucket(col: Any, interval: str, *, sqlite: bool) -> Any:
     pg_format = {"hour": 'YYYY-MM-DD"T"HH24:00:00"Z"', "day": "YYYY-MM-DD"}
     if interval not in pg_format:
         raise InvalidRequest("interval must be 'hour' or 'day'.", param="interval")

@@ -27,7 +27,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeDecorator
 
-from agentledger.core.rollup import TOKEN_FIELDS
+from agentledger.core.books import (
+    FINANCE_MEASURES,
+    LEDGER_MEASURES,
+    MONEY_MEASURES,
+    PAYMENT_COLUMNS,
+    RUN_MEASURES,
+    carry_of,
+)
 
 metadata = MetaData()
 
@@ -184,6 +191,9 @@ runs = Table(
     Index("ix_runs_ws_agent", "workspace_id", "agent_id", "started_at", "id"),
     Index("ix_runs_ws_workflow", "workspace_id", "workflow", "started_at", "id"),
     Index("ix_runs_ws_status", "workspace_id", "status", "started_at", "id"),
+    # The paid endpoint whose sale started the run (x402): its books group by it (core.books.RUN_DIMS).
+    Column("endpoint_id", ID, nullable=True),
+    Index("ix_runs_ws_endpoint", "workspace_id", "endpoint_id", "started_at", "id"),
 )
 
 _attribution = (
@@ -276,6 +286,10 @@ steps = Table(
     Column("latency_ms", Float, nullable=True),
     Column("started_at", TS, nullable=False),
     Column("ended_at", TS, nullable=True),
+    # A payment step's payment (core.finance.payment_values), and what it adds to the books as plain columns that
+    # SQL sums (core.finance.payment_books; 0 on every other step).
+    Column("payment", JSON, nullable=True),
+    *[Column(n, BigInteger, nullable=False, default=0, server_default="0") for n in PAYMENT_COLUMNS],
     UniqueConstraint("workspace_id", "id", name="uq_steps_ws_id"),
     Index("ix_steps_ws_run", "workspace_id", "run_id", "started_at"),
     Index("ix_steps_ws_started", "workspace_id", "started_at"),
@@ -451,26 +465,32 @@ idempotency_claims = Table(
 
 
 # -- the books: totals and rollups kept at write time (core.books; docs/architecture.md, "Books") ------------
-# Each row is the sum of the raw rows it covers, changed by deltas in the transaction that writes them. Cost
-# is `cost_carry`·10^15 + `cost_nanos` (core.books.split_cost): one BIGINT could not hold the sum of 9,224
-# events at the per-event bound.
+# Each row is the sum of the raw rows it covers, changed by deltas in the transaction that writes them. Every
+# money measure is `x_carry`·10^15 + `x_nanos` (core.books.split_money): one BIGINT could not hold the sum of
+# 9,224 events at the per-event bound.
+
+# Added by migration 0008 to tables that already held rows: a server default fills them (then 0008 rebuilds).
+_ADDED_0008 = frozenset({*FINANCE_MEASURES, *(carry_of(m) for m in FINANCE_MEASURES)})
 
 
-def _measures(*names: str) -> list[Column[object]]:
-    return [
-        Column(n, Float if n == "model_latency_ms" else BigInteger, nullable=False, default=0)
-        for n in (*names, "cost_carry")
-    ]
+def _measures(names: tuple[str, ...], added: frozenset[str] = _ADDED_0008) -> list[Column[object]]:
+    def column(n: str) -> Column[object]:
+        type_ = Float if n == "model_latency_ms" else BigInteger
+        return Column(n, type_, nullable=False, default=0, server_default="0" if n in added else None)
+
+    return [column(n) for n in (*names, *(carry_of(m) for m in MONEY_MEASURES if m in names))]
 
 
-_LEDGER = ("events", "requests", "cost_nanos", *TOKEN_FIELDS)
+_LEDGER = LEDGER_MEASURES
+# The ledger tables had no `errors` before 0008 (run_totals had).
+_LEDGER_ADDED = _ADDED_0008 | {"errors"}
 
 run_totals = Table(
     "run_totals",
     metadata,
     Column("workspace_id", ID, primary_key=True),
     Column("run_id", ID, primary_key=True),
-    *_measures("steps", "model_calls", "errors", "retries", "model_latency_ms", "cost_nanos", *TOKEN_FIELDS),
+    *_measures(RUN_MEASURES),
 )
 
 # A session's events by `alephant-session-path` (NULL: without a path). `path_key` is core.books.dims_key of
@@ -482,7 +502,7 @@ session_paths = Table(
     Column("session_id", ID, primary_key=True),
     Column("path_key", String(32), primary_key=True),
     Column("path", String(1024), nullable=True),
-    *_measures(*_LEDGER),
+    *_measures(_LEDGER, _LEDGER_ADDED),
 )
 
 
@@ -501,7 +521,8 @@ def _rollup_by(name: str, bucket: str) -> Table:
         Column("model", String(256), nullable=True),
         Column("provider", String(64), nullable=True),
         Column("prompt_id", ID, nullable=True),
-        *_measures(*_LEDGER),
+        *_measures(_LEDGER, _LEDGER_ADDED),
+        Column("endpoint_id", ID, nullable=True),  # core.books.HOURLY_DIMS; added by 0008
     )
 
 
@@ -515,7 +536,7 @@ rollup_sessions = Table(
     Column("workspace_id", ID, primary_key=True),
     Column("hour", TS, primary_key=True),
     Column("session_id", ID, primary_key=True),
-    *_measures(*_LEDGER),
+    *_measures(_LEDGER, _LEDGER_ADDED),
 )
 
 rollup_properties = Table(
@@ -526,7 +547,7 @@ rollup_properties = Table(
     Column("hour", TS, primary_key=True),
     Column("value_key", String(32), primary_key=True),
     Column("value", String(1024), nullable=True),  # NULL: the events without the property
-    *_measures(*_LEDGER),
+    *_measures(_LEDGER, _LEDGER_ADDED),
 )
 
 # Properties a workspace groups costs by often enough to keep rollups for (`group_by=property.<name>`).

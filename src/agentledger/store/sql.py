@@ -41,8 +41,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, TimeoutError as PoolTimeout
 
 from agentledger.core.alerts import from_budget_alert
-from agentledger.core.books import Books
+from agentledger.core.books import NO_RUN, PAYMENT_COLUMNS, Books, RunDims
 from agentledger.core.errors import Conflict, InvalidRequest, StoreUnavailable
+from agentledger.core.finance import NOTHING, payment_books, payment_values
 from agentledger.core.model import (
     NO_RETRY,
     AdminPrincipal,
@@ -59,6 +60,7 @@ from agentledger.core.model import (
     RunEnd,
     RunStart,
     RunStatus,
+    StepKind,
     StepRecord,
     TraceEvent,
 )
@@ -66,15 +68,25 @@ from agentledger.core.pricing import Price
 from agentledger.store import (
     books as books_sql,
     budgets as budgets_sql,
+    finance_queries,
     governance as governance_sql,
     schema as t,
     webhooks as webhooks_sql,
 )
-from agentledger.store.base import CostQuery, RequestClaim, RunFilter, StoredResponse, WriteResult
+from agentledger.store.base import (
+    CostQuery,
+    FinanceQuery,
+    FinanceSummary,
+    RequestClaim,
+    RunFilter,
+    StoredResponse,
+    WriteResult,
+)
 from agentledger.store.books import BookKeeper
 from agentledger.store.bulk import BulkStatement, CopyInsert
 from agentledger.store.queries import (
     LEDGER_COLUMNS,
+    STEP_BOOK_COLUMNS,
     carried,
     check_group_by,
     costs_query,
@@ -111,12 +123,12 @@ CLAIM_PURGE_INTERVAL = 60.0  # seconds between purges of expired idempotency cla
 # A cost grouping no rollup keeps (`run`, a property not declared indexed) reads the events of its window:
 # at most this many (docs/api.md, "Bounds"), about a second of reading.
 MAX_SCAN_EVENTS = 200_000
-WORKFLOW_CACHE_SIZE = 100_000  # runs whose workflow the writer remembers
+WORKFLOW_CACHE_SIZE = 100_000  # runs whose workflow and paid endpoint the writer remembers
 ANALYZE_FIRST = 10_000  # events written before the first statistics refresh (then at each doubling)
 # The trace tables and every kept one (the list was written out once, and missed rollup_daily when it came).
 ANALYZED = ("steps", "requests", "runs", "sessions", *(table.name for table, _, _ in books_sql.KEPT.values()))
 # What the books need of a request row that a retry replaces.
-_REQUEST_BOOK_COLUMNS = ("id", "status", *LEDGER_COLUMNS)
+_REQUEST_BOOK_COLUMNS = ("id", *LEDGER_COLUMNS)
 
 # PostgreSQL: find the completed response of an x-request-id, or else claim the id, in one statement (one round
 # trip). ON CONFLICT serializes concurrent claimants across processes: the loser sees the winner's row and
@@ -197,9 +209,9 @@ class SQLStore:
         self._analyze_at = ANALYZE_FIRST
         self._copies: dict[tuple[str, ...], CopyInsert] = {}
         self._lookups: dict[tuple[str, tuple[str, ...], bool], Any] = {}
-        # Run workflows the books have looked up (writer thread only): the rollups group by them.
-        self._workflow_cache: dict[tuple[str, str], str | None] = {}
-        self._pending_workflows: dict[tuple[str, str], str | None] = {}
+        # Run workflows and paid endpoints the books have looked up (writer thread only): the rollups group by them.
+        self._workflow_cache: dict[tuple[str, str], RunDims] = {}
+        self._pending_workflows: dict[tuple[str, str], RunDims] = {}
         self.budgets = budgets_sql.BudgetStore(self)
         self.governance = governance_sql.GovernanceStore(self)
 
@@ -458,23 +470,26 @@ class SQLStore:
             out += [(stored[(row["workspace_id"], row["id"])], row) for row in replace]
         return out
 
-    def _booked_before(self, conn: Connection, runs: list[dict[str, Any]]) -> list[tuple[dict[str, Any], bool, str]]:
+    def _booked_before(
+        self, conn: Connection, runs: list[dict[str, Any]]
+    ) -> list[tuple[dict[str, Any], bool, RunDims]]:
         """The ledger rows booked before their run existed (steps sent without it), for runs this batch created
-        with a workflow: they were booked under no workflow and move to the run's. (row, is_request, workflow)
-        One statement per workspace, however many runs the batch created."""
-        workflows: dict[str, dict[str, str]] = {}
+        with a workflow or a paid endpoint: they were booked under neither and move to the run's.
+        (row, is_request, the run's dimensions). One statement per workspace, however many runs it created."""
+        dims: dict[str, dict[str, RunDims]] = {}
         for run in runs:
-            if run["workflow"] is not None:
-                workflows.setdefault(run["workspace_id"], {})[run["id"]] = run["workflow"]
-        found: list[tuple[dict[str, Any], bool, str]] = []
+            if run["workflow"] is not None or run["endpoint_id"] is not None:
+                dims.setdefault(run["workspace_id"], {})[run["id"]] = (run["workflow"], run["endpoint_id"])
+        found: list[tuple[dict[str, Any], bool, RunDims]] = []
         r, s = t.requests.c, t.steps.c
-        for ws, by_run in workflows.items():
+        none: list[Any] = [literal(None).label("kind"), *[literal(0).label(c) for c in PAYMENT_COLUMNS]]
+        for ws, by_run in dims.items():
             ids = sorted(by_run)
             stmt = union_all(
-                select(*[r[k] for k in LEDGER_COLUMNS], literal(True).label("is_request")).where(
+                select(*[r[k] for k in LEDGER_COLUMNS], *none, literal(True).label("is_request")).where(
                     r.workspace_id == ws, r.run_id.in_(ids)
                 ),
-                select(*[s[k] for k in LEDGER_COLUMNS], literal(False)).where(
+                select(*[s[k] for k in (*LEDGER_COLUMNS, *STEP_BOOK_COLUMNS)], literal(False)).where(
                     s.workspace_id == ws, s.run_id.in_(ids), s.request_id.is_(None)
                 ),
             )
@@ -489,10 +504,10 @@ class SQLStore:
         conn: Connection,
         requests: list[tuple[dict[str, Any] | None, dict[str, Any]]],
         steps: list[dict[str, Any]],
-        moved: list[tuple[dict[str, Any], bool, str]],
+        moved: list[tuple[dict[str, Any], bool, RunDims]],
     ) -> None:
         rows = [row for pair in requests for row in pair if row is not None] + steps + [m[0] for m in moved]
-        workflows = self._workflows_of(conn, {(r["workspace_id"], r["run_id"]) for r in rows if r["run_id"]})
+        dims = self._run_dims(conn, {(r["workspace_id"], r["run_id"]) for r in rows if r["run_id"]})
         # Read after this batch's rows are in: a property declared meanwhile either is seen here, or its
         # backfill (which waits for this transaction on PostgreSQL, and runs on this thread on SQLite) sees them.
         indexed: dict[str, frozenset[str]] = {}
@@ -503,26 +518,26 @@ class SQLStore:
         for old, new in requests:
             if old is not None:
                 ws = old["workspace_id"]
-                books.request(old, workflows.get((ws, old["run_id"])), indexed.get(ws, none), -1)
+                books.request(old, dims.get((ws, old["run_id"]), NO_RUN), indexed.get(ws, none), -1)
             ws = new["workspace_id"]
-            books.request(new, workflows.get((ws, new["run_id"])), indexed.get(ws, none))
+            books.request(new, dims.get((ws, new["run_id"]), NO_RUN), indexed.get(ws, none))
         for step in steps:
             ws = step["workspace_id"]
-            books.step(step, workflows.get((ws, step["run_id"])), indexed.get(ws, none))
-        for row, is_request, workflow in moved:
-            books.move(row, is_request, None, workflow, indexed.get(row["workspace_id"], none))
+            books.step(step, dims.get((ws, step["run_id"]), NO_RUN), indexed.get(ws, none))
+        for row, is_request, run in moved:
+            books.move(row, is_request, NO_RUN, run, indexed.get(row["workspace_id"], none))
         self._books.apply(conn, books)
 
-    def _workflows_of(self, conn: Connection, runs: set[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
-        """The workflow of each run (fixed when the run is created, so remembered across batches)."""
+    def _run_dims(self, conn: Connection, runs: set[tuple[str, str]]) -> dict[tuple[str, str], RunDims]:
+        """The workflow and paid endpoint of each run (fixed when the run is created, so remembered across
+        batches)."""
         known = {key: self._workflow_cache[key] for key in runs if key in self._workflow_cache}
         missing = runs - known.keys()
         if missing:
             for key, row in self._existing(
-                conn, t.runs, missing, ("workspace_id", "id", "workflow"), lock=False
+                conn, t.runs, missing, ("workspace_id", "id", "workflow", "endpoint_id"), lock=False
             ).items():
-                known[key] = row["workflow"]
-                self._pending_workflows[key] = row["workflow"]
+                known[key] = self._pending_workflows[key] = (row["workflow"], row["endpoint_id"])
         return known
 
     def _statement(self, table: Any, build: Callable[[], Any], keys: tuple[str, ...]) -> BulkStatement:
@@ -871,6 +886,24 @@ class SQLStore:
         rows = await self._select(costs_query(workspace_id, query, sqlite=self.is_sqlite, indexed=indexed), query=True)
         return [carried(r) for r in rows]
 
+    async def finance_summary(self, workspace_id: str, query: FinanceQuery) -> FinanceSummary:
+        """P&L measures grouped from the kept rows (store/finance_queries.py), its rows and totals read in one
+        snapshot: a batch committed in between would otherwise make the totals disagree with the rows."""
+
+        def run() -> FinanceSummary:
+            with self.engine.connect() as conn:
+                if self.is_sqlite:
+                    # pysqlite opens no transaction for a SELECT: each would read its own snapshot.
+                    conn.exec_driver_sql("BEGIN")
+                else:
+                    conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                try:
+                    return finance_queries.summary(conn, workspace_id, query)
+                finally:
+                    conn.rollback()
+
+        return await self._run(self._queries, run)
+
     # -- the books: indexed properties, verify and rebuild ----------------------------------------------------------
     async def indexed_properties(self, workspace_id: str) -> list[str]:
         return [name for _, name in await self._read(lambda conn: books_sql.declared(conn, workspace_id))]
@@ -1004,6 +1037,7 @@ def _run_values(ev: RunStart) -> dict[str, Any]:
         status=RunStatus.RUNNING.value,
         started_at=ev.started_at,
         metadata=ev.metadata,
+        endpoint_id=ev.endpoint_id,
     )
 
 
@@ -1039,7 +1073,13 @@ def _request_values(r: RequestRecord) -> dict[str, Any]:
 
 def _step_values(s: StepRecord) -> dict[str, Any]:
     # One literal, no helper dicts: this runs for every step written (tens of thousands a second).
-    a, u = s.attribution, s.usage
+    a, u, p = s.attribution, s.usage, s.payment
+    if p is not None and s.kind is StepKind.PAYMENT:
+        # The payment decides the step's cost (core.finance): whoever built the record, the books add up.
+        paid = payment_books(p)
+        cost, payment = paid.cost, payment_values(p)
+    else:
+        paid, cost, payment = NOTHING, s.cost_nanos, None
     return {
         "id": s.step_id,
         "parent_id": s.parent_id,
@@ -1064,7 +1104,7 @@ def _step_values(s: StepRecord) -> dict[str, Any]:
         "cache_write_tokens": u.cache_write_tokens if u else 0,
         "output_tokens": u.output_tokens if u else 0,
         "reasoning_tokens": u.reasoning_tokens if u else 0,
-        "cost_nanos": s.cost_nanos,
+        "cost_nanos": cost,
         "cost_source": s.cost_source.value if s.cost_source else None,
         "branch": s.branch,
         "attempt": s.attempt,
@@ -1075,4 +1115,9 @@ def _step_values(s: StepRecord) -> dict[str, Any]:
         "latency_ms": s.latency_ms,
         "started_at": s.started_at,
         "ended_at": s.ended_at,
+        "payment": payment,
+        "revenue_nanos": paid.revenue,
+        "refund_nanos": paid.refund,
+        "fee_nanos": paid.fee,
+        "payment_out_nanos": paid.payment_out,
     }

@@ -3,13 +3,14 @@
 Revision ID: 0003_books
 Revises: 0002_idempotency_claims
 
-The new tables are filled from the rows already stored (store.books.rebuild), in this migration's transaction.
+The new tables are filled from the rows already stored (store.books.rebuild) once the upgrade is done, in its
+transaction (store/migrations/env.py): with the books code of the head revision, whose columns exist only then.
 """
 
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 
 # revision identifiers, used by Alembic.
 revision: str = "0003_books"
@@ -165,9 +166,7 @@ def upgrade() -> None:
         batch_op.create_index("ix_requests_started_ws", ["started_at", "workspace_id"], unique=False)
 
     # ### end Alembic commands ###
-    from agentledger.store.books import rebuild
-
-    rebuild(op.get_bind())
+    context.config.attributes["rebuild_books"] = True
 
 
 def downgrade() -> None:
