@@ -115,9 +115,7 @@ def step_batches(ws: str, tag: str, steps: int, per_batch: int = 1000) -> list[l
     batches: list[list[TraceEvent]] = []
     for b in range(0, steps, per_batch):
         run = f"{tag}-run{b}"
-        a = Attribution(
-            workspace_id=ws, department_id="d0", virtual_key_id="vk", agent_id="a0", run_id=run, properties={"team": "y"}
-        )
+        a = Attribution(ws, department_id="d0", agent_id="a0", run_id=run, properties={"team": "y"})
         batch: list[TraceEvent] = [RunStart(run_id=run, attribution=a, started_at=T0, workflow="wf")]
         for i in range(min(per_batch, steps - b)):
             at = T0 + timedelta(seconds=i)

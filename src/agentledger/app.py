@@ -21,6 +21,7 @@ from starlette.routing import Match, Route
 from agentledger.api.approvals import approval_routes
 from agentledger.api.auth import AdminAuth
 from agentledger.api.budgets import budget_routes
+from agentledger.api.finance import finance_routes
 from agentledger.api.health import health_routes
 from agentledger.api.manage import manage_routes
 from agentledger.api.openapi import openapi_routes
@@ -370,6 +371,7 @@ def create_app(
         *policy_routes(auth, c.store, c.gateway),
         *run_control_routes(auth, c.store, c.gateway),
         *query_routes(auth, c.store, c.pipeline),
+        *finance_routes(auth, c.store, c.pipeline),
         *health_routes(c.store, c.pipeline),
         *openapi_routes(),
     ]

@@ -28,9 +28,19 @@ from agentledger.core.bounds import (
 )
 from agentledger.core.errors import AgentLedgerError, InvalidRequest
 from agentledger.core.fields import id_field, text_field, time_field
+from agentledger.core.finance import payment_cost, within_bounds
 from agentledger.core.headers import ID_RE, MAX_ID_LEN, MAX_NAME_LEN, MAX_PATH_LEN, normalize_path
 from agentledger.core.ids import new_id
-from agentledger.core.model import Attribution, StepKind, StepRecord, StepStatus
+from agentledger.core.model import (
+    Attribution,
+    Payment,
+    PaymentDirection,
+    PaymentProtocol,
+    PaymentStatus,
+    StepKind,
+    StepRecord,
+    StepStatus,
+)
 from agentledger.core.money import event_cost_nanos
 from agentledger.core.pricing import Cost, CostSource, Price, bounded
 from agentledger.core.usage import Usage
@@ -46,6 +56,17 @@ _USAGE_FIELDS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "o
 _PRINTABLE = re.compile(r"[^\x00-\x1f\x7f-\x9f]+")
 # orjson writes one character as at most 6 bytes (a control as \u00XX); a string this short always fits.
 _SHORT_STR = (MAX_JSON_BYTES - 2) // 6
+# Dollars as a decimal string, as the OpenAPI document's COST_USD states them (no sign, no exponent).
+_MAX_DIGITS = len(str(MAX_EVENT_COST_USD)) - 1
+USD_TEXT = re.compile(f"0*([0-9]{{1,{_MAX_DIGITS}}}(\\.[0-9]+)?|{MAX_EVENT_COST_USD}(\\.0+)?)")
+_DIRECTIONS = {d.value: d for d in PaymentDirection}
+_PAYMENT_STATUSES = {s.value: s for s in PaymentStatus}
+_PROTOCOLS = {p.value: p for p in PaymentProtocol}
+MAX_ASSET_DIGITS = 78  # a uint256 in decimal: the largest amount an EVM token can hold
+_ATOMIC = re.compile(f"[0-9]{{1,{MAX_ASSET_DIGITS}}}")
+# Lengths of a payment's labels: a CAIP-2 network id is at most 41 characters; addresses, names and transaction
+# references fit 256.
+MAX_NETWORK_LEN, MAX_PAYMENT_LABEL_LEN = 64, 256
 
 
 def label(value: Any, key: str, limit: int = MAX_NAME_LEN) -> str:
@@ -127,7 +148,20 @@ class BatchParser:
         raw = item.get("provider")
         provider = None if raw is None else label(raw, "provider", 64)
         usage = _usage(item.get("usage"))
-        cost = self._cost(item.get("cost_usd"), usage, model, provider, started)
+        payment = None
+        if kind is StepKind.PAYMENT:
+            # A payment's cost is derived (core.finance.payment_cost), so a figure of the client's own could only
+            # disagree with it.
+            if item.get("cost_usd") is not None:
+                raise InvalidRequest(
+                    "'cost_usd' is not taken on a payment step: its cost is its payment's (an outbound payment's "
+                    "amount and fee, an inbound one's fee).",
+                    param="cost_usd",
+                )
+            payment = _payment(item.get("payment"), i)
+            cost: Cost | None = Cost(payment_cost(payment), CostSource.REPORTED)
+        else:
+            cost = self._cost(item.get("cost_usd"), usage, model, provider, started)
         raw = item.get("session_path")
         attribution = self.attribution if raw is None else self._with_path(raw)
         raw = item.get("id")
@@ -146,6 +180,8 @@ class BatchParser:
         step_input = None if raw is None else storable(raw, "input")
         raw = item.get("output")
         step_output = None if raw is None else storable(raw, "output")
+        if payment is None and item.get("payment") is not None:
+            raise InvalidRequest(f"steps[{i}].payment is only taken on a step of kind 'payment'.", param="payment")
         return StepRecord(
             step_id=step_id,
             run_id=self.run_id,
@@ -168,6 +204,7 @@ class BatchParser:
             input=step_input,
             output=step_output,
             attributes=_attributes(item.get("attributes")),
+            payment=payment,
         )
 
     def _cost(
@@ -250,6 +287,81 @@ def _cost_usd(raw: Any) -> Cost:
             param="cost_usd",
         ) from None
     return Cost(nanos, CostSource.REPORTED)
+
+
+def _usd(raw: Any, param: str) -> int:
+    """Dollars (a decimal string or a number, 0 to the event bound) → nano-dollars, else a 400 naming `param`."""
+    try:
+        if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+            raise ValueError(raw)
+        if raw.__class__ is str and not USD_TEXT.fullmatch(raw):
+            raise ValueError(raw)
+        nanos, over = event_cost_nanos(raw)
+        if over:
+            raise ValueError(raw)
+    except ValueError:
+        raise InvalidRequest(
+            f"'{param}' must be a decimal from 0 to {MAX_EVENT_COST_USD} dollars, such as \"0.0125\".", param=param
+        ) from None
+    return nanos
+
+
+def _payment(raw: Any, i: int) -> Payment:
+    """A payment step's `payment` object → Payment; each error names its field (`payment.amount_usd`)."""
+    if raw is None:
+        raise InvalidRequest(f"steps[{i}].payment is required on a step of kind 'payment'.", param="payment")
+    if raw.__class__ is not dict:
+        raise InvalidRequest("'payment' must be an object.", param="payment")
+    value = raw.get("direction")
+    direction = _DIRECTIONS.get(value) if value.__class__ is str else None
+    if direction is None:
+        raise InvalidRequest("'payment.direction' must be 'inbound' or 'outbound'.", param="payment.direction")
+    value = raw.get("status")
+    status = _PAYMENT_STATUSES.get(value) if value.__class__ is str else None
+    if status is None:
+        raise InvalidRequest(f"'payment.status' must be one of {', '.join(_PAYMENT_STATUSES)}.", param="payment.status")
+    value = raw.get("amount_usd")
+    if value is None:
+        raise InvalidRequest("'payment.amount_usd' is required.", param="payment.amount_usd")
+    amount = _usd(value, "payment.amount_usd")
+    value = raw.get("fee_usd")
+    fee = 0 if value is None else _usd(value, "payment.fee_usd")
+    value = raw.get("protocol")
+    protocol = PaymentProtocol.MANUAL if value is None else _PROTOCOLS.get(value) if value.__class__ is str else None
+    if protocol is None:
+        raise InvalidRequest(f"'payment.protocol' must be one of {', '.join(_PROTOCOLS)}.", param="payment.protocol")
+    value = raw.get("asset_amount")
+    if value is not None and (value.__class__ is not str or not _ATOMIC.fullmatch(value)):
+        raise InvalidRequest(
+            f"'payment.asset_amount' must be the amount in the asset's atomic units: a string of 1 to "
+            f"{MAX_ASSET_DIGITS} digits.",
+            param="payment.asset_amount",
+        )
+    payment = Payment(
+        direction=direction,
+        status=status,
+        amount_nanos=amount,
+        protocol=protocol,
+        fee_nanos=fee,
+        asset_amount=value,
+        network=_optional_label(raw, "network", MAX_NETWORK_LEN),
+        asset=_optional_label(raw, "asset", MAX_PAYMENT_LABEL_LEN),
+        counterparty=_optional_label(raw, "counterparty", MAX_PAYMENT_LABEL_LEN),
+        reference=_optional_label(raw, "reference", MAX_PAYMENT_LABEL_LEN),
+        endpoint_id=None if raw.get("endpoint_id") is None else ident(raw["endpoint_id"], "payment.endpoint_id"),
+    )
+    if not within_bounds(payment):
+        raise InvalidRequest(
+            f"'payment.fee_usd': the amount and the fee together must be at most {MAX_EVENT_COST_USD} dollars "
+            "(what one step may cost).",
+            param="payment.fee_usd",
+        )
+    return payment
+
+
+def _optional_label(raw: dict[str, Any], key: str, limit: int) -> str | None:
+    value = raw.get(key)
+    return None if value is None else label(value, f"payment.{key}", limit)
 
 
 def _attributes(raw: Any) -> dict[str, Any]:

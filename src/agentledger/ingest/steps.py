@@ -208,10 +208,12 @@ class StepIngest:
         are written in the steps' transaction."""
         if self.desk is None:
             return []
+        # A payment step's cost is its payment's (core.finance): an outbound payment's amount and fee are charged
+        # like any cost, and a refund of one (a negative cost) gives them back. A refund settles no authorization.
         reservations = {
             step.step_id: item["reservation_id"]
             for step, item in zip(steps, batch.items, strict=True)
-            if isinstance(item, dict) and isinstance(item.get("reservation_id"), str)
+            if isinstance(item, dict) and isinstance(item.get("reservation_id"), str) and step.cost_nanos >= 0
         }
         if not reservations and not any(s.cost_nanos for s in steps):
             return []

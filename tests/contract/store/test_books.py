@@ -18,8 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from agentledger.core.books import COST_UNIT
+from agentledger.core.finance import payment_cost
 from agentledger.core.model import (
     Attribution,
+    Payment,
+    PaymentDirection,
+    PaymentStatus,
     RequestRecord,
     RunEnd,
     RunStart,
@@ -31,13 +35,21 @@ from agentledger.core.model import (
 )
 from agentledger.core.pricing import CostSource
 from agentledger.core.usage import Usage
-from agentledger.store.base import CostQuery, RunFilter, WriteResult
+from agentledger.store.base import CostQuery, FinanceQuery, RunFilter, WriteResult
 from agentledger.store.sql import SQLStore
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 COSTS = st.one_of(st.integers(0, 5_000_000), st.sampled_from([COST_UNIT, COST_UNIT - 1, 999_999_999_999]))
 RUNS = ["r0", "r1", "r2"]
 WORKFLOWS = {"r0": "wf-a", "r1": "wf-b", "r2": None}
+ENDPOINTS = {"r0": "ep-a", "r1": None, "r2": "ep-b"}  # a run's paid endpoint, fixed like its workflow
+PAYMENTS = st.builds(
+    Payment,
+    direction=st.sampled_from(list(PaymentDirection)),
+    status=st.sampled_from(list(PaymentStatus)),
+    amount_nanos=st.one_of(st.integers(0, 5_000_000), st.just(COST_UNIT - 7)),
+    fee_nanos=st.sampled_from([0, 7]),
+)
 
 
 @st.composite
@@ -65,9 +77,16 @@ def step_batch(draw: st.DrawFn, ws: str) -> list[TraceEvent]:
     a = draw(attribution(ws, run))
     events: list[TraceEvent] = []
     if draw(st.booleans()):
-        events.append(RunStart(run_id=run, attribution=a, started_at=at(0), workflow=WORKFLOWS[run]))
+        events.append(
+            RunStart(run_id=run, attribution=a, started_at=at(0), workflow=WORKFLOWS[run], endpoint_id=ENDPOINTS[run])
+        )
     for _ in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from([StepKind.TOOL_CALL, StepKind.MODEL_CALL, StepKind.API_CALL]))
+        kind = draw(
+            st.sampled_from(
+                [StepKind.TOOL_CALL, StepKind.MODEL_CALL, StepKind.API_CALL, StepKind.PAYMENT, StepKind.MODEL_ATTEMPT]
+            )
+        )
+        payment = draw(PAYMENTS) if kind is StepKind.PAYMENT else None
         late = draw(st.sampled_from([0, 0, -3 * 24 * 60]))  # a step that arrives days after it happened
         events.append(
             StepRecord(
@@ -83,9 +102,10 @@ def step_batch(draw: st.DrawFn, ws: str) -> list[TraceEvent]:
                 model=draw(st.sampled_from(["m0", "m1", None])),
                 provider="openai",
                 usage=Usage(input_tokens=draw(st.integers(0, 10**9)), output_tokens=draw(st.integers(0, 50))),
-                cost_nanos=draw(COSTS),
-                cost_source=CostSource.REPORTED,
+                cost_nanos=payment_cost(payment) if payment else draw(COSTS),
+                cost_source=draw(st.sampled_from([CostSource.REPORTED, CostSource.ESTIMATED, CostSource.CLAMPED])),
                 attempt=draw(st.integers(1, 3)),
+                payment=payment,
             )
         )
     return events
@@ -98,7 +118,9 @@ def request_batch(draw: st.DrawFn, ws: str) -> list[TraceEvent]:
     ok = draw(st.booleans())
     events: list[TraceEvent] = []
     if run is not None:
-        events.append(RunStart(run_id=run, attribution=a, started_at=at(0), workflow=WORKFLOWS[run]))
+        events.append(
+            RunStart(run_id=run, attribution=a, started_at=at(0), workflow=WORKFLOWS[run], endpoint_id=ENDPOINTS[run])
+        )
     events.append(
         RequestRecord(
             request_id=f"rq-{draw(st.integers(0, 4))}",  # a small pool: failures retried, completions resent
@@ -116,7 +138,7 @@ def request_batch(draw: st.DrawFn, ws: str) -> list[TraceEvent]:
             attempt=draw(st.integers(1, 3)),
             usage=Usage(input_tokens=draw(st.integers(0, 100)), output_tokens=7),
             cost_nanos=draw(COSTS),
-            cost_source=CostSource.COMPUTED,
+            cost_source=draw(st.sampled_from([CostSource.COMPUTED, CostSource.ESTIMATED])),
         )
     )
     return events
@@ -175,6 +197,10 @@ async def test_kept_books_equal_their_recomputation(store: SQLStore, data: st.Da
                 held[0] += r["events"]
                 held[1] += r["cost_nanos"]
             assert {r["key"]: [r["events"], r["cost_nanos"]] for r in whole} == summed
+        # The finance summary of the same window, by endpoint, sums what the workspace's does.
+        by_endpoint = await store.finance_summary(ws, FinanceQuery(group_by="endpoint", since=since, until=until))
+        workspace = await store.finance_summary(ws, FinanceQuery(group_by="workspace", since=since, until=until))
+        assert by_endpoint.totals == workspace.totals
 
 
 async def test_a_run_total_counts_each_step_once_however_often_it_is_sent(store: SQLStore) -> None:

@@ -30,7 +30,7 @@ from agentledger.core.model import (
     StepStatus,
     TraceEvent,
 )
-from agentledger.store.base import GROUP_COLUMNS, CostQuery, RunFilter, WriteResult
+from agentledger.store.base import FINANCE_GROUPS, GROUP_COLUMNS, CostQuery, FinanceQuery, RunFilter, WriteResult
 from agentledger.store.sql import SQLStore
 from tests.harness import fresh_pg_database
 
@@ -158,6 +158,14 @@ async def captured_reads(store: SQLStore) -> list[tuple[str, Any]]:
                 await store.costs(ws, CostQuery(group_by=group_by, since=since, until=until, interval=interval))
         await store.costs(ws, CostQuery(group_by="run", since=since, until=until))
         await store.costs(ws, CostQuery(group_by="property.env", since=since, until=until))
+        # The finance summary reads kept rows only; limit 1 also sends its totals' own query.
+        for group_by in (*FINANCE_GROUPS, "property.team"):
+            for bucket in (None, "day"):
+                await store.finance_summary(ws, FinanceQuery(group_by=group_by, bucket=bucket, limit=1))
+                await store.finance_summary(
+                    ws, FinanceQuery(group_by=group_by, since=since, until=until, bucket=bucket)
+                )
+        await store.list_runs(ws, RunFilter(endpoint_id="ep", limit=50))
         # The trace writer's reads: a replayed batch (everything exists) and a new one.
         assert await store.write_batch(batch(ws, 7)) is WriteResult.SUCCESS
         assert await store.write_batch(batch(ws, 500)) is WriteResult.SUCCESS

@@ -100,6 +100,7 @@ _RUN_FILTERS = [
     param("limit", "query", integer(1, 1000, default=50), "Page size."),
     param("offset", "query", integer(0, 10_000_000, default=0), "Rows to skip (reads them; prefer `cursor`)."),
     param("cursor", "query", {"type": "string"}, "The `next_cursor` of the previous page."),
+    param("endpoint", "query", ID, "Only runs started by a sale of this paid endpoint."),
 ]
 _PROPERTY_NAME = h.PROPERTY_NAME_RE.pattern.removeprefix("^").removesuffix("$").replace("\\-", "-")
 _GROUP_BY = {

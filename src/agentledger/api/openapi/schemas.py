@@ -22,10 +22,11 @@ from agentledger.core.bounds import (
 from agentledger.core.budget_config import MAX_LIMIT_USD, MAX_RATE, MAX_THRESHOLDS
 from agentledger.core.budgets import Action, Period, Scope
 from agentledger.core.headers import ID_RE, MAX_ID_LEN, MAX_NAME_LEN, MAX_PATH_LEN, PROPERTY_NAME_RE
-from agentledger.core.model import RunStatus, StepKind
+from agentledger.core.model import PaymentDirection, PaymentProtocol, PaymentStatus, RunStatus, StepKind
 from agentledger.core.rollup import TOKEN_FIELDS
 from agentledger.core.route_config import MAX_BACKOFF_MS, MAX_FALLBACKS, MAX_RETRY_ATTEMPTS
 from agentledger.governance import PROVIDER_KINDS
+from agentledger.ingest.step_parse import MAX_ASSET_DIGITS, MAX_NETWORK_LEN, MAX_PAYMENT_LABEL_LEN
 from agentledger.ingest.steps import MAX_BATCH
 
 MAX_ERROR_LEN = 10_000  # ingest.steps: step and run `error`
@@ -76,6 +77,27 @@ STORED_OBJECT: Schema = {**JSON_LIMITS, "type": "object"}
 USD = {"type": "string", "pattern": "^-?[0-9]+\\.[0-9]{9}$", "description": "Exact dollars, 9 decimals."}
 MODEL_PATTERNS = array(text(MAX_PATTERN_LEN, pattern=None))
 
+# core.finance.Pnl.view: known margin and what it is made of (docs/finance.md).
+PNL = {
+    "revenue_usd": {**USD, "description": "Settled inbound payments."},
+    "refunds_usd": {**USD, "description": "Inbound payments paid back."},
+    "model_cost_usd": {**USD, "description": "Cost that is neither tool spend, nor a payment, nor a fee."},
+    "tool_spend_usd": {**USD, "description": "Cost of tool, API and workflow steps reported outside the gateway."},
+    "outbound_payments_usd": {**USD, "description": "Settled outbound payments, less those refunded."},
+    "fees_usd": {**USD, "description": "Fees paid on payments."},
+    "cost_usd": {**USD, "description": "Model cost + tool spend + outbound payments + fees."},
+    "margin_usd": {**USD, "description": "Revenue - refunds - cost."},
+    "margin_pct": {
+        **nullable({"type": "number"}),
+        "description": "Margin as a percentage of revenue, 4 decimals; null without revenue.",
+    },
+    "estimated_cost_usd": {**USD, "description": "Cost whose provenance is `estimated` or `clamped`."},
+    "estimated_share": {
+        **nullable({"type": "number", "minimum": 0}),
+        "description": "estimated cost / cost, 6 decimals: how far the margin is an estimate; null without cost.",
+    },
+}
+
 TOTALS = obj(
     {
         "cost_nanos": {"type": "integer"},
@@ -85,6 +107,7 @@ TOTALS = obj(
         **{f: {"type": "integer", "minimum": 0} for f in ("steps", "model_calls", "errors", "retries")},
         **{f: {"type": "integer", "minimum": 0} for f in ("requests", "events")},
         "model_latency_ms": {"type": "number"},
+        **PNL,
     },
     ["cost_nanos", "cost_usd", *TOKEN_FIELDS, "total_tokens"],
 )
@@ -94,6 +117,26 @@ USAGE_IN = obj({f: integer(0, MAX_TOKENS) for f in TOKEN_FIELDS})
 # The validators read an optional field with `data.get(key)`, so an explicit null means "not given" (N below);
 # fields read with a default (`kind`, `status`, `attempt`, ...) refuse null.
 N = nullable
+
+# ingest.step_parse._payment: what a `payment` step moved. Optional fields read null as absent.
+PAYMENT_IN = obj(
+    {
+        "direction": enum([d.value for d in PaymentDirection]),
+        "status": enum([st.value for st in PaymentStatus]),
+        "amount_usd": {**COST_USD, "description": "The payment's USD value."},
+        "fee_usd": N({**COST_USD, "description": "Fees paid on it (platform, settlement); amount + fee ≤ the bound."}),
+        "protocol": N(enum([p.value for p in PaymentProtocol], default="manual")),
+        "asset_amount": N(
+            {"type": "string", "pattern": f"^[0-9]{{1,{MAX_ASSET_DIGITS}}}$", "description": "Atomic units paid."}
+        ),
+        "network": N(text(MAX_NETWORK_LEN)),
+        "asset": N(text(MAX_PAYMENT_LABEL_LEN)),
+        "counterparty": N(text(MAX_PAYMENT_LABEL_LEN)),
+        "reference": N(text(MAX_PAYMENT_LABEL_LEN)),
+        "endpoint_id": N(ID),
+    },
+    ["direction", "status", "amount_usd"],
+)
 
 STEP_IN = obj(
     {
@@ -116,6 +159,7 @@ STEP_IN = obj(
         "input": STORED,
         "output": STORED,
         "attributes": N(STORED_OBJECT),
+        "payment": N(PAYMENT_IN),
         # ingest.steps._charges: a string names a spend authorization (POST /v1/spend/authorize) this step settles
         # at its cost; any other value is ignored.
         "reservation_id": {

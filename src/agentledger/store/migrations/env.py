@@ -9,9 +9,11 @@ with engine.begin() as connection:
     context.configure(connection=connection, target_metadata=metadata, render_as_batch=engine.dialect.name == "sqlite")
     context.run_migrations()
     # A migration that changes what the books keep (0003, 0008) asks for them to be rebuilt from the raw rows. That
-    # runs here, at the head revision and in the upgrade's one transaction: store.books is the head's code, and its
-    # columns would not all exist yet in the middle of the upgrade.
-    if context.config.attributes.pop("rebuild_books", False):
+    # runs here, once the upgrade has reached the head revision, in its one transaction: store.books is the head's
+    # code, and its columns would not all exist yet in the middle of the upgrade. An upgrade that stops short of
+    # head (tests, by hand) leaves them as they were: `agentledger rollups rebuild` once at head.
+    at_head = context.get_context().get_current_revision() == context.script.get_current_head()
+    if context.config.attributes.pop("rebuild_books", False) and at_head:
         from agentledger.store.books import rebuild
 
         rebuild(connection)
