@@ -29,6 +29,7 @@ from agentledger.api.policies import policy_routes
 from agentledger.api.query import query_routes
 from agentledger.api.run_controls import run_control_routes
 from agentledger.api.webhooks import webhook_routes
+from agentledger.api.x402_fetch import outbound_routes
 from agentledger.config import Settings
 from agentledger.core import alerts as core_alerts
 from agentledger.core.errors import MethodNotAllowed, NotFound, StoreUnavailable
@@ -371,6 +372,7 @@ def create_app(
         *policy_routes(auth, c.store, c.gateway),
         *run_control_routes(auth, c.store, c.gateway),
         *query_routes(auth, c.store, c.pipeline),
+        *outbound_routes(settings, auth, c.store, c.gateway, c.desk, c.governance.box),
         *finance_routes(auth, c.store, c.pipeline),
         *health_routes(c.store, c.pipeline),
         *openapi_routes(),

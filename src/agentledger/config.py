@@ -148,6 +148,20 @@ SETTINGS: tuple[Setting, ...] = (
         "approval_required; a policy's own approval_wait_s wins.",
     ),
     Setting("approval_ttl_s", float, 86400.0, "Seconds an approval stays pending before it expires."),
+    Setting(
+        "x402_fetch_allow_hosts",
+        str,
+        "",
+        "Comma-separated hostnames, addresses or CIDRs POST /v1/x402/fetch may reach although private, loopback or "
+        "link-local (the address guard refuses them otherwise; docs/paid-endpoints.md, Outbound payments).",
+    ),
+    Setting("x402_fetch_timeout", float, 30.0, "Seconds one request of POST /v1/x402/fetch may take, connect to body."),
+    Setting(
+        "x402_fetch_max_response_bytes",
+        int,
+        10_485_760,
+        "Largest answer body POST /v1/x402/fetch reads from a seller (10 MiB); a larger one is a 502.",
+    ),
 )
 
 
@@ -189,6 +203,9 @@ class Settings:
     error_spike_min_calls: int = 20
     approval_wait_s: float = 30.0
     approval_ttl_s: float = 86400.0
+    x402_fetch_allow_hosts: str = ""
+    x402_fetch_timeout: float = 30.0
+    x402_fetch_max_response_bytes: int = 10_485_760
 
     @property
     def database_url(self) -> str:
@@ -230,6 +247,11 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
         raise ValueError(f"approval_wait_s: expected 0 to {MAX_APPROVAL_WAIT_S:g} seconds, got {wait!r}")
     if not 0 < ttl <= MAX_APPROVAL_TTL_S:
         raise ValueError(f"approval_ttl_s: expected 0 < seconds <= {MAX_APPROVAL_TTL_S:g}, got {ttl!r}")
+    fetch_timeout, fetch_bytes = values.get("x402_fetch_timeout", 30.0), values.get("x402_fetch_max_response_bytes", 1)
+    if not 0 < fetch_timeout <= 600:  # a paid fetch holds a budget reservation and the agent's connection
+        raise ValueError(f"x402_fetch_timeout: expected 0 < seconds <= 600, got {fetch_timeout!r}")
+    if fetch_bytes <= 0:
+        raise ValueError(f"x402_fetch_max_response_bytes: expected a positive number of bytes, got {fetch_bytes!r}")
     return Settings(**values)
 
 

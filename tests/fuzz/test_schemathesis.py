@@ -20,6 +20,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance, unsupported_method
 
 from agentledger.api.openapi import document
+from agentledger.core.errors import InvalidRequest
+from agentledger.finance.fetch_request import url_field
 from agentledger.testing import ServerThread
 from tests.harness import HTTP, Harness, running_gateway
 
@@ -102,6 +104,14 @@ def keep_on_loopback(case: schemathesis.Case, upstream: ServerThread) -> None:
         url = case.body.get("base_url")
         if url is None or (isinstance(url, str) and url.startswith(("http://", "https://")) and len(url) <= 1024):
             case.body["base_url"] = upstream.url + "/v1"
+    if case.path == "/v1/x402/fetch" and isinstance(case.body, dict):
+        # Any URL the fetch would accept becomes a loopback one, which this gateway (no x402_fetch_allow_hosts)
+        # refuses before resolving or connecting: no generated host is ever looked up or reached.
+        try:
+            url_field(case.body.get("url"))
+        except InvalidRequest:
+            return
+        case.body["url"] = upstream.url + "/v1/models"
 
 
 # Operations whose invalid input the server still accepts (found by this test). negative_data_rejection is off

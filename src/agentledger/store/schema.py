@@ -655,3 +655,22 @@ x402_payments = Table(
     ForeignKeyConstraint(["workspace_id"], ["workspaces.id"]),
     Index("ix_x402_payments_run", "workspace_id", "run_id"),
 )
+
+# -- payment signers: a workspace's keys for outbound x402 payments (store/payment_signers.py; docs/paid-endpoints.md) --
+# The private key is kept encrypted (secrets_box.py, as provider keys) and never answered. A revoked signer keeps its
+# row and its name: its payments in the trace name it, and a name must always mean one key.
+payment_signers = Table(
+    "payment_signers",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("name", String(256), nullable=False),
+    Column("address", String(42), nullable=False),  # 0x + 40 hex, EIP-55 checksummed
+    Column("networks", JSON, nullable=False),  # CAIP-2 networks it may pay on (core/assets.py KNOWN_ASSETS)
+    Column("key_encrypted", Text, nullable=False),
+    Column("max_payment_nanos", BigInteger, nullable=True),  # the most one payment may be; NULL: budgets only
+    Column("created_at", TS, nullable=False),
+    Column("revoked_at", TS, nullable=True),
+    ForeignKeyConstraint(["workspace_id"], ["workspaces.id"]),
+    UniqueConstraint("workspace_id", "name", name="uq_payment_signers_ws_name"),
+)

@@ -106,8 +106,11 @@ async def system_lookup(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-async def check(url: str, allow: AllowList, lookup: Lookup = system_lookup) -> Target:
-    """The URL's target when every address of its host may be delivered to, else AddressRefused."""
+async def check(
+    url: str, allow: AllowList, lookup: Lookup = system_lookup, *, setting: str = "webhook_allow_hosts"
+) -> Target:
+    """The URL's target when every address of its host may be delivered to, else AddressRefused. `setting`: the
+    allow-list a refusal tells the admin to add the host to (webhooks and outbound x402 fetches have their own)."""
     host, port = split(url)
     try:
         literal: IPAddress | None = ipaddress.ip_address(host)
@@ -127,7 +130,7 @@ async def check(url: str, allow: AllowList, lookup: Lookup = system_lookup) -> T
         why = forbidden(ip)
         if why is not None and not allow.allows(host, ip):
             shown = host if literal is not None else f"{host!r} resolves to {ip}, which"
-            raise AddressRefused(f"{shown} is {why}; add it to webhook_allow_hosts to allow it")
+            raise AddressRefused(f"{shown} is {why}; add it to {setting} to allow it")
     return Target(url, host, port, tuple(names))
 
 
