@@ -25,16 +25,22 @@ from agentledger.api.finance import finance_routes
 from agentledger.api.health import health_routes
 from agentledger.api.manage import manage_routes
 from agentledger.api.openapi import openapi_routes
+from agentledger.api.paid_endpoints import paid_endpoint_routes
 from agentledger.api.policies import policy_routes
 from agentledger.api.query import query_routes
 from agentledger.api.run_controls import run_control_routes
 from agentledger.api.webhooks import webhook_routes
 from agentledger.api.x402_fetch import outbound_routes
-from agentledger.config import Settings
+from agentledger.config import Settings, accepted_assets
 from agentledger.core import alerts as core_alerts
 from agentledger.core.errors import MethodNotAllowed, NotFound, StoreUnavailable
 from agentledger.core.ids import new_id
 from agentledger.core.model import TraceEvent
+from agentledger.finance.endpoints import BROADCAST_KIND, EndpointCatalog, PaidEndpointAdmin, endpoint_rules
+from agentledger.finance.facilitator import Facilitator, HttpFacilitator
+from agentledger.finance.local import LocalFacilitator
+from agentledger.finance.selling import Seller
+from agentledger.finance.workflows import WorkflowInvoker
 from agentledger.gateway.approvals import Approvals
 from agentledger.gateway.broadcast import Broadcast
 from agentledger.gateway.budget_recovery import reconcile_expired, recover
@@ -61,6 +67,8 @@ from agentledger.providers.http import HTTPUpstream
 from agentledger.providers.mock import MockUpstream
 from agentledger.secrets_box import SecretBox
 from agentledger.store.base import Store
+from agentledger.store.finance import PaymentProofs
+from agentledger.store.paid_endpoints import PaidEndpointStore
 from agentledger.store.sql import SQLStore
 from agentledger.store.webhooks import WebhookStore
 from agentledger.webhooks.guard import AllowList
@@ -252,7 +260,53 @@ def _alerting(settings: Settings, c: Components) -> tuple[WebhookStore, Delivery
         factor=settings.anomaly_factor, floor_nanos=round(settings.anomaly_floor_usd * core_alerts.NANOS_PER_USD)
     )
     spike = core_alerts.SpikeRule(rate=settings.error_spike_rate, min_calls=settings.error_spike_min_calls)
-    return hooks, worker, AlertSweep(hooks, commit, anomaly, spike)
+    margin = core_alerts.MarginRule(floor_nanos=round(settings.margin_floor_usd * core_alerts.NANOS_PER_USD))
+    return hooks, worker, AlertSweep(hooks, commit, anomaly, spike, margin)
+
+
+@dataclass
+class PaidEndpoints:
+    """Paid endpoints over x402 (docs/paid-endpoints.md): the admin side, the cached lookup, the public route, and
+    what the lifespan closes (the workflows' HTTP session, the facilitator)."""
+
+    admin: PaidEndpointAdmin
+    catalog: EndpointCatalog
+    seller: Seller
+    workflows: WorkflowInvoker
+    facilitator: Facilitator
+
+    async def aclose(self) -> None:
+        await self.seller.aclose()
+        await self.workflows.aclose()
+        await self.facilitator.aclose()
+
+
+def _paid_endpoints(settings: Settings, c: Components) -> PaidEndpoints:
+    if not isinstance(c.store, SQLStore):
+        raise TypeError("paid endpoints need an SQLStore")
+    assets = accepted_assets(settings.x402_networks)
+    facilitator: Facilitator = (
+        LocalFacilitator(assets) if settings.x402_facilitator == "local" else HttpFacilitator(settings.x402_facilitator)
+    )
+    endpoints = PaidEndpointStore(c.store)
+    box = c.governance.box
+    catalog = EndpointCatalog(
+        endpoints, box.decrypt, assets, ttl=settings.cache_ttl, stale_if_error=settings.stale_if_error
+    )
+    rules = endpoint_rules(assets, settings.workflow_timeout_cap_s)
+    admin = PaidEndpointAdmin(c.store, endpoints, box, c.gateway, catalog, rules)
+    c.governance.runtimes = admin  # POST /api/agents with a runtime
+    workflows = WorkflowInvoker()
+    seller = Seller(
+        catalog,
+        PaymentProofs(c.store),
+        facilitator,
+        workflows,
+        c.pipeline,
+        c.counters,
+        max_body_bytes=settings.paid_endpoint_max_body_bytes,
+    )
+    return PaidEndpoints(admin, catalog, seller, workflows, facilitator)
 
 
 async def _expire_approvals(c: Components, every: float = 10.0) -> None:
@@ -268,13 +322,15 @@ async def _expire_approvals(c: Components, every: float = 10.0) -> None:
             log.exception("approval expiry sweep failed; retrying")
 
 
-def _on_broadcast(c: Components) -> Callable[[str, str], None]:
+def _on_broadcast(c: Components, catalog: EndpointCatalog) -> Callable[[str, str], None]:
     """What another replica broadcast: an approval decided there wakes the calls held here; the rest are cache
     invalidations."""
 
     def apply(kind: str, value: str) -> None:
         if kind == "approval":
             c.approvals.on_broadcast(value)
+        elif kind == BROADCAST_KIND:
+            catalog.apply_invalidation(value)
         else:
             c.gateway.apply_invalidation(kind, value)
 
@@ -308,6 +364,7 @@ def create_app(
     c = build_components(settings, store=store, upstreams=upstreams)
     auth = AdminAuth(c.store, ttl=settings.cache_ttl, stale_if_error=settings.stale_if_error)
     hooks, worker, sweep = _alerting(settings, c)
+    paid = _paid_endpoints(settings, c)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -322,9 +379,10 @@ def create_app(
         sweeping = asyncio.get_running_loop().create_task(sweep.run(clock, settings.alert_sweep_interval))
         broadcast = None
         if settings.redis_url:
-            broadcast = Broadcast(settings.redis_url, c.gateway.claims.node_id, _on_broadcast(c))
+            broadcast = Broadcast(settings.redis_url, c.gateway.claims.node_id, _on_broadcast(c, paid.catalog))
             broadcast.start()
             c.gateway.broadcast = broadcast.publish
+            paid.catalog.broadcast = broadcast.publish
             c.approvals.publish = broadcast.publish
         settle_heap()
         try:
@@ -336,8 +394,10 @@ def create_app(
             sweeping.cancel()
             if broadcast is not None:
                 c.gateway.broadcast = None
+                paid.catalog.broadcast = None
                 c.approvals.publish = None
                 await broadcast.aclose()
+            await paid.aclose()  # paid calls whose buyer hung up finish first: their records go out below
             # Graceful shutdown: every acknowledged trace event is written (or spooled) before exit.
             await c.pipeline.aclose()
             await c.counters.aclose()
@@ -366,6 +426,8 @@ def create_app(
         *chat_routes(c.gateway),
         *StepIngest(c.gateway, c.desk).routes(),
         *manage_routes(auth, c.governance, c.gateway),
+        *paid_endpoint_routes(auth, paid.admin),
+        *paid.seller.routes(),
         *webhook_routes(auth, hooks, c.governance.box, c.pipeline, worker.allow, wake=worker.wake.set),
         *budget_routes(auth, c.store, c.gateway, c.desk),
         *approval_routes(auth, c.approvals),

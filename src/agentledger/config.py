@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from agentledger.core.assets import KNOWN_ASSETS, AcceptedAsset
 
 # An escalated call holds its connection (and a worker's attention) while it waits: past 5 minutes, proxies and
 # clients time out anyway, so a longer wait only hides the 403 that tells the agent to come back later.
@@ -112,6 +115,33 @@ SETTINGS: tuple[Setting, ...] = (
         "a larger one is refused with 413 request_too_large before it is read in full.",
     ),
     Setting(
+        "x402_facilitator",
+        str,
+        "local",
+        "Who verifies and settles the payments of paid endpoints: 'local' (built in, chain-free: it MOVES NO MONEY; "
+        "docs/paid-endpoints.md) or the https URL of an x402 facilitator (http only to a loopback address). No "
+        "public facilitator is ever used by default.",
+    ),
+    Setting(
+        "x402_networks",
+        str,
+        "eip155:84532",
+        "Comma-separated CAIP-2 networks whose USDC paid endpoints accept (eip155:84532 Base Sepolia, eip155:8453 "
+        "Base); the first is an endpoint's default.",
+    ),
+    Setting(
+        "workflow_timeout_cap_s",
+        float,
+        300.0,
+        "The longest timeout_s a paid endpoint may give its workflow, in seconds (at most 3600).",
+    ),
+    Setting(
+        "paid_endpoint_max_body_bytes",
+        int,
+        1_048_576,
+        "Largest body a paid endpoint accepts (1 MiB); a larger one is refused with 413 before anyone pays.",
+    ),
+    Setting(
         "webhook_allow_hosts",
         str,
         "",
@@ -189,6 +219,10 @@ class Settings:
     client_ip_header: str = ""
     log_level: str = "info"
     max_body_bytes: int = 52_428_800
+    x402_facilitator: str = "local"
+    x402_networks: str = "eip155:84532"
+    workflow_timeout_cap_s: float = 300.0
+    paid_endpoint_max_body_bytes: int = 1_048_576
     webhook_allow_hosts: str = ""
     webhook_timeout: float = 10.0
     webhook_max_attempts: int = 8
@@ -225,6 +259,34 @@ def _coerce(setting: Setting, raw: Any) -> Any:
         raise ValueError(f"{setting.name}: expected {setting.type.__name__}, got {raw!r}") from None
 
 
+def accepted_assets(networks: str) -> tuple[AcceptedAsset, ...]:
+    """The known assets (core/assets.py) on the networks named, in the order named."""
+    chosen = [n.strip() for n in networks.split(",") if n.strip()]
+    known = {a.network: a for a in KNOWN_ASSETS}
+    unknown = [n for n in chosen if n not in known]
+    if not chosen or unknown:
+        raise ValueError(f"x402_networks: expected some of {', '.join(known)}, got {networks!r}")
+    return tuple(known[n] for n in dict.fromkeys(chosen))
+
+
+def _check_paid_endpoints(values: Mapping[str, Any]) -> None:
+    facilitator = values.get("x402_facilitator", "local")
+    if facilitator != "local":
+        parts = urlsplit(facilitator)
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+            raise ValueError(
+                f"x402_facilitator: expected 'local' or an https URL (http only to a loopback address), got "
+                f"{facilitator!r}"
+            )
+    accepted_assets(values.get("x402_networks", "eip155:84532"))
+    cap = values.get("workflow_timeout_cap_s", 300.0)
+    if not 0 < cap <= 3600:
+        raise ValueError(f"workflow_timeout_cap_s: expected 0 < seconds <= 3600, got {cap!r}")
+    if values.get("paid_endpoint_max_body_bytes", 1) <= 0:
+        raise ValueError("paid_endpoint_max_body_bytes: expected a positive number of bytes")
+
+
 def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -237,6 +299,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
             raise ValueError(f"unknown setting {name!r}")
         if raw is not None:
             values[name] = _coerce(by_name[name], raw)
+    _check_paid_endpoints(values)
     if values.get("durability", "strict") not in ("strict", "batched"):
         raise ValueError(f"durability: expected strict or batched, got {values['durability']!r}")
     # A held call keeps its connection open: the SDKs' own timeouts (600 s) must not end it first.

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 
 from agentledger.core.bounds import MAX_PRIORITY, MAX_RATE_DECIMALS, MAX_RATE_MTOK, MIN_PRIORITY
 from agentledger.core.errors import Conflict, InvalidRequest, NotFound
@@ -75,11 +75,20 @@ def _rate(value: Any, what: str, required: bool) -> str | None:
     return f"{rate + 0:f}"  # fixed-point, never "1E+3" or "-0"
 
 
+class AgentRuntimes(Protocol):
+    """Where a workflow agent's runtime is kept (finance/endpoints.py): with the agent, in one transaction."""
+
+    async def create_with_agent(self, workspace_id: str, agent: dict[str, Any], runtime: Any) -> dict[str, Any]:
+        """Insert `agent` (an agents row) and its runtime; the runtime as the API shows it (no secret)."""
+        ...
+
+
 class Governance:
     def __init__(self, store: Store, box: SecretBox, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store = store
         self.box = box
         self.clock = clock
+        self.runtimes: AgentRuntimes | None = None  # set by the composition root (app.py)
 
     async def create_workspace(self, name: str, *, workspace_id: str | None = None) -> tuple[str, str]:
         """A workspace and its first owner token (returned once)."""
@@ -117,9 +126,16 @@ class Governance:
             raise InvalidRequest("'kind' must be 'ai' or 'workflow'.", param="kind")
         dep = id_field(data.get("department_id"), "department_id")
         name = _name(data.get("name", agent), "name")
+        runtime = data.get("runtime")
+        if runtime is not None and (kind != "workflow" or self.runtimes is None):
+            raise InvalidRequest("Only a 'workflow' agent has a runtime.", param="runtime")
         await self._require_department(workspace_id, dep)
+        created = {"id": agent, "department_id": dep, "name": name, "kind": kind}
+        if runtime is not None and self.runtimes is not None:
+            row = {"workspace_id": workspace_id, **created, "created_at": self.clock()}
+            return {**created, "runtime": await self.runtimes.create_with_agent(workspace_id, row, runtime)}
         await self.store.create_agent(workspace_id, agent, dep, name, kind, self.clock())
-        return {"id": agent, "department_id": dep, "name": name, "kind": kind}
+        return created
 
     async def create_virtual_key(self, workspace_id: str, data: dict[str, Any]) -> dict[str, Any]:
         """Returns the key's plaintext under "key": the only time it is ever shown."""

@@ -674,3 +674,52 @@ payment_signers = Table(
     ForeignKeyConstraint(["workspace_id"], ["workspaces.id"]),
     UniqueConstraint("workspace_id", "name", name="uq_payment_signers_ws_name"),
 )
+
+# -- paid endpoints over x402 and their workflow agents' runtimes (store/paid_endpoints.py; docs/paid-endpoints.md) ---
+# How the gateway invokes a workflow agent: one runtime per agent. The auth header's value is Fernet-encrypted as
+# provider keys are (secrets_box.py) and never shown back.
+workflow_runtimes = Table(
+    "workflow_runtimes",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("agent_id", ID, primary_key=True),
+    Column("type", String(16), nullable=False),  # n8n / webhook
+    Column("url", String(2048), nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("auth_name", String(64), nullable=True),
+    Column("auth_value_encrypted", Text, nullable=True),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    ForeignKeyConstraint(["workspace_id", "agent_id"], ["agents.workspace_id", "agents.id"]),
+)
+
+# A workflow agent sold per call (core/paid_endpoints.py). The slug is its public address, /x402/{workspace}/{slug},
+# unique in the workspace for good: a disabled endpoint keeps it, so a buyer's URL never reaches another product.
+# Its scoped virtual key (owned by the workflow agent) is kept encrypted, since it is sent to the workflow on each
+# call, and revoked when the endpoint is disabled.
+paid_endpoints = Table(
+    "paid_endpoints",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("slug", String(64), nullable=False),
+    Column("description", String(1024), nullable=True),
+    Column("agent_id", ID, nullable=False),
+    Column("price_nanos", BigInteger, nullable=False),
+    Column("network", String(64), nullable=False),  # CAIP-2
+    Column("asset", String(64), nullable=False),
+    Column("pay_to", String(64), nullable=False),
+    Column("fee_percent", String(16), nullable=False),  # an exact decimal string
+    Column("fee_fixed_nanos", BigInteger, nullable=False),
+    Column("input_schema", JSON, nullable=True),
+    Column("timeout_s", Float, nullable=False),
+    Column("max_timeout_s", Integer, nullable=False),
+    Column("policy", JSON, nullable=False),  # max_price_nanos, requests_per_minute, concurrent, allowed_payers
+    Column("virtual_key_id", ID, nullable=False),
+    Column("virtual_key_encrypted", Text, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    Column("disabled_at", TS, nullable=True),
+    ForeignKeyConstraint(["workspace_id", "agent_id"], ["agents.workspace_id", "agents.id"]),
+    UniqueConstraint("workspace_id", "slug", name="uq_paid_endpoints_ws_slug"),
+)

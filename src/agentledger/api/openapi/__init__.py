@@ -19,6 +19,7 @@ from agentledger.api.openapi.alerts import ALERT_PATHS, ALERT_ROWS
 from agentledger.api.openapi.approvals import APPROVAL_PATHS, APPROVAL_ROWS
 from agentledger.api.openapi.finance import FINANCE_PATHS, FINANCE_ROWS
 from agentledger.api.openapi.outbound import OUTBOUND_PATHS, OUTBOUND_ROWS
+from agentledger.api.openapi.paid import PAID_PATHS, PAID_ROWS
 from agentledger.api.openapi.paths import PATHS
 from agentledger.api.openapi.policies import POLICY_PATHS, POLICY_ROWS
 from agentledger.api.openapi.rows import DECISIONS, ROWS
@@ -92,9 +93,26 @@ def document() -> Schema:
     return {
         "openapi": "3.1.0",
         "info": {"title": "agentledger", "version": __version__, "description": DESCRIPTION},
-        "paths": {**PATHS, **APPROVAL_PATHS, **ALERT_PATHS, **POLICY_PATHS, **FINANCE_PATHS, **OUTBOUND_PATHS},
+        "paths": {
+            **PATHS,
+            **APPROVAL_PATHS,
+            **ALERT_PATHS,
+            **POLICY_PATHS,
+            **FINANCE_PATHS,
+            **PAID_PATHS,
+            **OUTBOUND_PATHS,
+        },
         "components": {
-            "schemas": {**REQUESTS, **ROWS, **APPROVAL_ROWS, **ALERT_ROWS, **POLICY_ROWS, **FINANCE_ROWS, **OUTBOUND_ROWS},
+            "schemas": {
+                **REQUESTS,
+                **ROWS,
+                **APPROVAL_ROWS,
+                **ALERT_ROWS,
+                **POLICY_ROWS,
+                **FINANCE_ROWS,
+                **PAID_ROWS,
+                **OUTBOUND_ROWS,
+            },
             "responses": {
                 **{f"Error{status}": _error_response(status) for status in _ERRORS},
                 **{f"AnthropicError{status}": _error_response(status, "AnthropicError") for status in _ERRORS},

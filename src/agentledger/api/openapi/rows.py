@@ -286,7 +286,14 @@ ROWS: dict[str, Schema] = {
     "Workspace": obj({"id": STR, "name": STR, "created_at": TIMESTAMP}, ["id", "name", "created_at"]),
     "Department": obj({"workspace_id": STR, "id": STR, "name": STR, "created_at": TIMESTAMP}, ["id", "name"]),
     "Agent": obj(
-        {"id": STR, "department_id": STR, "name": STR, "kind": enum(["ai", "workflow"]), "created_at": TIMESTAMP},
+        {
+            "id": STR,
+            "department_id": STR,
+            "name": STR,
+            "kind": enum(["ai", "workflow"]),
+            "created_at": TIMESTAMP,
+            "runtime": {**ref("Runtime"), "description": "When created with one (never its secret)."},
+        },
         ["id", "department_id", "name", "kind"],
     ),
     "VirtualKey": obj(

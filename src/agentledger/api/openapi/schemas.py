@@ -384,7 +384,13 @@ REQUESTS = {
     ),
     "DepartmentIn": obj({"id": N(ID), "name": LABEL}, ["name"]),
     "AgentIn": obj(
-        {"id": N(ID), "name": LABEL, "department_id": ID, "kind": enum(["ai", "workflow"], default="ai")},
+        {
+            "id": N(ID),
+            "name": LABEL,
+            "department_id": ID,
+            "kind": enum(["ai", "workflow"], default="ai"),
+            "runtime": {**N(ref("RuntimeIn")), "description": "A workflow agent's runtime (docs/paid-endpoints.md)."},
+        },
         ["department_id"],
     ),
     # department_id may be left out when agent_id names an agent (the key then gets the agent's department);

@@ -1,0 +1,61 @@
+"""Management API of paid endpoints and workflow runtimes (docs/paid-endpoints.md, "Set-up"; docs/api.md).
+
+GET    /api/agents/{agent_id}                 an agent, with its runtime when it is a workflow agent
+PUT    /api/agents/{agent_id}/runtime         set (or replace) a workflow agent's runtime
+POST   /api/paid-endpoints                    create (201), with its scoped virtual key
+GET    /api/paid-endpoints                    list (disabled ones too)
+GET    /api/paid-endpoints/{endpoint_id}      one
+PATCH  /api/paid-endpoints/{endpoint_id}      change settings (every rule checked again)
+DELETE /api/paid-endpoints/{endpoint_id}      disable: no more sales, the scoped key revoked
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from agentledger.api.auth import AdminAuth, json_body, path_id
+from agentledger.core.model import AdminPrincipal
+from agentledger.finance.endpoints import PaidEndpointAdmin
+from agentledger.gateway.bodies import parse_json
+from agentledger.gateway.responses import JSONResponse
+
+
+def paid_endpoint_routes(auth: AdminAuth, admin: PaidEndpointAdmin) -> list[Route]:
+    async def get_agent(request: Request, who: AdminPrincipal) -> Response:
+        agent_id = path_id(request, "agent_id", "Agent")
+        return JSONResponse(await admin.agent(who.workspace_id, agent_id))
+
+    async def put_runtime(request: Request, who: AdminPrincipal) -> Response:
+        agent_id = path_id(request, "agent_id", "Agent")
+        return JSONResponse(await admin.set_runtime(who.workspace_id, agent_id, parse_json(await request.body())))
+
+    async def create(request: Request, who: AdminPrincipal) -> Response:
+        return JSONResponse(await admin.create(who.workspace_id, await json_body(request)), status_code=201)
+
+    async def listing(request: Request, who: AdminPrincipal) -> Response:
+        return JSONResponse({"data": await admin.list(who.workspace_id)})
+
+    async def get_one(request: Request, who: AdminPrincipal) -> Response:
+        endpoint_id = path_id(request, "endpoint_id", "Paid endpoint")
+        return JSONResponse(await admin.get(who.workspace_id, endpoint_id))
+
+    async def patch(request: Request, who: AdminPrincipal) -> Response:
+        endpoint_id = path_id(request, "endpoint_id", "Paid endpoint")
+        return JSONResponse(await admin.patch(who.workspace_id, endpoint_id, await json_body(request)))
+
+    async def disable(request: Request, who: AdminPrincipal) -> Response:
+        endpoint_id = path_id(request, "endpoint_id", "Paid endpoint")
+        return JSONResponse(await admin.disable(who.workspace_id, endpoint_id))
+
+    g = auth.guard
+    return [
+        Route("/api/agents/{agent_id}", g(get_agent), methods=["GET"]),
+        Route("/api/agents/{agent_id}/runtime", g(put_runtime, write=True), methods=["PUT"]),
+        Route("/api/paid-endpoints", g(listing), methods=["GET"]),
+        Route("/api/paid-endpoints", g(create, write=True), methods=["POST"]),
+        Route("/api/paid-endpoints/{endpoint_id}", g(get_one), methods=["GET"]),
+        Route("/api/paid-endpoints/{endpoint_id}", g(patch, write=True), methods=["PATCH"]),
+        Route("/api/paid-endpoints/{endpoint_id}", g(disable, write=True), methods=["DELETE"]),
+    ]

@@ -1,0 +1,539 @@
+"""`POST /x402/{workspace}/{slug}`: a workflow agent sold per call over x402 version 2 (docs/paid-endpoints.md,
+"The flow", which says why each step is where it is).
+
+    body checks → no PAYMENT-SIGNATURE: 402 → rate limit → decode → match the requirements → validity window →
+    verify (facilitator, off the loop) → payer allowed → claim the proof (single-use, every replica) →
+    concurrency slot → run + verified payment step → invoke the workflow → settle → answer + records
+
+Everything before the claim refuses with nothing executed, nothing charged and nothing recorded. From the claim
+on, the call is a run of the workflow agent: its records (the run, a `payment` step verified, a `workflow_step`,
+the payment settled or failed, the run's end) are durable before the answer, and the rest of the call finishes
+even if the buyer hangs up, so the proof, the run and the books always agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from x402.mechanisms.evm.constants import ERR_NONCE_ALREADY_USED, ERR_VALID_BEFORE_EXPIRED
+from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
+
+from agentledger.core.errors import (
+    AgentLedgerError,
+    NotFound,
+    RateLimited,
+    RequestTooLarge,
+    StoreUnavailable,
+)
+from agentledger.core.finance import fee_nanos
+from agentledger.core.headers import (
+    AGENT_ID,
+    REQUEST_ID,
+    RUN_ID,
+    SESSION_ID,
+    SESSION_NAME,
+    SESSION_PATH,
+    TrackingContext,
+    is_id,
+    parse_tracking,
+)
+from agentledger.core.ids import new_id
+from agentledger.core.model import (
+    Attribution,
+    Payment,
+    PaymentDirection,
+    PaymentProtocol,
+    PaymentStatus,
+    RunEnd,
+    RunStart,
+    RunStatus,
+    StepKind,
+    StepRecord,
+    StepStatus,
+    TraceEvent,
+)
+from agentledger.core.money import format_usd
+from agentledger.core.paid_endpoints import SETTLE_RESERVE_S, lasts_long_enough, payer_allowed
+from agentledger.core.proofs import PaymentProof
+from agentledger.finance import wire
+from agentledger.finance.endpoints import EndpointCatalog, LoadedEndpoint
+from agentledger.finance.errors import FacilitatorError, MalformedPayment
+from agentledger.finance.facilitator import Facilitator
+from agentledger.finance.inputs import input_error
+from agentledger.finance.refusals import (
+    NO_MATCHING_REQUIREMENTS,
+    InvalidInput,
+    InvalidPayment,
+    PayerNotAllowed,
+    PaymentAlreadyUsed,
+    PaymentExpiresTooSoon,
+    PaymentInvalid,
+    PaymentMismatch,
+    PaymentRequired,
+    SettlementFailed,
+)
+from agentledger.finance.workflows import WorkflowBadResponse, WorkflowFailed, WorkflowInvoker
+from agentledger.gateway.bodies import parse_json_object
+from agentledger.gateway.responses import RUN_ID_HEADER, JSONResponse
+from agentledger.limits.base import Counters, Rate
+from agentledger.pipeline.queue import TracePipeline
+from agentledger.store.finance import PaymentProofs
+
+log = logging.getLogger(__name__)
+PATH = "/x402/{workspace}/{slug}"
+# The scoped virtual key of the endpoint's workflow agent, sent with each call (docs/paid-endpoints.md).
+VIRTUAL_KEY_HEADER = "alephant-virtual-key"
+PAYER_HEADER = "alephant-payer"
+ENDPOINT_HEADER = "alephant-endpoint"
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+_SLOT_EXTRA_S = 60.0  # a concurrency slot outlives the workflow's timeout by the settlement's time, then frees itself
+
+
+@dataclass(frozen=True, slots=True)
+class _Sale:
+    """A call that passed every check and holds its proof: what the rest of the flow needs."""
+
+    endpoint: LoadedEndpoint
+    body: bytes
+    params: dict[str, str]
+    tracking: TrackingContext
+    request_id: str
+    payload: PaymentPayload
+    requirements: PaymentRequirements
+    proof: PaymentProof
+    payer: str
+    run_id: str
+    payment_id: str  # the step of the settled (or failed) payment; the proof's row names it
+
+
+class Seller:
+    def __init__(
+        self,
+        catalog: EndpointCatalog,
+        proofs: PaymentProofs,
+        facilitator: Facilitator,
+        workflows: WorkflowInvoker,
+        pipeline: TracePipeline,
+        counters: Counters,
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.catalog = catalog
+        self.proofs = proofs
+        self.facilitator = facilitator
+        self.workflows = workflows
+        self.pipeline = pipeline
+        self.counters = counters
+        self.max_body_bytes = max_body_bytes
+        self.clock = clock
+        self._finishing: set[asyncio.Task[Response]] = set()
+
+    def routes(self) -> list[Route]:
+        return [Route(PATH, self.handle, methods=["POST"])]
+
+    async def aclose(self, wait_s: float = 30.0) -> None:
+        """Let paid calls whose buyer left finish (settle or fail, and write their records) before shutdown."""
+        if self._finishing:
+            await asyncio.wait(set(self._finishing), timeout=wait_s)
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            endpoint = await self._endpoint(request)
+            try:
+                return await self._sell(request, endpoint)
+            except PaymentRequired as exc:
+                return _payment_required(request, endpoint, exc)
+        except AgentLedgerError as exc:
+            return error(exc)
+
+    async def _endpoint(self, request: Request) -> LoadedEndpoint:
+        workspace, slug = request.path_params["workspace"], request.path_params["slug"]
+        found = await self.catalog.get(workspace, slug) if is_id(workspace) and is_id(slug) else None
+        if found is None or found.runtime is None:
+            raise NotFound(f"No paid endpoint {slug!r} in workspace {workspace!r}.", param="slug")
+        return found
+
+    # -- before the claim: refusals leave nothing executed, charged or recorded ---------------------------------
+    async def _sell(self, request: Request, endpoint: LoadedEndpoint) -> Response:
+        body = await self._body(request)
+        data = parse_json_object(body)
+        if endpoint.validator is not None:
+            wrong = input_error(endpoint.validator, data)
+            if wrong is not None:
+                message, path = wrong
+                raise InvalidInput(f"The body does not match the endpoint's input schema: {message}", param=path)
+        tracking = parse_tracking(request.headers.raw)
+        header = request.headers.get(wire.PAYMENT_SIGNATURE_HEADER)
+        if not header:
+            spec = endpoint.spec
+            raise PaymentRequired(
+                f"This endpoint costs ${format_usd(spec.price_nanos)} a call ({spec.asset_amount} atomic units of "
+                f"{spec.asset.symbol} on {spec.asset.network}), paid with x402: the requirements are in the "
+                f"{wire.PAYMENT_REQUIRED_HEADER} header; send the payment in {wire.PAYMENT_SIGNATURE_HEADER}."
+            )
+        await self._rate(endpoint)
+        try:
+            payload = wire.decode_payment_signature(header)
+            proof = wire.proof_of(payload)
+        except MalformedPayment as exc:
+            raise InvalidPayment(exc.message, reason="invalid_payload") from None
+        requirements = wire.matching_requirements([endpoint.requirements], payload)
+        if requirements is None:
+            raise PaymentMismatch(
+                "The payment is not for this endpoint's requirements (scheme, network, asset, amount, recipient and "
+                "maxTimeoutSeconds must be the offered ones).",
+                reason=NO_MATCHING_REQUIREMENTS,
+            )
+        if not lasts_long_enough(proof.valid_before, time.time(), endpoint.spec.timeout_s):
+            raise PaymentExpiresTooSoon(
+                f"The payment's authorization must stay valid for the workflow's {endpoint.spec.timeout_s:g} s and "
+                f"{SETTLE_RESERVE_S} s more to settle; sign one valid for maxTimeoutSeconds.",
+                reason=ERR_VALID_BEFORE_EXPIRED,
+            )
+        verified = await self.facilitator.verify(payload, requirements)
+        if not verified.is_valid:
+            reason = verified.invalid_reason or "invalid_payment"
+            if reason == ERR_NONCE_ALREADY_USED:
+                raise PaymentAlreadyUsed("This payment was already used: sign a new one.", reason=reason)
+            detail = f": {verified.invalid_message}" if verified.invalid_message else ""
+            raise PaymentInvalid(f"The payment was refused ({reason}){detail}.", reason=reason)
+        payer = verified.payer or proof.payer
+        if not payer_allowed(endpoint.spec.policy, payer):
+            raise PayerNotAllowed(f"This endpoint does not sell to {payer}.", param=wire.PAYMENT_SIGNATURE_HEADER)
+        run_id, payment_id = new_id("run"), new_id("step")
+        if not await self.proofs.claim(
+            endpoint.workspace_id,
+            proof,
+            self.clock(),
+            amount_nanos=endpoint.spec.price_nanos,
+            endpoint_id=endpoint.id,
+            run_id=run_id,
+            payment_id=payment_id,
+        ):
+            raise PaymentAlreadyUsed("This payment was already used: sign a new one.", reason=ERR_NONCE_ALREADY_USED)
+        sale = _Sale(
+            endpoint=endpoint,
+            body=body,
+            params=_query(data),
+            tracking=tracking,
+            request_id=str(request.scope.get("state", {}).get("request_id") or new_id("req")),
+            payload=payload,
+            requirements=requirements,
+            proof=proof,
+            payer=payer,
+            run_id=run_id,
+            payment_id=payment_id,
+        )
+        await self._slot(sale)
+        # From the claim on the call finishes whatever the buyer does: a hang-up must not leave a proof claimed, a
+        # slot taken or a run open (the task is kept until done; its answer goes to whoever still waits).
+        task = asyncio.get_running_loop().create_task(self._complete(sale))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+        return await asyncio.shield(task)
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        too_large = RequestTooLarge(f"The request body is larger than the {limit} bytes this endpoint accepts.")
+        if declared.strip().isdigit() and int(declared) > limit:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _rate(self, endpoint: LoadedEndpoint) -> None:
+        """Before the CPU-heavy verification: a flood of proofs, good or bad, costs one counter hit each."""
+        rpm = endpoint.spec.policy.requests_per_minute
+        if rpm is None:
+            return
+        key = f"x402:rpm:{endpoint.workspace_id}:{endpoint.id}"
+        wait = await self.counters.hit([Rate(key, rpm, 60.0)], time.time())
+        if wait is not None:
+            raise RateLimited(
+                f"This paid endpoint takes at most {rpm} paid calls a minute; retry later (nothing was charged).",
+                retry_after=math.ceil(wait),
+            )
+
+    def _slot_key(self, endpoint: LoadedEndpoint) -> str:
+        return f"x402:slots:{endpoint.workspace_id}:{endpoint.id}"
+
+    async def _slot(self, sale: _Sale) -> None:
+        """A concurrency slot, after the claim (a replay must not take one); refused, the proof is given back."""
+        limit = sale.endpoint.spec.policy.concurrent
+        if limit is None:
+            return
+        ttl = sale.endpoint.spec.timeout_s + SETTLE_RESERVE_S + _SLOT_EXTRA_S
+        try:
+            taken = await self.counters.acquire(self._slot_key(sale.endpoint), limit, sale.run_id, ttl)
+        except StoreUnavailable:
+            await self._release(sale, "the concurrency counters were unavailable")
+            raise
+        if not taken:
+            await self._release(sale, "over the endpoint's concurrency limit")
+            raise RateLimited(
+                f"This paid endpoint runs at most {limit} calls at once; retry shortly (nothing was charged, and the "
+                "same payment may be sent again).",
+                retry_after=1,
+            )
+
+    async def _release(self, sale: _Sale, why: str) -> None:
+        with contextlib.suppress(StoreUnavailable):  # unreleased, the proof stays claimed: spent, never charged
+            await self.proofs.release(sale.endpoint.workspace_id, sale.proof.id, self.clock(), reason=why)
+
+    # -- after the claim: a run of the workflow agent -----------------------------------------------------------
+    async def _complete(self, sale: _Sale) -> Response:
+        endpoint = sale.endpoint
+        try:
+            started = self.clock()
+            attribution = _attribution(sale)
+            spec = endpoint.spec
+            payment = Payment(
+                direction=PaymentDirection.INBOUND,
+                status=PaymentStatus.VERIFIED,
+                amount_nanos=spec.price_nanos,
+                protocol=PaymentProtocol.X402,
+                fee_nanos=fee_nanos(spec.price_nanos, spec.fee_percent, spec.fee_fixed_nanos),
+                asset_amount=str(spec.asset_amount),
+                network=spec.asset.network,
+                asset=spec.asset.address,
+                counterparty=sale.payer,
+                endpoint_id=endpoint.id,
+            )
+            start: list[TraceEvent] = [
+                RunStart(
+                    run_id=sale.run_id,
+                    attribution=attribution,
+                    started_at=started,
+                    name=f"x402 {spec.slug}",
+                    metadata={"paid_endpoint": spec.slug, "payer": sale.payer, "proof_id": sale.proof.id},
+                    endpoint_id=endpoint.id,
+                ),
+                _payment_step(new_id("step"), sale, attribution, payment, started),
+            ]
+            # Durable before the workflow runs: its model calls may reach another replica, and the run must exist
+            # with its endpoint before they name it (a run is created on first sight).
+            await _durable(self.pipeline.commit(start))
+            return await self._invoke(sale, attribution, payment)
+        except Exception:
+            # A defect, not a refusal: the proof is failed (never charged) and the run ended, then the 500.
+            log.exception("paid call %s failed unexpectedly", sale.run_id)
+            with contextlib.suppress(Exception):
+                now = self.clock()
+                await self.proofs.fail(endpoint.workspace_id, sale.proof.id, "internal error", now)
+                await _durable(
+                    self.pipeline.commit(
+                        [RunEnd(endpoint.workspace_id, sale.run_id, RunStatus.FAILED, now, error="internal error")]
+                    )
+                )
+            raise
+        finally:
+            if endpoint.spec.policy.concurrent is not None:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.counters.release_slot(self._slot_key(endpoint), sale.run_id)
+
+    async def _invoke(self, sale: _Sale, attribution: Attribution, payment: Payment) -> Response:
+        endpoint, spec = sale.endpoint, sale.endpoint.spec
+        assert endpoint.runtime is not None  # checked when the endpoint was found
+        run_header = {RUN_ID_HEADER: sale.run_id}
+        began, t0 = self.clock(), time.perf_counter()
+        try:
+            answer = await self.workflows.invoke(
+                endpoint.runtime, sale.body, sale.params, _workflow_headers(sale), spec.timeout_s
+            )
+        except AgentLedgerError as exc:
+            status = exc.workflow_status if isinstance(exc, WorkflowFailed | WorkflowBadResponse) else None
+            step = _workflow_step(sale, attribution, began, t0, self.clock(), status, exc.message)
+            why = f"not settled: the workflow failed: {exc.message}"
+            await self._finish(sale, [step], replace(payment, status=PaymentStatus.FAILED), why)
+            return error(exc, run_header)
+        step = _workflow_step(sale, attribution, began, t0, self.clock(), answer.status, None)
+        try:
+            settled = await self.facilitator.settle(sale.payload, sale.requirements)
+        except Exception as exc:  # as x402's own server does: any failure to settle is a failed settlement
+            code = exc.code if isinstance(exc, FacilitatorError) else "settlement_error"
+            log.warning("paid call %s: settlement raised %s: %s", sale.run_id, type(exc).__name__, exc)
+            settled = SettleResponse(
+                success=False,
+                error_reason=code,
+                error_message=exc.message if isinstance(exc, FacilitatorError) else "The settlement failed.",
+                transaction="",
+                network=sale.requirements.network,
+                payer=sale.payer,
+            )
+        if not settled.success:
+            reason = settled.error_reason or "settlement_failed"
+            why = f"settlement failed ({reason}): the workflow's work was done unpaid"
+            await self._finish(sale, [step], replace(payment, status=PaymentStatus.FAILED), why)
+            refused = SettlementFailed(
+                f"The payment could not be settled ({reason}); nothing was charged, and the output is withheld. "
+                "Pay again with a new authorization.",
+                reason=reason,
+            )
+            return error(refused, {**wire.settlement_failed_answer(settled).headers, **run_header})
+        done = replace(payment, status=PaymentStatus.SETTLED, reference=settled.transaction)
+        await self._finish(sale, [step], done, None, reference=settled.transaction)
+        headers = {"content-type": "application/json", **run_header, **wire.settlement_headers(settled)}
+        return Response(answer.body, status_code=answer.status, headers=headers)
+
+    async def _finish(
+        self,
+        sale: _Sale,
+        steps: list[StepRecord],
+        payment: Payment,
+        failure: str | None,
+        *,
+        reference: str | None = None,
+    ) -> None:
+        """The run's last records, durable, and the proof's state, together: settled, or failed for good."""
+        ws, now = sale.endpoint.workspace_id, self.clock()
+        attribution = steps[0].attribution
+        final = _payment_step(sale.payment_id, sale, attribution, payment, now, error=failure)
+        status = RunStatus.FAILED if failure else RunStatus.SUCCEEDED
+        end = RunEnd(ws, sale.run_id, status, now, error=failure)
+        proof: Awaitable[bool]
+        if failure is None and reference is not None:
+            proof = self.proofs.settle(ws, sale.proof.id, reference, now, payment_id=sale.payment_id)
+        else:
+            proof = self.proofs.fail(ws, sale.proof.id, failure or "failed", now)
+        written, moved = await asyncio.gather(
+            _durable(self.pipeline.commit([*steps, final, end])), proof, return_exceptions=True
+        )
+        if isinstance(moved, BaseException):
+            log.error("paid call %s: the proof's state could not be recorded: %s", sale.run_id, moved)
+        if isinstance(written, BaseException):
+            log.error("paid call %s: its records could not be made durable: %s", sale.run_id, written)
+
+
+def error(exc: AgentLedgerError, headers: dict[str, str] | None = None) -> Response:
+    """This route's one error shape: `{"error": {"message", "type", "code", "param"[, "reason"]}}`."""
+    out = dict(headers or {})
+    if exc.retry_after is not None:
+        out["retry-after"] = str(exc.retry_after)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=out)
+
+
+def _payment_required(request: Request, endpoint: LoadedEndpoint, exc: PaymentRequired) -> Response:
+    resource = str(request.url.replace(query=""))
+    required = wire.payment_required(
+        [endpoint.requirements], resource_url=resource, description=endpoint.spec.description, error=exc.reason
+    )
+    return error(exc, wire.payment_required_answer(required).headers)
+
+
+async def _durable(fut: asyncio.Future[None] | None) -> None:
+    """Wait for records to be durable (strict mode). A record that can never be (logged and counted by the
+    pipeline) does not hold the answer: the work was done, and its payment decided, either way."""
+    if fut is None:
+        return
+    try:
+        await fut
+    except AgentLedgerError:
+        log.error("a paid call's records could not be made durable; it is answered anyway")
+
+
+def _attribution(sale: _Sale) -> Attribution:
+    t = sale.tracking
+    e = sale.endpoint
+    return Attribution(
+        workspace_id=e.workspace_id,
+        department_id=e.department_id,
+        virtual_key_id=e.virtual_key_id,
+        agent_id=e.spec.agent_id,
+        run_id=sale.run_id,
+        session_id=t.session_id,
+        session_path=t.session_path,
+        session_name=t.session_name,
+    )
+
+
+def _payment_step(
+    step_id: str,
+    sale: _Sale,
+    attribution: Attribution,
+    payment: Payment,
+    at: datetime,
+    *,
+    error: str | None = None,
+) -> StepRecord:
+    return StepRecord(
+        step_id=step_id,
+        run_id=sale.run_id,
+        attribution=attribution,
+        kind=StepKind.PAYMENT,
+        name=f"x402 payment {payment.status.value}",
+        status=StepStatus.ERROR if error else StepStatus.OK,
+        started_at=at,
+        ended_at=at,
+        error=error,
+        attributes={"proof_id": sale.proof.id, "paid_endpoint": sale.endpoint.spec.slug},
+        payment=payment,
+    )
+
+
+def _workflow_step(
+    sale: _Sale,
+    attribution: Attribution,
+    began: datetime,
+    t0: float,
+    ended: datetime,
+    http_status: int | None,
+    failure: str | None,
+) -> StepRecord:
+    runtime = sale.endpoint.runtime
+    return StepRecord(
+        step_id=new_id("step"),
+        run_id=sale.run_id,
+        attribution=attribution,
+        kind=StepKind.WORKFLOW_STEP,
+        name=f"workflow {sale.endpoint.spec.slug}",
+        status=StepStatus.ERROR if failure else StepStatus.OK,
+        started_at=began,
+        ended_at=ended,
+        latency_ms=(time.perf_counter() - t0) * 1000,
+        error=failure,
+        # Never the runtime's URL: a step is read back through the API, and the URL may be a capability.
+        attributes={
+            "http_status": http_status,
+            "runtime": runtime.type if runtime else None,
+            "method": runtime.method if runtime else None,
+        },
+    )
+
+
+def _workflow_headers(sale: _Sale) -> dict[str, str]:
+    t = sale.tracking
+    headers = {
+        RUN_ID: sale.run_id,
+        AGENT_ID: sale.endpoint.spec.agent_id,
+        REQUEST_ID: sale.request_id,
+        VIRTUAL_KEY_HEADER: sale.endpoint.virtual_key,
+        PAYER_HEADER: sale.payer,
+        ENDPOINT_HEADER: sale.endpoint.spec.slug,
+    }
+    for name, value in ((SESSION_ID, t.session_id), (SESSION_PATH, t.session_path), (SESSION_NAME, t.session_name)):
+        if value is not None:
+            headers[name] = value
+    return headers
+
+
+def _query(data: dict[str, Any]) -> dict[str, str]:
+    """A GET runtime's query: each member of the body, strings as they are, anything else as JSON."""
+    return {k: v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in data.items()}
