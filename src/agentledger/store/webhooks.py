@@ -292,6 +292,36 @@ class WebhookStore:
 
         return await self.store._read(run, query=True)
 
+    async def margins(
+        self, workspace_id: str, start: datetime, end: datetime, by: str
+    ) -> dict[str, tuple[int, int, str | None, str | None]]:
+        """(revenue, margin, agent, department) per paid endpoint (`by` "endpoint_id") or per agent ("agent_id")
+        that had revenue in the hourly rollup's hours [start, end): a range of the rollup's primary key. Margin is
+        core.finance.Pnl's: revenue − refunds − cost. Agent and department are the group's own (an endpoint's
+        runs are its workflow agent's)."""
+        h = t.rollup_hourly.c
+        column = h.endpoint_id if by == "endpoint_id" else h.agent_id
+        sums = [
+            func.sum(getattr(h, f"{m}_carry")) if part else func.sum(getattr(h, f"{m}_nanos"))
+            for m in ("revenue", "refund", "cost")
+            for part in (1, 0)
+        ]
+        stmt = (
+            select(column, *sums, func.max(h.agent_id), func.max(h.department_id))
+            .where(h.workspace_id == workspace_id, h.hour >= start, h.hour < end, column.is_not(None))
+            .group_by(column)
+        )
+
+        def run(conn: Connection) -> dict[str, tuple[int, int, str | None, str | None]]:
+            out = {}
+            for key, rc, rn, fc, fn, cc, cn, agent, dep in conn.execute(stmt):
+                revenue, refunds, cost = _cost(rc, rn), _cost(fc, fn), _cost(cc, cn)
+                if revenue > 0:
+                    out[key] = (revenue, revenue - refunds - cost, agent, dep)
+            return out
+
+        return await self.store._read(run, query=True)
+
     async def error_counts(self, since: datetime) -> dict[str, tuple[int, int]]:
         """(calls, errors) per workspace for requests started at or after `since`: a range of the requests'
         time index (ix_requests_started_ws), the only kept figure with errors by time."""

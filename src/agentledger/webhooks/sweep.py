@@ -2,7 +2,8 @@
 
 Bounded work per round: one count of the last minutes' requests per workspace (the requests' time index); per
 workspace, the last full hour's spend per agent (a range of the hourly rollup's key), and the trailing days only
-for the agents over the floor. Alerts go through the trace pipeline like any event: recorded once per window.
+for the agents over the floor; the last full hour's margin per paid endpoint and per agent (two more ranges of the
+hourly rollup). Alerts go through the trace pipeline like any event: recorded once per window.
 """
 
 from __future__ import annotations
@@ -22,11 +23,19 @@ Commit = Callable[[list[TraceEvent]], Awaitable[None]]
 
 
 class AlertSweep:
-    def __init__(self, store: WebhookStore, commit: Commit, anomaly: a.AnomalyRule, spike: a.SpikeRule) -> None:
+    def __init__(
+        self,
+        store: WebhookStore,
+        commit: Commit,
+        anomaly: a.AnomalyRule,
+        spike: a.SpikeRule,
+        margin: a.MarginRule | None = None,
+    ) -> None:
         self.store = store
         self.commit = commit
         self.anomaly = anomaly
         self.spike = spike
+        self.margin = margin or a.MarginRule()
 
     async def run(self, clock: Callable[[], datetime], every: float) -> None:
         while True:
@@ -39,7 +48,7 @@ class AlertSweep:
                 log.exception("alert sweep failed; retrying")
 
     async def tick(self, now: datetime) -> list[Alert]:
-        found = await self.error_spikes(now) + await self.spend_anomalies(now)
+        found = await self.error_spikes(now) + await self.spend_anomalies(now) + await self.margin_losses(now)
         if found:
             await self.commit(list(found))
         return found
@@ -51,6 +60,31 @@ class AlertSweep:
             for ws, (calls, errors) in counts.items()
             if a.is_error_spike(calls, errors, self.spike)
         ]
+
+    async def margin_losses(self, now: datetime) -> list[Alert]:
+        """Paid endpoints, then agents, whose last full hour had revenue and a known margin under the floor."""
+        hour = a.last_full_hour(now)
+        found = []
+        for ws in await self.store.workspace_ids():
+            for subject, by in (("endpoint", "endpoint_id"), ("agent", "agent_id")):
+                rows = await self.store.margins(ws, hour, hour + timedelta(hours=1), by)
+                for key, (revenue, margin, agent, department) in rows.items():
+                    if a.is_margin_loss(revenue, margin, self.margin):
+                        found.append(
+                            a.margin_loss(
+                                ws,
+                                subject,
+                                key,
+                                hour,
+                                revenue,
+                                margin,
+                                self.margin,
+                                at=now,
+                                agent_id=agent,
+                                department_id=department,
+                            )
+                        )
+        return found
 
     async def spend_anomalies(self, now: datetime) -> list[Alert]:
         hour = a.last_full_hour(now)
