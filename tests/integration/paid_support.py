@@ -60,6 +60,7 @@ class Workflow:
     secret: str = field(default_factory=lambda: "n8n-" + os.urandom(8).hex())
     path: str = field(default_factory=lambda: "/webhook/" + os.urandom(8).hex())
     gateway_url: str = ""
+    url: str = ""  # where it listens (set once its server runs)
     calls: list[dict[str, Any]] = field(default_factory=list)
     model_answers: list[int] = field(default_factory=list)
     _client: httpx.AsyncClient | None = None
@@ -106,6 +107,7 @@ class Workflow:
 def workflow_server() -> Iterator[tuple[Workflow, ServerThread]]:
     flow = Workflow()
     with ServerThread(flow.app()) as server:
+        flow.url = server.url + flow.path
         yield flow, server
 
 
