@@ -13,8 +13,13 @@ from typing import Any
 import httpx
 import pytest
 from eth_account import Account
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 from x402.mechanisms.evm.utils import normalize_address
 
+from agentledger.api.openapi import document
 from agentledger.core.assets import USDC_BASE, USDC_BASE_SEPOLIA
 from agentledger.finance import wire
 from agentledger.testing import ServerThread
@@ -614,3 +619,72 @@ def test_a_signer_limit_below_the_price_refuses_the_payment(gw: Harness, shop: t
         "($0.005000000 a payment); nothing was paid."
     )
     assert seller.payment_headers() == [None]
+
+
+# -- closing the loop: agent A buys from agent B's paid endpoint on the same gateway --------------------------------
+
+PAID_ROUTE = "/x402/{workspace}/{slug}"
+
+
+def _workflow_app() -> Starlette:
+    """Agent B's workflow: a loopback webhook standing in for n8n."""
+
+    async def summarize(request: Request) -> JSONResponse:
+        data = await request.json()
+        return JSONResponse({"summary": str(data.get("text", ""))[:10], "run": request.headers.get("alephant-run-id")})
+
+    return Starlette(routes=[Route("/hook", summarize, methods=["POST"])])
+
+
+@pytest.mark.skipif(
+    PAID_ROUTE not in document()["paths"],
+    reason="closing the loop needs H2b's paid endpoint route POST /x402/{workspace}/{slug} and /api/paid-endpoints, "
+    "not on main yet",
+)
+def test_agent_a_buys_from_agent_b_on_the_same_gateway_and_both_sides_are_in_the_books(gw: Harness) -> None:
+    with ServerThread(_workflow_app()) as workflow:
+        seller_agent = {
+            "id": "seller-bot",
+            "department_id": gw.department,
+            "name": "Seller",
+            "kind": "workflow",
+            "runtime": {"type": "webhook", "url": workflow.url + "/hook"},
+        }
+        assert gw.api("POST", "/api/agents", json=seller_agent).status_code == 201
+        pay_to = str(Account.create().address)
+        endpoint = {"slug": "summarize", "agent_id": "seller-bot", "price_usd": "0.01", "pay_to": pay_to}
+        created = gw.api("POST", "/api/paid-endpoints", json=endpoint)
+        assert created.status_code == 201, created.text
+        add_signer(gw)
+        budget = add_budget(gw, "1.00", scope="agent", scope_value=gw.agent)
+
+        url = gw.url + f"/x402/{gw.workspace}/summarize"
+        resp = fetch(
+            gw,
+            {"alephant-agent-id": gw.agent},
+            url=url,
+            method="POST",
+            body={"text": "a long text to summarize"},
+            max_amount_usd="0.05",
+            run_id="run-buyer",
+        )
+        assert resp.status_code == 200, resp.text
+        out = resp.json()
+        assert (out["status"], out["body"]["summary"]) == (200, "a long tex")
+        payment = out["payment"]
+        assert (payment["status"], payment["confirmed"], payment["amount_usd"]) == ("settled", True, "0.010000000")
+        assert payment["payee"] == normalize_address(pay_to) and payment["reference"].startswith("local:")
+
+    # A's side: the outbound payment in its run, its agent's budget charged.
+    buyer = gw.get("/api/runs/run-buyer")["totals"]
+    assert (buyer["outbound_payments_usd"], buyer["cost_usd"], buyer["revenue_usd"]) == (
+        "0.010000000",
+        "0.010000000",
+        "0.000000000",
+    )
+    assert budget_figures(gw, budget["id"], ("0.010000000", "0.000000000")) == ("0.010000000", "0.000000000")
+    # B's side and A's side, from the books: revenue for the seller agent, the outbound payment for the buyer.
+    rows = {r["key"]: r for r in gw.get("/api/finance/summary", group_by="agent")["data"]}
+    assert rows["seller-bot"]["revenue_usd"] == "0.010000000"
+    assert rows[gw.agent]["outbound_payments_usd"] == "0.010000000"
+    assert rows[gw.agent]["margin_usd"] == "-0.010000000"
