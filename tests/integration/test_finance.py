@@ -254,7 +254,7 @@ def test_bad_payment_steps_and_summary_queries_are_400s_naming_the_field(gw: Har
 
 def test_a_summary_by_an_indexed_property_and_by_hour(gw: Harness) -> None:
     assert gw.api("POST", "/api/analytics/properties", json={"name": "customer"}).status_code == 201
-    headers = {"alephant-property-customer": "acme"}
+    headers = {"alephant-property-customer": "acme", "alephant-session-id": "sess-p"}
     resp = gw.v1(
         "POST",
         "/v1/runs/run-p/steps",
@@ -270,4 +270,12 @@ def test_a_summary_by_an_indexed_property_and_by_hour(gw: Harness) -> None:
         "2.000000000",
         "1.500000000",
         75.0,
+    )
+    # A session's totals carry its P&L too (its paths add up to them).
+    totals = gw.get("/api/sessions/sess-p")["totals"]
+    assert (totals["revenue_usd"], totals["fees_usd"], totals["margin_usd"], totals["events"]) == (
+        "2.000000000",
+        "0.500000000",
+        "1.500000000",
+        1,
     )

@@ -93,7 +93,7 @@ PNL = {
     },
     "estimated_cost_usd": {**USD, "description": "Cost whose provenance is `estimated` or `clamped`."},
     "estimated_share": {
-        **nullable({"type": "number", "minimum": 0}),
+        **nullable({"type": "number"}),
         "description": "estimated cost / cost, 6 decimals: how far the margin is an estimate; null without cost.",
     },
 }
