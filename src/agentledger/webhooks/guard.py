@@ -5,6 +5,8 @@ private, loopback, link-local (which holds the cloud metadata service, 169.254.1
 multicast, unspecified or reserved. `webhook_allow_hosts` names hosts or networks to let through anyway. The check
 runs when a webhook is created and again before each delivery, and the delivery connects to the very addresses
 checked (`PinnedResolver`), so a name that resolves elsewhere the second time (DNS rebinding) gains nothing.
+POST /v1/x402/fetch goes through the same guard with its own allow-list, `x402_fetch_allow_hosts`
+(finance/outbound_http.py).
 """
 
 from __future__ import annotations
