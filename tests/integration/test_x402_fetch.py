@@ -688,3 +688,53 @@ def test_agent_a_buys_from_agent_b_on_the_same_gateway_and_both_sides_are_in_the
     assert rows["seller-bot"]["revenue_usd"] == "0.010000000"
     assert rows[gw.agent]["outbound_payments_usd"] == "0.010000000"
     assert rows[gw.agent]["margin_usd"] == "-0.010000000"
+
+
+def test_an_escalated_payment_waits_for_approval_and_the_same_purchase_resent_pays(
+    gw: Harness, shop: tuple[Seller, str]
+) -> None:
+    seller, url = shop
+    add_signer(gw)
+    policy = {
+        "name": "approve payments",
+        "scope": "workspace",
+        "settings": {"approval_wait_s": 0},
+        "rules": [{"id": "ask", "action": "escalate", "when": {"kinds": ["payment"], "cost_over_usd": "0.001"}}],
+    }
+    assert gw.api("POST", "/api/policies", json=policy).status_code == 201
+    held = fetch(gw, url=url, max_amount_usd="0.05", run_id="run-approve")
+    assert held.status_code == 403, held.text
+    error = held.json()["error"]
+    assert error["code"] == "approval_required" and held.headers["retry-after"]
+    assert seller.payment_headers() == [None]
+    approval = gw.get(f"/api/approvals/{error['approval_id']}")
+    assert (approval["kind"], approval["run_id"], approval["summary"]["amount_usd"]) == (
+        "payment",
+        "run-approve",
+        "0.010000000",
+    )
+    assert gw.api("POST", f"/api/approvals/{error['approval_id']}/approve").status_code == 200
+    paid = fetch(gw, url=url, max_amount_usd="0.05", run_id="run-approve")
+    assert paid.status_code == 200, paid.text
+    assert paid.json()["payment"]["status"] == "settled"
+    assert gw.get(f"/api/approvals/{error['approval_id']}")["used"] is True
+
+
+def test_an_answer_past_the_size_bound_is_502_and_its_payment_is_still_on_the_books(
+    sqlite_url: str, tmp_path: Path, upstream: ServerThread, shop: tuple[Seller, str]
+) -> None:
+    seller, url = shop
+    seller.mode = "big"
+    with running_gateway(sqlite_url, tmp_path, upstream, **ALLOW, x402_fetch_max_response_bytes=1024) as small:
+        add_signer(small)
+        resp = fetch(small, url=url, max_amount_usd="0.05", run_id="run-big")
+        assert resp.status_code == 502
+        assert resp.json()["error"] == {
+            "message": "The seller's answer is larger than 1024 bytes.",
+            "type": "upstream_error",
+            "code": "response_too_large",
+            "param": None,
+        }
+        steps = {s["kind"]: s for s in run_steps(small, "run-big")}
+        assert steps["payment"]["payment"]["status"] == "settled"
+        assert small.get("/api/runs/run-big")["totals"]["cost_usd"] == "0.010000000"

@@ -4,7 +4,8 @@ test can say the seller never saw a payment header.
 
 Modes: `paid` (402 until paid, then verified and settled), `free` (answers without asking for payment),
 `settle_fails` (verifies, then reports a failed settlement: 402 with a failed PAYMENT-RESPONSE), `no_receipt`
-(verifies and serves without PAYMENT-RESPONSE), `v1` (a 402 with no version 2 header).
+(verifies and serves without PAYMENT-RESPONSE), `v1` (a 402 with no version 2 header), `big` (paid, then a 4 KiB
+answer).
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def seller_app(seller: Seller) -> Starlette:
             return _answer(wire.settlement_failed_answer(settle), {})
         seller.settled.append(settle)
         headers = {"content-type": "application/json", **wire.settlement_headers(settle), "set-cookie": "s=1"}
+        if seller.mode == "big":
+            return Response(b"x" * 4096, headers=headers)
         return Response(orjson.dumps({"goods": "the data", "echo": body.decode() or None}), headers=headers)
 
     @contextlib.asynccontextmanager

@@ -81,6 +81,7 @@ class _Fetch:
     attribution: Attribution
     started: datetime
     t0: float
+    client_request_id: bool = False  # the agent sent its x-request-id (an approval names it)
     host: str = ""
     governed: Governed | None = None
 
@@ -129,7 +130,13 @@ class X402Fetch:
             attribution = await self.gateway.attribute(principal, tracking)
             attribution = replace(attribution, run_id=ask.run_id or new_id("run"))
             fetch = _Fetch(
-                request, request.scope["state"]["request_id"], ask, attribution, self.clock(), time.perf_counter()
+                request,
+                request.scope["state"]["request_id"],
+                ask,
+                attribution,
+                self.clock(),
+                time.perf_counter(),
+                client_request_id=tracking.request_id is not None,
             )
             return await self._fetch(fetch)
         except AgentLedgerError as exc:
@@ -152,6 +159,9 @@ class X402Fetch:
         except AgentLedgerError as exc:
             await self._record(f, [self._api_step(f, None, exc.message)])
             raise
+        if first.too_large:
+            await self._record(f, [self._api_step(f, first, "the answer was too large")])
+            first.check_size(self.outbound.max_bytes)
         if first.status != 402:
             await self._record(f, [self._api_step(f, first)])
             return self._answer(f, first, None)
@@ -183,14 +193,16 @@ class X402Fetch:
                     client_ip=policies.client_ip(req.client.host if req.client else None, req.headers),
                     header_names=names_of(req.scope["headers"]),
                     prompt_id=None,
+                    # What an escalation's approval is bound to (with the key and the run): the same purchase sent
+                    # again in the same run finds it.
                     body={
                         "kind": "payment",
                         "name": f.host,
                         "amount_usd": format_usd(amount),
                         "url": f.ask.shown_url,
                         "pay_to": choice.requirements.pay_to,
-                        "run_id": f.run_id,
                     },
+                    request_id=f.request_id if f.client_request_id else None,
                 )
             try:
                 entries = await self.desk.authorize(governed, subject, amount, kind="payment", name=f.host)
@@ -231,6 +243,7 @@ class X402Fetch:
         outcome = _outcome(second)
         step_id = await self._finish(f, choice, second, outcome)
         charged = amount if outcome.status is PaymentStatus.SETTLED else 0
+        second.check_size(self.outbound.max_bytes)  # the payment is on the books first, whatever the body
         return self._answer(f, second, self._payment_view(choice, outcome, charged, step_id), charged)
 
     async def _finish(self, f: _Fetch, choice: buying.Choice, answer: Answer | None, outcome: _Outcome) -> str:

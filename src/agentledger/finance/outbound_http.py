@@ -40,6 +40,11 @@ class Answer:
     status: int
     headers: CIMultiDictProxy[str]
     body: bytes
+    too_large: bool = False  # the body passed the bound: not kept (the headers still say what a payment did)
+
+    def check_size(self, max_bytes: int) -> None:
+        if self.too_large:
+            raise ResponseTooLarge(f"The seller's answer is larger than {max_bytes} bytes.")
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)
@@ -61,7 +66,8 @@ class Outbound:
 
     async def send(self, target: Target, method: str, headers: Mapping[str, str], body: bytes | None) -> Answer:
         """One request to `target`'s checked addresses. NotSent (502) when no connection was made, UpstreamTimeout
-        (504) past the deadline, UpstreamUnavailable (502) when the seller hung up, ResponseTooLarge (502)."""
+        (504) past the deadline, UpstreamUnavailable (502) when the seller hung up. An answer past the size bound
+        comes back `too_large`, without its body, for the caller to read its headers first."""
         connector = aiohttp.TCPConnector(resolver=PinnedResolver(target), force_close=True, use_dns_cache=False)
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         out = {"user-agent": USER_AGENT, **headers}
@@ -72,7 +78,7 @@ class Outbound:
             ):
                 data = await resp.content.read(self.max_bytes + 1)
                 if len(data) > self.max_bytes:
-                    raise ResponseTooLarge(f"The seller's answer is larger than {self.max_bytes} bytes.")
+                    return Answer(resp.status, resp.headers, b"", too_large=True)
                 return Answer(resp.status, resp.headers, data)
         except TimeoutError:
             raise UpstreamTimeout(f"The seller did not answer within {self.timeout:g} s.") from None

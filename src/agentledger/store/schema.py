@@ -656,7 +656,7 @@ x402_payments = Table(
     Index("ix_x402_payments_run", "workspace_id", "run_id"),
 )
 
-# -- payment signers: a workspace's keys for outbound x402 payments (store/payment_signers.py; docs/paid-endpoints.md) --
+# -- payment signers: a workspace's keys for outbound x402 payments (store/payment_signers.py, docs/paid-endpoints.md)
 # The private key is kept encrypted (secrets_box.py, as provider keys) and never answered. A revoked signer keeps its
 # row and its name: its payments in the trace name it, and a name must always mean one key.
 payment_signers = Table(
