@@ -305,6 +305,7 @@ def _paid_endpoints(settings: Settings, c: Components) -> PaidEndpoints:
         c.pipeline,
         c.counters,
         max_body_bytes=settings.paid_endpoint_max_body_bytes,
+        desk=c.desk,
     )
     return PaidEndpoints(admin, catalog, seller, workflows, facilitator)
 

@@ -205,6 +205,24 @@ async def test_a_buyer_pays_the_workflow_runs_and_the_run_keeps_the_books(
     assert len(s.flow.calls) == calls + 1 and len(s.runs_of(ep)) == 1
 
 
+async def test_a_sale_and_its_model_call_count_against_the_workflow_agents_budget(
+    seller: Seller, client: httpx.AsyncClient
+) -> None:
+    s = seller
+    agent = workflow_agent(s.gw, s.flow, s.server)
+    budget = s.gw.api(
+        "POST",
+        "/api/budgets",
+        json={"scope": "agent", "scope_value": agent, "limit_usd": "10", "period": "total", "action": "alert_only"},
+    )
+    assert budget.status_code == 201, budget.text
+    resp = await pay(s, client, publish(s.gw, agent), {"text": "hi"})
+    assert resp.status_code == 200
+    # The model call through the scoped key, and the sale's fee, as the step API charges a payment step's cost.
+    spent = s.gw.get(f"/api/budgets/{budget.json()['id']}")["status"]["spent_usd"]
+    assert spent == "0.002750000" == f"0.00{MODEL_COST_NANOS + FEE_NANOS}"
+
+
 async def test_a_get_runtime_gets_the_body_as_query_parameters(seller: Seller, client: httpx.AsyncClient) -> None:
     s = seller
     agent = workflow_agent(s.gw, s.flow, s.server, method="GET")

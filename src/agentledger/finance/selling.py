@@ -37,7 +37,7 @@ from agentledger.core.errors import (
     RequestTooLarge,
     StoreUnavailable,
 )
-from agentledger.core.finance import fee_nanos
+from agentledger.core.finance import fee_nanos, payment_cost
 from agentledger.core.headers import (
     AGENT_ID,
     REQUEST_ID,
@@ -66,6 +66,7 @@ from agentledger.core.model import (
 )
 from agentledger.core.money import format_usd
 from agentledger.core.paid_endpoints import SETTLE_RESERVE_S, lasts_long_enough, payer_allowed
+from agentledger.core.pricing import CostSource
 from agentledger.core.proofs import PaymentProof
 from agentledger.finance import wire
 from agentledger.finance.endpoints import EndpointCatalog, LoadedEndpoint
@@ -87,6 +88,7 @@ from agentledger.finance.refusals import (
 from agentledger.finance.workflows import WorkflowBadResponse, WorkflowFailed, WorkflowInvoker
 from agentledger.gateway.bodies import parse_json_object
 from agentledger.gateway.responses import RUN_ID_HEADER, JSONResponse
+from agentledger.gateway.spend import SpendDesk
 from agentledger.limits.base import Counters, Rate
 from agentledger.pipeline.queue import TracePipeline
 from agentledger.store.finance import PaymentProofs
@@ -129,6 +131,7 @@ class Seller:
         counters: Counters,
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        desk: SpendDesk | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.catalog = catalog
@@ -138,6 +141,7 @@ class Seller:
         self.pipeline = pipeline
         self.counters = counters
         self.max_body_bytes = max_body_bytes
+        self.desk = desk  # charges a sale's fee to the budgets that apply, as the step API does
         self.clock = clock
         self._finishing: set[asyncio.Task[Response]] = set()
 
@@ -408,13 +412,19 @@ class Seller:
         final = _payment_step(sale.payment_id, sale, attribution, payment, now, error=failure)
         status = RunStatus.FAILED if failure else RunStatus.SUCCEEDED
         end = RunEnd(ws, sale.run_id, status, now, error=failure)
+        charged: list[TraceEvent] = []
+        if final.cost_nanos and self.desk is not None:
+            try:
+                charged = await self.desk.charge_steps([final], None, {})
+            except AgentLedgerError as exc:  # the sale stands; its fee is in the books, not in the budgets
+                log.warning("paid call %s: its fee could not be charged to budgets: %s", sale.run_id, exc.message)
         proof: Awaitable[bool]
         if failure is None and reference is not None:
             proof = self.proofs.settle(ws, sale.proof.id, reference, now, payment_id=sale.payment_id)
         else:
             proof = self.proofs.fail(ws, sale.proof.id, failure or "failed", now)
         written, moved = await asyncio.gather(
-            _durable(self.pipeline.commit([*steps, final, end])), proof, return_exceptions=True
+            _durable(self.pipeline.commit([*steps, final, *charged, end])), proof, return_exceptions=True
         )
         if isinstance(moved, BaseException):
             log.error("paid call %s: the proof's state could not be recorded: %s", sale.run_id, moved)
@@ -473,6 +483,7 @@ def _payment_step(
     *,
     error: str | None = None,
 ) -> StepRecord:
+    cost = payment_cost(payment)  # what the store derives too (core/finance.py): a settled sale's fee
     return StepRecord(
         step_id=step_id,
         run_id=sale.run_id,
@@ -482,6 +493,8 @@ def _payment_step(
         status=StepStatus.ERROR if error else StepStatus.OK,
         started_at=at,
         ended_at=at,
+        cost_nanos=cost,
+        cost_source=CostSource.REPORTED if cost else None,
         error=error,
         attributes={"proof_id": sale.proof.id, "paid_endpoint": sale.endpoint.spec.slug},
         payment=payment,
