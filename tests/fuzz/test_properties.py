@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from agentledger.core import headers as h
 from agentledger.core.errors import InvalidHeader
-from agentledger.core.model import StepKind
+from agentledger.core.finance import payment_cost, payment_values, payment_view
+from agentledger.core.model import Payment, PaymentDirection, PaymentProtocol, PaymentStatus, StepKind
 from agentledger.core.money import to_nanos
 from agentledger.core.rollup import TOKEN_FIELDS
 from tests.harness import Harness
@@ -135,6 +136,37 @@ OFFSETS = st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezo
 WHEN = st.datetimes(datetime(1970, 1, 2), datetime(9999, 12, 30), timezones=OFFSETS)
 
 
+# A payment step's payment (amount and fee together within the event bound).
+PAYMENT = st.fixed_dictionaries(
+    {
+        "direction": st.sampled_from([d.value for d in PaymentDirection]),
+        "status": st.sampled_from([v.value for v in PaymentStatus]),
+        "amount_usd": st.decimals(0, 500_000, places=9).map(str),
+    },
+    optional={
+        "fee_usd": st.decimals(0, 500_000, places=9).map(str),
+        "protocol": st.sampled_from([v.value for v in PaymentProtocol]),
+        "asset_amount": st.from_regex(r"\A[0-9]{1,78}\Z"),
+        "network": st.text(TEXT, min_size=1, max_size=64),
+        "asset": st.text(TEXT, min_size=1, max_size=256),
+        "counterparty": st.text(TEXT, min_size=1, max_size=256),
+        "reference": st.text(TEXT, min_size=1, max_size=256),
+        "endpoint_id": ID,
+    },
+)
+
+
+def payment_of(sent: dict[str, Any]) -> Payment:
+    return Payment(
+        direction=PaymentDirection(sent["direction"]),
+        status=PaymentStatus(sent["status"]),
+        amount_nanos=to_nanos(Decimal(sent["amount_usd"])),
+        protocol=PaymentProtocol(sent.get("protocol", "manual")),
+        fee_nanos=to_nanos(Decimal(sent.get("fee_usd", "0"))),
+        **{k: sent.get(k) for k in ("asset_amount", "network", "asset", "counterparty", "reference", "endpoint_id")},
+    )
+
+
 @st.composite
 def step(draw: st.DrawFn, step_id: str, parents: list[str]) -> dict[str, Any]:
     s: dict[str, Any] = {"id": step_id, "name": draw(NAME)}
@@ -159,6 +191,9 @@ def step(draw: st.DrawFn, step_id: str, parents: list[str]) -> dict[str, Any]:
     for key, strategy in optional.items():
         if draw(st.booleans()):
             s[key] = draw(strategy)
+    if s.get("kind") == "payment":  # its cost is its payment's: no cost_usd
+        s.pop("cost_usd", None)
+        s["payment"] = draw(PAYMENT)
     if draw(st.booleans()):
         started = draw(WHEN)
         s["started_at"] = started.isoformat()
@@ -196,6 +231,10 @@ def expected_fields(sent: dict[str, Any]) -> dict[str, Any]:
         out["cost_nanos"] = to_nanos(Decimal(sent["cost_usd"]))
     if "latency_ms" in sent:
         out["latency_ms"] = sent["latency_ms"]
+    if "payment" in sent:
+        paid = payment_of(sent["payment"])
+        out["payment"] = payment_view(payment_values(paid))
+        out["cost_nanos"] = payment_cost(paid)
     return out
 
 

@@ -103,7 +103,7 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     (pay(amount_usd=None), "'payment.amount_usd' is required.", "steps[3].payment.amount_usd"),
     *[
         (pay(amount_usd=v), f"'payment.amount_usd' {USD}", "steps[3].payment.amount_usd")
-        for v in ("-1", -0.5, "1000000.01", 1_000_001, "1e3", "NaN", " 1", True, [1], "")
+        for v in ("-1", -0.5, "1000000.01", 1_000_001, "1e7", "NaN", "Infinity", "one", True, [1], "")
     ],
     *[(pay(fee_usd=v), f"'payment.fee_usd' {USD}", "steps[3].payment.fee_usd") for v in ("x", -1, False)],
     (
