@@ -15,7 +15,18 @@ import pytest
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
-from agentledger.core.model import Attribution, RequestRecord, RunStart, StepKind, StepRecord, StepStatus
+from agentledger.core.model import (
+    Attribution,
+    Payment,
+    PaymentDirection,
+    PaymentProtocol,
+    PaymentStatus,
+    RequestRecord,
+    RunStart,
+    StepKind,
+    StepRecord,
+    StepStatus,
+)
 from agentledger.core.pricing import CostSource
 from agentledger.core.usage import Usage
 from agentledger.store import schema as t
@@ -26,7 +37,7 @@ T0 = datetime(2025, 3, 1, 12, 0, 0, 5, tzinfo=timezone(timedelta(hours=2)))
 BIG = 2**62 + 1
 
 
-def events(ws: str) -> tuple[RunStart, RequestRecord, StepRecord]:
+def events(ws: str) -> tuple[RunStart, RequestRecord, StepRecord, StepRecord]:
     a = Attribution(
         workspace_id=ws,
         department_id="dep",
@@ -36,7 +47,14 @@ def events(ws: str) -> tuple[RunStart, RequestRecord, StepRecord]:
         session_path="/a/b",
         properties={"team": "ünïcode", "n": "1"},
     )
-    run = RunStart(run_id="run-1", attribution=a, started_at=T0, workflow="wf", metadata={"k": [1, 2, {"x": None}]})
+    run = RunStart(
+        run_id="run-1",
+        attribution=a,
+        started_at=T0,
+        workflow="wf",
+        metadata={"k": [1, 2, {"x": None}]},
+        endpoint_id="ep",
+    )
     request = RequestRecord(
         request_id="req-1",
         attribution=a,
@@ -70,7 +88,12 @@ def events(ws: str) -> tuple[RunStart, RequestRecord, StepRecord]:
         attributes={"nested": {"list": [True, 1.5, "é"]}},
         error="boom",
     )
-    return run, request, step
+    # A payment: its JSON and the books' columns, and a negative cost (an outbound payment refunded).
+    back = Payment(
+        PaymentDirection.OUTBOUND, PaymentStatus.REFUNDED, 10**15, PaymentProtocol.X402, asset_amount=str(BIG)
+    )
+    paid = StepRecord("step-2", "run-1", a, StepKind.PAYMENT, "refund", StepStatus.OK, T0, payment=back)
+    return run, request, step, paid
 
 
 def rows(store: SQLStore, ws: str) -> dict[str, list[dict[str, Any]]]:
@@ -85,11 +108,11 @@ def rows(store: SQLStore, ws: str) -> dict[str, list[dict[str, Any]]]:
 async def test_bulk_rows_read_back_as_sqlalchemy_rows(store: SQLStore) -> None:
     bulk_ws, core_ws = (f"ws-{uuid.uuid4().hex[:10]}" for _ in range(2))
     await store.write_batch(list(events(bulk_ws)))
-    run, request, step = events(core_ws)
+    run, request, step, paid = events(core_ws)
     with store.engine.begin() as conn:
         conn.execute(insert(t.runs), [_run_values(run)])
         conn.execute(insert(t.requests), [_request_values(request)])
-        conn.execute(insert(t.steps), [_step_values(step)])
+        conn.execute(insert(t.steps), [_step_values(step), _step_values(paid)])
         first = dict(workspace_id=core_ws, id="s-1", name=None, first_seen_at=step.started_at, last_seen_at=T0)
         conn.execute(insert(t.sessions), [first])
     assert rows(store, bulk_ws) == rows(store, core_ws)
@@ -97,11 +120,18 @@ async def test_bulk_rows_read_back_as_sqlalchemy_rows(store: SQLStore) -> None:
     assert written["requests"][0]["cost_nanos"] == BIG and written["requests"][0]["stream"] is True
     assert written["steps"][0]["input"] == "a JSON string, not an object"
     assert written["runs"][0]["started_at"] == T0 and written["runs"][0]["started_at"].tzinfo is not None
+    refund = next(r for r in written["steps"] if r["kind"] == "payment")
+    assert (refund["cost_nanos"], refund["payment_out_nanos"], refund["payment"]["asset_amount"]) == (
+        -(10**15),
+        -(10**15),
+        str(BIG),
+    )
+    assert written["runs"][0]["endpoint_id"] == "ep"
 
 
 async def test_a_constraint_violation_is_sqlalchemys_integrity_error(store: SQLStore) -> None:
     """The pipeline tells a poison event (raised) from an outage (FAILURE) by SQLAlchemy's classes."""
-    run, request, step = events(f"ws-{uuid.uuid4().hex[:10]}")
+    run, request, step, _ = events(f"ws-{uuid.uuid4().hex[:10]}")
     bad = StepRecord(**{**{f: getattr(step, f) for f in step.__dataclass_fields__}, "name": None})  # type: ignore[arg-type]
     with pytest.raises(IntegrityError):
         await store.write_batch([run, bad])
