@@ -314,7 +314,8 @@ class WebhookStore:
 
         def run(conn: Connection) -> dict[str, tuple[int, int, str | None, str | None]]:
             out = {}
-            for key, rc, rn, fc, fn, cc, cn, agent, dep in conn.execute(stmt):
+            for row in conn.execute(stmt):
+                key, rc, rn, fc, fn, cc, cn, agent, dep = tuple(row)
                 revenue, refunds, cost = _cost(rc, rn), _cost(fc, fn), _cost(cc, cn)
                 if revenue > 0:
                     out[key] = (revenue, revenue - refunds - cost, agent, dep)
