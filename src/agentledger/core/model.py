@@ -295,4 +295,36 @@ class Alert:
     approval_id: str | None = None
 
 
-TraceEvent = RequestRecord | StepRecord | RunStart | RunEnd | LedgerEntry | BudgetAlert | Alert
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who made a control-plane change: an admin token (`id` the token's id), the CLI on the host (`user@host`) or
+    the system itself (`id` names the part, e.g. `budget` for a key a budget revoked). Members and personal access
+    tokens slot in as more types; `role` is the actor's role when it acted (None where roles do not apply)."""
+
+    type: str
+    id: str
+    role: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One audit event as recorded, before the store chains it (audit/chain.py gives it its seq and hash). `before` and
+    `after` are JSON values already cleared of secrets (audit/changes.py). Written through the trace pipeline, so it
+    is durable by the same rules; `event_id` makes a replay append nothing twice."""
+
+    workspace_id: str
+    event_id: str
+    at: datetime
+    actor: Actor
+    action: str
+    target_type: str
+    target_id: str
+    before: Any = None
+    after: Any = None
+    client_ip: str | None = None
+    request_id: str | None = None
+    run_id: str | None = None
+    step_id: str | None = None
+
+
+TraceEvent = RequestRecord | StepRecord | RunStart | RunEnd | LedgerEntry | BudgetAlert | Alert | AuditRecord

@@ -16,6 +16,7 @@ from agentledger.core.model import AdminPrincipal, Principal, ProviderRoute, Tra
 from agentledger.core.pricing import Price
 
 if TYPE_CHECKING:
+    from agentledger.store.audit import AuditStore
     from agentledger.store.budgets import BudgetStore
     from agentledger.store.governance import GovernanceStore
 
@@ -119,6 +120,7 @@ class Store(Protocol):
 
     budgets: BudgetStore  # the budget domain: budgets, rate limits, the ledger and alerts (store/budgets.py)
     governance: GovernanceStore  # policies and their versions, approvals, run controls (store/governance.py)
+    audit: AuditStore  # the hash-chained audit log, its checkpoints and signing keys (store/audit.py)
 
     async def migrate(self) -> None: ...
     async def aclose(self) -> None: ...

@@ -723,3 +723,73 @@ paid_endpoints = Table(
     ForeignKeyConstraint(["workspace_id", "agent_id"], ["agents.workspace_id", "agents.id"]),
     UniqueConstraint("workspace_id", "slug", name="uq_paid_endpoints_ws_slug"),
 )
+
+# -- the audit log (store/audit.py; docs/audit.md) ---------------------------------------------------------------------
+# One hash chain per workspace (audit/chain.py): an event's hash covers its content, its seq and the previous
+# event's hash. Rows are only ever inserted, by the trace writer (one head lock per workspace and batch), and deleted
+# only by retention's prune, up to a signed checkpoint. No foreign key to workspaces: failed authentications that
+# name no workspace chain under "_installation", and a workspace's trail outlives nothing it refers to.
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", ID, nullable=False),
+    Column("time", TS, nullable=False),
+    Column("actor_type", String(32), nullable=False),
+    Column("actor_id", String(256), nullable=False),
+    Column("actor_role", String(32), nullable=True),
+    Column("action", String(64), nullable=False),
+    Column("target_type", String(64), nullable=False),
+    Column("target_id", String(256), nullable=False),
+    Column("before", JSON(none_as_null=True), nullable=True),
+    Column("after", JSON(none_as_null=True), nullable=True),
+    Column("client_ip", String(64), nullable=True),
+    Column("request_id", ID, nullable=True),
+    Column("run_id", ID, nullable=True),
+    Column("step_id", ID, nullable=True),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    UniqueConstraint("workspace_id", "id", name="uq_audit_events_ws_id"),
+    Index("ix_audit_events_action", "workspace_id", "action", "seq"),
+    Index("ix_audit_events_actor", "workspace_id", "actor_id", "seq"),
+    Index("ix_audit_events_target", "workspace_id", "target_type", "target_id", "seq"),
+    Index("ix_audit_events_time", "workspace_id", "time"),
+    Index("ix_audit_events_run", "workspace_id", "run_id"),
+)
+
+# The chain's head: the last event's seq and hash. Appending takes this row's lock first (an upsert), so writers on
+# every replica append one after the other and the chain cannot fork.
+audit_heads = Table(
+    "audit_heads",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("updated_at", TS, nullable=False),
+)
+
+# Ed25519 signatures over (workspace, seq, hash) of a chain's event (audit/checkpoints.py).
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
+    Column("key_id", String(16), nullable=False),
+    Column("signed_at", String(32), nullable=False),  # as signed: UTC text, audit/chain.py time_text
+    Column("signature", String(128), nullable=False),
+)
+
+# Each workspace's signing keys: the private key Fernet-encrypted (secrets_box.py, as provider keys), the public one
+# in PEM for GET /api/audit/public-key. The newest signs; older ones stay to verify what they signed.
+audit_keys = Table(
+    "audit_keys",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("key_id", String(16), primary_key=True),
+    Column("algorithm", String(16), nullable=False),
+    Column("public_key", Text, nullable=False),
+    Column("private_key_encrypted", Text, nullable=False),
+    Column("created_at", TS, nullable=False),
+)

@@ -49,6 +49,7 @@ from agentledger.core.model import (
     AdminPrincipal,
     Alert,
     Attribution,
+    AuditRecord,
     BudgetAlert,
     Fallback,
     LedgerEntry,
@@ -66,6 +67,7 @@ from agentledger.core.model import (
 )
 from agentledger.core.pricing import Price
 from agentledger.store import (
+    audit as audit_sql,
     books as books_sql,
     budgets as budgets_sql,
     finance_queries,
@@ -214,6 +216,7 @@ class SQLStore:
         self._pending_workflows: dict[tuple[str, str], RunDims] = {}
         self.budgets = budgets_sql.BudgetStore(self)
         self.governance = governance_sql.GovernanceStore(self)
+        self.audit = audit_sql.AuditStore(self)
 
     # -- plumbing ---------------------------------------------------------------------------------------
     async def _read(self, fn: Callable[[Connection], T], *, query: bool = False) -> T:
@@ -336,7 +339,11 @@ class SQLStore:
         ledger: dict[tuple[str, str], dict[str, Any]] = {}
         alerts: dict[tuple[str, str, str, int], dict[str, Any]] = {}
         raised: dict[tuple[str, str], dict[str, Any]] = {}  # core.model.Alert rows, by (workspace_id, id)
+        audits: list[AuditRecord] = []
         for ev in events:
+            if isinstance(ev, AuditRecord):
+                audits.append(ev)
+                continue
             if isinstance(ev, RunEnd):
                 ends.append(ev)
                 continue
@@ -382,6 +389,11 @@ class SQLStore:
                 .where(and_(t.runs.c.workspace_id == end.workspace_id, t.runs.c.id == end.run_id))
                 .values(status=end.status.value, ended_at=end.ended_at, error=end.error, output=end.output)
             )
+        # Last: the chains' head locks are held from here to the commit only. Decisions come from the rows this
+        # batch inserted, so a replay adds none (store/audit.py).
+        audits += audit_sql.decisions(new_steps, transitions)
+        if audits:
+            self.audit.append(conn, audits, datetime.now(UTC))
 
     def _existing(
         self, conn: Connection, table: Any, keys: Iterable[tuple[str, str]], columns: Sequence[str], *, lock: bool
