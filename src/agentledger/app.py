@@ -28,6 +28,7 @@ from agentledger.api.openapi import openapi_routes
 from agentledger.api.paid_endpoints import paid_endpoint_routes
 from agentledger.api.policies import policy_routes
 from agentledger.api.query import query_routes
+from agentledger.api.retention import retention_routes
 from agentledger.api.run_controls import run_control_routes
 from agentledger.api.webhooks import webhook_routes
 from agentledger.api.x402_fetch import outbound_routes
@@ -65,10 +66,13 @@ from agentledger.prices.catalog import catalog_knows
 from agentledger.providers.base import Upstream, UpstreamTimeouts
 from agentledger.providers.http import HTTPUpstream
 from agentledger.providers.mock import MockUpstream
+from agentledger.retention.job import RetentionJob
 from agentledger.secrets_box import SecretBox
+from agentledger.store.audit import AuditStore
 from agentledger.store.base import Store
 from agentledger.store.finance import PaymentProofs
 from agentledger.store.paid_endpoints import PaidEndpointStore
+from agentledger.store.retention import RetentionStore
 from agentledger.store.sql import SQLStore
 from agentledger.store.webhooks import WebhookStore
 from agentledger.webhooks.guard import AllowList
@@ -338,6 +342,26 @@ def _on_broadcast(c: Components, catalog: EndpointCatalog) -> Callable[[str, str
     return apply
 
 
+@dataclass
+class Retention:
+    store: RetentionStore
+    job: RetentionJob
+
+
+def _retention(settings: Settings, c: Components) -> Retention:
+    if not isinstance(c.store, SQLStore):
+        raise TypeError("retention needs an SQLStore")
+    store = RetentionStore(c.store)
+    audit = AuditStore(c.store)
+
+    async def prune_audit(workspace_id: str, before: datetime) -> int:
+        # The audit log prunes itself (up to a signed checkpoint, recorded in its chain); the job says when.
+        return int((await audit.prune(workspace_id, before))["deleted"])
+
+    job = RetentionJob(store, lambda: datetime.now(UTC), batch=settings.retention_batch, prune_audit=prune_audit)
+    return Retention(store, job)
+
+
 def app_from_env() -> Starlette:
     """The app of one worker process when `workers` > 1 (uvicorn imports it by name in each): the parent passed
     its settings through AGENTLEDGER_* environment variables."""
@@ -366,6 +390,7 @@ def create_app(
     auth = AdminAuth(c.store, ttl=settings.cache_ttl, stale_if_error=settings.stale_if_error)
     hooks, worker, sweep = _alerting(settings, c)
     paid = _paid_endpoints(settings, c)
+    retention = _retention(settings, c)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -378,6 +403,10 @@ def create_app(
         delivering = asyncio.get_running_loop().create_task(worker.run())
         clock = lambda: datetime.now(UTC)  # noqa: E731
         sweeping = asyncio.get_running_loop().create_task(sweep.run(clock, settings.alert_sweep_interval))
+        # Retention (docs/retention.md): expired rows and bodies pruned in small batches, off every request's path.
+        pruning = None
+        if settings.retention_interval > 0:
+            pruning = asyncio.get_running_loop().create_task(retention.job.run(settings.retention_interval))
         broadcast = None
         if settings.redis_url:
             broadcast = Broadcast(settings.redis_url, c.gateway.claims.node_id, _on_broadcast(c, paid.catalog))
@@ -393,6 +422,8 @@ def create_app(
             approval_expiry.cancel()
             delivering.cancel()
             sweeping.cancel()
+            if pruning is not None:
+                pruning.cancel()
             if broadcast is not None:
                 c.gateway.broadcast = None
                 paid.catalog.broadcast = None
@@ -437,6 +468,7 @@ def create_app(
         *query_routes(auth, c.store, c.pipeline),
         *outbound_routes(settings, auth, c.store, c.gateway, c.desk, c.governance.box),
         *finance_routes(auth, c.store, c.pipeline),
+        *retention_routes(auth, retention.store, lambda: datetime.now(UTC)),
         *health_routes(c.store, c.pipeline),
         *openapi_routes(),
     ]

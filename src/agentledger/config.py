@@ -192,6 +192,20 @@ SETTINGS: tuple[Setting, ...] = (
         10_485_760,
         "Largest answer body POST /v1/x402/fetch reads from a seller (10 MiB); a larger one is a 502.",
     ),
+    Setting(
+        "retention_interval",
+        float,
+        3600.0,
+        "Seconds between sweeps of the retention job (PUT /api/retention; docs/retention.md); the first runs at "
+        "start. 0: no sweeps on this node.",
+    ),
+    Setting(
+        "retention_batch",
+        int,
+        1000,
+        "Rows the retention job deletes or changes per transaction (1 to 100000); it pauses between batches at least "
+        "as long as each took.",
+    ),
 )
 
 
@@ -240,6 +254,8 @@ class Settings:
     x402_fetch_allow_hosts: str = ""
     x402_fetch_timeout: float = 30.0
     x402_fetch_max_response_bytes: int = 10_485_760
+    retention_interval: float = 3600.0
+    retention_batch: int = 1000
 
     @property
     def database_url(self) -> str:
@@ -315,7 +331,16 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
         raise ValueError(f"x402_fetch_timeout: expected 0 < seconds <= 600, got {fetch_timeout!r}")
     if fetch_bytes <= 0:
         raise ValueError(f"x402_fetch_max_response_bytes: expected a positive number of bytes, got {fetch_bytes!r}")
+    _check_retention(values)
     return Settings(**values)
+
+
+def _check_retention(values: Mapping[str, Any]) -> None:
+    every, batch = values.get("retention_interval", 3600.0), values.get("retention_batch", 1000)
+    if not 0 <= every < float("inf"):  # NaN fails too
+        raise ValueError(f"retention_interval: expected 0 or more seconds, got {every!r}")
+    if not 1 <= batch <= 100_000:
+        raise ValueError(f"retention_batch: expected 1 to 100000 rows, got {batch!r}")
 
 
 assert [f.name for f in fields(Settings)] == [s.name for s in SETTINGS], "Settings and SETTINGS must agree"

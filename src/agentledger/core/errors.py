@@ -22,6 +22,7 @@
     ├── ClientClosed                      499 client_closed / client_closed_request (recorded, never sent)
     ├── Conflict                          409 conflict_error
     │   └── IdempotencyKeyReused          409 conflict_error / idempotency_key_reused
+    ├── ReplayUnavailable                 410 invalid_request_error / replay_unavailable
     ├── StoreUnavailable                  503 api_error / store_unavailable (+ Retry-After)
     └── UpstreamError                     502 upstream_error
         ├── UpstreamTimeout               504 upstream_error / upstream_timeout
@@ -234,6 +235,16 @@ class Conflict(AgentLedgerError):
 
 class IdempotencyKeyReused(Conflict):
     code = "idempotency_key_reused"
+
+
+class ReplayUnavailable(AgentLedgerError):
+    """A repeat of an x-request-id whose call completed (and was charged) but whose response was not kept
+    (alephant-omit-response, or pruned by retention): it cannot be replayed and is never forwarded again. 410, not
+    409: the SDKs retry a 409 by themselves, and no retry of this id can succeed."""
+
+    status = 410
+    type = "invalid_request_error"
+    code = "replay_unavailable"
 
 
 class RunConflict(Conflict):

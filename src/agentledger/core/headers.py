@@ -22,6 +22,9 @@ PROMPT_ID = "alephant-prompt-id"
 PROMPT_VERSION = "alephant-prompt-version"
 PROPERTY_PREFIX = "alephant-property-"
 FORCED_ROUTING = "alephant-forced-routing"
+# Privacy, not tracking: the call is metered and traced, but its bodies are not stored (docs/retention.md).
+OMIT_REQUEST = "alephant-omit-request"
+OMIT_RESPONSE = "alephant-omit-response"
 # Client headers an Anthropic provider reads: which API version and beta features the answer must follow.
 PROVIDER_HEADERS = frozenset({"anthropic-version", "anthropic-beta"})
 
@@ -53,6 +56,8 @@ class TrackingContext:
     properties: dict[str, str] = field(default_factory=dict)
     forced_route: str | None = None  # alephant-forced-routing: a provider key's name
     provider_headers: tuple[tuple[str, str], ...] = ()  # PROVIDER_HEADERS the client sent, to pass on
+    omit_request: bool = False  # alephant-omit-request: true
+    omit_response: bool = False  # alephant-omit-response: true
 
 
 def has_control(value: str) -> bool:
@@ -97,6 +102,17 @@ def normalize_path(name: str, value: str) -> str:
     if not segments or not all(_SEGMENT_RE.match(s) for s in segments):
         raise InvalidHeader(f"Header {name!r} must be a path such as '/plan/search'.", param=name)
     return _check_len(name, "/" + "/".join(segments), MAX_PATH_LEN)  # 'a…' gains a '/': check what is stored
+
+
+def parse_flag(name: str, value: str) -> bool:
+    """`true` or `false`, any case. Anything else is refused rather than read as false: a client that meant to
+    keep its bodies out of the store must not have them stored because of a typo."""
+    lowered = value.lower()
+    if lowered == "true":
+        return True
+    if lowered == "false":
+        return False
+    raise InvalidHeader(f"Header {name!r} must be 'true' or 'false'.", param=name)
 
 
 def parse_prompt(name: str, value: str, version: str | None) -> tuple[str, str | None]:
@@ -151,9 +167,23 @@ def parse_tracking(headers: Iterable[tuple[bytes, bytes]]) -> TrackingContext:
         if FORCED_ROUTING in values
         else None,
         provider_headers=tuple(passed),
+        omit_request=parse_flag(OMIT_REQUEST, values[OMIT_REQUEST]) if OMIT_REQUEST in values else False,
+        omit_response=parse_flag(OMIT_RESPONSE, values[OMIT_RESPONSE]) if OMIT_RESPONSE in values else False,
     )
 
 
 _KNOWN = frozenset(
-    {REQUEST_ID, AGENT_ID, RUN_ID, SESSION_ID, SESSION_PATH, SESSION_NAME, PROMPT_ID, PROMPT_VERSION, FORCED_ROUTING}
+    {
+        REQUEST_ID,
+        AGENT_ID,
+        RUN_ID,
+        SESSION_ID,
+        SESSION_PATH,
+        SESSION_NAME,
+        PROMPT_ID,
+        PROMPT_VERSION,
+        FORCED_ROUTING,
+        OMIT_REQUEST,
+        OMIT_RESPONSE,
+    }
 )

@@ -581,7 +581,8 @@ class Gateway:
                 StoredResponse(
                     call.request_hash,
                     outcome.http_status,
-                    outcome.body,
+                    # An omitted response is remembered without its body: a duplicate is refused, not forwarded.
+                    None if call.tracking.omit_response else outcome.body,
                     outcome.content_type or "",
                     call.attribution.run_id,
                     cost.nanos if cost else 0,

@@ -165,7 +165,8 @@ def trace_events(
             cost_source=cost.source if cost else None,
             error_code=err.code if err else None,
             error_message=err.message if err else None,
-            response_body=outcome.body if not failed else None,
+            # Kept for replays, unless the client asked for it not to be (alephant-omit-response).
+            response_body=None if failed or call.tracking.omit_response else outcome.body,
             response_content_type=outcome.content_type,
             requested_model=call.model if call.model != hop.model else None,
             provider_key=hop.route.name,

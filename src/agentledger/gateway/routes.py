@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentledger.core.errors import AgentLedgerError, NotFound
+from agentledger.core.errors import AgentLedgerError, NotFound, ReplayUnavailable
 from agentledger.core.headers import parse_tracking
 from agentledger.core.money import format_usd
 from agentledger.core.routing import resolve
@@ -65,6 +65,13 @@ def _headers(call: Call, outcome: Outcome | None = None) -> dict[str, str]:
 
 def _replay(stored: StoredResponse) -> Response:
     headers = {REPLAYED_HEADER: "true", COST_HEADER: format_usd(0)}
+    if stored.body is None:
+        raise ReplayUnavailable(
+            "This x-request-id already completed (and was charged once), but its response was not kept "
+            "(alephant-omit-response, or the workspace's retention pruned it): it is not replayed and not forwarded "
+            "again. Send a new x-request-id to make the call again.",
+            param="x-request-id",
+        )
     if stored.run_id:
         headers[RUN_ID_HEADER] = stored.run_id
     if stored.content_type.startswith("text/event-stream"):
@@ -89,7 +96,10 @@ def model_call(gateway: Gateway, fmt: Format) -> Route:
         except AgentLedgerError as exc:
             return fail(exc, _headers(call))
         if stored is not None:
-            return _replay(stored)
+            try:
+                return _replay(stored)
+            except AgentLedgerError as exc:
+                return fail(exc, {COST_HEADER: format_usd(0)})
         try:
             await gateway.admit(call)
         except AgentLedgerError as exc:

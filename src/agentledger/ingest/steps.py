@@ -22,7 +22,15 @@ from starlette.routing import Route
 
 from agentledger.core.errors import AgentLedgerError, InvalidHeader, InvalidRequest, NotFound
 from agentledger.core.fields import id_field, text_field, time_field
-from agentledger.core.headers import AGENT_ID, RUN_ID, TrackingContext, normalize_path, parse_tracking
+from agentledger.core.headers import (
+    AGENT_ID,
+    OMIT_RESPONSE,
+    RUN_ID,
+    TrackingContext,
+    normalize_path,
+    parse_flag,
+    parse_tracking,
+)
 from agentledger.core.ids import new_id
 from agentledger.core.model import Attribution, Principal, RunEnd, RunStart, RunStatus, StepRecord, TraceEvent
 from agentledger.gateway.bodies import parse_json, storable_json
@@ -68,6 +76,7 @@ class _Batch:
     tracking: TrackingContext  # headers and `run` member together
     named: dict[str, str]  # run fields the batch names → the param naming each (see runs.named_params)
     attribution: Attribution  # for a run this batch creates
+    omit: tuple[bool, bool] = (False, False)  # alephant-omit-request / -response: inputs / outputs not stored
 
 
 class StepIngest:
@@ -160,7 +169,8 @@ class StepIngest:
         tracking = merge_tracking(headers, run, run_id)
         named = named_params(headers, run)
         attribution = await self._attribute(principal, tracking, named)
-        return _Batch(principal, run_id, items, run, tracking, named, attribution)
+        omit = (headers.omit_request, headers.omit_response)
+        return _Batch(principal, run_id, items, run, tracking, named, attribution, omit)
 
     async def _append(self, batch: _Batch, run: RunIdentity) -> list[StepRecord]:
         """Steps for a run that exists: filed under its department, agent and session, whatever the key's."""
@@ -224,7 +234,7 @@ class StepIngest:
         prices = await self.gateway.prices_for(ws)
         steps = BatchParser(batch.run_id, attribution, prices, self.gateway.clock()).parse(batch.items)
         await self._check_parents(ws, steps)
-        return steps
+        return _omitted(steps, *batch.omit) if any(batch.omit) else steps
 
     async def _check_parents(self, workspace_id: str, steps: list[StepRecord]) -> None:
         ids = {s.step_id for s in steps}
@@ -251,6 +261,8 @@ class StepIngest:
                 raise InvalidRequest("'status' must be 'succeeded', 'failed' or 'cancelled'.", param="status")
             if self.runs.get(ws, run_id) is None and await self._lookup(ws, run_id) is None:
                 raise NotFound(f"Run {run_id!r} does not exist.", param="run_id")
+            # The run's output is its response: checked as always, then left out if the client asks.
+            omitted = OMIT_RESPONSE in request.headers and parse_flag(OMIT_RESPONSE, request.headers[OMIT_RESPONSE])
             raw = data.get("ended_at")
             ended_at = self.gateway.clock() if raw is None else time_field(raw, "ended_at")
             error = data.get("error")
@@ -262,7 +274,7 @@ class StepIngest:
                         status,
                         ended_at,
                         None if error is None else text_field(error, "error", limit=10_000),
-                        storable_json(data.get("output"), "output"),
+                        _unless(omitted, storable_json(data.get("output"), "output")),
                     )
                 ]
             )
@@ -314,6 +326,18 @@ def _with_session_path(tracking: TrackingContext, data: dict[str, Any]) -> Track
         return tracking
     path = normalize_path("session_path", text_field(raw, "session_path", limit=1024))
     return dataclasses.replace(tracking, session_path=path)
+
+
+def _omitted(steps: list[StepRecord], request: bool, response: bool) -> list[StepRecord]:
+    """The steps without what the client asked not to store (checked first, like every field: a bad input is still a
+    400), metered and traced as sent."""
+    return [
+        dataclasses.replace(s, input=None if request else s.input, output=None if response else s.output) for s in steps
+    ]
+
+
+def _unless(omitted: bool, value: Any) -> Any:
+    return None if omitted else value
 
 
 def _identity(start: RunStart) -> RunIdentity:

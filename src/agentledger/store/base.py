@@ -87,9 +87,12 @@ class FinanceSummary:
 
 @dataclass(frozen=True, slots=True)
 class StoredResponse:
+    """A completed request as kept for replays. `body` None: the request completed but its response was not kept
+    (alephant-omit-response, or pruned by retention): a repeat of its x-request-id is refused, never forwarded."""
+
     request_hash: str
     http_status: int
-    body: bytes
+    body: bytes | None
     content_type: str
     run_id: str | None
     cost_nanos: int

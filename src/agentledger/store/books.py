@@ -37,7 +37,7 @@ from agentledger.core.books import (
     split_money,
 )
 from agentledger.core.rollup import TOKEN_FIELDS
-from agentledger.store import schema as t
+from agentledger.store import retention as retention_sql, schema as t
 from agentledger.store.bulk import BulkStatement
 from agentledger.store.queries import exact_sum, kept_measures, ledger
 
@@ -311,8 +311,14 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def verify(conn: Connection, workspace_id: str | None = None) -> list[Mismatch]:
-    """Kept against recomputed, read in one snapshot (the caller's transaction)."""
-    return compare(kept(conn, workspace_id), recompute(conn, workspace_id))
+    """Kept against recomputed, read in one snapshot (the caller's transaction). Where retention deleted rows, only
+    what they cannot have touched is compared (store/retention.py): the kept books outlive their rows."""
+    found = compare(kept(conn, workspace_id), recompute(conn, workspace_id))
+    since = retention_sql.horizons(conn, workspace_id)
+    if not since or not found:
+        return found
+    checked = retention_sql.comparable_keys(conn, ((m.table, m.key) for m in found), since)
+    return [m for m in found if (m.table, m.key) in checked]
 
 
 def rebuild(conn: Connection, workspace_id: str | None = None) -> int:
@@ -321,6 +327,9 @@ def rebuild(conn: Connection, workspace_id: str | None = None) -> int:
     the recomputation and the replacement would be lost from the books."""
     if conn.dialect.name == "postgresql":
         lock_writers(conn)
+    # Rows retention deleted cannot be counted again: what the kept books say of them stays as it is.
+    since = retention_sql.horizons(conn, workspace_id)
+    pruned = _pruned(conn, kept(conn, workspace_id), since) if since else {}
     # Deleting first also takes SQLite's write lock before the recomputation reads: no batch of another
     # process can commit between the two.
     for table, _, _ in KEPT.values():
@@ -329,6 +338,10 @@ def rebuild(conn: Connection, workspace_id: str | None = None) -> int:
             stmt = stmt.where(table.c.workspace_id == workspace_id)
         conn.execute(stmt)
     fresh = recompute(conn, workspace_id)
+    if since:
+        fresh = _pruned(conn, fresh, since, keep=True)
+        for name, rows in pruned.items():
+            fresh[name].update(rows)
     keeper = BookKeeper(conn.dialect)
     total = 0
     for name, rows in fresh.items():
@@ -336,6 +349,18 @@ def rebuild(conn: Connection, workspace_id: str | None = None) -> int:
             keeper.apply(conn, Books(**{name: dict(rows)}))
             total += len(rows)
     return total
+
+
+def _pruned(
+    conn: Connection, books: dict[str, dict[Key, list[Any]]], since: Mapping[str, datetime], *, keep: bool = False
+) -> dict[str, dict[Key, list[Any]]]:
+    """The rows of `books` that retention may have made uncheckable (`keep`: the others)."""
+    keys = [(name, key) for name, rows in books.items() for key in rows]
+    checked = retention_sql.comparable_keys(conn, keys, since)
+    return {
+        name: {key: row for key, row in rows.items() if ((name, key) in checked) is keep}
+        for name, rows in books.items()
+    }
 
 
 def lock_writers(conn: Connection) -> None:

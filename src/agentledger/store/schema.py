@@ -724,6 +724,26 @@ paid_endpoints = Table(
     UniqueConstraint("workspace_id", "slug", name="uq_paid_endpoints_ws_slug"),
 )
 
+# -- retention: per-workspace retention and what the retention job has done (store/retention.py; docs/retention.md) ---
+# No row: everything is kept forever. The days are the admin's (PUT /api/retention); the horizons are the job's:
+# `traces_horizon`: trace rows that started before it may have been deleted, so `rollups verify` compares the kept
+# books after it only; `bodies_horizon`: every body of a row that started before it was nulled (the next sweep
+# starts there).
+retention = Table(
+    "retention",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("bodies_days", Integer, nullable=True),
+    Column("traces_days", Integer, nullable=True),
+    Column("audit_days", Integer, nullable=True),
+    Column("updated_at", TS, nullable=False),
+    Column("updated_by", String(256), nullable=True),
+    Column("traces_horizon", TS, nullable=True),
+    Column("bodies_horizon", TS, nullable=True),
+    Column("swept_at", TS, nullable=True),
+    ForeignKeyConstraint(["workspace_id"], ["workspaces.id"]),
+)
+
 # -- the audit log (store/audit.py; docs/audit.md) ---------------------------------------------------------------------
 # One hash chain per workspace (audit/chain.py): an event's hash covers its content, its seq and the previous
 # event's hash. Rows are only ever inserted, by the trace writer (one head lock per workspace and batch), and deleted

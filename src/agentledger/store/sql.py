@@ -141,7 +141,7 @@ _PG_CLAIM = text(
 WITH done AS (
     SELECT request_hash, http_status, response_body, response_content_type, run_id, cost_nanos
     FROM requests
-    WHERE workspace_id = :ws AND id = :rid AND status = 'ok' AND response_body IS NOT NULL
+    WHERE workspace_id = :ws AND id = :rid AND status = 'ok'
 ), claimed AS (
     INSERT INTO idempotency_claims AS c (workspace_id, request_id, holder, expires_at)
     SELECT :ws, :rid, :holder, now() + make_interval(secs => :lease)
@@ -960,14 +960,17 @@ class SQLStore:
 
 
 def _stored_response(r: Mapping[Any, Any]) -> StoredResponse | None:
-    """A completed request's answer as kept for replay; None when its row holds no body."""
-    if r["response_body"] is None:
+    """A completed request's answer as kept for replay; None when there is no completed request (the claim's
+    outer join found none). Its body is None when it was not kept (omitted, or pruned by retention): the id is
+    still taken, so a repeat must not be forwarded again."""
+    if r["request_hash"] is None:
         return None
+    body = r["response_body"]
     return StoredResponse(
         r["request_hash"],
         r["http_status"],
-        bytes(r["response_body"]),
-        r["response_content_type"],
+        None if body is None else bytes(body),
+        r["response_content_type"] or "",
         r["run_id"],
         r["cost_nanos"],
     )

@@ -1,0 +1,368 @@
+"""Retention in SQL: the settings, the job's horizons, and the batches that delete expired rows or null their bodies
+(core/retention.py says which; retention/job.py paces them; docs/retention.md).
+
+Every batch is one short transaction over at most `limit` rows found through an index on time (or the primary key),
+walked by a keyset cursor, so a batch's cost is bounded whatever the table's size and rows kept back (see below) are
+not read again in the same sweep. On SQLite a batch runs on the store's writer thread, like every write, between two
+trace batches; on PostgreSQL on a query thread (lower OS priority) with its own connection: deleting old rows takes
+no lock that the inserts of new ones wait on. Several replicas do not sweep at once (an advisory lock per batch).
+
+A step or request is deleted once it, its run and its session all started before the cutoff: run totals and session
+paths of a run (session) that started after it then still add up to its rows (`rollups verify`). A run is deleted
+once it started before the cutoff and none of its steps or requests is left; a session once it was last seen before
+the cutoff and no run of it is left. Their run totals, controls and session paths go with them; the time-bucketed
+rollups stay (analytics over pruned windows keep their figures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import delete, exists, literal, null, or_, select, text, true, tuple_, update
+from sqlalchemy.engine import Connection
+
+from agentledger.core.retention import Retention, comparable
+from agentledger.store import schema as t
+
+if TYPE_CHECKING:
+    from agentledger.store.sql import SQLStore
+
+T = TypeVar("T")
+Cursor = tuple[Any, ...] | None
+# Any constant: the key of PostgreSQL's advisory lock that keeps two replicas from sweeping at once.
+_PG_LOCK = text("SELECT pg_try_advisory_xact_lock(7340017011)")
+_SETTINGS = ("bodies_days", "traces_days", "audit_days")
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A workspace with something to expire, and where its last sweep left off."""
+
+    workspace_id: str
+    settings: Retention
+    bodies_horizon: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One batch's work: rows read (`seen`), rows deleted or changed (`done`), where the next batch starts (`cursor`,
+    None: nothing is left), and whether another replica held the sweep (`busy`: nothing was done)."""
+
+    seen: int
+    done: int
+    cursor: Cursor
+    busy: bool = False
+
+
+class RetentionStore:
+    def __init__(self, store: SQLStore) -> None:
+        self.store = store
+
+    # -- settings (PUT/GET /api/retention) -----------------------------------------------------------------------
+    async def get(self, workspace_id: str) -> dict[str, Any]:
+        """The settings (null days when never set) and the job's state."""
+        c = t.retention.c
+        rows = await self.store._select(select(t.retention).where(c.workspace_id == workspace_id))
+        row = rows[0] if rows else {}
+        return {
+            **{name: row.get(name) for name in _SETTINGS},
+            "updated_at": row.get("updated_at"),
+            "updated_by": row.get("updated_by"),
+            "traces_horizon": row.get("traces_horizon"),
+            "bodies_horizon": row.get("bodies_horizon"),
+            "swept_at": row.get("swept_at"),
+        }
+
+    async def put(self, workspace_id: str, settings: Retention, by: str | None, now: datetime) -> None:
+        """Replace the settings; what the job has done (its horizons) stays."""
+        values = {**settings.view(), "updated_at": now, "updated_by": by}
+
+        def run(conn: Connection) -> None:
+            stmt = self.store._insert(t.retention).values(workspace_id=workspace_id, **values)
+            conn.execute(stmt.on_conflict_do_update(index_elements=["workspace_id"], set_=values))
+
+        await self.store._write(run)
+
+    # -- the job --------------------------------------------------------------------------------------------------
+    async def due(self) -> list[Due]:
+        c = t.retention.c
+        rows = await self.store._select(
+            select(t.retention).where(
+                or_(c.bodies_days.is_not(None), c.traces_days.is_not(None), c.audit_days.is_not(None))
+            )
+        )
+        return [Due(r["workspace_id"], Retention(*(r[name] for name in _SETTINGS)), r["bodies_horizon"]) for r in rows]
+
+    async def advance(self, workspace_id: str, column: str, at: datetime) -> None:
+        """Move a horizon forward to `at` (never back). The trace horizon moves before any row is deleted, so a
+        `rollups verify` reading in between never compares a window being pruned."""
+        c = t.retention.c
+        current = c[column]
+        stmt = (
+            update(t.retention)
+            .where(c.workspace_id == workspace_id, or_(current.is_(None), current < at))
+            .values({column: at})
+        )
+        await self.store._write(lambda conn: conn.execute(stmt))
+
+    async def swept(self, workspace_id: str, at: datetime) -> None:
+        stmt = update(t.retention).where(t.retention.c.workspace_id == workspace_id).values(swept_at=at)
+        await self.store._write(lambda conn: conn.execute(stmt))
+
+    async def delete_batch(self, kind: str, workspace_id: str, before: datetime, cursor: Cursor, limit: int) -> Batch:
+        """Delete up to `limit` expired rows of `kind` (steps, requests, runs, sessions) after `cursor`."""
+        work = _DELETES[kind]
+        return await self._batch(lambda conn: work(conn, workspace_id, before, cursor, limit))
+
+    async def null_batch(
+        self, kind: str, workspace_id: str, start: datetime | None, before: datetime, cursor: Cursor, limit: int
+    ) -> Batch:
+        """Null the bodies of up to `limit` rows of `kind` (requests, steps, runs) that started in [start, before)."""
+        work = _NULLS[kind]
+        return await self._batch(lambda conn: work(conn, workspace_id, start, before, cursor, limit))
+
+    async def _batch(self, work: Callable[[Connection], Batch]) -> Batch:
+        store = self.store
+        if store.is_sqlite:
+            return await store._write(work)
+
+        def run() -> Batch:
+            with store.engine.begin() as conn:
+                if not conn.execute(_PG_LOCK).scalar():
+                    return Batch(0, 0, None, busy=True)
+                return work(conn)
+
+        return await store._run(store._queries, run)
+
+
+# -- the batches -----------------------------------------------------------------------------------------------------
+def _after(columns: tuple[Any, ...], cursor: Cursor) -> Any:
+    if cursor is None:
+        return true()
+    # Bound with the columns' own types: a time must be written as the column stores it (UTC, on SQLite as text).
+    return tuple_(*columns) > tuple_(*(literal(v, c.type) for v, c in zip(cursor, columns, strict=True)))
+
+
+def _page(conn: Connection, stmt: Any, limit: int, width: int = 2) -> tuple[list[Any], Cursor]:
+    rows = list(conn.execute(stmt.limit(limit)).all())
+    # The last row read is where the next batch starts; fewer rows than asked: nothing is left.
+    return rows, (tuple(rows[-1][:width]) if len(rows) == limit else None)
+
+
+def _young(table: Any, when: Any, before: datetime) -> Any:
+    """A run or session that started at or after the cutoff: its rows stay with it (see the module's docstring)."""
+    r = t.runs.c if table == "runs" else t.sessions.c
+    started = r.started_at if table == "runs" else r.first_seen_at
+    owner = when.run_id if table == "runs" else when.session_id
+    return exists().where(r.workspace_id == when.workspace_id, r.id == owner, started >= before)
+
+
+def _delete_steps(conn: Connection, ws: str, before: datetime, cursor: Cursor, limit: int) -> Batch:
+    s = t.steps.c
+    keep = or_(_young("runs", s, before), _young("sessions", s, before))
+    stmt = (
+        select(s.started_at, s.seq, keep.label("keep"))
+        .where(s.workspace_id == ws, s.started_at < before, _after((s.started_at, s.seq), cursor))
+        .order_by(s.started_at, s.seq)
+    )
+    rows, nxt = _page(conn, stmt, limit)
+    gone = [r.seq for r in rows if not r.keep]
+    if gone:
+        conn.execute(delete(t.steps).where(s.seq.in_(gone)))
+    return Batch(len(rows), len(gone), nxt)
+
+
+def _delete_requests(conn: Connection, ws: str, before: datetime, cursor: Cursor, limit: int) -> Batch:
+    q = t.requests.c
+    keep = or_(_young("runs", q, before), _young("sessions", q, before))
+    stmt = (
+        select(q.started_at, q.id, keep.label("keep"))
+        .where(q.workspace_id == ws, q.started_at < before, _after((q.started_at, q.id), cursor))
+        .order_by(q.started_at, q.id)
+    )
+    rows, nxt = _page(conn, stmt, limit)
+    gone = [r.id for r in rows if not r.keep]
+    if gone:
+        conn.execute(delete(t.requests).where(q.workspace_id == ws, q.id.in_(gone)))
+    return Batch(len(rows), len(gone), nxt)
+
+
+def _delete_runs(conn: Connection, ws: str, before: datetime, cursor: Cursor, limit: int) -> Batch:
+    r, s, q = t.runs.c, t.steps.c, t.requests.c
+    keep = or_(
+        exists().where(s.workspace_id == r.workspace_id, s.run_id == r.id),
+        exists().where(q.workspace_id == r.workspace_id, q.run_id == r.id),
+    )
+    stmt = (
+        select(r.started_at, r.id, keep.label("keep"))
+        .where(r.workspace_id == ws, r.started_at < before, _after((r.started_at, r.id), cursor))
+        .order_by(r.started_at, r.id)
+    )
+    rows, nxt = _page(conn, stmt, limit)
+    gone = [row.id for row in rows if not row.keep]
+    if gone:
+        # Its totals and control describe only it: nothing reads them once it is gone.
+        conn.execute(delete(t.run_totals).where(t.run_totals.c.workspace_id == ws, t.run_totals.c.run_id.in_(gone)))
+        rc = t.run_controls.c
+        conn.execute(delete(t.run_controls).where(rc.workspace_id == ws, rc.run_id.in_(gone)))
+        conn.execute(delete(t.runs).where(r.workspace_id == ws, r.id.in_(gone)))
+    return Batch(len(rows), len(gone), nxt)
+
+
+def _delete_sessions(conn: Connection, ws: str, before: datetime, cursor: Cursor, limit: int) -> Batch:
+    # No index on time here (one would cost every trace write): the workspace's sessions are read by key, `limit` a
+    # batch, once a sweep; sessions are far fewer than steps.
+    x, r = t.sessions.c, t.runs.c
+    expired = x.last_seen_at < before
+    keep = exists().where(r.workspace_id == x.workspace_id, r.session_id == x.id)
+    stmt = (
+        select(x.id, expired.label("expired"), keep.label("keep"))
+        .where(x.workspace_id == ws, _after((x.id,), cursor))
+        .order_by(x.id)
+    )
+    rows, nxt = _page(conn, stmt, limit, width=1)
+    gone = [row.id for row in rows if row.expired and not row.keep]
+    if gone:
+        p = t.session_paths.c
+        conn.execute(delete(t.session_paths).where(p.workspace_id == ws, p.session_id.in_(gone)))
+        conn.execute(delete(t.sessions).where(x.workspace_id == ws, x.id.in_(gone)))
+    return Batch(len(rows), len(gone), nxt)
+
+
+def _window(when: Any, start: datetime | None, before: datetime) -> Any:
+    return when < before if start is None else (when >= start) & (when < before)
+
+
+def _null_requests(
+    conn: Connection, ws: str, start: datetime | None, before: datetime, cursor: Cursor, limit: int
+) -> Batch:
+    q = t.requests.c
+    stmt = (
+        select(q.started_at, q.id)
+        .where(q.workspace_id == ws, _window(q.started_at, start, before), _after((q.started_at, q.id), cursor))
+        .order_by(q.started_at, q.id)
+    )
+    rows, nxt = _page(conn, stmt, limit)
+    ids = [row.id for row in rows]
+    done = 0
+    if ids:
+        changed = conn.execute(
+            update(t.requests)
+            .where(q.workspace_id == ws, q.id.in_(ids), q.response_body.is_not(None))
+            .values(response_body=null())
+        )
+        done = changed.rowcount
+    return Batch(len(rows), done, nxt)
+
+
+def _null_steps(
+    conn: Connection, ws: str, start: datetime | None, before: datetime, cursor: Cursor, limit: int
+) -> Batch:
+    s = t.steps.c
+    stmt = (
+        select(s.started_at, s.seq)
+        .where(s.workspace_id == ws, _window(s.started_at, start, before), _after((s.started_at, s.seq), cursor))
+        .order_by(s.started_at, s.seq)
+    )
+    rows, nxt = _page(conn, stmt, limit)
+    seqs = [row.seq for row in rows]
+    done = 0
+    if seqs:
+        changed = conn.execute(
+            update(t.steps)
+            .where(s.seq.in_(seqs), or_(s.input.is_not(None), s.output.is_not(None)))
+            .values(input=null(), output=null())
+        )
+        done = changed.rowcount
+    return Batch(len(rows), done, nxt)
+
+
+def _null_runs(
+    conn: Connection, ws: str, start: datetime | None, before: datetime, cursor: Cursor, limit: int
+) -> Batch:
+    r = t.runs.c
+    stmt = (
+        select(r.started_at, r.id)
+        .where(r.workspace_id == ws, _window(r.started_at, start, before), _after((r.started_at, r.id), cursor))
+        .order_by(r.started_at, r.id)
+    )
+    rows, nxt = _page(conn, stmt, limit)
+    ids = [row.id for row in rows]
+    done = 0
+    if ids:
+        changed = conn.execute(
+            update(t.runs).where(r.workspace_id == ws, r.id.in_(ids), r.output.is_not(None)).values(output=null())
+        )
+        done = changed.rowcount
+    return Batch(len(rows), done, nxt)
+
+
+_DELETES: dict[str, Callable[[Connection, str, datetime, Cursor, int], Batch]] = {
+    # Steps and requests first: a run (session) is deleted only once none of its rows is left.
+    "steps": _delete_steps,
+    "requests": _delete_requests,
+    "runs": _delete_runs,
+    "sessions": _delete_sessions,
+}
+_NULLS: dict[str, Callable[[Connection, str, datetime | None, datetime, Cursor, int], Batch]] = {
+    "requests": _null_requests,
+    "steps": _null_steps,
+    "runs": _null_runs,
+}
+DELETED = tuple(_DELETES)
+NULLED = tuple(_NULLS)
+
+
+# -- rollups verify and rebuild after pruning (store/books.py) -------------------------------------------------------
+def horizons(conn: Connection, workspace_id: str | None = None) -> dict[str, datetime]:
+    """Each workspace's trace horizon: rows that started before it may have been deleted."""
+    c = t.retention.c
+    stmt = select(c.workspace_id, c.traces_horizon).where(c.traces_horizon.is_not(None))
+    if workspace_id is not None:
+        stmt = stmt.where(c.workspace_id == workspace_id)
+    return {ws: _aware(at) for ws, at in conn.execute(stmt)}
+
+
+def _aware(at: datetime) -> datetime:
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
+
+
+def _young_ids(
+    conn: Connection, table: str, found: Mapping[str, set[str]], since: Mapping[str, datetime]
+) -> dict[str, set[str]]:
+    """By workspace, the runs (sessions) among `found` that started at or after the workspace's horizon."""
+    if table == "runs":
+        c, started = t.runs.c, t.runs.c.started_at
+    else:
+        c, started = t.sessions.c, t.sessions.c.first_seen_at
+    young: dict[str, set[str]] = {}
+    for ws, ids in found.items():
+        listed, mine = sorted(ids), young.setdefault(ws, set())
+        for i in range(0, len(listed), 500):
+            stmt = select(c.id).where(c.workspace_id == ws, c.id.in_(listed[i : i + 500]), started >= since[ws])
+            mine.update(row[0] for row in conn.execute(stmt))
+    return young
+
+
+def comparable_keys(
+    conn: Connection, keys: Iterable[tuple[str, tuple[Any, ...]]], since: Mapping[str, datetime]
+) -> set[tuple[str, tuple[Any, ...]]]:
+    """The (table, key) pairs among `keys` that `rollups verify` can check against the raw rows (core.retention)."""
+    keys = list(keys)
+    subjects: dict[str, dict[str, set[str]]] = {"runs": {}, "paths": {}}
+    for table, key in keys:
+        if table in subjects and key[0] in since:
+            subjects[table].setdefault(key[0], set()).add(key[1])
+    young = {
+        "runs": _young_ids(conn, "runs", subjects["runs"], since),
+        "paths": _young_ids(conn, "sessions", subjects["paths"], since),
+    }
+    none: set[str] = set()
+    return {
+        (table, key)
+        for table, key in keys
+        if comparable(table, key, since.get(key[0]), young.get(table, {}).get(key[0], none))
+    }
