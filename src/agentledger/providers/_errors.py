@@ -68,9 +68,14 @@ def retry_after(headers: Mapping[str, str] | None) -> float | None:
 
 
 def error_for_status(
-    provider: str, status: int, body: bytes, headers: Mapping[str, str] | None = None
+    provider: str, status: int, body: bytes, headers: Mapping[str, str] | None = None, *, secret: str | None = None
 ) -> UpstreamError:
-    message = f"Provider {provider!r} answered {status}: {_provider_message(body)}"
+    """`secret`: the provider key the call was sent with. Some providers quote the key they were given ("Incorrect API
+    key provided: sk-…"); the message reaches the client and the store, which must see neither."""
+    said = _provider_message(body)
+    if secret and secret in said:
+        said = said.replace(secret, "[provider key redacted]")
+    message = f"Provider {provider!r} answered {status}: {said}"
     if status == 429:
         exc: UpstreamError = UpstreamRateLimited(message)
     elif status >= 500:

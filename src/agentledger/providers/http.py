@@ -102,7 +102,7 @@ class HTTPUpstream:
                 status = resp.status
                 content_type = resp.headers.get("content-type", "application/json")
                 if status >= 400:
-                    raise error_for_status(name, status, content, resp.headers)
+                    raise error_for_status(name, status, content, resp.headers, secret=target.route.api_key)
         return UpstreamResponse(status, content, content_type)
 
     @asynccontextmanager
@@ -114,7 +114,7 @@ class HTTPUpstream:
             if resp.status >= 400:
                 with map_transport_errors(name):
                     content = await resp.read()
-                raise error_for_status(name, resp.status, content, resp.headers)
+                raise error_for_status(name, resp.status, content, resp.headers, secret=target.route.api_key)
             yield self._events(target.route, resp)
         finally:
             resp.release()

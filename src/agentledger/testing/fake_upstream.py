@@ -50,6 +50,8 @@ class FakeUpstream:
     failed_once: set[str] = field(default_factory=set)  # texts FAIL:once500 has already failed
     script: list[int] = field(default_factory=list)  # statuses for the next requests, popped one a request
     retry_after: str | None = None  # `retry-after` header value sent on every 429
+    # A scripted failure quotes the credential it was sent, as some providers do ("Incorrect API key provided: …").
+    echo_credential: bool = False
 
 
 ANTHROPIC_ERROR_TYPES = {
@@ -124,7 +126,11 @@ def fake_upstream_app(state: FakeUpstream | None = None) -> Starlette:
             if fake.script:
                 status = fake.script.pop(0)
                 if status >= 400:
-                    return error(status, f"fake upstream scripted failure {status}")
+                    said = f"fake upstream scripted failure {status}"
+                    if fake.echo_credential:
+                        given = request.headers.get("x-api-key") or request.headers.get("authorization", "")[7:]
+                        said += f": Incorrect API key provided: {given}"
+                    return error(status, said)
             try:
                 body = mock.parse_body(raw, path)
             except UpstreamRejected as exc:

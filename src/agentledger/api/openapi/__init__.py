@@ -17,11 +17,13 @@ from starlette.routing import Route
 from agentledger import __version__
 from agentledger.api.openapi.alerts import ALERT_PATHS, ALERT_ROWS
 from agentledger.api.openapi.approvals import APPROVAL_PATHS, APPROVAL_ROWS
+from agentledger.api.openapi.audit import AUDIT_PATHS, AUDIT_ROWS
 from agentledger.api.openapi.finance import FINANCE_PATHS, FINANCE_ROWS
 from agentledger.api.openapi.outbound import OUTBOUND_PATHS, OUTBOUND_ROWS
 from agentledger.api.openapi.paid import PAID_PATHS, PAID_ROWS
 from agentledger.api.openapi.paths import PATHS
 from agentledger.api.openapi.policies import POLICY_PATHS, POLICY_ROWS
+from agentledger.api.openapi.retention import RETENTION_PATHS, RETENTION_ROWS
 from agentledger.api.openapi.rows import DECISIONS, ROWS
 from agentledger.api.openapi.schemas import REQUESTS
 from agentledger.api.openapi.shapes import Schema, enum, json_content, ref
@@ -40,6 +42,9 @@ _ERRORS = {
     "was cancelled (POST /api/runs/{run_id}/cancel).",
     404: "Unknown object (`not_found_error`) or model (`model_not_found`).",
     409: "Already exists (`conflict`), or x-request-id reused with another body (`idempotency_key_reused`).",
+    410: "On model routes, a repeat of an x-request-id whose call completed (and was charged once) but whose response "
+    "was not kept: `alephant-omit-response`, or pruned by the workspace's retention (`replay_unavailable`). Nothing is "
+    "forwarded or charged; send a new x-request-id to call again.",
     413: "The body is larger than `max_body_bytes` (`request_too_large`).",
     423: "The call's run is paused and was not resumed while the call waited `run_pause_wait_s` (`run_paused`, "
     "with Retry-After).",
@@ -101,6 +106,8 @@ def document() -> Schema:
             **FINANCE_PATHS,
             **PAID_PATHS,
             **OUTBOUND_PATHS,
+            **AUDIT_PATHS,
+            **RETENTION_PATHS,
         },
         "components": {
             "schemas": {
@@ -112,6 +119,8 @@ def document() -> Schema:
                 **FINANCE_ROWS,
                 **PAID_ROWS,
                 **OUTBOUND_ROWS,
+                **AUDIT_ROWS,
+                **RETENTION_ROWS,
             },
             "responses": {
                 **{f"Error{status}": _error_response(status) for status in _ERRORS},

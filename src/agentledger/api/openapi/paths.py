@@ -37,6 +37,22 @@ API_READ = (401, 503)
 API_WRITE = (400, 401, 403, 409, 413, 503)
 
 _PROMPT = {**text(h.MAX_ID_LEN * 2 + 1, pattern=None), "description": "`id` or `id@version` (each in id format)."}
+# docs/retention.md: `true` or `false` in any case; anything else is a 400 naming the header.
+_FLAG = {"type": "string", "pattern": "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])$"}
+OMIT_REQUEST = param(
+    h.OMIT_REQUEST,
+    "header",
+    _FLAG,
+    "`true`: the request body is not stored (the gateway keeps only its SHA-256; a step's `input` is null).",
+)
+OMIT_RESPONSE = param(
+    h.OMIT_RESPONSE,
+    "header",
+    _FLAG,
+    "`true`: the response is not stored (no body, no stream bytes; a step's `output`, a run's end `output` null): "
+    "a repeat of the x-request-id is then `410 replay_unavailable`, never forwarded again.",
+)
+OMIT = [OMIT_REQUEST, OMIT_RESPONSE]
 TRACKING = [
     param(h.REQUEST_ID, "header", ID, "Idempotency key and lookup id; generated when absent, always echoed."),
     param(h.AGENT_ID, "header", ID, "Attribute the call to an agent of the key's workspace."),
@@ -52,6 +68,7 @@ TRACKING = [
         text(h.MAX_NAME_LEN),
         "A provider key's name: the call goes to that key (which must serve the model), not the route table.",
     ),
+    *OMIT,
 ]
 
 
@@ -274,7 +291,7 @@ _BUDGET_PATHS: Schema = {
     },
 }
 
-_MODEL_ERRORS = (400, 401, 402, 403, 404, 409, 413, 423, 429, 502, 503, 504)
+_MODEL_ERRORS = (400, 401, 402, 403, 404, 409, 410, 413, 423, 429, 502, 503, 504)
 
 
 def _run_control(summary: str) -> Schema:
@@ -382,7 +399,7 @@ PATHS: Schema = {
             VIRTUAL_KEY,
             {201: ok_json("Durable.", ref("StepsAdded"))},
             (*V1_WRITE, 403, 409),
-            parameters=[path_id("run_id")],
+            parameters=[path_id("run_id"), *OMIT],
             requestBody=body(ref("StepBatch")),
         )
     },
@@ -393,7 +410,7 @@ PATHS: Schema = {
             VIRTUAL_KEY,
             {200: ok_json("Ended.", ref("RunEnded"))},
             (*V1_WRITE, 404),
-            parameters=[path_id("run_id")],
+            parameters=[path_id("run_id"), OMIT_RESPONSE],
             requestBody=body(ref("RunEnd")),
         )
     },
