@@ -283,7 +283,17 @@ class Mismatch:
     recomputed: list[Any] | None
 
     def describe(self) -> str:
-        return f"{self.table} {_show(self.key)}: kept {self.kept}, recomputed {self.recomputed}"
+        """The row and, when it is kept and recomputed both, each measure that differs by name (a run total has
+        17 of them: a list of numbers would leave the reader counting)."""
+        if self.kept is None or self.recomputed is None:
+            return f"{self.table} {_show(self.key)}: kept {self.kept}, recomputed {self.recomputed}"
+        names = KEPT[self.table][2]
+        differ = [
+            f"{name} kept {a}, recomputed {b}"
+            for name, a, b in zip(names, self.kept, self.recomputed, strict=True)
+            if not _same(a, b)
+        ]
+        return f"{self.table} {_show(self.key)}: " + "; ".join(differ)
 
 
 def _show(key: Key) -> str:
