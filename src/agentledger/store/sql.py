@@ -43,7 +43,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, Tim
 from agentledger.core.alerts import from_budget_alert
 from agentledger.core.books import NO_RUN, PAYMENT_COLUMNS, Books, RunDims
 from agentledger.core.errors import Conflict, InvalidRequest, StoreUnavailable
-from agentledger.core.finance import NOTHING, payment_books, payment_values
+from agentledger.core.finance import payment_books, payment_values
 from agentledger.core.model import (
     NO_RETRY,
     AdminPrincipal,
@@ -53,6 +53,7 @@ from agentledger.core.model import (
     BudgetAlert,
     Fallback,
     LedgerEntry,
+    Payment,
     Principal,
     ProviderRoute,
     RequestRecord,
@@ -1088,14 +1089,8 @@ def _request_values(r: RequestRecord) -> dict[str, Any]:
 
 def _step_values(s: StepRecord) -> dict[str, Any]:
     # One literal, no helper dicts: this runs for every step written (tens of thousands a second).
-    a, u, p = s.attribution, s.usage, s.payment
-    if p is not None and s.kind is StepKind.PAYMENT:
-        # The payment decides the step's cost (core.finance): whoever built the record, the books add up.
-        paid = payment_books(p)
-        cost, payment = paid.cost, payment_values(p)
-    else:
-        paid, cost, payment = NOTHING, s.cost_nanos, None
-    return {
+    a, u = s.attribution, s.usage
+    row = {
         "id": s.step_id,
         "parent_id": s.parent_id,
         "request_id": s.request_id,
@@ -1119,7 +1114,7 @@ def _step_values(s: StepRecord) -> dict[str, Any]:
         "cache_write_tokens": u.cache_write_tokens if u else 0,
         "output_tokens": u.output_tokens if u else 0,
         "reasoning_tokens": u.reasoning_tokens if u else 0,
-        "cost_nanos": cost,
+        "cost_nanos": s.cost_nanos,
         "cost_source": s.cost_source.value if s.cost_source else None,
         "branch": s.branch,
         "attempt": s.attempt,
@@ -1130,9 +1125,24 @@ def _step_values(s: StepRecord) -> dict[str, Any]:
         "latency_ms": s.latency_ms,
         "started_at": s.started_at,
         "ended_at": s.ended_at,
-        "payment": payment,
-        "revenue_nanos": paid.revenue,
-        "refund_nanos": paid.refund,
-        "fee_nanos": paid.fee,
-        "payment_out_nanos": paid.payment_out,
+        "payment": None,
+        "revenue_nanos": 0,
+        "refund_nanos": 0,
+        "fee_nanos": 0,
+        "payment_out_nanos": 0,
     }
+    if s.payment is not None and s.kind is StepKind.PAYMENT:
+        _with_payment(row, s.payment)
+    return row
+
+
+def _with_payment(row: dict[str, Any], p: Payment) -> None:
+    """A payment step's row: its payment, and the cost and measures it decides (core.finance), whoever built the
+    record, so the books add up."""
+    paid = payment_books(p)
+    row["cost_nanos"] = paid.cost
+    row["payment"] = payment_values(p)
+    row["revenue_nanos"] = paid.revenue
+    row["refund_nanos"] = paid.refund
+    row["fee_nanos"] = paid.fee
+    row["payment_out_nanos"] = paid.payment_out
