@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 
 from agentledger.api.approvals import approval_routes
+from agentledger.api.audit import audit_routes
 from agentledger.api.auth import AdminAuth
 from agentledger.api.budgets import budget_routes
 from agentledger.api.finance import finance_routes
@@ -32,11 +33,13 @@ from agentledger.api.retention import retention_routes
 from agentledger.api.run_controls import run_control_routes
 from agentledger.api.webhooks import webhook_routes
 from agentledger.api.x402_fetch import outbound_routes
+from agentledger.audit.changes import Change
+from agentledger.audit_trail import AuditTrail
 from agentledger.config import Settings, accepted_assets
 from agentledger.core import alerts as core_alerts
 from agentledger.core.errors import MethodNotAllowed, NotFound, StoreUnavailable
 from agentledger.core.ids import new_id
-from agentledger.core.model import TraceEvent
+from agentledger.core.model import Actor, TraceEvent
 from agentledger.finance.endpoints import BROADCAST_KIND, EndpointCatalog, PaidEndpointAdmin, endpoint_rules
 from agentledger.finance.facilitator import Facilitator, HttpFacilitator
 from agentledger.finance.local import LocalFacilitator
@@ -95,6 +98,7 @@ class Components:
     gate: BudgetGate
     desk: SpendDesk
     approvals: Approvals
+    audit: AuditTrail
 
 
 def build_components(
@@ -119,6 +123,15 @@ def build_components(
         durability=settings.durability,
     )
     counters = counters or (RedisCounters(settings.redis_url) if settings.redis_url else MemoryCounters())
+    # The audit log: changes recorded through the pipeline, durable before the admin's answer (docs/audit.md).
+    trail = AuditTrail(
+        store,
+        box,
+        pipeline.submit,
+        emit=pipeline.emit,
+        checkpoint_events=settings.audit_checkpoint_events,
+        checkpoint_interval=settings.audit_checkpoint_interval_s,
+    )
     gate = BudgetGate(
         store.budgets.active,
         _workflow_lookup(store),
@@ -131,7 +144,7 @@ def build_components(
         stale_if_error=settings.stale_if_error,
         reservation=store.budgets.reservation,
         defer=pipeline.defer,
-        disable_key=lambda ws, key_id: _disable_key(store, gateway, ws, key_id),
+        disable_key=lambda ws, key_id: _disable_key(store, gateway, trail, ws, key_id),
     )
     gateway = Gateway(
         store,
@@ -174,13 +187,17 @@ def build_components(
             ws, run_id, "cancelled", why[:1024], by, f"stopped by {by}: {why}"
         )
     governance = Governance(store, box)
-    return Components(settings, store, pipeline, gateway, governance, upstreams, counters, gate, desk, approvals)
+    return Components(settings, store, pipeline, gateway, governance, upstreams, counters, gate, desk, approvals, trail)
 
 
-async def _disable_key(store: Store, gateway: Gateway, workspace_id: str, key_id: str) -> None:
-    """A `disable_key` budget exhausted: its virtual key is revoked, here and (broadcast) on every replica."""
-    key_hash = await store.revoke_virtual_key(workspace_id, key_id, datetime.now(UTC))
+async def _disable_key(store: Store, gateway: Gateway, trail: AuditTrail, workspace_id: str, key_id: str) -> None:
+    """A `disable_key` budget exhausted: its virtual key is revoked, here and (broadcast) on every replica; the
+    audit log records the system as having revoked it."""
+    now = datetime.now(UTC)
+    key_hash = await store.revoke_virtual_key(workspace_id, key_id, now)
     gateway.invalidate_key(key_hash)
+    change = Change("virtual_key.revoke", "virtual_key", key_id, after={"revoked_at": now, "by": "disable_key budget"})
+    await trail.record(workspace_id, Actor("system", "budget"), [change])
 
 
 def _workflow_lookup(store: Store) -> Callable[[str, str], Awaitable[str | None]]:
@@ -388,6 +405,9 @@ def create_app(
 ) -> Starlette:
     c = build_components(settings, store=store, upstreams=upstreams)
     auth = AdminAuth(c.store, ttl=settings.cache_ttl, stale_if_error=settings.stale_if_error)
+    auth.trail = c.audit
+    if c.gateway.policies is not None:  # the caller's address as the gateway reads it (client_ip_header)
+        auth.client_ip = c.gateway.policies.client_ip
     hooks, worker, sweep = _alerting(settings, c)
     paid = _paid_endpoints(settings, c)
     retention = _retention(settings, c)
@@ -414,6 +434,7 @@ def create_app(
             c.gateway.broadcast = broadcast.publish
             paid.catalog.broadcast = broadcast.publish
             c.approvals.publish = broadcast.publish
+        checkpointing = asyncio.get_running_loop().create_task(c.audit.run())
         settle_heap()
         try:
             yield
@@ -422,6 +443,7 @@ def create_app(
             approval_expiry.cancel()
             delivering.cancel()
             sweeping.cancel()
+            checkpointing.cancel()
             if pruning is not None:
                 pruning.cancel()
             if broadcast is not None:
@@ -432,6 +454,8 @@ def create_app(
             await paid.aclose()  # paid calls whose buyer hung up finish first: their records go out below
             # Graceful shutdown: every acknowledged trace event is written (or spooled) before exit.
             await c.pipeline.aclose()
+            with contextlib.suppress(Exception):  # a clean stop leaves every chain's head signed, if it can
+                await c.audit.checkpoint()
             await c.counters.aclose()
             for upstream in c.upstreams.values():
                 await upstream.aclose()
@@ -468,6 +492,7 @@ def create_app(
         *query_routes(auth, c.store, c.pipeline),
         *outbound_routes(settings, auth, c.store, c.gateway, c.desk, c.governance.box),
         *finance_routes(auth, c.store, c.pipeline),
+        *audit_routes(auth, c.audit, c.pipeline),
         *retention_routes(auth, retention.store, lambda: datetime.now(UTC)),
         *health_routes(c.store, c.pipeline),
         *openapi_routes(),

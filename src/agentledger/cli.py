@@ -21,12 +21,15 @@ import orjson
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
+from agentledger.audit.changes import Change
+from agentledger.cli_audit import audit_group, record
 from agentledger.config import SETTINGS, Settings, load_settings
 from agentledger.core.budget_config import budget_row, rate_limit_row
 from agentledger.core.budgets import Action, Figures, Period, Scope, counter_key
 from agentledger.core.errors import AgentLedgerError, InvalidRequest, NotFound
 from agentledger.core.fields import id_field, time_field
 from agentledger.core.ids import new_id
+from agentledger.core.keys import hash_secret
 from agentledger.core.model import Role
 from agentledger.core.money import format_usd
 from agentledger.governance import PROVIDER_KINDS, Governance
@@ -304,9 +307,17 @@ def _create_command(
     help: str,
     one_of: tuple[str, ...] = (),
     shape: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    *,
+    action: str,
 ) -> None:
-    """`method`: a Governance method's name, or a function of (governance, workspace, body)."""
+    """`method`: a Governance method's name, or a function of (governance, workspace, body). `action`: what the
+    audit log records of it (the created object as `after`, actor `cli`)."""
     create: Create = method if callable(method) else lambda g, ws, body: getattr(g, method)(ws, body)
+
+    async def audited(g: Governance, workspace: str, body: dict[str, Any]) -> Any:
+        made = await create(g, workspace, body)
+        await record(g, workspace, Change(action, action.split(".")[0], str(made["id"]), after=made))
+        return made
 
     @click.pass_context
     def command(ctx: click.Context, /, workspace: str, **data: Any) -> None:
@@ -319,7 +330,7 @@ def _create_command(
                 body[k] = list(body[k])
         if shape is not None:
             body = shape(body)
-        result = _with_governance(_settings(ctx), _in_workspace(workspace, lambda g: create(g, workspace, body)))
+        result = _with_governance(_settings(ctx), _in_workspace(workspace, lambda g: audited(g, workspace, body)))
         _echo_json(result)
 
     params: list[click.Parameter] = [_workspace_option(), *options]
@@ -348,11 +359,24 @@ def _list_command(
 
 
 def _revoke_command(
-    group: click.Group, what: str, revoke: Callable[[Governance, str, str], Awaitable[Any]], note: str = ""
+    group: click.Group,
+    what: str,
+    revoke: Callable[[Governance, str, str], Awaitable[Any]],
+    note: str = "",
+    *,
+    action: str,
+    table: str,
 ) -> None:
+    async def audited(g: Governance, workspace: str, ident: str) -> None:
+        before = await g.store.audit.current(table, workspace, ident)
+        await revoke(g, workspace, ident)
+        if before is not None and before["revoked_at"] is None:  # revoking what was revoked changes nothing
+            after = {**before, "revoked_at": g.clock()}
+            await record(g, workspace, Change(action, action.split(".")[0], ident, before=before, after=after))
+
     @click.pass_context
     def command(ctx: click.Context, /, id: str, workspace: str, as_json: bool) -> None:
-        _with_governance(_settings(ctx), _in_workspace(workspace, lambda g: revoke(g, workspace, id)))
+        _with_governance(_settings(ctx), _in_workspace(workspace, lambda g: audited(g, workspace, id)))
         if as_json:
             _echo_json({"id": id, "revoked": True})
         else:
@@ -377,7 +401,14 @@ def workspaces() -> None:
 @click.pass_context
 def workspaces_create(ctx: click.Context, name: str, workspace_id: str | None) -> None:
     """Create a workspace and print its owner token (shown once)."""
-    ws, token = _with_governance(_settings(ctx), lambda g: g.create_workspace(name, workspace_id=workspace_id))
+
+    async def create(g: Governance) -> tuple[str, str]:
+        ws, token = await g.create_workspace(name, workspace_id=workspace_id)
+        after = {"id": ws, "name": name, "owner_token": token}  # the token as its prefix (audit/changes.py)
+        await record(g, ws, Change("workspace.create", "workspace", ws, after=after))
+        return ws, token
+
+    ws, token = _with_governance(_settings(ctx), create)
     _echo_json({"id": ws, "name": name, "owner_token": token})
 
 
@@ -424,6 +455,7 @@ _create_command(
     "create_department",
     [click.Option(["--name"], required=True), click.Option(["--id"])],
     "Create a department.",
+    action="department.create",
 )
 _create_command(
     agents,
@@ -436,6 +468,7 @@ _create_command(
         click.Option(["--kind"], type=click.Choice(["ai", "workflow"])),
     ],
     "Create an agent in a department.",
+    action="agent.create",
 )
 _create_command(
     keys,
@@ -449,6 +482,7 @@ _create_command(
     ],
     "Create a virtual key (printed once) for a department, or bound to an agent.",
     one_of=("department_id", "agent_id"),
+    action="virtual_key.create",
 )
 _create_command(
     provider_keys,
@@ -476,6 +510,7 @@ _create_command(
     ],
     "Add a provider credential and the models it serves.",
     shape=_provider_key_body,
+    action="provider_key.create",
 )
 _create_command(
     prices,
@@ -490,6 +525,7 @@ _create_command(
         click.Option(["--effective-from", "effective_from"]),
     ],
     "Set a workspace's price for a model (dollars per million tokens).",
+    action="price_override.create",
 )
 
 _list_command(
@@ -525,8 +561,22 @@ _list_command(
     lambda g, ws: g.store.list_price_overrides(ws),
     "List the workspace's price overrides.",
 )
-_revoke_command(keys, "virtual key", lambda g, ws, id: g.revoke_virtual_key(ws, id), _CACHE_NOTE)
-_revoke_command(provider_keys, "provider key", lambda g, ws, id: g.revoke_provider_key(ws, id), _CACHE_NOTE)
+_revoke_command(
+    keys,
+    "virtual key",
+    lambda g, ws, id: g.revoke_virtual_key(ws, id),
+    _CACHE_NOTE,
+    action="virtual_key.revoke",
+    table="virtual_keys",
+)
+_revoke_command(
+    provider_keys,
+    "provider key",
+    lambda g, ws, id: g.revoke_provider_key(ws, id),
+    _CACHE_NOTE,
+    action="provider_key.revoke",
+    table="provider_keys",
+)
 
 
 _ADMIN_OPTIONS = (
@@ -544,9 +594,16 @@ def _admin_options(fn: Callable[..., None]) -> Callable[..., None]:
 
 def _create_admin_token(ctx: click.Context, workspace: str | None, name: str | None, role: str | None) -> None:
     ws, role = workspace or "default", role or "admin"
-    token = _with_governance(
-        _settings(ctx), _in_workspace(ws, lambda g: g.create_admin_token(ws, name or "admin", Role(role)))
-    )
+
+    async def create(g: Governance) -> str:
+        token = await g.create_admin_token(ws, name or "admin", Role(role))
+        made = await g.store.admin_for_token(hash_secret(token))
+        assert made is not None
+        after = {"id": made.token_id, "name": name or "admin", "role": role, "token": token}  # the token: its prefix
+        await record(g, ws, Change("admin_token.create", "admin_token", made.token_id, after=after))
+        return token
+
+    token = _with_governance(_settings(ctx), _in_workspace(ws, create))
     _echo_json({"workspace": ws, "role": role, "token": token})
 
 
@@ -575,7 +632,14 @@ _list_command(
     lambda g, ws: g.store.list_admin_tokens(ws),
     "List admin tokens (never the tokens themselves).",
 )
-_revoke_command(admin_token, "admin token", lambda g, ws, id: g.revoke_admin_token(ws, id), _CACHE_NOTE)
+_revoke_command(
+    admin_token,
+    "admin token",
+    lambda g, ws, id: g.revoke_admin_token(ws, id),
+    _CACHE_NOTE,
+    action="admin_token.revoke",
+    table="admin_tokens",
+)
 
 
 @main.group()
@@ -681,8 +745,11 @@ def _delete_command(group: click.Group, what: str, table: str) -> None:
     @click.pass_context
     def command(ctx: click.Context, /, id: str, workspace: str, as_json: bool) -> None:
         async def delete(g: Governance) -> None:
+            before = await g.store.audit.current(table, workspace, id)
             if not await g.store.budgets.delete(table, workspace, id, g.clock()):
                 raise NotFound(f"{what.capitalize()} {id!r} does not exist in workspace {workspace!r}.", param=param)
+            kind = table.removesuffix("s")
+            await record(g, workspace, Change(f"{kind}.delete", kind, id, before=before))
 
         _with_governance(_settings(ctx), _in_workspace(workspace, delete))
         if as_json:
@@ -738,6 +805,7 @@ _create_command(
         click.Option(["--throttle-rpm", "throttle_rpm"], type=int, help="soft_throttle: requests a minute past it."),
     ],
     "Create a budget" + _RULES_NOTE + ". Its `status` figures are the ledger's sums.",
+    action="budget.create",
 )
 _list_command(
     budgets,
@@ -773,6 +841,7 @@ _create_command(
     ],
     "Create a rate limit" + _RULES_NOTE + ".",
     one_of=("requests_per_minute", "tokens_per_minute", "concurrent"),
+    action="rate_limit.create",
 )
 _list_command(
     rate_limits,
@@ -832,3 +901,6 @@ def alerts(ctx: click.Context, workspace: str, limit: int, as_json: bool) -> Non
         [_usd_cells(r, "spent_nanos", "limit_nanos") for r in rows],
         ("at", "budget_id", "window_key", "threshold", "spent_usd", "limit_usd", "request_id", "run_id"),
     )
+
+
+main.add_command(audit_group(_with_governance, _settings, _echo_json))

@@ -193,6 +193,18 @@ SETTINGS: tuple[Setting, ...] = (
         "Largest answer body POST /v1/x402/fetch reads from a seller (10 MiB); a larger one is a 502.",
     ),
     Setting(
+        "audit_checkpoint_events",
+        int,
+        1000,
+        "Sign a checkpoint of a workspace's audit chain once this many events were appended since its last one.",
+    ),
+    Setting(
+        "audit_checkpoint_interval_s",
+        float,
+        60.0,
+        "Seconds after which every audit chain that moved gets a signed checkpoint, however few events it added.",
+    ),
+    Setting(
         "retention_interval",
         float,
         3600.0,
@@ -254,6 +266,8 @@ class Settings:
     x402_fetch_allow_hosts: str = ""
     x402_fetch_timeout: float = 30.0
     x402_fetch_max_response_bytes: int = 10_485_760
+    audit_checkpoint_events: int = 1000
+    audit_checkpoint_interval_s: float = 60.0
     retention_interval: float = 3600.0
     retention_batch: int = 1000
 
@@ -331,6 +345,11 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
         raise ValueError(f"x402_fetch_timeout: expected 0 < seconds <= 600, got {fetch_timeout!r}")
     if fetch_bytes <= 0:
         raise ValueError(f"x402_fetch_max_response_bytes: expected a positive number of bytes, got {fetch_bytes!r}")
+    if values.get("audit_checkpoint_events", 1) < 1:
+        raise ValueError(f"audit_checkpoint_events: expected 1 or more, got {values['audit_checkpoint_events']!r}")
+    every = values.get("audit_checkpoint_interval_s", 60.0)
+    if not 0 < every < float("inf"):  # NaN fails too
+        raise ValueError(f"audit_checkpoint_interval_s: expected a positive number of seconds, got {every!r}")
     _check_retention(values)
     return Settings(**values)
 

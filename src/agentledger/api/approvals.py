@@ -10,7 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentledger.api.auth import AdminAuth, path_id
+from agentledger.api.auth import AdminAuth, describe, path_id
+from agentledger.audit.changes import Change
 from agentledger.core.errors import InvalidRequest, NotFound, PermissionDenied
 from agentledger.core.fields import text_field
 from agentledger.core.model import AdminPrincipal, Role
@@ -21,6 +22,7 @@ from agentledger.gateway.responses import JSONResponse
 MAX_PAGE = 1000
 MAX_COMMENT = 2048  # the column's width
 DECIDERS = frozenset({Role.OWNER, Role.ADMIN})
+ACTIONS = {"approved": "approval.approve", "denied": "approval.deny"}
 
 
 def _limit(request: Request) -> int:
@@ -63,8 +65,12 @@ def approval_routes(auth: AdminAuth, approvals: Approvals) -> list[Route]:
                 raise PermissionDenied("Only owner and admin tokens may decide approvals.")
             approval_id = path_id(request, "approval_id", "Approval")
             comment = await _comment(request)
+            found = await approvals.get(admin.workspace_id, approval_id)
             row = await approvals.decide(admin.workspace_id, approval_id, status, admin.token_id, comment)
-            return JSONResponse(approvals.view(row))
+            view = approvals.view(row)
+            before = None if found is None else approvals.view(found)
+            describe(request, Change(ACTIONS[status], "approval", approval_id, before=before, after=view))
+            return JSONResponse(view)
 
         return handler
 
@@ -72,6 +78,14 @@ def approval_routes(auth: AdminAuth, approvals: Approvals) -> list[Route]:
     return [
         Route("/api/approvals", g(list_approvals), methods=["GET"]),
         Route("/api/approvals/{approval_id}", g(get_approval), methods=["GET"]),
-        Route("/api/approvals/{approval_id}/approve", g(decide("approved"), write=True), methods=["POST"]),
-        Route("/api/approvals/{approval_id}/deny", g(decide("denied"), write=True), methods=["POST"]),
+        Route(
+            "/api/approvals/{approval_id}/approve",
+            g(decide("approved"), write=True, audit=["approval.approve"]),
+            methods=["POST"],
+        ),
+        Route(
+            "/api/approvals/{approval_id}/deny",
+            g(decide("denied"), write=True, audit=["approval.deny"]),
+            methods=["POST"],
+        ),
     ]

@@ -1,23 +1,35 @@
-"""Admin tokens for /api: workspace-scoped, role-checked (viewers read, admins and owners write)."""
+"""Admin tokens for /api: workspace-scoped, role-checked (viewers read, admins and owners write).
+
+Every write route is guarded with `write=True` and the audit actions it may record (`audit=`): its handler says
+what it changed (`describe`), and the guard records that as an audit event once the write has succeeded, durable
+before the answer (docs/audit.md). A refused credential is recorded too, at most once a minute per source.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from agentledger.audit.changes import Change
 from agentledger.core.errors import AgentLedgerError, AuthenticationError, NotFound, PermissionDenied
 from agentledger.core.headers import is_id
 from agentledger.core.keys import hash_secret
-from agentledger.core.model import AdminPrincipal, Role
+from agentledger.core.model import Actor, AdminPrincipal, Role
 from agentledger.gateway.bodies import parse_json_object
 from agentledger.gateway.cache import TTLCache
 from agentledger.gateway.responses import error_response
 from agentledger.store.base import Store
 
+if TYPE_CHECKING:
+    from agentledger.audit_trail import AuditTrail
+
+log = logging.getLogger(__name__)
 Handler = Callable[[Request, AdminPrincipal], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class AdminAuth:
@@ -26,6 +38,9 @@ class AdminAuth:
         # Stale-if-error as for virtual keys: during an outage a known admin still authenticates, and then
         # gets the 503 of the route's own store call rather than a misleading one from the token lookup.
         self.cache: TTLCache[str, AdminPrincipal] = TTLCache(ttl, stale_if_error=stale_if_error)
+        self.trail: AuditTrail | None = None  # the audit log (app.py); None records nothing
+        # The caller's address as the gateway reads it (setting client_ip_header); the peer's without one.
+        self.client_ip: Callable[[str | None, Any], str | None] = lambda peer, headers: peer
 
     async def principal(self, request: Request) -> AdminPrincipal:
         auth = request.headers.get("authorization", "")
@@ -38,17 +53,72 @@ class AdminAuth:
             raise AuthenticationError("Invalid or revoked admin token.")
         return admin
 
-    def guard(self, handler: Handler, *, write: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    def guard(self, handler: Handler, *, write: bool = False, audit: Sequence[str] = ()) -> Endpoint:
+        """`write`: refused to viewers, and audited: `audit` names the actions its handler may `describe` (a test
+        walks every mounted write route and requires them)."""
+
         async def endpoint(request: Request) -> Response:
             try:
-                admin = await self.principal(request)
+                try:
+                    admin = await self.principal(request)
+                except AuthenticationError as exc:
+                    await self._refused(request, exc)
+                    raise
                 if write and admin.role is Role.VIEWER:
                     raise PermissionDenied("This token is read-only (viewer).")
-                return await handler(request, admin)
+                response = await handler(request, admin)
+                if write and response.status_code < 400:
+                    await self._record(request, admin, audit)
+                return response
             except AgentLedgerError as exc:
                 return error_response(exc)
 
+        endpoint.audit_actions = tuple(audit)  # type: ignore[attr-defined]
+        endpoint.writes = write  # type: ignore[attr-defined]
         return endpoint
+
+    def _context(self, request: Request) -> tuple[str | None, str | None]:
+        peer = request.client.host if request.client else None
+        return self.client_ip(peer, request.headers), getattr(request.state, "request_id", None)
+
+    async def _record(self, request: Request, admin: AdminPrincipal, declared: Sequence[str]) -> None:
+        if self.trail is None:
+            return
+        changes: tuple[Change, ...] | None = getattr(request.state, "audit", None)
+        if changes is None:  # a write route whose handler did not say what it changed: recorded all the same
+            log.error(
+                "write route %s %s did not describe its change for the audit log", request.method, request.url.path
+            )
+            action = declared[0] if len(declared) == 1 else "api.write"
+            changes = (Change(action, "route", f"{request.method} {request.url.path}"),)
+        for change in changes:
+            if change.action not in declared:
+                log.error("audit action %s is not declared by %s %s", change.action, request.method, request.url.path)
+        client_ip, request_id = self._context(request)
+        actor = Actor("admin_token", admin.token_id, admin.role.value)
+        try:
+            await self.trail.record(admin.workspace_id, actor, changes, client_ip=client_ip, request_id=request_id)
+        except AgentLedgerError:
+            # The change is made; only a malformed event ends here (logged and counted by the pipeline). The
+            # answer still says what was done: a client told to retry would make the change twice.
+            log.exception("the audit event of %s %s could not be recorded", request.method, request.url.path)
+
+    async def _refused(self, request: Request, exc: AuthenticationError) -> None:
+        if self.trail is None:
+            return
+        auth = request.headers.get("authorization", "")
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        client_ip, request_id = self._context(request)
+        try:
+            await self.trail.failed_authentication(token, client_ip, request_id, request.url.path, exc.message)
+        except AgentLedgerError:
+            log.warning("a failed authentication could not be recorded", exc_info=True)
+
+
+def describe(request: Request, *changes: Change) -> None:
+    """What this write changed, for the audit log: the guard records it once the handler has answered. With no
+    change, the write changed nothing (e.g. revoking what was revoked already), and nothing is recorded."""
+    request.state.audit = changes
 
 
 async def json_body(request: Request) -> dict[str, Any]:

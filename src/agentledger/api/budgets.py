@@ -11,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentledger.api.auth import AdminAuth, json_body, path_id
+from agentledger.api.auth import AdminAuth, describe, json_body, path_id
+from agentledger.audit.changes import Change
 from agentledger.core.budget_config import amount_nanos, budget_row, rate_limit_row
 from agentledger.core.budgets import Decision, Figures, Scope, Subject, counter_key
 from agentledger.core.errors import AgentLedgerError, BudgetExceeded, InvalidRequest, NotFound, StoreUnavailable
@@ -85,6 +86,7 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
         row = {"workspace_id": admin.workspace_id, "id": ident, **row}
         await budgets.create_budget(row)
         gateway.invalidate_workspace(admin.workspace_id)
+        describe(request, Change("budget.create", "budget", ident, after=row))
         return JSONResponse(await status(row), status_code=201)
 
     async def list_budgets(request: Request, admin: AdminPrincipal) -> Response:
@@ -99,9 +101,11 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
 
     async def delete_budget(request: Request, admin: AdminPrincipal) -> Response:
         budget_id = path_id(request, "budget_id", "Budget")
+        before = await budgets.get_budget(admin.workspace_id, budget_id)
         if not await budgets.delete("budgets", admin.workspace_id, budget_id, gate.clock()):
             raise NotFound(f"Budget {budget_id!r} does not exist.", param="budget_id")
         gateway.invalidate_workspace(admin.workspace_id)
+        describe(request, Change("budget.delete", "budget", budget_id, before=before))
         return JSONResponse({"id": budget_id, "deleted": True})
 
     async def create_rate_limit(request: Request, admin: AdminPrincipal) -> Response:
@@ -112,6 +116,7 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
         row = {"workspace_id": admin.workspace_id, "id": ident, **row}
         await budgets.create_rate_limit(row)
         gateway.invalidate_workspace(admin.workspace_id)
+        describe(request, Change("rate_limit.create", "rate_limit", ident, after=row))
         return JSONResponse(row, status_code=201)
 
     async def list_rate_limits(request: Request, admin: AdminPrincipal) -> Response:
@@ -119,9 +124,11 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
 
     async def delete_rate_limit(request: Request, admin: AdminPrincipal) -> Response:
         limit_id = path_id(request, "rate_limit_id", "Rate limit")
+        before = await store.audit.current("rate_limits", admin.workspace_id, limit_id)
         if not await budgets.delete("rate_limits", admin.workspace_id, limit_id, gate.clock()):
             raise NotFound(f"Rate limit {limit_id!r} does not exist.", param="rate_limit_id")
         gateway.invalidate_workspace(admin.workspace_id)
+        describe(request, Change("rate_limit.delete", "rate_limit", limit_id, before=before))
         return JSONResponse({"id": limit_id, "deleted": True})
 
     async def ledger(request: Request, admin: AdminPrincipal) -> Response:
@@ -214,12 +221,16 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
     g = auth.guard
     return [
         Route("/api/budgets", g(list_budgets), methods=["GET"]),
-        Route("/api/budgets", g(create_budget, write=True), methods=["POST"]),
+        Route("/api/budgets", g(create_budget, write=True, audit=["budget.create"]), methods=["POST"]),
         Route("/api/budgets/{budget_id}", g(get_budget), methods=["GET"]),
-        Route("/api/budgets/{budget_id}", g(delete_budget, write=True), methods=["DELETE"]),
+        Route("/api/budgets/{budget_id}", g(delete_budget, write=True, audit=["budget.delete"]), methods=["DELETE"]),
         Route("/api/rate-limits", g(list_rate_limits), methods=["GET"]),
-        Route("/api/rate-limits", g(create_rate_limit, write=True), methods=["POST"]),
-        Route("/api/rate-limits/{rate_limit_id}", g(delete_rate_limit, write=True), methods=["DELETE"]),
+        Route("/api/rate-limits", g(create_rate_limit, write=True, audit=["rate_limit.create"]), methods=["POST"]),
+        Route(
+            "/api/rate-limits/{rate_limit_id}",
+            g(delete_rate_limit, write=True, audit=["rate_limit.delete"]),
+            methods=["DELETE"],
+        ),
         Route("/api/ledger", g(ledger), methods=["GET"]),
         Route("/v1/budget", my_budget, methods=["GET"]),
         Route("/v1/spend/authorize", authorize, methods=["POST"]),

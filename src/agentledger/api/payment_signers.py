@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentledger.api.auth import AdminAuth, json_body, path_id
+from agentledger.api.auth import AdminAuth, describe, json_body, path_id
+from agentledger.audit.changes import Change
 from agentledger.core.budget_config import dollars
 from agentledger.core.errors import InvalidRequest, NotFound
 from agentledger.core.fields import text_field
@@ -104,6 +105,7 @@ def payment_signer_routes(
             "revoked_at": None,
         }
         await signers.create(row)
+        describe(request, Change("payment_signer.create", "payment_signer", str(row["id"]), after=public(row)))
         return JSONResponse(public(row), status_code=201)
 
     async def found(request: Request, admin: AdminPrincipal) -> dict[str, Any]:
@@ -121,14 +123,23 @@ def payment_signer_routes(
 
     async def revoke(request: Request, admin: AdminPrincipal) -> Response:
         row = await found(request, admin)
+        describe(request)  # revoked already: nothing changes
         if row["revoked_at"] is None and await signers.revoke(admin.workspace_id, row["id"], clock()):
-            row = await found(request, admin)
+            before, row = row, await found(request, admin)
+            change = Change(
+                "payment_signer.revoke", "payment_signer", row["id"], before=public(before), after=public(row)
+            )
+            describe(request, change)
         return JSONResponse(public(row))
 
     g = auth.guard
     return [
         Route("/api/payment-signers", g(list_signers), methods=["GET"]),
-        Route("/api/payment-signers", g(create, write=True), methods=["POST"]),
+        Route("/api/payment-signers", g(create, write=True, audit=["payment_signer.create"]), methods=["POST"]),
         Route("/api/payment-signers/{signer_id}", g(get_signer), methods=["GET"]),
-        Route("/api/payment-signers/{signer_id}", g(revoke, write=True), methods=["DELETE"]),
+        Route(
+            "/api/payment-signers/{signer_id}",
+            g(revoke, write=True, audit=["payment_signer.revoke"]),
+            methods=["DELETE"],
+        ),
     ]

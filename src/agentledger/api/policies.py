@@ -11,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentledger.api.auth import AdminAuth, json_body, path_id
+from agentledger.api.auth import AdminAuth, describe, json_body, path_id
+from agentledger.audit.changes import Change
 from agentledger.core.budget_config import amount_nanos
 from agentledger.core.budgets import Subject
 from agentledger.core.errors import AgentLedgerError, InvalidRequest, NotFound
@@ -96,18 +97,24 @@ def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route
         }
         created = await governance.create_policy(row, admin.token_id)
         gateway.invalidate_workspace(admin.workspace_id)
-        return JSONResponse(_view(created), status_code=201)
+        view = _view(created)
+        describe(request, Change("policy.create", "policy", ident, after=view))
+        return JSONResponse(view, status_code=201)
 
     async def replace_policy(request: Request, admin: AdminPrincipal) -> Response:
         policy_id = path_id(request, "policy_id", "Policy")
         columns, body = await content(await json_body(request), admin.workspace_id)
+        before = await governance.get_policy(admin.workspace_id, policy_id)  # the version this one replaces
         row = await governance.update_policy(
             admin.workspace_id, policy_id, {**columns, "body": body}, desk.clock(), admin.token_id
         )
         if row is None:
             raise NotFound(f"Policy {policy_id!r} does not exist.", param="policy_id")
         gateway.invalidate_workspace(admin.workspace_id)
-        return JSONResponse(_view(row))
+        view = _view(row)
+        old = None if before is None else _view(before)
+        describe(request, Change("policy.update", "policy", policy_id, before=old, after=view))
+        return JSONResponse(view)
 
     async def list_policies(request: Request, admin: AdminPrincipal) -> Response:
         return JSONResponse({"data": [_view(r) for r in await governance.list_policies(admin.workspace_id)]})
@@ -121,9 +128,12 @@ def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route
 
     async def delete_policy(request: Request, admin: AdminPrincipal) -> Response:
         policy_id = path_id(request, "policy_id", "Policy")
+        before = await governance.get_policy(admin.workspace_id, policy_id)
         if not await governance.delete_policy(admin.workspace_id, policy_id, desk.clock(), admin.token_id):
             raise NotFound(f"Policy {policy_id!r} does not exist.", param="policy_id")
         gateway.invalidate_workspace(admin.workspace_id)
+        old = None if before is None else _view(before)
+        describe(request, Change("policy.delete", "policy", policy_id, before=old))
         return JSONResponse({"id": policy_id, "deleted": True})
 
     async def versions(request: Request, admin: AdminPrincipal) -> Response:
@@ -254,11 +264,19 @@ def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route
     g = auth.guard
     return [
         Route("/api/policies", g(list_policies), methods=["GET"]),
-        Route("/api/policies", g(create_policy, write=True), methods=["POST"]),
+        Route("/api/policies", g(create_policy, write=True, audit=["policy.create"]), methods=["POST"]),
         Route("/api/policies/evaluate", g(evaluate), methods=["POST"]),
         Route("/api/policies/{policy_id:policy_id}", g(get_policy), methods=["GET"]),
-        Route("/api/policies/{policy_id:policy_id}", g(replace_policy, write=True), methods=["PUT"]),
-        Route("/api/policies/{policy_id:policy_id}", g(delete_policy, write=True), methods=["DELETE"]),
+        Route(
+            "/api/policies/{policy_id:policy_id}",
+            g(replace_policy, write=True, audit=["policy.update"]),
+            methods=["PUT"],
+        ),
+        Route(
+            "/api/policies/{policy_id:policy_id}",
+            g(delete_policy, write=True, audit=["policy.delete"]),
+            methods=["DELETE"],
+        ),
         Route("/api/policies/{policy_id:policy_id}/versions", g(versions), methods=["GET"]),
         Route("/v1/policy/check", check, methods=["POST"]),
     ]

@@ -15,8 +15,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentledger.api.auth import AdminAuth, path_id
+from agentledger.api.auth import AdminAuth, describe, path_id
 from agentledger.api.run_controls import controlled
+from agentledger.audit.changes import Change
 from agentledger.core.books import FINANCE_MEASURES, MONEY_CARRIES, MONEY_MEASURES, RUN_MEASURES, hour_window
 from agentledger.core.errors import InvalidRequest, NotFound
 from agentledger.core.fields import id_field, text_field, time_field
@@ -157,6 +158,10 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
             raise InvalidRequest(f"'name': {PROPERTY_NAME_HELP}.", param="name")
         await pipeline.flush()
         created = await store.declare_property(admin.workspace_id, name, datetime.now(UTC))
+        if created:
+            describe(request, Change("indexed_property.create", "indexed_property", name, after={"name": name}))
+        else:
+            describe(request)  # declared already
         return JSONResponse({"name": name, "created": created}, status_code=201 if created else 200)
 
     async def get_run(request: Request, admin: AdminPrincipal) -> Response:
@@ -167,6 +172,7 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
             raise NotFound(f"Run {run_id!r} does not exist.", param="run_id")
         run = controlled(_run(row), await store.governance.run_control(admin.workspace_id, run_id))
         run["steps"] = step_tree(await store.run_steps(admin.workspace_id, run_id))
+        run["audit_events"] = await store.audit.for_run(admin.workspace_id, run_id)  # its refused decisions
         return TotalsResponse(run)
 
     async def get_session(request: Request, admin: AdminPrincipal) -> Response:
@@ -222,5 +228,9 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
         Route("/api/requests/{request_id}", g(get_request), methods=["GET"]),
         Route("/api/analytics/costs", g(costs), methods=["GET"]),
         Route("/api/analytics/properties", g(list_properties), methods=["GET"]),
-        Route("/api/analytics/properties", g(declare_property, write=True), methods=["POST"]),
+        Route(
+            "/api/analytics/properties",
+            g(declare_property, write=True, audit=["indexed_property.create"]),
+            methods=["POST"],
+        ),
     ]

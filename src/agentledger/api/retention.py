@@ -11,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentledger.api.auth import AdminAuth, json_body
+from agentledger.api.auth import AdminAuth, describe, json_body
+from agentledger.audit.changes import Change
 from agentledger.core.model import AdminPrincipal
 from agentledger.core.retention import parse_retention
 from agentledger.gateway.responses import JSONResponse
@@ -39,10 +40,13 @@ def retention_routes(auth: AdminAuth, store: RetentionStore, clock: Callable[[],
 
     async def put(request: Request, admin: AdminPrincipal) -> Response:
         settings = parse_retention(await json_body(request))
+        before = view(await store.get(admin.workspace_id))
         await store.put(admin.workspace_id, settings, admin.token_id, clock())
-        return JSONResponse(view(await store.get(admin.workspace_id)))
+        after = view(await store.get(admin.workspace_id))
+        describe(request, Change("retention.update", "retention", admin.workspace_id, before=before, after=after))
+        return JSONResponse(after)
 
     return [
         Route("/api/retention", auth.guard(get), methods=["GET"]),
-        Route("/api/retention", auth.guard(put, write=True), methods=["PUT"]),
+        Route("/api/retention", auth.guard(put, write=True, audit=["retention.update"]), methods=["PUT"]),
     ]

@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentledger.api.auth import AdminAuth, path_id
+from agentledger.api.auth import AdminAuth, describe, path_id
+from agentledger.audit.changes import Change
 from agentledger.core.errors import NotFound
 from agentledger.core.fields import text_field
 from agentledger.core.model import AdminPrincipal
@@ -24,6 +25,7 @@ from agentledger.gateway.run_controls import CANCELLED, PAUSED, RUNNING, RunCont
 from agentledger.store.base import Store
 
 MAX_REASON = 1024  # store/schema.py run_controls.reason
+ACTIONS = {CANCELLED: "run.cancel", PAUSED: "run.pause", RUNNING: "run.resume"}
 
 
 def _reason(body: bytes) -> str | None:
@@ -44,9 +46,12 @@ def run_control_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[
             raise NotFound(f"Run {run_id!r} does not exist.", param="run_id")
         now = gateway.clock()
         ended = f"cancelled by {admin.token_id}" + (f": {reason}" if reason else "")
+        prior = await store.governance.run_control(ws, run_id)
         await gateway.control_run(ws, run_id, state, reason, admin.token_id, ended)  # 409: cancelled
         row = await store.governance.run_control(ws, run_id)
         control = RunControl.of(row) if row is not None else RunControl(state, reason, admin.token_id, now)
+        before = None if prior is None else RunControl.of(prior).view()
+        describe(request, Change(ACTIONS[state], "run", run_id, before=before, after=control.view()))
         return JSONResponse({"run_id": run_id, **control.view()})
 
     async def cancel(request: Request, admin: AdminPrincipal) -> Response:
@@ -60,9 +65,9 @@ def run_control_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[
 
     g = auth.guard
     return [
-        Route("/api/runs/{run_id}/cancel", g(cancel, write=True), methods=["POST"]),
-        Route("/api/runs/{run_id}/pause", g(pause, write=True), methods=["POST"]),
-        Route("/api/runs/{run_id}/resume", g(resume, write=True), methods=["POST"]),
+        Route("/api/runs/{run_id}/cancel", g(cancel, write=True, audit=["run.cancel"]), methods=["POST"]),
+        Route("/api/runs/{run_id}/pause", g(pause, write=True, audit=["run.pause"]), methods=["POST"]),
+        Route("/api/runs/{run_id}/resume", g(resume, write=True, audit=["run.resume"]), methods=["POST"]),
     ]
 
 

@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentledger.api.auth import AdminAuth, json_body, path_id
+from agentledger.api.auth import AdminAuth, describe, json_body, path_id
+from agentledger.audit.changes import Change
 from agentledger.core import alerts as core_alerts
 from agentledger.core.errors import InvalidRequest, NotFound
 from agentledger.core.fields import id_field, text_field, time_field
@@ -146,7 +147,9 @@ def webhook_routes(
             "deleted_at": None,
         }
         await hooks.create(row)
-        return JSONResponse({**_public(row), "secret": secret}, status_code=201)
+        created = {**_public(row), "secret": secret}
+        describe(request, Change("webhook.create", "webhook", str(row["id"]), after=created))  # the secret: its prefix
+        return JSONResponse(created, status_code=201)
 
     async def found(request: Request, admin: AdminPrincipal) -> dict[str, Any]:
         webhook_id = path_id(request, "webhook_id", "Webhook")
@@ -163,8 +166,11 @@ def webhook_routes(
 
     async def delete_hook(request: Request, admin: AdminPrincipal) -> Response:
         webhook_id = path_id(request, "webhook_id", "Webhook")
+        before = await hooks.get(admin.workspace_id, webhook_id)
         if not await hooks.delete(admin.workspace_id, webhook_id, clock()):
             raise NotFound(f"Webhook {webhook_id!r} does not exist.", param="webhook_id")
+        old = None if before is None else _public(before)
+        describe(request, Change("webhook.delete", "webhook", webhook_id, before=old))
         return JSONResponse({"id": webhook_id, "deleted": True})
 
     async def test_hook(request: Request, admin: AdminPrincipal) -> Response:
@@ -172,6 +178,7 @@ def webhook_routes(
         ident = new_id("dlv")
         await hooks.enqueue_test(admin.workspace_id, row["id"], ident, clock())
         wake()
+        describe(request, Change("webhook.test", "webhook", row["id"], after={"delivery_id": ident}))
         return JSONResponse({"delivery_id": ident, "status": "pending"}, status_code=202)
 
     async def deliveries(request: Request, admin: AdminPrincipal) -> Response:
@@ -187,10 +194,10 @@ def webhook_routes(
     return [
         Route("/api/alerts", g(list_alerts), methods=["GET"]),
         Route("/api/webhooks", g(list_hooks), methods=["GET"]),
-        Route("/api/webhooks", g(create, write=True), methods=["POST"]),
+        Route("/api/webhooks", g(create, write=True, audit=["webhook.create"]), methods=["POST"]),
         Route("/api/webhooks/{webhook_id}", g(get_hook), methods=["GET"]),
-        Route("/api/webhooks/{webhook_id}", g(delete_hook, write=True), methods=["DELETE"]),
-        Route("/api/webhooks/{webhook_id}/test", g(test_hook, write=True), methods=["POST"]),
+        Route("/api/webhooks/{webhook_id}", g(delete_hook, write=True, audit=["webhook.delete"]), methods=["DELETE"]),
+        Route("/api/webhooks/{webhook_id}/test", g(test_hook, write=True, audit=["webhook.test"]), methods=["POST"]),
         Route("/api/webhooks/{webhook_id}/deliveries", g(deliveries), methods=["GET"]),
     ]
 

@@ -52,7 +52,8 @@ def json_value(value: Any) -> Any:
 
 
 def time_text(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC, always with microseconds, `Z`: 2025-03-01T12:00:00.123456Z."""
+    return at.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def event_hash(view: Mapping[str, Any]) -> str:

@@ -41,6 +41,8 @@ PREFIXED = frozenset({"key", "token", "secret", "owner_token", "admin_token", "v
 _CREDENTIAL = re.compile(r"(?:vk-|adm-|whsec_|pat_)[A-Za-z0-9_\-]{16,}")
 # Dotted lower-case words: `budget.create`, `virtual_key.revoke`, `decision.blocked`.
 ACTION_RE = re.compile(r"^[a-z][a-z_]*(\.[a-z][a-z_]*)+$")
+# What a listing filters on: an exact action, or every action under a prefix (`budget.*`, `decision.*`).
+ACTION_FILTER_RE = re.compile(r"^[a-z][a-z_]*(\.[a-z][a-z_]*)*(\.\*)?$")
 
 
 @dataclass(frozen=True, slots=True)

@@ -345,6 +345,13 @@ class AuditStore:
         )
         return [view(r) for r in await self.store._select(stmt, query=True)]
 
+    async def current(self, table: str, workspace_id: str, ident: str) -> dict[str, Any] | None:
+        """A governed object's row as it is now (what a change's `before` records), without its secret columns."""
+        tbl = t.metadata.tables[table]
+        cols = [c for c in tbl.c if not c.name.endswith(("_hash", "_encrypted"))]
+        rows = await self.store._select(select(*cols).where(tbl.c.workspace_id == workspace_id, tbl.c.id == ident))
+        return rows[0] if rows else None
+
     async def chains(self) -> list[str]:
         """Every workspace with a chain (the CLI's `audit verify` without --workspace), the installation's too."""
         rows = await self.store._select(select(t.audit_heads.c.workspace_id).order_by(t.audit_heads.c.workspace_id))

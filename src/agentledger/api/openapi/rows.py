@@ -348,7 +348,14 @@ ROWS: dict[str, Schema] = {
     "RunDetail": {
         "allOf": [
             ref("Run"),
-            obj({"steps": _STEP_TREE, "control": nullable(obj(_control(), list(_control()), closed=True))}, ["steps"]),
+            obj(
+                {
+                    "steps": _STEP_TREE,
+                    "control": nullable(obj(_control(), list(_control()), closed=True)),
+                    "audit_events": {**array(ref("AuditEvent")), "description": "Its refused decisions (audit log)."},
+                },
+                ["steps"],
+            ),
         ]
     },
     "RunControl": obj({"run_id": {**ID}, **_control()}, ["run_id", *_control()], closed=True),
