@@ -148,6 +148,7 @@ def test_payments_reach_the_run_and_the_summary_equals_the_runs_pnls(gw: Harness
         assert listed[run_id]["totals"] == run["totals"]
         assert run["totals"]["margin_usd"] == usd(expected.margin)
     assert gw.get("/api/runs/sale-1")["endpoint_id"] == "ep-weather"
+    assert [r["id"] for r in gw.get("/api/runs", endpoint="ep-weather")["data"]] == ["sale-1"]
     assert gw.get("/api/runs/sale-1")["totals"]["margin_pct"] == round(
         (250_000_000 - MINI - 17_500_000) * 100 / 250_000_000, 4
     )
