@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import delete, exists, literal, null, or_, select, text, true, tuple_, update
+from sqlalchemy import bindparam, delete, literal, null, or_, select, text, true, tuple_, update
 from sqlalchemy.engine import Connection
 
 from agentledger.core.retention import Retention, comparable
@@ -152,24 +152,50 @@ def _page(conn: Connection, stmt: Any, limit: int, width: int = 2) -> tuple[list
     return rows, (tuple(rows[-1][:width]) if len(rows) == limit else None)
 
 
-def _young(table: Any, when: Any, before: datetime) -> Any:
-    """A run or session that started at or after the cutoff: its rows stay with it (see the module's docstring)."""
-    r = t.runs.c if table == "runs" else t.sessions.c
-    started = r.started_at if table == "runs" else r.first_seen_at
-    owner = when.run_id if table == "runs" else when.session_id
-    return exists().where(r.workspace_id == when.workspace_id, r.id == owner, started >= before)
+# Which of a batch's rows to keep is asked about the batch's own ids, one index probe each. Not with an EXISTS per
+# row, nor an IN list: PostgreSQL may answer either by hashing the whole table it reads (cheaper on a small table or
+# with stale statistics; autovacuum may be off), which a batch must never do on a large one. A LATERAL subquery with
+# LIMIT 1 is always a probe. SQLite plans an IN list on an index as probes.
+def _among(
+    conn: Connection, table: str, column: str, ws: str, ids: Iterable[Any], since: tuple[str, datetime] | None = None
+) -> set[Any]:
+    """The values among `ids` that some row of `table` in workspace `ws` has in `column` (with `since`: whose
+    column `since[0]` is at or after `since[1]`)."""
+    wanted = sorted({i for i in ids if i is not None})
+    if not wanted:
+        return set()
+    later = f" AND t.{since[0]} >= :since" if since else ""
+    params: dict[str, Any] = {"ws": ws, "since": since[1] if since else None}
+    if conn.dialect.name == "postgresql":
+        sql = (
+            "SELECT v.id FROM unnest(CAST(:ids AS text[])) AS v(id) CROSS JOIN LATERAL "
+            f"(SELECT 1 FROM {table} t WHERE t.workspace_id = :ws AND t.{column} = v.id{later} LIMIT 1) AS hit"
+        )
+        return {row[0] for row in conn.execute(text(sql), {**params, "ids": wanted})}
+    stmt = text(f"SELECT DISTINCT t.{column} FROM {table} t WHERE t.workspace_id = :ws AND t.{column} IN :ids{later}")
+    stmt = stmt.bindparams(bindparam("ids", expanding=True))
+    if since:  # bound as the column stores it (SQLite: UTC text)
+        stmt = stmt.bindparams(bindparam("since", type_=t.TS))
+    return {row[0] for row in conn.execute(stmt, {**params, "ids": wanted})}
+
+
+def _young(conn: Connection, ws: str, rows: list[Any], before: datetime) -> tuple[set[str], set[str]]:
+    """The runs and the sessions of `rows` that started at or after the cutoff: their rows stay with them."""
+    runs = _among(conn, "runs", "id", ws, (row.run_id for row in rows), ("started_at", before))
+    sessions = _among(conn, "sessions", "id", ws, (row.session_id for row in rows), ("first_seen_at", before))
+    return runs, sessions
 
 
 def _delete_steps(conn: Connection, ws: str, before: datetime, cursor: Cursor, limit: int) -> Batch:
     s = t.steps.c
-    keep = or_(_young("runs", s, before), _young("sessions", s, before))
     stmt = (
-        select(s.started_at, s.seq, keep.label("keep"))
+        select(s.started_at, s.seq, s.run_id, s.session_id)
         .where(s.workspace_id == ws, s.started_at < before, _after((s.started_at, s.seq), cursor))
         .order_by(s.started_at, s.seq)
     )
     rows, nxt = _page(conn, stmt, limit)
-    gone = [r.seq for r in rows if not r.keep]
+    runs, sessions = _young(conn, ws, rows, before)
+    gone = [r.seq for r in rows if r.run_id not in runs and r.session_id not in sessions]
     if gone:
         conn.execute(delete(t.steps).where(s.seq.in_(gone)))
     return Batch(len(rows), len(gone), nxt)
@@ -177,32 +203,30 @@ def _delete_steps(conn: Connection, ws: str, before: datetime, cursor: Cursor, l
 
 def _delete_requests(conn: Connection, ws: str, before: datetime, cursor: Cursor, limit: int) -> Batch:
     q = t.requests.c
-    keep = or_(_young("runs", q, before), _young("sessions", q, before))
     stmt = (
-        select(q.started_at, q.id, keep.label("keep"))
+        select(q.started_at, q.id, q.run_id, q.session_id)
         .where(q.workspace_id == ws, q.started_at < before, _after((q.started_at, q.id), cursor))
         .order_by(q.started_at, q.id)
     )
     rows, nxt = _page(conn, stmt, limit)
-    gone = [r.id for r in rows if not r.keep]
+    runs, sessions = _young(conn, ws, rows, before)
+    gone = [r.id for r in rows if r.run_id not in runs and r.session_id not in sessions]
     if gone:
         conn.execute(delete(t.requests).where(q.workspace_id == ws, q.id.in_(gone)))
     return Batch(len(rows), len(gone), nxt)
 
 
 def _delete_runs(conn: Connection, ws: str, before: datetime, cursor: Cursor, limit: int) -> Batch:
-    r, s, q = t.runs.c, t.steps.c, t.requests.c
-    keep = or_(
-        exists().where(s.workspace_id == r.workspace_id, s.run_id == r.id),
-        exists().where(q.workspace_id == r.workspace_id, q.run_id == r.id),
-    )
+    r = t.runs.c
     stmt = (
-        select(r.started_at, r.id, keep.label("keep"))
+        select(r.started_at, r.id)
         .where(r.workspace_id == ws, r.started_at < before, _after((r.started_at, r.id), cursor))
         .order_by(r.started_at, r.id)
     )
     rows, nxt = _page(conn, stmt, limit)
-    gone = [row.id for row in rows if not row.keep]
+    ids = [row.id for row in rows]
+    busy = _among(conn, "steps", "run_id", ws, ids) | _among(conn, "requests", "run_id", ws, ids)
+    gone = [i for i in ids if i not in busy]
     if gone:
         # Its totals and control describe only it: nothing reads them once it is gone.
         conn.execute(delete(t.run_totals).where(t.run_totals.c.workspace_id == ws, t.run_totals.c.run_id.in_(gone)))
@@ -215,16 +239,12 @@ def _delete_runs(conn: Connection, ws: str, before: datetime, cursor: Cursor, li
 def _delete_sessions(conn: Connection, ws: str, before: datetime, cursor: Cursor, limit: int) -> Batch:
     # No index on time here (one would cost every trace write): the workspace's sessions are read by key, `limit` a
     # batch, once a sweep; sessions are far fewer than steps.
-    x, r = t.sessions.c, t.runs.c
-    expired = x.last_seen_at < before
-    keep = exists().where(r.workspace_id == x.workspace_id, r.session_id == x.id)
-    stmt = (
-        select(x.id, expired.label("expired"), keep.label("keep"))
-        .where(x.workspace_id == ws, _after((x.id,), cursor))
-        .order_by(x.id)
-    )
+    x = t.sessions.c
+    stmt = select(x.id, x.last_seen_at).where(x.workspace_id == ws, _after((x.id,), cursor)).order_by(x.id)
     rows, nxt = _page(conn, stmt, limit, width=1)
-    gone = [row.id for row in rows if row.expired and not row.keep]
+    expired = [row.id for row in rows if _aware(row.last_seen_at) < before]
+    busy = _among(conn, "runs", "session_id", ws, expired)
+    gone = [i for i in expired if i not in busy]
     if gone:
         p = t.session_paths.c
         conn.execute(delete(t.session_paths).where(p.workspace_id == ws, p.session_id.in_(gone)))
