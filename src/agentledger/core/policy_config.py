@@ -202,7 +202,7 @@ def _kind(value: Any, param: str) -> str:
 
 
 def _pii(value: Any, param: str) -> str:
-    if value not in PII_KINDS:
+    if not isinstance(value, str) or value not in PII_KINDS:  # a list is unhashable: a TypeError, so a 500
         raise InvalidRequest(f"'{param}' must be one of {', '.join(sorted(PII_KINDS))}.", param=param)
     return str(value)
 

@@ -307,6 +307,7 @@ def test_unknown_fields_anywhere_are_refused_by_name(body: dict[str, Any], param
         ),
         (with_rule({"action": "block", "when": {"properties": {"env": 1}}}), "rules[0].when.properties.env"),
         (with_rule({"action": "block", "when": {"pii": ["dna"]}}), "rules[0].when.pii[0]"),
+        (with_rule({"action": "block", "when": {"pii": [["email"]]}}), "rules[0].when.pii[0]"),  # was a TypeError
         (with_rule({"action": "block", "when": {"max_tokens_over": -1}}), "rules[0].when.max_tokens_over"),
         (with_rule({"action": "block", "when": {"repeated_over": 0}}), "rules[0].when.repeated_over"),
         (with_rule({"action": "block", "when": {"cost_over_usd": "abc"}}), "rules[0].when.cost_over_usd"),
