@@ -5,15 +5,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from agentledger.api.auth import AdminAuth
 from agentledger.api.query import int_param, time_param
-from agentledger.audit.changes import ACTION_FILTER_RE, diff
+from agentledger.audit.changes import ACTION_FILTER_RE, with_diff
 from agentledger.audit_trail import AuditTrail
 from agentledger.core.errors import InvalidRequest
 from agentledger.core.fields import id_field, text_field
@@ -57,11 +55,6 @@ def audit_filter(request: Request) -> AuditFilter:
     )
 
 
-def shown(event: dict[str, Any]) -> dict[str, Any]:
-    """An event as the API answers it: its view (what the chain hashed) and what changed between before and after."""
-    return {**event, "diff": diff(event["before"], event["after"])}
-
-
 def audit_routes(auth: AdminAuth, trail: AuditTrail, pipeline: TracePipeline) -> list[Route]:
     audit = trail.store.audit
 
@@ -71,7 +64,7 @@ def audit_routes(auth: AdminAuth, trail: AuditTrail, pipeline: TracePipeline) ->
         rows = await audit.events(admin.workspace_id, flt)
         more = len(rows) == flt.limit
         return JSONResponse(
-            {"data": [shown(r) for r in rows], "next_cursor": encode_cursor(rows[-1]["seq"]) if more else None}
+            {"data": [with_diff(r) for r in rows], "next_cursor": encode_cursor(rows[-1]["seq"]) if more else None}
         )
 
     async def export(request: Request, admin: AdminPrincipal) -> Response:

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from agentledger.api.auth import AdminAuth, describe, path_id
 from agentledger.api.run_controls import controlled
-from agentledger.audit.changes import Change
+from agentledger.audit.changes import Change, with_diff
 from agentledger.core.books import FINANCE_MEASURES, MONEY_CARRIES, MONEY_MEASURES, RUN_MEASURES, hour_window
 from agentledger.core.errors import InvalidRequest, NotFound
 from agentledger.core.fields import id_field, text_field, time_field
@@ -172,7 +172,8 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
             raise NotFound(f"Run {run_id!r} does not exist.", param="run_id")
         run = controlled(_run(row), await store.governance.run_control(admin.workspace_id, run_id))
         run["steps"] = step_tree(await store.run_steps(admin.workspace_id, run_id))
-        run["audit_events"] = await store.audit.for_run(admin.workspace_id, run_id)  # its refused decisions
+        events = await store.audit.for_run(admin.workspace_id, run_id)  # its refused decisions (docs/audit.md)
+        run["audit_events"] = [with_diff(e) for e in events]
         return TotalsResponse(run)
 
     async def get_session(request: Request, admin: AdminPrincipal) -> Response:

@@ -99,6 +99,11 @@ def diff(before: Any, after: Any) -> list[dict[str, Any]] | None:
     return out
 
 
+def with_diff(event: Mapping[str, Any]) -> dict[str, Any]:
+    """An event as the API shows it: its view (what the chain hashed) and `diff`."""
+    return {**event, "diff": diff(event["before"], event["after"])}
+
+
 def _diff(before: Mapping[str, Any], after: Mapping[str, Any], prefix: str, out: list[dict[str, Any]]) -> None:
     for k in sorted({*before, *after}):
         path = f"{prefix}{k}"
