@@ -21,6 +21,7 @@ from agentledger.app import create_app
 from agentledger.audit.checkpoints import load_public
 from agentledger.audit.export import read_csv, read_jsonl, verify_export
 from agentledger.config import Settings
+from agentledger.core.errors import StoreUnavailable
 from agentledger.store import schema as t
 from agentledger.store.audit import INSTALLATION
 from agentledger.store.base import WriteResult
@@ -230,6 +231,12 @@ def test_a_blocked_call_is_an_audit_event_of_its_run(gw: Harness) -> None:
     assert created["action"] == "policy.create" and created["actor"]["type"] == "admin_token"
     assert [e["seq"] for e in all_events(gw, action="decision.*")] == [event["seq"]]
     assert all_events(gw, run_id="run-blocked") == [event]
+    # A refused call outside a run has no policy_check step: its request row is the event's source.
+    lone = gw.v1("POST", "/v1/chat/completions", json=_chat("gpt-4o"), headers={"x-request-id": "blocked-alone"})
+    assert lone.status_code == 403
+    (alone,) = all_events(gw, target_id="blocked-alone")
+    assert (alone["action"], alone["run_id"], alone["step_id"]) == ("decision.blocked", None, None)
+    assert alone["request_id"] == "blocked-alone" and alone["after"]["caller"]["department_id"] == gw.department
 
 
 def test_failed_authentications_are_rate_limited(gw: Harness) -> None:
@@ -315,14 +322,21 @@ def test_the_export_verifies_offline_and_a_changed_line_does_not(gw: Harness, tm
 
 
 class FlakyStore(SQLStore):
-    """A store whose trace writes fail while `down` (an outage between an admin's change and its audit event)."""
+    """A store whose trace writes fail while `down` (an outage between an admin's change and its audit event), and
+    whose department writes fail while `refusing` (an outage that refuses the change itself)."""
 
     down = False
+    refusing = False
 
     async def write_batch(self, events: Any) -> WriteResult:
         if self.down:
             return WriteResult.FAILURE
         return await super().write_batch(events)
+
+    async def create_department(self, workspace_id: str, department_id: str, name: str, now: Any) -> None:
+        if self.refusing:
+            raise StoreUnavailable("The database is unavailable; retry shortly.")
+        await super().create_department(workspace_id, department_id, name, now)
 
 
 def test_an_audit_event_that_meets_an_outage_is_spooled_and_lands_once(tmp_path: Path, upstream: ServerThread) -> None:
@@ -331,6 +345,10 @@ def test_an_audit_event_that_meets_an_outage_is_spooled_and_lands_once(tmp_path:
     store = FlakyStore(cfg.database_url)
     with ServerThread(create_app(cfg, store=store)) as server:
         gw = Harness(server.url, fake=None, server=server, settings=cfg, **ids)  # type: ignore[arg-type]
+        store.refusing = True
+        refused = gw.api("POST", "/api/departments", json={"name": "Refused"})
+        assert (refused.status_code, refused.json()["error"]["code"]) == (503, "store_unavailable")
+        store.refusing = False
         store.down = True
         made = ok(gw.api("POST", "/api/departments", json={"name": "During"}), 201)  # answered: spooled, durable
         assert (tmp_path / "spool" / "trace.spool").stat().st_size > 0
@@ -339,5 +357,5 @@ def test_an_audit_event_that_meets_an_outage_is_spooled_and_lands_once(tmp_path:
         while not (events := all_events(gw)):
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        assert [(e["action"], e["target"]["id"]) for e in events] == [("department.create", made["id"])]
+        assert [(e["action"], e["target"]["id"]) for e in events] == [("department.create", made["id"])]  # only
         assert ok(gw.api("GET", "/api/audit/verify"))["ok"]
