@@ -320,6 +320,24 @@ def test_the_export_verifies_offline_and_a_changed_line_does_not(gw: Harness, tm
     assert bad.exit_code == 1
     assert orjson.loads(bad.output)["broken"]["seq"] == 4 and orjson.loads(bad.output)["broken"]["problem"] == "altered"
 
+    # The same from the CLI against the database: the key, an export, a verification with the pinned key, a listing.
+    db = ["--db", gw.settings.database_url, "--data-dir", gw.settings.data_dir]
+    ws = ["--workspace", gw.workspace]
+    assert runner.invoke(main, [*db, "audit", "public-key", *ws]).output == key["public_key"]
+    made = runner.invoke(main, [*db, "departments", "create", "--name", "From the CLI", *ws])
+    assert made.exit_code == 0, made.output
+    assert runner.invoke(main, [*db, "audit", "checkpoint", *ws]).output == "signed 1 checkpoint\n"
+    out = tmp_path / "cli-export.csv"
+    exported_cli = runner.invoke(main, [*db, "audit", "export", *ws, "--format", "csv", "--output", str(out)])
+    assert exported_cli.exit_code == 0, exported_cli.output
+    by_file = runner.invoke(main, ["audit", "verify", "--file", str(out), "--public-key", str(pem), "--json"])
+    assert by_file.exit_code == 0 and orjson.loads(by_file.output)["events"] == 7, by_file.output
+    in_db = runner.invoke(main, [*db, "audit", "verify", *ws, "--public-key", str(pem), "--json"])
+    assert in_db.exit_code == 0 and orjson.loads(in_db.output)["checkpoints"] == 2, in_db.output
+    (latest,) = orjson.loads(runner.invoke(main, [*db, "audit", "list", *ws, "--limit", "1", "--json"]).output)["data"]
+    assert latest["action"] == "department.create" and latest["actor"]["type"] == "cli"
+    assert latest["after"]["name"] == "From the CLI" and "@" in latest["actor"]["id"]
+
 
 class FlakyStore(SQLStore):
     """A store whose trace writes fail while `down` (an outage between an admin's change and its audit event), and
