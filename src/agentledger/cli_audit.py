@@ -23,7 +23,7 @@ from agentledger.audit_trail import AuditTrail
 from agentledger.core.errors import StoreUnavailable
 from agentledger.core.model import Actor, TraceEvent
 from agentledger.governance import Governance
-from agentledger.store.audit import AuditFilter
+from agentledger.store.audit import INSTALLATION, AuditFilter
 from agentledger.store.base import WriteResult
 
 WithGovernance = Callable[[Any, Callable[[Governance], Awaitable[Any]]], Any]
@@ -54,6 +54,12 @@ def trail_of(gov: Governance) -> AuditTrail:
 
 async def record(gov: Governance, workspace_id: str, *changes: Change) -> None:
     await trail_of(gov).record(workspace_id, cli_actor(), changes)
+
+
+async def _known(gov: Governance, workspace: str) -> None:
+    """A workspace, or the installation's own chain (failed authentications that named no workspace)."""
+    if workspace != INSTALLATION:
+        await gov.require_workspace(workspace)
 
 
 def _pinned(paths: Sequence[str]) -> dict[str, Ed25519PublicKey] | None:
@@ -143,7 +149,7 @@ def audit_group(
         """Print the workspace's checkpoint-signing public key (PEM): publish it, and verify exports against it."""
 
         async def run(gov: Governance) -> dict[str, Any]:
-            await gov.require_workspace(workspace)
+            await _known(gov, workspace)
             return await trail_of(gov).public_key(workspace)
 
         click.echo(with_governance(settings_of(ctx), run)["public_key"], nl=False)
@@ -165,7 +171,7 @@ def audit_group(
         """Every kept event with the keys and checkpoints to verify it offline (`audit verify --file`)."""
 
         async def run(gov: Governance) -> int:
-            await gov.require_workspace(workspace)
+            await _known(gov, workspace)
             out = await trail_of(gov).export(workspace, kind)
             sink: IO[bytes] = open(output, "wb") if output else sys.stdout.buffer  # noqa: SIM115
             written = 0
@@ -199,7 +205,7 @@ def audit_group(
             )
 
         async def run(gov: Governance) -> list[dict[str, Any]]:
-            await gov.require_workspace(workspace)
+            await _known(gov, workspace)
             return await gov.store.audit.events(workspace, AuditFilter(action=action, limit=limit))
 
         rows = with_governance(settings_of(ctx), run)
