@@ -327,6 +327,7 @@ def _paid_endpoints(settings: Settings, c: Components) -> PaidEndpoints:
         c.counters,
         max_body_bytes=settings.paid_endpoint_max_body_bytes,
         desk=c.desk,
+        ordered_start=bool(settings.redis_url) or settings.workers > 1,  # replicas (docs/paid-endpoints.md)
     )
     return PaidEndpoints(admin, catalog, seller, workflows, facilitator)
 

@@ -67,9 +67,16 @@ class Seller:
         seen = resp.text + " ".join(f"{k}: {v}" for k, v in resp.headers.items())
         return [s for s in secrets if s in seen]
 
-    async def proof(self, header: str) -> dict[str, Any] | None:
+    async def proof(self, header: str, until: str | None = None) -> dict[str, Any] | None:
+        """The proof's row; with `until`, once it reached that state (recorded just after the answer), or as it is
+        after 5 s."""
         proof = wire.proof_of(wire.decode_payment_signature(header))
-        return await PaymentProofs(self.store).get(self.gw.workspace, proof.id)
+        deadline = time.monotonic() + 5
+        while True:
+            row = await PaymentProofs(self.store).get(self.gw.workspace, proof.id)
+            if until is None or (row is not None and row["state"] == until) or time.monotonic() > deadline:
+                return row
+            await asyncio.sleep(0.01)
 
     def runs_of(self, endpoint: Published) -> list[dict[str, Any]]:
         return list(self.gw.get("/api/runs", endpoint=endpoint.endpoint["id"])["data"])
@@ -193,7 +200,7 @@ async def test_a_buyer_pays_the_workflow_runs_and_the_run_keeps_the_books(
     assert (p["asset_amount"], p["network"], p["counterparty"]) == ("10000", "eip155:84532", account.address)
     assert (p["reference"], p["endpoint_id"]) == (settled.transaction, ep.endpoint["id"])
 
-    row = await s.proof(header)
+    row = await s.proof(header, until=SETTLED)
     assert row is not None and (row["state"], row["reference"], row["run_id"]) == (SETTLED, settled.transaction, run_id)
     assert row["payment_id"] == final["id"] and row["endpoint_id"] == ep.endpoint["id"]
 
@@ -391,7 +398,7 @@ async def test_over_concurrency_the_proof_is_given_back_and_can_pay_later(
     assert (await busy).status_code == 200
     again = await call(s, client, ep, body, {"PAYMENT-SIGNATURE": header})  # nothing ran on it: it pays now
     assert again.status_code == 200, again.text
-    row = await s.proof(header)
+    row = await s.proof(header, until=SETTLED)
     assert row is not None and row["state"] == SETTLED and len(s.runs_of(ep)) == 2
 
 
@@ -478,7 +485,7 @@ async def test_a_failing_workflow_is_not_paid_and_its_run_shows_the_loss(
     flow_step = next(st for st in _flat(run["steps"]) if st["kind"] == "workflow_step")
     assert flow_step["status"] == "error" and flow_step["error"] == message
     assert flow_step["attributes"]["http_status"] == (500 if mode == "error" else 200 if mode == "text" else None)
-    row = await s.proof(header)
+    row = await s.proof(header, until=FAILED)
     assert row is not None and row["state"] == FAILED
     # The proof was used: a replay is refused (the buyer signs a new one), and runs nothing.
     calls = len(s.flow.calls)

@@ -7,6 +7,7 @@ facilitator's shows in any answer."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -91,9 +92,16 @@ async def buy(s: Setup, client: httpx.AsyncClient, ep: Published) -> tuple[str, 
     return header, resp
 
 
-async def proof_state(s: Setup, header: str) -> str | None:
-    row = await PaymentProofs(s.store).get(s.gw.workspace, wire.proof_of(wire.decode_payment_signature(header)).id)
-    return None if row is None else str(row["state"])
+async def proof_state(s: Setup, header: str, until: str | None = None) -> str | None:
+    """The proof's state; with `until`, once it is that (recorded just after the answer), or as it is after 5 s."""
+    proof_id = wire.proof_of(wire.decode_payment_signature(header)).id
+    deadline = time.monotonic() + 5
+    while True:
+        row = await PaymentProofs(s.store).get(s.gw.workspace, proof_id)
+        state = None if row is None else str(row["state"])
+        if until is None or state == until or time.monotonic() > deadline:
+            return state
+        await asyncio.sleep(0.01)
 
 
 async def test_a_sale_settles_through_the_http_facilitator(setup: Setup, client: httpx.AsyncClient) -> None:
@@ -106,7 +114,7 @@ async def test_a_sale_settles_through_the_http_facilitator(setup: Setup, client:
     assert s.service.calls[len(before) :] == ["verify", "settle"]
     settled = decode_payment_response_header(resp.headers["PAYMENT-RESPONSE"])
     assert settled.success and settled.transaction.startswith("local:0x")
-    assert await proof_state(s, header) == SETTLED
+    assert await proof_state(s, header, until=SETTLED) == SETTLED
 
 
 async def test_a_refused_settlement_withholds_the_output_and_records_the_work_unpaid(
@@ -132,7 +140,7 @@ async def test_a_refused_settlement_withholds_the_output_and_records_the_work_un
     assert run["error"] == "settlement failed (insufficient_funds): the workflow's work was done unpaid"
     t = run["totals"]
     assert (t["revenue_usd"], t["model_cost_usd"], t["margin_usd"]) == ("0.000000000", "0.002000000", "-0.002000000")
-    assert await proof_state(s, header) == FAILED
+    assert await proof_state(s, header, until=FAILED) == FAILED
 
 
 async def test_a_facilitator_nobody_answers_for_is_a_503_with_nothing_run_or_charged(

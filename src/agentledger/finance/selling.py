@@ -18,10 +18,10 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -94,6 +94,7 @@ from agentledger.pipeline.queue import TracePipeline
 from agentledger.store.finance import PaymentProofs
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 PATH = "/x402/{workspace}/{slug}"
 # The scoped virtual key of the endpoint's workflow agent, sent with each call (docs/paid-endpoints.md).
 VIRTUAL_KEY_HEADER = "alephant-virtual-key"
@@ -132,6 +133,7 @@ class Seller:
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         desk: SpendDesk | None = None,
+        ordered_start: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.catalog = catalog
@@ -142,14 +144,16 @@ class Seller:
         self.counters = counters
         self.max_body_bytes = max_body_bytes
         self.desk = desk  # charges a sale's fee to the budgets that apply, as the step API does
+        self.ordered_start = ordered_start  # replicas: the run's start is durable before the workflow runs
         self.clock = clock
-        self._finishing: set[asyncio.Task[Response]] = set()
+        self._finishing: set[asyncio.Task[Any]] = set()
 
     def routes(self) -> list[Route]:
         return [Route(PATH, self.handle, methods=["POST"])]
 
     async def aclose(self, wait_s: float = 30.0) -> None:
-        """Let paid calls whose buyer left finish (settle or fail, and write their records) before shutdown."""
+        """Let paid calls whose buyer left finish (settle or fail, and write their records), and the last proofs'
+        states be recorded, before shutdown."""
         if self._finishing:
             await asyncio.wait(set(self._finishing), timeout=wait_s)
 
@@ -244,10 +248,13 @@ class Seller:
         await self._slot(sale)
         # From the claim on the call finishes whatever the buyer does: a hang-up must not leave a proof claimed, a
         # slot taken or a run open (the task is kept until done; its answer goes to whoever still waits).
-        task = asyncio.get_running_loop().create_task(self._complete(sale))
+        return await asyncio.shield(self._keep(self._complete(sale)))
+
+    def _keep(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(work)
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
-        return await asyncio.shield(task)
+        return task
 
     async def _body(self, request: Request) -> bytes:
         limit = self.max_body_bytes
@@ -332,9 +339,13 @@ class Seller:
                 ),
                 _payment_step(new_id("step"), sale, attribution, payment, started),
             ]
-            # Durable before the workflow runs: its model calls may reach another replica, and the run must exist
-            # with its endpoint before they name it (a run is created on first sight).
-            await _durable(self.pipeline.commit(start))
+            # A run is created on first sight, so it must exist with its endpoint before the workflow's model calls
+            # name it. In one process the pipeline's order sees to that (these records are queued before anything
+            # the workflow's calls write, and written no later); with replicas a call may reach another process,
+            # so the start is made durable before the workflow runs.
+            started_write = self.pipeline.commit(start)
+            if self.ordered_start:
+                await _durable(started_write)
             return await self._invoke(sale, attribution, payment)
         except Exception:
             # A defect, not a refusal: the proof is failed (never charged) and the run ended, then the 500.
@@ -418,18 +429,22 @@ class Seller:
                 charged = await self.desk.charge_steps([final], None, {})
             except AgentLedgerError as exc:  # the sale stands; its fee is in the books, not in the budgets
                 log.warning("paid call %s: its fee could not be charged to budgets: %s", sale.run_id, exc.message)
-        proof: Awaitable[bool]
-        if failure is None and reference is not None:
-            proof = self.proofs.settle(ws, sale.proof.id, reference, now, payment_id=sale.payment_id)
-        else:
-            proof = self.proofs.fail(ws, sale.proof.id, failure or "failed", now)
-        written, moved = await asyncio.gather(
-            _durable(self.pipeline.commit([*steps, final, *charged, end])), proof, return_exceptions=True
-        )
-        if isinstance(moved, BaseException):
-            log.error("paid call %s: the proof's state could not be recorded: %s", sale.run_id, moved)
-        if isinstance(written, BaseException):
-            log.error("paid call %s: its records could not be made durable: %s", sale.run_id, written)
+        await _durable(self.pipeline.commit([*steps, final, *charged, end]))
+        # The proof's state after the records, off the answer's path: the claim alone makes it single-use (a
+        # claimed proof is refused as a settled or failed one is), and its state says how it ended (docs).
+        self._keep(self._close_proof(sale, reference if failure is None else None, failure, now))
+
+    async def _close_proof(self, sale: _Sale, reference: str | None, failure: str | None, now: datetime) -> None:
+        ws = sale.endpoint.workspace_id
+        try:
+            if reference is not None:
+                await self.proofs.settle(ws, sale.proof.id, reference, now, payment_id=sale.payment_id)
+            else:
+                await self.proofs.fail(ws, sale.proof.id, failure or "failed", now)
+        except (
+            StoreUnavailable
+        ) as exc:  # it stays `claimed`: still single-use, its run and payment step say how it ended
+            log.error("paid call %s: the proof's state could not be recorded: %s", sale.run_id, exc.message)
 
 
 def error(exc: AgentLedgerError, headers: dict[str, str] | None = None) -> Response:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 
 from agentledger.core.proofs import PaymentProof
@@ -46,11 +46,46 @@ _ERROR_CHARS = 1024
 _LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z: a validBefore past it is "never expires"
 
 
+_CLAIM_COLUMNS = (
+    "workspace_id",
+    "id",
+    "network",
+    "asset",
+    "payer",
+    "nonce",
+    "amount",
+    "amount_nanos",
+    "state",
+    "endpoint_id",
+    "run_id",
+    "payment_id",
+    "reference",
+    "error",
+    "valid_before",
+    "claimed_at",
+    "updated_at",
+)
+
+
 class PaymentProofs:
-    """The x402 proof claims of an SQLStore (its connections, threads and error mapping)."""
+    """The x402 proof claims of an SQLStore (its connections, threads and error mapping).
+
+    Each statement is built once, with bound parameters: building an upsert per call cost more CPU than
+    running it (a paid call claims and then settles or fails its proof)."""
 
     def __init__(self, store: SQLStore) -> None:
         self.store = store
+        insert = self.store._insert(t.x402_payments)
+        again = {k: insert.excluded[k] for k in _CLAIM_COLUMNS if k not in ("workspace_id", "id")}
+        self._claim = (
+            insert.values({k: bindparam(f"p_{k}") for k in _CLAIM_COLUMNS})
+            .on_conflict_do_update(
+                index_elements=["workspace_id", "id"], set_=again, where=t.x402_payments.c.state == RELEASED
+            )
+            # RETURNING, not rowcount: psycopg reports a row count for an upsert whose update was skipped.
+            .returning(t.x402_payments.c.id)
+        )
+        self._moves: dict[tuple[str, ...], Any] = {}
 
     async def claim(
         self,
@@ -84,19 +119,11 @@ class PaymentProofs:
             "claimed_at": now,
             "updated_at": now,
         }
-        again = {k: v for k, v in values.items() if k not in ("workspace_id", "id")}
-        stmt = (
-            self.store._insert(t.x402_payments)
-            .values(**values)
-            .on_conflict_do_update(
-                index_elements=["workspace_id", "id"], set_=again, where=t.x402_payments.c.state == RELEASED
-            )
-            # RETURNING, not rowcount: psycopg reports a row count for an upsert whose update was skipped.
-            .returning(t.x402_payments.c.id)
-        )
+        params = {f"p_{k}": v for k, v in values.items()}
+        stmt = self._claim
 
         def run(conn: Connection) -> bool:
-            return conn.execute(stmt).first() is not None
+            return conn.execute(stmt, params).first() is not None
 
         return await self._one_statement(run)
 
@@ -123,15 +150,25 @@ class PaymentProofs:
         return rows[0] if rows else None
 
     async def _move(self, workspace_id: str, proof_id: str, state: str, now: datetime, changes: dict[str, Any]) -> bool:
-        c = t.x402_payments.c
-        stmt = (
-            update(t.x402_payments)
-            .where(c.workspace_id == workspace_id, c.id == proof_id, c.state == CLAIMED)
-            .values(state=state, updated_at=now, **changes)
-        )
+        names = tuple(sorted(changes))
+        stmt = self._moves.get(names)
+        if stmt is None:
+            c = t.x402_payments.c
+            stmt = (
+                update(t.x402_payments)
+                .where(c.workspace_id == bindparam("m_ws"), c.id == bindparam("m_id"), c.state == CLAIMED)
+                .values(
+                    state=bindparam("m_state"),
+                    updated_at=bindparam("m_now"),
+                    **{k: bindparam(f"m_{k}") for k in names},
+                )
+            )
+            self._moves[names] = stmt
+        params = {"m_ws": workspace_id, "m_id": proof_id, "m_state": state, "m_now": now}
+        params.update({f"m_{k}": v for k, v in changes.items()})
 
         def run(conn: Connection) -> bool:
-            return bool(conn.execute(stmt).rowcount)
+            return bool(conn.execute(stmt, params).rowcount)
 
         return await self._one_statement(run)
 
