@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from agentledger.audit import chain
@@ -178,41 +178,62 @@ class AuditStore:
     def __init__(self, store: SQLStore) -> None:
         self.store = store
         self.appended = 0  # events this process has appended (the checkpointer's count; the writer thread's)
+        self._statements: dict[str, Any] = {}
 
     # -- appending (inside the trace writer's transaction) ----------------------------------------------------------
-    def _head_lock(self) -> Any:
-        # An upsert that changes nothing, RETURNING the head: one statement creates the head if need be, takes its
-        # row lock until the commit, and reads it (on SQLite the first write of the transaction: the writer's lock).
-        stmt = self.store._insert(t.audit_heads)
-        return stmt.on_conflict_do_update(index_elements=["workspace_id"], set_={"seq": t.audit_heads.c.seq}).returning(
-            t.audit_heads.c.seq, t.audit_heads.c.hash
-        )
+    def _statement(self, name: str) -> Any:
+        """The append's statements, built once: building them cost more CPU than running them, on every batch."""
+        stmt = self._statements.get(name)
+        if stmt is not None:
+            return stmt
+        h, c = t.audit_heads.c, t.audit_events.c
+        if name == "head":
+            # An upsert that changes nothing, RETURNING the head: one statement creates the head if need be, takes its
+            # row lock until the commit, and reads it (on SQLite the transaction's first write: the writer's lock).
+            upsert = self.store._insert(t.audit_heads)
+            stmt = upsert.on_conflict_do_update(index_elements=["workspace_id"], set_={"seq": h.seq}).returning(
+                h.seq, h.hash
+            )
+        elif name == "known":
+            stmt = select(c.id).where(c.workspace_id == bindparam("ws"), c.id.in_(bindparam("ids", expanding=True)))
+        else:
+            stmt = (
+                update(t.audit_heads)
+                .where(h.workspace_id == bindparam("ws"))
+                .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"), updated_at=bindparam("at"))
+            )
+        self._statements[name] = stmt
+        return stmt
 
     def _event_insert(self) -> Any:
         return insert(t.audit_events)
 
-    def append(self, conn: Connection, records: Sequence[AuditRecord], now: datetime) -> int:
-        """Chain `records` (in order, per workspace, workspaces in sorted order so concurrent writers lock heads in
-        one order); a record whose event id the chain holds already (a replayed batch) is skipped. Returns how many
-        events were appended."""
-        by_ws: dict[str, list[AuditRecord]] = {}
+    def append(
+        self, conn: Connection, records: Sequence[AuditRecord], now: datetime, *, fresh: Sequence[AuditRecord] = ()
+    ) -> int:
+        """Chain `records`, then `fresh`, in order, per workspace (workspaces in sorted order, so concurrent writers
+        lock heads in one order). A record whose event id the chain holds already (a replayed batch) is skipped;
+        `fresh` ones cannot be there yet (the decisions of rows this very transaction inserted) and are not looked
+        up. Returns how many events were appended."""
+        by_ws: dict[str, list[tuple[AuditRecord, bool]]] = {}
         for r in records:
-            by_ws.setdefault(r.workspace_id, []).append(r)
+            by_ws.setdefault(r.workspace_id, []).append((r, True))
+        for r in fresh:
+            by_ws.setdefault(r.workspace_id, []).append((r, False))
         appended = 0
-        c = t.audit_events.c
         for ws in sorted(by_ws):
             todo = by_ws[ws]
             seq, prev = conn.execute(
-                self._head_lock(), {"workspace_id": ws, "seq": 0, "hash": chain.GENESIS, "updated_at": now}
+                self._statement("head"), {"workspace_id": ws, "seq": 0, "hash": chain.GENESIS, "updated_at": now}
             ).one()
-            ids = list({r.event_id for r in todo})
+            ids = list({r.event_id for r, check in todo if check})
             known = {
                 row[0]
                 for i in range(0, len(ids), 500)
-                for row in conn.execute(select(c.id).where(c.workspace_id == ws, c.id.in_(ids[i : i + 500])))
+                for row in conn.execute(self._statement("known"), {"ws": ws, "ids": ids[i : i + 500]})
             }
             rows = []
-            for r in todo:
+            for r, _ in todo:
                 if r.event_id in known:
                     continue
                 known.add(r.event_id)
@@ -222,11 +243,7 @@ class AuditStore:
                 rows.append(_row(linked, r.at))
             if rows:
                 self.store._bulk(conn, t.audit_events, self._event_insert, rows)
-                conn.execute(
-                    update(t.audit_heads)
-                    .where(t.audit_heads.c.workspace_id == ws)
-                    .values(seq=seq, hash=prev, updated_at=now)
-                )
+                conn.execute(self._statement("move"), {"ws": ws, "new_seq": seq, "new_hash": prev, "at": now})
                 appended += len(rows)
         self.appended += appended
         return appended
@@ -395,7 +412,8 @@ class AuditStore:
         def run(conn: Connection) -> dict[str, Any]:
             now = datetime.now(UTC)
             conn.execute(
-                self._head_lock(), {"workspace_id": workspace_id, "seq": 0, "hash": chain.GENESIS, "updated_at": now}
+                self._statement("head"),
+                {"workspace_id": workspace_id, "seq": 0, "hash": chain.GENESIS, "updated_at": now},
             )
             c, k = t.audit_events.c, t.audit_checkpoints.c
             through = conn.execute(

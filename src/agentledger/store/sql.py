@@ -392,9 +392,9 @@ class SQLStore:
             )
         # Last: the chains' head locks are held from here to the commit only. Decisions come from the rows this
         # batch inserted, so a replay adds none (store/audit.py).
-        audits += audit_sql.decisions(new_steps, transitions)
-        if audits:
-            self.audit.append(conn, audits, datetime.now(UTC))
+        decided = audit_sql.decisions(new_steps, transitions)
+        if audits or decided:
+            self.audit.append(conn, audits, datetime.now(UTC), fresh=decided)
 
     def _existing(
         self, conn: Connection, table: Any, keys: Iterable[tuple[str, str]], columns: Sequence[str], *, lock: bool
