@@ -126,10 +126,6 @@ def _csv_cells(record: Mapping[str, Any]) -> list[str]:
     return ["" if cells.get(c) is None else str(cells[c]) for c in COLUMNS]
 
 
-def csv_header() -> bytes:
-    return csv_rows([])
-
-
 def csv_rows(records: Iterable[Mapping[str, Any]], *, with_header: bool = True) -> bytes:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")

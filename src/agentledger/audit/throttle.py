@@ -27,6 +27,7 @@ class FailureThrottle:
         last = self._last.get(key)
         if last is not None and now - last[0] < self.window:
             self._last[key] = (last[0], last[1] + 1)
+            self._last.move_to_end(key)  # a source still failing is the last one to forget
             return None
         if self._in_window >= self.per_window:
             suppressed = (last[1] + 1) if last is not None else 1

@@ -77,19 +77,17 @@ class Report:
         }
 
     def describe(self) -> str:
-        lines = [
-            f"workspace {self.workspace_id}: "
-            + (
+        """The report as the CLI prints it: a headline, then the broken link and the notes, each on its own line."""
+        if self.broken is not None:
+            head = f"BROKEN at seq {self.broken.seq}\n  {self.broken.problem}: {self.broken.detail}"
+        elif self.events:
+            head = (
                 f"chain verified, {self.events} events (seq {self.first_seq}..{self.last_seq}), "
                 f"{self.checkpoints} signed checkpoints ({self.keys} key)"
-                if self.ok and self.events
-                else ("chain verified: no events" if self.ok else f"BROKEN at seq {self.broken.seq}")  # type: ignore[union-attr]
             )
-        ]
-        if self.broken is not None:
-            lines.append(f"  {self.broken.problem}: {self.broken.detail}")
-        lines += [f"  {note}" for note in self.notes]
-        return "\n".join(lines)
+        else:
+            head = "chain verified: no events"
+        return "\n".join([f"workspace {self.workspace_id}: {head}", *(f"  {note}" for note in self.notes)])
 
 
 class ChainVerifier:
