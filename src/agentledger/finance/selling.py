@@ -340,12 +340,14 @@ class Seller:
                 _payment_step(new_id("step"), sale, attribution, payment, started),
             ]
             # A run is created on first sight, so it must exist with its endpoint before the workflow's model calls
-            # name it. In one process the pipeline's order sees to that (these records are queued before anything
-            # the workflow's calls write, and written no later); with replicas a call may reach another process,
-            # so the start is made durable before the workflow runs.
-            started_write = self.pipeline.commit(start)
+            # name it. In one process the pipeline's order sees to that: these records are queued before anything
+            # the workflow's calls write, and go out with the first of their batches (or with the run's last
+            # records, whose wait covers them), not in a write of their own. With replicas a call may reach
+            # another process, so the start is made durable before the workflow runs.
             if self.ordered_start:
-                await _durable(started_write)
+                await _durable(self.pipeline.commit(start))
+            else:
+                self.pipeline.defer(start)
             return await self._invoke(sale, attribution, payment)
         except Exception:
             # A defect, not a refusal: the proof is failed (never charged) and the run ended, then the 500.
