@@ -34,3 +34,15 @@ class SecretBox:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken as exc:
             raise RuntimeError("A provider key cannot be decrypted: AGENTLEDGER_SECRET_KEY changed?") from exc
+
+    def seal(self, plaintext: str) -> str:
+        """Encrypt with the time of sealing inside (Fernet's own timestamp), for `open_fresh`."""
+        return self._fernet.encrypt(plaintext.encode()).decode()
+
+    def open_fresh(self, token: str, max_age_s: int) -> str | None:
+        """What `seal` sealed, if it is authentic and at most `max_age_s` old; else None (never raises: a
+        forged or expired dashboard cookie is a sign-in page, not an error)."""
+        try:
+            return self._fernet.decrypt(token.encode(), ttl=max_age_s).decode()
+        except (InvalidToken, ValueError, UnicodeError):
+            return None

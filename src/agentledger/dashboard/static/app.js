@@ -1,0 +1,1 @@
+// Dashboard behaviour without inline scripts (CSP: script-src self).
