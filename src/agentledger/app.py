@@ -509,4 +509,5 @@ def create_app(
         exception_handlers={404: not_found, 405: method_not_allowed},
     )
     app.state.components = c
+    app.state.paid = paid  # paid endpoints (their facilitator, sessions): for the benchmark and the tests
     return app
