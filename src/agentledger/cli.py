@@ -904,3 +904,38 @@ def alerts(ctx: click.Context, workspace: str, limit: int, as_json: bool) -> Non
 
 
 main.add_command(audit_group(_with_governance, _settings, _echo_json))
+
+
+@main.command()
+@click.option("--url", default=None, help="The gateway to fill (default: this installation's host and port).")
+@click.option(
+    "--admin-token",
+    default=None,
+    envvar="AGENTLEDGER_ADMIN_TOKEN",
+    help="An admin token of workspace default (default: one made for the demo in this installation's store).",
+)
+@click.pass_context
+def demo(ctx: click.Context, url: str | None, admin_token: str | None) -> None:
+    """Fill a running gateway with realistic traffic (agents, sessions, a blocked and an escalated call, a sale)."""
+    from agentledger.demo import DemoError, describe, run_demo
+
+    settings = _settings(ctx)
+    url = url or f"http://{settings.host}:{settings.port}"
+    if admin_token is None:
+        # The banner's admin token was shown once; the demo runs beside the gateway, so it makes its own.
+        async def create(g: Governance) -> str:
+            token = await g.create_admin_token("default", "demo", Role.ADMIN)
+            made = await g.store.admin_for_token(hash_secret(token))
+            assert made is not None
+            after = {"id": made.token_id, "name": "demo", "role": "admin", "token": token}
+            await record(g, "default", Change("admin_token.create", "admin_token", made.token_id, after=after))
+            return token
+
+        admin_token = _with_governance(settings, _in_workspace("default", create))
+    try:
+        report = run_demo(url, admin_token)
+    except DemoError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach the gateway at {url} ({exc}); start it with ./scripts/serve") from None
+    click.echo("\n".join(describe(report)))

@@ -106,6 +106,10 @@ def test_bad_policies_are_400s_naming_the_field(lone: Harness) -> None:
     assert "modles" in typo.json()["error"]["message"]
     missing = lone.api("POST", "/api/policies", json={"name": "p", "scope": "department", "scope_value": "nope"})
     assert missing.status_code == 404 and missing.json()["error"]["param"] == "scope_value"
+    first = lone.api("POST", "/api/policies", json={"id": "twice", "name": "p", "scope": "workspace"})
+    assert first.status_code == 201, first.text
+    again = lone.api("POST", "/api/policies", json={"id": "twice", "name": "p", "scope": "workspace"})
+    assert again.status_code == 409 and again.json()["error"]["param"] == "id", again.text  # was a 500
 
 
 def test_a_blocking_setting_is_a_403_naming_it_on_every_route_and_in_the_run(lone: Harness) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, case, insert, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
 from agentledger.core.errors import Conflict
 from agentledger.store import schema as t
@@ -37,7 +38,10 @@ class GovernanceStore:
             conn.execute(insert(t.policies).values(**full))
             conn.execute(insert(t.policy_versions).values(**_version_row(full, "create", by)))
 
-        await self.store._write(run)
+        try:
+            await self.store._write(run)
+        except IntegrityError as exc:  # the id is taken (a 500 before)
+            raise Conflict(f"Policy {row['id']!r} already exists.", param="id") from exc
         return full
 
     async def update_policy(
