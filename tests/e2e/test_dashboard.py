@@ -194,3 +194,55 @@ def test_runs_list_and_filters(browser: Any, seeded: Seeded) -> None:
     w.page.wait_for_url(re.compile(r"agent=planner"))
     assert rows.evaluate_all("rs => rs.map(r => r.dataset.run)") == ["run-trip"]
     assert w.problems == []
+
+
+def test_run_detail_waterfall_nests_steps_to_scale(browser: Any, seeded: Seeded) -> None:
+    w = _signed_in(browser, seeded, seeded.admin)
+    w.page.click("a[href='/runs/run-blog']")
+    w.page.wait_for_url(re.compile(r"/runs/run-blog$"))
+    wf = w.page.locator("#waterfall")
+    assert wf.locator(".wf-bar").count() == 5
+    top = wf.evaluate("el => [...el.children].map(n => n.dataset.step)")
+    assert top == ["s-orch", "s-pay"]
+    children = wf.locator("[data-step=s-orch] > .wf-children > .wf-node")
+    assert children.evaluate_all("ns => ns.map(n => n.dataset.step)") == ["s-hotel", "s-flight"]
+    assert wf.locator("[data-step=s-hotel] > .wf-children > [data-step=s-geo]").count() == 1
+    # Parallel steps start at the same place on the time axis; the 2 s hotel search is twice the 1 s flights'.
+    left = {
+        s: wf.locator(f"[data-step={s}] > .wf-row .wf-bar").evaluate("b => b.style.left")
+        for s in ("s-hotel", "s-flight")
+    }
+    assert left["s-hotel"] == left["s-flight"] == "20%"
+    width = wf.locator("[data-step=s-hotel] > .wf-row .wf-bar").evaluate("b => b.style.width")
+    assert width == "40%"
+    assert w.page.locator("#run-cost").inner_text() == "$0.2625"
+    w.page.click("[data-step=s-pay] > .wf-row")
+    detail = w.page.locator("#detail-s-pay")
+    assert detail.is_visible() and "outbound · settled · $0.25" in detail.inner_text()
+    w.page.click("[data-step=s-hotel] > .wf-row")
+    assert w.page.locator("#detail-s-hotel").is_visible() and not detail.is_visible()
+    assert "Lisbon" in w.page.locator("#detail-s-hotel").inner_text()
+    assert w.problems == []
+
+
+def test_viewer_sees_no_write_buttons_and_forged_writes_are_refused(browser: Any, seeded: Seeded) -> None:
+    viewer = _signed_in(browser, seeded, seeded.viewer)
+    viewer.page.goto("/runs/run-trip")
+    assert viewer.page.locator("form.controls, button[name=action]").count() == 0
+    csrf = viewer.page.locator("input[name=csrf_token]").first.get_attribute("value")
+    url = "/runs/run-trip/control"
+    for form in (
+        {"action": "pause"},
+        {"action": "pause", "csrf_token": "wrong"},
+        {"action": "pause", "csrf_token": csrf},
+    ):
+        assert viewer.page.request.post(url, form=form, max_redirects=0).status == 403
+    admin = _signed_in(browser, seeded, seeded.admin)
+    admin.page.goto("/runs/run-trip")
+    assert admin.page.locator("button[name=action][value=pause]").count() == 1
+    assert admin.page.request.post(url, form={"action": "pause"}, max_redirects=0).status == 403  # no CSRF token
+    admin.page.click("button[name=action][value=pause]")
+    admin.page.wait_for_selector("button[name=action][value=resume]")
+    admin.page.click("button[name=action][value=resume]")
+    admin.page.wait_for_selector("button[name=action][value=pause]")
+    assert viewer.problems == [] and admin.problems == []
