@@ -25,6 +25,7 @@ from agentledger.api.budgets import budget_routes
 from agentledger.api.finance import finance_routes
 from agentledger.api.health import health_routes
 from agentledger.api.manage import manage_routes
+from agentledger.api.members import member_routes
 from agentledger.api.openapi import openapi_routes
 from agentledger.api.paid_endpoints import paid_endpoint_routes
 from agentledger.api.policies import policy_routes
@@ -74,6 +75,7 @@ from agentledger.secrets_box import SecretBox
 from agentledger.store.audit import AuditStore
 from agentledger.store.base import Store
 from agentledger.store.finance import PaymentProofs
+from agentledger.store.members import MemberStore
 from agentledger.store.paid_endpoints import PaidEndpointStore
 from agentledger.store.retention import RetentionStore
 from agentledger.store.sql import SQLStore
@@ -345,7 +347,7 @@ async def _expire_approvals(c: Components, every: float = 10.0) -> None:
             log.exception("approval expiry sweep failed; retrying")
 
 
-def _on_broadcast(c: Components, catalog: EndpointCatalog) -> Callable[[str, str], None]:
+def _on_broadcast(c: Components, catalog: EndpointCatalog, auth: AdminAuth) -> Callable[[str, str], None]:
     """What another replica broadcast: an approval decided there wakes the calls held here; the rest are cache
     invalidations."""
 
@@ -354,6 +356,8 @@ def _on_broadcast(c: Components, catalog: EndpointCatalog) -> Callable[[str, str
             c.approvals.on_broadcast(value)
         elif kind == BROADCAST_KIND:
             catalog.apply_invalidation(value)
+        elif kind == "pat":  # a PAT revoked on another replica
+            auth.forget([value], everywhere=False)
         else:
             c.gateway.apply_invalidation(kind, value)
 
@@ -378,6 +382,16 @@ def _retention(settings: Settings, c: Components) -> Retention:
 
     job = RetentionJob(store, lambda: datetime.now(UTC), batch=settings.retention_batch, prune_audit=prune_audit)
     return Retention(store, job)
+
+
+def _members(c: Components, auth: AdminAuth) -> MemberStore:
+    """Members and their PATs (docs/security.md): the admin auth reads PATs through them."""
+    if not isinstance(c.store, SQLStore):
+        raise TypeError("members need an SQLStore")
+    members = MemberStore(c.store)
+    auth.members = members
+    c.governance.members = members  # a virtual key's owner (POST /api/virtual-keys member_id)
+    return members
 
 
 def app_from_env() -> Starlette:
@@ -412,6 +426,7 @@ def create_app(
     hooks, worker, sweep = _alerting(settings, c)
     paid = _paid_endpoints(settings, c)
     retention = _retention(settings, c)
+    members = _members(c, auth)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -430,11 +445,12 @@ def create_app(
             pruning = asyncio.get_running_loop().create_task(retention.job.run(settings.retention_interval))
         broadcast = None
         if settings.redis_url:
-            broadcast = Broadcast(settings.redis_url, c.gateway.claims.node_id, _on_broadcast(c, paid.catalog))
+            broadcast = Broadcast(settings.redis_url, c.gateway.claims.node_id, _on_broadcast(c, paid.catalog, auth))
             broadcast.start()
             c.gateway.broadcast = broadcast.publish
             paid.catalog.broadcast = broadcast.publish
             c.approvals.publish = broadcast.publish
+            auth.broadcast = broadcast.publish
         checkpointing = asyncio.get_running_loop().create_task(c.audit.run())
         settle_heap()
         try:
@@ -451,6 +467,7 @@ def create_app(
                 c.gateway.broadcast = None
                 paid.catalog.broadcast = None
                 c.approvals.publish = None
+                auth.broadcast = None
                 await broadcast.aclose()
             await paid.aclose()  # paid calls whose buyer hung up finish first: their records go out below
             # Graceful shutdown: every acknowledged trace event is written (or spooled) before exit.
@@ -495,6 +512,7 @@ def create_app(
         *finance_routes(auth, c.store, c.pipeline),
         *audit_routes(auth, c.audit, c.pipeline),
         *retention_routes(auth, retention.store, lambda: datetime.now(UTC)),
+        *member_routes(auth, c.store, members, c.gateway.invalidate_key, c.governance.clock),
         *health_routes(c.store, c.pipeline),
         *openapi_routes(),
     ]

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agentledger.core.bounds import MAX_PRIORITY, MAX_RATE_DECIMALS, MAX_RATE_MTOK, MIN_PRIORITY
 from agentledger.core.errors import Conflict, InvalidRequest, NotFound
@@ -23,6 +23,9 @@ from agentledger.core.route_config import parse_fallbacks, parse_options, parse_
 from agentledger.formats import registry as formats_registry
 from agentledger.secrets_box import SecretBox
 from agentledger.store.base import Store
+
+if TYPE_CHECKING:
+    from agentledger.store.members import MemberStore
 
 PROVIDER_KINDS = formats_registry.PROVIDER_KINDS
 
@@ -89,6 +92,7 @@ class Governance:
         self.box = box
         self.clock = clock
         self.runtimes: AgentRuntimes | None = None  # set by the composition root (app.py)
+        self.members: MemberStore | None = None  # a key's owning member (app.py); None: keys own no member
 
     async def create_workspace(self, name: str, *, workspace_id: str | None = None) -> tuple[str, str]:
         """A workspace and its first owner token (returned once)."""
@@ -159,6 +163,12 @@ class Governance:
         else:
             department_id = id_field(department_id, "department_id")
             await self._require_department(workspace_id, department_id)
+        owner = data.get("member_id")
+        if owner is not None:
+            owner = id_field(owner, "member_id")
+            member = None if self.members is None else await self.members.get(workspace_id, owner)
+            if member is None or member["status"] != "active":
+                raise InvalidRequest(f"Member {owner!r} does not exist or is revoked.", param="member_id")
         row = dict(
             workspace_id=workspace_id,
             id=new_id("vkid"),
@@ -169,6 +179,7 @@ class Governance:
             key_prefix=display_prefix(key),
             allowed_models=_patterns(data.get("allowed_models"), "allowed_models", []),
             created_at=self.clock(),
+            owner_member_id=owner,
         )
         await self.store.create_virtual_key(row)
         public = {k: v for k, v in row.items() if k != "key_hash"}

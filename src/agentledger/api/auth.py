@@ -1,4 +1,5 @@
-"""Admin tokens for /api: workspace-scoped, role-checked (viewers read, admins and owners write).
+"""Credentials for /api: admin tokens (`adm-…`, bootstrap and CLI) and members' personal access tokens (`pat_…`),
+workspace-scoped; what each may do is the permission matrix (api/permissions.py), checked here for every route.
 
 Every write route is guarded with `write=True` and the audit actions it may record (`audit=`): its handler says
 what it changed (`describe`), and the guard records that as an audit event once the write has succeeded, durable
@@ -9,16 +10,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from agentledger.api.permissions import permits, required
 from agentledger.audit.changes import Change
 from agentledger.core.errors import AgentLedgerError, AuthenticationError, NotFound, PermissionDenied
 from agentledger.core.headers import is_id
-from agentledger.core.keys import hash_secret
-from agentledger.core.model import Actor, AdminPrincipal, Role
+from agentledger.core.keys import PAT_PREFIX, hash_secret
+from agentledger.core.model import Actor, AdminPrincipal
 from agentledger.gateway.bodies import parse_json_object
 from agentledger.gateway.cache import TTLCache
 from agentledger.gateway.responses import error_response
@@ -26,6 +29,7 @@ from agentledger.store.base import Store
 
 if TYPE_CHECKING:
     from agentledger.audit_trail import AuditTrail
+    from agentledger.store.members import MemberStore
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Request, AdminPrincipal], Awaitable[Response]]
@@ -41,6 +45,10 @@ class AdminAuth:
         self.trail: AuditTrail | None = None  # the audit log (app.py); None records nothing
         # The caller's address as the gateway reads it (setting client_ip_header); the peer's without one.
         self.client_ip: Callable[[str | None, Any], str | None] = lambda peer, headers: peer
+        self.members: MemberStore | None = None  # PATs (app.py); None: admin tokens only
+        # Tells the other replicas a PAT was revoked (gateway/broadcast.py, kind "pat"); set when redis_url is.
+        self.broadcast: Callable[[str, str], None] | None = None
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     async def principal(self, request: Request) -> AdminPrincipal:
         auth = request.headers.get("authorization", "")
@@ -48,14 +56,33 @@ class AdminAuth:
         if not token:
             raise AuthenticationError("Missing admin token: send 'Authorization: Bearer adm-...'.")
         token_hash = hash_secret(token)
+        if token.startswith(PAT_PREFIX):
+            members = self.members
+            pat = None
+            if members is not None:
+                pat = await self.cache.get(token_hash, lambda: members.principal_for_token(token_hash))
+            if pat is None:
+                raise AuthenticationError("Invalid or revoked personal access token.")
+            # Checked per request: the principal is cached past its expiry.
+            if pat.expires_at is not None and pat.expires_at <= self.clock():
+                raise AuthenticationError("This personal access token has expired.")
+            return pat
         admin = await self.cache.get(token_hash, lambda: self.store.admin_for_token(token_hash))
         if admin is None:
             raise AuthenticationError("Invalid or revoked admin token.")
         return admin
 
+    def forget(self, token_hashes: Sequence[str], *, everywhere: bool = True) -> None:
+        """Revoked PATs refused at once: here, and (broadcast) on every replica."""
+        for token_hash in token_hashes:
+            self.cache.put(token_hash, None)
+            if everywhere and self.broadcast is not None:
+                self.broadcast("pat", token_hash)
+
     def guard(self, handler: Handler, *, write: bool = False, audit: Sequence[str] = ()) -> Endpoint:
-        """`write`: refused to viewers, and audited: `audit` names the actions its handler may `describe` (a test
-        walks every mounted write route and requires them)."""
+        """Allowed when the caller's role ∩ scopes grant the permission the matrix gives the matched route
+        (api/permissions.py; a route without an entry is refused to all). `write`: audited: `audit` names the
+        actions its handler may `describe` (a test walks every mounted write route and requires them)."""
 
         async def endpoint(request: Request) -> Response:
             try:
@@ -64,8 +91,14 @@ class AdminAuth:
                 except AuthenticationError as exc:
                     await self._refused(request, exc)
                     raise
-                if write and admin.role is Role.VIEWER:
-                    raise PermissionDenied("This token is read-only (viewer).")
+                route = request.scope.get("route")
+                method = "GET" if request.method == "HEAD" else request.method
+                permission = required(method, route.path) if route is not None else None
+                if permission is None:  # fail closed: a route the matrix does not know is nobody's
+                    log.error("no permission entry for %s %s", method, getattr(route, "path", request.url.path))
+                    raise PermissionDenied("This route has no entry in the permission matrix.")
+                if not permits(admin, permission):
+                    raise PermissionDenied(f"Not allowed: this needs {permission} ({_who(admin)}).")
                 response = await handler(request, admin)
                 if write and response.status_code < 400:
                     await self._record(request, admin, audit)
@@ -95,7 +128,7 @@ class AdminAuth:
             if change.action not in declared:
                 log.error("audit action %s is not declared by %s %s", change.action, request.method, request.url.path)
         client_ip, request_id = self._context(request)
-        actor = Actor("admin_token", admin.token_id, admin.role.value)
+        actor = actor_of(admin)
         try:
             await self.trail.record(admin.workspace_id, actor, changes, client_ip=client_ip, request_id=request_id)
         except AgentLedgerError:
@@ -113,6 +146,20 @@ class AdminAuth:
             await self.trail.failed_authentication(token, client_ip, request_id, request.url.path, exc.message)
         except AgentLedgerError:
             log.warning("a failed authentication could not be recorded", exc_info=True)
+
+
+def actor_of(admin: AdminPrincipal) -> Actor:
+    """The audit actor: an admin token, or a member's PAT (`id` the PAT's; its member is the PAT's `member_id`,
+    kept for good: PATs and members are revoked, never deleted)."""
+    if admin.member_id is not None:
+        return Actor("pat", admin.token_id, admin.role.value)
+    return Actor("admin_token", admin.token_id, admin.role.value)
+
+
+def _who(admin: AdminPrincipal) -> str:
+    if admin.scopes is None:
+        return f"role {admin.role.value}"
+    return f"role {admin.role.value}, scopes {', '.join(sorted(admin.scopes)) or 'none'}"
 
 
 def describe(request: Request, *changes: Change) -> None:

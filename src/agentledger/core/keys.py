@@ -8,6 +8,7 @@ import secrets
 
 VIRTUAL_KEY_PREFIX = "vk-"
 ADMIN_TOKEN_PREFIX = "adm-"
+PAT_PREFIX = "pat_"  # personal access tokens: a member's, for /api only (docs/security.md)
 
 
 def new_secret(prefix: str) -> str:

@@ -54,9 +54,15 @@ class RunStatus(enum.StrEnum):
 
 
 class Role(enum.StrEnum):
+    """What a member (or an admin token) may do: api/permissions.py maps each to its permissions
+    (docs/security.md). Admin tokens are owner, admin or viewer; the others are members' roles."""
+
     OWNER = "owner"
     ADMIN = "admin"
     VIEWER = "viewer"
+    BILLING_ADMIN = "billing_admin"
+    APPROVER = "approver"
+    DEPARTMENT_ADMIN = "department_admin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +78,17 @@ class Principal:
 
 @dataclass(frozen=True, slots=True)
 class AdminPrincipal:
+    """Who an /api request speaks for: an admin token (`member_id` None, no scopes: its role is its right) or a
+    member's personal access token (`token_id` the PAT's id; `scopes` narrow the member's role;
+    `department_id` set for a department admin; `expires_at` checked per request, since the principal is cached)."""
+
     workspace_id: str
     token_id: str
     role: Role
+    member_id: str | None = None
+    scopes: frozenset[str] | None = None
+    department_id: str | None = None
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

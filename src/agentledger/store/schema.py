@@ -105,6 +105,8 @@ virtual_keys = Table(
     Column("allowed_models", JSON, nullable=False),
     Column("created_at", TS, nullable=False),
     Column("revoked_at", TS, nullable=True),
+    # The member the key belongs to (members, below): their spend, and revoked with them (store/members.py).
+    Column("owner_member_id", ID, nullable=True, index=True),
     ForeignKeyConstraint(["workspace_id", "department_id"], ["departments.workspace_id", "departments.id"]),
 )
 
@@ -812,4 +814,40 @@ audit_keys = Table(
     Column("public_key", Text, nullable=False),
     Column("private_key_encrypted", Text, nullable=False),
     Column("created_at", TS, nullable=False),
+)
+
+# -- members and personal access tokens (store/members.py, docs/security.md) -----------------------------------------
+members = Table(
+    "members",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("email", String(320), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("department_id", ID, nullable=True),
+    Column("role", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    Column("revoked_at", TS, nullable=True),
+    UniqueConstraint("workspace_id", "email", name="uq_members_email"),
+    ForeignKeyConstraint(["workspace_id"], ["workspaces.id"]),
+)
+
+# A PAT's secret is kept as its hash only, like admin tokens'; `expires_at` None never expires.
+personal_access_tokens = Table(
+    "personal_access_tokens",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("member_id", ID, nullable=False, index=True),
+    Column("name", String(256), nullable=False),
+    Column("scopes", JSON, nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("token_prefix", String(16), nullable=False),
+    Column("created_by", String(256), nullable=True),
+    Column("created_at", TS, nullable=False),
+    Column("expires_at", TS, nullable=True),
+    Column("revoked_at", TS, nullable=True),
+    ForeignKeyConstraint(["workspace_id", "member_id"], ["members.workspace_id", "members.id"]),
 )

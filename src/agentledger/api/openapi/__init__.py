@@ -19,6 +19,7 @@ from agentledger.api.openapi.alerts import ALERT_PATHS, ALERT_ROWS
 from agentledger.api.openapi.approvals import APPROVAL_PATHS, APPROVAL_ROWS
 from agentledger.api.openapi.audit import AUDIT_PATHS, AUDIT_ROWS
 from agentledger.api.openapi.finance import FINANCE_PATHS, FINANCE_ROWS
+from agentledger.api.openapi.members import MEMBER_PATHS, MEMBER_ROWS
 from agentledger.api.openapi.outbound import OUTBOUND_PATHS, OUTBOUND_ROWS
 from agentledger.api.openapi.paid import PAID_PATHS, PAID_ROWS
 from agentledger.api.openapi.paths import PATHS
@@ -108,6 +109,7 @@ def document() -> Schema:
             **OUTBOUND_PATHS,
             **AUDIT_PATHS,
             **RETENTION_PATHS,
+            **MEMBER_PATHS,
         },
         "components": {
             "schemas": {
@@ -121,6 +123,7 @@ def document() -> Schema:
                 **OUTBOUND_ROWS,
                 **AUDIT_ROWS,
                 **RETENTION_ROWS,
+                **MEMBER_ROWS,
             },
             "responses": {
                 **{f"Error{status}": _error_response(status) for status in _ERRORS},

@@ -307,6 +307,7 @@ ROWS: dict[str, Schema] = {
             "allowed_models": array(STR),
             "created_at": TIMESTAMP,
             "revoked_at": OPT_TS,
+            "owner_member_id": {**OPT_STR, "description": "The member who owns the key (revoked with them)."},
             "key": {"type": "string", "pattern": "^vk-", "description": "Only in the create response."},
         },
         ["id", "department_id", "agent_id", "name", "key_prefix", "allowed_models", "created_at"],

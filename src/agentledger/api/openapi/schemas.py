@@ -396,7 +396,15 @@ REQUESTS = {
     # department_id may be left out when agent_id names an agent (the key then gets the agent's department);
     # given with one, it must be that agent's.
     "VirtualKeyIn": {
-        **obj({"name": LABEL, "department_id": N(ID), "agent_id": N(ID), "allowed_models": N(MODEL_PATTERNS)}),
+        **obj(
+            {
+                "name": LABEL,
+                "department_id": N(ID),
+                "agent_id": N(ID),
+                "allowed_models": N(MODEL_PATTERNS),
+                "member_id": N(ID),  # the owning member: their spend, revoked with them
+            }
+        ),
         "anyOf": [{"required": ["department_id"]}, {"required": ["agent_id"]}],
     },
     "ProviderKeyIn": obj(

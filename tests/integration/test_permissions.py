@@ -1,0 +1,175 @@
+"""The permission matrix walked: every mounted /api route with every role (and PAT scope) answers as
+api/permissions.py says (allowed: never 401/403; forbidden: 403 with the error shape). A route without an
+entry fails here. One gateway for the module (SQLite): the matrix does not depend on the store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from agentledger.api.permissions import ROLES, ROUTES, grants, matrix_markdown
+from agentledger.core.model import AdminPrincipal, Role
+from agentledger.testing import ServerThread
+from tests.harness import HTTP, Harness, running_gateway
+from tests.integration.permissions_support import api_routes, call, denied, fill, member, pat
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def gw(sqlite_url: str, tmp_path_factory: pytest.TempPathFactory, upstream: ServerThread) -> Iterator[Harness]:
+    with running_gateway(sqlite_url, tmp_path_factory.mktemp("perm"), upstream) as harness:
+        yield harness
+
+
+def test_every_mounted_api_route_has_an_entry_and_every_entry_a_route(gw: Harness) -> None:
+    mounted = set(api_routes(gw.server.config.app))
+    assert sorted(mounted - set(ROUTES)) == [], "routes without a permission (api/permissions.py ROUTES)"
+    assert sorted(set(ROUTES) - mounted) == [], "stale entries in api/permissions.py ROUTES"
+
+
+def test_docs_security_holds_the_matrix() -> None:
+    assert matrix_markdown() in (ROOT / "docs" / "security.md").read_text(), (
+        "regenerate: python -m agentledger.api.permissions"
+    )
+
+
+def test_every_route_with_every_role_and_scope(gw: Harness) -> None:
+    principals: dict[str, tuple[str, AdminPrincipal]] = {
+        "admin token (owner)": (gw.admin, AdminPrincipal(gw.workspace, "-", Role.OWNER))
+    }
+    for role in Role:
+        extra = {"department_id": gw.department} if role is Role.DEPARTMENT_ADMIN else {}
+        m = member(gw, role.value, **extra)
+        token = pat(gw, m["id"], ["admin"])
+        principals[f"{role.value} (admin scope)"] = (
+            token,
+            AdminPrincipal(gw.workspace, "-", role, m["id"], frozenset({"admin"})),
+        )
+    owner = member(gw, "owner")
+    for scope in ("read", "write"):
+        token = pat(gw, owner["id"], [scope])
+        principals[f"owner ({scope} scope)"] = (
+            token,
+            AdminPrincipal(gw.workspace, "-", Role.OWNER, owner["id"], frozenset({scope})),
+        )
+    wrong = []
+    for method, template in sorted(api_routes(gw.server.config.app)):
+        path = fill(template, "no-such-id")
+        for who, (token, principal) in principals.items():
+            allowed = ROUTES[(method, template)] in grants(principal)
+            resp = call(gw, token, method, path)
+            if allowed and resp.status_code in (401, 403):
+                wrong.append(f"{who}: {method} {template} refused {resp.status_code} {resp.text}")
+            elif not allowed and not denied(resp):
+                wrong.append(f"{who}: {method} {template} not refused: {resp.status_code}")
+    assert wrong == []
+    assert len(principals) == len(Role) + 3
+
+
+def test_a_pat_never_creates_a_pat_with_more_rights(gw: Harness) -> None:
+    owner = member(gw, "owner")
+    writer = pat(gw, owner["id"], ["write"])
+    resp = call(gw, writer, "POST", "/api/tokens", json={"scopes": ["admin"]})
+    assert denied(resp)
+    assert resp.json()["error"]["message"] == "A token cannot have more rights than the credential that creates it."
+    resp = call(gw, writer, "POST", "/api/tokens", json={"scopes": ["read", "write"], "expires_in_days": 1})
+    assert resp.status_code == 201, resp.text
+    viewer = member(gw, "viewer")
+    # A viewer's own PAT may ask for `admin`: its rights are still the role's (role ∩ scopes), nothing more.
+    vpat = pat(gw, viewer["id"], ["admin"])
+    assert denied(call(gw, vpat, "POST", "/api/tokens", json={"member_id": owner["id"], "scopes": ["read"]}))
+    # Another member's token: a writer without members.write may not make one.
+    assert denied(call(gw, writer, "POST", "/api/tokens", json={"member_id": viewer["id"], "scopes": ["read"]}))
+
+
+def test_expired_and_revoked_pats_are_401(gw: Harness) -> None:
+    m = member(gw, "admin")
+    soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    expiring = pat(gw, m["id"], ["read"], expires_at=soon)
+    assert call(gw, expiring, "GET", "/api/workspaces").status_code == 200
+    token = pat(gw, m["id"], ["read"])
+    listed = call(gw, gw.admin, "GET", "/api/tokens").json()["data"]
+    token_id = next(
+        t["id"]
+        for t in listed
+        if t["member_id"] == m["id"]
+        and t["expires_at"] != soon
+        and t["revoked_at"] is None
+        and t["token_prefix"] == token[:10]
+    )
+    assert "token_hash" not in listed[0] and "token" not in listed[0]
+    assert call(gw, gw.admin, "DELETE", f"/api/tokens/{token_id}").json() == {"id": token_id, "revoked": True}
+    resp = call(gw, token, "GET", "/api/workspaces")
+    assert resp.status_code == 401
+    assert resp.json()["error"]["message"] == "Invalid or revoked personal access token."
+    time.sleep(max(0.0, (datetime.fromisoformat(soon) - datetime.now(UTC)).total_seconds()) + 0.05)
+    resp = call(gw, expiring, "GET", "/api/workspaces")
+    assert resp.status_code == 401
+    assert resp.json()["error"]["message"] == "This personal access token has expired."
+
+
+def test_own_tokens_only_for_members_without_members_write(gw: Harness) -> None:
+    a, b = member(gw, "viewer"), member(gw, "billing_admin")
+    ta, tb = pat(gw, a["id"], ["read"]), pat(gw, b["id"], ["write"])
+    mine = call(gw, ta, "GET", "/api/tokens").json()["data"]
+    assert {t["member_id"] for t in mine} == {a["id"]}
+    other = call(gw, tb, "GET", "/api/tokens").json()["data"][0]["id"]
+    assert call(gw, ta, "DELETE", f"/api/tokens/{other}").status_code == 403  # a read PAT writes nothing
+    resp = call(gw, pat(gw, a["id"], ["write"]), "DELETE", f"/api/tokens/{other}")
+    assert resp.status_code == 404  # another member's token is not found, not forbidden
+    assert call(gw, tb, "GET", "/api/budgets").status_code == 200
+
+
+def test_revoking_a_member_disables_their_keys_and_pats_at_once(gw: Harness) -> None:
+    m = member(gw, "admin")
+    token = pat(gw, m["id"], ["admin"])
+    resp = call(gw, token, "POST", "/api/virtual-keys", json={"department_id": gw.department, "member_id": m["id"]})
+    assert resp.status_code == 201, resp.text
+    key = resp.json()
+    assert key["owner_member_id"] == m["id"]
+    gw.add_provider_key(name=f"p-{m['id']}", models=["gpt-*"])
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": f"Bearer {key['key']}"}
+    assert HTTP.post(gw.url + "/v1/chat/completions", json=chat, headers=headers).status_code == 200
+    resp = call(gw, gw.admin, "DELETE", f"/api/members/{m['id']}")
+    assert resp.json() == {"id": m["id"], "revoked": True}
+    resp = HTTP.post(gw.url + "/v1/chat/completions", json=chat, headers=headers)
+    assert resp.status_code == 401, resp.text
+    assert call(gw, token, "GET", "/api/workspaces").status_code == 401
+    got = call(gw, gw.admin, "GET", f"/api/members/{m['id']}").json()
+    assert got["status"] == "revoked" and got["revoked_at"] is not None
+    keys = {k["id"]: k for k in call(gw, gw.admin, "GET", "/api/virtual-keys").json()["data"]}
+    assert keys[key["id"]]["revoked_at"] is not None
+    events = call(gw, gw.admin, "GET", "/api/audit-logs", params={"action": "member.revoke"}).json()["data"]
+    assert [e["target"]["id"] for e in events] == [m["id"]]
+
+
+def test_member_changes_are_audited_with_the_pat_as_actor(gw: Harness) -> None:
+    boss = member(gw, "admin")
+    token = pat(gw, boss["id"], ["admin"])
+    resp = call(gw, token, "POST", "/api/members", json={"email": "Audit.Me@Example.com", "role": "approver"})
+    assert resp.status_code == 201, resp.text
+    made = resp.json()
+    assert made["email"] == "audit.me@example.com" and made["status"] == "active"
+    assert call(gw, token, "POST", "/api/members", json={"email": "audit.me@example.com"}).status_code == 409
+    resp = call(gw, token, "PATCH", f"/api/members/{made['id']}", json={"role": "viewer"})
+    assert resp.status_code == 200 and resp.json()["role"] == "viewer"
+    events = call(gw, gw.admin, "GET", "/api/audit-logs", params={"action": "member.*"}).json()["data"]
+    mine = [e for e in events if e["target"]["id"] == made["id"]]
+    assert {e["action"] for e in mine} == {"member.create", "member.update"}
+    pat_id = call(gw, token, "GET", "/api/tokens").json()["data"]
+    assert all(e["actor"]["type"] == "pat" and e["actor"]["role"] == "admin" for e in mine)
+    assert {e["actor"]["id"] for e in mine} <= {t["id"] for t in pat_id}
+    # Only an owner makes an owner.
+    resp = call(gw, token, "POST", "/api/members", json={"email": "o@example.com", "role": "owner"})
+    assert denied(resp)
+    assert resp.json()["error"]["message"] == "Only an owner may grant the owner role or change an owner."
+
+
+def test_roles_table_names_every_role() -> None:
+    assert set(ROLES) == set(Role)
