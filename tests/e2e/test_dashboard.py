@@ -246,3 +246,23 @@ def test_viewer_sees_no_write_buttons_and_forged_writes_are_refused(browser: Any
     admin.page.click("button[name=action][value=resume]")
     admin.page.wait_for_selector("button[name=action][value=pause]")
     assert viewer.problems == [] and admin.problems == []
+
+
+def test_costs_group_chart_table_and_csv(browser: Any, seeded: Seeded) -> None:
+    w = _signed_in(browser, seeded, seeded.admin)
+    w.page.goto("/costs?group_by=agent&from=2025-06-01T00:00:00Z&interval=day")
+    table = w.page.locator("#cost-table tbody tr[data-key]")
+    assert sorted(table.evaluate_all("rs => rs.map(r => r.dataset.key)")) == ["planner", "writer"]
+    assert "$0.2625" in w.page.locator("#cost-table tr[data-key=writer]").inner_text()
+    w.page.wait_for_selector("#cost-chart canvas")
+    assert w.page.locator("#cost-chart .u-legend .u-series").count() == 3  # the x axis and two bands
+    w.page.select_option("select[name=group_by]", "workflow")
+    w.page.click("text=Show")
+    w.page.wait_for_url(re.compile(r"group_by=workflow"))
+    assert sorted(table.evaluate_all("rs => rs.map(r => r.dataset.key)")) == ["", "blog"]
+    with w.page.expect_download() as download:
+        w.page.click("#csv")
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert lines[0].startswith("key,cost_usd") and any(line.startswith("blog,0.2625") for line in lines)
+    # Chromium reports a download's navigation as aborted: that is the download, not a failure.
+    assert [p for p in w.problems if not ("/costs.csv" in p and "ERR_ABORTED" in p)] == []

@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from jinja2 import Undefined
+
 
 def usd(value: Any) -> str:
     """An exact decimal string (the API's money) as dollars: cents from $1, four places from a cent, and the
@@ -31,7 +33,7 @@ def usd(value: Any) -> str:
 
 
 def number(value: Any) -> str:
-    if value is None:
+    if value is None or isinstance(value, Undefined):
         return "—"
     try:
         return f"{int(value):,}"

@@ -3,10 +3,13 @@ same name in dashboard/templates/; adding it to this list mounts it and (with a 
 
 from __future__ import annotations
 
-from agentledger.dashboard.pages import run_detail, runs
+from agentledger.dashboard.pages import books, costs, governance, run_detail, runs
 from agentledger.dashboard.web import Page
 
 PAGES: list[Page] = [
     *runs.PAGES,
     *run_detail.PAGES,
+    *costs.PAGES,
+    *governance.PAGES,
+    *books.PAGES,
 ]

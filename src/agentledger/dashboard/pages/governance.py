@@ -1,0 +1,85 @@
+"""Budgets (with their ledger and projected exhaustion), policies and approvals (approve / deny, live).
+
+Every figure is the /api route's own answer (web.Ctx.api); the only thing computed here is the projection, a
+straight line through the current window's spend."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from starlette.responses import RedirectResponse, Response
+
+from agentledger.dashboard.web import Ctx, Page, PageError
+
+APPROVE = ("POST", "/api/approvals/{approval_id}/approve")
+DENY = ("POST", "/api/approvals/{approval_id}/deny")
+
+
+def projected_exhaustion(status: dict[str, Any] | None, now: datetime) -> datetime | None:
+    """When the window's budget runs out at the pace spent so far in it; None when it will not within the window
+    (or nothing was spent yet, or the budget has no window)."""
+    if not status or not status.get("window_start") or not status.get("window_end"):
+        return None
+    start = datetime.fromisoformat(status["window_start"])
+    end = datetime.fromisoformat(status["window_end"])
+    spent = Decimal(status["spent_usd"]) + Decimal(status["reserved_usd"])
+    remaining = Decimal(status["remaining_usd"])
+    elapsed = (now - start).total_seconds()
+    if spent <= 0 or elapsed <= 0:
+        return None
+    if remaining <= 0:
+        return now
+    at = now.timestamp() + float(remaining / spent) * elapsed
+    return datetime.fromtimestamp(at, UTC) if at < end.timestamp() else None
+
+
+async def budgets(ctx: Ctx) -> Response:
+    now = datetime.now(UTC)
+    rows = (await ctx.api("GET", "/api/budgets"))["data"]
+    for b in rows:
+        b["exhaustion"] = projected_exhaustion(b.get("status"), now)
+    limits = (await ctx.api("GET", "/api/rate-limits"))["data"]
+    selected = ctx.params.get("budget") or (rows[0]["id"] if rows else None)
+    ledger = (await ctx.api("GET", "/api/ledger", {"budget": selected, "limit": 50}))["data"] if selected else []
+    return ctx.render("budgets.html", budgets=rows, limits=limits, selected=selected, ledger=ledger)
+
+
+async def policies(ctx: Ctx) -> Response:
+    rows = (await ctx.api("GET", "/api/policies"))["data"]
+    return ctx.render("policies.html", policies=rows)
+
+
+async def approvals(ctx: Ctx) -> Response:
+    status = ctx.params.get("status") or None
+    rows = (await ctx.api("GET", "/api/approvals", {"status": status, "limit": 100}))["data"]
+    values = dict(approvals=rows, status=status, can_decide=ctx.can(*APPROVE))
+    if ctx.request.headers.get("hx-request") and ctx.params.get("fragment") == "rows":
+        return ctx.render("approvals_rows.html", **values)
+    return ctx.render("approvals.html", **values)
+
+
+def _decide(verb: str) -> Any:
+    async def decide(ctx: Ctx) -> Response:
+        approval_id = ctx.request.path_params["approval_id"]
+        form = await ctx.request.form()
+        comment = str(form.get("comment") or "").strip()
+        body = {"comment": comment} if comment else {}
+        try:
+            await ctx.api("POST", f"/api/approvals/{approval_id}/{verb}", body=body)
+        except PageError as exc:
+            if exc.status != 409:  # decided meanwhile (by someone else): the list says by whom
+                raise
+        return RedirectResponse("/approvals", status_code=303)
+
+    return decide
+
+
+PAGES = [
+    Page("/budgets", budgets, api=("GET", "/api/budgets"), nav="Budgets"),
+    Page("/policies", policies, api=("GET", "/api/policies"), nav="Policies"),
+    Page("/approvals", approvals, api=("GET", "/api/approvals"), nav="Approvals"),
+    Page("/approvals/{approval_id}/approve", _decide("approve"), api=APPROVE, methods=("POST",)),
+    Page("/approvals/{approval_id}/deny", _decide("deny"), api=DENY, methods=("POST",)),
+]
