@@ -13,7 +13,18 @@ from starlette.responses import Response
 
 from agentledger.dashboard.web import Ctx, Page
 
-GROUPS = ("agent", "model", "provider", "department", "virtual_key", "workflow", "session", "run", "prompt", "workspace")
+GROUPS = (
+    "agent",
+    "model",
+    "provider",
+    "department",
+    "virtual_key",
+    "workflow",
+    "session",
+    "run",
+    "prompt",
+    "workspace",
+)
 COLUMNS = ("key", "cost_usd", "requests", "events", "input_tokens", "output_tokens", "total_tokens", "errors")
 MAX_SERIES = 8  # the largest groups get a band of their own; the rest share one
 
@@ -69,9 +80,7 @@ async def costs(ctx: Ctx) -> Response:
     series = await ctx.api("GET", "/api/analytics/costs", query)
     chart = _series(series["data"], [r["key"] for r in rows])
     total = sum((Decimal(r["cost_usd"]) for r in rows), Decimal(0))
-    return ctx.render(
-        "costs.html", rows=rows, chart=chart, query=query, groups=GROUPS, window=totals, total=str(total)
-    )
+    return ctx.render("costs.html", rows=rows, chart=chart, query=query, groups=GROUPS, window=totals, total=str(total))
 
 
 PAGES = [
