@@ -54,7 +54,7 @@ async def policies(ctx: Ctx) -> Response:
 async def approvals(ctx: Ctx) -> Response:
     status = ctx.params.get("status") or None
     rows = (await ctx.api("GET", "/api/approvals", {"status": status, "limit": 100}))["data"]
-    values = dict(approvals=rows, status=status, can_decide=ctx.can(*APPROVE))
+    values = dict(approvals=rows, wanted=status, can_decide=ctx.can(*APPROVE))
     if ctx.request.headers.get("hx-request") and ctx.params.get("fragment") == "rows":
         return ctx.render("approvals_rows.html", **values)
     return ctx.render("approvals.html", **values)
