@@ -215,7 +215,7 @@ def _prepare(settings: Settings, base_url: str) -> None:
     boot = _with_governance(settings, run)
     database = _shown_url(settings.database_url)
     if boot is None:
-        click.echo(f"agentledger: serving {base_url} (database {database})", err=True)
+        click.echo(f"agentledger: serving {base_url} (database {database}); dashboard {base_url}/", err=True)
         return
     click.echo(
         "\n".join(
