@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,3 +174,47 @@ def test_member_changes_are_audited_with_the_pat_as_actor(gw: Harness) -> None:
 
 def test_roles_table_names_every_role() -> None:
     assert set(ROLES) == set(Role)
+
+
+def test_a_department_admin_cannot_touch_another_departments_agent_or_key(gw: Harness) -> None:
+    dep = call(gw, gw.admin, "POST", "/api/departments", json={"name": "Other"}).json()["id"]
+    agent = call(gw, gw.admin, "POST", "/api/agents", json={"name": "theirs", "department_id": dep}).json()["id"]
+    key = call(gw, gw.admin, "POST", "/api/virtual-keys", json={"department_id": dep}).json()["id"]
+    boss = member(gw, "department_admin", department_id=gw.department)
+    token = pat(gw, boss["id"], ["write"])
+
+    def not_found(resp: Any, message: str, param: str) -> None:
+        assert resp.status_code == 404, resp.text
+        assert resp.json()["error"] == {
+            "message": message,
+            "type": "not_found_error",
+            "code": "not_found",
+            "param": param,
+        }
+
+    agents = call(gw, token, "GET", "/api/agents").json()["data"]
+    assert agents and {a["department_id"] for a in agents} == {gw.department}
+    keys = call(gw, token, "GET", "/api/virtual-keys").json()["data"]
+    assert keys and {k["department_id"] for k in keys} == {gw.department}
+    not_found(call(gw, token, "GET", f"/api/agents/{agent}"), f"Agent {agent!r} does not exist.", "agent_id")
+    not_found(call(gw, token, "DELETE", f"/api/virtual-keys/{key}"), f"Virtual key {key!r} does not exist.", "key_id")
+    not_found(
+        call(gw, token, "POST", "/api/virtual-keys", json={"department_id": dep}),
+        "Department does not exist.",
+        "department_id",
+    )
+    not_found(
+        call(gw, token, "POST", "/api/virtual-keys", json={"agent_id": agent}),
+        "Department does not exist.",
+        "department_id",
+    )
+    not_found(
+        call(gw, token, "POST", "/api/agents", json={"name": "x", "department_id": dep}),
+        "Department does not exist.",
+        "department_id",
+    )
+    assert denied(call(gw, token, "POST", "/api/budgets", json={}))  # not granted: see docs/security.md
+    mine = call(gw, token, "POST", "/api/virtual-keys", json={"department_id": gw.department})
+    assert mine.status_code == 201, mine.text
+    assert call(gw, token, "DELETE", f"/api/virtual-keys/{mine.json()['id']}").status_code == 200
+    assert call(gw, token, "GET", f"/api/agents/{gw.agent}").status_code == 200

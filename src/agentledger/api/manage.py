@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from agentledger.api import scoping
 from agentledger.api.auth import AdminAuth, describe, json_body, path_id
 from agentledger.audit.changes import Change
 from agentledger.core.errors import NotFound
@@ -30,24 +31,33 @@ def manage_routes(auth: AdminAuth, gov: Governance, gateway: Gateway) -> list[Ro
         return JSONResponse(row, status_code=201)
 
     async def list_agents(request: Request, admin: AdminPrincipal) -> Response:
-        return JSONResponse({"data": await store.list_agents(admin.workspace_id)})
+        return JSONResponse({"data": scoping.visible(admin, await store.list_agents(admin.workspace_id))})
 
     async def create_agent(request: Request, admin: AdminPrincipal) -> Response:
-        row = await gov.create_agent(admin.workspace_id, await json_body(request))
+        data = await json_body(request)
+        scoping.require(admin, data.get("department_id"), "Department", "department_id")
+        row = await gov.create_agent(admin.workspace_id, data)
         describe(request, Change("agent.create", "agent", row["id"], after=row))
         return JSONResponse(row, status_code=201)
 
     async def list_keys(request: Request, admin: AdminPrincipal) -> Response:
-        return JSONResponse({"data": await store.list_virtual_keys(admin.workspace_id)})
+        return JSONResponse({"data": scoping.visible(admin, await store.list_virtual_keys(admin.workspace_id))})
 
     async def create_key(request: Request, admin: AdminPrincipal) -> Response:
-        row = await gov.create_virtual_key(admin.workspace_id, await json_body(request))
+        data = await json_body(request)
+        if admin.department_id is not None:  # a key of their department: named, or through its agent
+            agent = data.get("agent_id")
+            found = await store.get_agent(admin.workspace_id, agent) if isinstance(agent, str) else None
+            dep = found["department_id"] if found is not None else data.get("department_id")
+            scoping.require(admin, dep, "Department", "department_id")
+        row = await gov.create_virtual_key(admin.workspace_id, data)
         describe(request, Change("virtual_key.create", "virtual_key", row["id"], after=row))
         return JSONResponse(row, status_code=201)
 
     async def revoke_key(request: Request, admin: AdminPrincipal) -> Response:
         key_id = path_id(request, "key_id", "Virtual key")
         before = await store.audit.current("virtual_keys", admin.workspace_id, key_id)
+        scoping.require(admin, (before or {}).get("department_id"), f"Virtual key {key_id!r}", "key_id")
         now = gov.clock()
         key_hash = await store.revoke_virtual_key(admin.workspace_id, key_id, now)
         if key_hash is None:

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from agentledger.api import scoping
 from agentledger.api.auth import AdminAuth, describe, json_body, path_id
 from agentledger.audit.changes import Change
 from agentledger.core.model import AdminPrincipal
@@ -26,7 +27,9 @@ from agentledger.gateway.responses import JSONResponse
 def paid_endpoint_routes(auth: AdminAuth, admin: PaidEndpointAdmin) -> list[Route]:
     async def get_agent(request: Request, who: AdminPrincipal) -> Response:
         agent_id = path_id(request, "agent_id", "Agent")
-        return JSONResponse(await admin.agent(who.workspace_id, agent_id))
+        found = await admin.agent(who.workspace_id, agent_id)
+        scoping.require(who, found.get("department_id"), f"Agent {agent_id!r}", "agent_id")
+        return JSONResponse(found)
 
     async def put_runtime(request: Request, who: AdminPrincipal) -> Response:
         agent_id = path_id(request, "agent_id", "Agent")

@@ -125,20 +125,10 @@ ROLES: Mapping[Role, frozenset[str]] = {
     },
     Role.APPROVER: _OWN_TOKENS | {"workspace.read", "approvals.read", "approvals.decide", "runs.read"},
     Role.VIEWER: _OWN_TOKENS | _READS,
-    # Their department's agents, keys, budgets and policy overrides (filtered in the handlers: api/scoping.py).
+    # Their department's agents and virtual keys (narrowed in the handlers: api/scoping.py). Budgets and policy
+    # overrides are not granted until their handlers narrow them too: granted now they would reach the workspace's.
     Role.DEPARTMENT_ADMIN: _OWN_TOKENS
-    | {
-        "workspace.read",
-        "departments.read",
-        "agents.read",
-        "agents.write",
-        "keys.read",
-        "keys.write",
-        "budgets.read",
-        "budgets.write",
-        "policies.read",
-        "policies.write",
-    },
+    | {"workspace.read", "departments.read", "agents.read", "agents.write", "keys.read", "keys.write"},
 }
 
 SCOPES: Mapping[str, frozenset[str]] = {
