@@ -480,14 +480,15 @@ def describe(report: Report) -> list[str]:
     out = [
         f"agentledger demo: done (tag {report.tag}); {len(report.runs)} runs through {report.url}",
         "",
-        f"  open the dashboard   {report.url}/",
+        f"  open the dashboard   {report.url}/   (sign in with the admin token the first start printed,",
+        "                       or one from `agentledger admin-token create`)",
         f"  a run, step by step  {report.url}/runs/trip-plan-{report.tag}",
-        f"  a session's paths    {report.url}/sessions/trip-{report.tag}",
-        "  what stopped a call  run ticket-2-… (gpt-4o blocked for support), policy 'Support uses small models'",
-        "  waiting for you      Approvals: an Opus call held for a human"
-        + (f" ({report.pending_approval_id})" if report.pending_approval_id else ""),
-        "  money                Finance: the sale of 'demo-summarize' and the shopper's purchase; Budgets: Research",
-        "  who changed what     Audit log",
+        f"  a session's runs     {report.url}/runs?session=trip-{report.tag}",
+        f"  what stopped a call  {report.url}/runs/ticket-2-{report.tag} (gpt-4o is blocked for support)",
+        f"  waiting for you      {report.url}/approvals (an Opus call held for a human)",
+        f"  money                {report.url}/finance (a sale of demo-summarize, the shopper's purchase)",
+        f"  budget left          {report.url}/budgets (Research, monthly)",
+        f"  who changed what     {report.url}/audit",
     ]
     out += [f"  note: {n}" for n in report.notes]
     return out
