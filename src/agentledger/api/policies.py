@@ -302,4 +302,9 @@ async def _subject_of(store: Store, workspace_id: str, data: dict[str, Any]) -> 
     department_id = id_field(data["department_id"], "department_id") if data.get("department_id") is not None else None
     if agent_id is not None and await store.get_agent(workspace_id, agent_id) is None:
         raise NotFound(f"Agent {agent_id!r} does not exist.", param="agent_id")
+    # Named on its own, a department must exist here too: another workspace's id is not evaluated as if it did.
+    if department_id is not None and not any(
+        d["id"] == department_id for d in await store.list_departments(workspace_id)
+    ):
+        raise NotFound(f"Department {department_id!r} does not exist.", param="department_id")
     return Subject(workspace_id, department_id, agent_id, None)
