@@ -198,6 +198,7 @@ def test_runs_list_and_filters(browser: Any, seeded: Seeded) -> None:
 
 def test_run_detail_waterfall_nests_steps_to_scale(browser: Any, seeded: Seeded) -> None:
     w = _signed_in(browser, seeded, seeded.admin)
+    w.page.goto("/runs")  # sign-in lands on the overview
     w.page.click("a[href='/runs/run-blog']")
     w.page.wait_for_url(re.compile(r"/runs/run-blog$"))
     wf = w.page.locator("#waterfall")

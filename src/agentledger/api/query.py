@@ -19,16 +19,17 @@ from agentledger.api.auth import AdminAuth, describe, path_id
 from agentledger.api.run_controls import controlled
 from agentledger.audit.changes import Change, with_diff
 from agentledger.core.books import FINANCE_MEASURES, MONEY_CARRIES, MONEY_MEASURES, RUN_MEASURES, hour_window
+from agentledger.core.budgets import Decision
 from agentledger.core.errors import InvalidRequest, NotFound
 from agentledger.core.fields import id_field, text_field, time_field
 from agentledger.core.headers import PROPERTY_NAME_HELP, PROPERTY_NAME_RE
 from agentledger.core.model import AdminPrincipal, RunStatus
-from agentledger.core.rollup import TOKEN_FIELDS, duration_ms, step_tree, totals
+from agentledger.core.rollup import TOKEN_FIELDS, duration_ms, path_tree, step_tree, totals
 from agentledger.gateway.bodies import parse_json
 from agentledger.gateway.policies import POLICY_STOP
 from agentledger.gateway.responses import JSONResponse
 from agentledger.pipeline.queue import TracePipeline
-from agentledger.store.base import CostQuery, RunFilter, Store
+from agentledger.store.base import CostQuery, RequestFilter, RunFilter, SessionFilter, Store
 
 _RUN_TOTAL_FIELDS = frozenset({*RUN_MEASURES, *MONEY_CARRIES})
 
@@ -95,13 +96,14 @@ def _isoformat(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def encode_cursor(row: dict[str, Any]) -> str:
-    """The opaque position after `row` in the runs list: its (started_at, id), base64url JSON."""
-    raw = orjson.dumps([row["started_at"].isoformat(), row["id"]])
+def encode_cursor(row: dict[str, Any], at: str = "started_at") -> str:
+    """The opaque position after `row` in a list paged newest first: its (`at`, id), base64url JSON."""
+    raw = orjson.dumps([row[at].isoformat(), row["id"]])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _cursor_param(request: Request) -> tuple[datetime, str] | None:
+def _cursor_param(request: Request, at: str = "started_at") -> tuple[datetime, str] | None:
+    """A `next_cursor` back: (the `at` time, id) of the last row of the previous page."""
     raw = request.query_params.get("cursor")
     if raw is None:
         return None
@@ -110,6 +112,36 @@ def _cursor_param(request: Request) -> tuple[datetime, str] | None:
         return time_field(at, "cursor"), id_field(run_id, "cursor")
     except (ValueError, TypeError, InvalidRequest):
         raise InvalidRequest("'cursor' must be the next_cursor of a previous page.", param="cursor") from None
+
+
+def _text_param(request: Request, name: str) -> str | None:
+    raw = request.query_params.get(name)
+    return None if raw is None else text_field(raw, name)
+
+
+def _choice_param(request: Request, name: str, choices: tuple[str, ...]) -> str | None:
+    raw = request.query_params.get(name)
+    if raw is not None and raw not in choices:
+        raise InvalidRequest(f"'{name}' must be one of {', '.join(choices)}.", param=name)
+    return raw
+
+
+_REQUEST_STATUSES = ("ok", "error")
+_DECISIONS = tuple(d.value for d in Decision)
+
+
+def session_view(paths: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A session's kept paths as the API shows them, and its totals: the session's own events (its paths
+    partition them), not its runs' — a call may carry the session id without a run id, and a run's steps may
+    belong to other sessions."""
+    shown = [{**{k: v for k, v in p.items() if k not in FINANCE_MEASURES}, **totals(p)} for p in paths]
+    summed = totals(
+        {
+            **{k: sum(p[k] for p in paths) for k in (*MONEY_MEASURES, *TOKEN_FIELDS, "requests", "errors")},
+            "events": sum(p["count"] for p in paths),
+        }
+    )
+    return shown, summed
 
 
 def _run(row: dict[str, Any]) -> dict[str, Any]:
@@ -185,17 +217,40 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
         # A session one of whose runs a policy stopped shows as intercepted (docs/policies.md).
         session["runs"], stopped = await with_controls(admin.workspace_id, [_run(r) for r in session["runs"]])
         session["status"] = "intercepted" if stopped else "ok"
-        paths = session["paths"]
-        session["paths"] = [{**{k: v for k, v in p.items() if k not in FINANCE_MEASURES}, **totals(p)} for p in paths]
-        # The session's own events (its paths partition them), not its runs': a call may carry the session id
-        # without a run id, and a run's steps may belong to other sessions.
-        session["totals"] = totals(
-            {
-                **{k: sum(p[k] for p in paths) for k in (*MONEY_MEASURES, *TOKEN_FIELDS, "requests", "errors")},
-                "events": sum(p["count"] for p in paths),
-            }
-        )
+        session["paths"], session["totals"] = session_view(session["paths"])
+        session["tree"] = path_tree(session["paths"])
         return TotalsResponse(session)
+
+    async def list_sessions(request: Request, admin: AdminPrincipal) -> Response:
+        flt = SessionFilter(
+            limit=int_param(request, "limit", 50, 1, 1000), cursor=_cursor_param(request, "last_seen_at")
+        )
+        await pipeline.flush()
+        rows = await store.list_sessions(admin.workspace_id, flt)
+        data = []
+        for row in rows:
+            _, summed = session_view(row.pop("paths"))
+            data.append({**row, "totals": summed})
+        more = len(rows) == flt.limit
+        return TotalsResponse({"data": data, "next_cursor": encode_cursor(rows[-1], "last_seen_at") if more else None})
+
+    async def list_requests(request: Request, admin: AdminPrincipal) -> Response:
+        flt = RequestFilter(
+            model=_text_param(request, "model"),
+            provider=_text_param(request, "provider"),
+            status=_choice_param(request, "status", _REQUEST_STATUSES),
+            decision=_choice_param(request, "decision", _DECISIONS),
+            since=time_param(request, "from"),
+            until=time_param(request, "to"),
+            limit=int_param(request, "limit", 50, 1, 1000),
+            cursor=_cursor_param(request, "started_at"),
+        )
+        await pipeline.flush()
+        rows = await store.list_requests(admin.workspace_id, flt)
+        for row in rows:
+            row.update(totals(row))
+        more = len(rows) == flt.limit
+        return TotalsResponse({"data": rows, "next_cursor": encode_cursor(rows[-1]) if more else None})
 
     async def get_request(request: Request, admin: AdminPrincipal) -> Response:
         request_id = path_id(request, "request_id", "Request")
@@ -225,7 +280,9 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
     return [
         Route("/api/runs", g(list_runs), methods=["GET"]),
         Route("/api/runs/{run_id}", g(get_run), methods=["GET"]),
+        Route("/api/sessions", g(list_sessions), methods=["GET"]),
         Route("/api/sessions/{session_id}", g(get_session), methods=["GET"]),
+        Route("/api/requests", g(list_requests), methods=["GET"]),
         Route("/api/requests/{request_id}", g(get_request), methods=["GET"]),
         Route("/api/analytics/costs", g(costs), methods=["GET"]),
         Route("/api/analytics/properties", g(list_properties), methods=["GET"]),

@@ -40,6 +40,28 @@ class RunFilter:
     endpoint_id: str | None = None  # the paid endpoint whose sale started the run
 
 
+@dataclass(frozen=True, slots=True)
+class SessionFilter:
+    """The sessions list, most recently active first by (last_seen_at, id)."""
+
+    limit: int = 50
+    cursor: tuple[datetime, str] | None = None  # (last_seen_at, id) of the last session of the previous page
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFilter:
+    """The gateway requests list, newest first by (started_at, id)."""
+
+    model: str | None = None
+    provider: str | None = None
+    status: str | None = None  # ok / error
+    decision: str | None = None  # the policy decision (allowed / blocked / throttled)
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 50
+    cursor: tuple[datetime, str] | None = None  # (started_at, id) of the last request of the previous page
+
+
 GROUP_COLUMNS = (
     "workspace",
     "department",
@@ -195,6 +217,11 @@ class Store(Protocol):
     async def run_steps(self, workspace_id: str, run_id: str) -> list[dict[str, Any]]: ...
     async def get_session(self, workspace_id: str, session_id: str) -> dict[str, Any] | None: ...
     async def get_request(self, workspace_id: str, request_id: str) -> dict[str, Any] | None: ...
+    async def list_sessions(self, workspace_id: str, flt: SessionFilter) -> list[dict[str, Any]]:
+        """A page of sessions, each with `run_count` and `paths` (its kept session_paths rows)."""
+        ...
+
+    async def list_requests(self, workspace_id: str, flt: RequestFilter) -> list[dict[str, Any]]: ...
     async def step_exists(self, workspace_id: str, step_ids: Sequence[str]) -> set[str]: ...
     async def costs(self, workspace_id: str, query: CostQuery) -> list[dict[str, Any]]:
         """Raises InvalidRequest when the grouping has no rollup and its window holds too many events to read."""

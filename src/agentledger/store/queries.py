@@ -30,7 +30,7 @@ from agentledger.core.books import (
 )
 from agentledger.core.errors import InvalidRequest
 from agentledger.store import schema as t
-from agentledger.store.base import GROUP_COLUMNS, CostQuery, RunFilter
+from agentledger.store.base import GROUP_COLUMNS, CostQuery, RequestFilter, RunFilter, SessionFilter
 
 _TOTALS = (
     "cost_nanos",
@@ -141,14 +141,62 @@ def runs_query(workspace_id: str, flt: RunFilter, *, run_id: str | None = None) 
     return stmt.order_by(r.started_at.desc(), r.id.desc()).limit(flt.limit).offset(flt.offset)
 
 
-def session_paths_query(workspace_id: str, session_id: str) -> Select[Any]:
+def session_paths_query(workspace_id: str, session_id: str | list[str]) -> Select[Any]:
+    """The kept paths of one session (or of several: each row then names its `session_id`), by primary key."""
     p = t.session_paths.c
     measures = [c for c in kept_measures(t.session_paths, LEDGER_MEASURES) if c.name != "events"]
+    stmt = select(p.path, p.events.label("count"), *measures).where(p.workspace_id == workspace_id, p.events != 0)
+    if isinstance(session_id, list):
+        stmt = stmt.add_columns(p.session_id).where(p.session_id.in_(session_id))
+    else:
+        stmt = stmt.where(p.session_id == session_id)
+    return stmt.order_by(p.path.asc().nulls_last())
+
+
+def sessions_query(workspace_id: str, flt: SessionFilter) -> Select[Any]:
+    """Sessions, most recently active first by (last_seen_at, id), off ix_sessions_ws_seen; the cursor continues
+    below the last row seen (as runs_query's)."""
+    s = t.sessions.c
+    stmt = select(t.sessions).where(s.workspace_id == workspace_id)
+    if flt.cursor is not None:
+        at, last = flt.cursor
+        stmt = stmt.where(s.last_seen_at <= at, or_(s.last_seen_at < at, s.id < last))
+    return stmt.order_by(s.last_seen_at.desc(), s.id.desc()).limit(flt.limit)
+
+
+def session_run_counts_query(workspace_id: str, session_ids: list[str]) -> Select[Any]:
+    """How many runs each of `session_ids` has (ix_runs_ws_session)."""
+    r = t.runs.c
     return (
-        select(p.path, p.events.label("count"), *measures)
-        .where(p.workspace_id == workspace_id, p.session_id == session_id, p.events != 0)
-        .order_by(p.path.asc().nulls_last())
+        select(r.session_id, func.count().label("run_count"))
+        .where(r.workspace_id == workspace_id, r.session_id.in_(session_ids))
+        .group_by(r.session_id)
     )
+
+
+def requests_query(workspace_id: str, flt: RequestFilter) -> Select[Any]:
+    """Gateway requests newest first by (started_at, id), read down ix_requests_started_ws (time first): the
+    filters are checked on the rows met, the cursor continues below the last row seen. The stored response body
+    and the request hash are left out."""
+    r = t.requests.c
+    cols = [c for c in t.requests.c if c.name not in ("response_body", "request_hash")]
+    stmt = select(*cols).where(r.workspace_id == workspace_id)
+    for value, col in (
+        (flt.model, r.model),
+        (flt.provider, r.provider),
+        (flt.status, r.status),
+        (flt.decision, r.policy_decision),
+    ):
+        if value is not None:
+            stmt = stmt.where(col == value)
+    if flt.since is not None:
+        stmt = stmt.where(r.started_at >= flt.since)
+    if flt.until is not None:
+        stmt = stmt.where(r.started_at < flt.until)
+    if flt.cursor is not None:
+        at, last = flt.cursor
+        stmt = stmt.where(r.started_at <= at, or_(r.started_at < at, r.id < last))
+    return stmt.order_by(r.started_at.desc(), r.id.desc()).limit(flt.limit)
 
 
 # What a ledger row carries: its attribution, time, status, cost and tokens (also what core.books.Books reads of
@@ -378,4 +426,15 @@ def time_bucket(col: Any, interval: str, *, sqlite: bool) -> Any:
     return func.to_char(func.timezone("UTC", col), pg_format[interval])
 
 
-__all__ = ["carried", "costs_query", "exact_sum", "ledger", "runs_query", "scan_count_query", "session_paths_query"]
+__all__ = [
+    "carried",
+    "costs_query",
+    "exact_sum",
+    "ledger",
+    "requests_query",
+    "runs_query",
+    "scan_count_query",
+    "session_paths_query",
+    "session_run_counts_query",
+    "sessions_query",
+]

@@ -167,6 +167,8 @@ sessions = Table(
     Column("name", String(256), nullable=True),
     Column("first_seen_at", TS, nullable=False),
     Column("last_seen_at", TS, nullable=False),
+    # The sessions list pages most recently active first by (last_seen_at, id) (GET /api/sessions); added by 0014.
+    Index("ix_sessions_ws_seen", "workspace_id", "last_seen_at", "id"),
 )
 
 runs = Table(

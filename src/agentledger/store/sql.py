@@ -81,7 +81,9 @@ from agentledger.store.base import (
     FinanceQuery,
     FinanceSummary,
     RequestClaim,
+    RequestFilter,
     RunFilter,
+    SessionFilter,
     StoredResponse,
     WriteResult,
 )
@@ -94,9 +96,12 @@ from agentledger.store.queries import (
     check_group_by,
     costs_query,
     kept_source,
+    requests_query,
     runs_query,
     scan_count_query,
     session_paths_query,
+    session_run_counts_query,
+    sessions_query,
 )
 
 log = logging.getLogger(__name__)
@@ -881,6 +886,24 @@ class SQLStore:
         cols = [col for col in t.requests.c if col.name not in ("response_body", "request_hash")]
         rows = await self._select(select(*cols).where(c.workspace_id == workspace_id, c.id == request_id), query=True)
         return rows[0] if rows else None
+
+    async def list_sessions(self, workspace_id: str, flt: SessionFilter) -> list[dict[str, Any]]:
+        sessions = await self._select(sessions_query(workspace_id, flt), query=True)
+        ids = [s["id"] for s in sessions]
+        if not ids:
+            return []
+        counts = await self._select(session_run_counts_query(workspace_id, ids), query=True)
+        run_count = {r["session_id"]: int(r["run_count"]) for r in counts}
+        paths: dict[str, list[dict[str, Any]]] = {}
+        for row in await self._select(session_paths_query(workspace_id, ids), query=True):
+            paths.setdefault(row.pop("session_id"), []).append(carried(row))
+        for s in sessions:
+            s["run_count"] = run_count.get(s["id"], 0)
+            s["paths"] = paths.get(s["id"], [])
+        return sessions
+
+    async def list_requests(self, workspace_id: str, flt: RequestFilter) -> list[dict[str, Any]]:
+        return await self._select(requests_query(workspace_id, flt), query=True)
 
     async def costs(self, workspace_id: str, query: CostQuery) -> list[dict[str, Any]]:
         name = check_group_by(query.group_by)

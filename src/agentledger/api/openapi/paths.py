@@ -477,6 +477,19 @@ PATHS: Schema = {
         "Pause a run: its calls wait for the resume, up to run_pause_wait_s, then 423 run_paused (409: cancelled)."
     ),
     "/api/runs/{run_id}/resume": _run_control("Resume a paused run: its waiting calls go on at once (409: cancelled)."),
+    "/api/sessions": {
+        "get": op(
+            "Sessions, most recently active first, with their run count and totals.",
+            "query",
+            ADMIN,
+            {200: ok_json("A page of sessions; `next_cursor` is null on the last.", ref("SessionPage"))},
+            (400, *API_READ),
+            parameters=[
+                param("limit", "query", integer(1, 1000, default=50), "Page size."),
+                param("cursor", "query", {"type": "string"}, "The `next_cursor` of the previous page."),
+            ],
+        )
+    },
     "/api/sessions/{session_id}": {
         "get": op(
             "A session: its runs, paths and totals.",
@@ -485,6 +498,25 @@ PATHS: Schema = {
             {200: ok_json("The session.", ref("Session"))},
             (404, *API_READ),
             parameters=[path_id("session_id")],
+        )
+    },
+    "/api/requests": {
+        "get": op(
+            "Gateway requests, newest first.",
+            "query",
+            ADMIN,
+            {200: ok_json("A page of requests; `next_cursor` is null on the last.", ref("RequestPage"))},
+            (400, *API_READ),
+            parameters=[
+                param("model", "query", NAME, "Only requests answered by this model."),
+                param("provider", "query", NAME, "Only requests answered by this provider."),
+                param("status", "query", enum(["ok", "error"]), "Only requests with this outcome."),
+                param("decision", "query", enum(DECISIONS), "Only requests with this policy decision."),
+                param("from", "query", TIMESTAMP, "Requests started at or after."),
+                param("to", "query", TIMESTAMP, "Requests started before."),
+                param("limit", "query", integer(1, 1000, default=50), "Page size."),
+                param("cursor", "query", {"type": "string"}, "The `next_cursor` of the previous page."),
+            ],
         )
     },
     "/api/requests/{request_id}": {

@@ -370,9 +370,48 @@ ROWS: dict[str, Schema] = {
             "last_seen_at": TIMESTAMP,
             "runs": array(ref("Run")),
             "paths": array(obj({"path": OPT_STR, "count": INT, **TOTALS["properties"]}, ["path", "count"])),
+            "tree": {
+                **array(ref("SessionPathNode")),
+                "description": "The paths nested by segment; each node's count and cost include its subtree.",
+            },
             "totals": TOTALS,
         },
-        ["id", "name", "runs", "paths", "totals"],
+        ["id", "name", "runs", "paths", "tree", "totals"],
+    ),
+    "SessionPathNode": obj(
+        {
+            "segment": STR,
+            "path": STR,
+            "count": INT,
+            "cost_nanos": INT,
+            "cost_usd": TOTALS["properties"]["cost_usd"],
+            "children": array(ref("SessionPathNode")),
+        },
+        ["segment", "path", "count", "cost_nanos", "cost_usd", "children"],
+        closed=True,
+    ),
+    "SessionSummary": obj(
+        {
+            "workspace_id": STR,
+            "id": STR,
+            "name": OPT_STR,
+            "first_seen_at": TIMESTAMP,
+            "last_seen_at": TIMESTAMP,
+            "run_count": INT,
+            "totals": TOTALS,
+        },
+        ["workspace_id", "id", "name", "first_seen_at", "last_seen_at", "run_count", "totals"],
+        closed=True,
+    ),
+    "SessionPage": obj(
+        {"data": array(ref("SessionSummary")), "next_cursor": nullable(STR)},
+        ["data", "next_cursor"],
+        closed=True,
+    ),
+    "RequestPage": obj(
+        {"data": array(ref("Request")), "next_cursor": nullable(STR)},
+        ["data", "next_cursor"],
+        closed=True,
     ),
     "Request": obj(
         {

@@ -1,45 +1,25 @@
 """Budgets (with their ledger and projected exhaustion), policies and approvals (approve / deny, live).
 
-Every figure is the /api route's own answer (web.Ctx.api); the only thing computed here is the projection, a
-straight line through the current window's spend."""
+Every figure is the /api route's own answer (web.Ctx.api); the only thing computed beside it is the projection, a
+straight line through the current window's spend (dashboard/budgets.py, shared with the Overview)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from starlette.responses import RedirectResponse, Response
 
+from agentledger.dashboard.budgets import with_exhaustion
 from agentledger.dashboard.web import Ctx, Page, PageError
 
 APPROVE = ("POST", "/api/approvals/{approval_id}/approve")
 DENY = ("POST", "/api/approvals/{approval_id}/deny")
 
 
-def projected_exhaustion(status: dict[str, Any] | None, now: datetime) -> datetime | None:
-    """When the window's budget runs out at the pace spent so far in it; None when it will not within the window
-    (or nothing was spent yet, or the budget has no window)."""
-    if not status or not status.get("window_start") or not status.get("window_end"):
-        return None
-    start = datetime.fromisoformat(status["window_start"])
-    end = datetime.fromisoformat(status["window_end"])
-    spent = Decimal(status["spent_usd"]) + Decimal(status["reserved_usd"])
-    remaining = Decimal(status["remaining_usd"])
-    elapsed = (now - start).total_seconds()
-    if spent <= 0 or elapsed <= 0:
-        return None
-    if remaining <= 0:
-        return now
-    at = now.timestamp() + float(remaining / spent) * elapsed
-    return datetime.fromtimestamp(at, UTC) if at < end.timestamp() else None
-
-
 async def budgets(ctx: Ctx) -> Response:
     now = datetime.now(UTC)
-    rows = (await ctx.api("GET", "/api/budgets"))["data"]
-    for b in rows:
-        b["exhaustion"] = projected_exhaustion(b.get("status"), now)
+    rows = with_exhaustion((await ctx.api("GET", "/api/budgets"))["data"], now)
     limits = (await ctx.api("GET", "/api/rate-limits"))["data"]
     selected = ctx.params.get("budget") or (rows[0]["id"] if rows else None)
     ledger = (await ctx.api("GET", "/api/ledger", {"budget": selected, "limit": 50}))["data"] if selected else []
