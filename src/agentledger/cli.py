@@ -23,6 +23,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from agentledger.audit.changes import Change
 from agentledger.cli_audit import audit_group, record
+from agentledger.cli_members import member_groups
 from agentledger.config import SETTINGS, Settings, load_settings
 from agentledger.core.budget_config import budget_row, rate_limit_row
 from agentledger.core.budgets import Action, Figures, Period, Scope, counter_key
@@ -904,6 +905,8 @@ def alerts(ctx: click.Context, workspace: str, limit: int, as_json: bool) -> Non
 
 
 main.add_command(audit_group(_with_governance, _settings, _echo_json))
+for _group in member_groups(_with_governance, _settings, _echo_json, _echo_table):
+    main.add_command(_group)
 
 
 @main.command()
