@@ -115,14 +115,18 @@ class Dashboard:
     # -- routes ----------------------------------------------------------------------------------------------
 
     def routes(self) -> list[BaseRoute]:
+        # Pages are HTML for people, not part of the API: out of the OpenAPI document (include_in_schema).
         routes: list[BaseRoute] = [
-            Route("/signin", self.signin_form, methods=["GET"]),
-            Route("/signin", self.signin, methods=["POST"]),
-            Route("/signout", self.signout, methods=["POST"]),
+            Route("/signin", self.signin_form, methods=["GET"], include_in_schema=False),
+            Route("/signin", self.signin, methods=["POST"], include_in_schema=False),
+            Route("/signout", self.signout, methods=["POST"], include_in_schema=False),
         ]
-        routes += [Route(p.path, self._endpoint(p), methods=list(p.methods)) for p in self.pages]
+        routes += [
+            Route(p.path, self._endpoint(p), methods=list(p.methods), include_in_schema=False) for p in self.pages
+        ]
         if self.nav and not any(p.path == "/" for p in self.pages):
-            routes.append(Route("/", lambda request: RedirectResponse(self.nav[0].path, status_code=303)))
+            first = self.nav[0].path
+            routes.append(Route("/", lambda request: RedirectResponse(first, status_code=303), include_in_schema=False))
         routes.append(Mount(STATIC_PREFIX, app=StaticFiles(directory=HERE / "static"), name="dashboard-static"))
         return routes
 
