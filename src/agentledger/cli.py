@@ -940,5 +940,7 @@ def demo(ctx: click.Context, url: str | None, admin_token: str | None) -> None:
     except DemoError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(f"cannot reach the gateway at {url} ({exc}); start it with ./scripts/serve") from None
+        raise click.ClickException(
+            f"cannot reach the gateway at {url} ({exc}); start it with ./scripts/serve"
+        ) from None
     click.echo("\n".join(describe(report)))
