@@ -130,15 +130,28 @@ def runs_query(workspace_id: str, flt: RunFilter, *, run_id: str | None = None) 
     ):
         if value is not None:
             stmt = stmt.where(col == value)
-    if flt.since is not None:
-        stmt = stmt.where(r.started_at >= flt.since)
-    if flt.until is not None:
-        stmt = stmt.where(r.started_at < flt.until)
-    if flt.cursor is not None:
-        at, last = flt.cursor
-        # The first conjunct bounds the index range; the second skips the rows of that instant already seen.
-        stmt = stmt.where(r.started_at <= at, or_(r.started_at < at, r.id < last))
-    return stmt.order_by(r.started_at.desc(), r.id.desc()).limit(flt.limit).offset(flt.offset)
+    stmt = newest_first(stmt, r.started_at, r.id, flt.cursor, flt.since, flt.until)
+    return stmt.limit(flt.limit).offset(flt.offset)
+
+
+def newest_first(
+    stmt: Select[Any],
+    at: Any,
+    key: Any,
+    cursor: tuple[datetime, str] | None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Select[Any]:
+    """`stmt` in [since, until) by `at`, newest first by (`at`, `key`), continued below `cursor` (keyset paging:
+    the first conjunct bounds the index range, the second skips the rows of that instant already seen)."""
+    if since is not None:
+        stmt = stmt.where(at >= since)
+    if until is not None:
+        stmt = stmt.where(at < until)
+    if cursor is not None:
+        last_at, last_key = cursor
+        stmt = stmt.where(at <= last_at, or_(at < last_at, key < last_key))
+    return stmt.order_by(at.desc(), key.desc())
 
 
 def session_paths_query(workspace_id: str, session_id: str | list[str]) -> Select[Any]:
@@ -158,10 +171,7 @@ def sessions_query(workspace_id: str, flt: SessionFilter) -> Select[Any]:
     below the last row seen (as runs_query's)."""
     s = t.sessions.c
     stmt = select(t.sessions).where(s.workspace_id == workspace_id)
-    if flt.cursor is not None:
-        at, last = flt.cursor
-        stmt = stmt.where(s.last_seen_at <= at, or_(s.last_seen_at < at, s.id < last))
-    return stmt.order_by(s.last_seen_at.desc(), s.id.desc()).limit(flt.limit)
+    return newest_first(stmt, s.last_seen_at, s.id, flt.cursor).limit(flt.limit)
 
 
 def session_run_counts_query(workspace_id: str, session_ids: list[str]) -> Select[Any]:
@@ -189,14 +199,7 @@ def requests_query(workspace_id: str, flt: RequestFilter) -> Select[Any]:
     ):
         if value is not None:
             stmt = stmt.where(col == value)
-    if flt.since is not None:
-        stmt = stmt.where(r.started_at >= flt.since)
-    if flt.until is not None:
-        stmt = stmt.where(r.started_at < flt.until)
-    if flt.cursor is not None:
-        at, last = flt.cursor
-        stmt = stmt.where(r.started_at <= at, or_(r.started_at < at, r.id < last))
-    return stmt.order_by(r.started_at.desc(), r.id.desc()).limit(flt.limit)
+    return newest_first(stmt, r.started_at, r.id, flt.cursor, flt.since, flt.until).limit(flt.limit)
 
 
 # What a ledger row carries: its attribution, time, status, cost and tokens (also what core.books.Books reads of
@@ -279,6 +282,34 @@ _HOURLY_GROUP = {
     "prompt": "prompt_id",
 }
 _RAW_GROUP = {**_HOURLY_GROUP, "session": "session_id", "run": "run_id"}
+MEMBER_GROUP = "member"  # the owner of the rows' virtual key, looked up at read time (owner_key)
+
+
+def owner_key(table: Any) -> Any:
+    """The member owning a kept row's virtual key (`virtual_keys.owner_member_id`), looked up per row by primary
+    key: a key's spend is its owner's, folded at read time, so giving or taking a key moves its whole history.
+    NULL for a key without an owner and for calls without a key."""
+    vk = t.virtual_keys.c
+    return (
+        select(vk.owner_member_id)
+        .where(vk.workspace_id == table.c.workspace_id, vk.id == table.c.virtual_key_id)
+        .scalar_subquery()
+    )
+
+
+def member_labels_query(workspace_id: str, member_ids: list[str]) -> Select[Any]:
+    """The email and name of the members a `group_by=member` answer names (a second small query)."""
+    m = t.members.c
+    return select(m.id, m.email, m.name).where(m.workspace_id == workspace_id, m.id.in_(member_ids))
+
+
+def with_members(rows: list[dict[str, Any]], found: Any) -> list[dict[str, Any]]:
+    """Each row with its `member` ({id, email, name}; None for the keys without an owner) from
+    `member_labels_query`'s rows."""
+    labels = {m["id"]: {"id": m["id"], "email": m["email"], "name": m["name"]} for m in (dict(r) for r in found)}
+    for row in rows:
+        row["member"] = labels.get(row["key"])
+    return rows
 
 
 def check_group_by(group_by: str) -> str | None:
@@ -288,7 +319,7 @@ def check_group_by(group_by: str) -> str | None:
         if not name:
             raise InvalidRequest("group_by=property.<name> needs a property name.", param="group_by")
         return name
-    if group_by not in _RAW_GROUP:
+    if group_by not in _RAW_GROUP and group_by != MEMBER_GROUP:
         choices = ", ".join((*GROUP_COLUMNS, "property.<name>"))
         raise InvalidRequest(f"group_by must be one of {choices}.", param="group_by")
     return None
@@ -299,6 +330,8 @@ def kept_source(q: CostQuery, indexed: bool) -> tuple[Any, Any, list[Any]] | Non
     if q.group_by in _HOURLY_GROUP:
         roll = t.rollup_hourly
         return roll, roll.c[_HOURLY_GROUP[q.group_by]], []
+    if q.group_by == MEMBER_GROUP:
+        return t.rollup_hourly, owner_key(t.rollup_hourly), []
     if q.group_by == "session":
         return t.rollup_sessions, func.nullif(t.rollup_sessions.c.session_id, NO_SESSION), []
     name = check_group_by(q.group_by)
@@ -338,7 +371,11 @@ def costs_query(workspace_id: str, q: CostQuery, *, sqlite: bool, indexed: bool 
         parts = []
         for table, column, lo, hi in spans:
             at = table.c[column]
-            cols = [(key if table is roll else table.c[key.name]).label("key")]
+            if q.group_by == MEMBER_GROUP:
+                key_col = owner_key(table)
+            else:
+                key_col = key if table is roll else table.c[key.name]
+            cols = [key_col.label("key")]
             if q.interval is not None:
                 cols.append(time_bucket(at, q.interval, sqlite=sqlite).label("bucket"))
             part = select(*cols, *[table.c[m] for m in measures]).where(
@@ -431,7 +468,10 @@ __all__ = [
     "costs_query",
     "exact_sum",
     "ledger",
+    "member_labels_query",
+    "owner_key",
     "requests_query",
+    "with_members",
     "runs_query",
     "scan_count_query",
     "session_paths_query",
