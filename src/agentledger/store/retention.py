@@ -256,68 +256,35 @@ def _window(when: Any, start: datetime | None, before: datetime) -> Any:
     return when < before if start is None else (when >= start) & (when < before)
 
 
-def _null_requests(
-    conn: Connection, ws: str, start: datetime | None, before: datetime, cursor: Cursor, limit: int
-) -> Batch:
-    q = t.requests.c
-    stmt = (
-        select(q.started_at, q.id)
-        .where(q.workspace_id == ws, _window(q.started_at, start, before), _after((q.started_at, q.id), cursor))
-        .order_by(q.started_at, q.id)
-    )
-    rows, nxt = _page(conn, stmt, limit)
-    ids = [row.id for row in rows]
-    done = 0
-    if ids:
-        changed = conn.execute(
-            update(t.requests)
-            .where(q.workspace_id == ws, q.id.in_(ids), q.response_body.is_not(None))
-            .values(response_body=null())
+def _nuller(table: Any, key: str, bodies: tuple[str, ...], by_workspace: bool = True) -> Any:
+    """A batch of `table`'s rows in [start, before) by (started_at, `key`), their `bodies` set to NULL (the rows,
+    and every figure kept from them, stay)."""
+    c = table.c
+
+    def null_batch(
+        conn: Connection, ws: str, start: datetime | None, before: datetime, cursor: Cursor, limit: int
+    ) -> Batch:
+        when, k = c.started_at, c[key]
+        stmt = (
+            select(when, k)
+            .where(c.workspace_id == ws, _window(when, start, before), _after((when, k), cursor))
+            .order_by(when, k)
         )
-        done = changed.rowcount
-    return Batch(len(rows), done, nxt)
+        rows, nxt = _page(conn, stmt, limit)
+        keys = [row[1] for row in rows]
+        done = 0
+        if keys:
+            # A step's seq is unique across workspaces; the other keys are unique within one.
+            scope = [c.workspace_id == ws] if by_workspace else []
+            changed = conn.execute(
+                update(table)
+                .where(*scope, k.in_(keys), or_(*(c[b].is_not(None) for b in bodies)))
+                .values({b: null() for b in bodies})
+            )
+            done = changed.rowcount
+        return Batch(len(rows), done, nxt)
 
-
-def _null_steps(
-    conn: Connection, ws: str, start: datetime | None, before: datetime, cursor: Cursor, limit: int
-) -> Batch:
-    s = t.steps.c
-    stmt = (
-        select(s.started_at, s.seq)
-        .where(s.workspace_id == ws, _window(s.started_at, start, before), _after((s.started_at, s.seq), cursor))
-        .order_by(s.started_at, s.seq)
-    )
-    rows, nxt = _page(conn, stmt, limit)
-    seqs = [row.seq for row in rows]
-    done = 0
-    if seqs:
-        changed = conn.execute(
-            update(t.steps)
-            .where(s.seq.in_(seqs), or_(s.input.is_not(None), s.output.is_not(None)))
-            .values(input=null(), output=null())
-        )
-        done = changed.rowcount
-    return Batch(len(rows), done, nxt)
-
-
-def _null_runs(
-    conn: Connection, ws: str, start: datetime | None, before: datetime, cursor: Cursor, limit: int
-) -> Batch:
-    r = t.runs.c
-    stmt = (
-        select(r.started_at, r.id)
-        .where(r.workspace_id == ws, _window(r.started_at, start, before), _after((r.started_at, r.id), cursor))
-        .order_by(r.started_at, r.id)
-    )
-    rows, nxt = _page(conn, stmt, limit)
-    ids = [row.id for row in rows]
-    done = 0
-    if ids:
-        changed = conn.execute(
-            update(t.runs).where(r.workspace_id == ws, r.id.in_(ids), r.output.is_not(None)).values(output=null())
-        )
-        done = changed.rowcount
-    return Batch(len(rows), done, nxt)
+    return null_batch
 
 
 _DELETES: dict[str, Callable[[Connection, str, datetime, Cursor, int], Batch]] = {
@@ -328,9 +295,9 @@ _DELETES: dict[str, Callable[[Connection, str, datetime, Cursor, int], Batch]] =
     "sessions": _delete_sessions,
 }
 _NULLS: dict[str, Callable[[Connection, str, datetime | None, datetime, Cursor, int], Batch]] = {
-    "requests": _null_requests,
-    "steps": _null_steps,
-    "runs": _null_runs,
+    "requests": _nuller(t.requests, "id", ("response_body",)),
+    "steps": _nuller(t.steps, "seq", ("input", "output"), by_workspace=False),
+    "runs": _nuller(t.runs, "id", ("output",)),
 }
 DELETED = tuple(_DELETES)
 NULLED = tuple(_NULLS)
