@@ -48,7 +48,13 @@ def finance_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> li
         await pipeline.flush()
         found = await store.finance_summary(admin.workspace_id, query)
         data = [
-            {"key": r["key"], **({"bucket": r["bucket"]} if bucket is not None else {}), **view(r)} for r in found.rows
+            {
+                "key": r["key"],
+                **({"bucket": r["bucket"]} if bucket is not None else {}),
+                **({"member": r["member"]} if "member" in r else {}),
+                **view(r),
+            }
+            for r in found.rows
         ]
         since, until = hour_window(query.since, query.until)
         return TotalsResponse(

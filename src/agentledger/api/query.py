@@ -130,6 +130,11 @@ _REQUEST_STATUSES = ("ok", "error")
 _DECISIONS = tuple(d.value for d in Decision)
 
 
+def _grouped(row: dict[str, Any]) -> dict[str, Any]:
+    """A rollup row's bucket, and for `group_by=member` its member's id, email and name (None: no owner)."""
+    return {k: row[k] for k in ("bucket", "member") if k in row}
+
+
 def session_view(paths: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """A session's kept paths as the API shows them, and its totals: the session's own events (its paths
     partition them), not its runs' — a call may carry the session id without a run id, and a run's steps may
@@ -271,7 +276,7 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
         )
         await pipeline.flush()
         rows = await store.costs(admin.workspace_id, query)
-        data = [{"key": r["key"], **({"bucket": r["bucket"]} if "bucket" in r else {}), **totals(r)} for r in rows]
+        data = [{"key": r["key"], **_grouped(r), **totals(r)} for r in rows]
         since, until = hour_window(query.since, query.until)
         window = {"from": since.isoformat() if since else None, "to": until.isoformat() if until else None}
         return TotalsResponse({"group_by": group_by, "interval": query.interval, **window, "data": data})

@@ -67,6 +67,7 @@ GROUP_COLUMNS = (
     "department",
     "agent",
     "virtual_key",
+    "member",
     "workflow",
     "session",
     "run",
@@ -85,7 +86,7 @@ class CostQuery:
 
 
 # The finance summary's groupings (GET /api/finance/summary; store/finance_queries.py), besides property.<name>.
-FINANCE_GROUPS = ("workspace", "department", "agent", "workflow", "endpoint", "session", "run")
+FINANCE_GROUPS = ("workspace", "department", "agent", "member", "workflow", "endpoint", "session", "run")
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,16 @@ from agentledger.core.errors import InvalidRequest
 from agentledger.store import schema as t
 from agentledger.store.base import FINANCE_GROUPS, FinanceQuery, FinanceSummary
 from agentledger.store.books import declared
-from agentledger.store.queries import carried, day_spans, exact_sum, time_bucket
+from agentledger.store.queries import (
+    MEMBER_GROUP,
+    carried,
+    day_spans,
+    exact_sum,
+    member_labels_query,
+    owner_key,
+    time_bucket,
+    with_members,
+)
 
 # group_by → the hourly (and daily) rollup's column
 _ROLLUP_GROUP = {
@@ -73,6 +82,8 @@ def _rollup_rows(workspace_id: str, q: FinanceQuery, sqlite: bool, name: str | N
             key = table.c.value
         elif q.group_by == "session":
             key = func.nullif(table.c.session_id, NO_SESSION)
+        elif q.group_by == MEMBER_GROUP:  # the key's owner, folded at read time (store.queries.owner_key)
+            key = owner_key(table)
         else:
             key = table.c[_ROLLUP_GROUP[q.group_by]]
         cols = [key.label("key")]
@@ -171,6 +182,9 @@ def summary(conn: Connection, workspace_id: str, q: FinanceQuery) -> FinanceSumm
         totals = _joined(conn.execute(select(*_sums(u))).one())
     else:
         totals = {k: sum(r[k] for r in rows) for k in ("calls", "errors", *MONEY_MEASURES)}
+    if q.group_by == MEMBER_GROUP:
+        ids = sorted({r["key"] for r in rows if r["key"] is not None})
+        with_members(rows, [r._mapping for r in conn.execute(member_labels_query(workspace_id, ids))] if ids else [])
     return FinanceSummary(rows, totals, more)
 
 

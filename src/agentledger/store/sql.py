@@ -91,17 +91,20 @@ from agentledger.store.books import BookKeeper
 from agentledger.store.bulk import BulkStatement, CopyInsert
 from agentledger.store.queries import (
     LEDGER_COLUMNS,
+    MEMBER_GROUP,
     STEP_BOOK_COLUMNS,
     carried,
     check_group_by,
     costs_query,
     kept_source,
+    member_labels_query,
     requests_query,
     runs_query,
     scan_count_query,
     session_paths_query,
     session_run_counts_query,
     sessions_query,
+    with_members,
 )
 
 log = logging.getLogger(__name__)
@@ -920,6 +923,9 @@ class SQLStore:
                     param="group_by",
                 )
         rows = await self._select(costs_query(workspace_id, query, sqlite=self.is_sqlite, indexed=indexed), query=True)
+        if query.group_by == MEMBER_GROUP:  # the owners' email and name: a second small query
+            ids = sorted({r["key"] for r in rows if r["key"] is not None})
+            with_members(rows, await self._select(member_labels_query(workspace_id, ids), query=True) if ids else [])
         return [carried(r) for r in rows]
 
     async def finance_summary(self, workspace_id: str, query: FinanceQuery) -> FinanceSummary:

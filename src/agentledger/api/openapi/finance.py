@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agentledger.api.finance import BUCKETS, DEFAULT_LIMIT, MAX_LIMIT
 from agentledger.api.openapi.paths import ADMIN, API_READ, op
-from agentledger.api.openapi.schemas import ANY, ID, PNL, TIMESTAMP, USD
+from agentledger.api.openapi.schemas import ANY, ID, MEMBER_LABEL, PNL, TIMESTAMP, USD
 from agentledger.api.openapi.shapes import Schema, array, enum, integer, nullable, obj, ok_json, param, ref
 from agentledger.core.headers import PROPERTY_NAME_RE
 from agentledger.core.model import PaymentDirection, PaymentProtocol, PaymentStatus
@@ -32,7 +32,12 @@ _FIGURES = {
 }
 FIGURES = obj(_FIGURES, list(_FIGURES), closed=True)
 SUMMARY_ROW = obj(
-    {"key": {**ANY, "description": "The group's value; null for events without it."}, "bucket": STR, **_FIGURES},
+    {
+        "key": {**ANY, "description": "The group's value; null for events without it."},
+        "bucket": STR,
+        "member": MEMBER_LABEL,
+        **_FIGURES,
+    },
     ["key", *_FIGURES],
     closed=True,
 )
@@ -86,7 +91,8 @@ FINANCE_PATHS: dict[str, Schema] = {
                     "group_by",
                     "query",
                     _GROUP_BY,
-                    "workspace, department, agent, workflow, endpoint, session, run or property.<name> (indexed).",
+                    "workspace, department, agent, member (the owner of the calls' virtual keys), workflow, "
+                    "endpoint, session, run or property.<name> (indexed).",
                 ),
                 param("from", "query", TIMESTAMP, "Events (runs: starts) at or after the start of this hour."),
                 param("to", "query", TIMESTAMP, "Events (runs: starts) before this time rounded up to the hour."),

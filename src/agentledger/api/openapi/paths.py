@@ -537,7 +537,12 @@ PATHS: Schema = {
             {200: ok_json("Rollup rows.", ref("Costs"))},
             (400, *API_READ),
             parameters=[
-                param("group_by", "query", _GROUP_BY, "workspace, department, … or property.<name>."),
+                param(
+                    "group_by",
+                    "query",
+                    _GROUP_BY,
+                    "workspace, department, …, member (the owner of the calls' virtual keys) or property.<name>.",
+                ),
                 param("from", "query", TIMESTAMP, "Events at or after the start of this hour."),
                 param("to", "query", TIMESTAMP, "Events before this time rounded up to the hour."),
                 param("interval", "query", enum(["hour", "day"]), "Bucket the rows by time."),

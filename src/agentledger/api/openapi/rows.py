@@ -3,7 +3,7 @@ the fields listed are the ones clients may rely on."""
 
 from __future__ import annotations
 
-from agentledger.api.openapi.schemas import ANY, ID, TIMESTAMP, TOTALS, USD
+from agentledger.api.openapi.schemas import ANY, ID, MEMBER_LABEL, TIMESTAMP, TOTALS, USD
 from agentledger.api.openapi.shapes import Schema, array, enum, nullable, obj, ref
 from agentledger.core.budgets import Action, Decision, Period, Scope
 from agentledger.core.model import RunStatus, StepKind
@@ -454,7 +454,7 @@ ROWS: dict[str, Schema] = {
             "interval": nullable(enum(["hour", "day"])),
             "from": OPT_TS,
             "to": OPT_TS,
-            "data": array({"allOf": [obj({"key": ANY, "bucket": STR}, ["key"]), TOTALS]}),
+            "data": array({"allOf": [obj({"key": ANY, "bucket": STR, "member": MEMBER_LABEL}, ["key"]), TOTALS]}),
         },
         ["group_by", "interval", "from", "to", "data"],
         closed=True,

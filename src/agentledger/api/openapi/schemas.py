@@ -71,6 +71,20 @@ TIMESTAMP: Schema = {
     "description": "ISO 8601 from 1970 to 9999; a timestamp without an offset is taken as UTC.",
 }
 ANY: Schema = {"description": "Any JSON value."}
+# A `group_by=member` row's member (the owner of the virtual keys whose spend it sums); null: keys without an owner
+# and calls without a key.
+MEMBER_LABEL: Schema = {
+    "anyOf": [
+        {
+            "type": "object",
+            "properties": {"id": {"type": "string"}, "email": {"type": "string"}, "name": {"type": "string"}},
+            "required": ["id", "email", "name"],
+            "additionalProperties": False,
+        },
+        {"type": "null"},
+    ],
+    "description": "group_by=member only: the member's id, email and name; null for keys without an owner.",
+}
 ANY_OBJECT: Schema = {"type": "object"}
 STORED: Schema = {**JSON_LIMITS, "description": f"Any JSON value, at most {MAX_JSON_DEPTH} levels deep."}
 STORED_OBJECT: Schema = {**JSON_LIMITS, "type": "object"}
