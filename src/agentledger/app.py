@@ -41,6 +41,7 @@ from agentledger.core import alerts as core_alerts
 from agentledger.core.errors import MethodNotAllowed, NotFound, StoreUnavailable
 from agentledger.core.ids import new_id
 from agentledger.core.model import Actor, TraceEvent
+from agentledger.dashboard import dashboard_routes
 from agentledger.finance.endpoints import BROADCAST_KIND, EndpointCatalog, PaidEndpointAdmin, endpoint_rules
 from agentledger.finance.facilitator import Facilitator, HttpFacilitator
 from agentledger.finance.local import LocalFacilitator
@@ -515,6 +516,7 @@ def create_app(
         *member_routes(auth, c.store, members, c.gateway.invalidate_key, c.governance.clock),
         *health_routes(c.store, c.pipeline),
         *openapi_routes(),
+        *dashboard_routes(auth, c.governance.box),  # last: a page never shadows /v1, /api, /x402 or health
     ]
     # Outermost first. ErrorMiddleware sits inside RequestIdMiddleware so even a last-resort error carries the id.
     middleware = [Middleware(RequestIdMiddleware), Middleware(ErrorMiddleware)]
