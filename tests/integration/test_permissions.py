@@ -1,6 +1,7 @@
 """The permission matrix walked: every mounted /api route with every role (and PAT scope) answers as
 api/permissions.py says (allowed: never 401/403; forbidden: 403 with the error shape). A route without an
-entry fails here. One gateway for the module (SQLite): the matrix does not depend on the store."""
+entry fails here. One gateway for the module (SQLite): the matrix does not depend on the store; a department
+admin's reach over budgets, rate limits, policies and the ledger (filtered in the store too) on both stores."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from agentledger.api.permissions import ROLES, ROUTES, grants, matrix_markdown
 from agentledger.core.model import AdminPrincipal, Role
 from agentledger.testing import ServerThread
+from tests.conftest import BACKENDS
 from tests.harness import HTTP, Harness, running_gateway
 from tests.integration.permissions_support import api_routes, call, denied, fill, member, pat
 
@@ -24,6 +26,16 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def gw(sqlite_url: str, tmp_path_factory: pytest.TempPathFactory, upstream: ServerThread) -> Iterator[Harness]:
     with running_gateway(sqlite_url, tmp_path_factory.mktemp("perm"), upstream) as harness:
+        yield harness
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def both(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, upstream: ServerThread
+) -> Iterator[Harness]:
+    """A gateway on SQLite and one on PostgreSQL, for what the store filters (a department admin's reach)."""
+    url = str(request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url"))
+    with running_gateway(url, tmp_path_factory.mktemp("perm-db"), upstream) as harness:
         yield harness
 
 
@@ -213,8 +225,127 @@ def test_a_department_admin_cannot_touch_another_departments_agent_or_key(gw: Ha
         "Department does not exist.",
         "department_id",
     )
-    assert denied(call(gw, token, "POST", "/api/budgets", json={}))  # not granted: see docs/security.md
+    assert denied(call(gw, token, "GET", "/api/alerts"))  # not granted: see docs/security.md
     mine = call(gw, token, "POST", "/api/virtual-keys", json={"department_id": gw.department})
     assert mine.status_code == 201, mine.text
     assert call(gw, token, "DELETE", f"/api/virtual-keys/{mine.json()['id']}").status_code == 200
     assert call(gw, token, "GET", f"/api/agents/{gw.agent}").status_code == 200
+
+
+def test_a_department_admin_manages_only_their_departments_budgets_rate_limits_and_policies(both: Harness) -> None:
+    gw = both
+    dep = call(gw, gw.admin, "POST", "/api/departments", json={"name": "Elsewhere"}).json()["id"]
+    agent = call(gw, gw.admin, "POST", "/api/agents", json={"name": "far", "department_id": dep}).json()["id"]
+    key = call(gw, gw.admin, "POST", "/api/virtual-keys", json={"department_id": dep}).json()["id"]
+    boss = member(gw, "department_admin", department_id=gw.department)
+    token = pat(gw, boss["id"], ["write"])
+    money = {"limit_usd": "5", "period": "24h"}
+    theirs = {
+        "budgets": call(
+            gw, gw.admin, "POST", "/api/budgets", json={"scope": "department", "scope_value": dep, **money}
+        ),
+        "rate-limits": call(
+            gw, gw.admin, "POST", "/api/rate-limits", json={"scope": "agent", "scope_value": agent, "concurrent": 2}
+        ),
+        "policies": call(
+            gw, gw.admin, "POST", "/api/policies", json={"name": "t", "scope": "virtual_key", "scope_value": key}
+        ),
+    }
+    assert all(r.status_code == 201 for r in theirs.values()), {k: r.text for k, r in theirs.items()}
+    workspace_wide = call(gw, gw.admin, "POST", "/api/policies", json={"name": "all", "scope": "workspace"}).json()
+    ws_budget = call(gw, gw.admin, "POST", "/api/budgets", json={"scope": "workspace", **money}).json()
+    extra = {"budgets": money, "rate-limits": {"concurrent": 3}, "policies": {"name": "mine"}}
+
+    for kind in ("budgets", "rate-limits", "policies"):
+        # Their own: created (department, agent), listed, changed (a policy's new version), deleted.
+        made = call(
+            gw, token, "POST", f"/api/{kind}", json={"scope": "department", "scope_value": gw.department, **extra[kind]}
+        )
+        assert made.status_code == 201, made.text
+        mine = made.json()["id"]
+        by_agent = call(
+            gw, token, "POST", f"/api/{kind}", json={"scope": "agent", "scope_value": gw.agent, **extra[kind]}
+        )
+        assert by_agent.status_code == 201, by_agent.text
+        listed = {r["id"] for r in call(gw, token, "GET", f"/api/{kind}").json()["data"]}
+        assert {mine, by_agent.json()["id"]} <= listed
+        assert theirs[kind].json()["id"] not in listed and ws_budget["id"] not in listed
+        assert (workspace_wide["id"] in listed) is (kind == "policies")  # workspace-wide policies: readable
+        assert listed <= {r["id"] for r in call(gw, gw.admin, "GET", f"/api/{kind}").json()["data"]}
+        if kind == "policies":
+            body = {"name": "mine", "scope": "agent", "scope_value": gw.agent, "mode": "monitor"}
+            changed = call(gw, token, "PUT", f"/api/policies/{mine}", json=body)
+            assert changed.status_code == 200 and changed.json()["version"] == 2, changed.text
+            assert call(gw, token, "GET", f"/api/policies/{mine}/versions").status_code == 200
+            # Not moved out of their reach: to another department's agent (404) or workspace-wide (403).
+            moved = call(gw, token, "PUT", f"/api/policies/{mine}", json={**body, "scope_value": agent})
+            assert moved.status_code == 404 and moved.json()["error"]["param"] == "scope_value", moved.text
+            assert denied(call(gw, token, "PUT", f"/api/policies/{mine}", json={"name": "x", "scope": "workspace"}))
+            assert call(gw, token, "GET", f"/api/policies/{workspace_wide['id']}").status_code == 200
+            assert denied(call(gw, token, "DELETE", f"/api/policies/{workspace_wide['id']}"))
+            assert denied(call(gw, token, "PUT", f"/api/policies/{workspace_wide['id']}", json=body))
+        elif kind == "budgets":
+            assert call(gw, token, "GET", f"/api/budgets/{mine}").status_code == 200
+            assert call(gw, token, "GET", f"/api/budgets/{ws_budget['id']}").status_code == 404
+        assert call(gw, token, "DELETE", f"/api/{kind}/{mine}").json() == {"id": mine, "deleted": True}
+        assert mine not in {r["id"] for r in call(gw, token, "GET", f"/api/{kind}").json()["data"]}
+
+        # Another department's: not found to read, change or delete; not created under its department, agent or key.
+        other = theirs[kind].json()["id"]
+        gone = call(gw, token, "DELETE", f"/api/{kind}/{other}")
+        assert gone.status_code == 404, gone.text
+        if kind != "rate-limits":
+            assert call(gw, token, "GET", f"/api/{kind}/{other}").status_code == 404
+        if kind == "policies":
+            assert call(gw, token, "GET", f"/api/policies/{other}/versions").status_code == 404
+            put = call(
+                gw,
+                token,
+                "PUT",
+                f"/api/policies/{other}",
+                json={"name": "x", "scope": "department", "scope_value": gw.department},
+            )
+            assert put.status_code == 404 and put.json()["error"]["param"] == "policy_id", put.text
+        for scope, value in (("department", dep), ("agent", agent), ("virtual_key", key)):
+            resp = call(gw, token, "POST", f"/api/{kind}", json={"scope": scope, "scope_value": value, **extra[kind]})
+            assert resp.status_code == 404, resp.text
+            assert resp.json()["error"]["message"] == f"The {scope} {value!r} does not exist in this workspace."
+        # Workspace-wide (nothing to hide): 403.
+        assert denied(call(gw, token, "POST", f"/api/{kind}", json={"scope": "workspace", **extra[kind]}))
+    # The admin's objects are untouched.
+    for kind, resp in theirs.items():
+        assert resp.json()["id"] in {r["id"] for r in call(gw, gw.admin, "GET", f"/api/{kind}").json()["data"]}
+
+
+def test_a_department_admins_evaluate_and_ledger_stay_in_their_department(both: Harness) -> None:
+    gw = both
+    dep = call(gw, gw.admin, "POST", "/api/departments", json={"name": "Away"}).json()["id"]
+    agent = call(gw, gw.admin, "POST", "/api/agents", json={"name": "away", "department_id": dep}).json()["id"]
+    key = call(gw, gw.admin, "POST", "/api/virtual-keys", json={"department_id": dep}).json()["id"]
+    token = pat(gw, member(gw, "department_admin", department_id=gw.department)["id"], ["read"])
+    for field, value, param in (("department_id", dep, "department_id"), ("agent_id", agent, "agent_id")):
+        resp = call(gw, token, "POST", "/api/policies/evaluate", json={field: value})
+        assert resp.status_code == 404 and resp.json()["error"]["param"] == param, resp.text
+    resp = call(gw, token, "POST", "/api/policies/evaluate", json={"virtual_key_id": key})
+    assert resp.status_code == 404 and resp.json()["error"]["param"] == "virtual_key_id", resp.text
+    for body in ({}, {"agent_id": gw.agent}, {"department_id": gw.department}):
+        resp = call(gw, token, "POST", "/api/policies/evaluate", json=body)
+        assert resp.status_code == 200 and resp.json()["decision"] == "allowed", resp.text
+    assert call(gw, gw.admin, "POST", "/api/policies/evaluate", json={"agent_id": agent}).status_code == 200
+
+    # The ledger: only the entries of budgets they see.
+    money = {"limit_usd": "100", "period": "24h"}
+    ours = call(
+        gw, gw.admin, "POST", "/api/budgets", json={"scope": "department", "scope_value": gw.department, **money}
+    )
+    wide = call(gw, gw.admin, "POST", "/api/budgets", json={"scope": "workspace", **money})
+    assert ours.status_code == 201 and wide.status_code == 201, (ours.text, wide.text)
+    gw.add_provider_key(name=f"p-{dep}", models=["gpt-*"])
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    sent = HTTP.post(gw.url + "/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {gw.vk}"})
+    assert sent.status_code == 200, sent.text
+    everything = call(gw, gw.admin, "GET", "/api/ledger").json()["data"]
+    assert {ours.json()["id"], wide.json()["id"]} <= {e["budget_id"] for e in everything}
+    seen = call(gw, token, "GET", "/api/ledger").json()["data"]
+    assert seen and {e["budget_id"] for e in seen} == {ours.json()["id"]}
+    assert call(gw, token, "GET", "/api/ledger", params={"budget": wide.json()["id"]}).json()["data"] == []

@@ -1,5 +1,9 @@
 """Budgets and rate limits: `/api/budgets`, `/api/rate-limits`, `/api/ledger` (admin token; their alerts are listed
-by `/api/alerts`, api/webhooks.py), and for a virtual key `GET /v1/budget` and `POST /v1/spend/authorize`."""
+by `/api/alerts`, api/webhooks.py), and for a virtual key `GET /v1/budget` and `POST /v1/spend/authorize`.
+
+A department admin sees and changes only those scoped to their department, its agents or its virtual keys (the
+ledger: those budgets' entries); any other is a 404, a workspace, workflow or property scope to create under a 403
+(api/scoping.py `Reach`, docs/security.md)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from agentledger.api import scoping
 from agentledger.api.auth import AdminAuth, describe, json_body, path_id
 from agentledger.audit.changes import Change
 from agentledger.core.budget_config import amount_nanos, budget_row, rate_limit_row
@@ -55,6 +60,10 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
     gate = desk.gate
     budgets = store.budgets
 
+    async def sees(admin: AdminPrincipal, row: dict[str, Any]) -> bool:
+        reach = await scoping.reach(store, admin)
+        return reach is None or reach.sees(row)
+
     async def status(row: dict[str, Any]) -> dict[str, Any]:
         budget = budget_of(row)
         now = gate.clock()
@@ -81,6 +90,8 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
             raise InvalidRequest("'anchor' must be an ISO 8601 timestamp string.", param="anchor")
         anchor = time_field(given, "anchor") if given is not None else None
         row = budget_row(data, now, anchor)
+        if (reach := await scoping.reach(store, admin)) is not None:
+            reach.require(row["scope"], row["scope_value"])
         await _check_scope(store, admin.workspace_id, row)
         ident = id_field(data["id"], "id") if data.get("id") is not None else new_id("bud")
         row = {"workspace_id": admin.workspace_id, "id": ident, **row}
@@ -90,19 +101,23 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
         return JSONResponse(await status(row), status_code=201)
 
     async def list_budgets(request: Request, admin: AdminPrincipal) -> Response:
-        return JSONResponse({"data": [await status(r) for r in await budgets.list_budgets(admin.workspace_id)]})
+        rows = await budgets.list_budgets(admin.workspace_id)
+        if (reach := await scoping.reach(store, admin)) is not None:
+            rows = [r for r in rows if reach.sees(r)]
+        return JSONResponse({"data": [await status(r) for r in rows]})
 
     async def get_budget(request: Request, admin: AdminPrincipal) -> Response:
         budget_id = path_id(request, "budget_id", "Budget")
         row = await budgets.get_budget(admin.workspace_id, budget_id)
-        if row is None:
+        if row is None or not await sees(admin, row):
             raise NotFound(f"Budget {budget_id!r} does not exist.", param="budget_id")
         return JSONResponse(await status(row))
 
     async def delete_budget(request: Request, admin: AdminPrincipal) -> Response:
         budget_id = path_id(request, "budget_id", "Budget")
         before = await budgets.get_budget(admin.workspace_id, budget_id)
-        if not await budgets.delete("budgets", admin.workspace_id, budget_id, gate.clock()):
+        hidden = before is not None and not await sees(admin, before)
+        if hidden or not await budgets.delete("budgets", admin.workspace_id, budget_id, gate.clock()):
             raise NotFound(f"Budget {budget_id!r} does not exist.", param="budget_id")
         gateway.invalidate_workspace(admin.workspace_id)
         describe(request, Change("budget.delete", "budget", budget_id, before=before))
@@ -111,6 +126,8 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
     async def create_rate_limit(request: Request, admin: AdminPrincipal) -> Response:
         data = await json_body(request)
         row = rate_limit_row(data, gate.clock())
+        if (reach := await scoping.reach(store, admin)) is not None:
+            reach.require(row["scope"], row["scope_value"])
         await _check_scope(store, admin.workspace_id, row)
         ident = id_field(data["id"], "id") if data.get("id") is not None else new_id("rl")
         row = {"workspace_id": admin.workspace_id, "id": ident, **row}
@@ -120,12 +137,16 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
         return JSONResponse(row, status_code=201)
 
     async def list_rate_limits(request: Request, admin: AdminPrincipal) -> Response:
-        return JSONResponse({"data": await budgets.list_rate_limits(admin.workspace_id)})
+        rows = await budgets.list_rate_limits(admin.workspace_id)
+        if (reach := await scoping.reach(store, admin)) is not None:
+            rows = [r for r in rows if reach.sees(r)]
+        return JSONResponse({"data": rows})
 
     async def delete_rate_limit(request: Request, admin: AdminPrincipal) -> Response:
         limit_id = path_id(request, "rate_limit_id", "Rate limit")
         before = await store.audit.current("rate_limits", admin.workspace_id, limit_id)
-        if not await budgets.delete("rate_limits", admin.workspace_id, limit_id, gate.clock()):
+        hidden = before is not None and not await sees(admin, before)
+        if hidden or not await budgets.delete("rate_limits", admin.workspace_id, limit_id, gate.clock()):
             raise NotFound(f"Rate limit {limit_id!r} does not exist.", param="rate_limit_id")
         gateway.invalidate_workspace(admin.workspace_id)
         describe(request, Change("rate_limit.delete", "rate_limit", limit_id, before=before))
@@ -134,6 +155,9 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
     async def ledger(request: Request, admin: AdminPrincipal) -> Response:
         q = request.query_params
         await gateway.pipeline.flush()  # read your writes: entries of calls already answered
+        mine = None  # a department admin: the entries of the budgets they see (a deleted budget's no longer)
+        if (reach := await scoping.reach(store, admin)) is not None:
+            mine = [r["id"] for r in await budgets.list_budgets(admin.workspace_id) if reach.sees(r)]
         rows = await budgets.ledger(
             admin.workspace_id,
             budget_id=id_field(q["budget"], "budget") if "budget" in q else None,
@@ -141,6 +165,7 @@ def budget_routes(auth: AdminAuth, store: Store, gateway: Gateway, desk: SpendDe
             since=_time(request, "from"),
             until=_time(request, "to"),
             limit=_limit(request),
+            budget_ids=mine,
         )
         return JSONResponse({"data": rows})
 

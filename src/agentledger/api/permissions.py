@@ -48,7 +48,8 @@ ROUTES: Mapping[tuple[str, str], str] = {
     ("GET", "/api/rate-limits"): "budgets.read",
     ("POST", "/api/rate-limits"): "budgets.write",
     ("DELETE", "/api/rate-limits/{rate_limit_id}"): "budgets.write",
-    ("GET", "/api/ledger"): "finance.read",
+    # The budget ledger: entries of budgets, so `budgets.read` (a department admin's are filtered to their budgets).
+    ("GET", "/api/ledger"): "budgets.read",
     ("GET", "/api/approvals"): "approvals.read",
     ("GET", "/api/approvals/{approval_id}"): "approvals.read",
     ("POST", "/api/approvals/{approval_id}/approve"): "approvals.decide",
@@ -127,10 +128,22 @@ ROLES: Mapping[Role, frozenset[str]] = {
     },
     Role.APPROVER: _OWN_TOKENS | {"workspace.read", "approvals.read", "approvals.decide", "runs.read"},
     Role.VIEWER: _OWN_TOKENS | _READS,
-    # Their department's agents and virtual keys (narrowed in the handlers: api/scoping.py). Budgets and policy
-    # overrides are not granted until their handlers narrow them too: granted now they would reach the workspace's.
+    # Their department's agents, virtual keys, budgets, rate limits, ledger entries and policy overrides (narrowed in
+    # the handlers: api/scoping.py); the workspace-wide policies read only. Alerts are not granted (not every kind
+    # names a budget or a department to filter by).
     Role.DEPARTMENT_ADMIN: _OWN_TOKENS
-    | {"workspace.read", "departments.read", "agents.read", "agents.write", "keys.read", "keys.write"},
+    | {
+        "workspace.read",
+        "departments.read",
+        "agents.read",
+        "agents.write",
+        "keys.read",
+        "keys.write",
+        "budgets.read",
+        "budgets.write",
+        "policies.read",
+        "policies.write",
+    },
 }
 
 SCOPES: Mapping[str, frozenset[str]] = {

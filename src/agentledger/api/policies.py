@@ -1,6 +1,11 @@
 """Policies: `/api/policies` (versioned: every change is a new version, each kept), `POST /api/policies/evaluate`
 (what a call would get and why, nothing forwarded), and for a virtual key `POST /v1/policy/check` (an agent asks
-before a sensitive tool or API call; the decision is a policy_check step of its run)."""
+before a sensitive tool or API call; the decision is a policy_check step of its run).
+
+A department admin reads the policies scoped to their department, its agents or its virtual keys, and the
+workspace-wide ones (they govern the department's calls too); they change only the former. Another policy is a 404,
+a workspace-wide one to change a 403 (they can read it: nothing to hide); evaluate takes only subjects of their
+department (api/scoping.py `Reach`, docs/security.md)."""
 
 from __future__ import annotations
 
@@ -11,11 +16,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from agentledger.api import scoping
 from agentledger.api.auth import AdminAuth, describe, json_body, path_id
 from agentledger.audit.changes import Change
 from agentledger.core.budget_config import amount_nanos
 from agentledger.core.budgets import Subject
-from agentledger.core.errors import AgentLedgerError, InvalidRequest, NotFound
+from agentledger.core.errors import AgentLedgerError, InvalidRequest, NotFound, PermissionDenied
 from agentledger.core.fields import id_field, text_field
 from agentledger.core.headers import parse_tracking
 from agentledger.core.ids import new_id
@@ -68,10 +74,13 @@ def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route
     desk: PolicyDesk = gateway.policies
     governance = store.governance
 
-    async def content(data: dict[str, Any], workspace_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The validated policy (400 naming the field), its scope checked to exist (404): its row's columns and
-        its body (settings and rules)."""
+    async def content(data: dict[str, Any], admin: AdminPrincipal) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The validated policy (400 naming the field), its scope checked to exist (404) and, for a department
+        admin, to be within their reach (404, or 403 workspace-wide): its row's columns and its body."""
+        workspace_id = admin.workspace_id
         policy = parse_policy(data, id="new", version=1)
+        if (reach := await scoping.reach(store, admin)) is not None:
+            reach.require(policy.scope, policy.scope_value)
         if not await store.budgets.scope_exists(workspace_id, policy.scope, policy.scope_value):
             raise NotFound(
                 f"The {policy.scope.value} {policy.scope_value!r} does not exist in this workspace.",
@@ -81,13 +90,28 @@ def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route
         columns = {k: doc.pop(k) for k in ("name", "scope", "scope_value", "mode")}
         return columns, doc
 
+    async def readable(admin: AdminPrincipal, row: dict[str, Any]) -> bool:
+        reach = await scoping.reach(store, admin)
+        return reach is None or reach.sees(row, workspace_wide=True)
+
+    async def may_change(admin: AdminPrincipal, policy_id: str) -> None:
+        """A department admin's PUT or DELETE: a policy they cannot read is a 404, a workspace-wide one a 403."""
+        reach = await scoping.reach(store, admin)
+        if reach is None:
+            return
+        row = await governance.get_policy(admin.workspace_id, policy_id)
+        if row is None or not reach.sees(row, workspace_wide=True):
+            raise NotFound(f"Policy {policy_id!r} does not exist.", param="policy_id")
+        if not reach.covers(row["scope"], row["scope_value"]):
+            raise PermissionDenied("A department admin may not change a workspace-wide policy.", param="policy_id")
+
     async def create_policy(request: Request, admin: AdminPrincipal) -> Response:
         data = await json_body(request)
         ident = id_field(data.pop("id"), "id") if data.get("id") is not None else new_id("pol")
         data.pop("id", None)
         if ident in RESERVED_IDS:
             raise InvalidRequest(f"{ident!r} names a route (/api/policies/{ident}), not a policy.", param="id")
-        columns, body = await content(data, admin.workspace_id)
+        columns, body = await content(data, admin)
         row = {
             "workspace_id": admin.workspace_id,
             "id": ident,
@@ -103,7 +127,8 @@ def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route
 
     async def replace_policy(request: Request, admin: AdminPrincipal) -> Response:
         policy_id = path_id(request, "policy_id", "Policy")
-        columns, body = await content(await json_body(request), admin.workspace_id)
+        await may_change(admin, policy_id)
+        columns, body = await content(await json_body(request), admin)
         before = await governance.get_policy(admin.workspace_id, policy_id)  # the version this one replaces
         row = await governance.update_policy(
             admin.workspace_id, policy_id, {**columns, "body": body}, desk.clock(), admin.token_id
@@ -117,17 +142,21 @@ def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route
         return JSONResponse(view)
 
     async def list_policies(request: Request, admin: AdminPrincipal) -> Response:
-        return JSONResponse({"data": [_view(r) for r in await governance.list_policies(admin.workspace_id)]})
+        rows = await governance.list_policies(admin.workspace_id)
+        if (reach := await scoping.reach(store, admin)) is not None:
+            rows = [r for r in rows if reach.sees(r, workspace_wide=True)]
+        return JSONResponse({"data": [_view(r) for r in rows]})
 
     async def get_policy(request: Request, admin: AdminPrincipal) -> Response:
         policy_id = path_id(request, "policy_id", "Policy")
         row = await governance.get_policy(admin.workspace_id, policy_id)
-        if row is None:
+        if row is None or not await readable(admin, row):
             raise NotFound(f"Policy {policy_id!r} does not exist.", param="policy_id")
         return JSONResponse(_view(row))
 
     async def delete_policy(request: Request, admin: AdminPrincipal) -> Response:
         policy_id = path_id(request, "policy_id", "Policy")
+        await may_change(admin, policy_id)
         before = await governance.get_policy(admin.workspace_id, policy_id)
         if not await governance.delete_policy(admin.workspace_id, policy_id, desk.clock(), admin.token_id):
             raise NotFound(f"Policy {policy_id!r} does not exist.", param="policy_id")
@@ -139,7 +168,7 @@ def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route
     async def versions(request: Request, admin: AdminPrincipal) -> Response:
         policy_id = path_id(request, "policy_id", "Policy")
         rows = await governance.policy_versions(admin.workspace_id, policy_id)
-        if not rows:
+        if not rows or not await readable(admin, rows[0]):  # the newest version's scope decides
             raise NotFound(f"Policy {policy_id!r} does not exist.", param="policy_id")
         out = []
         for r in rows:
@@ -161,7 +190,7 @@ def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route
         `prompt_id`, `properties`, `messages` to scan for PII). Nothing is forwarded, counted or recorded."""
         data = await json_body(request)
         ws = admin.workspace_id
-        subject = await _subject_of(store, ws, data)
+        subject = await _subject_of(store, ws, data, admin.department_id)
         call = data.get("call", {})
         if not isinstance(call, dict):
             raise InvalidRequest("'call' must be an object.", param="call")
@@ -287,21 +316,28 @@ def _opt_text(data: dict[str, Any], key: str) -> str | None:
     return None if value is None else text_field(value, f"call.{key}", limit=1024)
 
 
-async def _subject_of(store: Store, workspace_id: str, data: dict[str, Any]) -> Subject:
+async def _subject_of(store: Store, workspace_id: str, data: dict[str, Any], mine: str | None = None) -> Subject:
     """Who the evaluated call is from: a virtual key (its department and agent follow), or an agent and/or a
-    department named directly."""
+    department named directly. `mine`: a department admin's department; a key, agent or department outside it is a
+    404 (as if it did not exist), and the subject is always of their department."""
     key_id = data.get("virtual_key_id")
     if key_id is not None:
         key_id = id_field(key_id, "virtual_key_id")
         keys = {k["id"]: k for k in await store.list_virtual_keys(workspace_id)}
-        if key_id not in keys:
+        if key_id not in keys or (mine is not None and keys[key_id].get("department_id") != mine):
             raise NotFound(f"Virtual key {key_id!r} does not exist.", param="virtual_key_id")
         k = keys[key_id]
         return Subject(workspace_id, k.get("department_id"), k.get("agent_id"), key_id)
     agent_id = id_field(data["agent_id"], "agent_id") if data.get("agent_id") is not None else None
     department_id = id_field(data["department_id"], "department_id") if data.get("department_id") is not None else None
-    if agent_id is not None and await store.get_agent(workspace_id, agent_id) is None:
-        raise NotFound(f"Agent {agent_id!r} does not exist.", param="agent_id")
+    if agent_id is not None:
+        agent = await store.get_agent(workspace_id, agent_id)
+        if agent is None or (mine is not None and agent["department_id"] != mine):
+            raise NotFound(f"Agent {agent_id!r} does not exist.", param="agent_id")
+    if mine is not None:
+        if department_id not in (None, mine):
+            raise NotFound(f"Department {department_id!r} does not exist.", param="department_id")
+        return Subject(workspace_id, mine, agent_id, None)
     # Named on its own, a department must exist here too: another workspace's id is not evaluated as if it did.
     if department_id is not None and not any(
         d["id"] == department_id for d in await store.list_departments(workspace_id)

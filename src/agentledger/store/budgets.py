@@ -155,11 +155,15 @@ class BudgetStore:
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 100,
+        budget_ids: Sequence[str] | None = None,
     ) -> list[dict[str, Any]]:
+        """Newest first; `budget_ids`: only these budgets' entries (a department admin's)."""
         c = t.budget_ledger.c
         where = [c.workspace_id == workspace_id]
         if budget_id is not None:
             where.append(c.budget_id == budget_id)
+        if budget_ids is not None:
+            where.append(c.budget_id.in_(list(budget_ids)))
         if run_id is not None:
             where.append(c.run_id == run_id)
         if since is not None:
