@@ -74,9 +74,7 @@ def test_sessions_list_and_path_tree(browser: Any, seeded: Seeded, api: httpx.Cl
     assert shown["/plan/search"] == _usd(paths["/plan/search"])
     assert shown["/book"] == _usd(paths["/book"])
     assert shown["/plan"] == _usd(paths["/plan"] + paths["/plan/search"])  # a node counts its subtree
-    assert w.page.locator("#session-runs tr[data-run]").evaluate_all("rs => rs.map(r => r.dataset.run)") == [
-        "run-trip"
-    ]
+    assert w.page.locator("#session-runs tr[data-run]").evaluate_all("rs => rs.map(r => r.dataset.run)") == ["run-trip"]
     w.page.goto("/runs")
     w.page.click("tr[data-run=run-trip] a[href='/sessions/trip-1']")  # the runs list links the session page
     w.page.wait_for_url(re.compile(r"/sessions/trip-1$"))
