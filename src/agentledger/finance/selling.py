@@ -439,10 +439,12 @@ class Seller:
     async def _close_proof(self, sale: _Sale, reference: str | None, failure: str | None, now: datetime) -> None:
         ws = sale.endpoint.workspace_id
         try:
+            # Without an fsync of its own: lost in a crash, the proof stays claimed (still single-use), and the next
+            # durable write makes it durable anyway.
             if reference is not None:
-                await self.proofs.settle(ws, sale.proof.id, reference, now, payment_id=sale.payment_id)
+                await self.proofs.settle(ws, sale.proof.id, reference, now, payment_id=sale.payment_id, durable=False)
             else:
-                await self.proofs.fail(ws, sale.proof.id, failure or "failed", now)
+                await self.proofs.fail(ws, sale.proof.id, failure or "failed", now, durable=False)
         except (
             StoreUnavailable
         ) as exc:  # it stays `claimed`: still single-use, its run and payment step say how it ended

@@ -128,17 +128,25 @@ class PaymentProofs:
         return await self._one_statement(run)
 
     async def settle(
-        self, workspace_id: str, proof_id: str, reference: str, now: datetime, *, payment_id: str | None = None
+        self,
+        workspace_id: str,
+        proof_id: str,
+        reference: str,
+        now: datetime,
+        *,
+        payment_id: str | None = None,
+        durable: bool = True,
     ) -> bool:
-        """claimed → settled, with the settlement's transaction reference. False if it was not `claimed`."""
+        """claimed → settled, with the settlement's transaction reference. False if it was not `claimed`.
+        `durable=False`: on SQLite, committed without an fsync of its own (`_lazy_commit`)."""
         changes: dict[str, Any] = {"reference": reference[:256]}
         if payment_id is not None:
             changes["payment_id"] = payment_id
-        return await self._move(workspace_id, proof_id, SETTLED, now, changes)
+        return await self._move(workspace_id, proof_id, SETTLED, now, changes, durable)
 
-    async def fail(self, workspace_id: str, proof_id: str, error: str, now: datetime) -> bool:
+    async def fail(self, workspace_id: str, proof_id: str, error: str, now: datetime, *, durable: bool = True) -> bool:
         """claimed → failed: used, not settled, consumed for good. False if it was not `claimed`."""
-        return await self._move(workspace_id, proof_id, FAILED, now, {"error": error[:_ERROR_CHARS]})
+        return await self._move(workspace_id, proof_id, FAILED, now, {"error": error[:_ERROR_CHARS]}, durable)
 
     async def release(self, workspace_id: str, proof_id: str, now: datetime, *, reason: str | None = None) -> bool:
         """claimed → released: nothing ran on it, it may be claimed again. False if it was not `claimed`."""
@@ -149,7 +157,9 @@ class PaymentProofs:
         rows = await self.store._select(select(t.x402_payments).where(c.workspace_id == workspace_id, c.id == proof_id))
         return rows[0] if rows else None
 
-    async def _move(self, workspace_id: str, proof_id: str, state: str, now: datetime, changes: dict[str, Any]) -> bool:
+    async def _move(
+        self, workspace_id: str, proof_id: str, state: str, now: datetime, changes: dict[str, Any], durable: bool = True
+    ) -> bool:
         names = tuple(sorted(changes))
         stmt = self._moves.get(names)
         if stmt is None:
@@ -170,9 +180,25 @@ class PaymentProofs:
         def run(conn: Connection) -> bool:
             return bool(conn.execute(stmt, params).rowcount)
 
-        return await self._one_statement(run)
+        return await self._one_statement(run, durable=durable)
 
-    async def _one_statement(self, run: Callable[[Connection], T]) -> T:
+    async def _one_statement(self, run: Callable[[Connection], T], *, durable: bool = True) -> T:
         if self.store.is_sqlite:
+            if not durable and self.store.durable_commits:
+                return await self.store._run(self.store._writer, lambda: self._lazy_commit(run))
             return await self.store._write(run)
         return await self.store._autocommit(run)
+
+    def _lazy_commit(self, run: Callable[[Connection], T]) -> T:
+        """One transaction committed without its own fsync (SQLite `synchronous=NORMAL` for it; WAL keeps it in
+        order), on the writer thread: it becomes durable with the next durable commit, which syncs the log up to
+        there. For a state after `claimed`, whose loss in a crash leaves the proof claimed: still single-use."""
+        with self.store.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+            conn.commit()  # SQLAlchemy's autobegun transaction; SQLite begins none for a PRAGMA
+            try:
+                with conn.begin():
+                    return run(conn)
+            finally:
+                conn.exec_driver_sql("PRAGMA synchronous=FULL")
+                conn.commit()

@@ -108,3 +108,25 @@ async def test_moves_of_an_unknown_proof_change_nothing(store: SQLStore) -> None
     assert not await payments.settle(ws, "0" * 64, "local:0x", LATER)
     assert not await payments.fail(ws, "0" * 64, "x", LATER)
     assert await payments.get(ws, "0" * 64) is None
+
+
+async def test_a_final_state_written_lazily_is_the_same_state_and_leaves_commits_durable(store: SQLStore) -> None:
+    """settle/fail with durable=False (a paid call's last word on its proof): the same conditional move, and on
+    SQLite the writer's connections are back to `synchronous=FULL` afterwards, so no other commit loses its fsync."""
+    payments, ws = PaymentProofs(store), await new_workspace(store)
+    settled, failed = proof(), proof()
+    for p in (settled, failed):
+        assert await payments.claim(ws, p, T0)
+    assert await payments.settle(ws, settled.id, "0xtx", LATER, payment_id="step-1", durable=False)
+    assert not await payments.settle(ws, settled.id, "0xtx", LATER, durable=False)
+    assert await payments.fail(ws, failed.id, "workflow failed", LATER, durable=False)
+    assert not await payments.fail(ws, failed.id, "again", LATER, durable=False)
+    states = [await payments.get(ws, p.id) for p in (settled, failed)]
+    assert [(r or {}).get("state") for r in states] == [SETTLED, FAILED]
+    if store.is_sqlite:
+
+        def synchronous() -> int:
+            with store.engine.connect() as conn:
+                return int(conn.exec_driver_sql("PRAGMA synchronous").scalar_one())
+
+        assert await store._run(store._writer, synchronous) == 2  # FULL
