@@ -449,6 +449,23 @@ async def test_an_unknown_or_disabled_endpoint_is_404_and_its_key_stops_working(
     assert chat.status_code == 401
 
 
+async def test_a_buyer_who_hangs_up_does_not_leave_the_call_half_done(
+    seller: Seller, client: httpx.AsyncClient
+) -> None:
+    s = seller
+    ep = publish(s.gw, s.agent)
+    body = {"text": "hi", "mode": "sleep", "seconds": 0.5}
+    first = await call(s, client, ep, body)
+    header = await paid_header(Account.create(), first)
+    with pytest.raises(httpx.ReadTimeout):  # the buyer leaves while the workflow runs
+        await client.post(s.gw.url + ep.url, json=body, headers={"PAYMENT-SIGNATURE": header}, timeout=0.2)
+    # The call finishes anyway: the work was paid for with a proof the buyer signed, so it is settled and booked.
+    row = await s.proof(header, until=SETTLED)
+    assert row is not None and row["state"] == SETTLED
+    run = s.gw.get(f"/api/runs/{row['run_id']}")
+    assert run["status"] == "succeeded" and run["totals"]["revenue_usd"] == "0.010000000"
+
+
 # -- the workflow failing: not settled, the run failed with its costs --------------------------------------------
 
 

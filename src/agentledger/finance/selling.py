@@ -154,8 +154,9 @@ class Seller:
     async def aclose(self, wait_s: float = 30.0) -> None:
         """Let paid calls whose buyer left finish (settle or fail, and write their records), and the last proofs'
         states be recorded, before shutdown."""
-        if self._finishing:
-            await asyncio.wait(set(self._finishing), timeout=wait_s)
+        deadline = time.monotonic() + wait_s
+        while self._finishing and time.monotonic() < deadline:  # a finishing call leaves its proof's task behind
+            await asyncio.wait(set(self._finishing), timeout=deadline - time.monotonic())
 
     async def handle(self, request: Request) -> Response:
         try:
