@@ -19,16 +19,15 @@ import logging
 import math
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from x402.mechanisms.evm.constants import ERR_NONCE_ALREADY_USED, ERR_VALID_BEFORE_EXPIRED
-from x402.schemas import PaymentPayload, PaymentRequirements, SettleResponse
+from x402.schemas import SettleResponse
 
 from agentledger.core.errors import (
     AgentLedgerError,
@@ -37,18 +36,8 @@ from agentledger.core.errors import (
     RequestTooLarge,
     StoreUnavailable,
 )
-from agentledger.core.finance import fee_nanos, payment_cost
-from agentledger.core.headers import (
-    AGENT_ID,
-    REQUEST_ID,
-    RUN_ID,
-    SESSION_ID,
-    SESSION_NAME,
-    SESSION_PATH,
-    TrackingContext,
-    is_id,
-    parse_tracking,
-)
+from agentledger.core.finance import fee_nanos
+from agentledger.core.headers import is_id, parse_tracking
 from agentledger.core.ids import new_id
 from agentledger.core.model import (
     Attribution,
@@ -59,15 +48,11 @@ from agentledger.core.model import (
     RunEnd,
     RunStart,
     RunStatus,
-    StepKind,
     StepRecord,
-    StepStatus,
     TraceEvent,
 )
 from agentledger.core.money import format_usd
 from agentledger.core.paid_endpoints import SETTLE_RESERVE_S, lasts_long_enough, payer_allowed
-from agentledger.core.pricing import CostSource
-from agentledger.core.proofs import PaymentProof
 from agentledger.finance import wire
 from agentledger.finance.endpoints import EndpointCatalog, LoadedEndpoint
 from agentledger.finance.errors import FacilitatorError, MalformedPayment
@@ -85,6 +70,7 @@ from agentledger.finance.refusals import (
     PaymentRequired,
     SettlementFailed,
 )
+from agentledger.finance.sale import Sale, attribution_of, payment_step, query_of, workflow_headers, workflow_step
 from agentledger.finance.workflows import WorkflowBadResponse, WorkflowFailed, WorkflowInvoker
 from agentledger.gateway.bodies import parse_json_object
 from agentledger.gateway.responses import RUN_ID_HEADER, JSONResponse
@@ -96,29 +82,8 @@ from agentledger.store.finance import PaymentProofs
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 PATH = "/x402/{workspace}/{slug}"
-# The scoped virtual key of the endpoint's workflow agent, sent with each call (docs/paid-endpoints.md).
-VIRTUAL_KEY_HEADER = "alephant-virtual-key"
-PAYER_HEADER = "alephant-payer"
-ENDPOINT_HEADER = "alephant-endpoint"
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 _SLOT_EXTRA_S = 60.0  # a concurrency slot outlives the workflow's timeout by the settlement's time, then frees itself
-
-
-@dataclass(frozen=True, slots=True)
-class _Sale:
-    """A call that passed every check and holds its proof: what the rest of the flow needs."""
-
-    endpoint: LoadedEndpoint
-    body: bytes
-    params: dict[str, str]
-    tracking: TrackingContext
-    request_id: str
-    payload: PaymentPayload
-    requirements: PaymentRequirements
-    proof: PaymentProof
-    payer: str
-    run_id: str
-    payment_id: str  # the step of the settled (or failed) payment; the proof's row names it
 
 
 class Seller:
@@ -233,10 +198,10 @@ class Seller:
             payment_id=payment_id,
         ):
             raise PaymentAlreadyUsed("This payment was already used: sign a new one.", reason=ERR_NONCE_ALREADY_USED)
-        sale = _Sale(
+        sale = Sale(
             endpoint=endpoint,
             body=body,
-            params=_query(data),
+            params=query_of(data),
             tracking=tracking,
             request_id=str(request.scope.get("state", {}).get("request_id") or new_id("req")),
             payload=payload,
@@ -287,7 +252,7 @@ class Seller:
     def _slot_key(self, endpoint: LoadedEndpoint) -> str:
         return f"x402:slots:{endpoint.workspace_id}:{endpoint.id}"
 
-    async def _slot(self, sale: _Sale) -> None:
+    async def _slot(self, sale: Sale) -> None:
         """A concurrency slot, after the claim (a replay must not take one); refused, the proof is given back."""
         limit = sale.endpoint.spec.policy.concurrent
         if limit is None:
@@ -306,16 +271,16 @@ class Seller:
                 retry_after=1,
             )
 
-    async def _release(self, sale: _Sale, why: str) -> None:
+    async def _release(self, sale: Sale, why: str) -> None:
         with contextlib.suppress(StoreUnavailable):  # unreleased, the proof stays claimed: spent, never charged
             await self.proofs.release(sale.endpoint.workspace_id, sale.proof.id, self.clock(), reason=why)
 
     # -- after the claim: a run of the workflow agent -----------------------------------------------------------
-    async def _complete(self, sale: _Sale) -> Response:
+    async def _complete(self, sale: Sale) -> Response:
         endpoint = sale.endpoint
         try:
             started = self.clock()
-            attribution = _attribution(sale)
+            attribution = attribution_of(sale)
             spec = endpoint.spec
             payment = Payment(
                 direction=PaymentDirection.INBOUND,
@@ -338,7 +303,7 @@ class Seller:
                     metadata={"paid_endpoint": spec.slug, "payer": sale.payer, "proof_id": sale.proof.id},
                     endpoint_id=endpoint.id,
                 ),
-                _payment_step(new_id("step"), sale, attribution, payment, started),
+                payment_step(new_id("step"), sale, attribution, payment, started),
             ]
             # A run is created on first sight, so it must exist with its endpoint before the workflow's model calls
             # name it. In one process the pipeline's order sees to that: these records are queued before anything
@@ -367,22 +332,22 @@ class Seller:
                 with contextlib.suppress(StoreUnavailable):
                     await self.counters.release_slot(self._slot_key(endpoint), sale.run_id)
 
-    async def _invoke(self, sale: _Sale, attribution: Attribution, payment: Payment) -> Response:
+    async def _invoke(self, sale: Sale, attribution: Attribution, payment: Payment) -> Response:
         endpoint, spec = sale.endpoint, sale.endpoint.spec
         assert endpoint.runtime is not None  # checked when the endpoint was found
         run_header = {RUN_ID_HEADER: sale.run_id}
         began, t0 = self.clock(), time.perf_counter()
         try:
             answer = await self.workflows.invoke(
-                endpoint.runtime, sale.body, sale.params, _workflow_headers(sale), spec.timeout_s
+                endpoint.runtime, sale.body, sale.params, workflow_headers(sale), spec.timeout_s
             )
         except AgentLedgerError as exc:
             status = exc.workflow_status if isinstance(exc, WorkflowFailed | WorkflowBadResponse) else None
-            step = _workflow_step(sale, attribution, began, t0, self.clock(), status, exc.message)
+            step = workflow_step(sale, attribution, began, t0, self.clock(), status, exc.message)
             why = f"not settled: the workflow failed: {exc.message}"
             await self._finish(sale, [step], replace(payment, status=PaymentStatus.FAILED), why)
             return error(exc, run_header)
-        step = _workflow_step(sale, attribution, began, t0, self.clock(), answer.status, None)
+        step = workflow_step(sale, attribution, began, t0, self.clock(), answer.status, None)
         try:
             settled = await self.facilitator.settle(sale.payload, sale.requirements)
         except Exception as exc:  # as x402's own server does: any failure to settle is a failed settlement
@@ -413,7 +378,7 @@ class Seller:
 
     async def _finish(
         self,
-        sale: _Sale,
+        sale: Sale,
         steps: list[StepRecord],
         payment: Payment,
         failure: str | None,
@@ -423,7 +388,7 @@ class Seller:
         """The run's last records, durable, and the proof's state, together: settled, or failed for good."""
         ws, now = sale.endpoint.workspace_id, self.clock()
         attribution = steps[0].attribution
-        final = _payment_step(sale.payment_id, sale, attribution, payment, now, error=failure)
+        final = payment_step(sale.payment_id, sale, attribution, payment, now, error=failure)
         status = RunStatus.FAILED if failure else RunStatus.SUCCEEDED
         end = RunEnd(ws, sale.run_id, status, now, error=failure)
         charged: list[TraceEvent] = []
@@ -437,7 +402,7 @@ class Seller:
         # claimed proof is refused as a settled or failed one is), and its state says how it ended (docs).
         self._keep(self._close_proof(sale, reference if failure is None else None, failure, now))
 
-    async def _close_proof(self, sale: _Sale, reference: str | None, failure: str | None, now: datetime) -> None:
+    async def _close_proof(self, sale: Sale, reference: str | None, failure: str | None, now: datetime) -> None:
         ws = sale.endpoint.workspace_id
         try:
             # Without an fsync of its own: lost in a crash, the proof stays claimed (still single-use), and the next
@@ -477,96 +442,3 @@ async def _durable(fut: asyncio.Future[None] | None) -> None:
         await fut
     except AgentLedgerError:
         log.error("a paid call's records could not be made durable; it is answered anyway")
-
-
-def _attribution(sale: _Sale) -> Attribution:
-    t = sale.tracking
-    e = sale.endpoint
-    return Attribution(
-        workspace_id=e.workspace_id,
-        department_id=e.department_id,
-        virtual_key_id=e.virtual_key_id,
-        agent_id=e.spec.agent_id,
-        run_id=sale.run_id,
-        session_id=t.session_id,
-        session_path=t.session_path,
-        session_name=t.session_name,
-    )
-
-
-def _payment_step(
-    step_id: str,
-    sale: _Sale,
-    attribution: Attribution,
-    payment: Payment,
-    at: datetime,
-    *,
-    error: str | None = None,
-) -> StepRecord:
-    cost = payment_cost(payment)  # what the store derives too (core/finance.py): a settled sale's fee
-    return StepRecord(
-        step_id=step_id,
-        run_id=sale.run_id,
-        attribution=attribution,
-        kind=StepKind.PAYMENT,
-        name=f"x402 payment {payment.status.value}",
-        status=StepStatus.ERROR if error else StepStatus.OK,
-        started_at=at,
-        ended_at=at,
-        cost_nanos=cost,
-        cost_source=CostSource.REPORTED if cost else None,
-        error=error,
-        attributes={"proof_id": sale.proof.id, "paid_endpoint": sale.endpoint.spec.slug},
-        payment=payment,
-    )
-
-
-def _workflow_step(
-    sale: _Sale,
-    attribution: Attribution,
-    began: datetime,
-    t0: float,
-    ended: datetime,
-    http_status: int | None,
-    failure: str | None,
-) -> StepRecord:
-    runtime = sale.endpoint.runtime
-    return StepRecord(
-        step_id=new_id("step"),
-        run_id=sale.run_id,
-        attribution=attribution,
-        kind=StepKind.WORKFLOW_STEP,
-        name=f"workflow {sale.endpoint.spec.slug}",
-        status=StepStatus.ERROR if failure else StepStatus.OK,
-        started_at=began,
-        ended_at=ended,
-        latency_ms=(time.perf_counter() - t0) * 1000,
-        error=failure,
-        # Never the runtime's URL: a step is read back through the API, and the URL may be a capability.
-        attributes={
-            "http_status": http_status,
-            "runtime": runtime.type if runtime else None,
-            "method": runtime.method if runtime else None,
-        },
-    )
-
-
-def _workflow_headers(sale: _Sale) -> dict[str, str]:
-    t = sale.tracking
-    headers = {
-        RUN_ID: sale.run_id,
-        AGENT_ID: sale.endpoint.spec.agent_id,
-        REQUEST_ID: sale.request_id,
-        VIRTUAL_KEY_HEADER: sale.endpoint.virtual_key,
-        PAYER_HEADER: sale.payer,
-        ENDPOINT_HEADER: sale.endpoint.spec.slug,
-    }
-    for name, value in ((SESSION_ID, t.session_id), (SESSION_PATH, t.session_path), (SESSION_NAME, t.session_name)):
-        if value is not None:
-            headers[name] = value
-    return headers
-
-
-def _query(data: dict[str, Any]) -> dict[str, str]:
-    """A GET runtime's query: each member of the body, strings as they are, anything else as JSON."""
-    return {k: v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in data.items()}

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from agentledger.core.headers import AGENT_ID, RUN_ID
-from agentledger.finance.selling import VIRTUAL_KEY_HEADER
+from agentledger.finance.sale import VIRTUAL_KEY_HEADER
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "n8n-paid-endpoint.json"
 
