@@ -179,6 +179,12 @@ def test_signin_refuses_a_bad_token_and_signs_out(browser: Any, seeded: Seeded) 
     assert "/signin" in w.page.url
     problems = [p for p in w.problems if "401" not in p]
     assert problems == []
+    # A login and a logout are audit events of the token's workspace, the token as actor (never the token).
+    api = httpx.Client(base_url=seeded.url, headers={"authorization": f"Bearer {seeded.admin}"}, timeout=10)
+    for action in ("session.signin", "session.signout"):
+        events = api.get("/api/audit-logs", params={"action": action}).json()["data"]
+        assert events and events[0]["actor"]["type"] == "admin_token", (action, events)
+        assert seeded.admin not in str(events)
 
 
 def test_runs_list_and_filters(browser: Any, seeded: Seeded) -> None:

@@ -136,6 +136,20 @@ class AdminAuth:
             # answer still says what was done: a client told to retry would make the change twice.
             log.exception("the audit event of %s %s could not be recorded", request.method, request.url.path)
 
+    async def record_session(self, request: Request, admin: AdminPrincipal, action: str) -> None:
+        """A dashboard sign-in or sign-out (`session.signin` / `session.signout`): a login is a control-plane event
+        (issue 11), recorded for the token's workspace with the token as actor, never the token itself."""
+        if self.trail is None:
+            return
+        client_ip, request_id = self._context(request)
+        change = Change(action, "session", admin.token_id)
+        try:
+            await self.trail.record(
+                admin.workspace_id, actor_of(admin), (change,), client_ip=client_ip, request_id=request_id
+            )
+        except AgentLedgerError:
+            log.warning("the audit event of a dashboard %s could not be recorded", action, exc_info=True)
+
     async def _refused(self, request: Request, exc: AuthenticationError) -> None:
         if self.trail is None:
             return

@@ -182,9 +182,10 @@ class Dashboard:
         try:
             if not token:
                 raise AuthenticationError("Enter a personal access token or an admin token.")
-            await self.principal(request, token, record_refusal=True)
+            admin = await self.principal(request, token, record_refusal=True)
         except AuthenticationError as exc:
             return _secured(self.render(request, "signin.html", 401, next=target, error=exc.message))
+        await self.auth.record_session(request, admin, "session.signin")
         response = RedirectResponse(target, status_code=303)
         self.sessions.start(request, response, token)
         return _secured(response)
@@ -193,6 +194,11 @@ class Dashboard:
         session = self.sessions.read(request)
         if session is not None and (not _same_origin(request) or not await csrf_ok(request, session)):
             return _secured(HTMLResponse("Refused: this form did not come from this dashboard.", status_code=403))
+        if session is not None:
+            try:
+                await self.auth.record_session(request, await self.principal(request, session.token), "session.signout")
+            except AuthenticationError:
+                pass  # a revoked token signing out: nothing of its to record
         response = RedirectResponse("/signin", status_code=303)
         self.sessions.end(request, response)
         return _secured(response)
