@@ -229,6 +229,7 @@ def _prepare(settings: Settings, base_url: str) -> None:
                 f"  admin token   {boot.admin_token}",
                 "  provider      built-in mock (offline); add a real one with `agentledger provider-keys create`",
                 f"  database      {database}",
+                f"  dashboard     {base_url}/   (sign in with the admin token; `agentledger demo` fills it)",
                 "",
                 f"  curl {base_url}/v1/chat/completions -H 'Authorization: Bearer {boot.virtual_key}' \\",
                 "    -H 'Content-Type: application/json' \\",
