@@ -426,7 +426,8 @@ class Demo:
                 "--set x402_fetch_allow_hosts=127.0.0.1 to see an agent buy from this gateway's own endpoint"
             )
         _expect(resp, "outbound purchase", 200, 403)
-        await self.end("shopper", run)
+        if resp.status_code == 200:  # a refused fetch made no run to end
+            await self.end("shopper", run)
 
     async def backfill(self) -> None:
         """Two weeks of earlier nightly runs, reported through the step API with their own times, so the cost
