@@ -6,6 +6,7 @@ from agentledger.api.audit import ACTOR_TYPES, EXPORT_FORMATS, MAX_PAGE
 from agentledger.api.openapi.paths import ADMIN, API_READ, op
 from agentledger.api.openapi.schemas import ANY, ID, TIMESTAMP
 from agentledger.api.openapi.shapes import Schema, array, enum, integer, nullable, obj, ok_json, param, ref, text
+from agentledger.audit.chain import FIELDS
 
 STR = {"type": "string"}
 OPT_STR = nullable(STR)
@@ -53,24 +54,7 @@ EVENT = obj(
             array(obj({"field": STR, "from": ANY, "to": ANY}, ["field", "from", "to"], closed=True)),
         ),
     },
-    [
-        "workspace_id",
-        "seq",
-        "id",
-        "time",
-        "actor",
-        "action",
-        "target",
-        "before",
-        "after",
-        "client_ip",
-        "request_id",
-        "run_id",
-        "step_id",
-        "prev_hash",
-        "hash",
-        "diff",
-    ],
+    [*FIELDS, "hash", "diff"],  # every hashed field (audit.chain.FIELDS), its hash and the listing's diff
 )
 _AT = obj({"seq": INT, "hash": STR}, ["seq", "hash"])
 REPORT = obj(
