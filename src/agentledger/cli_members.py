@@ -15,8 +15,7 @@ from agentledger.audit.changes import Change
 from agentledger.cli_audit import record
 from agentledger.core.errors import InvalidRequest, NotFound
 from agentledger.core.fields import id_field, text_field
-from agentledger.core.ids import new_id
-from agentledger.core.keys import PAT_PREFIX, display_prefix, hash_secret, new_secret
+from agentledger.core.keys import DEFAULT_PAT_DAYS, MAX_PAT_DAYS
 from agentledger.core.model import Role
 from agentledger.governance import Governance
 from agentledger.store.members import MemberStore
@@ -24,8 +23,6 @@ from agentledger.store.members import MemberStore
 WithGovernance = Callable[[Any, Callable[[Governance], Awaitable[Any]]], Any]
 # A running gateway caches what it authenticated for cache_ttl; the CLI cannot reach its memory.
 _CACHE_NOTE = " (a running gateway stops accepting them within cache_ttl)"
-MAX_PAT_DAYS = 3650
-DEFAULT_PAT_DAYS = 90
 MEMBER_COLUMNS = ("id", "email", "name", "role", "department_id", "status", "created_at", "revoked_at")
 TOKEN_COLUMNS = ("id", "member_id", "name", "scopes", "token_prefix", "created_at", "expires_at", "revoked_at")
 
@@ -61,7 +58,7 @@ def member_groups(
         ctx: click.Context, workspace: str, email: str, role: str, name: str | None, department_id: str | None
     ) -> None:
         """Add a member to a workspace."""
-        from agentledger.api.members import _email
+        from agentledger.api.members import _email, member_row
 
         async def create(g: Governance, store: MemberStore) -> dict[str, Any]:
             address = _email(email)
@@ -70,19 +67,8 @@ def member_groups(
                 raise InvalidRequest(f"Department {dep!r} does not exist.", param="department_id")
             if role == Role.DEPARTMENT_ADMIN.value and dep is None:
                 raise InvalidRequest("A department_admin needs a '--department'.", param="department_id")
-            now = g.clock()
-            row: dict[str, Any] = {
-                "workspace_id": workspace,
-                "id": new_id("mem"),
-                "email": address,
-                "name": text_field(name, "name", strip=True) if name is not None else address,
-                "department_id": dep,
-                "role": role,
-                "status": "active",
-                "created_at": now,
-                "updated_at": now,
-                "revoked_at": None,
-            }
+            shown = text_field(name, "name", strip=True) if name is not None else address
+            row = member_row(workspace, address, shown, dep, role, g.clock())
             await store.create(row)
             await record(g, workspace, Change("member.create", "member", row["id"], after=row))
             return row
@@ -144,23 +130,14 @@ def member_groups(
             member = await store.get(workspace, id_field(member_id, "member_id"))
             if member is None or member["status"] != "active":
                 raise InvalidRequest(f"Member {member_id!r} does not exist or is revoked.", param="member_id")
+            from agentledger.api.members import public_token, token_row
+
             now = g.clock()
-            secret = new_secret(PAT_PREFIX)
-            row: dict[str, Any] = {
-                "workspace_id": workspace,
-                "id": new_id("pat"),
-                "member_id": member["id"],
-                "name": text_field(name, "name", strip=True),
-                "scopes": sorted(set(scopes)),
-                "token_hash": hash_secret(secret),
-                "token_prefix": display_prefix(secret),
-                "created_by": "cli",
-                "created_at": now,
-                "expires_at": now + timedelta(days=expires_in_days),
-                "revoked_at": None,
-            }
+            expires_at = now + timedelta(days=expires_in_days)
+            shown = text_field(name, "name", strip=True)
+            row, secret = token_row(workspace, member["id"], shown, sorted(set(scopes)), "cli", now, expires_at)
             await store.create_token(row)
-            public = {k: v for k, v in row.items() if k != "token_hash"}
+            public = public_token(row)
             await record(g, workspace, Change("pat.create", "personal_access_token", row["id"], after=public))
             return {**public, "token": secret}
 
@@ -184,13 +161,15 @@ def member_groups(
         """Revoke a personal access token by its id."""
 
         async def revoke(g: Governance, store: MemberStore) -> None:
+            from agentledger.api.members import public_token
+
             row = await store.get_token(workspace, id)
             if row is None:
                 raise NotFound(f"Token {id!r} does not exist.", param="id")
             if row["revoked_at"] is None:
                 now = g.clock()
                 await store.revoke_token(workspace, id, now)
-                public = {k: v for k, v in row.items() if k != "token_hash"}
+                public = public_token(row)
                 after = {**public, "revoked_at": now}
                 change = Change("pat.revoke", "personal_access_token", id, before=public, after=after)
                 await record(g, workspace, change)

@@ -22,7 +22,7 @@ from agentledger.audit.changes import Change
 from agentledger.core.errors import InvalidRequest, NotFound, PermissionDenied
 from agentledger.core.fields import id_field, text_field, time_field
 from agentledger.core.ids import new_id
-from agentledger.core.keys import PAT_PREFIX, display_prefix, hash_secret, new_secret
+from agentledger.core.keys import DEFAULT_PAT_DAYS, MAX_PAT_DAYS, PAT_PREFIX, display_prefix, hash_secret, new_secret
 from agentledger.core.model import AdminPrincipal, Role
 from agentledger.gateway.responses import JSONResponse
 from agentledger.store.base import Store
@@ -33,8 +33,6 @@ EMAIL_RE = re.compile(
 )
 ROLES = tuple(r.value for r in Role)
 STATUSES = ("active", "revoked")
-MAX_PAT_DAYS = 3650
-DEFAULT_PAT_DAYS = 90
 
 
 def _email(value: Any) -> str:
@@ -48,6 +46,56 @@ def _role(value: Any) -> Role:
     if value not in ROLES:
         raise InvalidRequest(f"'role' must be one of {', '.join(ROLES)}.", param="role")
     return Role(value)
+
+
+def member_row(
+    workspace_id: str, email: str, name: str, department_id: str | None, role: str, now: datetime
+) -> dict[str, Any]:
+    """A new active member, as stored and as its `member.create` event shows it (the API's and the CLI's)."""
+    return {
+        "workspace_id": workspace_id,
+        "id": new_id("mem"),
+        "email": email,
+        "name": name,
+        "department_id": department_id,
+        "role": role,
+        "status": "active",
+        "created_at": now,
+        "updated_at": now,
+        "revoked_at": None,
+    }
+
+
+def token_row(
+    workspace_id: str,
+    member_id: str,
+    name: str,
+    scopes: list[str],
+    created_by: str,
+    now: datetime,
+    expires_at: datetime,
+) -> tuple[dict[str, Any], str]:
+    """A new PAT as stored, and its secret (shown once)."""
+    secret = new_secret(PAT_PREFIX)
+    row: dict[str, Any] = {
+        "workspace_id": workspace_id,
+        "id": new_id("pat"),
+        "member_id": member_id,
+        "name": name,
+        "scopes": scopes,
+        "token_hash": hash_secret(secret),
+        "token_prefix": display_prefix(secret),
+        "created_by": created_by,
+        "created_at": now,
+        "expires_at": expires_at,
+        "revoked_at": None,
+    }
+    return row, secret
+
+
+def public_token(row: dict[str, Any]) -> dict[str, Any]:
+    """A PAT row without its hash: what responses and audit events show."""
+    return {k: v for k, v in row.items() if k != "token_hash"}
 
 
 def member_routes(
@@ -86,18 +134,7 @@ def member_routes(
             raise InvalidRequest("A department_admin needs a 'department_id'.", param="department_id")
         now = clock()
         name = text_field(body["name"], "name", strip=True) if body.get("name") is not None else email
-        row: dict[str, Any] = {
-            "workspace_id": admin.workspace_id,
-            "id": new_id("mem"),
-            "email": email,
-            "name": name,
-            "department_id": dep,
-            "role": role.value,
-            "status": "active",
-            "created_at": now,
-            "updated_at": now,
-            "revoked_at": None,
-        }
+        row = member_row(admin.workspace_id, email, name, dep, role.value, now)
         await members.create(row)
         describe(request, Change("member.create", "member", row["id"], after=row))
         return JSONResponse(row, status_code=201)
@@ -206,22 +243,9 @@ def member_routes(
         new = AdminPrincipal(admin.workspace_id, "-", Role(member["role"]), member_id, frozenset(scopes))
         if not grants(new) <= grants(admin):
             raise PermissionDenied("A token cannot have more rights than the credential that creates it.")
-        secret = new_secret(PAT_PREFIX)
-        row: dict[str, Any] = {
-            "workspace_id": admin.workspace_id,
-            "id": new_id("pat"),
-            "member_id": member_id,
-            "name": name,
-            "scopes": scopes,
-            "token_hash": hash_secret(secret),
-            "token_prefix": display_prefix(secret),
-            "created_by": admin.token_id,
-            "created_at": now,
-            "expires_at": expires_at,
-            "revoked_at": None,
-        }
+        row, secret = token_row(admin.workspace_id, member_id, name, scopes, admin.token_id, now, expires_at)
         await members.create_token(row)
-        public = {k: v for k, v in row.items() if k != "token_hash"}
+        public = public_token(row)
         describe(request, Change("pat.create", "personal_access_token", row["id"], after=public))
         return JSONResponse({**public, "token": secret}, status_code=201)
 
@@ -235,7 +259,7 @@ def member_routes(
         # Another member's token is not found, rather than forbidden: its existence is not the caller's business.
         if row is None or (row["member_id"] != admin.member_id and not others(admin)):
             raise NotFound(f"Token {token_id!r} does not exist.", param="token_id")
-        public = {k: v for k, v in row.items() if k != "token_hash"}
+        public = public_token(row)
         if row["revoked_at"] is None:
             now = clock()
             await members.revoke_token(admin.workspace_id, token_id, now)

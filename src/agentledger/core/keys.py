@@ -9,6 +9,8 @@ import secrets
 VIRTUAL_KEY_PREFIX = "vk-"
 ADMIN_TOKEN_PREFIX = "adm-"
 PAT_PREFIX = "pat_"  # personal access tokens: a member's, for /api only (docs/security.md)
+MAX_PAT_DAYS = 3650  # a PAT's longest life, and its default
+DEFAULT_PAT_DAYS = 90
 
 
 def new_secret(prefix: str) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from agentledger.api.members import MAX_PAT_DAYS, ROLES, STATUSES
+from agentledger.api.members import ROLES, STATUSES
 from agentledger.api.openapi.paths import ADMIN, API_READ, API_WRITE, op, path_id
 from agentledger.api.openapi.rows import OPT_STR, OPT_TS, STR
 from agentledger.api.openapi.schemas import ID, LABEL, TIMESTAMP
 from agentledger.api.openapi.shapes import Schema, array, body, enum, integer, nullable, obj, ok_json, ref, text
+from agentledger.core.keys import MAX_PAT_DAYS
 
 _SCOPES = array(enum(["read", "write", "admin"]), min_items=1, max_items=3)
 _EMAIL = text(320, pattern="^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$")
