@@ -22,6 +22,7 @@ from agentledger.store.books import declared
 from agentledger.store.queries import (
     MEMBER_GROUP,
     carried,
+    check_group_by,
     day_spans,
     exact_sum,
     member_labels_query,
@@ -46,16 +47,7 @@ _SUMMED = ("calls", "errors", *MONEY_MEASURES, *_CARRIES)
 
 def check_finance_group(group_by: str) -> str | None:
     """The property name of `property.<name>`, else None; a 400 for anything the summary does not group by."""
-    if group_by.startswith("property."):
-        name = group_by.removeprefix("property.")
-        if not name:
-            raise InvalidRequest("group_by=property.<name> needs a property name.", param="group_by")
-        return name
-    if group_by not in FINANCE_GROUPS:
-        raise InvalidRequest(
-            f"group_by must be one of {', '.join((*FINANCE_GROUPS, 'property.<name>'))}.", param="group_by"
-        )
-    return None
+    return check_group_by(group_by, FINANCE_GROUPS)
 
 
 def _measures(table: Any, calls: str) -> list[Any]:
