@@ -7,21 +7,16 @@ outlives the endpoint it was made for.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
 
-from agentledger.core.errors import Conflict
 from agentledger.store import schema as t
 
 if TYPE_CHECKING:
     from agentledger.store.sql import SQLStore
-
-T = TypeVar("T")
 
 # What the hot path needs of an endpoint, in one query: the endpoint, its workflow agent's department and kind,
 # and the agent's runtime.
@@ -52,7 +47,7 @@ class PaidEndpointStore:
             conn.execute(insert(t.agents).values(**agent))
             conn.execute(insert(t.workflow_runtimes).values(**runtime))
 
-        await self._write(run, "Agent")
+        await self.store._write_or_conflict(run, "Agent")
 
     async def set_runtime(self, row: dict[str, Any]) -> None:
         """Create or replace an agent's runtime (its `created_at` kept when it had one)."""
@@ -67,7 +62,7 @@ class PaidEndpointStore:
                 changes = {k: v for k, v in row.items() if k not in ("workspace_id", "agent_id", "created_at")}
                 conn.execute(update(t.workflow_runtimes).where(*where).values(**changes))
 
-        await self._write(run, "Runtime")
+        await self.store._write_or_conflict(run, "Runtime")
 
     async def get_runtime(self, workspace_id: str, agent_id: str) -> dict[str, Any] | None:
         c = t.workflow_runtimes.c
@@ -84,7 +79,7 @@ class PaidEndpointStore:
             conn.execute(insert(t.virtual_keys).values(**key))
             conn.execute(insert(t.paid_endpoints).values(**endpoint))
 
-        await self._write(run, f"A paid endpoint with slug {endpoint['slug']!r}")
+        await self.store._write_or_conflict(run, f"A paid endpoint with slug {endpoint['slug']!r}")
 
     async def list_endpoints(self, workspace_id: str) -> list[dict[str, Any]]:
         c = t.paid_endpoints.c
@@ -141,7 +136,7 @@ class PaidEndpointStore:
             row = conn.execute(select(t.paid_endpoints).where(c.workspace_id == workspace_id, c.id == endpoint_id))
             return dict(row.mappings().one()), revoked
 
-        return await self._write(run, "Virtual key")
+        return await self.store._write_or_conflict(run, "Virtual key")
 
     async def disable_endpoint(self, workspace_id: str, endpoint_id: str, now: datetime) -> tuple[bool, str | None]:
         """(found, revoked key hash): the endpoint disabled and its scoped key revoked. Disabling a disabled
@@ -158,13 +153,7 @@ class PaidEndpointStore:
             conn.execute(update(t.paid_endpoints).where(*where).values(disabled_at=now, updated_at=now))
             return True, _revoke(conn, workspace_id, found.virtual_key_id, now)
 
-        return await self._write(run, "Paid endpoint")
-
-    async def _write(self, run: Callable[[Connection], T], what: str) -> T:
-        try:
-            return await self.store._write(run)
-        except IntegrityError as exc:
-            raise Conflict(f"{what} already exists or refers to something that does not.") from exc
+        return await self.store._write_or_conflict(run, "Paid endpoint")
 
 
 def _revoke(conn: Connection, workspace_id: str, key_id: str, now: datetime) -> str | None:

@@ -621,8 +621,12 @@ class SQLStore:
         def run(conn: Connection) -> None:
             conn.execute(insert(table).values(**row))
 
+        await self._write_or_conflict(run, what)
+
+    async def _write_or_conflict(self, fn: Callable[[Connection], T], what: str) -> T:
+        """`_write`, with a constraint violation as a 409 (Conflict) naming `what`."""
         try:
-            await self._write(run)
+            return await self._write(fn)
         except IntegrityError as exc:
             raise Conflict(f"{what} already exists or refers to something that does not.") from exc
 
