@@ -11,10 +11,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, literal_column, select, union_all
+from sqlalchemy import Select, and_, func, select, union_all
 from sqlalchemy.engine import Connection
 
-from agentledger.core.books import COST_UNIT, MONEY_MEASURES, NO_SESSION, carry_of, hour_window
+from agentledger.core.books import MONEY_MEASURES, NO_SESSION, carry_of, hour_window
 from agentledger.core.errors import InvalidRequest
 from agentledger.store import schema as t
 from agentledger.store.base import FINANCE_GROUPS, FinanceQuery, FinanceSummary
@@ -26,6 +26,7 @@ from agentledger.store.queries import (
     day_spans,
     exact_sum,
     member_labels_query,
+    order_amount,
     owner_key,
     time_bucket,
     with_members,
@@ -127,17 +128,11 @@ def _sums(u: Any) -> list[Any]:
 def _ordered(u: Any, q: FinanceQuery, sqlite: bool) -> Select[Any]:
     """Groups by bucket, then the most revenue, then the most cost (earners first, then spenders), then key."""
     group = [u.c.key] + ([u.c.bucket] if q.bucket is not None else [])
-    # Ordering only: SQLite's TOTAL() is a float and never overflows, where its SUM() would.
-    total = func.total if sqlite else func.sum
-    unit: Any = literal_column(str(COST_UNIT))
-
-    def amount(measure: str) -> Any:
-        return total(u.c[carry_of(measure)]) * unit + total(u.c[measure])
-
     stmt = select(*group, *_sums(u)).group_by(*group)
     if q.group_by != "run":  # a run without steps is still a run; a rollup row whose events all moved is not
         stmt = stmt.having(func.sum(u.c.calls) != 0)
-    order = [*group[1:], amount("revenue_nanos").desc(), amount("cost_nanos").desc(), u.c.key]
+    earned, spent = order_amount(u, "revenue_nanos", sqlite=sqlite), order_amount(u, "cost_nanos", sqlite=sqlite)
+    order = [*group[1:], earned.desc(), spent.desc(), u.c.key]
     return stmt.order_by(*order).limit(q.limit + 1)
 
 

@@ -402,9 +402,7 @@ def costs_query(workspace_id: str, q: CostQuery, *, sqlite: bool, indexed: bool 
         ).select_from(led)
     u = rows.subquery("u")
     group = [u.c.key] + ([u.c.bucket] if q.interval is not None else [])
-    # Ordering only: SQLite's TOTAL() is a float and never overflows, where its SUM() would.
-    total = func.total if sqlite else func.sum
-    by_cost = total(u.c.cost_carry) * literal_column(str(COST_UNIT)) + total(u.c.cost_nanos)
+    by_cost = order_amount(u, "cost_nanos", sqlite=sqlite)
     return (
         select(
             *group,
@@ -417,6 +415,13 @@ def costs_query(workspace_id: str, q: CostQuery, *, sqlite: bool, indexed: bool 
         .having(func.sum(u.c.events) != 0)
         .order_by(*group[1:], by_cost.desc(), u.c.key)
     )
+
+
+def order_amount(u: Any, measure: str, *, sqlite: bool) -> Any:
+    """A money measure of `u` summed per group with its carry, for ordering only: SQLite's TOTAL() is a float
+    and never overflows, where its SUM() would."""
+    total = func.total if sqlite else func.sum
+    return total(u.c[carry_of(measure)]) * literal_column(str(COST_UNIT)) + total(u.c[measure])
 
 
 Span = tuple[Any, str, datetime | None, datetime | None]  # a kept table, its time column, [from, to)
