@@ -52,7 +52,7 @@ def check_finance_group(group_by: str) -> str | None:
 
 
 def _measures(table: Any, calls: str) -> list[Any]:
-    return [table.c[calls].label("calls"), *[table.c[c] for c in ("errors", *MONEY_MEASURES, *_CARRIES)]]
+    return [table.c[calls].label("calls"), *[table.c[c] for c in _SUMMED[1:]]]
 
 
 def _rollup_rows(workspace_id: str, q: FinanceQuery, sqlite: bool, name: str | None) -> Any:
