@@ -99,7 +99,12 @@ class PaymentProofs:
         payment_id: str | None = None,
     ) -> bool:
         """Claim `proof` for this workspace: True when this call owns it now (a new proof, or one released),
-        False when it is claimed, settled or failed already (a replay)."""
+        False when it is claimed, settled or failed already (a replay).
+
+        Committed at once, so every replica sees it, but without a log flush of its own: it becomes durable with
+        the next durable commit (the run's records, before the answer). Lost in a crash, nothing was settled
+        (settlement comes after the workflow, and its records' commit flushes the claim too), so the buyer was
+        not charged and may send the same payment again: single-use holds for every payment that was charged."""
         values: dict[str, Any] = {
             "workspace_id": workspace_id,
             "id": proof.id,
@@ -125,7 +130,7 @@ class PaymentProofs:
         def run(conn: Connection) -> bool:
             return conn.execute(stmt, params).first() is not None
 
-        return await self._one_statement(run)
+        return await self._one_statement(run, durable=False)
 
     async def settle(
         self,
@@ -138,7 +143,7 @@ class PaymentProofs:
         durable: bool = True,
     ) -> bool:
         """claimed → settled, with the settlement's transaction reference. False if it was not `claimed`.
-        `durable=False`: on SQLite, committed without an fsync of its own (`_lazy_commit`)."""
+        `durable=False`: committed without a log flush of its own (SQLStore.lazy_write; PostgreSQL `_without_flush`)."""
         changes: dict[str, Any] = {"reference": reference[:256]}
         if payment_id is not None:
             changes["payment_id"] = payment_id
@@ -184,21 +189,23 @@ class PaymentProofs:
 
     async def _one_statement(self, run: Callable[[Connection], T], *, durable: bool = True) -> T:
         if self.store.is_sqlite:
-            if not durable and self.store.durable_commits:
-                return await self.store._run(self.store._writer, lambda: self._lazy_commit(run))
-            return await self.store._write(run)
+            # Lazy, for a claim or a state after `claimed`: a lost claim was never settled (claim's docstring); a lost
+            # later state leaves the proof claimed, still single-use.
+            return await (self.store._write(run) if durable else self.store.lazy_write(run))
+        if not durable and self.store.durable_commits:
+            return await self.store._autocommit(_without_flush(run))
         return await self.store._autocommit(run)
 
-    def _lazy_commit(self, run: Callable[[Connection], T]) -> T:
-        """One transaction committed without its own fsync (SQLite `synchronous=NORMAL` for it; WAL keeps it in
-        order), on the writer thread: it becomes durable with the next durable commit, which syncs the log up to
-        there. For a state after `claimed`, whose loss in a crash leaves the proof claimed: still single-use."""
-        with self.store.engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
-            conn.commit()  # SQLAlchemy's autobegun transaction; SQLite begins none for a PRAGMA
-            try:
-                with conn.begin():
-                    return run(conn)
-            finally:
-                conn.exec_driver_sql("PRAGMA synchronous=FULL")
-                conn.commit()
+
+def _without_flush(run: Callable[[Connection], T]) -> Callable[[Connection], T]:
+    """PostgreSQL: `run` committed without waiting for its WAL flush (`synchronous_commit = off` for this
+    connection while it runs); visible to every session at once, durable with the next flushed commit."""
+
+    def lazy(conn: Connection) -> T:
+        conn.exec_driver_sql("SET synchronous_commit = off")
+        try:
+            return run(conn)
+        finally:
+            conn.exec_driver_sql("RESET synchronous_commit")
+
+    return lazy

@@ -215,11 +215,16 @@ class SQLStore:
         # Trace batches go through one connection kept by the writer thread: checking one out of the pool per
         # batch cost a pre-ping round trip each time. It is dropped (and reopened) after an availability fault.
         self._trace_conn: Connection | None = None
+        # SQLite: single statements committed without an fsync of their own (`lazy_write`), on a connection kept
+        # by the writer thread with `synchronous=NORMAL` for good (the pragma is per connection).
+        self._lazy_conn: Connection | None = None
         self._books = BookKeeper(self.engine.dialect)
         self._written = 0  # trace events this process has written (writer thread only)
         self._analyze_at = ANALYZE_FIRST
         self._copies: dict[tuple[str, ...], CopyInsert] = {}
         self._lookups: dict[tuple[str, tuple[str, ...], bool], Any] = {}
+        self._booked_before_stmt: Any = None
+        self._run_end_stmt: Any = None
         # Run workflows and paid endpoints the books have looked up (writer thread only): the rollups group by them.
         self._workflow_cache: dict[tuple[str, str], RunDims] = {}
         self._pending_workflows: dict[tuple[str, str], RunDims] = {}
@@ -267,8 +272,40 @@ class SQLStore:
 
         await asyncio.get_running_loop().run_in_executor(self._writer, upgrade, self.engine)
 
+    async def lazy_write(self, fn: Callable[[Connection], T]) -> T:
+        """SQLite: `fn` in a transaction of its own on the writer thread, committed without an fsync of its own:
+        WAL keeps commits in order, so it becomes durable with the next durable commit, which syncs the log up to
+        there. With `durable_commits` off every commit is like this already."""
+        if not self.durable_commits:
+            return await self._write(fn)
+
+        def run() -> T:
+            conn = self._lazy_conn
+            if conn is None:
+                conn = self.engine.connect()
+                conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+                conn.commit()  # SQLAlchemy's autobegun transaction; SQLite begins none for a PRAGMA
+                self._lazy_conn = conn
+            try:
+                with conn.begin():
+                    return fn(conn)
+            except UNAVAILABLE:
+                self._lazy_conn = None
+                with contextlib.suppress(Exception):
+                    conn.invalidate()
+                raise
+
+        return await self._run(self._writer, run)
+
+    def _drop_kept_conns(self) -> None:
+        self._drop_trace_conn()
+        conn, self._lazy_conn = self._lazy_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
     async def aclose(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._writer, self._drop_trace_conn)
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._drop_kept_conns)
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         self._queries.shutdown(wait=True)
@@ -392,17 +429,39 @@ class SQLStore:
             self._bulk(conn, t.budget_alerts, self._alert_insert, list(alerts.values()))
         if raised:  # only alerts this batch inserted enqueue deliveries: a replay enqueues nothing twice
             webhooks_sql.record_alerts(conn, self._insert_new(conn, t.alerts, raised), self._insert, datetime.now(UTC))
-        for end in ends:
-            conn.execute(
-                update(t.runs)
-                .where(and_(t.runs.c.workspace_id == end.workspace_id, t.runs.c.id == end.run_id))
-                .values(status=end.status.value, ended_at=end.ended_at, error=end.error, output=end.output)
-            )
+        if ends:
+            self._end_runs(conn, ends)
         # Last: the chains' head locks are held from here to the commit only. Decisions come from the rows this
         # batch inserted, so a replay adds none (store/audit.py).
         decided = audit_sql.decisions(new_steps, transitions)
         if audits or decided:
             self.audit.append(conn, audits, datetime.now(UTC), fresh=decided)
+
+    def _end_runs(self, conn: Connection, ends: list[RunEnd]) -> None:
+        if self._run_end_stmt is None:  # built once: a statement per call cost more CPU than running it
+            c = t.runs.c
+            self._run_end_stmt = (
+                update(t.runs)
+                .where(and_(c.workspace_id == bindparam("e_ws"), c.id == bindparam("e_id")))
+                .values(
+                    status=bindparam("e_status"),
+                    ended_at=bindparam("e_ended_at"),
+                    error=bindparam("e_error"),
+                    output=bindparam("e_output"),
+                )
+            )
+        for end in ends:
+            conn.execute(
+                self._run_end_stmt,
+                {
+                    "e_ws": end.workspace_id,
+                    "e_id": end.run_id,
+                    "e_status": end.status.value,
+                    "e_ended_at": end.ended_at,
+                    "e_error": end.error,
+                    "e_output": end.output,
+                },
+            )
 
     def _existing(
         self, conn: Connection, table: Any, keys: Iterable[tuple[str, str]], columns: Sequence[str], *, lock: bool
@@ -502,11 +561,15 @@ class SQLStore:
             if run["workflow"] is not None or run["endpoint_id"] is not None:
                 dims.setdefault(run["workspace_id"], {})[run["id"]] = (run["workflow"], run["endpoint_id"])
         found: list[tuple[dict[str, Any], bool, RunDims]] = []
-        r, s = t.requests.c, t.steps.c
-        none: list[Any] = [literal(None).label("kind"), *[literal(0).label(c) for c in PAYMENT_COLUMNS]]
-        for ws, by_run in dims.items():
-            ids = sorted(by_run)
-            stmt = union_all(
+        if not dims:
+            return found
+        if self._booked_before_stmt is None:
+            r, s = t.requests.c, t.steps.c
+            none: list[Any] = [literal(None).label("kind"), *[literal(0).label(c) for c in PAYMENT_COLUMNS]]
+            ws: Any = bindparam("ws")
+            ids: Any = bindparam("ids", expanding=True)
+            # Built once: every paid call's run makes this lookup, and building it cost more than running it.
+            self._booked_before_stmt = union_all(
                 select(*[r[k] for k in LEDGER_COLUMNS], *none, literal(True).label("is_request")).where(
                     r.workspace_id == ws, r.run_id.in_(ids)
                 ),
@@ -514,7 +577,9 @@ class SQLStore:
                     s.workspace_id == ws, s.run_id.in_(ids), s.request_id.is_(None)
                 ),
             )
-            for row in conn.execute(stmt):
+        for ws_id, by_run in dims.items():
+            stmt, params = self._booked_before_stmt, {"ws": ws_id, "ids": sorted(by_run)}
+            for row in conn.execute(stmt, params):
                 values = dict(row._mapping)
                 is_request = bool(values.pop("is_request"))
                 found.append((values, is_request, by_run[values["run_id"]]))
