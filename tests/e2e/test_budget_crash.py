@@ -9,9 +9,6 @@ figure, and the spent figure is the recorded cost of the calls plus the estimate
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,7 +17,7 @@ from sqlalchemy import create_engine, text
 
 from agentledger.config import Settings
 from agentledger.testing.server import free_port
-from tests.e2e.test_crash import KILL_AFTER_S, _load, _start
+from tests.e2e.test_crash import _start, kill_under_load
 from tests.harness import HTTP, provision
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -44,22 +41,7 @@ def test_counters_rebuilt_after_kill_9_equal_the_ledger(tmp_path: Path) -> None:
     auth = {"authorization": f"Bearer {ids['admin']}"}
     budget = {"id": "big", "scope": "workspace", "limit_usd": "1000", "period": "total", "action": "block_requests"}
     assert HTTP.post(url + "/api/budgets", headers=auth, json=budget).status_code == 201
-    try:
-
-        async def run() -> dict[str, float]:
-            stop_at = time.monotonic() + KILL_AFTER_S
-            load = asyncio.create_task(_load(url, ids["vk"], stop_at))
-            await asyncio.sleep(KILL_AFTER_S)
-            proc.send_signal(signal.SIGKILL)
-            return await load
-
-        acked = asyncio.run(run())
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    assert len(acked) >= 50, f"too little load to mean anything: {len(acked)} calls acknowledged"
+    acked, _ = kill_under_load(proc, url, ids["vk"])
 
     port = free_port()
     proc = _start(data_dir, db_url, port, "strict", log)

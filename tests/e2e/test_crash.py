@@ -96,6 +96,35 @@ async def _load(url: str, vk: str, stop_at: float, acked: dict[str, float], refu
     await asyncio.gather(*(client(n) for n in range(CONCURRENCY)))
 
 
+def kill_under_load(proc: subprocess.Popen[bytes], url: str, vk: str) -> tuple[dict[str, float], float]:
+    """Load `proc` with chat calls and SIGKILL it mid-load, once at least MIN_ACKED calls were acknowledged (and
+    KILL_AFTER_S passed); returns the acknowledged x-request-ids with their times, and the time of the kill."""
+    acked: dict[str, float] = {}
+    refused: dict[int, int] = {}
+    killed_at = 0.0
+
+    async def run() -> None:
+        nonlocal killed_at
+        began = time.monotonic()
+        load = asyncio.create_task(_load(url, vk, began + LOAD_DEADLINE_S, acked, refused))
+        await asyncio.sleep(KILL_AFTER_S)
+        while len(acked) < MIN_ACKED and time.monotonic() - began < LOAD_DEADLINE_S and not load.done():
+            await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        await load
+
+    try:
+        asyncio.run(run())
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert len(acked) >= MIN_ACKED, f"too little load to mean anything: {len(acked)} acknowledged, {refused=}"
+    return acked, killed_at
+
+
 @pytest.mark.parametrize("durability", ["strict", "batched"])
 def test_kill_9_under_load_loses_no_acknowledged_call(durability: str, db_url: str, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
@@ -110,31 +139,7 @@ def test_kill_9_under_load_loses_no_acknowledged_call(durability: str, db_url: s
     port = free_port()
     log = tmp_path / "gateway.log"
     proc = _start(data_dir, db_url, port, durability, log)
-    killed_at = 0.0
-    try:
-        acked: dict[str, float] = {}
-        refused: dict[int, int] = {}
-
-        async def run() -> None:
-            nonlocal killed_at
-            began = time.monotonic()
-            load = asyncio.create_task(
-                _load(f"http://127.0.0.1:{port}", ids["vk"], began + LOAD_DEADLINE_S, acked, refused)
-            )
-            await asyncio.sleep(KILL_AFTER_S)
-            while len(acked) < MIN_ACKED and time.monotonic() - began < LOAD_DEADLINE_S and not load.done():
-                await asyncio.sleep(0.05)
-            proc.send_signal(signal.SIGKILL)
-            killed_at = time.monotonic()
-            await load
-
-        asyncio.run(run())
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    assert len(acked) >= MIN_ACKED, f"too little load to mean anything: {len(acked)} acknowledged, {refused=}"
+    acked, killed_at = kill_under_load(proc, f"http://127.0.0.1:{port}", ids["vk"])
 
     # A new process on the same database and data directory replays whatever was spooled, then stops cleanly.
     proc = _start(data_dir, db_url, free_port(), durability, log)

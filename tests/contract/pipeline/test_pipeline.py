@@ -216,7 +216,11 @@ async def test_store_down_retries_then_spools_and_replays_on_recovery(
     assert pipeline.stats.spooled == 11 and [len(b) for b in spool.read()] == [10, 1]
 
     flaky.down = False
-    await asyncio.sleep(0.25)  # the backoff passes; the worker replays the spool without waiting for new events
+    # The backoff (0.2 s) passes; the worker replays the spool without waiting for new events (polled: a busy
+    # machine may take longer than the backoff to get there).
+    deadline = time.monotonic() + 5
+    while spool.pending() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
     assert steps_written(store, ws) == 11 and not spool.pending() and not spool.path.exists()
     pipeline.emit(step(ws, 11))
     await pipeline.flush()
