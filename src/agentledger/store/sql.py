@@ -89,6 +89,7 @@ from agentledger.store.base import (
 )
 from agentledger.store.books import BookKeeper
 from agentledger.store.bulk import BulkStatement, CopyInsert
+from agentledger.store.policy_hits import hit_rows
 from agentledger.store.queries import (
     LEDGER_COLUMNS,
     MEMBER_GROUP,
@@ -398,6 +399,9 @@ class SQLStore:
                 .where(and_(t.runs.c.workspace_id == end.workspace_id, t.runs.c.id == end.run_id))
                 .values(status=end.status.value, ended_at=end.ended_at, error=end.error, output=end.output)
             )
+        hits = hit_rows(new_steps, transitions)  # like the decisions below, from the rows this batch inserted
+        if hits:
+            self._insert_new(conn, t.policy_hits, hits)
         # Last: the chains' head locks are held from here to the commit only. Decisions come from the rows this
         # batch inserted, so a replay adds none (store/audit.py).
         decided = audit_sql.decisions(new_steps, transitions)
