@@ -138,7 +138,14 @@ MAX_SCAN_EVENTS = 200_000
 WORKFLOW_CACHE_SIZE = 100_000  # runs whose workflow and paid endpoint the writer remembers
 ANALYZE_FIRST = 10_000  # events written before the first statistics refresh (then at each doubling)
 # The trace tables and every kept one (the list was written out once, and missed rollup_daily when it came).
-ANALYZED = ("steps", "requests", "runs", "sessions", *(table.name for table, _, _ in books_sql.KEPT.values()))
+ANALYZED = (
+    "steps",
+    "requests",
+    "runs",
+    "sessions",
+    "policy_hits",  # two of its indexes lead with the workspace: without statistics the planner cannot tell them apart
+    *(table.name for table, _, _ in books_sql.KEPT.values()),
+)
 # What the books need of a request row that a retry replaces.
 _REQUEST_BOOK_COLUMNS = ("id", *LEDGER_COLUMNS)
 
