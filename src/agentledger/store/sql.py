@@ -408,7 +408,7 @@ class SQLStore:
             )
         hits = hit_rows(new_steps, transitions)  # like the decisions below, from the rows this batch inserted
         if hits:
-            self._insert_new(conn, t.policy_hits, hits)
+            self._bulk(conn, t.policy_hits, self._hit_insert, list(hits.values()))
         # Last: the chains' head locks are held from here to the commit only. Decisions come from the rows this
         # batch inserted, so a replay adds none (store/audit.py).
         decided = audit_sql.decisions(new_steps, transitions)
@@ -603,6 +603,10 @@ class SQLStore:
     def _alert_insert(self) -> Any:
         # A threshold is crossed once per window: a second crossing (another replica, a replay) changes nothing.
         return self._insert(t.budget_alerts).on_conflict_do_nothing()
+
+    def _hit_insert(self) -> Any:
+        # A hit's id is its call's and policy's (core.policy_hits.hit_id): a retried call's hits are its first try's.
+        return self._insert(t.policy_hits).on_conflict_do_nothing()
 
     def _session_upsert(self) -> Any:
         stmt = self._insert(t.sessions)
