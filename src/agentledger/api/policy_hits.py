@@ -16,23 +16,6 @@ from agentledger.store.policy_hits import HitFilter
 
 # The windows counted on each policy of GET /api/policies: `hits_24h`, `hits_7d`.
 WINDOWS = {"hits_24h": timedelta(hours=24), "hits_7d": timedelta(days=7)}
-_PUBLIC = (
-    "id",
-    "at",
-    "policy_id",
-    "policy_version",
-    "rule_id",
-    "mode",
-    "decision",
-    "reason",
-    "request_id",
-    "run_id",
-    "step_id",
-    "session_id",
-    "department_id",
-    "virtual_key_id",
-    "agent_id",
-)
 
 
 def hit_filter(request: Request, admin: AdminPrincipal) -> HitFilter:
@@ -48,8 +31,7 @@ def hit_filter(request: Request, admin: AdminPrincipal) -> HitFilter:
 
 
 def page(rows: list[dict[str, Any]], limit: int) -> dict[str, Any]:
-    data = [{k: r[k] for k in _PUBLIC} for r in rows]
-    return {"data": data, "next_cursor": encode_cursor(rows[-1], "at") if len(rows) == limit else None}
+    return {"data": rows, "next_cursor": encode_cursor(rows[-1], "at") if len(rows) == limit else None}
 
 
 def windows(now: datetime) -> list[datetime]:

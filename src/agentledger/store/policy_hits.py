@@ -21,6 +21,7 @@ from agentledger.store import schema as t
 from agentledger.store.queries import newest_first
 
 _ATTRIBUTION = ("session_id", "department_id", "virtual_key_id", "agent_id")
+_SHOWN = [c for c in t.policy_hits.c if c.name != "workspace_id"]  # what GET /api/policies/{id}/hits answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,7 @@ def hits_query(workspace_id: str, policy_id: str, flt: HitFilter) -> Select[Any]
     h = t.policy_hits.c
 
     def one(mode: str) -> Select[Any]:
-        stmt = select(t.policy_hits).where(h.workspace_id == workspace_id, h.policy_id == policy_id, h.mode == mode)
+        stmt = select(*_SHOWN).where(h.workspace_id == workspace_id, h.policy_id == policy_id, h.mode == mode)
         if flt.department_id is not None:
             stmt = stmt.where(h.department_id == flt.department_id)
         return newest_first(stmt, h.at, h.id, flt.cursor, flt.since, flt.until).limit(flt.limit)
@@ -97,7 +98,8 @@ def hits_query(workspace_id: str, policy_id: str, flt: HitFilter) -> Select[Any]
 
 def counts_query(workspace_id: str, windows: Sequence[datetime], department_id: str | None) -> Select[Any]:
     """For each live policy of the workspace, its hits of each mode since each of `windows`: columns
-    `<mode>_<i>`. Each count is one range of ix_policy_hits_policy, read from its index only."""
+    `<mode>_<i>`. Each count is one range of ix_policy_hits_policy, read from the index alone; a department
+    admin's reads the range's rows too, to keep their department's."""
     p, h = t.policies.c, t.policy_hits.c
     counts = []
     for i, since in enumerate(windows):
