@@ -194,8 +194,8 @@ def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route
         otherwise in monitor mode, newest first; a deleted policy's too (they happened)."""
         policy_id = path_id(request, "policy_id", "Policy")
         flt = policy_hits.hit_filter(request, admin)
-        latest = await governance.latest_version(admin.workspace_id, policy_id)
-        if latest is None or not await readable(admin, latest):
+        latest = await governance.policy_versions(admin.workspace_id, policy_id, limit=1)
+        if not latest or not await readable(admin, latest[0]):  # the newest version's scope decides, as for /versions
             raise NotFound(f"Policy {policy_id!r} does not exist.", param="policy_id")
         await gateway.pipeline.flush()
         rows = await governance.policy_hits(admin.workspace_id, policy_id, flt)

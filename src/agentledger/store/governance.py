@@ -108,26 +108,18 @@ class GovernanceStore:
         )
         return rows[0] if rows else None
 
-    async def policy_versions(self, workspace_id: str, policy_id: str) -> list[dict[str, Any]]:
+    async def policy_versions(
+        self, workspace_id: str, policy_id: str, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first (the first a deleted policy's deletion); none: it never existed."""
         c = t.policy_versions.c
         stmt = (
             select(t.policy_versions)
             .where(c.workspace_id == workspace_id, c.policy_id == policy_id)
             .order_by(c.version.desc())
+            .limit(limit)
         )
         return await self.store._select(stmt)
-
-    async def latest_version(self, workspace_id: str, policy_id: str) -> dict[str, Any] | None:
-        """The policy's newest version (its deletion, for a deleted one): None if it never existed."""
-        c = t.policy_versions.c
-        stmt = (
-            select(t.policy_versions)
-            .where(c.workspace_id == workspace_id, c.policy_id == policy_id)
-            .order_by(c.version.desc())
-            .limit(1)
-        )
-        rows = await self.store._select(stmt)
-        return rows[0] if rows else None
 
     # -- policy hits (store/policy_hits.py) -----------------------------------------------------------------------
     async def policy_hits(self, workspace_id: str, policy_id: str, flt: HitFilter) -> list[dict[str, Any]]:

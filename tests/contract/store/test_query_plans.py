@@ -199,7 +199,7 @@ async def captured_reads(store: SQLStore) -> list[tuple[str, Any]]:
             HitFilter(department_id="d", limit=50),
         ):
             await gov.policy_hits(ws, "pol-x", hit_filter)
-        await gov.latest_version(ws, "pol-x")
+        await gov.policy_versions(ws, "pol-x", limit=1)
         counted = await gov.policy_hit_counts(ws, [NOW - timedelta(hours=24), NOW - timedelta(days=7)])
         assert counted["pol-x"][(1, "monitor")] > 0 and counted["pol-y"] == dict.fromkeys(counted["pol-y"], 0)
         await gov.policy_hit_counts(ws, [NOW - timedelta(days=7)], department_id="d")
