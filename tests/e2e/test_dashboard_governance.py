@@ -1,6 +1,7 @@
 """The governance and finance views in a real browser (Debian chromium, Playwright; the harness of test_dashboard):
 an escalated call held in a thread proceeds after the Approve click on a page that was open before it was asked,
-a created key is shown once, a viewer sees no write buttons, and no page logs a console error."""
+a monitor-mode policy's hit is counted and listed on the Policies view and links to its run, a created key is shown
+once, a viewer sees no write buttons, and no page logs a console error."""
 
 from __future__ import annotations
 
@@ -40,9 +41,21 @@ def gov(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
             "rules": [{"id": "opus", "action": "escalate", "when": {"models": ["claude-opus-*"]}}],
         }
         assert api.post("/api/policies", json=policy).status_code == 201
+        trial = {
+            "id": "long-outputs",
+            "name": "Long outputs (trial)",
+            "scope": "workspace",
+            "mode": "monitor",
+            "rules": [{"id": "max-2k", "action": "block", "when": {"models": ["gpt-4o"], "max_tokens_over": 2000}}],
+        }
+        assert api.post("/api/policies", json=trial).status_code == 201
         v1 = httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {ids['vk']}"})
         chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
         assert v1.post("/v1/chat/completions", json=chat, headers={"alephant-run-id": "run-1"}).status_code == 200
+        # What the trial policy would have blocked: answered (200), a monitor hit.
+        long = {**chat, "model": "gpt-4o", "max_tokens": 4096}
+        headers = {"alephant-run-id": "run-trial", "x-request-id": "trial-1"}
+        assert v1.post("/v1/chat/completions", json=long, headers=headers).status_code == 200
         yield Seeded(server.url, ids["admin"], ids["viewer"], ids["vk"])
 
 
@@ -102,7 +115,7 @@ def test_every_view_renders_and_a_viewer_sees_no_write_buttons(browser: Any, gov
     assert "b-research" in admin.page.content() and admin.page.locator(".bar").count() == 1
     admin.page.goto("/audit")
     assert admin.page.locator("[data-chain=ok]").count() == 1
-    assert admin.page.locator("tr[data-seq]", has_text="policy.create").count() == 1
+    assert admin.page.locator("tr[data-seq]", has_text="policy.create").count() == 2
     assert admin.problems == []
 
     viewer = _signed_in(browser, gov, gov.viewer)
@@ -116,3 +129,27 @@ def test_every_view_renders_and_a_viewer_sees_no_write_buttons(browser: Any, gov
     )
     assert forged.status == 403
     assert viewer.problems == []
+
+
+def test_the_policies_view_counts_and_lists_a_monitor_hit(browser: Any, gov: Seeded) -> None:  # noqa: F811
+    w = _signed_in(browser, gov, gov.admin)
+    w.page.goto("/policies")
+    row = w.page.locator("table.policy-hits-summary tr[data-policy=long-outputs]")
+    counted = [row.locator(f"[data-hits={k}]").inner_text() for k in ("enforce-24h", "monitor-24h", "monitor-7d")]
+    assert counted == ["0", "1", "1"]
+    row.locator("a").click()
+    w.page.wait_for_url(re.compile(r"/policies\?policy=long-outputs$"))
+    assert w.page.locator("#hits-of").inner_text() == "Recent hits of Long outputs (trial)"
+    hits = w.page.locator("table.policy-hits tr[data-hit]")
+    assert hits.count() == 1 and hits.first.get_attribute("data-mode") == "monitor"
+    cells = hits.first.locator("td").all_inner_texts()
+    assert cells[1:6] == ["monitor", "would be blocked", "max-2k v1", "trial-1", "run-trial"], cells
+    w.page.click("p.filters a:text-is('enforce')")
+    w.page.wait_for_url(re.compile(r"mode=enforce"))
+    assert w.page.locator("table.policy-hits tr[data-hit]").count() == 0
+    assert "No hits in enforce mode." in w.page.locator("table.policy-hits").inner_text()
+    w.page.click("p.filters a:text-is('all')")
+    w.page.click("table.policy-hits a[href='/runs/run-trial']")
+    w.page.wait_for_url(re.compile(r"/runs/run-trial$"))
+    assert w.page.locator("[data-step^='pc_']").count() == 1  # the call's policy check, beside its model call
+    assert w.problems == []

@@ -67,6 +67,16 @@ def test_demo_fills_a_fresh_instance(tmp_path: Path) -> None:
 
         decisions = {e["action"] for e in api.get("/api/audit-logs", params={"action": "decision.*"}).json()["data"]}
         assert {"decision.blocked", "decision.escalated"} <= decisions
+        # Each policy's hits (the Policies view): the monitor-mode trial would have blocked every call that named no
+        # max_tokens or more than 2,000 (the ticket asking 4,096 among them), and changed none of them.
+        hits = {p["id"]: p["hits_24h"] for p in api.get("/api/policies").json()["data"]}
+        assert hits == {
+            "demo-support-small-models": {"enforce": 1, "monitor": 0},
+            "demo-opus-approval": {"enforce": 2, "monitor": 0},
+            "demo-long-outputs": {"enforce": 0, "monitor": 11},
+        }
+        trial = api.get("/api/policies/demo-long-outputs/hits", params={"limit": 1000}).json()["data"]
+        assert {(h["mode"], h["decision"], h["rule_id"]) for h in trial} == {("monitor", "blocked", "max-2k")}
         approvals = sorted(a["status"] for a in api.get("/api/approvals").json()["data"])
         assert approvals == ["approved", "pending"]
         assert api.get("/api/audit/verify").json()["ok"] is True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ import orjson
 import pytest
 from cryptography.fernet import Fernet
 
-from agentledger.core.model import Role
+from agentledger.core.budgets import Decision
+from agentledger.core.model import Attribution, Role, RunStart, StepKind, StepRecord, StepStatus, TraceEvent
+from agentledger.core.policy import Mode, Verdict
 from agentledger.governance import Governance
 from agentledger.secrets_box import SecretBox
 from agentledger.testing import ServerThread
@@ -308,3 +311,46 @@ def test_verify_still_catches_a_wrong_kept_row_after_pruning(pruning: Harness) -
             )
         found = verify(store, gw.workspace)
         assert {(m.table, m.key[1].replace(tzinfo=UTC)) for m in found} == {("hourly", now_hour)}
+
+
+def test_policy_hits_are_pruned_with_the_rows_they_were_read_from(pruning: Harness) -> None:
+    gw = pruning
+    trial = {"name": "trial", "rules": [{"id": "r1", "action": "block", "when": {}}]}
+    made = gw.api("POST", "/api/policies", json={**trial, "scope": "workspace", "mode": "monitor"})
+    assert made.status_code == 201, made.text
+    pid = made.json()["id"]
+    would = Verdict(Decision.BLOCKED, pid, 1, "r1", "would block", Mode.MONITOR)
+    report = {"decision": "allowed", "decided_by": None, "policy": Verdict(reason="allowed", would=would).as_record()}
+
+    def check(step_id: str, run_id: str, request_id: str, at: datetime) -> StepRecord:
+        a = Attribution(workspace_id=gw.workspace, department_id=gw.department, run_id=run_id)
+        return StepRecord(
+            step_id, run_id, a, StepKind.POLICY_CHECK, "policy check", StepStatus.OK, at, request_id=request_id,
+            attributes=report,
+        )  # fmt: skip
+
+    young_run = datetime.now(UTC)
+    seeded: list[TraceEvent] = [
+        replace(old_request(gw, "hit-lone", OLD), governance=report),  # outside a run: its request row
+        RunStart("run-hits-old", Attribution(workspace_id=gw.workspace, run_id="run-hits-old"), OLD),
+        check("pc-old", "run-hits-old", "hit-old", OLD),
+        # An old check in a run that began after the cutoff: kept with its run, and its hit with it.
+        RunStart("run-hits-young", Attribution(workspace_id=gw.workspace, run_id="run-hits-young"), young_run),
+        check("pc-young", "run-hits-young", "hit-young", OLD),
+    ]
+    with side_store(gw) as store:
+        write(store, seeded)
+    headers = {"x-request-id": "hit-now", "content-type": "application/json"}
+    now = gw.v1("POST", "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": HELLO}, headers=headers)
+    assert now.status_code == 200, now.text
+    listed = {h["request_id"]: h for h in gw.get(f"/api/policies/{pid}/hits")["data"]}
+    assert sorted(listed) == ["hit-lone", "hit-now", "hit-old", "hit-young"]
+    assert (listed["hit-old"]["step_id"], listed["hit-lone"]["step_id"]) == ("pc-old", None)
+
+    asked = datetime.now(UTC)
+    assert put(gw, traces_days=30).status_code == 200
+    wait_for_sweep(gw, asked)
+    assert [h["request_id"] for h in gw.get(f"/api/policies/{pid}/hits")["data"]] == ["hit-now", "hit-young"]
+    assert count(gw, "policy_hits") == 2
+    # Each hit left is read off a row that is left, and no row left lost its hit.
+    assert count(gw, "steps", "id IN ('pc-old', 'pc-young')") == 1 and count(gw, "requests", "id = 'hit-lone'") == 0

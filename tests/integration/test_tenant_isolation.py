@@ -313,6 +313,10 @@ CASES: dict[tuple[str, str], Case] = {
     ("PUT", "/api/policies/{policy_id:policy_id}"): with_body(lambda b: {"name": "mine", "scope": "workspace"}),
     ("DELETE", "/api/policies/{policy_id:policy_id}"): plain,
     ("GET", "/api/policies/{policy_id:policy_id}/versions"): plain,
+    ("GET", "/api/policies/{policy_id:policy_id}/hits"): lambda t, a, b: [
+        Call(_path(t, b, a)),
+        Call(_path(t, b, a), params={"mode": "enforce", "limit": "1000"}),
+    ],
     ("POST", "/v1/policy/check"): v1(lambda b: {"run_id": b.ids["run"], "kind": "tool_call", "name": "x"}),
     ("POST", "/api/runs/{run_id}/cancel"): with_body(lambda b: {"reason": "mine"}),
     ("POST", "/api/runs/{run_id}/pause"): with_body(lambda b: {"reason": "mine"}),
@@ -460,7 +464,7 @@ def test_b_is_seeded_with_one_of_everything(world: World) -> None:
     run = HTTP.get(f"{world.url}/api/runs/{b.ids['run']}", headers={"authorization": f"Bearer {b.admin}"}).json()
     assert run["id"] == b.ids["run"] and run["session_id"] == b.ids["session"]
     assert len(run.get("steps", [])) >= 2, run
-    for path in ("/api/alerts", "/api/audit-logs"):
+    for path in ("/api/alerts", "/api/audit-logs", f"/api/policies/{b.ids['policy']}/hits"):
         data = HTTP.get(world.url + path, headers={"authorization": f"Bearer {b.admin}"}).json()["data"]
         assert data, path
 

@@ -70,7 +70,7 @@ def test_a_sweep_deletes_then_nulls_in_batches_and_moves_its_horizons_in_order()
     traces, bodies = MIDNIGHT - timedelta(days=30), MIDNIGHT - timedelta(days=7)
     kinds = [(e[0], e[2]) for e in store.log if e[0] in ("delete", "null")]
     assert kinds == [
-        *[("delete", k) for k in ("steps", "steps", "requests", "requests", "runs", "runs", "sessions", "sessions")],
+        *[("delete", k) for k in ("steps", "requests", "policy_hits", "runs", "sessions") for _ in range(2)],
         *[("null", k) for k in ("requests", "requests", "steps", "steps", "runs", "runs")],
     ]
     assert store.log[0] == ("advance", "ws", "traces_horizon", traces)  # before any deletion
@@ -78,8 +78,8 @@ def test_a_sweep_deletes_then_nulls_in_batches_and_moves_its_horizons_in_order()
     assert [e[4] for e in store.log if e[0] == "delete"][:2] == [None, (1,)]  # the cursor walks on
     assert all(e[3] == traces and e[5] == 50 for e in store.log if e[0] == "delete")
     assert all(e[3:5] == (None, bodies) for e in store.log if e[0] == "null")
-    assert len(pauses) == 7 and all(p >= 0.01 for p in pauses)  # after every batch but each table's last
-    assert done.deleted == dict.fromkeys(("steps", "requests", "runs", "sessions"), 14)
+    assert len(pauses) == 8 and all(p >= 0.01 for p in pauses)  # after every batch but each table's last
+    assert done.deleted == dict.fromkeys(("steps", "requests", "policy_hits", "runs", "sessions"), 14)
     assert done.nulled == dict.fromkeys(("requests", "steps", "runs"), 14)
     assert audited == [("ws", MIDNIGHT - timedelta(days=90))] and done.audit == 3
 

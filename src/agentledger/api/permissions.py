@@ -61,6 +61,7 @@ ROUTES: Mapping[tuple[str, str], str] = {
     ("PUT", "/api/policies/{policy_id:policy_id}"): "policies.write",
     ("DELETE", "/api/policies/{policy_id:policy_id}"): "policies.write",
     ("GET", "/api/policies/{policy_id:policy_id}/versions"): "policies.read",
+    ("GET", "/api/policies/{policy_id:policy_id}/hits"): "policies.read",
     ("POST", "/api/runs/{run_id}/cancel"): "runs.control",
     ("POST", "/api/runs/{run_id}/pause"): "runs.control",
     ("POST", "/api/runs/{run_id}/resume"): "runs.control",

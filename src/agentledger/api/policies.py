@@ -1,6 +1,7 @@
-"""Policies: `/api/policies` (versioned: every change is a new version, each kept), `POST /api/policies/evaluate`
-(what a call would get and why, nothing forwarded), and for a virtual key `POST /v1/policy/check` (an agent asks
-before a sensitive tool or API call; the decision is a policy_check step of its run).
+"""Policies: `/api/policies` (versioned: every change is a new version, each kept; each row with its hit counts),
+`GET /api/policies/{id}/hits` (api/policy_hits.py), `POST /api/policies/evaluate` (what a call would get and why,
+nothing forwarded), and for a virtual key `POST /v1/policy/check` (an agent asks before a sensitive tool or API
+call; the decision is a policy_check step of its run).
 
 A department admin reads the policies scoped to their department, its agents or its virtual keys, and the
 workspace-wide ones (they govern the department's calls too); they change only the former. Another policy is a 404,
@@ -16,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agentledger.api import scoping
+from agentledger.api import policy_hits, scoping
 from agentledger.api.auth import AdminAuth, describe, json_body, path_id
 from agentledger.audit.changes import Change
 from agentledger.core.budget_config import amount_nanos
@@ -145,7 +146,11 @@ def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route
         rows = await governance.list_policies(admin.workspace_id)
         if (reach := await scoping.reach(store, admin)) is not None:
             rows = [r for r in rows if reach.sees(r, workspace_wide=True)]
-        return JSONResponse({"data": [_view(r) for r in rows]})
+        await gateway.pipeline.flush()  # read your writes: the hits of calls already answered
+        counts = await governance.policy_hit_counts(
+            admin.workspace_id, policy_hits.windows(desk.clock()), admin.department_id
+        )
+        return JSONResponse({"data": [policy_hits.with_counts(_view(r), counts.get(r["id"])) for r in rows]})
 
     async def get_policy(request: Request, admin: AdminPrincipal) -> Response:
         policy_id = path_id(request, "policy_id", "Policy")
@@ -183,6 +188,18 @@ def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route
                 }
             )
         return JSONResponse({"data": out})
+
+    async def hits(request: Request, admin: AdminPrincipal) -> Response:
+        """A page of the calls the policy decided, changed or alerted on, and those it would have decided
+        otherwise in monitor mode, newest first; a deleted policy's too (they happened)."""
+        policy_id = path_id(request, "policy_id", "Policy")
+        flt = policy_hits.hit_filter(request, admin)
+        latest = await governance.policy_versions(admin.workspace_id, policy_id, limit=1)
+        if not latest or not await readable(admin, latest[0]):  # the newest version's scope decides, as for /versions
+            raise NotFound(f"Policy {policy_id!r} does not exist.", param="policy_id")
+        await gateway.pipeline.flush()
+        rows = await governance.policy_hits(admin.workspace_id, policy_id, flt)
+        return JSONResponse(policy_hits.page(rows, flt.limit))
 
     async def evaluate(request: Request, admin: AdminPrincipal) -> Response:
         """What a call would get: `virtual_key_id` (or `agent_id` / `department_id`) names who calls, `call` what
@@ -307,6 +324,7 @@ def policy_routes(auth: AdminAuth, store: Store, gateway: Gateway) -> list[Route
             methods=["DELETE"],
         ),
         Route("/api/policies/{policy_id:policy_id}/versions", g(versions), methods=["GET"]),
+        Route("/api/policies/{policy_id:policy_id}/hits", g(hits), methods=["GET"]),
         Route("/v1/policy/check", check, methods=["POST"]),
     ]
 

@@ -127,6 +127,7 @@ class RateLimit:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     concurrent: int | None = None
+    policy_version: int | None = None  # a policy's rate setting (id `policy:<id>:<setting>`): the version that set it
 
     @property
     def scope_label(self) -> str:

@@ -593,6 +593,8 @@ class BudgetGate:
                     "requests_per_minute": r.requests_per_minute,
                     "tokens_per_minute": r.tokens_per_minute,
                     "concurrent": r.concurrent,
+                    # A policy's setting names its version, as every policy decision does (core/policy_hits.py).
+                    **({"policy_version": r.policy_version} if r.policy_version is not None else {}),
                 }
                 for r in governed.limits
             ]

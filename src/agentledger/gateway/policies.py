@@ -138,6 +138,7 @@ class Review:
                     source.scope,
                     source.scope_value,
                     **{name: value},
+                    policy_version=source.version,
                 )
             )
         return out

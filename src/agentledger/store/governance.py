@@ -1,4 +1,4 @@
-"""Policies (versioned), approvals of escalated calls and run controls in SQL: composed by SQLStore as
+"""Policies (versioned) and their hits, approvals of escalated calls and run controls in SQL: composed by SQLStore as
 `store.governance`.
 
 A policy's every change is a new version: the current one is in `policies`, each one ever written in
@@ -9,6 +9,7 @@ racing on one approval cannot both win.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from agentledger.core.errors import Conflict
+from agentledger.core.policy_hits import MODES
 from agentledger.store import schema as t
+from agentledger.store.policy_hits import HitFilter, counts_query, hits_query
 
 if TYPE_CHECKING:
     from agentledger.store.sql import SQLStore
@@ -105,14 +108,30 @@ class GovernanceStore:
         )
         return rows[0] if rows else None
 
-    async def policy_versions(self, workspace_id: str, policy_id: str) -> list[dict[str, Any]]:
+    async def policy_versions(
+        self, workspace_id: str, policy_id: str, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first (the first a deleted policy's deletion); none: it never existed."""
         c = t.policy_versions.c
         stmt = (
             select(t.policy_versions)
             .where(c.workspace_id == workspace_id, c.policy_id == policy_id)
             .order_by(c.version.desc())
+            .limit(limit)
         )
         return await self.store._select(stmt)
+
+    # -- policy hits (store/policy_hits.py) -----------------------------------------------------------------------
+    async def policy_hits(self, workspace_id: str, policy_id: str, flt: HitFilter) -> list[dict[str, Any]]:
+        return await self.store._select(hits_query(workspace_id, policy_id, flt), query=True)
+
+    async def policy_hit_counts(
+        self, workspace_id: str, windows: Sequence[datetime], department_id: str | None = None
+    ) -> dict[str, dict[tuple[int, str], int]]:
+        """By live policy: its hits of each mode since each of `windows`, keyed (window's index, mode)."""
+        rows = await self.store._select(counts_query(workspace_id, windows, department_id), query=True)
+        keys = [(i, mode) for i in range(len(windows)) for mode in MODES]
+        return {r["id"]: {(i, mode): int(r[f"{mode}_{i}"]) for i, mode in keys} for r in rows}
 
     # -- approvals ---------------------------------------------------------------------------------------------
     async def create_approval(self, row: dict[str, Any]) -> None:

@@ -7,11 +7,12 @@ not read again in the same sweep. On SQLite a batch runs on the store's writer t
 trace batches; on PostgreSQL on a query thread (lower OS priority) with its own connection: deleting old rows takes
 no lock that the inserts of new ones wait on. Several replicas do not sweep at once (an advisory lock per batch).
 
-A step or request is deleted once it, its run and its session all started before the cutoff: run totals and session
-paths of a run (session) that started after it then still add up to its rows (`rollups verify`). A run is deleted
-once it started before the cutoff and none of its steps or requests is left; a session once it was last seen before
-the cutoff and no run of it is left. Their run totals, controls and session paths go with them; the time-bucketed
-rollups stay (analytics over pruned windows keep their figures).
+A step, request or policy hit is deleted once it, its run and its session all started before the cutoff: run totals
+and session paths of a run (session) that started after it then still add up to its rows (`rollups verify`), and a
+hit goes with the step or request it was read from. A run is deleted once it started before the cutoff and none of
+its steps or requests is left; a session once it was last seen before the cutoff and no run of it is left. Their run
+totals, controls and session paths go with them; the time-bucketed rollups stay (analytics over pruned windows keep
+their figures).
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class RetentionStore:
         await self.store._write(lambda conn: conn.execute(stmt))
 
     async def delete_batch(self, kind: str, workspace_id: str, before: datetime, cursor: Cursor, limit: int) -> Batch:
-        """Delete up to `limit` expired rows of `kind` (steps, requests, runs, sessions) after `cursor`."""
+        """Delete up to `limit` expired rows of `kind` (steps, requests, policy_hits, runs, sessions) after `cursor`."""
         work = _DELETES[kind]
         return await self._batch(lambda conn: work(conn, workspace_id, before, cursor, limit))
 
@@ -201,19 +202,27 @@ def _delete_steps(conn: Connection, ws: str, before: datetime, cursor: Cursor, l
     return Batch(len(rows), len(gone), nxt)
 
 
-def _delete_requests(conn: Connection, ws: str, before: datetime, cursor: Cursor, limit: int) -> Batch:
-    q = t.requests.c
-    stmt = (
-        select(q.started_at, q.id, q.run_id, q.session_id)
-        .where(q.workspace_id == ws, q.started_at < before, _after((q.started_at, q.id), cursor))
-        .order_by(q.started_at, q.id)
-    )
-    rows, nxt = _page(conn, stmt, limit)
-    runs, sessions = _young(conn, ws, rows, before)
-    gone = [r.id for r in rows if r.run_id not in runs and r.session_id not in sessions]
-    if gone:
-        conn.execute(delete(t.requests).where(q.workspace_id == ws, q.id.in_(gone)))
-    return Batch(len(rows), len(gone), nxt)
+def _trace_deleter(table: Any, at: str) -> Callable[[Connection, str, datetime, Cursor, int], Batch]:
+    """A batch of `table`'s expired rows (keyed by workspace and id; `at`: their start) by (`at`, id), deleted
+    when neither their run nor their session is young: requests, and the policy hits read off a step or request
+    (the hit has its row's start, run and session, so it goes in the sweep that deletes that row)."""
+    c = table.c
+
+    def delete_batch(conn: Connection, ws: str, before: datetime, cursor: Cursor, limit: int) -> Batch:
+        when = c[at]
+        stmt = (
+            select(when, c.id, c.run_id, c.session_id)
+            .where(c.workspace_id == ws, when < before, _after((when, c.id), cursor))
+            .order_by(when, c.id)
+        )
+        rows, nxt = _page(conn, stmt, limit)
+        runs, sessions = _young(conn, ws, rows, before)
+        gone = [r.id for r in rows if r.run_id not in runs and r.session_id not in sessions]
+        if gone:
+            conn.execute(delete(table).where(c.workspace_id == ws, c.id.in_(gone)))
+        return Batch(len(rows), len(gone), nxt)
+
+    return delete_batch
 
 
 def _delete_runs(conn: Connection, ws: str, before: datetime, cursor: Cursor, limit: int) -> Batch:
@@ -288,9 +297,10 @@ def _nuller(table: Any, key: str, bodies: tuple[str, ...], by_workspace: bool = 
 
 
 _DELETES: dict[str, Callable[[Connection, str, datetime, Cursor, int], Batch]] = {
-    # Steps and requests first: a run (session) is deleted only once none of its rows is left.
+    # Steps, requests and hits first: a run (session) is deleted only once none of its rows is left.
     "steps": _delete_steps,
-    "requests": _delete_requests,
+    "requests": _trace_deleter(t.requests, "started_at"),
+    "policy_hits": _trace_deleter(t.policy_hits, "at"),
     "runs": _delete_runs,
     "sessions": _delete_sessions,
 }

@@ -413,6 +413,35 @@ policy_versions = Table(
     Column("created_by", String(256), nullable=True),
 )
 
+# One row per call and policy that the policy decided, changed or alerted on, or that a monitor-mode policy would
+# have decided otherwise (core/policy_hits.py; GET /api/policies/{id}/hits). Written by the trace writer from the
+# rows a batch inserted, so a replay adds none; `at`, `run_id` and `session_id` are the row's, so retention prunes a
+# hit with the step or request it was read from (store/retention.py).
+policy_hits = Table(
+    "policy_hits",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("at", TS, nullable=False),  # the call's start
+    Column("policy_id", ID, nullable=False),
+    Column("policy_version", Integer, nullable=True),
+    Column("rule_id", String(128), nullable=True),
+    Column("mode", String(16), nullable=False),
+    Column("decision", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("request_id", ID, nullable=True),
+    Column("run_id", ID, nullable=True),
+    Column("step_id", ID, nullable=True),
+    Column("session_id", ID, nullable=True),
+    Column("department_id", ID, nullable=True),
+    Column("virtual_key_id", ID, nullable=True),
+    Column("agent_id", ID, nullable=True),
+    # A policy's hits of one mode, newest first, and their count over a window: one range of this index each (a
+    # page of both modes merges the newest of each range). Retention walks the workspace's hits by time.
+    Index("ix_policy_hits_policy", "workspace_id", "policy_id", "mode", "at", "id"),
+    Index("ix_policy_hits_ws_at", "workspace_id", "at", "id"),
+)
+
 # An escalated call waiting for (or decided by) a human. `binding` ties it to the request that asked: its
 # workspace, key, run and body (gateway/approvals.py), so a resend of the same call finds it.
 approvals = Table(

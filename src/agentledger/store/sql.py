@@ -89,6 +89,7 @@ from agentledger.store.base import (
 )
 from agentledger.store.books import BookKeeper
 from agentledger.store.bulk import BulkStatement, CopyInsert
+from agentledger.store.policy_hits import hit_rows
 from agentledger.store.queries import (
     LEDGER_COLUMNS,
     MEMBER_GROUP,
@@ -137,7 +138,14 @@ MAX_SCAN_EVENTS = 200_000
 WORKFLOW_CACHE_SIZE = 100_000  # runs whose workflow and paid endpoint the writer remembers
 ANALYZE_FIRST = 10_000  # events written before the first statistics refresh (then at each doubling)
 # The trace tables and every kept one (the list was written out once, and missed rollup_daily when it came).
-ANALYZED = ("steps", "requests", "runs", "sessions", *(table.name for table, _, _ in books_sql.KEPT.values()))
+ANALYZED = (
+    "steps",
+    "requests",
+    "runs",
+    "sessions",
+    "policy_hits",  # two of its indexes lead with the workspace: without statistics the planner cannot tell them apart
+    *(table.name for table, _, _ in books_sql.KEPT.values()),
+)
 # What the books need of a request row that a retry replaces.
 _REQUEST_BOOK_COLUMNS = ("id", *LEDGER_COLUMNS)
 
@@ -431,6 +439,9 @@ class SQLStore:
             webhooks_sql.record_alerts(conn, self._insert_new(conn, t.alerts, raised), self._insert, datetime.now(UTC))
         if ends:
             self._end_runs(conn, ends)
+        hits = hit_rows(new_steps, transitions)  # like the decisions below, from the rows this batch inserted
+        if hits:
+            self._bulk(conn, t.policy_hits, self._hit_insert, list(hits.values()))
         # Last: the chains' head locks are held from here to the commit only. Decisions come from the rows this
         # batch inserted, so a replay adds none (store/audit.py).
         decided = audit_sql.decisions(new_steps, transitions)
@@ -657,6 +668,10 @@ class SQLStore:
     def _alert_insert(self) -> Any:
         # A threshold is crossed once per window: a second crossing (another replica, a replay) changes nothing.
         return self._insert(t.budget_alerts).on_conflict_do_nothing()
+
+    def _hit_insert(self) -> Any:
+        # A hit's id is its call's and policy's (core.policy_hits.hit_id): a retried call's hits are its first try's.
+        return self._insert(t.policy_hits).on_conflict_do_nothing()
 
     def _session_upsert(self) -> Any:
         stmt = self._insert(t.sessions)

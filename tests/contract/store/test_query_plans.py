@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
+from agentledger.core.budgets import Decision
 from agentledger.core.model import (
     Attribution,
     RequestRecord,
@@ -30,7 +31,9 @@ from agentledger.core.model import (
     StepStatus,
     TraceEvent,
 )
+from agentledger.core.policy import Mode, Verdict
 from agentledger.store.base import FINANCE_GROUPS, GROUP_COLUMNS, CostQuery, FinanceQuery, RunFilter, WriteResult
+from agentledger.store.policy_hits import HitFilter
 from agentledger.store.sql import SQLStore
 from tests.harness import fresh_pg_database
 
@@ -46,6 +49,7 @@ SCANNED = {
     "rollup_hourly",
     "rollup_sessions",
     "rollup_properties",
+    "policy_hits",
 }
 
 
@@ -61,6 +65,13 @@ async def filled_sqlite(tmp_path: Any) -> AsyncIterator[SQLStore]:
     await fill(store)
     yield store
     await store.aclose()
+
+
+_WOULD = Verdict(Decision.BLOCKED, "pol-x", 1, "r1", "would block", Mode.MONITOR)
+CHECKS = [  # what the gateway records: pol-x blocking a call, and (in monitor mode) a call it would have blocked
+    {"decision": "blocked", "policy": Verdict(Decision.BLOCKED, "pol-x", 1, "r1", "blocks").as_record()},
+    {"decision": "allowed", "policy": Verdict(reason="allowed", would=_WOULD).as_record()},
+]
 
 
 def batch(ws: str, run: int) -> list[TraceEvent]:
@@ -80,6 +91,13 @@ def batch(ws: str, run: int) -> list[TraceEvent]:
         events.append(
             StepRecord(f"st-{run}-{i}", f"run-{run}", a, StepKind.TOOL_CALL, "t", StepStatus.OK, started, cost_nanos=i)
         )
+    for i in range(20):  # a policy's hits, of both modes (20 a run: 4,000 a workspace)
+        pid = f"pc-{run}-{i}"
+        check = StepKind.POLICY_CHECK
+        events.append(
+            StepRecord(pid, f"run-{run}", a, check, "policy check", StepStatus.OK, started, request_id=pid,
+                       attributes=CHECKS[i % 2])
+        )  # fmt: skip
     for i in range(10):
         events.append(
             RequestRecord(
@@ -105,6 +123,9 @@ async def fill(store: SQLStore) -> None:
     await store.migrate()
     for ws in ("ws-a", "ws-b"):
         await store.create_workspace(ws, ws, NOW)
+        for pol in ("pol-x", "pol-y"):
+            row = {"workspace_id": ws, "id": pol, "name": pol, "scope": "workspace", "scope_value": None}
+            await store.governance.create_policy({**row, "mode": "enforce", "body": {}, "created_at": NOW}, None)
         await store.declare_property(ws, "team", NOW)
         for run in range(200):
             assert await store.write_batch(batch(ws, run)) is WriteResult.SUCCESS
@@ -166,6 +187,22 @@ async def captured_reads(store: SQLStore) -> list[tuple[str, Any]]:
                     ws, FinanceQuery(group_by=group_by, since=since, until=until, bucket=bucket)
                 )
         await store.list_runs(ws, RunFilter(endpoint_id="ep", limit=50))
+        # A policy's hits (GET /api/policies/{id}/hits) and the hit counts of GET /api/policies.
+        gov = store.governance
+        hits = await gov.policy_hits(ws, "pol-x", HitFilter(limit=50))
+        assert len(hits) == 50
+        after = (hits[-1]["at"], hits[-1]["id"])
+        for hit_filter in (
+            HitFilter(limit=50, cursor=after),
+            HitFilter(mode="monitor", limit=50, cursor=after),
+            HitFilter(mode="enforce", since=since, until=until, limit=50),
+            HitFilter(department_id="d", limit=50),
+        ):
+            await gov.policy_hits(ws, "pol-x", hit_filter)
+        await gov.policy_versions(ws, "pol-x", limit=1)
+        counted = await gov.policy_hit_counts(ws, [NOW - timedelta(hours=24), NOW - timedelta(days=7)])
+        assert counted["pol-x"][(1, "monitor")] > 0 and counted["pol-y"] == dict.fromkeys(counted["pol-y"], 0)
+        await gov.policy_hit_counts(ws, [NOW - timedelta(days=7)], department_id="d")
         # The trace writer's reads: a replayed batch (everything exists) and a new one.
         assert await store.write_batch(batch(ws, 7)) is WriteResult.SUCCESS
         assert await store.write_batch(batch(ws, 500)) is WriteResult.SUCCESS

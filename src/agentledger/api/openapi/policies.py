@@ -10,6 +10,7 @@ from agentledger.api.openapi.shapes import (
     array,
     body,
     enum,
+    integer,
     nullable,
     obj,
     ok_json,
@@ -67,14 +68,53 @@ _VERDICT = obj(
     ["decision", "reason", "mode"],
 )
 
+_BY_MODE = obj({m.value: INT for m in Mode}, [m.value for m in Mode], closed=True)
+_HIT = obj(
+    {
+        "id": STR,
+        "at": {**TIMESTAMP, "description": "When the call started."},
+        "policy_id": STR,
+        "policy_version": nullable(INT),
+        "rule_id": {**OPT_STR, "description": "The rule's id, or `setting:<name>` for a setting."},
+        "mode": {**_MODES, "description": "`monitor`: the policy decided nothing; `decision` is what it would have."},
+        "decision": enum(DECISIONS),
+        "reason": STR,
+        "request_id": {**OPT_STR, "description": "The call's x-request-id (a pre-check's own id in a run)."},
+        "run_id": OPT_STR,
+        "step_id": {**OPT_STR, "description": "The run's policy_check step; null for a request outside a run."},
+        "session_id": OPT_STR,
+        "department_id": OPT_STR,
+        "virtual_key_id": OPT_STR,
+        "agent_id": OPT_STR,
+    },
+    ["id", "at", "policy_id", "mode", "decision", "reason"],
+)
+
 POLICY_ROWS: dict[str, Schema] = {
     "PolicyRule": _RULE,
     "PolicyIn": obj(_CONTENT, ["name", "scope"], closed=True),
     "Policy": obj(
-        {"id": STR, "version": INT, **_CONTENT, "created_at": TIMESTAMP, "updated_at": TIMESTAMP},
+        {
+            "id": STR,
+            "version": INT,
+            **_CONTENT,
+            "created_at": TIMESTAMP,
+            "updated_at": TIMESTAMP,
+            "hits_24h": {**_BY_MODE, "description": "GET /api/policies: its hits of the last 24 hours, by mode."},
+            "hits_7d": {**_BY_MODE, "description": "GET /api/policies: its hits of the last 7 days, by mode."},
+        },
         ["id", "version", "name", "scope", "mode", "settings", "rules"],
     ),
     "Policies": obj({"data": array(ref("Policy"))}, ["data"], closed=True),
+    "PolicyHit": _HIT,
+    "PolicyHits": obj(
+        {
+            "data": array(ref("PolicyHit")),
+            "next_cursor": nullable({**STR, "description": "Pass as `cursor` for the next page; null on the last."}),
+        },
+        ["data", "next_cursor"],
+        closed=True,
+    ),
     "PolicyVersions": obj(
         {
             "data": array(
@@ -183,6 +223,26 @@ POLICY_PATHS: Schema = {
             "security": ADMIN,
             "parameters": [_POLICY_ID],
             "responses": responses({200: ok_json("Versions.", ref("PolicyVersions"))}, (401, 404, 503)),
+        }
+    },
+    "/api/policies/{policy_id}/hits": {
+        "get": {
+            "summary": "The calls the policy decided, changed or alerted on (`enforce`), and those it would have "
+            "decided otherwise (`monitor`), newest first; a deleted policy's too.",
+            "tags": [_TAG],
+            "security": ADMIN,
+            "parameters": [
+                _POLICY_ID,
+                param("mode", "query", _MODES, "Only the hits of this mode."),
+                param("from", "query", TIMESTAMP, "Hits of calls started at or after."),
+                param("to", "query", TIMESTAMP, "Hits of calls started before."),
+                param("limit", "query", integer(1, 1000, default=50), "Page size."),
+                param("cursor", "query", STR, "The `next_cursor` of the previous page."),
+            ],
+            "responses": responses(
+                {200: ok_json("A page of hits; `next_cursor` is null on the last.", ref("PolicyHits"))},
+                (400, 401, 404, 503),
+            ),
         }
     },
     "/v1/policy/check": {

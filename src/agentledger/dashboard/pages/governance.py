@@ -1,4 +1,5 @@
-"""Budgets (with their ledger and projected exhaustion), policies and approvals (approve / deny, live).
+"""Budgets (with their ledger and projected exhaustion), policies (with their hits) and approvals (approve / deny,
+live).
 
 Every figure is the /api route's own answer (web.Ctx.api); the only thing computed beside it is the projection, a
 straight line through the current window's spend (dashboard/budgets.py, shared with the Overview)."""
@@ -10,6 +11,8 @@ from typing import Any
 
 from starlette.responses import RedirectResponse, Response
 
+from agentledger.core.headers import ID_RE
+from agentledger.core.policy_hits import MODES
 from agentledger.dashboard.budgets import with_exhaustion
 from agentledger.dashboard.web import Ctx, Page, PageError
 
@@ -27,8 +30,18 @@ async def budgets(ctx: Ctx) -> Response:
 
 
 async def policies(ctx: Ctx) -> Response:
+    """Each policy with its hit counts, and the selected one's recent hits: by default the policy with the most
+    monitor-mode hits over 7 days (the one being tried out before it is enforced), else the most hit."""
     rows = (await ctx.api("GET", "/api/policies"))["data"]
-    return ctx.render("policies.html", policies=rows)
+    most = max(rows, key=lambda r: (r["hits_7d"]["monitor"], r["hits_7d"]["enforce"]), default=None)
+    selected = ctx.params.get("policy") or (most["id"] if most else None)
+    mode = ctx.params.get("mode") if ctx.params.get("mode") in MODES else None
+    hits: list[dict[str, Any]] = []
+    if selected:
+        if not ID_RE.fullmatch(selected):  # a path segment of the API call below: an id or nothing
+            raise PageError(404, f"Policy {selected!r} does not exist.")
+        hits = (await ctx.api("GET", f"/api/policies/{selected}/hits", {"mode": mode, "limit": 50}))["data"]
+    return ctx.render("policies.html", policies=rows, selected=selected, mode=mode, modes=MODES, hits=hits)
 
 
 async def approvals(ctx: Ctx) -> Response:
