@@ -228,6 +228,19 @@ class StepRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ProofState:
+    """An x402 proof leaving `claimed` for `settled` (with the settlement's reference) or `failed` (with why): written
+    in the same transaction as its sale's last records (store/finance.py `proof_state_update`)."""
+
+    workspace_id: str
+    proof_id: str
+    state: str  # store.finance SETTLED or FAILED
+    at: datetime
+    reference: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RunStart:
     """Create-on-first-sight: later sightings of the same run id never overwrite what the first one set."""
 
@@ -341,4 +354,6 @@ class AuditRecord:
     step_id: str | None = None
 
 
-TraceEvent = RequestRecord | StepRecord | RunStart | RunEnd | LedgerEntry | BudgetAlert | Alert | AuditRecord
+TraceEvent = (
+    RequestRecord | StepRecord | RunStart | RunEnd | LedgerEntry | BudgetAlert | Alert | AuditRecord | ProofState
+)

@@ -45,6 +45,7 @@ from agentledger.core.model import (
     PaymentDirection,
     PaymentProtocol,
     PaymentStatus,
+    ProofState,
     RunEnd,
     RunStart,
     RunStatus,
@@ -77,7 +78,7 @@ from agentledger.gateway.responses import RUN_ID_HEADER, JSONResponse
 from agentledger.gateway.spend import SpendDesk
 from agentledger.limits.base import Counters, Rate
 from agentledger.pipeline.queue import TracePipeline
-from agentledger.store.finance import PaymentProofs
+from agentledger.store.finance import FAILED, SETTLED, PaymentProofs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -397,24 +398,12 @@ class Seller:
                 charged = await self.desk.charge_steps([final], None, {})
             except AgentLedgerError as exc:  # the sale stands; its fee is in the books, not in the budgets
                 log.warning("paid call %s: its fee could not be charged to budgets: %s", sale.run_id, exc.message)
-        await _durable(self.pipeline.commit([*steps, final, *charged, end]))
-        # The proof's state after the records, off the answer's path: the claim alone makes it single-use (a
-        # claimed proof is refused as a settled or failed one is), and its state says how it ended (docs).
-        self._keep(self._close_proof(sale, reference if failure is None else None, failure, now))
-
-    async def _close_proof(self, sale: Sale, reference: str | None, failure: str | None, now: datetime) -> None:
-        ws = sale.endpoint.workspace_id
-        try:
-            # Without an fsync of its own: lost in a crash, the proof stays claimed (still single-use), and the next
-            # durable write makes it durable anyway.
-            if reference is not None:
-                await self.proofs.settle(ws, sale.proof.id, reference, now, payment_id=sale.payment_id, durable=False)
-            else:
-                await self.proofs.fail(ws, sale.proof.id, failure or "failed", now, durable=False)
-        except (
-            StoreUnavailable
-        ) as exc:  # it stays `claimed`: still single-use, its run and payment step say how it ended
-            log.error("paid call %s: the proof's state could not be recorded: %s", sale.run_id, exc.message)
+        # The proof's state goes with the records, in their transaction: one write, and never behind the books.
+        if failure is None:
+            proof = ProofState(ws, sale.proof.id, SETTLED, now, reference=reference)
+        else:
+            proof = ProofState(ws, sale.proof.id, FAILED, now, error=failure)
+        await _durable(self.pipeline.commit([*steps, final, *charged, end, proof]))
 
 
 def error(exc: AgentLedgerError, headers: dict[str, str] | None = None) -> Response:

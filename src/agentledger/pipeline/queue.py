@@ -33,7 +33,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agentledger.core.errors import AgentLedgerError, StoreUnavailable
-from agentledger.core.model import Alert, AuditRecord, BudgetAlert, LedgerEntry, RunEnd, RunStart, TraceEvent
+from agentledger.core.model import (
+    Alert,
+    AuditRecord,
+    BudgetAlert,
+    LedgerEntry,
+    ProofState,
+    RunEnd,
+    RunStart,
+    TraceEvent,
+)
 from agentledger.pipeline.spool import Spool
 from agentledger.store.base import Store, WriteResult
 
@@ -352,8 +361,12 @@ def _coalesce(batches: list[list[TraceEvent]], limit: int) -> list[list[TraceEve
 def _describe(ev: TraceEvent) -> str:
     if isinstance(ev, AuditRecord):
         return f"audit event {ev.event_id!r} ({ev.action}) in workspace {ev.workspace_id!r}"
-    key = next(getattr(ev, k) for k in ("step_id", "entry_id", "request_id", "run_id", "budget_id") if hasattr(ev, k))
-    if isinstance(ev, RunEnd | LedgerEntry | BudgetAlert | Alert):  # events without an attribution
+    key = next(
+        getattr(ev, k)
+        for k in ("step_id", "entry_id", "request_id", "run_id", "budget_id", "proof_id")
+        if hasattr(ev, k)
+    )
+    if isinstance(ev, RunEnd | LedgerEntry | BudgetAlert | Alert | ProofState):  # events without an attribution
         workspace = ev.workspace_id
     else:
         workspace = ev.attribution.workspace_id

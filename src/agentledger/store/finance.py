@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 
+from agentledger.core.model import ProofState
 from agentledger.core.proofs import PaymentProof
 from agentledger.store import schema as t
 
@@ -140,18 +141,17 @@ class PaymentProofs:
         now: datetime,
         *,
         payment_id: str | None = None,
-        durable: bool = True,
     ) -> bool:
-        """claimed → settled, with the settlement's transaction reference. False if it was not `claimed`.
-        `durable=False`: committed without a log flush of its own (SQLStore.lazy_write; PostgreSQL `_without_flush`)."""
+        """claimed → settled, with the settlement's transaction reference. False if it was not `claimed`. (A paid
+        call's own proof moves with its last records instead: `ProofState`, `proof_state_update`.)"""
         changes: dict[str, Any] = {"reference": reference[:256]}
         if payment_id is not None:
             changes["payment_id"] = payment_id
-        return await self._move(workspace_id, proof_id, SETTLED, now, changes, durable)
+        return await self._move(workspace_id, proof_id, SETTLED, now, changes)
 
-    async def fail(self, workspace_id: str, proof_id: str, error: str, now: datetime, *, durable: bool = True) -> bool:
+    async def fail(self, workspace_id: str, proof_id: str, error: str, now: datetime) -> bool:
         """claimed → failed: used, not settled, consumed for good. False if it was not `claimed`."""
-        return await self._move(workspace_id, proof_id, FAILED, now, {"error": error[:_ERROR_CHARS]}, durable)
+        return await self._move(workspace_id, proof_id, FAILED, now, {"error": error[:_ERROR_CHARS]})
 
     async def release(self, workspace_id: str, proof_id: str, now: datetime, *, reason: str | None = None) -> bool:
         """claimed → released: nothing ran on it, it may be claimed again. False if it was not `claimed`."""
@@ -162,9 +162,7 @@ class PaymentProofs:
         rows = await self.store._select(select(t.x402_payments).where(c.workspace_id == workspace_id, c.id == proof_id))
         return rows[0] if rows else None
 
-    async def _move(
-        self, workspace_id: str, proof_id: str, state: str, now: datetime, changes: dict[str, Any], durable: bool = True
-    ) -> bool:
+    async def _move(self, workspace_id: str, proof_id: str, state: str, now: datetime, changes: dict[str, Any]) -> bool:
         names = tuple(sorted(changes))
         stmt = self._moves.get(names)
         if stmt is None:
@@ -185,12 +183,11 @@ class PaymentProofs:
         def run(conn: Connection) -> bool:
             return bool(conn.execute(stmt, params).rowcount)
 
-        return await self._one_statement(run, durable=durable)
+        return await self._one_statement(run)
 
     async def _one_statement(self, run: Callable[[Connection], T], *, durable: bool = True) -> T:
         if self.store.is_sqlite:
-            # Lazy, for a claim or a state after `claimed`: a lost claim was never settled (claim's docstring); a lost
-            # later state leaves the proof claimed, still single-use.
+            # Lazy for the claim only: a lost claim was never settled (claim's docstring).
             return await (self.store._write(run) if durable else self.store.lazy_write(run))
         if not durable and self.store.durable_commits:
             return await self.store._autocommit(_without_flush(run))
@@ -209,3 +206,30 @@ def _without_flush(run: Callable[[Connection], T]) -> Callable[[Connection], T]:
             conn.exec_driver_sql("RESET synchronous_commit")
 
     return lazy
+
+
+def proof_state_update() -> Any:
+    """The writer's statement for a `ProofState` (core.model): `claimed` → its state, so a replayed batch, or a
+    proof moved already, changes nothing."""
+    c = t.x402_payments.c
+    return (
+        update(t.x402_payments)
+        .where(c.workspace_id == bindparam("p_ws"), c.id == bindparam("p_id"), c.state == CLAIMED)
+        .values(
+            state=bindparam("p_state"),
+            updated_at=bindparam("p_at"),
+            reference=bindparam("p_reference"),
+            error=bindparam("p_error"),
+        )
+    )
+
+
+def proof_state_params(ev: ProofState) -> dict[str, Any]:
+    return {
+        "p_ws": ev.workspace_id,
+        "p_id": ev.proof_id,
+        "p_state": ev.state,
+        "p_at": ev.at,
+        "p_reference": None if ev.reference is None else ev.reference[:256],
+        "p_error": None if ev.error is None else ev.error[:_ERROR_CHARS],
+    }

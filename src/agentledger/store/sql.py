@@ -55,6 +55,7 @@ from agentledger.core.model import (
     LedgerEntry,
     Payment,
     Principal,
+    ProofState,
     ProviderRoute,
     RequestRecord,
     RetryPolicy,
@@ -71,6 +72,7 @@ from agentledger.store import (
     audit as audit_sql,
     books as books_sql,
     budgets as budgets_sql,
+    finance as finance_sql,
     finance_queries,
     governance as governance_sql,
     schema as t,
@@ -233,6 +235,7 @@ class SQLStore:
         self._lookups: dict[tuple[str, tuple[str, ...], bool], Any] = {}
         self._booked_before_stmt: Any = None
         self._run_end_stmt: Any = None
+        self._proof_state_stmt: Any = None
         # Run workflows and paid endpoints the books have looked up (writer thread only): the rollups group by them.
         self._workflow_cache: dict[tuple[str, str], RunDims] = {}
         self._pending_workflows: dict[tuple[str, str], RunDims] = {}
@@ -394,9 +397,13 @@ class SQLStore:
         alerts: dict[tuple[str, str, str, int], dict[str, Any]] = {}
         raised: dict[tuple[str, str], dict[str, Any]] = {}  # core.model.Alert rows, by (workspace_id, id)
         audits: list[AuditRecord] = []
+        proofs: list[ProofState] = []
         for ev in events:
             if isinstance(ev, AuditRecord):
                 audits.append(ev)
+                continue
+            if isinstance(ev, ProofState):
+                proofs.append(ev)
                 continue
             if isinstance(ev, RunEnd):
                 ends.append(ev)
@@ -439,6 +446,11 @@ class SQLStore:
             webhooks_sql.record_alerts(conn, self._insert_new(conn, t.alerts, raised), self._insert, datetime.now(UTC))
         if ends:
             self._end_runs(conn, ends)
+        if proofs:  # with the sale's last records: its proof's state is never behind its books
+            if self._proof_state_stmt is None:
+                self._proof_state_stmt = finance_sql.proof_state_update()
+            for proof in proofs:
+                conn.execute(self._proof_state_stmt, finance_sql.proof_state_params(proof))
         hits = hit_rows(new_steps, transitions)  # like the decisions below, from the rows this batch inserted
         if hits:
             self._bulk(conn, t.policy_hits, self._hit_insert, list(hits.values()))

@@ -11,7 +11,9 @@ from datetime import timedelta
 import pytest
 
 from agentledger.core.assets import USDC_BASE_SEPOLIA
+from agentledger.core.model import ProofState
 from agentledger.core.proofs import PaymentProof
+from agentledger.store.base import WriteResult
 from agentledger.store.finance import CLAIMED, FAILED, RELEASED, SETTLED, PaymentProofs
 from agentledger.store.sql import SQLStore
 from tests.contract.store.test_store_contract import T0, new_workspace
@@ -110,19 +112,14 @@ async def test_moves_of_an_unknown_proof_change_nothing(store: SQLStore) -> None
     assert await payments.get(ws, "0" * 64) is None
 
 
-async def test_a_final_state_written_lazily_is_the_same_state_and_leaves_commits_durable(store: SQLStore) -> None:
-    """settle/fail with durable=False (a paid call's last word on its proof): the same conditional move, and on
-    SQLite the writer's connections are back to `synchronous=FULL` afterwards, so no other commit loses its fsync."""
-    payments, ws = PaymentProofs(store), await new_workspace(store)
-    settled, failed = proof(), proof()
-    for p in (settled, failed):
-        assert await payments.claim(ws, p, T0)
-    assert await payments.settle(ws, settled.id, "0xtx", LATER, payment_id="step-1", durable=False)
-    assert not await payments.settle(ws, settled.id, "0xtx", LATER, durable=False)
-    assert await payments.fail(ws, failed.id, "workflow failed", LATER, durable=False)
-    assert not await payments.fail(ws, failed.id, "again", LATER, durable=False)
-    states = [await payments.get(ws, p.id) for p in (settled, failed)]
-    assert [(r or {}).get("state") for r in states] == [SETTLED, FAILED]
+async def test_a_claim_commits_lazily_and_leaves_every_other_commit_durable(store: SQLStore) -> None:
+    """The claim is committed without a log flush of its own (its docstring says why); on SQLite that is a connection
+    of its own with `synchronous=NORMAL`, so every other connection of the writer still commits with FULL."""
+    payments, ws, p = PaymentProofs(store), await new_workspace(store), proof()
+    assert await payments.claim(ws, p, T0)
+    assert not await payments.claim(ws, p, LATER)
+    row = await payments.get(ws, p.id)
+    assert row is not None and row["state"] == CLAIMED
     if store.is_sqlite:
 
         def synchronous() -> int:
@@ -130,3 +127,23 @@ async def test_a_final_state_written_lazily_is_the_same_state_and_leaves_commits
                 return int(conn.exec_driver_sql("PRAGMA synchronous").scalar_one())
 
         assert await store._run(store._writer, synchronous) == 2  # FULL
+
+
+async def test_the_writer_moves_a_claimed_proof_once_with_its_sales_records(store: SQLStore) -> None:
+    """A ProofState goes through the trace writer (in the transaction of the sale's last records): claimed → settled
+    or failed; a replayed batch, or a proof no longer claimed, changes nothing."""
+    payments, ws = PaymentProofs(store), await new_workspace(store)
+    settled, failed, released = proof(), proof(), proof()
+    for p in (settled, failed, released):
+        assert await payments.claim(ws, p, T0)
+    assert await payments.release(ws, released.id, T0)
+    batch = [
+        ProofState(ws, settled.id, SETTLED, LATER, reference="0xtx"),
+        ProofState(ws, failed.id, FAILED, LATER, error="workflow failed"),
+        ProofState(ws, released.id, SETTLED, LATER, reference="0xother"),
+    ]
+    assert await store.write_batch(batch) == WriteResult.SUCCESS
+    assert await store.write_batch([ProofState(ws, settled.id, FAILED, LATER, error="late")]) == WriteResult.SUCCESS
+    rows = [await payments.get(ws, p.id) for p in (settled, failed, released)]
+    got = [(r or {}).get(k) for r in rows for k in ("state", "reference", "error")]
+    assert got == [SETTLED, "0xtx", None, FAILED, None, "workflow failed", RELEASED, None, None]
