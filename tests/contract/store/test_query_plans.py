@@ -46,6 +46,7 @@ SCANNED = {
     "rollup_hourly",
     "rollup_sessions",
     "rollup_properties",
+    "run_marks",
 }
 
 
@@ -80,6 +81,20 @@ def batch(ws: str, run: int) -> list[TraceEvent]:
         events.append(
             StepRecord(f"st-{run}-{i}", f"run-{run}", a, StepKind.TOOL_CALL, "t", StepStatus.OK, started, cost_nanos=i)
         )
+    # Every run has a policy check; one in seven was blocked (the run marks behind decision=).
+    decision = "blocked" if run % 7 == 0 else "allowed"
+    events.append(
+        StepRecord(
+            f"pc-{run}",
+            f"run-{run}",
+            a,
+            StepKind.POLICY_CHECK,
+            "p",
+            StepStatus.OK,
+            started,
+            attributes={"decision": decision},
+        )
+    )
     for i in range(10):
         events.append(
             RequestRecord(
@@ -166,6 +181,17 @@ async def captured_reads(store: SQLStore) -> list[tuple[str, Any]]:
                     ws, FinanceQuery(group_by=group_by, since=since, until=until, bucket=bucket)
                 )
         await store.list_runs(ws, RunFilter(endpoint_id="ep", limit=50))
+        # The decision and property filters read the run marks.
+        blocked = await store.list_runs(ws, RunFilter(decision="blocked", limit=10))
+        for flt in (
+            RunFilter(decision="blocked", limit=10, cursor=(blocked[-1]["started_at"], blocked[-1]["id"])),
+            RunFilter(decision="allowed", limit=50),
+            RunFilter(properties=(("team", "t1"),), limit=50),
+            RunFilter(decision="blocked", properties=(("team", "t1"),), limit=50),
+            RunFilter(decision="allowed", agent_id="agent-1", status="running", limit=50),
+            RunFilter(properties=(("team", "t2"),), since=since, until=until, limit=50),
+        ):
+            await store.list_runs(ws, flt)
         # The trace writer's reads: a replayed batch (everything exists) and a new one.
         assert await store.write_batch(batch(ws, 7)) is WriteResult.SUCCESS
         assert await store.write_batch(batch(ws, 500)) is WriteResult.SUCCESS
