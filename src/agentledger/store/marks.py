@@ -30,12 +30,9 @@ from agentledger.store.bulk import BulkStatement
 MarkKey = tuple[str, str, str]  # (workspace_id, run_id, mark)
 _COLUMNS = ("workspace_id", "run_id", "mark", "started_at")
 _MARKS = t.run_marks
-# The runs a batch created: the marks their rows gave before they existed take their start.
-_SETTLE = (
-    update(_MARKS)
-    .where(_MARKS.c.workspace_id == bindparam("ws"), _MARKS.c.run_id == bindparam("run"))
-    .values(started_at=bindparam("at"))
-)
+# The runs a batch created: the marks their rows gave before they existed take their start (SET from the key
+# `started_at`, bound as the column's own type).
+_SETTLE = update(_MARKS).where(_MARKS.c.workspace_id == bindparam("b_ws"), _MARKS.c.run_id == bindparam("b_run"))
 
 
 class MarkKeeper:
@@ -52,13 +49,14 @@ class MarkKeeper:
             where=insert.excluded.started_at < _MARKS.c.started_at,
         )
         self._earliest = BulkStatement(earliest, _MARKS, _COLUMNS, dialect)
+        self._settle = BulkStatement(_SETTLE, _MARKS, ("started_at", "b_ws", "b_run"), dialect)
         self._hashed: dict[Label, str] = {}
 
     def settle(self, conn: Connection, runs: Iterable[Mapping[str, Any]]) -> None:
         """`runs`: the run rows this batch inserted."""
-        params = [{"ws": r["workspace_id"], "run": r["id"], "at": r["started_at"]} for r in runs]
+        params = [{"started_at": r["started_at"], "b_ws": r["workspace_id"], "b_run": r["id"]} for r in runs]
         if params:
-            conn.execute(_SETTLE, params)
+            self._settle.run(conn, params)
 
     def write(
         self,
@@ -73,7 +71,8 @@ class MarkKeeper:
         for source, is_request in ((requests, True), (steps, False)):
             for row in source:
                 run = row["run_id"]
-                if run is None:
+                # Most rows: no property, no policy check (this runs for every row a batch inserts).
+                if run is None or not (row["properties"] or (not is_request and row["kind"] == "policy_check")):
                     continue
                 labels = set(row_labels(row, is_request))
                 if not labels:
