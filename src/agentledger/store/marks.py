@@ -5,12 +5,13 @@ Writes (store.sql `_apply`, for exactly the rows a batch inserted, so a replay a
 
 * A mark's `started_at` is its run's, so a filtered page pages by the runs list's own (started_at, id). A row whose
   run is not stored yet (steps may come before their run) marks it with its own time, the earliest of such rows
-  winning; the batch that creates the run then gives its marks the run's time (`settle`). Until then the run is not
-  listed at all (the list joins `runs`), so the interim time is never seen.
+  winning; the batch that creates the run then gives its marks the run's time (`MarkKeeper.write`'s `created`).
+  Until then the run is not listed at all (the list joins `runs`), so the interim time is never seen.
 * A failed request replaced by its retry (same x-request-id) takes back the property marks only it gave (`unmark`):
   rare (a retry with other property headers), and it reads the run's rows only then.
 * Inserts are sorted by key and `ON CONFLICT DO NOTHING` for runs that exist: a mark already kept (most rows of a
-  run repeat its marks) is a probe of the primary key, no write, no lock.
+  run repeat its marks) is a probe of the primary key, no write, no lock. One statement a batch at most, besides
+  the rare ones above; the rows of a batch that share their properties are read once.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import orjson
 from sqlalchemy import JSON, and_, bindparam, case, delete, exists, or_, select, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from agentledger.core.marks import Label, describe, mark_of, property_labels, row_labels
 from agentledger.store import schema as t
-from agentledger.store.bulk import BulkStatement
+from agentledger.store.bulk import BulkStatement, execute_once
 
 MarkKey = tuple[str, str, str]  # (workspace_id, run_id, mark)
 _COLUMNS = ("workspace_id", "run_id", "mark", "started_at")
@@ -33,6 +35,22 @@ _MARKS = t.run_marks
 # The runs a batch created: the marks their rows gave before they existed take their start (SET from the key
 # `started_at`, bound as the column's own type).
 _SETTLE = update(_MARKS).where(_MARKS.c.workspace_id == bindparam("b_ws"), _MARKS.c.run_id == bindparam("b_run"))
+
+# PostgreSQL: the new marks' insert and the created runs' settling as one statement, whatever the number of rows: one
+# round trip, and each set of rows one JSON parameter (orjson), which the driver sends as it is, where adapting
+# arrays of text and times cost it twice the CPU. The two see the same snapshot: a mark inserted here has its run's
+# start already, and one settled here is one the insert finds and leaves.
+_PG_SETTLE = (
+    "UPDATE run_marks AS m SET started_at = v.started_at "
+    "FROM json_to_recordset(%(settle)s::json) AS v(b_ws varchar, b_run varchar, started_at timestamptz) "
+    "WHERE m.workspace_id = v.b_ws AND m.run_id = v.b_run"
+)
+_PG_INSERT = (
+    "INSERT INTO run_marks (workspace_id, run_id, mark, started_at) "
+    "SELECT workspace_id, run_id, mark, started_at FROM json_to_recordset(%(marks)s::json) "
+    "AS x(workspace_id varchar, run_id varchar, mark varchar, started_at timestamptz) ON CONFLICT DO NOTHING"
+)
+_PG_SETTLE_INSERT = f"WITH settled AS ({_PG_SETTLE}) {_PG_INSERT}"
 
 
 class MarkKeeper:
@@ -50,13 +68,8 @@ class MarkKeeper:
         )
         self._earliest = BulkStatement(earliest, _MARKS, _COLUMNS, dialect)
         self._settle = BulkStatement(_SETTLE, _MARKS, ("started_at", "b_ws", "b_run"), dialect)
+        self._pg = dialect.name == "postgresql"
         self._hashed: dict[Label, str] = {}
-
-    def settle(self, conn: Connection, runs: Iterable[Mapping[str, Any]]) -> None:
-        """`runs`: the run rows this batch inserted."""
-        params = [{"started_at": r["started_at"], "b_ws": r["workspace_id"], "b_run": r["id"]} for r in runs]
-        if params:
-            self._settle.run(conn, params)
 
     def write(
         self,
@@ -64,38 +77,62 @@ class MarkKeeper:
         requests: Iterable[Mapping[str, Any]],
         steps: Iterable[Mapping[str, Any]],
         starts: Mapping[tuple[str, str], datetime],
+        created: Iterable[Mapping[str, Any]] = (),
     ) -> None:
-        """The marks of new request and step rows; `starts`: the start of each of their runs that is stored."""
+        """The marks of new request and step rows (`starts`: the start of each of their runs that is stored), and
+        the runs the batch `created` (their rows): the marks their rows gave before they existed take their start."""
         known: dict[tuple[str, str, Label], datetime] = {}
         early: dict[tuple[str, str, Label], datetime] = {}
+        # The rows of a batch mostly share their properties (one object per call or step batch): each (run, object)
+        # is read once. Not for a run not stored yet, whose marks take the earliest of its rows' times.
+        read: set[tuple[str, str, int]] = set()
         for source, is_request in ((requests, True), (steps, False)):
             for row in source:
                 run = row["run_id"]
+                properties = row["properties"]
+                check = not is_request and row["kind"] == "policy_check"
                 # Most rows: no property, no policy check (this runs for every row a batch inserts).
-                if run is None or not (row["properties"] or (not is_request and row["kind"] == "policy_check")):
-                    continue
-                labels = set(row_labels(row, is_request))
-                if not labels:
+                if run is None or not (properties or check):
                     continue
                 ws = row["workspace_id"]
                 at = starts.get((ws, run))
-                for label in labels:
+                if at is not None and not check:
+                    seen = (ws, run, id(properties))
+                    if seen in read:
+                        continue
+                    read.add(seen)
+                for label in set(row_labels(row, is_request)):
                     key = (ws, run, label)
                     if at is not None:
                         known[key] = at
                     else:
                         held = early.get(key)
                         early[key] = row["started_at"] if held is None else min(held, row["started_at"])
-        for marks, stmt in ((known, self._insert), (early, self._earliest)):
-            if marks:
-                # Sorted: two writers (PostgreSQL replicas) inserting the same new marks wait on each other in one
-                # order, never in a cycle.
-                rows = [
-                    {"workspace_id": ws, "run_id": run, "mark": self._mark(label), "started_at": at}
-                    for (ws, run, label), at in marks.items()
-                ]
-                rows.sort(key=_key)
-                stmt.run(conn, rows)
+        settle = [{"started_at": r["started_at"], "b_ws": r["workspace_id"], "b_run": r["id"]} for r in created]
+        rows = self._rows(known)
+        if self._pg:
+            # One statement (one round trip) for both: each is a few rows in most batches, where the statement's
+            # own cost is the most of it.
+            if settle or rows:
+                sql = _PG_SETTLE_INSERT if settle and rows else _PG_SETTLE if settle else _PG_INSERT
+                execute_once(conn, sql, {"settle": orjson.dumps(settle).decode(), "marks": orjson.dumps(rows).decode()})
+        else:
+            if settle:
+                self._settle.run(conn, settle)
+            if rows:
+                self._insert.run(conn, rows)
+        if early:
+            self._earliest.run(conn, self._rows(early))
+
+    def _rows(self, marks: Mapping[tuple[str, str, Label], datetime]) -> list[dict[str, Any]]:
+        # Sorted: two writers (PostgreSQL replicas) inserting the same new marks wait on each other in one order,
+        # never in a cycle.
+        rows = [
+            {"workspace_id": ws, "run_id": run, "mark": self._mark(label), "started_at": at}
+            for (ws, run, label), at in marks.items()
+        ]
+        rows.sort(key=_key)
+        return rows
 
     def _mark(self, label: Label) -> str:
         # Most batches repeat a few labels (a run's property values): each is hashed once per process.

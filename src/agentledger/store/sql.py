@@ -390,11 +390,12 @@ class SQLStore:
         moved: list[tuple[dict[str, Any], bool, RunDims]] = []
         if created:
             moved = self._booked_before(conn, created)
-            self._marks.settle(conn, created)
         transitions = self._write_requests(conn, requests) if requests else []
         new_steps = self._insert_new(conn, t.steps, steps) if steps else []
         if transitions or new_steps or moved:
-            self._keep_books(conn, transitions, new_steps, moved)
+            self._keep_books(conn, transitions, new_steps, moved, created)
+        elif created:  # the marks their rows gave before they existed take their start
+            self._marks.write(conn, (), (), {}, created)
         if ledger:  # entry ids are unique: a replayed batch inserts nothing twice
             self._bulk(conn, t.budget_ledger, self._ledger_insert, list(ledger.values()))
         if alerts:
@@ -535,6 +536,7 @@ class SQLStore:
         requests: list[tuple[dict[str, Any] | None, dict[str, Any]]],
         steps: list[dict[str, Any]],
         moved: list[tuple[dict[str, Any], bool, RunDims]],
+        created: list[dict[str, Any]],
     ) -> None:
         rows = [row for pair in requests for row in pair if row is not None] + steps + [m[0] for m in moved]
         facts = self._run_facts(conn, {(r["workspace_id"], r["run_id"]) for r in rows if r["run_id"]})
@@ -559,7 +561,7 @@ class SQLStore:
             books.move(row, is_request, NO_RUN, run, indexed.get(row["workspace_id"], none))
         self._books.apply(conn, books)
         starts = {key: known[1] for key, known in facts.items()}
-        self._marks.write(conn, (new for _, new in requests), steps, starts)
+        self._marks.write(conn, (new for _, new in requests), steps, starts, created)
         if any(old is not None for old, _ in requests):
             self._marks.unmark(conn, requests)
 

@@ -223,11 +223,23 @@ async def test_steps_before_their_run_are_listed_from_the_runs_start(store: SQLS
     # Not listed while its run is not stored; its mark holds the earliest of its rows' times meanwhile.
     assert await ids(store, ws, properties=(("customer", "acme"),)) == []
     assert marks_of(store, ws) == [("late", prop("customer", "acme"), T0 + timedelta(hours=1))]
-    await write(store, [start(ws, "late", T0)])
-    assert marks_of(store, ws) == [("late", prop("customer", "acme"), T0)]
+    # The batch that creates the run settles its marks, and adds its own rows' (one the same as before).
+    await write(store, [start(ws, "late", T0), tool(ws, "late", "s0", T0, customer="acme", tier="gold")])
+    assert marks_of(store, ws) == sorted([("late", prop("customer", "acme"), T0), ("late", prop("tier", "gold"), T0)])
+    # A run created alone settles them too.
+    await write(store, [tool(ws, "alone", "s9", T0 + timedelta(hours=3), customer="acme")])
+    await write(store, [start(ws, "alone", T0 - timedelta(hours=1))])
+    assert [r["id"] for r in await store.list_runs(ws, RunFilter(properties=(("customer", "acme"),)))] == [
+        "late",
+        "alone",
+    ]
     await write(store, [start(ws, "other", T0 + timedelta(minutes=30)), tool(ws, "other", "s3", T0, customer="acme")])
     rows = await store.list_runs(ws, RunFilter(properties=(("customer", "acme"),)))
-    assert [(r["id"], r["started_at"]) for r in rows] == [("other", T0 + timedelta(minutes=30)), ("late", T0)]
+    assert [(r["id"], r["started_at"]) for r in rows] == [
+        ("other", T0 + timedelta(minutes=30)),
+        ("late", T0),
+        ("alone", T0 - timedelta(hours=1)),
+    ]
     assert await store.verify_books(ws) == []
 
 
