@@ -6,10 +6,11 @@
 
 Fills a store with benchmarks/scale.py's filler (its dataset: runs of ~110 steps, realistic in shape, over 30
 days, through the real step API of a gateway started as users start it, on 127.0.0.1), plus one run of 500
-steps in the last day; then signs in to the dashboard with the admin token (POST /signin: the session cookie)
-and times, with keep-alive connections on loopback:
+steps in the last day, and a blocked policy check in every 100th run; then signs in to the dashboard with the
+admin token (POST /signin: the session cookie) and times, with keep-alive connections on loopback:
 
-  * the pages: `/runs` (the first 50 runs, newest first), `/runs/{id}` of the 500-step run (its waterfall and
+  * the pages: `/runs` (the first 50 runs, newest first; and filtered by decision=blocked, and by one value of the
+    `team` property: the run marks), `/runs/{id}` of the 500-step run (its waterfall and
     every step's detail are in the page), `/costs` over 30 days by day (the table and the stacked chart's
     data: two reads of /api/analytics/costs), and the overview (`/`) when the gateway has one;
   * the /api reads beneath them, with the admin token as bearer.
@@ -56,9 +57,10 @@ from _procs import (
     stop,
     wait_http,
 )
-from scale import Ctx, Http, Meter, PgCpu, Plan, guarded, load, probe, setup
+from scale import TEAMS, Ctx, Http, Meter, PgCpu, Plan, guarded, iso, load, probe, setup, step_headers
 
 BIG_RUN_STEPS = 500
+BLOCKED_EVERY = 100  # one run in this many gets a blocked policy check: the runs the decision filter lists
 TARGET_MS = 100.0
 ASSET = re.compile(r'(?:src|href)="(/static/[^"]+)"')
 
@@ -81,14 +83,37 @@ async def fill(args: argparse.Namespace, http: Http, admin: str, gateway_pid: in
     print(f"filling {main_plan.steps:,} steps in {main_plan.runs:,} runs over {args.days:g} days", file=sys.stderr)
     ingest = await load(ctx, main_plan, args.clients, meter, "fill")
     ingest_big = await load(ctx, big, 1, Meter(gateway_pid, None), "500-step run")
+    blocked = await block_some(ctx, main_plan)
     return {
         "probe": info,
         "ingest": ingest,
         "steps": 1 + ingest["steps"] + ingest_big["steps"],
         "runs": 1 + ingest["runs"] + ingest_big["runs"],
         "big_run": big.run(0).run_id,
+        "blocked_runs": blocked,
         "window_end": end + 3600,
     }
+
+
+async def block_some(ctx: Ctx, plan: Plan) -> int:
+    """A blocked policy check in every BLOCKED_EVERY-th run, spread over the days (the filler has none), for
+    `decision=blocked` to list; the runs' `team` property is what `property.team` lists."""
+    n = 0
+    for i in range(0, plan.runs, BLOCKED_EVERY):
+        run = plan.run(i)
+        headers = step_headers(ctx, run.agent, run.session_id, f"session {run.session}", run.agent.team)
+        check = {"decision": "blocked", "decided_by": {"kind": "policy", "id": "bench"}}
+        step = {
+            "id": f"{run.run_id}.check",
+            "kind": "policy_check",
+            "name": "policy check",
+            "status": "error",
+            "started_at": iso(run.started),
+            "attributes": check,
+        }
+        await ctx.http.expect("POST", f"/v1/runs/{run.run_id}/steps", headers, {"steps": [step]}, ok=(201,))
+        n += 1
+    return n
 
 
 @dataclass
@@ -155,13 +180,21 @@ async def measure(args: argparse.Namespace, base: str, admin: str, filled: dict[
     window = {"from": (end - timedelta(days=30)).isoformat(), "to": (end + timedelta(hours=1)).isoformat()}
     big = quote(filled["big_run"], safe="")
     costs_q = {"group_by": "agent", **window}
+    team = {"property": "team", "value": TEAMS[0]}
     pages = {
         "runs": ("Runs page", "/runs"),
+        "runs_blocked": (f"Runs page, decision=blocked ({filled['blocked_runs']} runs)", "/runs?decision=blocked"),
+        "runs_team": (f"Runs page, property team={TEAMS[0]}", "/runs?" + urlencode(team)),
         "run": (f"Run detail, {BIG_RUN_STEPS} steps", f"/runs/{big}"),
         "costs": ("Costs page, 30 days by day", "/costs?" + urlencode({**costs_q, "interval": "day"})),
     }
     apis = {
         "runs": ("GET /api/runs?limit=50", "/api/runs?limit=50"),
+        "runs_blocked": ("GET /api/runs?limit=50&decision=blocked", "/api/runs?limit=50&decision=blocked"),
+        "runs_team": (
+            f"GET /api/runs?limit=50&property.team={TEAMS[0]}",
+            "/api/runs?" + urlencode({"limit": 50, "property.team": TEAMS[0]}),
+        ),
         "run": (f"GET /api/runs/{{id}} ({BIG_RUN_STEPS} steps)", f"/api/runs/{big}"),
         "costs_table": ("GET /api/analytics/costs, 30 days (table)", "/api/analytics/costs?" + urlencode(costs_q)),
         "costs_chart": (

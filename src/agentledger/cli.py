@@ -646,7 +646,7 @@ _revoke_command(
 
 @main.group()
 def rollups() -> None:
-    """The totals and rollups kept at write time (run totals, session paths, hourly cost rollups)."""
+    """The totals and rollups kept at write time (run totals, session paths, hourly cost rollups, run marks)."""
 
 
 @rollups.command("verify")

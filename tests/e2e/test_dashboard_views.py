@@ -111,3 +111,56 @@ def _usd(amount: Decimal) -> str:
     from agentledger.dashboard.format import usd
 
     return usd(str(amount))
+
+
+def test_runs_filtered_by_decision_and_property_stay_filtered_live(
+    browser: Any,  # noqa: F811
+    seeded: Seeded,  # noqa: F811
+    api: httpx.Client,
+) -> None:
+    # Last in the module: the policy governs (and adds a policy check to) every call made while it exists.
+    rules = [{"when": {"models": ["gpt-4o"]}, "action": "block"}]
+    policy = api.post("/api/policies", json={"name": "no gpt-4o", "scope": "workspace", "rules": rules})
+    assert policy.status_code == 201, policy.text
+    v1 = httpx.Client(base_url=seeded.url, headers={"authorization": f"Bearer {seeded.vk}"}, timeout=10)
+
+    def blocked_call(run: str) -> None:
+        chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"alephant-run-id": run, "alephant-property-customer": "acme"}
+        assert v1.post("/v1/chat/completions", json=chat, headers=headers).status_code == 403
+
+    try:
+        blocked_call("run-denied")
+        w = _signed_in(browser, seeded, seeded.admin)
+        w.page.goto("/runs")
+        rows = w.page.locator("#run-rows tr[data-run]")
+        shown = "rs => rs.map(r => r.dataset.run)"
+        assert sorted(rows.evaluate_all(shown)) == ["run-blog", "run-denied", "run-trip"]
+        w.page.select_option("select[name=decision]", "blocked")
+        w.page.click("text=Filter")
+        w.page.wait_for_url(re.compile(r"decision=blocked"))
+        assert rows.evaluate_all(shown) == ["run-denied"]
+        assert w.page.locator("select[name=decision]").input_value() == "blocked"
+        # The live update polls with the filter: a new blocked run appears, the others stay out.
+        assert "decision=blocked" in (w.page.locator("#run-rows").get_attribute("hx-get") or "")
+        blocked_call("run-denied-2")
+        w.page.wait_for_selector("tr[data-run=run-denied-2]", timeout=10_000)
+        assert rows.evaluate_all(shown) == ["run-denied-2", "run-denied"]
+        w.page.select_option("select[name=decision]", "allowed")
+        w.page.click("text=Filter")
+        w.page.wait_for_url(re.compile(r"decision=allowed"))
+        assert rows.count() == 0 and "No runs match" in w.page.locator("#run-rows").inner_text()
+        # By property: a name and a value.
+        w.page.goto("/runs")
+        w.page.fill("input[name=property]", "customer")
+        w.page.fill("input[name=value]", "acme")
+        w.page.click("text=Filter")
+        w.page.wait_for_url(re.compile(r"property=customer&value=acme"))
+        assert rows.evaluate_all(shown) == ["run-denied-2", "run-denied"]
+        w.page.fill("input[name=value]", "globex")
+        w.page.click("text=Filter")
+        w.page.wait_for_url(re.compile(r"value=globex"))
+        assert rows.count() == 0
+        assert w.problems == []
+    finally:
+        assert api.delete(f"/api/policies/{policy.json()['id']}").status_code in (200, 204)

@@ -22,7 +22,7 @@ from agentledger.core.books import FINANCE_MEASURES, MONEY_CARRIES, MONEY_MEASUR
 from agentledger.core.budgets import Decision
 from agentledger.core.errors import InvalidRequest, NotFound
 from agentledger.core.fields import id_field, text_field, time_field
-from agentledger.core.headers import PROPERTY_NAME_HELP, PROPERTY_NAME_RE
+from agentledger.core.headers import MAX_PROPERTY_VALUE_LEN, PROPERTY_NAME_HELP, PROPERTY_NAME_RE
 from agentledger.core.model import AdminPrincipal, RunStatus
 from agentledger.core.rollup import TOKEN_FIELDS, duration_ms, path_tree, step_tree, totals
 from agentledger.gateway.bodies import parse_json
@@ -128,6 +128,23 @@ def _choice_param(request: Request, name: str, choices: tuple[str, ...]) -> str 
 
 _REQUEST_STATUSES = ("ok", "error")
 _DECISIONS = tuple(d.value for d in Decision)
+MAX_PROPERTY_FILTERS = 8  # each is a join (SQLite joins at most 64 tables)
+
+
+def _property_params(request: Request) -> tuple[tuple[str, str], ...]:
+    """`property.<name>=<value>`, as often as wanted up to MAX_PROPERTY_FILTERS: runs that carried every one. The
+    name and the value as the tracking headers accept them (a value trimmed, never blank)."""
+    found = []
+    for key, value in request.query_params.multi_items():
+        name = key.removeprefix("property.")
+        if name == key:
+            continue
+        if not PROPERTY_NAME_RE.fullmatch(name):
+            raise InvalidRequest(f"'{key}': {PROPERTY_NAME_HELP}.", param=key)
+        found.append((name, text_field(value, key, limit=MAX_PROPERTY_VALUE_LEN, strip=True)))
+    if len(found) > MAX_PROPERTY_FILTERS:
+        raise InvalidRequest(f"At most {MAX_PROPERTY_FILTERS} property.<name> filters are allowed.", param="property")
+    return tuple(found)
 
 
 def _grouped(row: dict[str, Any]) -> dict[str, Any]:
@@ -170,6 +187,8 @@ def query_routes(auth: AdminAuth, store: Store, pipeline: TracePipeline) -> list
             offset=int_param(request, "offset", 0, 0, 10_000_000),
             cursor=_cursor_param(request),
             endpoint_id=_id_param(request, "endpoint"),
+            decision=_choice_param(request, "decision", _DECISIONS),
+            properties=_property_params(request),
         )
         await pipeline.flush()
         rows = await store.list_runs(admin.workspace_id, flt)

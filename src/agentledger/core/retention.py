@@ -109,9 +109,10 @@ def comparable(table: str, key: tuple[Any, ...], horizon: datetime | None, young
     """Whether `rollups verify` can still check this kept row against the raw rows, given the workspace's trace
     horizon (rows that started before it may have been deleted; None: nothing ever was).
 
-    Rollup buckets are compared from the horizon on. Run totals and session paths have no time in their key: they
-    are compared for the runs (sessions) that started at or after the horizon (`young`), since retention deletes no
-    row of such a run or session; an older one may have lost rows to retention while its totals kept them."""
+    Rollup buckets are compared from the horizon on. Run totals, run marks and session paths have no time in their
+    key: they are compared for the runs (sessions) that started at or after the horizon (`young`), since retention
+    deletes no row of such a run or session; an older one may have lost rows to retention while its totals (marks)
+    kept them."""
     if horizon is None:
         return True
     at = _BUCKET_AT.get(table)
@@ -120,5 +121,5 @@ def comparable(table: str, key: tuple[Any, ...], horizon: datetime | None, young
         if bucket.tzinfo is None:  # SQLite returns naive UTC where no type says otherwise
             bucket = bucket.replace(tzinfo=UTC)
         return bool(bucket >= horizon)
-    subject = key[1]  # runs: (workspace, run); paths: (workspace, session, path)
+    subject = key[1]  # runs: (workspace, run); marks: (workspace, run, mark); paths: (workspace, session, path)
     return subject in young

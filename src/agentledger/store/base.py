@@ -38,6 +38,10 @@ class RunFilter:
     offset: int = 0
     cursor: tuple[datetime, str] | None = None  # (started_at, id) of the last run of the previous page
     endpoint_id: str | None = None  # the paid endpoint whose sale started the run
+    # Runs in which a call or check had this decision (core.marks), and in which a step or request carried each of
+    # these (property name, value) pairs: every one of them.
+    decision: str | None = None
+    properties: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

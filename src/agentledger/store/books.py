@@ -9,7 +9,7 @@ compares it with what is kept, `rebuild` replaces what is kept with it (and fill
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -37,7 +37,7 @@ from agentledger.core.books import (
     split_money,
 )
 from agentledger.core.rollup import TOKEN_FIELDS
-from agentledger.store import retention as retention_sql, schema as t
+from agentledger.store import marks as marks_sql, retention as retention_sql, schema as t
 from agentledger.store.bulk import BulkStatement
 from agentledger.store.queries import exact_sum, kept_measures, ledger
 
@@ -286,8 +286,8 @@ class Mismatch:
         """The row and, when it is kept and recomputed both, each measure that differs by name (a run total has
         17 of them: a list of numbers would leave the reader counting)."""
         if self.kept is None or self.recomputed is None:
-            return f"{self.table} {_show(self.key)}: kept {self.kept}, recomputed {self.recomputed}"
-        names = KEPT[self.table][2]
+            return f"{self.table} {_show(self.key)}: kept {_list(self.kept)}, recomputed {_list(self.recomputed)}"
+        names = KEPT[self.table][2] if self.table in KEPT else MARK_MEASURES
         differ = [
             f"{name} kept {a}, recomputed {b}"
             for name, a, b in zip(names, self.kept, self.recomputed, strict=True)
@@ -297,7 +297,19 @@ class Mismatch:
 
 
 def _show(key: Key) -> str:
-    return "(" + ", ".join(v.isoformat() if isinstance(v, datetime) else repr(v) for v in key) + ")"
+    return "(" + ", ".join(_value(v) for v in key) + ")"
+
+
+def _list(values: list[Any] | None) -> str:
+    return "None" if values is None else "[" + ", ".join(_value(v) for v in values) + "]"
+
+
+def _value(v: Any) -> str:
+    return v.isoformat() if isinstance(v, datetime) else repr(v)
+
+
+# A run mark's row in a Mismatch (table "marks"): key (workspace, run, what it stands for), its time.
+MARK_MEASURES = ("started_at",)
 
 
 def compare(
@@ -322,19 +334,35 @@ def _same(a: Any, b: Any) -> bool:
 
 def verify(conn: Connection, workspace_id: str | None = None) -> list[Mismatch]:
     """Kept against recomputed, read in one snapshot (the caller's transaction). Where retention deleted rows, only
-    what they cannot have touched is compared (store/retention.py): the kept books outlive their rows."""
+    what they cannot have touched is compared (store/retention.py): the kept books outlive their rows. Run marks
+    too (store/marks.py), as table "marks"."""
     found = compare(kept(conn, workspace_id), recompute(conn, workspace_id))
     since = retention_sql.horizons(conn, workspace_id)
-    if not since or not found:
-        return found
-    checked = retention_sql.comparable_keys(conn, ((m.table, m.key) for m in found), since)
-    return [m for m in found if (m.table, m.key) in checked]
+    if since and found:
+        checked = retention_sql.comparable_keys(conn, ((m.table, m.key) for m in found), since)
+        found = [m for m in found if (m.table, m.key) in checked]
+    marks = marks_sql.differences(conn, workspace_id, _checkable(conn, since))
+    return found + [
+        Mismatch("marks", key, None if at is None else [at], None if want is None else [want])
+        for key, at, want in marks
+    ]
+
+
+def _checkable(conn: Connection, since: Mapping[str, datetime]) -> Callable[[list[Any]], set[Any]]:
+    """Which run marks retention cannot have left without their rows (none pruned: all of them)."""
+
+    def checkable(keys: list[Any]) -> set[Any]:
+        if not since:
+            return set(keys)
+        return {key for _, key in retention_sql.comparable_keys(conn, (("marks", k) for k in keys), since)}
+
+    return checkable
 
 
 def rebuild(conn: Connection, workspace_id: str | None = None) -> int:
-    """Replace every kept row with its recomputation; returns how many rows are kept now. Runs in the caller's
-    transaction; on PostgreSQL writers are held off meanwhile (`lock_writers`), or a batch committed between
-    the recomputation and the replacement would be lost from the books."""
+    """Replace every kept row with its recomputation, run marks too; returns how many rows are kept now. Runs in
+    the caller's transaction; on PostgreSQL writers are held off meanwhile (`lock_writers`), or a batch committed
+    between the recomputation and the replacement would be lost from the books."""
     if conn.dialect.name == "postgresql":
         lock_writers(conn)
     # Rows retention deleted cannot be counted again: what the kept books say of them stays as it is.
@@ -358,7 +386,14 @@ def rebuild(conn: Connection, workspace_id: str | None = None) -> int:
         if rows:
             keeper.apply(conn, Books(**{name: dict(rows)}))
             total += len(rows)
-    return total
+    return total + marks_sql.rebuild(conn, workspace_id, _checkable(conn, since))
+
+
+def rebuild_marks(conn: Connection, workspace_id: str | None = None) -> int:
+    """Replace the kept run marks only (their migration fills them so)."""
+    if conn.dialect.name == "postgresql":
+        lock_writers(conn)
+    return marks_sql.rebuild(conn, workspace_id, _checkable(conn, retention_sql.horizons(conn, workspace_id)))
 
 
 def _pruned(

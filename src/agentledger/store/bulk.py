@@ -66,6 +66,13 @@ def _driver_cursor(conn: Connection, sql: str) -> Iterator[Any]:
         cursor.close()
 
 
+def execute_once(conn: Connection, sql: str, params: dict[str, Any]) -> None:
+    """One statement with its parameters through the driver, in the caller's transaction: one round trip, where an
+    executemany of a few rows costs psycopg a pipeline's CPU."""
+    with _driver_cursor(conn, sql) as cursor:
+        cursor.execute(sql, params)
+
+
 class BulkStatement:
     def __init__(self, stmt: Any, table: Table, keys: Sequence[str], dialect: Dialect) -> None:
         compiled = stmt.compile(dialect=dialect, column_keys=list(keys))

@@ -29,6 +29,7 @@ from agentledger.core.books import (
     hour_window,
 )
 from agentledger.core.errors import InvalidRequest
+from agentledger.core.marks import decision_label, mark_of, property_label
 from agentledger.store import schema as t
 from agentledger.store.base import GROUP_COLUMNS, CostQuery, RequestFilter, RunFilter, SessionFilter
 
@@ -108,12 +109,17 @@ def runs_query(workspace_id: str, flt: RunFilter, *, run_id: str | None = None) 
     """Runs with their kept totals (core.books), newest first by (started_at, id).
 
     A page is read off one index (schema: ix_runs_ws_*) and stops at `limit`: the cursor continues below the
-    last row seen, so page 1000 costs what page 1 does; `offset` still works but reads what it skips."""
+    last row seen, so page 1000 costs what page 1 does; `offset` still works but reads what it skips. A decision
+    or property filter reads the run marks' index instead (ix_run_marks_ws_mark: a mark's runs by their start),
+    each further one a probe of the marks' primary key."""
     r, k = t.runs.c, t.run_totals.c
     totals = [
         func.coalesce(c, 0.0 if c.name == "model_latency_ms" else 0).label(c.name)
         for c in kept_measures(t.run_totals, RUN_MEASURES)
     ]
+    marks = _marks_of(flt)
+    if run_id is None and marks:
+        return _marked_runs(workspace_id, flt, marks, totals)
     stmt = (
         select(t.runs, *totals)
         .select_from(t.runs.outerjoin(t.run_totals, and_(k.workspace_id == r.workspace_id, k.run_id == r.id)))
@@ -121,16 +127,46 @@ def runs_query(workspace_id: str, flt: RunFilter, *, run_id: str | None = None) 
     )
     if run_id is not None:
         return stmt.where(r.id == run_id)
-    for value, col in (
+    stmt = stmt.where(*_run_conditions(flt))
+    stmt = newest_first(stmt, r.started_at, r.id, flt.cursor, flt.since, flt.until)
+    return stmt.limit(flt.limit).offset(flt.offset)
+
+
+def _run_conditions(flt: RunFilter) -> list[Any]:
+    r = t.runs.c
+    pairs = (
         (flt.agent_id, r.agent_id),
         (flt.session_id, r.session_id),
         (flt.workflow, r.workflow),
         (flt.status, r.status),
         (flt.endpoint_id, r.endpoint_id),
-    ):
-        if value is not None:
-            stmt = stmt.where(col == value)
-    stmt = newest_first(stmt, r.started_at, r.id, flt.cursor, flt.since, flt.until)
+    )
+    return [col == value for value, col in pairs if value is not None]
+
+
+def _marks_of(flt: RunFilter) -> list[str]:
+    labels = [decision_label(flt.decision)] if flt.decision is not None else []
+    labels += [property_label(name, value) for name, value in flt.properties]
+    return list(dict.fromkeys(mark_of(label) for label in labels))
+
+
+def _marked_runs(workspace_id: str, flt: RunFilter, marks: list[str], totals: list[Any]) -> Select[Any]:
+    """The runs list filtered by marks: the first mark's runs in order off its index, joined to their runs by
+    primary key, each further mark a probe of its primary key; the other filters are checked on the runs met."""
+    r, k = t.runs.c, t.run_totals.c
+    first = t.run_marks.alias("mark_0")
+    m = first.c
+    joined = first.join(t.runs, and_(r.workspace_id == m.workspace_id, r.id == m.run_id))
+    for i, mark in enumerate(marks[1:], 1):
+        more = t.run_marks.alias(f"mark_{i}")
+        joined = joined.join(
+            more, and_(more.c.workspace_id == m.workspace_id, more.c.run_id == m.run_id, more.c.mark == mark)
+        )
+    joined = joined.outerjoin(t.run_totals, and_(k.workspace_id == m.workspace_id, k.run_id == m.run_id))
+    stmt = select(t.runs, *totals).select_from(joined).where(m.workspace_id == workspace_id, m.mark == marks[0])
+    stmt = stmt.where(*_run_conditions(flt))
+    # The mark's start is its run's (store/marks.py): the same order and cursor as the unfiltered list.
+    stmt = newest_first(stmt, m.started_at, m.run_id, flt.cursor, flt.since, flt.until)
     return stmt.limit(flt.limit).offset(flt.offset)
 
 

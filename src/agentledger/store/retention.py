@@ -11,8 +11,8 @@ A step, request or policy hit is deleted once it, its run and its session all st
 and session paths of a run (session) that started after it then still add up to its rows (`rollups verify`), and a
 hit goes with the step or request it was read from. A run is deleted once it started before the cutoff and none of
 its steps or requests is left; a session once it was last seen before the cutoff and no run of it is left. Their run
-totals, controls and session paths go with them; the time-bucketed rollups stay (analytics over pruned windows keep
-their figures).
+totals, marks, controls and session paths go with them; the time-bucketed rollups stay (analytics over pruned windows
+keep their figures). A run that stays keeps the marks its deleted rows gave it, as it keeps their totals.
 """
 
 from __future__ import annotations
@@ -237,8 +237,10 @@ def _delete_runs(conn: Connection, ws: str, before: datetime, cursor: Cursor, li
     busy = _among(conn, "steps", "run_id", ws, ids) | _among(conn, "requests", "run_id", ws, ids)
     gone = [i for i in ids if i not in busy]
     if gone:
-        # Its totals and control describe only it: nothing reads them once it is gone.
+        # Its totals, marks and control describe only it: nothing reads them once it is gone.
         conn.execute(delete(t.run_totals).where(t.run_totals.c.workspace_id == ws, t.run_totals.c.run_id.in_(gone)))
+        mk = t.run_marks.c
+        conn.execute(delete(t.run_marks).where(mk.workspace_id == ws, mk.run_id.in_(gone)))
         rc = t.run_controls.c
         conn.execute(delete(t.run_controls).where(rc.workspace_id == ws, rc.run_id.in_(gone)))
         conn.execute(delete(t.runs).where(r.workspace_id == ws, r.id.in_(gone)))
@@ -349,14 +351,16 @@ def comparable_keys(
 ) -> set[tuple[str, tuple[Any, ...]]]:
     """The (table, key) pairs among `keys` that `rollups verify` can check against the raw rows (core.retention)."""
     keys = list(keys)
+    # Run totals and run marks ("marks": workspace, run, mark) are checked for young runs, session paths for young
+    # sessions.
+    of_runs = {"runs", "marks"}
     subjects: dict[str, dict[str, set[str]]] = {"runs": {}, "paths": {}}
     for table, key in keys:
-        if table in subjects and key[0] in since:
-            subjects[table].setdefault(key[0], set()).add(key[1])
-    young = {
-        "runs": _young_ids(conn, "runs", subjects["runs"], since),
-        "paths": _young_ids(conn, "sessions", subjects["paths"], since),
-    }
+        subject = "runs" if table in of_runs else table
+        if subject in subjects and key[0] in since:
+            subjects[subject].setdefault(key[0], set()).add(key[1])
+    runs = _young_ids(conn, "runs", subjects["runs"], since)
+    young = {"runs": runs, "marks": runs, "paths": _young_ids(conn, "sessions", subjects["paths"], since)}
     none: set[str] = set()
     return {
         (table, key)

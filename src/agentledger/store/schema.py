@@ -583,6 +583,21 @@ rollup_properties = Table(
     *_measures(_LEDGER, _LEDGER_ADDED),
 )
 
+# The runs list's decision and property filters (core/marks.py; added by 0015): a run's row per mark one of its
+# steps or requests gives it, `mark` the hash of what it stands for. Keyed by run first, so the writer's insert (a
+# conflict: nothing new), the fix of its time when the run comes after its steps, and retention's delete of a
+# run's marks are each a probe of the primary key; the index serves a filtered page, in the runs list's order:
+# `started_at` is the run's, so the page pages by the same (started_at, id) cursor and stops at its limit.
+run_marks = Table(
+    "run_marks",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("run_id", ID, primary_key=True),
+    Column("mark", String(32), primary_key=True),
+    Column("started_at", TS, nullable=False),
+    Index("ix_run_marks_ws_mark", "workspace_id", "mark", "started_at", "run_id"),
+)
+
 # Properties a workspace groups costs by often enough to keep rollups for (`group_by=property.<name>`).
 indexed_properties = Table(
     "indexed_properties",

@@ -91,6 +91,7 @@ from agentledger.store.base import (
 )
 from agentledger.store.books import BookKeeper
 from agentledger.store.bulk import BulkStatement, CopyInsert
+from agentledger.store.marks import MarkKeeper
 from agentledger.store.policy_hits import hit_rows
 from agentledger.store.queries import (
     LEDGER_COLUMNS,
@@ -137,7 +138,7 @@ CLAIM_PURGE_INTERVAL = 60.0  # seconds between purges of expired idempotency cla
 # A cost grouping no rollup keeps (`run`, a property not declared indexed) reads the events of its window:
 # at most this many (docs/api.md, "Bounds"), about a second of reading.
 MAX_SCAN_EVENTS = 200_000
-WORKFLOW_CACHE_SIZE = 100_000  # runs whose workflow and paid endpoint the writer remembers
+WORKFLOW_CACHE_SIZE = 100_000  # runs whose workflow, paid endpoint and start the writer remembers
 ANALYZE_FIRST = 10_000  # events written before the first statistics refresh (then at each doubling)
 # The trace tables and every kept one (the list was written out once, and missed rollup_daily when it came).
 ANALYZED = (
@@ -148,8 +149,10 @@ ANALYZED = (
     "policy_hits",  # two of its indexes lead with the workspace: without statistics the planner cannot tell them apart
     *(table.name for table, _, _ in books_sql.KEPT.values()),
 )
-# What the books need of a request row that a retry replaces.
+# What the books need of a request row that a retry replaces (its properties also say which marks it gave).
 _REQUEST_BOOK_COLUMNS = ("id", *LEDGER_COLUMNS)
+# What the writer remembers of a run: its dimensions for the books, its start for its marks (neither ever changes).
+_RunFacts = tuple[RunDims, datetime]
 
 # PostgreSQL: find the completed response of an x-request-id, or else claim the id, in one statement (one round
 # trip). ON CONFLICT serializes concurrent claimants across processes: the loser sees the winner's row and
@@ -229,6 +232,7 @@ class SQLStore:
         # by the writer thread with `synchronous=NORMAL` for good (the pragma is per connection).
         self._lazy_conn: Connection | None = None
         self._books = BookKeeper(self.engine.dialect)
+        self._marks = MarkKeeper(self.engine.dialect)
         self._written = 0  # trace events this process has written (writer thread only)
         self._analyze_at = ANALYZE_FIRST
         self._copies: dict[tuple[str, ...], CopyInsert] = {}
@@ -236,9 +240,10 @@ class SQLStore:
         self._booked_before_stmt: Any = None
         self._run_end_stmt: Any = None
         self._proof_state_stmt: Any = None
-        # Run workflows and paid endpoints the books have looked up (writer thread only): the rollups group by them.
-        self._workflow_cache: dict[tuple[str, str], RunDims] = {}
-        self._pending_workflows: dict[tuple[str, str], RunDims] = {}
+        # Run workflows, paid endpoints and starts the books have looked up (writer thread only): the rollups group by
+        # the first two, run marks take the start.
+        self._workflow_cache: dict[tuple[str, str], _RunFacts] = {}
+        self._pending_workflows: dict[tuple[str, str], _RunFacts] = {}
         self.budgets = budgets_sql.BudgetStore(self)
         self.governance = governance_sql.GovernanceStore(self)
         self.audit = audit_sql.AuditStore(self)
@@ -433,11 +438,16 @@ class SQLStore:
                 runs.setdefault((ev.attribution.workspace_id, ev.run_id), _run_values(ev))
         if sessions:
             self._bulk(conn, t.sessions, self._session_upsert, list(sessions.values()))
-        moved = self._booked_before(conn, self._insert_new(conn, t.runs, runs)) if runs else []
+        created = self._insert_new(conn, t.runs, runs) if runs else []
+        moved: list[tuple[dict[str, Any], bool, RunDims]] = []
+        if created:
+            moved = self._booked_before(conn, created)
         transitions = self._write_requests(conn, requests) if requests else []
         new_steps = self._insert_new(conn, t.steps, steps) if steps else []
         if transitions or new_steps or moved:
-            self._keep_books(conn, transitions, new_steps, moved)
+            self._keep_books(conn, transitions, new_steps, moved, created)
+        elif created:  # the marks their rows gave before they existed take their start
+            self._marks.write(conn, (), (), {}, created)
         if ledger:  # entry ids are unique: a replayed batch inserts nothing twice
             self._bulk(conn, t.budget_ledger, self._ledger_insert, list(ledger.values()))
         if alerts:
@@ -614,9 +624,11 @@ class SQLStore:
         requests: list[tuple[dict[str, Any] | None, dict[str, Any]]],
         steps: list[dict[str, Any]],
         moved: list[tuple[dict[str, Any], bool, RunDims]],
+        created: list[dict[str, Any]],
     ) -> None:
         rows = [row for pair in requests for row in pair if row is not None] + steps + [m[0] for m in moved]
-        dims = self._run_dims(conn, {(r["workspace_id"], r["run_id"]) for r in rows if r["run_id"]})
+        facts = self._run_facts(conn, {(r["workspace_id"], r["run_id"]) for r in rows if r["run_id"]})
+        dims = {key: known[0] for key, known in facts.items()}
         # Read after this batch's rows are in: a property declared meanwhile either is seen here, or its
         # backfill (which waits for this transaction on PostgreSQL, and runs on this thread on SQLite) sees them.
         indexed: dict[str, frozenset[str]] = {}
@@ -636,17 +648,21 @@ class SQLStore:
         for row, is_request, run in moved:
             books.move(row, is_request, NO_RUN, run, indexed.get(row["workspace_id"], none))
         self._books.apply(conn, books)
+        starts = {key: known[1] for key, known in facts.items()}
+        self._marks.write(conn, (new for _, new in requests), steps, starts, created)
+        if any(old is not None for old, _ in requests):
+            self._marks.unmark(conn, requests)
 
-    def _run_dims(self, conn: Connection, runs: set[tuple[str, str]]) -> dict[tuple[str, str], RunDims]:
-        """The workflow and paid endpoint of each run (fixed when the run is created, so remembered across
-        batches)."""
+    def _run_facts(self, conn: Connection, runs: set[tuple[str, str]]) -> dict[tuple[str, str], _RunFacts]:
+        """The workflow and paid endpoint, and the start, of each stored run among `runs` (fixed when the run is
+        created, so remembered across batches)."""
         known = {key: self._workflow_cache[key] for key in runs if key in self._workflow_cache}
         missing = runs - known.keys()
         if missing:
             for key, row in self._existing(
-                conn, t.runs, missing, ("workspace_id", "id", "workflow", "endpoint_id"), lock=False
+                conn, t.runs, missing, ("workspace_id", "id", "workflow", "endpoint_id", "started_at"), lock=False
             ).items():
-                known[key] = self._pending_workflows[key] = (row["workflow"], row["endpoint_id"])
+                known[key] = self._pending_workflows[key] = ((row["workflow"], row["endpoint_id"]), row["started_at"])
         return known
 
     def _statement(self, table: Any, build: Callable[[], Any], keys: tuple[str, ...]) -> BulkStatement:

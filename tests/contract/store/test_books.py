@@ -1,10 +1,11 @@
 """The books kept at write time equal their recomputation from the raw rows, whatever arrives in what order.
 
-Hypothesis writes random interleavings of step batches (with and without their run, nested, late by days),
-gateway requests (failed ones retried under the same id, completed ones sent again), exact replays of earlier
-batches (a spool replay), run ends and a property declared midway, at costs up to the per-event bound, and
-then `verify_books` must find nothing: every run total, session path and hourly rollup row is the sum of its
-rows. On PostgreSQL two stores (two replicas) also write the same batches at once, in opposite orders.
+Hypothesis writes random interleavings of step batches (with and without their run, nested, late by days, policy
+checks of every decision), gateway requests (failed ones retried under the same id, completed ones sent again),
+exact replays of earlier batches (a spool replay), run ends and a property declared midway, at costs up to the
+per-event bound, and then `verify_books` must find nothing: every run total, session path and hourly rollup row is
+the sum of its rows, every run mark is one a row gives; and the runs list filtered by marks lists exactly the runs
+the rows mark. On PostgreSQL two stores (two replicas) also write the same batches at once, in opposite orders.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from agentledger.core.books import COST_UNIT
 from agentledger.core.finance import payment_cost
+from agentledger.core.marks import Label, decision_label, mark_of, property_label
 from agentledger.core.model import (
     Attribution,
     Payment,
@@ -35,6 +37,7 @@ from agentledger.core.model import (
 )
 from agentledger.core.pricing import CostSource
 from agentledger.core.usage import Usage
+from agentledger.store import marks as marks_sql
 from agentledger.store.base import CostQuery, FinanceQuery, RunFilter, WriteResult
 from agentledger.store.sql import SQLStore
 
@@ -43,6 +46,22 @@ COSTS = st.one_of(st.integers(0, 5_000_000), st.sampled_from([COST_UNIT, COST_UN
 RUNS = ["r0", "r1", "r2"]
 WORKFLOWS = {"r0": "wf-a", "r1": "wf-b", "r2": None}
 ENDPOINTS = {"r0": "ep-a", "r1": None, "r2": "ep-b"}  # a run's paid endpoint, fixed like its workflow
+# A policy check's report (gateway/budgets.py): each decision, an approved escalation, or nothing to say.
+REPORTS = st.sampled_from(
+    [
+        {"decision": "allowed"},
+        {"decision": "blocked"},
+        {"decision": "throttled"},
+        {"decision": "escalated"},
+        {"decision": "allowed", "policy": {"approval": {"status": "approved"}}},
+        {},
+    ]
+)
+FILTERS = [
+    *(RunFilter(decision=d) for d in ("allowed", "blocked", "throttled", "escalated")),
+    *(RunFilter(properties=((name, value),)) for name, value in (("team", "x"), ("team", "y"), ("env", "prod"))),
+    RunFilter(decision="blocked", properties=(("team", "y"),)),
+]
 PAYMENTS = st.builds(
     Payment,
     direction=st.sampled_from(list(PaymentDirection)),
@@ -83,7 +102,14 @@ def step_batch(draw: st.DrawFn, ws: str) -> list[TraceEvent]:
     for _ in range(draw(st.integers(1, 4))):
         kind = draw(
             st.sampled_from(
-                [StepKind.TOOL_CALL, StepKind.MODEL_CALL, StepKind.API_CALL, StepKind.PAYMENT, StepKind.MODEL_ATTEMPT]
+                [
+                    StepKind.TOOL_CALL,
+                    StepKind.MODEL_CALL,
+                    StepKind.API_CALL,
+                    StepKind.PAYMENT,
+                    StepKind.MODEL_ATTEMPT,
+                    StepKind.POLICY_CHECK,
+                ]
             )
         )
         payment = draw(PAYMENTS) if kind is StepKind.PAYMENT else None
@@ -106,6 +132,7 @@ def step_batch(draw: st.DrawFn, ws: str) -> list[TraceEvent]:
                 cost_source=draw(st.sampled_from([CostSource.REPORTED, CostSource.ESTIMATED, CostSource.CLAMPED])),
                 attempt=draw(st.integers(1, 3)),
                 payment=payment,
+                attributes=draw(REPORTS) if kind is StepKind.POLICY_CHECK else {},
             )
         )
     return events
@@ -186,6 +213,14 @@ async def test_kept_books_equal_their_recomputation(store: SQLStore, data: st.Da
     ws = await new_workspace(store)
     await apply(store, ws, data.draw(operations(ws)))
     assert [m.describe() for m in await store.verify_books(ws)] == []
+    # The runs list's decision and property filters list exactly the stored runs the raw rows mark.
+    with store.engine.connect() as conn:
+        marked = marks_sql.recompute(conn, ws)
+    runs = [r["id"] for r in await store.list_runs(ws, RunFilter())]
+    for flt in FILTERS:
+        wanted = [mark_of(label) for label in _labels(flt)]
+        expected = [run for run in runs if all((ws, run, mark) in marked for mark in wanted)]
+        assert [r["id"] for r in await store.list_runs(ws, flt)] == expected, flt
     # A window of whole days and loose hours (daily rows plus hourly ones) sums what its hours do.
     for since, until in ((at(-4 * 24 * 60 + 300), at(120)), (None, at(60)), (at(-3 * 24 * 60), None), (None, None)):
         for group_by in ("model", "workflow"):
@@ -201,6 +236,11 @@ async def test_kept_books_equal_their_recomputation(store: SQLStore, data: st.Da
         by_endpoint = await store.finance_summary(ws, FinanceQuery(group_by="endpoint", since=since, until=until))
         workspace = await store.finance_summary(ws, FinanceQuery(group_by="workspace", since=since, until=until))
         assert by_endpoint.totals == workspace.totals
+
+
+def _labels(flt: RunFilter) -> list[Label]:
+    found = [decision_label(flt.decision)] if flt.decision else []
+    return found + [property_label(n, v) for n, v in flt.properties]
 
 
 async def test_a_run_total_counts_each_step_once_however_often_it_is_sent(store: SQLStore) -> None:

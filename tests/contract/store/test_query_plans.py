@@ -50,6 +50,7 @@ SCANNED = {
     "rollup_sessions",
     "rollup_properties",
     "policy_hits",
+    "run_marks",
 }
 
 
@@ -98,6 +99,20 @@ def batch(ws: str, run: int) -> list[TraceEvent]:
             StepRecord(pid, f"run-{run}", a, check, "policy check", StepStatus.OK, started, request_id=pid,
                        attributes=CHECKS[i % 2])
         )  # fmt: skip
+    # Every run has a policy check; one in seven was blocked (the run marks behind decision=).
+    decision = "blocked" if run % 7 == 0 else "allowed"
+    events.append(
+        StepRecord(
+            f"pc-{run}",
+            f"run-{run}",
+            a,
+            StepKind.POLICY_CHECK,
+            "p",
+            StepStatus.OK,
+            started,
+            attributes={"decision": decision},
+        )
+    )
     for i in range(10):
         events.append(
             RequestRecord(
@@ -203,6 +218,17 @@ async def captured_reads(store: SQLStore) -> list[tuple[str, Any]]:
         counted = await gov.policy_hit_counts(ws, [NOW - timedelta(hours=24), NOW - timedelta(days=7)])
         assert counted["pol-x"][(1, "monitor")] > 0 and counted["pol-y"] == dict.fromkeys(counted["pol-y"], 0)
         await gov.policy_hit_counts(ws, [NOW - timedelta(days=7)], department_id="d")
+        # The decision and property filters read the run marks.
+        blocked = await store.list_runs(ws, RunFilter(decision="blocked", limit=10))
+        for flt in (
+            RunFilter(decision="blocked", limit=10, cursor=(blocked[-1]["started_at"], blocked[-1]["id"])),
+            RunFilter(decision="allowed", limit=50),
+            RunFilter(properties=(("team", "t1"),), limit=50),
+            RunFilter(decision="blocked", properties=(("team", "t1"),), limit=50),
+            RunFilter(decision="allowed", agent_id="agent-1", status="running", limit=50),
+            RunFilter(properties=(("team", "t2"),), since=since, until=until, limit=50),
+        ):
+            await store.list_runs(ws, flt)
         # The trace writer's reads: a replayed batch (everything exists) and a new one.
         assert await store.write_batch(batch(ws, 7)) is WriteResult.SUCCESS
         assert await store.write_batch(batch(ws, 500)) is WriteResult.SUCCESS

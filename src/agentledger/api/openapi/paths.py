@@ -19,6 +19,7 @@ from agentledger.api.openapi.shapes import (
     responses,
     text,
 )
+from agentledger.api.query import MAX_PROPERTY_FILTERS
 from agentledger.api.run_controls import MAX_REASON
 from agentledger.core import headers as h
 from agentledger.core.model import RunStatus
@@ -78,7 +79,7 @@ def op(
     security: Security,
     ok: dict[int, Schema],
     errors: tuple[int, ...],
-    **extra: Schema | list[Schema],
+    **extra: Schema | list[Schema] | str,
 ) -> Schema:
     return {"summary": summary, "tags": [tag], "security": security, "responses": responses(ok, errors), **extra}
 
@@ -107,6 +108,7 @@ def _crud(item: str, body_schema: str, summary: str) -> Schema:
     }
 
 
+_PROPERTY_NAME = h.PROPERTY_NAME_RE.pattern.removeprefix("^").removesuffix("$").replace("\\-", "-")
 _RUN_FILTERS = [
     param("agent", "query", ID, "Only runs of this agent."),
     param("session", "query", ID, "Only runs of this session."),
@@ -118,8 +120,19 @@ _RUN_FILTERS = [
     param("offset", "query", integer(0, 10_000_000, default=0), "Rows to skip (reads them; prefer `cursor`)."),
     param("cursor", "query", {"type": "string"}, "The `next_cursor` of the previous page."),
     param("endpoint", "query", ID, "Only runs started by a sale of this paid endpoint."),
+    param(
+        "decision",
+        "query",
+        enum(DECISIONS),
+        "Only runs in which a call or check had this decision (its policy_check step says so; an escalation that "
+        "was approved counts as escalated too).",
+    ),
 ]
-_PROPERTY_NAME = h.PROPERTY_NAME_RE.pattern.removeprefix("^").removesuffix("$").replace("\\-", "-")
+_PROPERTY_FILTERS = (
+    f"Property filters: `property.<name>=<value>` ({h.PROPERTY_NAME_HELP}; values 1 to {h.MAX_PROPERTY_VALUE_LEN} "
+    f"characters), up to {MAX_PROPERTY_FILTERS} of them: only runs in which a request or step carried each of these "
+    "`alephant-property-<name>` values. A bad name or value is a 400 naming the parameter."
+)
 _GROUP_BY = {
     "type": "string",
     "pattern": f"^({'|'.join(GROUP_COLUMNS)}|property\\.{_PROPERTY_NAME})$",
@@ -457,6 +470,9 @@ PATHS: Schema = {
             {200: ok_json("A page of runs; `next_cursor` is null on the last.", ref("RunPage"))},
             (400, *API_READ),
             parameters=_RUN_FILTERS,
+            # A parameter whose name varies cannot be declared: a form-exploded object would say that any name is
+            # one of them, and the API ignores the query parameters it does not know.
+            description=_PROPERTY_FILTERS,
         )
     },
     "/api/runs/{run_id}": {
