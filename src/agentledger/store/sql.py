@@ -441,6 +441,9 @@ class SQLStore:
         created = self._insert_new(conn, t.runs, runs) if runs else []
         moved: list[tuple[dict[str, Any], bool, RunDims]] = []
         if created:
+            for run in created:  # what _run_facts would read back: a run's first sighting is its row
+                key = (run["workspace_id"], run["id"])
+                self._pending_workflows[key] = ((run["workflow"], run["endpoint_id"]), run["started_at"])
             moved = self._booked_before(conn, created)
         transitions = self._write_requests(conn, requests) if requests else []
         new_steps = self._insert_new(conn, t.steps, steps) if steps else []
@@ -656,7 +659,11 @@ class SQLStore:
     def _run_facts(self, conn: Connection, runs: set[tuple[str, str]]) -> dict[tuple[str, str], _RunFacts]:
         """The workflow and paid endpoint, and the start, of each stored run among `runs` (fixed when the run is
         created, so remembered across batches)."""
-        known = {key: self._workflow_cache[key] for key in runs if key in self._workflow_cache}
+        known: dict[tuple[str, str], _RunFacts] = {}
+        for key in runs:
+            found = self._pending_workflows.get(key) or self._workflow_cache.get(key)
+            if found is not None:
+                known[key] = found
         missing = runs - known.keys()
         if missing:
             for key, row in self._existing(
