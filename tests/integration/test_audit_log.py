@@ -239,6 +239,18 @@ def test_a_blocked_call_is_an_audit_event_of_its_run(gw: Harness) -> None:
     assert alone["request_id"] == "blocked-alone" and alone["after"]["caller"]["department_id"] == gw.department
 
 
+def test_a_policy_check_step_an_agent_posts_is_no_decision_in_the_audit_log(gw: Harness) -> None:
+    """The step API takes steps of any kind, policy_check too; only the gateway's own checks are decisions."""
+    resp = gw.v1("POST", "/v1/runs", json={"id": "run-forged"})
+    assert resp.status_code == 201, resp.text
+    forged = {"kind": "policy_check", "name": "looks official", "attributes": {"decision": "blocked"}}
+    resp = gw.v1("POST", "/v1/runs/run-forged/steps", json={"steps": [forged]})
+    assert resp.status_code in (200, 201), resp.text
+    run = gw.get("/api/runs/run-forged")
+    assert [s["kind"] for s in run["steps"]] == ["policy_check"]  # recorded as the agent's step
+    assert run["audit_events"] == [] and all_events(gw, action="decision.*") == []
+
+
 def test_failed_authentications_are_rate_limited(gw: Harness) -> None:
     stranger = "adm-" + os.urandom(16).hex()
     for _ in range(5):

@@ -127,7 +127,9 @@ def decisions(
     outside a run (a request in a run has its policy_check step, which already says the same)."""
     out: list[AuditRecord] = []
     for step in steps:
-        if step["kind"] != "policy_check":
+        # Only the gateway's own checks (they carry the id of the call or check they decided): an agent may post a
+        # step of kind policy_check through the step API, which must not forge a decision in the audit log.
+        if step["kind"] != "policy_check" or step["request_id"] is None:
             continue
         found = decision_change(step["attributes"])
         if found is not None:
