@@ -12,6 +12,7 @@ One gateway and one seed per store for the module (SQLite, PostgreSQL: a few sec
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -179,7 +180,7 @@ def _path(template: str, b: Tenant, a: Tenant) -> str:
         "workspace": a.workspace,
         "slug": b.ids["slug"],
     }
-    if template.startswith("/api/virtual-keys/"):
+    if template.startswith(("/api/virtual-keys/", "/keys/")):  # the dashboard's keys are virtual keys
         by_param["key_id"] = b.ids["vk"]
     elif template.startswith("/api/provider-keys/"):
         by_param["key_id"] = b.ids["provider_key"]
@@ -377,8 +378,8 @@ CASES: dict[tuple[str, str], Case] = {
 
 
 def walked_routes(app: Any) -> set[tuple[str, str]]:
-    """Every mounted route an /api, /v1 or /x402 credential reaches (the dashboard's pages sign in with a cookie and
-    call the /api handlers in process: their isolation is the /api routes')."""
+    """Every mounted route an /api, /v1 or /x402 credential reaches (the dashboard's cookie pages have a walk of their
+    own: `test_no_dashboard_page_of_a_shows_or_changes_b`)."""
     out = set()
     for route in app.routes:
         if isinstance(route, Route) and route.path.startswith(("/api/", "/v1/", "/x402/")):
@@ -484,3 +485,66 @@ def test_evaluating_for_another_workspaces_department_is_a_404(world: World) -> 
         world.url + "/api/policies/evaluate", json=mine, headers={"authorization": f"Bearer {world.a.admin}"}
     )
     assert resp.status_code == 200, resp.text
+
+
+# -- the dashboard: the same walk through its cookie-session pages -------------------------------------------------
+
+_NOT_PAGES = ("/signin", "/signout", "/static", "/healthz", "/readyz", "/metrics", "/openapi.json")
+# What a page may take in its query string, with B's ids: a filter naming B's object lists none of B's rows.
+_PAGE_QUERIES: list[Callable[[Tenant], dict[str, str]]] = [
+    lambda b: {"agent": b.ids["agent"], "session": b.ids["session"], "workflow": b.ids["flow"]},
+    lambda b: {"policy": b.ids["policy"], "budget": b.ids["budget"], "run": b.ids["run"], "q": b.ids["request"]},
+    lambda b: {"group_by": "agent", "department": b.ids["department"], "endpoint": b.ids["endpoint"]},
+]
+
+
+def dashboard_routes(app: Any) -> set[tuple[str, str]]:
+    out = set()
+    for route in app.routes:
+        if isinstance(route, Route) and not route.path.startswith(("/api/", "/v1/", "/x402/", *_NOT_PAGES)):
+            out |= {(m, route.path) for m in (route.methods or set()) - {"HEAD"}}
+    return out
+
+
+def test_no_dashboard_page_of_a_shows_or_changes_b(world: World) -> None:
+    """Signed in to the dashboard as A's admin (a cookie session), every page with B's ids in its path or query
+    shows none of B's objects, and every form naming B's objects (with A's own CSRF token) changes nothing of B's."""
+    a, b = world.a, world.b
+    host = world.url.split("://", 1)[1]
+    with httpx.Client(base_url=world.url, timeout=30, trust_env=False, headers={"origin": f"http://{host}"}) as web:
+        signed = web.post("/signin", data={"token": a.admin, "next": "/"})
+        assert signed.status_code == 303, signed.text
+        page = web.get("/keys")
+        assert page.status_code == 200, page.text
+        found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert found is not None, "no CSRF token on the keys page"
+        csrf = found.group(1)
+        marks = b.marks()
+        before = _snapshot(world)
+        leaks: list[str] = []
+        for method, template in sorted(dashboard_routes(world.app)):
+            path = _path(template, b, a)
+            names_b = path != template
+            if method == "GET":
+                calls = [(path, None)] + [(path, q(b)) for q in _PAGE_QUERIES]
+                for url, params in calls:
+                    resp = web.get(url, params=params)
+                    sent = json.dumps([url, params])
+                    where = f"GET {url} {params or ''}"
+                    if resp.status_code >= 500 or (names_b and resp.status_code not in REFUSED):
+                        leaks.append(f"{where} → {resp.status_code}")
+                    shown = sorted(m for m in marks if m in resp.text and m not in sent)
+                    if shown:
+                        leaks.append(f"{where} → {resp.status_code} shows B's {shown}")
+            else:
+                form = {"csrf_token": csrf, "action": "pause", "comment": "not yours", "agent_id": b.ids["agent"]}
+                resp = web.post(path, data=form)
+                if resp.status_code >= 500 or (names_b and resp.status_code not in REFUSED):
+                    leaks.append(f"POST {path} → {resp.status_code}")
+                shown = sorted(m for m in marks if m in resp.text and m not in json.dumps([path, form]))
+                if shown:
+                    leaks.append(f"POST {path} → {resp.status_code} shows B's {shown}")
+        assert leaks == [], "\n".join(leaks)
+        after = _snapshot(world)
+    changed = sorted(p for p in before if before[p] != after[p])
+    assert changed == [], "B changed: " + ", ".join(changed)
