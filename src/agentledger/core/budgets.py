@@ -107,14 +107,22 @@ class Budget:
     thresholds: tuple[int, ...] = DEFAULT_THRESHOLDS
     property_name: str | None = None  # the property's name, for scope `property`
     throttle_rpm: int | None = None  # soft_throttle: the request rate allowed past the limit
+    # Derived once: a budget is read on every call it governs (a key of the window caches, its label on headers),
+    # and the dataclass's own hash would hash every field again, its three enums by a Python call each.
+    blocks: bool = field(init=False, repr=False, compare=False)
+    scope_label: str = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def blocks(self) -> bool:
-        return self.action in BLOCKING
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocks", self.action in BLOCKING)
+        object.__setattr__(self, "scope_label", scope_label(self.scope, self.value, self.property_name))
+        object.__setattr__(self, "_hash", hash(_budget_fields(self)))
 
-    @property
-    def scope_label(self) -> str:
-        return scope_label(self.scope, self.value, self.property_name)
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[Budget], tuple[object, ...]]:  # rebuilt, so its hash is this process's
+        return Budget, (*_budget_fields(self), self.thresholds, self.property_name, self.throttle_rpm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +135,24 @@ class RateLimit:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     concurrent: int | None = None
+    scope_label: str = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def scope_label(self) -> str:
-        return scope_label(self.scope, self.value, self.property_name)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scope_label", scope_label(self.scope, self.value, self.property_name))
+        limits = (self.requests_per_minute, self.tokens_per_minute, self.concurrent)
+        object.__setattr__(self, "_hash", hash((self.workspace_id, self.id, self.scope, self.value, *limits)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[RateLimit], tuple[object, ...]]:  # rebuilt, so its hash is this process's
+        limits = (self.requests_per_minute, self.tokens_per_minute, self.concurrent)
+        return RateLimit, (self.workspace_id, self.id, self.scope, self.value, self.property_name, *limits)
+
+
+def _budget_fields(b: Budget) -> tuple[object, ...]:
+    return (b.workspace_id, b.id, b.scope, b.value, b.limit_nanos, b.period, b.anchor, b.action)
 
 
 def _scope_value(scope: Scope, prop: str | None, subject: Subject) -> str | None:

@@ -40,7 +40,16 @@ from agentledger.core.budgets import (
 )
 from agentledger.core.errors import BudgetExceeded, InvalidRequest, RateLimited, StoreUnavailable
 from agentledger.core.ids import new_id
-from agentledger.core.model import Attribution, BudgetAlert, LedgerEntry, StepKind, StepRecord, StepStatus, TraceEvent
+from agentledger.core.model import (
+    Attribution,
+    BudgetAlert,
+    LedgerEntries,
+    LedgerEntry,
+    StepKind,
+    StepRecord,
+    StepStatus,
+    TraceEvent,
+)
 from agentledger.core.money import MAX_EVENT_COST_NANOS, format_usd
 from agentledger.gateway.cache import TTLCache
 from agentledger.limits.base import Charge, Counters, CountersUnavailable, Rate, Refused, Standing
@@ -112,7 +121,8 @@ class BudgetGate:
         self.reservation_ttl = reservation_ttl
         self.rules: TTLCache[str, Rules] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
         self.workflows: TTLCache[tuple[str, str], str | None] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
-        self._rates: dict[tuple[str, str, str, str], tuple[int, int] | None] = {}
+        self._rates: dict[tuple[str, str, str, int], tuple[int, int] | None] = {}
+        self._limit_views: dict[RateLimit, dict[str, Any]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     # -- lookups -----------------------------------------------------------------------------------------------
@@ -140,7 +150,7 @@ class BudgetGate:
     ) -> tuple[int, int] | None:
         # Catalog prices are dated: the rates are kept for the day they were read (a price override's change
         # drops them at once, with the workspace's caches).
-        key = (workspace_id, model, provider, at.date().isoformat())
+        key = (workspace_id, model, provider, at.toordinal())
         if key not in self._rates:
             if len(self._rates) > 4096:  # yesterday's entries, mostly
                 self._rates.clear()
@@ -270,6 +280,8 @@ class BudgetGate:
 
     async def _slots(self, governed: Governed, rated: list[RateLimit]) -> None:
         """A concurrency slot of each limit that has one, held until the call settles."""
+        if all(r.concurrent is None for r in rated):
+            return
         holder = new_id("slot")
         for r in rated:
             if r.concurrent is None:
@@ -546,27 +558,30 @@ class BudgetGate:
         actual: int = 0,
         step_id: str | None = None,
     ) -> list[TraceEvent]:
+        """The reservation's `kind` entries, one per budget it holds, as one event (core.model.LedgerEntries: the
+        budgets of one call are of one workspace)."""
+        figures = governed.figures
+        if not figures:
+            return []
         est = governed.estimate
-        deltas = {"reserve": (est, 0), "settle": (-est, actual), "release": (-est, 0)}[kind]
+        reserved, spent = (est, 0) if kind == "reserve" else (-est, actual if kind == "settle" else 0)
         # A reservation is reserved once and closed once (settled or released), so its entries' ids follow from
         # its own (unique, random) id: no random draw per entry, and a replayed entry names the same row.
         stem = f"led_{(governed.reservation_id or new_id('rsv')).partition('_')[2]}{_ENTRY_CODE[kind]}"
         return [
-            LedgerEntry(
-                workspace_id=f.budget.workspace_id,
-                entry_id=f"{stem}{i:x}",
-                budget_id=f.budget.id,
-                counter_key=f.key,
-                kind=kind,
-                reserved_delta=deltas[0],
-                spent_delta=deltas[1],
-                at=now,
-                reservation_id=governed.reservation_id,
-                request_id=request_id,
-                step_id=step_id,
-                run_id=run_id,
+            LedgerEntries(
+                figures[0].budget.workspace_id,
+                kind,
+                reserved,
+                spent,
+                now,
+                governed.reservation_id,
+                tuple([(f.budget.id, f.key) for f in figures]),
+                stem,
+                request_id,
+                step_id,
+                run_id,
             )
-            for i, f in enumerate(governed.figures)
         ]
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -586,16 +601,7 @@ class BudgetGate:
         if governed.figures:
             out["budgets"] = [f.view(now) for f in governed.figures]
         if governed.limits:
-            out["rate_limits"] = [
-                {
-                    "rate_limit_id": r.id,
-                    "scope": r.scope_label,
-                    "requests_per_minute": r.requests_per_minute,
-                    "tokens_per_minute": r.tokens_per_minute,
-                    "concurrent": r.concurrent,
-                }
-                for r in governed.limits
-            ]
+            out["rate_limits"] = [self._limit_view(r) for r in governed.limits]
         if governed.reservation_id:
             out["reservation_id"] = governed.reservation_id
             out["reserved_usd"] = format_usd(governed.estimate)
@@ -604,6 +610,21 @@ class BudgetGate:
         if governed.policy is not None:
             out["policy"] = governed.policy
         return out
+
+    def _limit_view(self, r: RateLimit) -> dict[str, Any]:
+        """A rate limit as the report shows it: the same for every call, so built once (shared: not to be changed)."""
+        found = self._limit_views.get(r)
+        if found is None:
+            if len(self._limit_views) >= 4096:
+                self._limit_views.clear()  # deleted and changed limits, mostly
+            found = self._limit_views[r] = {
+                "rate_limit_id": r.id,
+                "scope": r.scope_label,
+                "requests_per_minute": r.requests_per_minute,
+                "tokens_per_minute": r.tokens_per_minute,
+                "concurrent": r.concurrent,
+            }
+        return found
 
     def policy_step(
         self,
