@@ -67,7 +67,7 @@ class Backends:
         else:
             # The suite's many concurrent operations open connections under whatever load CI has: the production
             # timeouts (0.5 s) are for a gateway's hot path, not for a busy test machine.
-            slack = {"timeout": 10.0, "connect_timeout": 10.0, "pool_timeout": 20.0, **options}
+            slack = {"timeout": 10.0, "connect_timeout": 10.0, **options}
             counters = RedisCounters(REDIS_URL, self.prefix, **kwargs, **slack)  # type: ignore[arg-type]
         self.made.append(counters)
         return counters
