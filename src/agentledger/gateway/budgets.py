@@ -123,6 +123,7 @@ class BudgetGate:
         self.workflows: TTLCache[tuple[str, str], str | None] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
         self._rates: dict[tuple[str, str, str, int], tuple[int, int] | None] = {}
         self._limit_views: dict[RateLimit, dict[str, Any]] = {}
+        self._limit_rates: dict[RateLimit, tuple[Rate | None, str]] = {}  # its requests rate, its tokens key
         self._background: set[asyncio.Task[None]] = set()
 
     # -- lookups -----------------------------------------------------------------------------------------------
@@ -246,16 +247,23 @@ class BudgetGate:
             await self._undo(governed)
             raise
 
-    @staticmethod
-    def _rates_of(governed: Governed, rated: list[RateLimit]) -> list[Rate]:
+    def _rates_of(self, governed: Governed, rated: list[RateLimit]) -> list[Rate]:
         """The rates a call counts: a request, and its tokens (its estimate, corrected when it settles)."""
         rates: list[Rate] = []
         for r in rated:
-            if r.requests_per_minute is not None:
-                rates.append(Rate(f"r:{r.workspace_id}:{r.id}:rpm", r.requests_per_minute, 60.0, 1))
+            found = self._limit_rates.get(r)
+            if found is None:  # the same for every call under the limit: built once
+                if len(self._limit_rates) >= 4096:
+                    self._limit_rates.clear()  # deleted and changed limits, mostly
+                rpm = r.requests_per_minute
+                found = self._limit_rates[r] = (
+                    Rate(f"r:{r.workspace_id}:{r.id}:rpm", rpm, 60.0, 1) if rpm is not None else None,
+                    f"r:{r.workspace_id}:{r.id}:tpm",
+                )
+            if found[0] is not None:
+                rates.append(found[0])
             if r.tokens_per_minute is not None:
-                key = f"r:{r.workspace_id}:{r.id}:tpm"
-                rates.append(Rate(key, r.tokens_per_minute, 60.0, governed.tokens_estimate))
+                rates.append(Rate(found[1], r.tokens_per_minute, 60.0, governed.tokens_estimate))
         return rates
 
     @staticmethod
@@ -467,13 +475,14 @@ class BudgetGate:
     ) -> list[TraceEvent]:
         """Alerts for the thresholds `spent` crossed, from the counters' own figures after it was booked: each
         settle or spend moves a counter atomically, so exactly one of them crosses each threshold."""
-        now = self.clock()
+        now: datetime | None = None
         events: list[TraceEvent] = []
         for key, standing in after.items():
             b = budgets.get(key)
             if b is None:
                 continue
             for threshold in crossed(b.limit_nanos, standing.spent - spent, standing.spent, b.thresholds):
+                now = now or self.clock()
                 events.append(
                     BudgetAlert(
                         workspace_id=b.workspace_id,
