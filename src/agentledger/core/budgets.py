@@ -239,6 +239,9 @@ def counter_key(budget: Budget, now: datetime, run_id: str | None) -> str:
     at = now.timestamp()
     found = _KEYS.get(budget)
     if found is not None and found[0] <= at < found[1]:
+        if found[3] is not budget:  # an equal budget read again (the rules were reloaded): keyed by the new one
+            del _KEYS[budget]
+            _KEYS[budget] = (found[0], found[1], found[2], budget)
         return found[2]
     if budget.period is Period.TOTAL:
         key, bounds = f"b|{budget.workspace_id}|{budget.id}|total", (-math.inf, math.inf)
@@ -249,11 +252,13 @@ def counter_key(budget: Budget, now: datetime, run_id: str | None) -> str:
         bounds = (start.timestamp(), end.timestamp())
     if len(_KEYS) >= KEYS_KEPT:
         _KEYS.clear()  # deleted and changed budgets, mostly
-    _KEYS[budget] = (*bounds, key)
+    _KEYS[budget] = (*bounds, key, budget)
     return key
 
 
-_KEYS: dict[Budget, tuple[float, float, str]] = {}  # each budget's current window: [start, end) epoch, its key
+# Each budget's current window: [start, end) epoch, its key, and the budget the entry is keyed by: a dict finds a
+# key by identity before equality, and the equality of two budgets compares every field (six lookups a call).
+_KEYS: dict[Budget, tuple[float, float, str, Budget]] = {}
 KEYS_KEPT = 10_000
 
 
@@ -301,20 +306,23 @@ class Figures:
 
 # What a budget's view says of it and its window is the same for every call in the window (the counter key
 # names the window): built once, not per call (a policy check shows every applicable budget).
-_STATIC_VIEWS: dict[tuple[Budget, str], dict[str, object]] = {}
+_STATIC_VIEWS: dict[tuple[Budget, str], tuple[Budget, dict[str, object]]] = {}  # the budget keyed by, as _KEYS
 STATIC_VIEWS_KEPT = 4096
 
 
 def _static_view(b: Budget, key: str, now: datetime) -> dict[str, object]:
-    found = _STATIC_VIEWS.get((b, key))
-    if found is not None:
-        return found
+    kept = _STATIC_VIEWS.get((b, key))
+    if kept is not None:
+        if kept[0] is not b:
+            del _STATIC_VIEWS[(b, key)]
+            _STATIC_VIEWS[(b, key)] = (b, kept[1])
+        return kept[1]
     keyed = key.count("|") == 3  # a counter key (else: figures made up by a caller, viewed as of `now`)
     part = window_of_key(key) if keyed else ""
     if part.isdigit():  # the key's own window, whatever the clock says now (a call may straddle two)
         now = datetime.fromtimestamp(int(part), UTC)
     start, end = window(b, now)
-    found = {
+    found: dict[str, object] = {
         "budget_id": b.id,
         "scope_label": b.scope_label,
         "scope": b.scope.value,
@@ -330,7 +338,7 @@ def _static_view(b: Budget, key: str, now: datetime) -> dict[str, object]:
         return found
     if len(_STATIC_VIEWS) >= STATIC_VIEWS_KEPT:
         _STATIC_VIEWS.clear()  # past windows and deleted budgets, mostly
-    _STATIC_VIEWS[(b, key)] = found
+    _STATIC_VIEWS[(b, key)] = (b, found)
     return found
 
 
