@@ -4,8 +4,9 @@ Before a call is forwarded, `BudgetGate.admit` finds the budgets and rate limits
 (core/budgets.py), hits its rate limits and reserves its most possible cost against every applicable budget in one
 atomic step of the counters (limits/: in-process or Redis). A refusal is a 402 (`budget_exceeded`) or a 429
 (`rate_limited`, with Retry-After). When the call ends, `settle` books its actual cost: the ledger entries, the
-alerts of thresholds crossed and the policy_check step go out with the call's own records, and the counters
-are settled in the background (a settle never holds up the answer).
+alerts of thresholds crossed and the policy_check step go out with the call's own records; the counters are
+settled then and there when they are in-process, else (Redis) in the background (a settle never holds up the
+answer).
 
 A workspace without budgets or limits costs one cache lookup per call.
 """
@@ -461,6 +462,16 @@ class BudgetGate:
             kind = "settle" if actual or not governed.estimate else "release"
             events += self.entries(governed, kind, request_id, run_id, now, actual)
             governed.figures = [_cost_after(f, governed.estimate, actual) for f in governed.figures]
+        if governed.reservation_id is not None and not governed.token_rates and not governed.slots:
+            # In-process counters settle here, no task: the alerts of the thresholds crossed go with the call's
+            # records. Else (Redis; a reservation no longer held: `_late_settle`) the task settles it (idempotent).
+            try:
+                after = self.counters.settle_now(governed.reservation_id, actual)
+            except ValueError:  # out of the counters' range: the task fails the same way, off the call's path
+                after = None
+            if after:
+                by_key = {f.key: f.budget for f in governed.figures}
+                return events + self.alerts(by_key, after, actual, request_id, run_id)
         if governed.reservation_id is not None or governed.token_rates or governed.slots:
             self._spawn(self._settle_counters(governed, actual, tokens, now.timestamp(), request_id, run_id))
         return events

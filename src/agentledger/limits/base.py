@@ -177,6 +177,12 @@ class Counters(Protocol):
         settle retried after a crash never counts twice. ``actual=0`` cancels a reservation."""
         ...
 
+    def settle_now(self, reservation_id: str, actual: int) -> dict[str, Standing] | None:
+        """`settle` without waiting, where the backend can (in-process: nothing to wait for), with `settle`'s
+        answer; None where it cannot (Redis), and nothing changes: await `settle`. A caller then settles inline,
+        not in a task of its own."""
+        ...
+
     async def add(self, charges: Sequence[Charge]) -> dict[str, Standing]:
         """Spend after the fact (tool steps, adjustments): ``spent += amount`` for each charge (amount may be
         negative, a correction; a key given twice gets both), never refused (``limit`` is ignored). Returns

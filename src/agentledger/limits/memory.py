@@ -81,6 +81,9 @@ class MemoryCounters:
         return dict(after)
 
     async def settle(self, reservation_id: str, actual: int) -> dict[str, Standing]:
+        return self.settle_now(reservation_id, actual)
+
+    def settle_now(self, reservation_id: str, actual: int) -> dict[str, Standing]:
         check_amount(actual, "actual", non_negative=True)
         found = self._reservations.get(reservation_id)
         if found is None:

@@ -184,6 +184,22 @@ async def test_settle_is_idempotent(counters: Counters) -> None:
     assert await counters.standing(["a"]) == {"a": S(25, 0)}
 
 
+async def test_settle_now_is_settle_or_nothing(counters: Counters) -> None:
+    """In-process: `settle` without waiting, the same answers. Redis: None, and nothing changes."""
+    await counters.reserve("r", [Charge("a", 100, 30)], 60)
+    answer = counters.settle_now("r", 25)
+    if isinstance(counters, MemoryCounters):
+        assert answer == {"a": S(25, 0)}
+        assert counters.settle_now("r", 25) == {} and counters.settle_now("never", 1) == {}
+        with pytest.raises(ValueError):
+            counters.settle_now("r", -1)
+    else:
+        assert answer is None
+        assert await counters.standing(["a"]) == {"a": S(0, 30)}
+        assert await counters.settle("r", 25) == {"a": S(25, 0)}
+    assert await counters.standing(["a"]) == {"a": S(25, 0)}
+
+
 async def test_add_spends_after_the_fact_never_refused(counters: Counters) -> None:
     await counters.reserve("r", [Charge("a", 100, 80)], 60)
     assert await counters.add([Charge("a", 100, 50), Charge("b", 1, 7)]) == {"a": S(50, 80), "b": S(7, 0)}
