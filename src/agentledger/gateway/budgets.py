@@ -514,7 +514,7 @@ class BudgetGate:
     ) -> None:
         try:
             if governed.reservation_id is not None:
-                after = await self.counters.settle(governed.reservation_id, actual)
+                after = await self.counters.settle(governed.reservation_id, actual, lazy=True)
                 if after:
                     by_key = {f.key: f.budget for f in governed.figures}
                     alerts = self.alerts(by_key, after, actual, request_id, run_id)

@@ -80,7 +80,7 @@ class MemoryCounters:
         self._reservations[reservation_id] = (self._clock() + ttl, {c.key: c.amount for c in charges})
         return dict(after)
 
-    async def settle(self, reservation_id: str, actual: int) -> dict[str, Standing]:
+    async def settle(self, reservation_id: str, actual: int, *, lazy: bool = False) -> dict[str, Standing]:
         return self.settle_now(reservation_id, actual)
 
     def settle_now(self, reservation_id: str, actual: int) -> dict[str, Standing]:

@@ -468,10 +468,10 @@ class RedisCounters:
         self._claim = register(_CLAIM)
         self._release_claim = register(_RELEASE_CLAIM)
 
-    async def _run(self, script: _Script, keys: list[str], args: list[Arg]) -> Any:
+    async def _run(self, script: _Script, keys: list[str], args: list[Arg], *, lazy: bool = False) -> Any:
         try:
             try:
-                return await self._link.call(["EVALSHA", script.sha, len(keys), *keys, *args])
+                return await self._link.call(["EVALSHA", script.sha, len(keys), *keys, *args], lazy=lazy)
             except ResponseError as exc:
                 if not str(exc).startswith("NOSCRIPT"):
                     raise
@@ -518,10 +518,10 @@ class RedisCounters:
             return float(reply[1]), None
         return None, _reserved(reply, charges)
 
-    async def settle(self, reservation_id: str, actual: int) -> dict[str, Standing]:
+    async def settle(self, reservation_id: str, actual: int, *, lazy: bool = False) -> dict[str, Standing]:
         check_amount(actual, "actual", non_negative=True)
         keys = [self._deadlines, self._reservation + reservation_id]
-        reply = await self._run(self._settle, keys, [reservation_id, actual, self._counter])
+        reply = await self._run(self._settle, keys, [reservation_id, actual, self._counter], lazy=lazy)
         if reply[0] == "NONE":
             return {}
         if reply[0] == "O":

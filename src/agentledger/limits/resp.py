@@ -36,6 +36,8 @@ from redis.exceptions import (
 
 Arg = str | int
 
+LAZY_DELAY = 0.005  # seconds a lazy command may wait for another to go out with
+
 _KNOWN = {"host", "port", "db", "username", "password", "path", "connection_class", "ssl_cert_reqs"}
 
 
@@ -67,6 +69,30 @@ class _Protocol(asyncio.Protocol):
         self.reader = hiredis.Reader(replyError=ResponseError, encoding="utf-8")
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.broken: RedisError | None = None
+        self.held: list[bytes] = []  # lazy commands not written yet (in `waiting` already: written in that order)
+        self.flush_at: asyncio.TimerHandle | None = None
+
+    def write(self, data: bytes) -> None:
+        """Write `data` after whatever lazy commands are held: one write (one system call) for all of them."""
+        assert self.transport is not None
+        if self.held:
+            self.held.append(data)
+            self.flush()
+        else:
+            self.transport.write(data)
+
+    def hold(self, data: bytes, delay: float) -> None:
+        self.held.append(data)
+        if self.flush_at is None:
+            self.flush_at = asyncio.get_running_loop().call_later(delay, self.flush)
+
+    def flush(self) -> None:
+        if self.flush_at is not None:
+            self.flush_at.cancel()
+            self.flush_at = None
+        if self.held and self.transport is not None and self.broken is None:
+            self.transport.write(b"".join(self.held))
+        self.held.clear()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is one, not by subclass
@@ -89,6 +115,7 @@ class _Protocol(asyncio.Protocol):
         """Fail every command in flight with `exc` and close: the replies still to come would be out of step."""
         if self.broken is None:
             self.broken = exc
+        self.held.clear()
         while self.waiting:
             fut = self.waiting.popleft()
             if not fut.done():
@@ -131,21 +158,28 @@ class RedisLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Lock | None = None
 
-    async def call(self, args: Sequence[Arg]) -> Any:
+    async def call(self, args: Sequence[Arg], *, lazy: bool = False) -> Any:
         """Send one command and return its reply (hiredis' types: str, int, list, None); an error reply is
-        raised as `ResponseError`, a failure of the connection as `ConnectionError` or `TimeoutError`."""
+        raised as `ResponseError`, a failure of the connection as `ConnectionError` or `TimeoutError`.
+
+        `lazy`: nobody waits on it (a call's settle, in the background): it is written with the next command,
+        or after `LAZY_DELAY` at the latest. One system call, and one read by Redis, for both: with one call at
+        a time, a call's settle goes out with the next call's reservation."""
         loop = asyncio.get_running_loop()
         conn = self._conn
         if conn is None or conn.broken is not None or loop is not self._loop:
             conn = await self._connect(loop)
-        return await self._send(conn, loop, pack(args))
+        return await self._send(conn, loop, pack(args), lazy)
 
-    async def _send(self, conn: _Protocol, loop: asyncio.AbstractEventLoop, data: bytes) -> Any:
+    async def _send(self, conn: _Protocol, loop: asyncio.AbstractEventLoop, data: bytes, lazy: bool = False) -> Any:
         fut: asyncio.Future[Any] = loop.create_future()
         conn.waiting.append(fut)
-        assert conn.transport is not None
-        conn.transport.write(data)
-        timer = loop.call_later(self.timeout, conn.timed_out, fut, self.timeout)
+        if lazy:
+            conn.hold(data, LAZY_DELAY)
+        else:
+            conn.write(data)
+        timeout = self.timeout + (LAZY_DELAY if lazy else 0.0)
+        timer = loop.call_later(timeout, conn.timed_out, fut, timeout)
         try:
             reply = await fut
         finally:
@@ -184,6 +218,7 @@ class RedisLink:
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
+            conn.flush()  # what is held was sent as far as its callers know
             conn.fail(RedisConnectionError("Connection closed by the client"))
             with contextlib.suppress(Exception):
                 await asyncio.sleep(0)  # let the transport close

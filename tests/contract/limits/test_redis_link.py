@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis as redis_sync
@@ -56,6 +57,38 @@ async def test_a_connection_redis_closed_is_replaced(counters: RedisCounters) ->
     await asyncio.sleep(0.1)  # the close reaches the client
     assert await counters.add([Charge("a", None, 1)]) == {"a": Standing(2, 0)}
     assert await counters._link.call(["CLIENT", "ID"]) != ident
+
+
+class _Writes:
+    """A transport that counts its writes."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport, self.writes = transport, 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.transport.write(data)
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+
+async def test_a_lazy_settle_goes_out_with_the_next_command_or_soon(counters: RedisCounters) -> None:
+    await counters.reserve("r1", [Charge("a", None, 5)], 60)
+    await counters.reserve("r2", [Charge("a", None, 7)], 60)
+    await counters.settle("never", 0)  # Redis has both scripts (none is sent again as EVAL below)
+    await counters.standing(["a"])
+    conn = counters._link._conn
+    assert conn is not None
+    spy = conn.transport = _Writes(conn.transport)  # type: ignore[assignment]
+    settling = asyncio.create_task(counters.settle("r1", 1, lazy=True))
+    await asyncio.sleep(0)
+    assert spy.writes == 0  # held
+    assert await counters.standing(["a"]) == {"a": Standing(1, 7)}  # written with it, answered after it
+    assert spy.writes == 1 and await settling == {"a": Standing(1, 7)}
+    started = asyncio.get_running_loop().time()
+    assert await counters.settle("r2", 2, lazy=True) == {"a": Standing(3, 0)}  # alone: within LAZY_DELAY
+    assert spy.writes == 2 and asyncio.get_running_loop().time() - started < 1.0
 
 
 async def test_the_urls_password_and_database_are_used() -> None:
