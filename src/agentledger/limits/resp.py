@@ -13,7 +13,8 @@ Failures: a connection refused or broken, not made within `connect_timeout`, or 
 retried here.
 
 URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS; ``?ssl_cert_reqs=none`` to skip
-verification) and ``unix://path[?db=N]``; other options in the URL are refused (ValueError), not ignored.
+verification) and ``unix://path[?db=N]``; ``?socket_timeout=`` and ``?socket_connect_timeout=`` (seconds) set
+the timeouts, as with redis-py; other options in the URL are refused (ValueError), not ignored.
 """
 
 from __future__ import annotations
@@ -38,7 +39,18 @@ Arg = str | int
 
 LAZY_DELAY = 0.005  # seconds a lazy command may wait for another to go out with
 
-_KNOWN = {"host", "port", "db", "username", "password", "path", "connection_class", "ssl_cert_reqs"}
+_KNOWN = {
+    "host",
+    "port",
+    "db",
+    "username",
+    "password",
+    "path",
+    "connection_class",
+    "ssl_cert_reqs",
+    "socket_timeout",
+    "socket_connect_timeout",
+}
 
 
 def pack(args: Sequence[Arg]) -> bytes:
@@ -152,8 +164,8 @@ class RedisLink:
         if int(options.get("db") or 0):
             setup.append(["SELECT", int(options["db"])])
         self._setup = setup
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
+        self.timeout = float(options.get("socket_timeout") or timeout)  # the URL's, as redis-py took them
+        self.connect_timeout = float(options.get("socket_connect_timeout") or connect_timeout)
         self._conn: _Protocol | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: asyncio.Lock | None = None

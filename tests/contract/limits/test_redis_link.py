@@ -107,8 +107,10 @@ async def test_the_urls_password_and_database_are_used() -> None:
 
 
 def test_url_options_it_does_not_support_are_refused() -> None:
-    with pytest.raises(ValueError, match="socket_timeout"):
-        RedisCounters("redis://127.0.0.1:6379/15?socket_timeout=3")
+    with pytest.raises(ValueError, match="health_check_interval"):
+        RedisCounters("redis://127.0.0.1:6379/15?health_check_interval=3")
+    timed = RedisCounters("redis://127.0.0.1:6379/15?socket_timeout=3&socket_connect_timeout=2")
+    assert (timed._link.timeout, timed._link.connect_timeout) == (3.0, 2.0)
 
 
 def test_commands_are_packed_as_resp() -> None:
