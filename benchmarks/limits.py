@@ -6,7 +6,7 @@
 Each reservation charges --keys budget counters (a call under workspace, department and agent budgets: 3),
 all with limits far above what the run spends, so nothing is refused; each is settled right after. Reported:
   * in-process (`MemoryCounters`): p50/p99 of one `reserve` + `settle` pair, sequential;
-  * Redis (`RedisCounters`, one client, pool of --concurrency): p50/p99 of the pair, sequential (two round
+  * Redis (`RedisCounters`, one client, one pipelined connection): p50/p99 of the pair, sequential (two round
     trips); then --concurrency tasks each looping reserve+settle for --seconds: reservations/s (each one
     also settled), the pair's p50 under that load, and the CPU per pair of the Redis server (INFO cpu) and
     of this client process (one event loop: with redis-py it is the client that saturates first).
@@ -84,7 +84,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
     report["memory_pairs"] = len(pairs)
 
     prefix = f"bench:{uuid.uuid4().hex}:"
-    shared = RedisCounters(args.redis_url, prefix, max_connections=args.concurrency)
+    shared = RedisCounters(args.redis_url, prefix)
     try:
         await sequential(shared, charges, 0.2, 500)  # warm-up: connections, script load
         pairs = await sequential(shared, charges, args.seconds / 2, 50_000)

@@ -107,14 +107,22 @@ class Budget:
     thresholds: tuple[int, ...] = DEFAULT_THRESHOLDS
     property_name: str | None = None  # the property's name, for scope `property`
     throttle_rpm: int | None = None  # soft_throttle: the request rate allowed past the limit
+    # Derived once: a budget is read on every call it governs (a key of the window caches, its label on headers),
+    # and the dataclass's own hash would hash every field again, its three enums by a Python call each.
+    blocks: bool = field(init=False, repr=False, compare=False)
+    scope_label: str = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def blocks(self) -> bool:
-        return self.action in BLOCKING
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocks", self.action in BLOCKING)
+        object.__setattr__(self, "scope_label", scope_label(self.scope, self.value, self.property_name))
+        object.__setattr__(self, "_hash", hash(_budget_fields(self)))
 
-    @property
-    def scope_label(self) -> str:
-        return scope_label(self.scope, self.value, self.property_name)
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[Budget], tuple[object, ...]]:  # rebuilt, so its hash is this process's
+        return Budget, (*_budget_fields(self), self.thresholds, self.property_name, self.throttle_rpm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +136,25 @@ class RateLimit:
     tokens_per_minute: int | None = None
     concurrent: int | None = None
     policy_version: int | None = None  # a policy's rate setting (id `policy:<id>:<setting>`): the version that set it
+    scope_label: str = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def scope_label(self) -> str:
-        return scope_label(self.scope, self.value, self.property_name)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scope_label", scope_label(self.scope, self.value, self.property_name))
+        limits = (self.requests_per_minute, self.tokens_per_minute, self.concurrent)
+        object.__setattr__(self, "_hash", hash((self.workspace_id, self.id, self.scope, self.value, *limits)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[RateLimit], tuple[object, ...]]:  # rebuilt, so its hash is this process's
+        limits = (self.requests_per_minute, self.tokens_per_minute, self.concurrent)
+        scope = (self.workspace_id, self.id, self.scope, self.value, self.property_name)
+        return RateLimit, (*scope, *limits, self.policy_version)
+
+
+def _budget_fields(b: Budget) -> tuple[object, ...]:
+    return (b.workspace_id, b.id, b.scope, b.value, b.limit_nanos, b.period, b.anchor, b.action)
 
 
 def _scope_value(scope: Scope, prop: str | None, subject: Subject) -> str | None:
@@ -218,6 +241,9 @@ def counter_key(budget: Budget, now: datetime, run_id: str | None) -> str:
     at = now.timestamp()
     found = _KEYS.get(budget)
     if found is not None and found[0] <= at < found[1]:
+        if found[3] is not budget:  # an equal budget read again (the rules were reloaded): keyed by the new one
+            del _KEYS[budget]
+            _KEYS[budget] = (found[0], found[1], found[2], budget)
         return found[2]
     if budget.period is Period.TOTAL:
         key, bounds = f"b|{budget.workspace_id}|{budget.id}|total", (-math.inf, math.inf)
@@ -228,11 +254,13 @@ def counter_key(budget: Budget, now: datetime, run_id: str | None) -> str:
         bounds = (start.timestamp(), end.timestamp())
     if len(_KEYS) >= KEYS_KEPT:
         _KEYS.clear()  # deleted and changed budgets, mostly
-    _KEYS[budget] = (*bounds, key)
+    _KEYS[budget] = (*bounds, key, budget)
     return key
 
 
-_KEYS: dict[Budget, tuple[float, float, str]] = {}  # each budget's current window: [start, end) epoch, its key
+# Each budget's current window: [start, end) epoch, its key, and the budget the entry is keyed by: a dict finds a
+# key by identity before equality, and the equality of two budgets compares every field (six lookups a call).
+_KEYS: dict[Budget, tuple[float, float, str, Budget]] = {}
 KEYS_KEPT = 10_000
 
 
@@ -280,20 +308,23 @@ class Figures:
 
 # What a budget's view says of it and its window is the same for every call in the window (the counter key
 # names the window): built once, not per call (a policy check shows every applicable budget).
-_STATIC_VIEWS: dict[tuple[Budget, str], dict[str, object]] = {}
+_STATIC_VIEWS: dict[tuple[Budget, str], tuple[Budget, dict[str, object]]] = {}  # the budget keyed by, as _KEYS
 STATIC_VIEWS_KEPT = 4096
 
 
 def _static_view(b: Budget, key: str, now: datetime) -> dict[str, object]:
-    found = _STATIC_VIEWS.get((b, key))
-    if found is not None:
-        return found
+    kept = _STATIC_VIEWS.get((b, key))
+    if kept is not None:
+        if kept[0] is not b:
+            del _STATIC_VIEWS[(b, key)]
+            _STATIC_VIEWS[(b, key)] = (b, kept[1])
+        return kept[1]
     keyed = key.count("|") == 3  # a counter key (else: figures made up by a caller, viewed as of `now`)
     part = window_of_key(key) if keyed else ""
     if part.isdigit():  # the key's own window, whatever the clock says now (a call may straddle two)
         now = datetime.fromtimestamp(int(part), UTC)
     start, end = window(b, now)
-    found = {
+    found: dict[str, object] = {
         "budget_id": b.id,
         "scope_label": b.scope_label,
         "scope": b.scope.value,
@@ -309,7 +340,7 @@ def _static_view(b: Budget, key: str, now: datetime) -> dict[str, object]:
         return found
     if len(_STATIC_VIEWS) >= STATIC_VIEWS_KEPT:
         _STATIC_VIEWS.clear()  # past windows and deleted budgets, mostly
-    _STATIC_VIEWS[(b, key)] = found
+    _STATIC_VIEWS[(b, key)] = (b, found)
     return found
 
 

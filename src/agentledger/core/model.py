@@ -286,6 +286,48 @@ class LedgerEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerEntries:
+    """One reservation's `reserve`, `settle` or `release` on each of its counters, as one event: an entry per
+    counter, the same deltas on each, each its own ledger row exactly as the `LedgerEntry` of `entries()` would
+    be. A model call under three budgets makes two of these on the hot path instead of six entries; the writer
+    expands them."""
+
+    workspace_id: str
+    kind: str
+    reserved_delta: int
+    spent_delta: int
+    at: datetime
+    reservation_id: str | None
+    counters: tuple[tuple[str, str], ...]  # (budget_id, counter_key) of each entry, in order
+    entry_stem: str  # entry i's id is f"{entry_stem}{i:x}"
+    request_id: str | None = None
+    step_id: str | None = None
+    run_id: str | None = None
+
+    def entry_id(self, i: int) -> str:
+        return f"{self.entry_stem}{i:x}"
+
+    def entries(self) -> list[LedgerEntry]:
+        return [
+            LedgerEntry(
+                workspace_id=self.workspace_id,
+                entry_id=self.entry_id(i),
+                budget_id=budget_id,
+                counter_key=key,
+                kind=self.kind,
+                reserved_delta=self.reserved_delta,
+                spent_delta=self.spent_delta,
+                at=self.at,
+                reservation_id=self.reservation_id,
+                request_id=self.request_id,
+                step_id=self.step_id,
+                run_id=self.run_id,
+            )
+            for i, (budget_id, key) in enumerate(self.counters)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
 class BudgetAlert:
     """A budget's threshold crossed in one window (kept once per window; delivered by alerting later)."""
 
@@ -355,5 +397,14 @@ class AuditRecord:
 
 
 TraceEvent = (
-    RequestRecord | StepRecord | RunStart | RunEnd | LedgerEntry | BudgetAlert | Alert | AuditRecord | ProofState
+    RequestRecord
+    | StepRecord
+    | RunStart
+    | RunEnd
+    | LedgerEntry
+    | LedgerEntries
+    | BudgetAlert
+    | Alert
+    | AuditRecord
+    | ProofState
 )

@@ -4,8 +4,9 @@ Before a call is forwarded, `BudgetGate.admit` finds the budgets and rate limits
 (core/budgets.py), hits its rate limits and reserves its most possible cost against every applicable budget in one
 atomic step of the counters (limits/: in-process or Redis). A refusal is a 402 (`budget_exceeded`) or a 429
 (`rate_limited`, with Retry-After). When the call ends, `settle` books its actual cost: the ledger entries, the
-alerts of thresholds crossed and the policy_check step go out with the call's own records, and the counters
-are settled in the background (a settle never holds up the answer).
+alerts of thresholds crossed and the policy_check step go out with the call's own records; the counters are
+settled then and there when they are in-process, else (Redis) in the background (a settle never holds up the
+answer).
 
 A workspace without budgets or limits costs one cache lookup per call.
 """
@@ -40,7 +41,16 @@ from agentledger.core.budgets import (
 )
 from agentledger.core.errors import BudgetExceeded, InvalidRequest, RateLimited, StoreUnavailable
 from agentledger.core.ids import new_id
-from agentledger.core.model import Attribution, BudgetAlert, LedgerEntry, StepKind, StepRecord, StepStatus, TraceEvent
+from agentledger.core.model import (
+    Attribution,
+    BudgetAlert,
+    LedgerEntries,
+    LedgerEntry,
+    StepKind,
+    StepRecord,
+    StepStatus,
+    TraceEvent,
+)
 from agentledger.core.money import MAX_EVENT_COST_NANOS, format_usd
 from agentledger.gateway.cache import TTLCache
 from agentledger.limits.base import Charge, Counters, CountersUnavailable, Rate, Refused, Standing
@@ -112,7 +122,9 @@ class BudgetGate:
         self.reservation_ttl = reservation_ttl
         self.rules: TTLCache[str, Rules] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
         self.workflows: TTLCache[tuple[str, str], str | None] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
-        self._rates: dict[tuple[str, str, str, str], tuple[int, int] | None] = {}
+        self._rates: dict[tuple[str, str, str, int], tuple[int, int] | None] = {}
+        self._limit_views: dict[RateLimit, dict[str, Any]] = {}
+        self._limit_rates: dict[RateLimit, tuple[Rate | None, str]] = {}  # its requests rate, its tokens key
         self._background: set[asyncio.Task[None]] = set()
 
     # -- lookups -----------------------------------------------------------------------------------------------
@@ -140,7 +152,7 @@ class BudgetGate:
     ) -> tuple[int, int] | None:
         # Catalog prices are dated: the rates are kept for the day they were read (a price override's change
         # drops them at once, with the workspace's caches).
-        key = (workspace_id, model, provider, at.date().isoformat())
+        key = (workspace_id, model, provider, at.toordinal())
         if key not in self._rates:
             if len(self._rates) > 4096:  # yesterday's entries, mostly
                 self._rates.clear()
@@ -236,16 +248,23 @@ class BudgetGate:
             await self._undo(governed)
             raise
 
-    @staticmethod
-    def _rates_of(governed: Governed, rated: list[RateLimit]) -> list[Rate]:
+    def _rates_of(self, governed: Governed, rated: list[RateLimit]) -> list[Rate]:
         """The rates a call counts: a request, and its tokens (its estimate, corrected when it settles)."""
         rates: list[Rate] = []
         for r in rated:
-            if r.requests_per_minute is not None:
-                rates.append(Rate(f"r:{r.workspace_id}:{r.id}:rpm", r.requests_per_minute, 60.0, 1))
+            found = self._limit_rates.get(r)
+            if found is None:  # the same for every call under the limit: built once
+                if len(self._limit_rates) >= 4096:
+                    self._limit_rates.clear()  # deleted and changed limits, mostly
+                rpm = r.requests_per_minute
+                found = self._limit_rates[r] = (
+                    Rate(f"r:{r.workspace_id}:{r.id}:rpm", rpm, 60.0, 1) if rpm is not None else None,
+                    f"r:{r.workspace_id}:{r.id}:tpm",
+                )
+            if found[0] is not None:
+                rates.append(found[0])
             if r.tokens_per_minute is not None:
-                key = f"r:{r.workspace_id}:{r.id}:tpm"
-                rates.append(Rate(key, r.tokens_per_minute, 60.0, governed.tokens_estimate))
+                rates.append(Rate(found[1], r.tokens_per_minute, 60.0, governed.tokens_estimate))
         return rates
 
     @staticmethod
@@ -270,6 +289,8 @@ class BudgetGate:
 
     async def _slots(self, governed: Governed, rated: list[RateLimit]) -> None:
         """A concurrency slot of each limit that has one, held until the call settles."""
+        if all(r.concurrent is None for r in rated):
+            return
         holder = new_id("slot")
         for r in rated:
             if r.concurrent is None:
@@ -441,6 +462,16 @@ class BudgetGate:
             kind = "settle" if actual or not governed.estimate else "release"
             events += self.entries(governed, kind, request_id, run_id, now, actual)
             governed.figures = [_cost_after(f, governed.estimate, actual) for f in governed.figures]
+        if governed.reservation_id is not None and not governed.token_rates and not governed.slots:
+            # In-process counters settle here, no task: the alerts of the thresholds crossed go with the call's
+            # records. Else (Redis; a reservation no longer held: `_late_settle`) the task settles it (idempotent).
+            try:
+                after = self.counters.settle_now(governed.reservation_id, actual)
+            except ValueError:  # out of the counters' range: the task fails the same way, off the call's path
+                after = None
+            if after:
+                by_key = {f.key: f.budget for f in governed.figures}
+                return events + self.alerts(by_key, after, actual, request_id, run_id)
         if governed.reservation_id is not None or governed.token_rates or governed.slots:
             self._spawn(self._settle_counters(governed, actual, tokens, now.timestamp(), request_id, run_id))
         return events
@@ -455,13 +486,14 @@ class BudgetGate:
     ) -> list[TraceEvent]:
         """Alerts for the thresholds `spent` crossed, from the counters' own figures after it was booked: each
         settle or spend moves a counter atomically, so exactly one of them crosses each threshold."""
-        now = self.clock()
+        now: datetime | None = None
         events: list[TraceEvent] = []
         for key, standing in after.items():
             b = budgets.get(key)
             if b is None:
                 continue
             for threshold in crossed(b.limit_nanos, standing.spent - spent, standing.spent, b.thresholds):
+                now = now or self.clock()
                 events.append(
                     BudgetAlert(
                         workspace_id=b.workspace_id,
@@ -482,7 +514,7 @@ class BudgetGate:
     ) -> None:
         try:
             if governed.reservation_id is not None:
-                after = await self.counters.settle(governed.reservation_id, actual)
+                after = await self.counters.settle(governed.reservation_id, actual, lazy=True)
                 if after:
                     by_key = {f.key: f.budget for f in governed.figures}
                     alerts = self.alerts(by_key, after, actual, request_id, run_id)
@@ -546,27 +578,30 @@ class BudgetGate:
         actual: int = 0,
         step_id: str | None = None,
     ) -> list[TraceEvent]:
+        """The reservation's `kind` entries, one per budget it holds, as one event (core.model.LedgerEntries: the
+        budgets of one call are of one workspace)."""
+        figures = governed.figures
+        if not figures:
+            return []
         est = governed.estimate
-        deltas = {"reserve": (est, 0), "settle": (-est, actual), "release": (-est, 0)}[kind]
+        reserved, spent = (est, 0) if kind == "reserve" else (-est, actual if kind == "settle" else 0)
         # A reservation is reserved once and closed once (settled or released), so its entries' ids follow from
         # its own (unique, random) id: no random draw per entry, and a replayed entry names the same row.
         stem = f"led_{(governed.reservation_id or new_id('rsv')).partition('_')[2]}{_ENTRY_CODE[kind]}"
         return [
-            LedgerEntry(
-                workspace_id=f.budget.workspace_id,
-                entry_id=f"{stem}{i:x}",
-                budget_id=f.budget.id,
-                counter_key=f.key,
-                kind=kind,
-                reserved_delta=deltas[0],
-                spent_delta=deltas[1],
-                at=now,
-                reservation_id=governed.reservation_id,
-                request_id=request_id,
-                step_id=step_id,
-                run_id=run_id,
+            LedgerEntries(
+                figures[0].budget.workspace_id,
+                kind,
+                reserved,
+                spent,
+                now,
+                governed.reservation_id,
+                tuple([(f.budget.id, f.key) for f in figures]),
+                stem,
+                request_id,
+                step_id,
+                run_id,
             )
-            for i, f in enumerate(governed.figures)
         ]
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -586,18 +621,7 @@ class BudgetGate:
         if governed.figures:
             out["budgets"] = [f.view(now) for f in governed.figures]
         if governed.limits:
-            out["rate_limits"] = [
-                {
-                    "rate_limit_id": r.id,
-                    "scope": r.scope_label,
-                    "requests_per_minute": r.requests_per_minute,
-                    "tokens_per_minute": r.tokens_per_minute,
-                    "concurrent": r.concurrent,
-                    # A policy's setting names its version, as every policy decision does (core/policy_hits.py).
-                    **({"policy_version": r.policy_version} if r.policy_version is not None else {}),
-                }
-                for r in governed.limits
-            ]
+            out["rate_limits"] = [self._limit_view(r) for r in governed.limits]
         if governed.reservation_id:
             out["reservation_id"] = governed.reservation_id
             out["reserved_usd"] = format_usd(governed.estimate)
@@ -606,6 +630,23 @@ class BudgetGate:
         if governed.policy is not None:
             out["policy"] = governed.policy
         return out
+
+    def _limit_view(self, r: RateLimit) -> dict[str, Any]:
+        """A rate limit as the report shows it: the same for every call, so built once (shared: not to be changed)."""
+        found = self._limit_views.get(r)
+        if found is None:
+            if len(self._limit_views) >= 4096:
+                self._limit_views.clear()  # deleted and changed limits, mostly
+            found = self._limit_views[r] = {
+                "rate_limit_id": r.id,
+                "scope": r.scope_label,
+                "requests_per_minute": r.requests_per_minute,
+                "tokens_per_minute": r.tokens_per_minute,
+                "concurrent": r.concurrent,
+                # A policy's setting names its version, as every policy decision does (core/policy_hits.py).
+                **({"policy_version": r.policy_version} if r.policy_version is not None else {}),
+            }
+        return found
 
     def policy_step(
         self,

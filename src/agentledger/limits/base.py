@@ -171,10 +171,20 @@ class Counters(Protocol):
         """
         ...
 
-    async def settle(self, reservation_id: str, actual: int) -> dict[str, Standing]:
+    async def settle(self, reservation_id: str, actual: int, *, lazy: bool = False) -> dict[str, Standing]:
         """For every key of the reservation: ``reserved -= its amount; spent += actual``; forget it; return
         the keys' standings after. Unknown (or already settled or expired) id: ``{}``, nothing changes, so a
-        settle retried after a crash never counts twice. ``actual=0`` cancels a reservation."""
+        settle retried after a crash never counts twice. ``actual=0`` cancels a reservation.
+
+        ``lazy``: nobody is waiting on it (a call's settle, in the background): a backend may hold it a few
+        milliseconds to send it with its next operation (Redis: one system call and one read for both); until
+        then the reservation still holds its amount (the safe side)."""
+        ...
+
+    def settle_now(self, reservation_id: str, actual: int) -> dict[str, Standing] | None:
+        """`settle` without waiting, where the backend can (in-process: nothing to wait for), with `settle`'s
+        answer; None where it cannot (Redis), and nothing changes: await `settle`. A caller then settles inline,
+        not in a task of its own."""
         ...
 
     async def add(self, charges: Sequence[Charge]) -> dict[str, Standing]:

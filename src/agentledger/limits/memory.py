@@ -64,6 +64,9 @@ class MemoryCounters:
         self, reservation_id: str, charges: Sequence[Charge], ttl: float
     ) -> dict[str, Standing] | Refused:
         check_reservation(charges, ttl)
+        return self._reserve(reservation_id, charges, ttl)
+
+    def _reserve(self, reservation_id: str, charges: Sequence[Charge], ttl: float) -> dict[str, Standing] | Refused:
         if reservation_id in self._reservations:
             return {c.key: self._totals.get(c.key, ZERO) for c in charges}
         after: dict[str, Standing] = {}
@@ -77,7 +80,10 @@ class MemoryCounters:
         self._reservations[reservation_id] = (self._clock() + ttl, {c.key: c.amount for c in charges})
         return dict(after)
 
-    async def settle(self, reservation_id: str, actual: int) -> dict[str, Standing]:
+    async def settle(self, reservation_id: str, actual: int, *, lazy: bool = False) -> dict[str, Standing]:
+        return self.settle_now(reservation_id, actual)
+
+    def settle_now(self, reservation_id: str, actual: int) -> dict[str, Standing]:
         check_amount(actual, "actual", non_negative=True)
         found = self._reservations.get(reservation_id)
         if found is None:
@@ -164,7 +170,7 @@ class MemoryCounters:
         wait = await self.hit(rates, now)  # one event loop, no await in between that yields: one step
         if wait is not None:
             return wait, None
-        return None, await self.reserve(reservation_id, charges, ttl)
+        return None, self._reserve(reservation_id, charges, ttl)  # checked above
 
     async def adjust_rate(self, key: str, window: float, delta: int, now: float) -> None:
         check_now(now)

@@ -1,7 +1,7 @@
 """`RedisCounters`: the shared backend for several replicas or processes.
 
-Each operation is one Lua script (registered once, run by EVALSHA; redis-py loads it again by itself after a
-Redis restart's NOSCRIPT), so it is one round trip and atomic: a reservation over several budget keys checks
+Each operation is one Lua script (run by EVALSHA; after a Redis restart's NOSCRIPT, by EVAL, which caches it
+again), so it is one round trip and atomic: a reservation over several budget keys checks
 them all and reserves on all of them, or on none, with no other client in between.
 
 Exact money in Lua: Lua numbers are doubles, exact only to 2**53 nano-dollars (9 million dollars), and a
@@ -23,10 +23,12 @@ Not for Redis Cluster: `settle`, `expire` and `load` touch counters named inside
 client cannot declare as the script's keys beforehand, and the keys are not hash-tagged into one slot. One
 Redis primary (with replicas / Sentinel for failover) serves every gateway replica.
 
-Failures: a connection error, a timeout (``timeout`` per socket operation, ``connect_timeout``), a pool with
-no free connection within ``pool_timeout``, or an error reply (READONLY after a failover, OOM, LOADING) raise
-`CountersUnavailable` from the redis exception. Nothing is retried by the client, so no increment is sent
-twice; what the caller may retry is in `CountersUnavailable`'s docstring.
+Commands go over one connection, pipelined (limits/resp.py: no pool, no checkout; a replica's operations
+queue on it in order, as Redis would run them anyway). Failures: a connection error, a timeout (``timeout`` for
+a reply, ``connect_timeout``), or an error reply (READONLY after a failover, OOM, LOADING) raise
+`CountersUnavailable` from the redis exception (a broken or timed-out connection fails every operation in
+flight on it; the next one reconnects). Nothing is retried by the client, so no increment is sent twice; what
+the caller may retry is in `CountersUnavailable`'s docstring.
 
 Slots and claims expire on the Redis server's clock (one clock for all replicas); reservations' deadlines
 are ``clock() + ttl`` on the replica that reserves, and `expire`/`hit` use the ``now`` they are given.
@@ -34,16 +36,13 @@ are ``clock() + ttl`` on the replica that reserves, and `expire`/`hit` use the `
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from agentledger.limits.base import (
     MIN_RETRY_AFTER,
@@ -62,6 +61,7 @@ from agentledger.limits.base import (
     check_units,
     merge_charges,
 )
+from agentledger.limits.resp import Arg, RedisLink
 
 EXPIRE_BATCH = 1000  # reservations one `expire` script removes; `expire` repeats until none is due
 
@@ -422,11 +422,20 @@ return false
 """
 
 
-class RedisCounters:
-    """`Counters` on Redis: ``url`` like ``redis://127.0.0.1:6379/0``; keys under ``prefix``.
+class _Script:
+    """A Lua script, run by its SHA1 (EVALSHA) once Redis has it."""
 
-    ``timeout``: seconds per socket read/write; ``connect_timeout``: to open a connection; ``pool_timeout``:
-    waiting for a free one of ``max_connections``. ``clock`` (epoch seconds) dates reservations.
+    def __init__(self, body: str) -> None:
+        self.body = body
+        self.sha = hashlib.sha1(body.encode()).hexdigest()
+
+
+class RedisCounters:
+    """`Counters` on Redis: ``url`` like ``redis://127.0.0.1:6379/0`` (limits/resp.py says which URLs); keys
+    under ``prefix``.
+
+    ``timeout``: seconds for a reply; ``connect_timeout``: to open the connection. ``clock`` (epoch seconds)
+    dates reservations.
     """
 
     def __init__(
@@ -436,27 +445,16 @@ class RedisCounters:
         *,
         timeout: float = 0.5,
         connect_timeout: float = 0.5,
-        pool_timeout: float = 1.0,
-        max_connections: int = 64,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=pool_timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=connect_timeout,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
-        )
-        self._redis: Redis = Redis.from_pool(pool)
+        self._link = RedisLink(url, timeout=timeout, connect_timeout=connect_timeout)
         self._clock = clock
         self._prefix = prefix
         self._counter = prefix + "c:"
         self._reservation = prefix + "r:"
         self._deadlines = prefix + "deadlines"
         self._registry = prefix + "keys"
-        register = self._redis.register_script
+        register = _Script
         self._reserve = register(_RESERVE)
         self._settle = register(_SETTLE)
         self._add = register(_ADD)
@@ -470,10 +468,16 @@ class RedisCounters:
         self._claim = register(_CLAIM)
         self._release_claim = register(_RELEASE_CLAIM)
 
-    async def _run(self, script: AsyncScript, keys: list[str], args: list[str | int]) -> Any:
+    async def _run(self, script: _Script, keys: list[str], args: list[Arg], *, lazy: bool = False) -> Any:
         try:
-            return await script(keys=keys, args=args)
-        except (RedisError, OSError) as exc:  # OSError: TimeoutError too
+            try:
+                return await self._link.call(["EVALSHA", script.sha, len(keys), *keys, *args], lazy=lazy)
+            except ResponseError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                # Redis restarted (or flushed its scripts): EVAL runs the script and caches it again.
+                return await self._link.call(["EVAL", script.body, len(keys), *keys, *args])
+        except RedisError as exc:
             raise CountersUnavailable(f"redis counters: {type(exc).__name__}: {exc}") from exc
 
     # --- budgets ----------------------------------------------------------------------------------------
@@ -485,18 +489,16 @@ class RedisCounters:
         keys, args = self._reserve_call(reservation_id, charges, ttl)
         return _reserved((await self._run(self._reserve, keys, args)).split(" "), charges)
 
-    def _reserve_call(
-        self, reservation_id: str, charges: Sequence[Charge], ttl: float
-    ) -> tuple[list[str], list[str | int]]:
+    def _reserve_call(self, reservation_id: str, charges: Sequence[Charge], ttl: float) -> tuple[list[str], list[Arg]]:
         keys = [self._deadlines, self._registry, self._reservation + reservation_id]
         keys += [self._counter + c.key for c in charges]
-        args: list[str | int] = [reservation_id, repr(float(self._clock() + ttl))]
+        args: list[Arg] = [reservation_id, repr(float(self._clock() + ttl))]
         for c in charges:
             args += [c.key, "" if c.limit is None else c.limit, c.amount]
         return keys, args
 
-    def _hit_call(self, rates: Sequence[Rate], now: float) -> tuple[list[str], list[str | int]]:
-        args: list[str | int] = [repr(float(now)), repr(MIN_RETRY_AFTER), repr(RETRY_PAD)]
+    def _hit_call(self, rates: Sequence[Rate], now: float) -> tuple[list[str], list[Arg]]:
+        args: list[Arg] = [repr(float(now)), repr(MIN_RETRY_AFTER), repr(RETRY_PAD)]
         for r in rates:
             args += [r.limit, repr(float(r.window)), r.cost]
         return [self._rate_key(r.key, r.window) for r in rates], args
@@ -516,10 +518,10 @@ class RedisCounters:
             return float(reply[1]), None
         return None, _reserved(reply, charges)
 
-    async def settle(self, reservation_id: str, actual: int) -> dict[str, Standing]:
+    async def settle(self, reservation_id: str, actual: int, *, lazy: bool = False) -> dict[str, Standing]:
         check_amount(actual, "actual", non_negative=True)
         keys = [self._deadlines, self._reservation + reservation_id]
-        reply = await self._run(self._settle, keys, [reservation_id, actual, self._counter])
+        reply = await self._run(self._settle, keys, [reservation_id, actual, self._counter], lazy=lazy)
         if reply[0] == "NONE":
             return {}
         if reply[0] == "O":
@@ -527,11 +529,14 @@ class RedisCounters:
         nums = reply[1].split(" ")
         return {key: Standing(int(nums[2 * i]), int(nums[2 * i + 1])) for i, key in enumerate(reply[2:])}
 
+    def settle_now(self, reservation_id: str, actual: int) -> None:
+        return None  # a round trip: await `settle`
+
     async def add(self, charges: Sequence[Charge]) -> dict[str, Standing]:
         merged = merge_charges(charges)
         if not merged:
             return {}
-        args: list[str | int] = []
+        args: list[Arg] = []
         for key, amount in merged.items():
             args += [key, amount]
         keys = [self._registry] + [self._counter + k for k in merged]
@@ -551,7 +556,7 @@ class RedisCounters:
         check_now(now)
         out: list[tuple[str, dict[str, int]]] = []
         while True:
-            args: list[str | int] = [repr(float(now)), EXPIRE_BATCH, self._reservation, self._counter]
+            args: list[Arg] = [repr(float(now)), EXPIRE_BATCH, self._reservation, self._counter]
             reply = await self._run(self._expire, [self._deadlines], args)
             for entry in reply:
                 out.append((entry[0], {entry[i]: int(entry[i + 1]) for i in range(1, len(entry), 2)}))
@@ -561,7 +566,7 @@ class RedisCounters:
     async def load(
         self, totals: Mapping[str, Standing], reservations: Mapping[str, tuple[float, dict[str, int]]]
     ) -> None:
-        args: list[str | int] = [self._counter, self._reservation, len(totals)]
+        args: list[Arg] = [self._counter, self._reservation, len(totals)]
         for key, total in totals.items():
             if total.reserved < 0:
                 raise ValueError(f"counter {key!r}: reserved {total.reserved} < 0")
@@ -606,8 +611,8 @@ class RedisCounters:
 
     async def release_slot(self, key: str, holder: str) -> None:
         try:
-            await self._redis.zrem(self._prefix + "s:" + key, holder)
-        except (RedisError, OSError) as exc:  # OSError: TimeoutError too
+            await self._link.call(["ZREM", self._prefix + "s:" + key, holder])
+        except RedisError as exc:
             raise CountersUnavailable(f"redis counters: {type(exc).__name__}: {exc}") from exc
 
     async def claim(self, key: str, holder: str, ttl: float) -> str | None:
@@ -619,7 +624,7 @@ class RedisCounters:
         await self._run(self._release_claim, [self._prefix + "cl:" + key], [holder])
 
     async def aclose(self) -> None:
-        await self._redis.aclose()
+        await self._link.aclose()
 
 
 def _ms(seconds: float) -> int:

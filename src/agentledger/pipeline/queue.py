@@ -37,6 +37,7 @@ from agentledger.core.model import (
     Alert,
     AuditRecord,
     BudgetAlert,
+    LedgerEntries,
     LedgerEntry,
     ProofState,
     RunEnd,
@@ -99,6 +100,7 @@ class TracePipeline:
         self._pending_runs: Counter[tuple[str, str]] = Counter()
         self._wake = asyncio.Event()
         self._deferred: asyncio.TimerHandle | None = None  # when deferred events must be written at the latest
+        self._deferrals: deque[tuple[int, float]] = deque()  # each deferred put: (its last event's seq, due time)
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
@@ -148,12 +150,28 @@ class TracePipeline:
         gone with the call's own batch, they cost nothing more, and a crash a call outlives by `interval`
         still finds them."""
         self._put(events, None, wake=False)
+        loop = asyncio.get_running_loop()
+        self._deferrals.append((self._seq, loop.time() + self.interval))
         if self._deferred is None:
-            self._deferred = asyncio.get_running_loop().call_later(self.interval, self._deferred_due)
+            self._deferred = loop.call_later(self.interval, self._deferred_due)
 
     def _deferred_due(self) -> None:
+        """The oldest deferral's time: wake the worker if it is still queued, else look again when the oldest one
+        still queued is due. (Waking at the first deferral's time whatever happened meanwhile wrote the newer
+        ones early, in a batch of their own, about one call in twenty at one call at a time.)"""
         self._deferred = None
-        self._wake.set()
+        taken = self._seq - self._queued_events  # events the worker has taken off the queue (FIFO)
+        deferrals = self._deferrals
+        while deferrals and deferrals[0][0] <= taken:
+            deferrals.popleft()
+        if not deferrals:
+            return
+        loop = asyncio.get_running_loop()
+        wait = deferrals[0][1] - loop.time()
+        if wait <= 0:
+            self._wake.set()
+            wait = self.interval  # to see that the batch took them (or what it left)
+        self._deferred = loop.call_later(wait, self._deferred_due)
 
     def emit(self, event: TraceEvent) -> None:
         """Queue an event for writing. Never blocks, never raises, never waits for durability."""
@@ -361,6 +379,8 @@ def _coalesce(batches: list[list[TraceEvent]], limit: int) -> list[list[TraceEve
 def _describe(ev: TraceEvent) -> str:
     if isinstance(ev, AuditRecord):
         return f"audit event {ev.event_id!r} ({ev.action}) in workspace {ev.workspace_id!r}"
+    if isinstance(ev, LedgerEntries):
+        return f"ledger entries {ev.entry_stem!r}… ({ev.kind}) in workspace {ev.workspace_id!r}"
     key = next(
         getattr(ev, k)
         for k in ("step_id", "entry_id", "request_id", "run_id", "budget_id", "proof_id")

@@ -15,7 +15,7 @@ from sqlalchemy import and_, func, select, update
 from sqlalchemy.engine import Connection
 
 from agentledger.core.budgets import Action, Budget, Period, RateLimit, Scope
-from agentledger.core.model import BudgetAlert, LedgerEntry
+from agentledger.core.model import BudgetAlert, LedgerEntries, LedgerEntry
 from agentledger.store import schema as t
 
 if TYPE_CHECKING:
@@ -38,6 +38,31 @@ def ledger_values(e: LedgerEntry) -> dict[str, Any]:
         "note": e.note,
         "at": e.at,
     }
+
+
+def fold_ledger(ledger: dict[tuple[str, str], dict[str, Any]], m: LedgerEntries) -> None:
+    """`m`'s rows, as `ledger_values` of its entries would be, into `ledger` by (workspace_id, id) (the first kept)."""
+    ws, kind, reserved, spent, at = m.workspace_id, m.kind, m.reserved_delta, m.spent_delta, m.at
+    rid, request_id, step_id, run_id = m.reservation_id, m.request_id, m.step_id, m.run_id
+    for i, (budget_id, key) in enumerate(m.counters):
+        ident = m.entry_id(i)
+        if (ws, ident) in ledger:
+            continue
+        ledger[(ws, ident)] = {
+            "workspace_id": ws,
+            "id": ident,
+            "budget_id": budget_id,
+            "counter_key": key,
+            "kind": kind,
+            "reserved_delta": reserved,
+            "spent_delta": spent,
+            "reservation_id": rid,
+            "request_id": request_id,
+            "step_id": step_id,
+            "run_id": run_id,
+            "note": None,
+            "at": at,
+        }
 
 
 def alert_values(a: BudgetAlert) -> dict[str, Any]:

@@ -35,9 +35,12 @@ def _json_columns(table: Table, keys: Sequence[str]) -> list[str]:
     return [c.name for c in table.c if isinstance(c.type, JSON) and c.name in keys]
 
 
-def _as_driver_values(row: dict[str, Any], json: Sequence[str], datetimes: Sequence[str]) -> dict[str, Any]:
+def _as_driver_values(
+    row: dict[str, Any], json: Sequence[str], datetimes: Sequence[str], texts: dict[int, str] | None = None
+) -> dict[str, Any]:
     """A copy of `row` with JSON columns as JSON text and (SQLite) datetimes as SQLAlchemy's text; the row itself
-    is left as it was (the books fold it after the write)."""
+    is left as it was (the books fold it after the write). `texts`: datetimes already converted, by id() (rows
+    often share one: a call's ledger entries are of one instant); the caller keeps the rows alive meanwhile."""
     if not json and not datetimes:
         return row
     row = dict(row)
@@ -47,7 +50,13 @@ def _as_driver_values(row: dict[str, Any], json: Sequence[str], datetimes: Seque
     for k in datetimes:
         v = row[k]
         if v is not None:
-            row[k] = sqlite_datetime(v)
+            if texts is None:
+                row[k] = sqlite_datetime(v)
+                continue
+            text = texts.get(id(v))
+            if text is None:
+                text = texts[id(v)] = sqlite_datetime(v)
+            row[k] = text
     return row
 
 
@@ -95,8 +104,9 @@ class BulkStatement:
         `returning` (PostgreSQL, a statement with RETURNING): the rows each execution returned, in order; a
         conflict that inserted nothing returns none. sqlite3's executemany cannot return rows."""
         params: list[Any] = []
+        texts: dict[int, str] | None = {} if self.datetimes else None
         for row in rows:
-            values = _as_driver_values(row, self.json, self.datetimes)
+            values = _as_driver_values(row, self.json, self.datetimes, texts)
             params.append(self._positional(values) if self._positional is not None else values)
         out: list[Any] = []
         with _driver_cursor(conn, self.sql) as cursor:

@@ -52,6 +52,7 @@ from agentledger.core.model import (
     AuditRecord,
     BudgetAlert,
     Fallback,
+    LedgerEntries,
     LedgerEntry,
     Payment,
     Principal,
@@ -412,6 +413,9 @@ class SQLStore:
                 continue
             if isinstance(ev, RunEnd):
                 ends.append(ev)
+                continue
+            if isinstance(ev, LedgerEntries):
+                budgets_sql.fold_ledger(ledger, ev)
                 continue
             if isinstance(ev, LedgerEntry):
                 ledger.setdefault((ev.workspace_id, ev.entry_id), budgets_sql.ledger_values(ev))

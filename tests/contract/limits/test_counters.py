@@ -67,7 +67,7 @@ class Backends:
         else:
             # The suite's many concurrent operations open connections under whatever load CI has: the production
             # timeouts (0.5 s) are for a gateway's hot path, not for a busy test machine.
-            slack = {"timeout": 10.0, "connect_timeout": 10.0, "pool_timeout": 20.0, **options}
+            slack = {"timeout": 10.0, "connect_timeout": 10.0, **options}
             counters = RedisCounters(REDIS_URL, self.prefix, **kwargs, **slack)  # type: ignore[arg-type]
         self.made.append(counters)
         return counters
@@ -181,6 +181,22 @@ async def test_settle_is_idempotent(counters: Counters) -> None:
     assert await counters.settle("r", 25) == {"a": S(25, 0)}
     assert await counters.settle("r", 25) == {}
     assert await counters.settle("never", 25) == {}
+    assert await counters.standing(["a"]) == {"a": S(25, 0)}
+
+
+async def test_settle_now_is_settle_or_nothing(counters: Counters) -> None:
+    """In-process: `settle` without waiting, the same answers. Redis: None, and nothing changes."""
+    await counters.reserve("r", [Charge("a", 100, 30)], 60)
+    answer = counters.settle_now("r", 25)
+    if isinstance(counters, MemoryCounters):
+        assert answer == {"a": S(25, 0)}
+        assert counters.settle_now("r", 25) == {} and counters.settle_now("never", 1) == {}
+        with pytest.raises(ValueError):
+            counters.settle_now("r", -1)
+    else:
+        assert answer is None
+        assert await counters.standing(["a"]) == {"a": S(0, 30)}
+        assert await counters.settle("r", 25) == {"a": S(25, 0)}
     assert await counters.standing(["a"]) == {"a": S(25, 0)}
 
 

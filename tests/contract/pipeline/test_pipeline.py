@@ -418,6 +418,27 @@ async def test_deferred_events_ride_with_the_next_batch(flaky: FlakyStore, store
     await pipeline.aclose()
 
 
+async def test_a_deferral_a_batch_took_wakes_nothing_later(flaky: FlakyStore, store: SQLStore, ws: str) -> None:
+    """Deferred events a commit carried need no write at their due time; one deferred later is due an interval
+    after its own deferral, not at the first one's: by then the next commit has carried it too."""
+    pipeline = make_pipeline(flaky, durability="strict", interval=1.0)
+    await asyncio.sleep(0.05)
+    pipeline.defer([step(ws, 0)])
+    first = pipeline.commit([step(ws, 1)])
+    assert first is not None
+    await first
+    await asyncio.sleep(0.7)
+    pipeline.defer([step(ws, 2)])  # due 1 s from now: after the first deferral's time (0.3 s from now)
+    await asyncio.sleep(0.5)
+    assert (flaky.calls, steps_written(store, ws)) == (1, 2)  # the first deferral's time woke no write
+    second = pipeline.commit([step(ws, 3)])
+    assert second is not None
+    await second
+    await asyncio.sleep(0.1)
+    assert (flaky.calls, steps_written(store, ws)) == (2, 4)
+    await pipeline.aclose()
+
+
 async def test_deferred_events_are_written_within_the_interval_alone(store: SQLStore, ws: str) -> None:
     pipeline = make_pipeline(store, durability="strict", interval=0.05)
     pipeline.defer([step(ws, 0)])

@@ -17,6 +17,8 @@ from sqlalchemy.exc import IntegrityError
 
 from agentledger.core.model import (
     Attribution,
+    LedgerEntries,
+    LedgerEntry,
     Payment,
     PaymentDirection,
     PaymentProtocol,
@@ -127,6 +129,56 @@ async def test_bulk_rows_read_back_as_sqlalchemy_rows(store: SQLStore) -> None:
         str(BIG),
     )
     assert written["runs"][0]["endpoint_id"] == "ep"
+
+
+def ledger_rows(store: SQLStore, ws: str) -> list[dict[str, Any]]:
+    with store.engine.connect() as conn:
+        c = t.budget_ledger.c
+        found = conn.execute(select(t.budget_ledger).where(c.workspace_id == ws).order_by(c.id)).mappings().all()
+        return [{k: v for k, v in r.items() if k != "workspace_id"} for r in found]
+
+
+async def test_ledger_rows_read_back_as_sqlalchemy_rows(store: SQLStore) -> None:
+    """A call's entries (LedgerEntries, expanded by the writer) and a plain LedgerEntry read back as
+    the entries SQLAlchemy writes; a replayed batch adds no row."""
+    bulk_ws, core_ws = (f"ws-{uuid.uuid4().hex[:10]}" for _ in range(2))
+
+    def entries(ws: str) -> list[LedgerEntries | LedgerEntry]:
+        settled = LedgerEntries(
+            ws, "settle", -BIG, BIG, T0, "rsv_1", (("b1", "b|w|b1|0"), ("b2", "b|w|b2|run:é")), "led_1s", "req-1"
+        )
+        spend = LedgerEntry(ws, "led_x", "b1", "b|w|b1|0", "spend", 0, 7, T0, step_id="s", run_id="r", note="é")
+        return [settled, spend]
+
+    await store.write_batch(entries(bulk_ws))
+    await store.write_batch(entries(bulk_ws))
+    with store.engine.begin() as conn:
+        for e in entries(core_ws):
+            for entry in e.entries() if isinstance(e, LedgerEntries) else [e]:
+                conn.execute(
+                    insert(t.budget_ledger),
+                    [
+                        {
+                            "workspace_id": entry.workspace_id,
+                            "id": entry.entry_id,
+                            "budget_id": entry.budget_id,
+                            "counter_key": entry.counter_key,
+                            "kind": entry.kind,
+                            "reserved_delta": entry.reserved_delta,
+                            "spent_delta": entry.spent_delta,
+                            "reservation_id": entry.reservation_id,
+                            "request_id": entry.request_id,
+                            "step_id": entry.step_id,
+                            "run_id": entry.run_id,
+                            "note": entry.note,
+                            "at": entry.at,
+                        }
+                    ],
+                )
+    written = ledger_rows(store, bulk_ws)
+    assert written == ledger_rows(store, core_ws)
+    assert [r["id"] for r in written] == ["led_1s0", "led_1s1", "led_x"]
+    assert written[0]["at"] == T0 and written[0]["reserved_delta"] == -BIG
 
 
 async def test_a_constraint_violation_is_sqlalchemys_integrity_error(store: SQLStore) -> None:

@@ -4,6 +4,7 @@ of a budget or a rate limit (each bad field an InvalidRequest naming it)."""
 
 from __future__ import annotations
 
+import pickle
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -279,6 +280,29 @@ def test_counter_keys_one_per_budget_and_window() -> None:
     # Budgets and workspaces never share a counter.
     assert counter_key(budget(Period.DAY, ANCHOR, id="b2"), now, None) != key
     assert counter_key(budget(Period.DAY, ANCHOR, workspace_id="ws2"), now, None) != key
+
+
+def test_a_budget_keeps_its_hash_label_and_pickles() -> None:
+    b = budget(Period.DAY, ANCHOR, scope=Scope.PROPERTY, value="acme", property_name="customer")
+    again = budget(Period.DAY, ANCHOR, scope=Scope.PROPERTY, value="acme", property_name="customer")
+    assert b == again and hash(b) == hash(again) and b is not again
+    assert b.scope_label == "property.customer:acme" and not b.blocks
+    assert b != budget(Period.DAY, ANCHOR, scope=Scope.PROPERTY, value="acme", property_name="team")
+    assert pickle.loads(pickle.dumps(b)) == b and pickle.loads(pickle.dumps(b)).scope_label == b.scope_label
+    r = RateLimit("ws1", "r1", Scope.AGENT, "a", requests_per_minute=5)
+    assert pickle.loads(pickle.dumps(r)) == r and hash(r) == hash(RateLimit("ws1", "r1", Scope.AGENT, "a", None, 5))
+    assert r.scope_label == "agent:a"
+
+
+def test_an_equal_budget_read_again_gets_the_same_key_and_view() -> None:
+    """The rules are reloaded every cache_ttl as new, equal budgets: they keep the window's key and view."""
+    first, now = budget(Period.DAY, ANCHOR, id="b-reloaded"), utc(2025, 1, 12, 7)
+    key = counter_key(first, now, None)
+    view = Figures(first, key, 1, 2).view(now)
+    second = budget(Period.DAY, ANCHOR, id="b-reloaded")
+    assert counter_key(second, now, None) == key
+    assert Figures(second, key, 1, 2).view(now) == view
+    assert counter_key(first, now, None) == key  # and the first still does
 
 
 def test_counter_key_before_the_anchor_is_a_negative_offset_window() -> None:
