@@ -5,9 +5,11 @@ before any connection, and a refused URL is never connected to)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,9 @@ from x402.mechanisms.evm.utils import normalize_address
 from agentledger.api.openapi import document
 from agentledger.core.assets import USDC_BASE, USDC_BASE_SEPOLIA
 from agentledger.finance import wire
+from agentledger.store.fetch_replays import FetchReplayStore
+from agentledger.store.retention import RetentionStore
+from agentledger.store.sql import SQLStore
 from agentledger.testing import ServerThread
 from tests.harness import Harness, provision, running_gateway
 from tests.integration.x402_seller import Seller, seller_app
@@ -847,3 +852,44 @@ def test_a_replay_never_crosses_workspaces(gw: Harness, shop: tuple[Seller, str]
     assert len(seller.settled) == 2
     assert b.get("/api/runs/run-tenant")["workspace_id"] == b.workspace
     assert len(payment_steps(gw, "run-tenant")) == 1 and len(payment_steps(b, "run-tenant")) == 1
+
+
+def test_a_seller_error_without_payment_frees_the_id(gw: Harness, shop: tuple[Seller, str]) -> None:
+    seller, url = shop
+    hdrs = {"x-request-id": "fetch-missing-1"}
+    for _ in range(2):
+        resp = fetch(gw, hdrs, url=url + "-missing", max_amount_usd="0.05")
+        assert resp.status_code == 200 and resp.json()["status"] == 404, resp.text
+        assert "alephant-replayed" not in resp.headers
+    assert len(seller.received) == 0  # the route does not exist: both asks reached the server, neither paid
+    free = {"x-request-id": "fetch-free-1"}
+    seller.mode = "free"
+    first = fetch(gw, free, url=url, max_amount_usd="0.05")
+    assert first.status_code == 200 and first.json()["payment"] is None
+    again = fetch(gw, free, url=url, max_amount_usd="0.05")
+    assert again.headers["alephant-replayed"] == "true" and again.content == first.content
+    assert len(seller.received) == 1  # a relayed success is final: replayed, not asked again
+
+
+def test_retention_nulls_and_deletes_kept_fetch_answers(gw: Harness, shop: tuple[Seller, str]) -> None:
+    _, url = shop
+    add_signer(gw)
+    assert fetch(gw, {"x-request-id": "fetch-kept-1"}, url=url, max_amount_usd="0.05").status_code == 200
+    store = SQLStore(gw.settings.database_url)
+    replays, retention = FetchReplayStore(store), RetentionStore(store)
+    later = datetime.now(UTC) + timedelta(days=1)
+
+    async def run() -> list[Any]:
+        try:
+            kept = await replays.stored(gw.workspace, "fetch-kept-1")
+            nulled = await retention.null_batch("fetch_replays", gw.workspace, None, later, None, 100)
+            after_null = await replays.stored(gw.workspace, "fetch-kept-1")
+            deleted = await retention.delete_batch("fetch_replays", gw.workspace, later, None, 100)
+            return [kept, nulled.done, after_null, deleted.done, await replays.stored(gw.workspace, "fetch-kept-1")]
+        finally:
+            await store.aclose()
+
+    kept, nulled, after_null, deleted, gone = asyncio.run(run())
+    assert kept is not None and kept.body is not None and kept.http_status == 200
+    assert (nulled, deleted, gone) == (1, 1, None)
+    assert after_null is not None and after_null.body is None and after_null.request_hash == kept.request_hash
