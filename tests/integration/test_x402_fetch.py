@@ -757,7 +757,7 @@ def test_a_retried_fetch_is_replayed_and_pays_once(gw: Harness, shop: tuple[Sell
     seller, url = shop
     add_signer(gw)
     budget = add_budget(gw, "1.00")
-    ask = dict(url=url, method="POST", body={"q": "weather"}, max_amount_usd="0.05", run_id="run-retry")
+    ask: dict[str, Any] = dict(url=url, method="POST", body={"q": "weather"}, max_amount_usd="0.05", run_id="run-retry")
     first = fetch(gw, {"x-request-id": "fetch-once-1"}, **ask)
     assert first.status_code == 200, first.text
     assert "alephant-replayed" not in first.headers
@@ -784,7 +784,7 @@ def test_two_concurrent_duplicates_pay_once(gw: Harness, shop: tuple[Seller, str
     seller, url = shop
     add_signer(gw)
     budget = add_budget(gw, "1.00")
-    ask = dict(url=url, max_amount_usd="0.05", run_id="run-dup")
+    ask: dict[str, Any] = dict(url=url, max_amount_usd="0.05", run_id="run-dup")
     with ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(lambda _: fetch(gw, {"x-request-id": "fetch-dup-1"}, **ask), range(2)))
     assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
@@ -838,7 +838,7 @@ def test_a_replay_never_crosses_workspaces(gw: Harness, shop: tuple[Seller, str]
     seller, url = shop
     add_signer(gw)
     hdrs = {"x-request-id": "fetch-tenant-1"}
-    ask = dict(url=url, max_amount_usd="0.05", run_id="run-tenant")
+    ask: dict[str, Any] = dict(url=url, max_amount_usd="0.05", run_id="run-tenant")
     a = fetch(gw, hdrs, **ask)
     assert a.status_code == 200, a.text
     b_ids = provision(gw.settings, gw.upstream_url)
