@@ -5,8 +5,11 @@ before any connection, and a refused URL is never connected to)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +25,11 @@ from x402.mechanisms.evm.utils import normalize_address
 from agentledger.api.openapi import document
 from agentledger.core.assets import USDC_BASE, USDC_BASE_SEPOLIA
 from agentledger.finance import wire
+from agentledger.store.fetch_replays import FetchReplayStore
+from agentledger.store.retention import RetentionStore
+from agentledger.store.sql import SQLStore
 from agentledger.testing import ServerThread
-from tests.harness import Harness, running_gateway
+from tests.harness import Harness, provision, running_gateway
 from tests.integration.x402_seller import Seller, seller_app
 
 ALLOW = dict(x402_fetch_allow_hosts="127.0.0.1", x402_fetch_timeout=5.0)
@@ -738,3 +744,152 @@ def test_an_answer_past_the_size_bound_is_502_and_its_payment_is_still_on_the_bo
         steps = {s["kind"]: s for s in run_steps(small, "run-big")}
         assert steps["payment"]["payment"]["status"] == "settled"
         assert small.get("/api/runs/run-big")["totals"]["cost_usd"] == "0.010000000"
+
+
+# -- idempotency by x-request-id -------------------------------------------------------------------------------------
+
+
+def payment_steps(gw: Harness, run_id: str) -> list[dict[str, Any]]:
+    return [s for s in run_steps(gw, run_id) if s["kind"] == "payment"]
+
+
+def test_a_retried_fetch_is_replayed_and_pays_once(gw: Harness, shop: tuple[Seller, str]) -> None:
+    seller, url = shop
+    add_signer(gw)
+    budget = add_budget(gw, "1.00")
+    ask: dict[str, Any] = dict(url=url, method="POST", body={"q": "weather"}, max_amount_usd="0.05", run_id="run-retry")
+    first = fetch(gw, {"x-request-id": "fetch-once-1"}, **ask)
+    assert first.status_code == 200, first.text
+    assert "alephant-replayed" not in first.headers
+    again = fetch(gw, {"x-request-id": "fetch-once-1"}, **ask)
+    assert again.status_code == 200, again.text
+    assert again.content == first.content  # the seller's body and its PAYMENT-RESPONSE, as first relayed
+    assert again.json()["headers"]["payment-response"] == first.json()["headers"]["payment-response"]
+    assert again.headers["alephant-replayed"] == "true"
+    assert again.headers["alephant-cost-usd"] == "0.000000000"
+    assert again.headers["alephant-run-id"] == "run-retry"
+    assert again.headers["x-request-id"] == "fetch-once-1"
+    assert seller.payment_headers().count(None) == 1 and len(seller.payment_headers()) == 2
+    assert len(seller.settled) == 1
+    assert [s["kind"] for s in run_steps(gw, "run-retry")].count("api_call") == 1
+    assert len(payment_steps(gw, "run-retry")) == 1
+    assert budget_figures(gw, budget["id"], ("0.010000000", "0.000000000")) == ("0.010000000", "0.000000000")
+    assert ledger(gw, budget["id"]) == [("reserve", 10_000_000, 0), ("settle", -10_000_000, 10_000_000)]
+    # Without an x-request-id every fetch is its own, and pays.
+    assert fetch(gw, **ask).status_code == 200
+    assert len(seller.settled) == 2
+
+
+def test_two_concurrent_duplicates_pay_once(gw: Harness, shop: tuple[Seller, str]) -> None:
+    seller, url = shop
+    add_signer(gw)
+    budget = add_budget(gw, "1.00")
+    ask: dict[str, Any] = dict(url=url, max_amount_usd="0.05", run_id="run-dup")
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: fetch(gw, {"x-request-id": "fetch-dup-1"}, **ask), range(2)))
+    assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+    assert answers[0].content == answers[1].content
+    assert sorted(a.headers.get("alephant-replayed", "") for a in answers) == ["", "true"]
+    assert len(seller.settled) == 1 and [h is not None for h in seller.payment_headers()] == [False, True]
+    assert len(payment_steps(gw, "run-dup")) == 1
+    assert budget_figures(gw, budget["id"], ("0.010000000", "0.000000000")) == ("0.010000000", "0.000000000")
+
+
+def test_the_same_id_for_another_request_is_409_idempotency_key_reused(gw: Harness, shop: tuple[Seller, str]) -> None:
+    seller, url = shop
+    add_signer(gw)
+    hdrs = {"x-request-id": "fetch-reused-1"}
+    assert fetch(gw, hdrs, url=url, method="POST", body={"q": 1}, max_amount_usd="0.05").status_code == 200
+    for other in (
+        dict(url=url + "?other=1", method="POST", body={"q": 1}, max_amount_usd="0.05"),
+        dict(url=url, method="POST", body={"q": 2}, max_amount_usd="0.05"),
+        dict(url=url, method="GET", max_amount_usd="0.05"),
+        dict(url=url, method="POST", body={"q": 1}, max_amount_usd="0.06"),
+    ):
+        resp = fetch(gw, hdrs, **other)
+        assert resp.status_code == 409, resp.text
+        error = resp.json()["error"]
+        assert error == {
+            "message": "x-request-id 'fetch-reused-1' was already used for a different request body.",
+            "type": "conflict_error",
+            "code": "idempotency_key_reused",
+            "param": "x-request-id",
+        }
+        assert resp.headers["x-request-id"] == "fetch-reused-1"
+    assert len(seller.settled) == 1 and len(seller.received) == 2
+
+
+def test_a_fetch_refused_before_paying_can_be_retried_and_then_pays(gw: Harness, shop: tuple[Seller, str]) -> None:
+    seller, url = shop
+    hdrs = {"x-request-id": "fetch-later-1"}
+    refused = fetch(gw, hdrs, url=url, max_amount_usd="0.05", run_id="run-later")
+    assert refused.status_code == 402 and refused.json()["error"]["code"] == "no_payment_signer"
+    add_signer(gw)
+    paid = fetch(gw, hdrs, url=url, max_amount_usd="0.05", run_id="run-later")
+    assert paid.status_code == 200, paid.text
+    assert "alephant-replayed" not in paid.headers and paid.json()["payment"]["status"] == "settled"
+    assert len(seller.settled) == 1
+    replayed = fetch(gw, hdrs, url=url, max_amount_usd="0.05", run_id="run-later")
+    assert replayed.headers["alephant-replayed"] == "true" and replayed.content == paid.content
+    assert len(seller.settled) == 1 and len(payment_steps(gw, "run-later")) == 1
+
+
+def test_a_replay_never_crosses_workspaces(gw: Harness, shop: tuple[Seller, str]) -> None:
+    seller, url = shop
+    add_signer(gw)
+    hdrs = {"x-request-id": "fetch-tenant-1"}
+    ask: dict[str, Any] = dict(url=url, max_amount_usd="0.05", run_id="run-tenant")
+    a = fetch(gw, hdrs, **ask)
+    assert a.status_code == 200, a.text
+    b_ids = provision(gw.settings, gw.upstream_url)
+    b = Harness(url=gw.url, fake=gw.fake, server=gw.server, settings=gw.settings, upstream_url=gw.upstream_url, **b_ids)
+    add_signer(b, generate=True)
+    # B's same id and same request is B's own fetch: not A's answer, and B's signer pays for it.
+    other = fetch(b, hdrs, **ask)
+    assert other.status_code == 200, other.text
+    assert "alephant-replayed" not in other.headers
+    assert other.json()["payment"]["payer"] == b.get("/api/payment-signers")["data"][0]["address"] != KEY_ADDRESS
+    assert len(seller.settled) == 2
+    assert b.get("/api/runs/run-tenant")["workspace_id"] == b.workspace
+    assert len(payment_steps(gw, "run-tenant")) == 1 and len(payment_steps(b, "run-tenant")) == 1
+
+
+def test_a_seller_error_without_payment_frees_the_id(gw: Harness, shop: tuple[Seller, str]) -> None:
+    seller, url = shop
+    hdrs = {"x-request-id": "fetch-missing-1"}
+    for _ in range(2):
+        resp = fetch(gw, hdrs, url=url + "-missing", max_amount_usd="0.05")
+        assert resp.status_code == 200 and resp.json()["status"] == 404, resp.text
+        assert "alephant-replayed" not in resp.headers
+    assert len(seller.received) == 0  # the route does not exist: both asks reached the server, neither paid
+    free = {"x-request-id": "fetch-free-1"}
+    seller.mode = "free"
+    first = fetch(gw, free, url=url, max_amount_usd="0.05")
+    assert first.status_code == 200 and first.json()["payment"] is None
+    again = fetch(gw, free, url=url, max_amount_usd="0.05")
+    assert again.headers["alephant-replayed"] == "true" and again.content == first.content
+    assert len(seller.received) == 1  # a relayed success is final: replayed, not asked again
+
+
+def test_retention_nulls_and_deletes_kept_fetch_answers(gw: Harness, shop: tuple[Seller, str]) -> None:
+    _, url = shop
+    add_signer(gw)
+    assert fetch(gw, {"x-request-id": "fetch-kept-1"}, url=url, max_amount_usd="0.05").status_code == 200
+    store = SQLStore(gw.settings.database_url)
+    replays, retention = FetchReplayStore(store), RetentionStore(store)
+    later = datetime.now(UTC) + timedelta(days=1)
+
+    async def run() -> list[Any]:
+        try:
+            kept = await replays.stored(gw.workspace, "fetch-kept-1")
+            nulled = await retention.null_batch("fetch_replays", gw.workspace, None, later, None, 100)
+            after_null = await replays.stored(gw.workspace, "fetch-kept-1")
+            deleted = await retention.delete_batch("fetch_replays", gw.workspace, later, None, 100)
+            return [kept, nulled.done, after_null, deleted.done, await replays.stored(gw.workspace, "fetch-kept-1")]
+        finally:
+            await store.aclose()
+
+    kept, nulled, after_null, deleted, gone = asyncio.run(run())
+    assert kept is not None and kept.body is not None and kept.http_status == 200
+    assert (nulled, deleted, gone) == (1, 1, None)
+    assert after_null is not None and after_null.body is None and after_null.request_hash == kept.request_hash

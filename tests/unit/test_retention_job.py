@@ -69,18 +69,19 @@ def test_a_sweep_deletes_then_nulls_in_batches_and_moves_its_horizons_in_order()
     done, pauses, audited = run(store)
     traces, bodies = MIDNIGHT - timedelta(days=30), MIDNIGHT - timedelta(days=7)
     kinds = [(e[0], e[2]) for e in store.log if e[0] in ("delete", "null")]
+    deleted = ("steps", "requests", "policy_hits", "fetch_replays", "runs", "sessions")
     assert kinds == [
-        *[("delete", k) for k in ("steps", "requests", "policy_hits", "runs", "sessions") for _ in range(2)],
-        *[("null", k) for k in ("requests", "requests", "steps", "steps", "runs", "runs")],
+        *[("delete", k) for k in deleted for _ in (1, 2)],
+        *[("null", k) for k in ("requests", "steps", "runs", "fetch_replays") for _ in (1, 2)],
     ]
     assert store.log[0] == ("advance", "ws", "traces_horizon", traces)  # before any deletion
     assert store.log[-2:] == [("advance", "ws", "bodies_horizon", bodies), ("swept", "ws")]
     assert [e[4] for e in store.log if e[0] == "delete"][:2] == [None, (1,)]  # the cursor walks on
     assert all(e[3] == traces and e[5] == 50 for e in store.log if e[0] == "delete")
     assert all(e[3:5] == (None, bodies) for e in store.log if e[0] == "null")
-    assert len(pauses) == 8 and all(p >= 0.01 for p in pauses)  # after every batch but each table's last
-    assert done.deleted == dict.fromkeys(("steps", "requests", "policy_hits", "runs", "sessions"), 14)
-    assert done.nulled == dict.fromkeys(("requests", "steps", "runs"), 14)
+    assert len(pauses) == 10 and all(p >= 0.01 for p in pauses)  # after every batch but each table's last
+    assert done.deleted == dict.fromkeys(deleted, 14)
+    assert done.nulled == dict.fromkeys(("requests", "steps", "runs", "fetch_replays"), 14)
     assert audited == [("ws", MIDNIGHT - timedelta(days=90))] and done.audit == 3
 
 

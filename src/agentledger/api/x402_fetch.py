@@ -10,6 +10,11 @@ Nothing is signed before the authorization is durable: a crash between signing a
 reservation open, and the sweep charges it at its estimate, which is the amount (gateway/budget_recovery.py), so a
 payment that may have happened is never missing from the budget.
 
+Under a client's x-request-id a fetch is idempotent, as a model call is (gateway/claims.py): the first claims the id,
+a concurrent duplicate waits for it, and once it is final (paid, or may have paid; or answered without payment and
+without error) a repeat of the same request replays its answer, paying, recording and charging nothing. A fetch that
+failed before any payment left releases the id, so a retry tries again (docs/paid-endpoints.md).
+
 Every fetch is in a run (the one named, else a new one, answered in Alephant-Run-Id), so every payment is in the
 books. Its steps carry no `request_id`: a step with one is a gateway model call's, which the ledger counts through
 its request row (core/books.py); the fetch's x-request-id is in their attributes.
@@ -33,7 +38,7 @@ from agentledger.api.auth import AdminAuth, json_body
 from agentledger.api.payment_signers import payment_signer_routes
 from agentledger.config import Settings
 from agentledger.core.budgets import Decision, Subject
-from agentledger.core.errors import AgentLedgerError, StoreUnavailable, UpstreamError
+from agentledger.core.errors import AgentLedgerError, ReplayUnavailable, StoreUnavailable, UpstreamError
 from agentledger.core.finance import payment_cost
 from agentledger.core.headers import parse_tracking
 from agentledger.core.ids import new_id
@@ -55,13 +60,22 @@ from agentledger.finance.fetch_request import FetchAsk, answer_view, parse_fetch
 from agentledger.finance.outbound_http import Answer, NotSent, Outbound
 from agentledger.finance.signers import Signer, sign
 from agentledger.gateway.budgets import Governed, headline
+from agentledger.gateway.claims import Claims
 from agentledger.gateway.flow import Gateway
 from agentledger.gateway.policies import names_of
-from agentledger.gateway.responses import COST_HEADER, DECISION_HEADER, RUN_ID_HEADER, JSONResponse, error_response
+from agentledger.gateway.responses import (
+    COST_HEADER,
+    DECISION_HEADER,
+    REPLAYED_HEADER,
+    RUN_ID_HEADER,
+    JSONResponse,
+    error_response,
+)
 from agentledger.gateway.spend import SpendDesk
 from agentledger.limits.base import CountersUnavailable
 from agentledger.secrets_box import SecretBox
-from agentledger.store.base import Store
+from agentledger.store.base import Store, StoredResponse
+from agentledger.store.fetch_replays import FetchReplayStore
 from agentledger.store.payment_signers import PaymentSignerStore
 from agentledger.store.sql import SQLStore
 from agentledger.webhooks.guard import AllowList
@@ -84,11 +98,21 @@ class _Fetch:
     client_request_id: bool = False  # the agent sent its x-request-id (an approval names it)
     host: str = ""
     governed: Governed | None = None
+    sent: bool = False  # a signed payment left (or may have left) the gateway: the fetch is final
+    relayed: int | None = None  # the seller's status relayed without payment
 
     @property
     def run_id(self) -> str:
         assert self.attribution.run_id is not None
         return self.attribution.run_id
+
+    @property
+    def workspace_id(self) -> str:
+        return self.attribution.workspace_id
+
+    @property
+    def request_hash(self) -> str:
+        return self.ask.fingerprint
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +131,12 @@ class X402Fetch:
         signers: PaymentSignerStore,
         decrypt: Callable[[str], str],
         outbound: Outbound,
+        replays: FetchReplayStore,
+        claims: Claims,
     ) -> None:
         self.gateway = gateway
+        self.replays = replays
+        self.claims = claims
         self.desk = desk
         self.signers = signers
         self.decrypt = decrypt
@@ -138,9 +166,36 @@ class X402Fetch:
                 time.perf_counter(),
                 client_request_id=tracking.request_id is not None,
             )
-            return await self._fetch(fetch)
+            if not fetch.client_request_id:
+                return await self._fetch(fetch)
+            stored = await self.claims.claim(fetch)
         except AgentLedgerError as exc:
             return error_response(exc, _refusal_headers(fetch, exc))
+        if stored is not None:
+            return _replay(stored)
+        return await self._once(fetch)
+
+    async def _once(self, f: _Fetch) -> Response:
+        """A fetch holding its x-request-id's claim: final (a payment left, or the seller's answer was relayed
+        without error), its answer is kept for replay before the claim goes; otherwise the claim is released."""
+        kept: StoredResponse | None = None
+        try:
+            try:
+                response = await self._fetch(f)
+            except AgentLedgerError as exc:
+                response = error_response(exc, _refusal_headers(f, exc))
+            if f.sent or (f.relayed is not None and f.relayed < 400 and response.status_code == 200):
+                kept = StoredResponse(f.request_hash, response.status_code, bytes(response.body), "", f.run_id, 0)
+                await self.replays.keep(f.workspace_id, f.request_id, kept, f.started)
+            return response
+        finally:
+            if kept is None and f.sent:
+                # Cut short (the client left) after the payment left: never paid again from this node; the store's
+                # claim is kept until its lease runs out.
+                kept = StoredResponse(f.request_hash, 502, None, "", f.run_id, 0)
+            if kept is not None:
+                self.claims.remember((f.workspace_id, f.request_id), kept)
+            self.claims.release(f)
 
     # -- the flow ------------------------------------------------------------------------------------------------
     async def _fetch(self, f: _Fetch) -> Response:
@@ -164,6 +219,7 @@ class X402Fetch:
             first.check_size(self.outbound.max_bytes)
         if first.status != 402:
             await self._record(f, [self._api_step(f, first)])
+            f.relayed = first.status
             return self._answer(f, first, None)
         try:
             required = buying.payment_required(first.header)
@@ -227,9 +283,11 @@ class X402Fetch:
             await self._finish(f, choice, None, outcome)
             raise buying.PaymentUnsupported(f"x402's client refused to sign the payment: {exc}") from None
         headers = {**f.ask.headers, PAYMENT_SIGNATURE: header}
+        f.sent = True
         try:
             second = await self.outbound.send(target, f.ask.method, headers, f.ask.body)
         except NotSent as exc:
+            f.sent = False
             await self._finish(f, choice, None, _Outcome(PaymentStatus.FAILED, True, error=exc.message))
             raise
         except UpstreamError as exc:
@@ -397,6 +455,22 @@ def _outcome(answer: Answer) -> _Outcome:
     return _Outcome(PaymentStatus.FAILED, True, error=f"the seller answered {answer.status} without settling")
 
 
+def _replay(stored: StoredResponse) -> Response:
+    """The kept answer of a final fetch, as first given; nothing is paid, recorded or charged again."""
+    if stored.body is None:
+        exc = ReplayUnavailable(
+            "This x-request-id's fetch is final (a payment left), but its answer was not kept (the workspace's "
+            "retention pruned it, or the fetch was cut short): it is not replayed and not paid again. Send a new "
+            "x-request-id to fetch again.",
+            param="x-request-id",
+        )
+        return error_response(exc, {COST_HEADER: format_usd(0)})
+    headers = {REPLAYED_HEADER: "true", COST_HEADER: format_usd(0)}
+    if stored.run_id:
+        headers[RUN_ID_HEADER] = stored.run_id
+    return Response(stored.body, status_code=stored.http_status, media_type="application/json", headers=headers)
+
+
 def _refusal_headers(f: _Fetch | None, exc: AgentLedgerError) -> dict[str, str] | None:
     if f is None:
         return None
@@ -418,5 +492,8 @@ def outbound_routes(
     signers = PaymentSignerStore(store)
     allow = AllowList.parse(settings.x402_fetch_allow_hosts.split(","))
     outbound = Outbound(allow, timeout=settings.x402_fetch_timeout, max_bytes=settings.x402_fetch_max_response_bytes)
-    fetch = X402Fetch(gateway, desk, signers, box.decrypt, outbound)
+    replays = FetchReplayStore(store)
+    # Its own claims (keyed apart in the store, store/fetch_replays.py) with the model calls' lease.
+    claims = Claims(replays, gateway.claims.inflight_timeout)
+    fetch = X402Fetch(gateway, desk, signers, box.decrypt, outbound, replays, claims)
     return [*fetch.routes(), *payment_signer_routes(auth, signers, box)]

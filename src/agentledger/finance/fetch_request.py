@@ -11,6 +11,8 @@ the gateway signs a payment). What comes back is a safe subset of the seller's h
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +88,13 @@ class FetchAsk:
     max_nanos: int
     run_id: str | None
     signer: str | None
+
+    @property
+    def fingerprint(self) -> str:
+        """What makes two fetches under one x-request-id the same request (a different one is refused, 409)."""
+        parts = [self.url, self.method, sorted(self.headers.items()), self.max_nanos, self.signer]
+        head = json.dumps(parts, separators=(",", ":")).encode()
+        return hashlib.sha256(head + b"\0" + (self.body or b"")).hexdigest()
 
     @property
     def shown_url(self) -> str:

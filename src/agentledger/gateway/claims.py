@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from agentledger.core.errors import IdempotencyKeyReused, StoreUnavailable
 from agentledger.core.ids import new_id
-from agentledger.store.base import Store, StoredResponse
+from agentledger.store.base import RequestClaim, StoredResponse
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,14 @@ class Claimant(Protocol):
     def client_request_id(self) -> bool: ...
 
 
+class ClaimStore(Protocol):
+    """Where claims and completed answers are found across processes: `Store` for model calls
+    (`Store.claim_request` has the contract), store/fetch_replays.py for paid fetches."""
+
+    async def claim_request(self, workspace_id: str, request_id: str, holder: str, lease: float) -> RequestClaim: ...
+    async def release_claim(self, workspace_id: str, request_id: str, holder: str) -> None: ...
+
+
 @dataclass(slots=True, eq=False)
 class _Claim:
     """This node's hold on a client-supplied x-request-id while its call is in flight."""
@@ -43,7 +51,7 @@ class _Claim:
 
 
 class Claims:
-    def __init__(self, store: Store, inflight_timeout: float) -> None:
+    def __init__(self, store: ClaimStore, inflight_timeout: float) -> None:
         self.store = store
         self.inflight_timeout = inflight_timeout
         self._inflight: dict[tuple[str, str], _Claim] = {}

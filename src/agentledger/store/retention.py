@@ -225,6 +225,22 @@ def _trace_deleter(table: Any, at: str) -> Callable[[Connection, str, datetime, 
     return delete_batch
 
 
+def _delete_fetch_replays(conn: Connection, ws: str, before: datetime, cursor: Cursor, limit: int) -> Batch:
+    """Fetch answers kept for replay (store/fetch_replays.py) feed no totals: they go once they started before the
+    cutoff, whatever their run. A repeat of a pruned one's x-request-id is then a fresh fetch."""
+    f = t.fetch_replays.c
+    stmt = (
+        select(f.started_at, f.id)
+        .where(f.workspace_id == ws, f.started_at < before, _after((f.started_at, f.id), cursor))
+        .order_by(f.started_at, f.id)
+    )
+    rows, nxt = _page(conn, stmt, limit)
+    gone = [r.id for r in rows]
+    if gone:
+        conn.execute(delete(t.fetch_replays).where(f.workspace_id == ws, f.id.in_(gone)))
+    return Batch(len(rows), len(gone), nxt)
+
+
 def _delete_runs(conn: Connection, ws: str, before: datetime, cursor: Cursor, limit: int) -> Batch:
     r = t.runs.c
     stmt = (
@@ -303,6 +319,7 @@ _DELETES: dict[str, Callable[[Connection, str, datetime, Cursor, int], Batch]] =
     "steps": _delete_steps,
     "requests": _trace_deleter(t.requests, "started_at"),
     "policy_hits": _trace_deleter(t.policy_hits, "at"),
+    "fetch_replays": _delete_fetch_replays,
     "runs": _delete_runs,
     "sessions": _delete_sessions,
 }
@@ -310,6 +327,7 @@ _NULLS: dict[str, Callable[[Connection, str, datetime | None, datetime, Cursor, 
     "requests": _nuller(t.requests, "id", ("response_body",)),
     "steps": _nuller(t.steps, "seq", ("input", "output"), by_workspace=False),
     "runs": _nuller(t.runs, "id", ("output",)),
+    "fetch_replays": _nuller(t.fetch_replays, "id", ("body",)),
 }
 DELETED = tuple(_DELETES)
 NULLED = tuple(_NULLS)

@@ -496,6 +496,22 @@ idempotency_claims = Table(
     Index("ix_idempotency_claims_expires", "expires_at"),
 )
 
+# A paid fetch's answer under a client's x-request-id, replayed to a retry of it (store/fetch_replays.py): not a
+# `requests` row, which is a model call's and feeds the books as one. Retention nulls `body` with the other bodies
+# and deletes the row with the other traces, by `started_at`.
+fetch_replays = Table(
+    "fetch_replays",
+    metadata,
+    Column("workspace_id", ID, primary_key=True),
+    Column("id", ID, primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("http_status", Integer, nullable=False),
+    Column("body", LargeBinary, nullable=True),
+    Column("run_id", ID, nullable=True),
+    Column("started_at", TS, nullable=False),
+    Index("ix_fetch_replays_ws_started", "workspace_id", "started_at", "id"),
+)
+
 
 # -- the books: totals and rollups kept at write time (core.books; docs/architecture.md, "Books") ------------
 # Each row is the sum of the raw rows it covers, changed by deltas in the transaction that writes them. Every

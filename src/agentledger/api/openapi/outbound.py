@@ -132,6 +132,10 @@ _FETCH_HEADERS = {
     RUN_ID: {"description": "The fetch's run.", "schema": STR},
     "alephant-cost-usd": {"description": "What this fetch was charged.", "schema": USD},
     "alephant-policy-decision": {"description": "`allowed`.", "schema": STR},
+    "alephant-replayed": {
+        "description": "`true` on a replay of an earlier fetch under this x-request-id (charged 0).",
+        "schema": {"const": "true"},
+    },
 }
 
 
@@ -167,9 +171,20 @@ OUTBOUND_PATHS: dict[str, Schema] = {
                 },
                 **_FETCH_ERRORS,
             },
-            (400, 401, 413, 423, 429, 502, 503, 504),
+            (400, 401, 409, 410, 413, 423, 429, 502, 503, 504),
             parameters=TRACKING[:6],
             requestBody=body(ref("X402FetchIn")),
+            description=(
+                "Idempotent under the client's `x-request-id`, as model calls are: the first fetch claims the id (in "
+                "the workspace); a concurrent duplicate waits for it. Once the first is final (a signed payment was "
+                "sent, or the seller's answer was relayed without payment and below 400), a repeat of the same "
+                "request (url, method, headers, body, max_amount_usd, signer) replays its answer, status and body "
+                "(with the seller's payment headers) as first given, with `alephant-replayed: true` and "
+                "`alephant-cost-usd: 0`: nothing is signed, paid, recorded or charged again. Another request under "
+                "the id is `409 idempotency_key_reused`; a final fetch whose answer retention pruned is `410 "
+                "replay_unavailable`. A fetch that failed before any payment left (a refusal, the seller "
+                "unreachable or answering 4xx/5xx without payment) releases the id: a retry tries again."
+            ),
         )
     },
     "/api/payment-signers": {
