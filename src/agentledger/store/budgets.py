@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, literal, select, update
 from sqlalchemy.engine import Connection
 
 from agentledger.core.budgets import Action, Budget, Period, RateLimit, Scope
@@ -20,6 +20,10 @@ from agentledger.store import schema as t
 
 if TYPE_CHECKING:
     from agentledger.store.sql import SQLStore
+
+# totals(): a ledger delta's low bits, summed apart from the rest on SQLite (its SUM overflows past 2^63).
+_LOW_BITS = 20
+_LOW_MASK = (1 << _LOW_BITS) - 1
 
 
 def ledger_values(e: LedgerEntry) -> dict[str, Any]:
@@ -209,14 +213,32 @@ class BudgetStore:
         return await self.store._select(stmt, query=True)
 
     async def totals(self, keys: Sequence[str] | None = None) -> dict[str, tuple[int, int]]:
-        """Σ (spent_delta, reserved_delta) per counter key: what the counters are, by the ledger."""
+        """Σ (spent_delta, reserved_delta) per counter key: what the counters are, by the ledger.
+
+        Exact however large: PostgreSQL sums BIGINT as NUMERIC, but SQLite's SUM raises "integer overflow" past
+        2^63 (a counter's entries at the per-event bound add up to that after ~9,200 of them, which stopped the
+        gateway at start). There each delta is summed as its high and low parts (delta >> 20, delta & 2^20-1;
+        arithmetic shifts, so negatives split too), each sum far inside a BIGINT, and joined in Python."""
         c = t.budget_ledger.c
-        stmt = select(c.counter_key, func.sum(c.spent_delta), func.sum(c.reserved_delta)).group_by(c.counter_key)
+        parts: list[Any]
+        if self.store.is_sqlite:
+            parts = [
+                func.sum(col.op(">>")(_LOW_BITS)) if high else func.sum(col.op("&")(_LOW_MASK))
+                for col in (c.spent_delta, c.reserved_delta)
+                for high in (True, False)
+            ]
+        else:
+            parts = [func.sum(c.spent_delta), literal(0), func.sum(c.reserved_delta), literal(0)]
+        stmt = select(c.counter_key, *parts).group_by(c.counter_key)
         if keys is not None:
             stmt = stmt.where(c.counter_key.in_(list(keys)))
+        shift = 1 << _LOW_BITS if self.store.is_sqlite else 1
 
         def run(conn: Connection) -> dict[str, tuple[int, int]]:
-            return {key: (int(spent or 0), int(reserved or 0)) for key, spent, reserved in conn.execute(stmt)}
+            return {
+                key: (int(s_hi or 0) * shift + int(s_lo or 0), int(r_hi or 0) * shift + int(r_lo or 0))
+                for key, s_hi, s_lo, r_hi, r_lo in conn.execute(stmt)
+            }
 
         return await self.store._read(run, query=True)
 

@@ -192,3 +192,22 @@ async def test_a_constraint_violation_is_sqlalchemys_integrity_error(store: SQLS
 def test_sqlite_datetime_text_is_sqlalchemys() -> None:
     assert sqlite_datetime(T0) == "2025-03-01 10:00:00.000005"
     assert sqlite_datetime(datetime(33, 1, 2, 3, 4, 5, tzinfo=UTC)) == "0033-01-02 03:04:05.000000"
+
+
+async def test_ledger_totals_are_exact_past_a_bigint(store: SQLStore) -> None:
+    """A counter's ledger sums past 2^63 (10,000 entries at the per-event bound): exact on both stores (SQLite's SUM
+    would raise "integer overflow", and the totals are read at start to rebuild the counters)."""
+    ws = f"ws-{uuid.uuid4().hex[:10]}"
+    bound = 10**15
+    key = f"b|{ws}|big|0"
+    entries: list[LedgerEntry] = [
+        LedgerEntry(ws, f"led_{i}", "big", key, "spend", -bound if i % 3 == 0 else bound, bound, T0)
+        for i in range(10_000)
+    ]
+    entries.append(LedgerEntry(ws, "led_neg", "big", key, "adjust", -7, -(2**40) - 5, T0))
+    for i in range(0, len(entries), 2_000):
+        await store.write_batch(entries[i : i + 2_000])
+    spent = sum(e.spent_delta for e in entries)
+    reserved = sum(e.reserved_delta for e in entries)
+    assert spent > 2**63
+    assert (await store.budgets.totals([key]))[key] == (spent, reserved)
