@@ -16,7 +16,7 @@ from typing import Any
 from agentledger.core.budgets import parse_counter_key
 from agentledger.core.ids import new_id
 from agentledger.core.model import LedgerEntry, TraceEvent
-from agentledger.limits.base import Charge, Counters, Standing
+from agentledger.limits.base import MAX_COUNTER, Charge, Counters, Standing
 from agentledger.store.budgets import BudgetStore
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,27 @@ async def recover(
         await commit(list(entries))
         log.warning("closed %d budget reservations left open by a stopped process", len(open_rows))
     totals = await budgets.totals()
-    # Sums read while other replicas write can catch a settle whose reserve is in a later batch: never below 0.
-    await counters.load({k: Standing(spent, max(reserved, 0)) for k, (spent, reserved) in totals.items()}, {})
+    await counters.load({k: loadable(k, spent, reserved) for k, (spent, reserved) in totals.items()}, {})
     return len(open_rows)
+
+
+def loadable(key: str, spent: int, reserved: int) -> Standing:
+    """A counter as the ledger sums it, within what counters hold (limits.base MAX_COUNTER): a ledger past that
+    (some $9.2 billion on one counter) must not stop the gateway from starting for every workspace, so it is
+    loaded at the bound, logged, and its budget stays exhausted."""
+    # Sums read while other replicas write can catch a settle whose reserve is in a later batch: never below 0.
+    held = min(max(reserved, 0), MAX_COUNTER)
+    kept = min(max(spent, -MAX_COUNTER), MAX_COUNTER - held)
+    if (kept, held) != (spent, max(reserved, 0)):
+        log.error(
+            "budget counter %s: the ledger sums to spent %d, reserved %d, past what a counter holds; loaded as %d, %d",
+            key,
+            spent,
+            reserved,
+            kept,
+            held,
+        )
+    return Standing(kept, held)
 
 
 async def reconcile_expired(
