@@ -14,37 +14,23 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from agentledger.store import schema as t
 from agentledger.store.base import RequestClaim, StoredResponse
+from agentledger.store.sql import pg_claim_statement
 
 if TYPE_CHECKING:
     from agentledger.store.sql import SQLStore
 
 CLAIM_PREFIX = "x402fetch:"
 
-# As store/sql.py's _PG_CLAIM: the kept answer, or else the claim, in one statement.
-_PG_CLAIM = text(
-    """
-WITH done AS (
-    SELECT request_hash, http_status, body, run_id
-    FROM fetch_replays
-    WHERE workspace_id = :ws AND id = :rid
-), claimed AS (
-    INSERT INTO idempotency_claims AS c (workspace_id, request_id, holder, expires_at)
-    SELECT :ws, :key, :holder, now() + make_interval(secs => :lease)
-    WHERE NOT EXISTS (SELECT 1 FROM done)
-    ON CONFLICT (workspace_id, request_id) DO UPDATE
-        SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
-        WHERE c.expires_at < now()
-    RETURNING 1
-)
-SELECT EXISTS (SELECT 1 FROM claimed) AS claimed, done.*
-FROM (SELECT 1) AS one LEFT JOIN done ON true
-"""
+# The kept answer, or else the claim, in one statement (as for a model call's x-request-id).
+_PG_CLAIM = pg_claim_statement(
+    "SELECT request_hash, http_status, body, run_id FROM fetch_replays WHERE workspace_id = :ws AND id = :rid",
+    key=":key",
 )
 
 

@@ -39,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, TimeoutError as PoolTimeout
+from sqlalchemy.sql.elements import TextClause
 
 from agentledger.core.alerts import from_budget_alert
 from agentledger.core.books import NO_RUN, PAYMENT_COLUMNS, Books, RunDims
@@ -155,19 +156,17 @@ _REQUEST_BOOK_COLUMNS = ("id", *LEDGER_COLUMNS)
 # What the writer remembers of a run: its dimensions for the books, its start for its marks (neither ever changes).
 _RunFacts = tuple[RunDims, datetime]
 
-# PostgreSQL: find the completed response of an x-request-id, or else claim the id, in one statement (one round
-# trip). ON CONFLICT serializes concurrent claimants across processes: the loser sees the winner's row and
-# claims nothing unless its lease has run out (a crashed holder). Times are the database's, so the clocks of
-# the gateway hosts do not matter.
-_PG_CLAIM = text(
-    """
-WITH done AS (
-    SELECT request_hash, http_status, response_body, response_content_type, run_id, cost_nanos
-    FROM requests
-    WHERE workspace_id = :ws AND id = :rid AND status = 'ok'
-), claimed AS (
+
+def pg_claim_statement(done: str, key: str = ":rid") -> TextClause:
+    """PostgreSQL: find the completed answer of an x-request-id (`done`, a SELECT of it), or else claim the id
+    (`key`, the claim's bind), in one statement (one round trip). ON CONFLICT serializes concurrent claimants
+    across processes: the loser sees the winner's row and claims nothing unless its lease has run out (a crashed
+    holder). Times are the database's, so the clocks of the gateway hosts do not matter."""
+    return text(
+        f"""
+WITH done AS ({done}), claimed AS (
     INSERT INTO idempotency_claims AS c (workspace_id, request_id, holder, expires_at)
-    SELECT :ws, :rid, :holder, now() + make_interval(secs => :lease)
+    SELECT :ws, {key}, :holder, now() + make_interval(secs => :lease)
     WHERE NOT EXISTS (SELECT 1 FROM done)
     ON CONFLICT (workspace_id, request_id) DO UPDATE
         SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
@@ -177,6 +176,12 @@ WITH done AS (
 SELECT EXISTS (SELECT 1 FROM claimed) AS claimed, done.*
 FROM (SELECT 1) AS one LEFT JOIN done ON true
 """
+    )
+
+
+_PG_CLAIM = pg_claim_statement(
+    "SELECT request_hash, http_status, response_body, response_content_type, run_id, cost_nanos FROM requests "
+    "WHERE workspace_id = :ws AND id = :rid AND status = 'ok'"
 )
 
 
