@@ -116,3 +116,33 @@ def test_url_options_it_does_not_support_are_refused() -> None:
 def test_commands_are_packed_as_resp() -> None:
     assert pack(["SET", "k", 12]) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n12\r\n"
     assert pack(["SET", "ké", "v"]) == b"*3\r\n$3\r\nSET\r\n$3\r\nk\xc3\xa9\r\n$1\r\nv\r\n"  # lengths in bytes
+
+
+async def test_a_redis_that_never_answers_fails_what_is_in_flight_after_the_timeout() -> None:
+    """A server that takes the connection and never replies (a hung Redis): every command in flight fails with the
+    timeout, as `CountersUnavailable` to the counters' callers, and the next command opens a new connection."""
+    connections: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        while await reader.read(65536):
+            pass
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    hung = RedisCounters(f"redis://127.0.0.1:{port}/0", timeout=0.3, connect_timeout=1.0)
+    try:
+        started = asyncio.get_running_loop().time()
+        results = await asyncio.gather(
+            hung.standing(["a"]), hung.standing(["b"]), return_exceptions=True
+        )  # fmt: skip
+        waited = asyncio.get_running_loop().time() - started
+        assert all(isinstance(r, CountersUnavailable) for r in results), results
+        assert 0.25 <= waited < 2.0, waited
+        with pytest.raises(CountersUnavailable):
+            await hung.standing(["c"])
+        assert len(connections) == 2  # the broken connection was not used again
+    finally:
+        await hung.aclose()
+        server.close()
+        await server.wait_closed()
