@@ -25,6 +25,7 @@ pool (one statement, not queued behind trace batches), on SQLite on the writer t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -86,7 +87,6 @@ class PaymentProofs:
             # RETURNING, not rowcount: psycopg reports a row count for an upsert whose update was skipped.
             .returning(t.x402_payments.c.id)
         )
-        self._moves: dict[tuple[str, ...], Any] = {}
 
     async def claim(
         self,
@@ -163,22 +163,8 @@ class PaymentProofs:
         return rows[0] if rows else None
 
     async def _move(self, workspace_id: str, proof_id: str, state: str, now: datetime, changes: dict[str, Any]) -> bool:
-        names = tuple(sorted(changes))
-        stmt = self._moves.get(names)
-        if stmt is None:
-            c = t.x402_payments.c
-            stmt = (
-                update(t.x402_payments)
-                .where(c.workspace_id == bindparam("m_ws"), c.id == bindparam("m_id"), c.state == CLAIMED)
-                .values(
-                    state=bindparam("m_state"),
-                    updated_at=bindparam("m_now"),
-                    **{k: bindparam(f"m_{k}") for k in names},
-                )
-            )
-            self._moves[names] = stmt
-        params = {"m_ws": workspace_id, "m_id": proof_id, "m_state": state, "m_now": now}
-        params.update({f"m_{k}": v for k, v in changes.items()})
+        stmt = move_statement(tuple(sorted(changes)))
+        params = move_params(workspace_id, proof_id, state, now, changes)
 
         def run(conn: Connection) -> bool:
             return bool(conn.execute(stmt, params).rowcount)
@@ -208,28 +194,33 @@ def _without_flush(run: Callable[[Connection], T]) -> Callable[[Connection], T]:
     return lazy
 
 
-def proof_state_update() -> Any:
-    """The writer's statement for a `ProofState` (core.model): `claimed` → its state, so a replayed batch, or a
-    proof moved already, changes nothing."""
+@functools.cache
+def move_statement(names: tuple[str, ...]) -> Any:
+    """`claimed` → a state, setting the columns `names` too: a proof moved already (or a replayed batch's
+    `ProofState`) changes nothing. Built once per set of columns: building it cost more CPU than running it."""
     c = t.x402_payments.c
     return (
         update(t.x402_payments)
-        .where(c.workspace_id == bindparam("p_ws"), c.id == bindparam("p_id"), c.state == CLAIMED)
-        .values(
-            state=bindparam("p_state"),
-            updated_at=bindparam("p_at"),
-            reference=bindparam("p_reference"),
-            error=bindparam("p_error"),
-        )
+        .where(c.workspace_id == bindparam("m_ws"), c.id == bindparam("m_id"), c.state == CLAIMED)
+        .values(state=bindparam("m_state"), updated_at=bindparam("m_now"), **{k: bindparam(f"m_{k}") for k in names})
     )
 
 
-def proof_state_params(ev: ProofState) -> dict[str, Any]:
-    return {
-        "p_ws": ev.workspace_id,
-        "p_id": ev.proof_id,
-        "p_state": ev.state,
-        "p_at": ev.at,
-        "p_reference": None if ev.reference is None else ev.reference[:256],
-        "p_error": None if ev.error is None else ev.error[:_ERROR_CHARS],
+def move_params(workspace_id: str, proof_id: str, state: str, now: datetime, changes: dict[str, Any]) -> dict[str, Any]:
+    return {"m_ws": workspace_id, "m_id": proof_id, "m_state": state, "m_now": now} | {
+        f"m_{k}": v for k, v in changes.items()
     }
+
+
+_PROOF_STATE_COLUMNS = ("error", "reference")
+
+
+def proof_state_update() -> Any:
+    """The writer's statement for a `ProofState` (core.model), the same conditional move as `PaymentProofs`'."""
+    return move_statement(_PROOF_STATE_COLUMNS)
+
+
+def proof_state_params(ev: ProofState) -> dict[str, Any]:
+    reference = None if ev.reference is None else ev.reference[:256]
+    error = None if ev.error is None else ev.error[:_ERROR_CHARS]
+    return move_params(ev.workspace_id, ev.proof_id, ev.state, ev.at, {"error": error, "reference": reference})

@@ -245,7 +245,6 @@ class SQLStore:
         self._lookups: dict[tuple[str, tuple[str, ...], bool], Any] = {}
         self._booked_before_stmt: Any = None
         self._run_end_stmt: Any = None
-        self._proof_state_stmt: Any = None
         # Run workflows, paid endpoints and starts the books have looked up (writer thread only): the rollups group by
         # the first two, run marks take the start.
         self._workflow_cache: dict[tuple[str, str], _RunFacts] = {}
@@ -468,11 +467,8 @@ class SQLStore:
             webhooks_sql.record_alerts(conn, self._insert_new(conn, t.alerts, raised), self._insert, datetime.now(UTC))
         if ends:
             self._end_runs(conn, ends)
-        if proofs:  # with the sale's last records: its proof's state is never behind its books
-            if self._proof_state_stmt is None:
-                self._proof_state_stmt = finance_sql.proof_state_update()
-            for proof in proofs:
-                conn.execute(self._proof_state_stmt, finance_sql.proof_state_params(proof))
+        for proof in proofs:  # with the sale's last records: its proof's state is never behind its books
+            conn.execute(finance_sql.proof_state_update(), finance_sql.proof_state_params(proof))
         hits = hit_rows(new_steps, transitions)  # like the decisions below, from the rows this batch inserted
         if hits:
             self._bulk(conn, t.policy_hits, self._hit_insert, list(hits.values()))
