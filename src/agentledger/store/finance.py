@@ -172,26 +172,9 @@ class PaymentProofs:
         return await self._one_statement(run)
 
     async def _one_statement(self, run: Callable[[Connection], T], *, durable: bool = True) -> T:
-        if self.store.is_sqlite:
-            # Lazy for the claim only: a lost claim was never settled (claim's docstring).
-            return await (self.store._write(run) if durable else self.store.lazy_write(run))
-        if not durable and self.store.durable_commits:
-            return await self.store._autocommit(_without_flush(run))
-        return await self.store._autocommit(run)
-
-
-def _without_flush(run: Callable[[Connection], T]) -> Callable[[Connection], T]:
-    """PostgreSQL: `run` committed without waiting for its WAL flush (`synchronous_commit = off` for this
-    connection while it runs); visible to every session at once, durable with the next flushed commit."""
-
-    def lazy(conn: Connection) -> T:
-        conn.exec_driver_sql("SET synchronous_commit = off")
-        try:
-            return run(conn)
-        finally:
-            conn.exec_driver_sql("RESET synchronous_commit")
-
-    return lazy
+        if not durable:  # the claim only: a lost claim was never settled (claim's docstring)
+            return await self.store.lazy_write(run)
+        return await (self.store._write(run) if self.store.is_sqlite else self.store._autocommit(run))
 
 
 @functools.cache

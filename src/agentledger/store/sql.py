@@ -294,11 +294,15 @@ class SQLStore:
         await asyncio.get_running_loop().run_in_executor(self._writer, upgrade, self.engine)
 
     async def lazy_write(self, fn: Callable[[Connection], T]) -> T:
-        """SQLite: `fn` in a transaction of its own on the writer thread, committed without an fsync of its own:
-        WAL keeps commits in order, so it becomes durable with the next durable commit, which syncs the log up to
-        there. With `durable_commits` off every commit is like this already."""
+        """A single-statement write committed without a log flush of its own: visible at once, durable with the
+        next durable commit, which flushes the log up to there. SQLite: a transaction of its own on the writer
+        thread, on a connection kept with `synchronous=NORMAL` (WAL keeps commits in order). PostgreSQL: the
+        statement on the reader pool (as `_autocommit`) with `synchronous_commit = off` while it runs. With
+        `durable_commits` off every commit is like this already."""
         if not self.durable_commits:
-            return await self._write(fn)
+            return await (self._write(fn) if self.is_sqlite else self._autocommit(fn))
+        if not self.is_sqlite:
+            return await self._autocommit(_without_flush(fn))
 
         def run() -> T:
             conn = self._lazy_conn
@@ -1299,3 +1303,17 @@ def _with_payment(row: dict[str, Any], p: Payment) -> None:
     row["refund_nanos"] = paid.refund
     row["fee_nanos"] = paid.fee
     row["payment_out_nanos"] = paid.payment_out
+
+
+def _without_flush(run: Callable[[Connection], T]) -> Callable[[Connection], T]:
+    """PostgreSQL: `run` committed without waiting for its WAL flush (`synchronous_commit = off` for this
+    connection while it runs)."""
+
+    def lazy(conn: Connection) -> T:
+        conn.exec_driver_sql("SET synchronous_commit = off")
+        try:
+            return run(conn)
+        finally:
+            conn.exec_driver_sql("RESET synchronous_commit")
+
+    return lazy
