@@ -65,6 +65,7 @@ from agentledger.ingest.steps import StepIngest
 from agentledger.limits.base import Counters, CountersUnavailable
 from agentledger.limits.memory import MemoryCounters
 from agentledger.limits.redis import RedisCounters
+from agentledger.pipeline.journal import Journal, journal_dir
 from agentledger.pipeline.queue import TracePipeline
 from agentledger.pipeline.spool import Spool
 from agentledger.prices.catalog import catalog_knows
@@ -124,6 +125,7 @@ def build_components(
         max_batch=settings.batch_size,
         interval=settings.batch_interval_ms / 1000,
         durability=settings.durability,
+        journal=_journal(settings, store),
     )
     counters = counters or (RedisCounters(settings.redis_url) if settings.redis_url else MemoryCounters())
     # The audit log: changes recorded through the pipeline, durable before the admin's answer (docs/audit.md).
@@ -191,6 +193,14 @@ def build_components(
         )
     governance = Governance(store, box)
     return Components(settings, store, pipeline, gateway, governance, upstreams, counters, gate, desk, approvals, trail)
+
+
+def _journal(settings: Settings, store: Store) -> Journal | None:
+    """The trace journal of a SQLite store in strict mode (pipeline/journal.py), beside its database file."""
+    if settings.durability != "strict" or not settings.trace_journal or not isinstance(store, SQLStore):
+        return None
+    path = journal_dir(store.url)
+    return Journal(path) if path is not None else None
 
 
 async def _disable_key(store: Store, gateway: Gateway, trail: AuditTrail, workspace_id: str, key_id: str) -> None:
@@ -432,6 +442,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await c.store.migrate()
+        await c.pipeline.recover()  # what a crash left in the journal, before the counters read the ledger
         c.pipeline.start()
         await _load_counters(c, at_start=True)
         expiry = asyncio.get_running_loop().create_task(_expire_reservations(c))

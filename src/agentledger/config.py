@@ -66,6 +66,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("batch_interval_ms", float, 20.0, "batched mode: how long the writer waits to fill a batch."),
     Setting(
+        "trace_journal",
+        bool,
+        True,
+        "strict mode on SQLite: a response waits for its records' append to a write-ahead journal beside the "
+        "database (one small fdatasync), and the store is written behind it; false: for SQLite's own commit.",
+    ),
+    Setting(
         "workers",
         int,
         1,
@@ -237,6 +244,7 @@ class Settings:
     batch_size: int = 500
     durability: str = "strict"
     batch_interval_ms: float = 20.0
+    trace_journal: bool = True
     workers: int = 1
     redis_url: str = ""
     budget_output_tokens: int = 4096

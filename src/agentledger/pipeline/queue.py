@@ -3,10 +3,12 @@
 Two modes (setting `durability`, docs/architecture.md "Durability"):
 
 * **strict** — `commit()` hands back a future that completes once the events are *durable*: committed by
-  the store (PostgreSQL commit; SQLite with `synchronous=FULL`) or fsynced to the local spool. The gateway
-  releases a response only after that, so a `kill -9` loses no acknowledged record. The worker writes as
-  soon as anything is queued, and whatever arrives while a write is in progress forms the next batch:
-  group commit, one transaction and one fsync for many requests, with no batching window to wait out.
+  the store (PostgreSQL commit; SQLite with `synchronous=FULL`), appended to the journal (SQLite: see
+  pipeline/journal.py) or fsynced to the local spool. The gateway releases a response only after that, so a
+  `kill -9` loses no acknowledged record. The worker writes as soon as anything is queued, and whatever
+  arrives while a write is in progress forms the next batch: group commit, one transaction and one fsync for
+  many requests, with no batching window to wait out. With a journal, two workers: one appends batches to
+  the journal and acknowledges them, the other writes what the journal holds to the store behind it.
 * **batched** — `commit()` returns None and the response does not wait; the worker gathers events for
   `interval` before writing. A crash loses what was queued or in flight: at most about one `interval`
   plus one write of records.
@@ -29,8 +31,10 @@ import enum
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from agentledger.core.errors import AgentLedgerError, StoreUnavailable
 from agentledger.core.model import (
@@ -44,10 +48,12 @@ from agentledger.core.model import (
     RunStart,
     TraceEvent,
 )
+from agentledger.pipeline.journal import Journal
 from agentledger.pipeline.spool import Spool
 from agentledger.store.base import Store, WriteResult
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Durability(enum.StrEnum):
@@ -68,6 +74,8 @@ class PipelineStats:
 
 
 _Item = tuple[Sequence[TraceEvent], "asyncio.Future[None] | None"]
+# A batch the journal holds (its sequence), or could not take (None: its callers' futures wait for the store).
+_Journaled = tuple[int | None, list[TraceEvent], list[_Item]]
 
 
 class TracePipeline:
@@ -81,6 +89,7 @@ class TracePipeline:
         retries: int = 1,
         durability: Durability | str = Durability.BATCHED,
         backoff: tuple[float, float] = (0.05, 2.0),
+        journal: Journal | None = None,
     ) -> None:
         self.store = store
         self.spool = spool
@@ -88,6 +97,14 @@ class TracePipeline:
         self.interval = interval
         self.retries = retries
         self.durability = Durability(durability)
+        self.journal = journal if self.durability is Durability.STRICT else None
+        # The journal's file work, one thread (the Journal is not thread-safe), never the event loop.
+        self._journal_thread = ThreadPoolExecutor(1, thread_name_prefix="trace-journal") if self.journal else None
+        self._journaled: deque[_Journaled] = deque()
+        self._journaled_events = 0
+        self._store_wake = asyncio.Event()
+        self._journal_closed = False  # the journal worker has stopped: the store worker ends once it is drained
+        self._journal_hold = False  # a batch the journal held was lost downstream: keep the journal for a restart
         self.stats = PipelineStats()
         self._queue: deque[_Item] = deque()
         self._queued_events = 0
@@ -111,7 +128,7 @@ class TracePipeline:
 
     @property
     def depth(self) -> int:
-        return self._queued_events
+        return self._queued_events + self._journaled_events
 
     @property
     def strict(self) -> bool:
@@ -124,7 +141,32 @@ class TracePipeline:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="trace-pipeline")
+            if self.journal is not None:
+                self.journal.open()  # once, at startup (`recover` opened it already, off the event loop)
+            work = self._run_journaled() if self.journal is not None else self._run()
+            self._task = asyncio.create_task(work, name="trace-pipeline")
+
+    async def recover(self) -> None:
+        """Write what an earlier process acknowledged from its journal but the store may not hold. Call before
+        anything reads the store (the budget counters are loaded from it) and before `start`."""
+        if self.journal is None:
+            return
+        journal = self.journal
+        await self._in_journal_thread(journal.open)
+        batches = await self._in_journal_thread(journal.recover)
+        if not batches:
+            return
+        count = sum(len(b) for b in batches)
+        log.warning("trace journal: writing %d events an earlier process acknowledged", count)
+        dropped = self.stats.dropped
+        for events in _coalesce(batches, self.max_batch):
+            await self._write(events)
+        self.stats.replayed += count
+        if self.stats.dropped == dropped:  # else: the store and the spool both failed; the next start tries again
+            await self._in_journal_thread(journal.release_recovered)
+
+    def _in_journal_thread(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._journal_thread, fn, *args)
 
     def pending_run(self, workspace_id: str, run_id: str) -> bool:
         """True while a RunStart of this run, queued in this process, is not written yet: a read of the store
@@ -232,6 +274,10 @@ class TracePipeline:
         if self._task is not None:
             await self._task
             self._task = None
+        if self.journal is not None and self._journal_thread is not None:
+            await self._in_journal_thread(self.journal.close)
+            self._journal_thread.shutdown()
+            self.journal = None
 
     # -- the worker -------------------------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -248,38 +294,115 @@ class TracePipeline:
                     # Gather a fuller batch: the first event's arrival starts a short window.
                     await asyncio.sleep(self.interval)
                 continue
-            batch: list[_Item] = []
-            count = 0
-            while self._queue and (not batch or count + len(self._queue[0][0]) <= self.max_batch):
-                item = self._queue.popleft()
-                batch.append(item)
-                count += len(item[0])
-            self._queued_events -= count
-            events = [ev for evs, _ in batch for ev in evs]
+            batch, events = self._take()
             try:
                 lost = await self._write(events)
             finally:
                 self._done(events)
-            for evs, fut in batch:
-                if fut is None or fut.done():
-                    continue
-                if lost and any(id(ev) in lost for ev in evs):
-                    fut.set_exception(AgentLedgerError("A trace event could not be recorded."))
-                else:
-                    fut.set_result(None)
+            _answer(batch, lost)
 
-    async def _wait_for_work(self) -> bool:
+    def _take(self) -> tuple[list[_Item], list[TraceEvent]]:
+        """The next batch off the queue: whole items, up to `max_batch` events (at least one item)."""
+        batch: list[_Item] = []
+        count = 0
+        while self._queue and (not batch or count + len(self._queue[0][0]) <= self.max_batch):
+            item = self._queue.popleft()
+            batch.append(item)
+            count += len(item[0])
+        self._queued_events -= count
+        return batch, [ev for evs, _ in batch for ev in evs]
+
+    async def _wait_for_work(self, wake: asyncio.Event | None = None) -> bool:
         """Sleep until events arrive (True) or, with a spool to replay, until the backoff has passed (False)."""
+        wake = wake or self._wake
         if not self.spool_pending:
-            await self._wake.wait()
+            await wake.wait()
             return True
         timeout = max(self._retry_at - time.monotonic(), 0.001)
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            await asyncio.wait_for(wake.wait(), timeout)
             return True
         except TimeoutError:
             await self._replay_spool()
             return False
+
+    # -- the workers with a journal -----------------------------------------------------------------------------
+    async def _run_journaled(self) -> None:
+        store = asyncio.create_task(self._store_from_journal(), name="trace-store-writer")
+        try:
+            await self._journal_worker()
+        finally:
+            self._journal_closed = True
+            self._store_wake.set()
+            await store
+
+    async def _journal_worker(self) -> None:
+        """Queue → journal: a batch is acknowledged once the journal holds it, then handed to the store worker.
+        Whatever arrives while an append is in progress forms the next batch (group commit, as without one)."""
+        journal = self.journal
+        assert journal is not None
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch, events = self._take()
+            seq: int | None
+            try:
+                seq = await self._in_journal_thread(journal.append, events)
+            except Exception:  # a full disk, an event pickle refuses: its callers wait for the store instead
+                log.exception(
+                    "trace journal: append failed; %d events go to the store before their answer", len(events)
+                )
+                seq = None
+            if seq is not None:
+                _answer(batch, set())
+            self._journaled.append((seq, events, batch if seq is None else []))
+            self._journaled_events += len(events)
+            self._store_wake.set()
+
+    async def _store_from_journal(self) -> None:
+        """Journal → store, in order, with the retries, circuit breaker and spool of the worker without one; the
+        journal lets go of a batch once the store (or the spool) holds it durably."""
+        journal = self.journal
+        assert journal is not None
+        await self._replay_spool()
+        while True:
+            if not self._journaled:
+                if self._journal_closed:
+                    self._idle.set()
+                    self._retry_at = 0.0
+                    await self._replay_spool()
+                    return
+                self._store_wake.clear()
+                if not self._queue:
+                    self._idle.set()
+                await self._wait_for_work(self._store_wake)
+                continue
+            items: list[_Journaled] = []
+            events: list[TraceEvent] = []
+            while self._journaled and (not items or len(events) + len(self._journaled[0][1]) <= self.max_batch):
+                item = self._journaled.popleft()
+                items.append(item)
+                events.extend(item[1])
+            self._journaled_events -= len(events)
+            dropped = self.stats.dropped
+            try:
+                lost = await self._write(events)
+            finally:
+                self._done(events)
+            for _, _, waiting in items:
+                _answer(waiting, lost)
+            if self.stats.dropped != dropped:
+                self._journal_hold = True  # neither the store nor the spool took them: the journal keeps them
+            held = [seq for seq, _, _ in items if seq is not None]
+            if held and not self._journal_hold:
+                try:
+                    await self._in_journal_thread(journal.release, held[-1])
+                except OSError:
+                    log.warning("trace journal: could not release written batches", exc_info=True)
 
     async def _write(self, events: list[TraceEvent]) -> set[int]:
         """Write (or spool) a batch; returns the id() of each event that was not made durable."""
@@ -359,6 +482,17 @@ class TracePipeline:
         with contextlib.suppress(OSError):
             await asyncio.to_thread(self.spool.clear)
         return not self.spool.pending()
+
+
+def _answer(batch: list[_Item], lost: set[int]) -> None:
+    """Complete the futures of a batch's callers: failed for those with an event that was not made durable."""
+    for evs, fut in batch:
+        if fut is None or fut.done():
+            continue
+        if lost and any(id(ev) in lost for ev in evs):
+            fut.set_exception(AgentLedgerError("A trace event could not be recorded."))
+        else:
+            fut.set_result(None)
 
 
 def _coalesce(batches: list[list[TraceEvent]], limit: int) -> list[list[TraceEvent]]:

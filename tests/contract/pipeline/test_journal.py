@@ -1,0 +1,286 @@
+"""The trace journal (pipeline/journal.py) on real files, and the strict pipeline that acknowledges through it
+over a real SQLStore (SQLite): answers wait for the journal, not the store; the store catches up behind it;
+a crash's leftovers are written at the next start; nothing is released before the store holds it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import func, select
+
+from agentledger.core.model import Attribution, StepKind, StepRecord, StepStatus
+from agentledger.pipeline.journal import Journal, JournalLocked, journal_dir
+from agentledger.pipeline.queue import TracePipeline
+from agentledger.store import schema as t
+from agentledger.store.base import Store, WriteResult
+from agentledger.store.sql import SQLStore
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def step(ws: str, i: int, **kw: Any) -> StepRecord:
+    values: dict[str, Any] = dict(
+        step_id=f"step-{i}",
+        run_id="run-1",
+        attribution=Attribution(workspace_id=ws, run_id="run-1"),
+        kind=StepKind.TOOL_CALL,
+        name=f"tool-{i}",
+        status=StepStatus.OK,
+        started_at=T0 + timedelta(milliseconds=i),
+    )
+    values.update(kw)
+    return StepRecord(**values)
+
+
+def segments(directory: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(directory.glob("*.seg"))}
+
+
+def opened(directory: Path, **kw: Any) -> Journal:
+    j = Journal(directory, **kw)
+    j.open()
+    return j
+
+
+@pytest.fixture
+def ws() -> str:
+    return f"ws-{uuid.uuid4().hex[:10]}"
+
+
+# -- the journal's files ---------------------------------------------------------------------------------------
+
+
+def test_what_was_appended_is_recovered_by_the_next_process_in_order(tmp_path: Path, ws: str) -> None:
+    j = opened(tmp_path / "j")
+    assert [j.append([step(ws, i)]) for i in range(3)] == [1, 2, 3]
+    j.close()  # (a crash: nothing released)
+    again = opened(tmp_path / "j")
+    assert [[e.step_id for e in b] for b in again.recover()] == [["step-0"], ["step-1"], ["step-2"]]
+    again.release_recovered()
+    assert segments(tmp_path / "j") == {}
+    again.close()
+    assert opened(tmp_path / "j").recover() == []
+
+
+def test_a_torn_or_corrupt_record_ends_the_segment_and_was_never_acknowledged(tmp_path: Path, ws: str) -> None:
+    j = opened(tmp_path / "j")
+    j.append([step(ws, 0)])
+    j.append([step(ws, 1)])
+    j.close()
+    seg = tmp_path / "j" / "1.seg"
+    whole = seg.read_bytes()
+    seg.write_bytes(whole[:-3])  # a crash mid-append: the length says more than the file holds
+    assert [b[0].step_id for b in opened_again(tmp_path)] == ["step-0"]
+    flipped = bytearray(whole)
+    flipped[-1] ^= 0xFF  # same length, other bytes (a sector that never reached the disk)
+    seg.write_bytes(bytes(flipped))
+    assert [b[0].step_id for b in opened_again(tmp_path)] == ["step-0"]
+    seg.write_bytes(whole + b"\0" * 64)  # a file extended by zeros (delayed allocation, then a crash)
+    assert [b[0].step_id for b in opened_again(tmp_path)] == ["step-0", "step-1"]
+
+
+def opened_again(tmp_path: Path) -> list[list[Any]]:
+    j = opened(tmp_path / "j")
+    try:
+        return cast(list[list[Any]], j.recover())
+    finally:
+        j.close()
+
+
+def test_release_truncates_the_live_segment_and_deletes_the_full_ones(tmp_path: Path, ws: str) -> None:
+    j = opened(tmp_path / "j", segment_bytes=1)  # every record ends its segment
+    seqs = [j.append([step(ws, i)]) for i in range(4)]
+    assert list(segments(tmp_path / "j")) == ["1.seg", "2.seg", "3.seg", "4.seg"]
+    j.release(seqs[1])  # the store holds the first two
+    assert list(segments(tmp_path / "j")) == ["3.seg", "4.seg"]
+    j.release(seqs[3])  # all of it: the live segment is emptied, not deleted
+    assert segments(tmp_path / "j") == {"4.seg": 0}
+    j.append([step(ws, 9)])
+    j.close()
+    assert [b[0].step_id for b in opened_again(tmp_path)] == ["step-9"]
+
+
+def test_release_keeps_a_segment_with_a_record_the_store_does_not_hold(tmp_path: Path, ws: str) -> None:
+    j = opened(tmp_path / "j")
+    first, _second = j.append([step(ws, 0)]), j.append([step(ws, 1)])
+    j.release(first)
+    assert segments(tmp_path / "j")["1.seg"] > 0  # step-1 is still only here
+    j.close()
+    assert [b[0].step_id for b in opened_again(tmp_path)] == ["step-0", "step-1"]
+
+
+def test_an_earlier_process_segments_survive_release_until_they_are_written(tmp_path: Path, ws: str) -> None:
+    j = opened(tmp_path / "j", segment_bytes=1)
+    j.append([step(ws, 0)])
+    j.close()
+    j = opened(tmp_path / "j", segment_bytes=1)
+    j.recover()
+    j.release(j.append([step(ws, 1)]))  # the new record is in the store; the recovered one is not, yet
+    assert "1.seg" in segments(tmp_path / "j")
+    j.release_recovered()
+    assert "1.seg" not in segments(tmp_path / "j")
+    j.close()
+
+
+def test_one_process_at_a_time(tmp_path: Path) -> None:
+    j = opened(tmp_path / "j")
+    with pytest.raises(JournalLocked, match="one gateway per SQLite database"):
+        opened(tmp_path / "j")
+    j.close()
+    opened(tmp_path / "j").close()
+
+
+def test_an_append_that_fails_leaves_nothing_behind(tmp_path: Path, ws: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    j = opened(tmp_path / "j")
+    j.append([step(ws, 0)])
+
+    def no_space(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fdatasync", no_space)
+    with pytest.raises(OSError):
+        j.append([step(ws, 1)])
+    monkeypatch.undo()
+    j.append([step(ws, 2)])
+    j.close()
+    assert [b[0].step_id for b in opened_again(tmp_path)] == ["step-0", "step-2"]
+
+
+def test_the_journal_sits_beside_a_sqlite_database_file_only() -> None:
+    assert journal_dir("sqlite:////data/a/agentledger.db") == Path("/data/a/agentledger.db-trace-journal")
+    assert journal_dir("sqlite://") is None
+    assert journal_dir("sqlite:///:memory:") is None
+    assert journal_dir("postgresql+psycopg://u@127.0.0.1/test") is None
+
+
+# -- the pipeline with a journal --------------------------------------------------------------------------------
+
+
+class HeldStore:
+    """The real store, except that `write_batch` waits while `gate` is clear (a store that has fallen behind)."""
+
+    def __init__(self, real: SQLStore) -> None:
+        self.real = real
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.down = False
+
+    async def write_batch(self, events: Any) -> WriteResult:
+        await self.gate.wait()
+        if self.down:
+            return WriteResult.FAILURE
+        return await self.real.write_batch(events)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.fixture
+async def store(sqlite_url: str) -> AsyncIterator[SQLStore]:
+    s = SQLStore(sqlite_url)
+    await s.migrate()
+    yield s
+    await s.aclose()
+
+
+def steps_written(store: SQLStore, ws: str) -> int:
+    with store.engine.connect() as conn:
+        stmt = select(func.count()).select_from(t.steps).where(t.steps.c.workspace_id == ws)
+        return int(conn.execute(stmt).scalar_one())
+
+
+def journaled(store: Any, directory: Path, **kw: Any) -> TracePipeline:
+    kw.setdefault("retries", 0)
+    kw.setdefault("backoff", (0.01, 0.05))
+    return TracePipeline(cast(Store, store), durability="strict", journal=Journal(directory), **kw)
+
+
+async def test_commit_resolves_once_journaled_while_the_store_is_behind(
+    store: SQLStore, tmp_path: Path, ws: str
+) -> None:
+    held = HeldStore(store)
+    held.gate.clear()
+    pipeline = journaled(held, tmp_path / "j")
+    await pipeline.recover()
+    pipeline.start()
+    futs = [pipeline.commit([step(ws, i)]) for i in range(20)]
+    await asyncio.wait_for(asyncio.gather(*[f for f in futs if f is not None]), 5)
+    assert steps_written(store, ws) == 0  # acknowledged from the journal alone
+    assert sum(segments(tmp_path / "j").values()) > 0
+    flushed = asyncio.ensure_future(pipeline.flush())  # reads wait for the store, not the journal
+    await asyncio.sleep(0.05)
+    assert not flushed.done()
+    held.gate.set()
+    await asyncio.wait_for(flushed, 5)
+    assert steps_written(store, ws) == 20
+    await pipeline.aclose()
+    assert segments(tmp_path / "j") == {"1.seg": 0}  # all released: nothing to write again at the next start
+
+
+async def test_a_crash_leftover_is_written_before_the_next_start_and_only_once(
+    store: SQLStore, tmp_path: Path, ws: str
+) -> None:
+    left = opened(tmp_path / "j")
+    left.append([step(ws, 0), step(ws, 1)])
+    left.append([step(ws, 1), step(ws, 2)])  # a batch the store took already before the crash: written again
+    left.close()
+    pipeline = journaled(store, tmp_path / "j")
+    await pipeline.recover()
+    assert steps_written(store, ws) == 3  # before start: the budget counters load from the store next
+    assert pipeline.stats.replayed == 4
+    assert segments(tmp_path / "j") == {}
+    pipeline.start()
+    await pipeline.aclose()
+
+
+async def test_an_outage_keeps_the_journal_until_the_store_has_the_batches(
+    store: SQLStore, tmp_path: Path, ws: str
+) -> None:
+    held = HeldStore(store)
+    held.down = True
+    pipeline = journaled(held, tmp_path / "j")  # no spool: only the journal holds the batches meanwhile
+    await pipeline.recover()
+    pipeline.start()
+    fut = pipeline.commit([step(ws, 0)])
+    assert fut is not None
+    await asyncio.wait_for(fut, 5)  # answered: the journal has it
+    await asyncio.sleep(0.1)  # the store worker failed and gave up on it (no spool): the journal keeps it
+    assert pipeline.stats.dropped == 1
+    assert sum(segments(tmp_path / "j").values()) > 0
+    held.down = False
+    await pipeline.aclose()
+    restarted = journaled(store, tmp_path / "j")
+    await restarted.recover()
+    assert steps_written(store, ws) == 1
+    restarted.start()
+    await restarted.aclose()
+
+
+async def test_a_journal_that_fails_falls_back_to_waiting_for_the_store(
+    store: SQLStore, tmp_path: Path, ws: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldStore(store)
+    pipeline = journaled(held, tmp_path / "j")
+    await pipeline.recover()
+    pipeline.start()
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", broken)
+    held.gate.clear()
+    fut = pipeline.commit([step(ws, 0)])
+    assert fut is not None
+    await asyncio.sleep(0.1)
+    assert not fut.done()  # not in the journal: the answer waits for the store
+    held.gate.set()
+    await asyncio.wait_for(fut, 5)
+    assert steps_written(store, ws) == 1
+    await pipeline.aclose()
