@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -167,7 +168,7 @@ def build_components(
         ),
         policies=PolicyDesk(
             store.governance.list_policies,
-            store.get_run,
+            _settled_run(store, pipeline),
             counters,
             lambda: datetime.now(UTC),
             cache_ttl=settings.cache_ttl,
@@ -201,6 +202,16 @@ def _journal(settings: Settings, store: Store) -> Journal | None:
         return None
     path = journal_dir(store.url)
     return Journal(path) if path is not None else None
+
+
+def _settled_run(store: Store, pipeline: TracePipeline) -> Callable[[str, str], Awaitable[dict[str, Any] | None]]:
+    """A run's stored row with every record this process acknowledged of it: the run guards read its totals."""
+
+    async def run_of(workspace_id: str, run_id: str) -> dict[str, Any] | None:
+        await pipeline.settle_run(workspace_id, run_id)
+        return await store.get_run(workspace_id, run_id)
+
+    return run_of
 
 
 async def _disable_key(store: Store, gateway: Gateway, trail: AuditTrail, workspace_id: str, key_id: str) -> None:
@@ -240,9 +251,7 @@ async def _load_counters(c: Components, *, at_start: bool = False) -> None:
         return int(row["cost_nanos"]) if row and row.get("status") == "ok" else None
 
     async def commit(events: list[TraceEvent]) -> None:
-        fut = c.pipeline.commit(events)
-        if fut is not None:
-            await fut
+        await c.pipeline.submit(events)  # in the store: the counters are read from it next
 
     try:
         await recover(c.store.budgets, request_cost, c.counters, commit, datetime.now(UTC))

@@ -381,7 +381,7 @@ def test_an_audit_event_that_meets_an_outage_is_spooled_and_lands_once(tmp_path:
         store.refusing = False
         store.down = True
         made = ok(gw.api("POST", "/api/departments", json={"name": "During"}), 201)  # answered: spooled, durable
-        assert (tmp_path / "spool" / "trace.spool").stat().st_size > 0
+        assert (tmp_path / "spool" / "trace.spool").stat().st_size > 0  # (not only journaled: `submit` waits)
         store.down = False
         deadline = time.monotonic() + 10
         while not (events := all_events(gw)):

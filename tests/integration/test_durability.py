@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from agentledger.core.model import RequestRecord
+from agentledger.pipeline.journal import journal_dir, read_segments
 from agentledger.testing import ServerThread
 from tests.harness import Harness, running_gateway
 
@@ -51,12 +53,38 @@ def calls(h: Harness) -> tuple[str, str, str]:
     return plain, stream, refused
 
 
-def test_strict_every_answered_call_is_in_the_database_when_the_client_has_it(gw: Harness) -> None:
-    assert gw.settings.durability == "strict"
+@pytest.fixture
+def direct(db_url: str, tmp_path: Path, upstream: ServerThread) -> Iterator[Harness]:
+    """Strict mode answering on the store's own commit (PostgreSQL always; SQLite without its journal)."""
+    with running_gateway(db_url, tmp_path, upstream, trace_journal=False) as h:
+        yield h
+
+
+def test_strict_every_answered_call_is_in_the_database_when_the_client_has_it(direct: Harness) -> None:
+    assert direct.settings.durability == "strict"
+    plain, stream, refused = calls(direct)
+    assert on_the_books(direct, plain) == ("ok", 1)
+    assert on_the_books(direct, stream) == ("ok", 1)
+    assert on_the_books(direct, refused) == ("error", 0)
+
+
+def in_the_journal(h: Harness, request_id: str) -> bool:
+    directory = journal_dir(h.settings.database_url)
+    assert directory is not None
+    return any(
+        isinstance(ev, RequestRecord) and ev.request_id == request_id
+        for batch in read_segments(directory)
+        for ev in batch
+    )
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_strict_on_sqlite_every_answered_call_is_in_the_journal_or_the_database(gw: Harness) -> None:
+    """The journal is read first: a record leaves it only after the database's durable commit holds it."""
+    assert gw.settings.trace_journal
     plain, stream, refused = calls(gw)
-    assert on_the_books(gw, plain) == ("ok", 1)
-    assert on_the_books(gw, stream) == ("ok", 1)
-    assert on_the_books(gw, refused) == ("error", 0)
+    for request_id, books in ((plain, ("ok", 1)), (stream, ("ok", 1)), (refused, ("error", 0))):
+        assert in_the_journal(gw, request_id) or on_the_books(gw, request_id) == books
 
 
 @pytest.fixture

@@ -238,6 +238,10 @@ class ProofState:
     at: datetime
     reference: str | None = None
     error: str | None = None
+    # The claim's row (store.finance `claim_row`), when the trace journal acknowledges the sale: the claim was
+    # committed without an fsync and the journal is durable before the store, so after a power loss the sale's
+    # records bring the claim back (inserted if missing, then moved) instead of leaving its proof reusable.
+    claim: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

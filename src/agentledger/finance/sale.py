@@ -48,6 +48,7 @@ class Sale:
     payer: str
     run_id: str
     payment_id: str  # the step of the settled (or failed) payment; the proof's row names it
+    claim: dict[str, Any] | None = None  # the proof's claimed row, when the trace journal acknowledges (ProofState)
 
 
 def attribution_of(sale: Sale) -> Attribution:

@@ -78,7 +78,7 @@ from agentledger.gateway.responses import RUN_ID_HEADER, JSONResponse
 from agentledger.gateway.spend import SpendDesk
 from agentledger.limits.base import Counters, Rate
 from agentledger.pipeline.queue import TracePipeline
-from agentledger.store.finance import FAILED, SETTLED, PaymentProofs
+from agentledger.store.finance import FAILED, SETTLED, PaymentProofs, claim_row
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -189,15 +189,16 @@ class Seller:
         if not payer_allowed(endpoint.spec.policy, payer):
             raise PayerNotAllowed(f"This endpoint does not sell to {payer}.", param=wire.PAYMENT_SIGNATURE_HEADER)
         run_id, payment_id = new_id("run"), new_id("step")
-        if not await self.proofs.claim(
+        claim = claim_row(
             endpoint.workspace_id,
             proof,
             self.clock(),
-            amount_nanos=endpoint.spec.price_nanos,
+            endpoint.spec.price_nanos,
             endpoint_id=endpoint.id,
             run_id=run_id,
             payment_id=payment_id,
-        ):
+        )
+        if not await self.proofs.claim_prepared(claim):
             raise PaymentAlreadyUsed("This payment was already used: sign a new one.", reason=ERR_NONCE_ALREADY_USED)
         sale = Sale(
             endpoint=endpoint,
@@ -211,6 +212,7 @@ class Seller:
             payer=payer,
             run_id=run_id,
             payment_id=payment_id,
+            claim=claim if self.pipeline.journal is not None else None,
         )
         await self._slot(sale)
         # From the claim on the call finishes whatever the buyer does: a hang-up must not leave a proof claimed, a
@@ -400,9 +402,9 @@ class Seller:
                 log.warning("paid call %s: its fee could not be charged to budgets: %s", sale.run_id, exc.message)
         # The proof's state goes with the records, in their transaction: one write, and never behind the books.
         if failure is None:
-            proof = ProofState(ws, sale.proof.id, SETTLED, now, reference=reference)
+            proof = ProofState(ws, sale.proof.id, SETTLED, now, reference=reference, claim=sale.claim)
         else:
-            proof = ProofState(ws, sale.proof.id, FAILED, now, error=failure)
+            proof = ProofState(ws, sale.proof.id, FAILED, now, error=failure, claim=sale.claim)
         await _durable(self.pipeline.commit([*steps, final, *charged, end, proof]))
 
 

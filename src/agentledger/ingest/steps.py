@@ -244,6 +244,9 @@ class StepIngest:
         missing = {s.parent_id for s in steps if s.parent_id is not None and s.parent_id not in ids}
         if missing:
             found = await self.gateway.store.step_exists(workspace_id, sorted(missing))
+            if missing - found:  # maybe acknowledged but not written yet (the journal, batched mode): read again
+                await self.gateway.pipeline.flush()
+                found = await self.gateway.store.step_exists(workspace_id, sorted(missing))
             unknown = sorted(missing - found)
             if unknown:
                 raise InvalidRequest(f"Unknown parent step(s): {', '.join(unknown)}.", param="parent_id")

@@ -163,6 +163,11 @@ def journal_dir(database_url: str) -> Path | None:
     return db.with_name(db.name + "-trace-journal")
 
 
+def read_segments(directory: Path) -> list[list[TraceEvent]]:
+    """Every complete batch in a journal directory, without taking it (for tests and inspection)."""
+    return [b for p in sorted(directory.glob("*.seg"), key=lambda p: int(p.stem)) for b in _read(p)]
+
+
 def _read(path: Path) -> list[list[TraceEvent]]:
     try:
         raw = path.read_bytes()

@@ -46,9 +46,10 @@ from agentledger.core.model import (
     ProofState,
     RunEnd,
     RunStart,
+    StepRecord,
     TraceEvent,
 )
-from agentledger.pipeline.journal import Journal
+from agentledger.pipeline.journal import Journal, JournalLocked
 from agentledger.pipeline.spool import Spool
 from agentledger.store.base import Store, WriteResult
 
@@ -142,7 +143,10 @@ class TracePipeline:
     def start(self) -> None:
         if self._task is None:
             if self.journal is not None:
-                self.journal.open()  # once, at startup (`recover` opened it already, off the event loop)
+                try:
+                    self.journal.open()  # once, at startup (`recover` opened it already, off the event loop)
+                except JournalLocked as exc:
+                    self._without_journal(exc)
             work = self._run_journaled() if self.journal is not None else self._run()
             self._task = asyncio.create_task(work, name="trace-pipeline")
 
@@ -152,7 +156,11 @@ class TracePipeline:
         if self.journal is None:
             return
         journal = self.journal
-        await self._in_journal_thread(journal.open)
+        try:
+            await self._in_journal_thread(journal.open)
+        except JournalLocked as exc:
+            self._without_journal(exc)
+            return
         batches = await self._in_journal_thread(journal.recover)
         if not batches:
             return
@@ -165,21 +173,35 @@ class TracePipeline:
         if self.stats.dropped == dropped:  # else: the store and the spool both failed; the next start tries again
             await self._in_journal_thread(journal.release_recovered)
 
+    def _without_journal(self, why: JournalLocked) -> None:
+        """Another live gateway holds this database's journal (two processes on one SQLite file): this one answers
+        on the store's own commit instead, as strict mode did before the journal; the holder keeps its journal."""
+        log.warning("%s; this gateway waits for the store's commits instead", why)
+        self.journal = None
+        if self._journal_thread is not None:
+            self._journal_thread.shutdown(wait=False)
+            self._journal_thread = None
+
     def _in_journal_thread(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         return asyncio.get_running_loop().run_in_executor(self._journal_thread, fn, *args)
 
     def pending_run(self, workspace_id: str, run_id: str) -> bool:
-        """True while a RunStart of this run, queued in this process, is not written yet: a read of the store
-        that does not find the run must `flush` and read again."""
+        """True while an event of this run (its start, a step, its end), queued in this process, is not written
+        yet: a read of the store that does not find the run, or reads its totals, must `flush` first."""
         return (workspace_id, run_id) in self._pending_runs
+
+    async def settle_run(self, workspace_id: str, run_id: str) -> None:
+        """Wait until what this process acknowledged of the run is in the store (a run guard reads its totals)."""
+        if (workspace_id, run_id) in self._pending_runs:
+            await self.flush()
 
     def _put(self, events: Sequence[TraceEvent], fut: asyncio.Future[None] | None, *, wake: bool = True) -> None:
         self._queue.append((events, fut))
         self._queued_events += len(events)
         self._seq += len(events)
         for ev in events:
-            if isinstance(ev, RunStart):
-                self._pending_runs[(ev.attribution.workspace_id, ev.run_id)] += 1
+            if (key := _run_key(ev)) is not None:
+                self._pending_runs[key] += 1
         self.stats.emitted += len(events)
         self._idle.clear()
         if wake:
@@ -233,10 +255,13 @@ class TracePipeline:
         return fut
 
     async def submit(self, events: Sequence[TraceEvent]) -> None:
-        """Queue events and wait until they are durable (written, or spooled if the store is down)."""
+        """Queue events and wait until they are in the store (or spooled if the store is down), not only in the
+        journal: what submits (admin writes and their audit events, a run's steps) reads the store next."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._put(events, fut)
         await fut
+        if self.journal is not None:
+            await self.flush()
 
     async def flush(self) -> None:
         """Wait until everything emitted so far has been written (or spooled), not for what comes later."""
@@ -253,8 +278,7 @@ class TracePipeline:
     def _done(self, events: Sequence[TraceEvent]) -> None:
         self._done_seq += len(events)
         for ev in events:
-            if isinstance(ev, RunStart):
-                key = (ev.attribution.workspace_id, ev.run_id)
+            if (key := _run_key(ev)) is not None:
                 self._pending_runs[key] -= 1
                 if self._pending_runs[key] <= 0:
                     del self._pending_runs[key]
@@ -482,6 +506,15 @@ class TracePipeline:
         with contextlib.suppress(OSError):
             await asyncio.to_thread(self.spool.clear)
         return not self.spool.pending()
+
+
+def _run_key(ev: TraceEvent) -> tuple[str, str] | None:
+    """The run an event starts, ends or adds to (its totals), if any."""
+    if isinstance(ev, StepRecord | RunStart):
+        return ev.attribution.workspace_id, ev.run_id
+    if isinstance(ev, RunEnd):
+        return ev.workspace_id, ev.run_id
+    return None
 
 
 def _answer(batch: list[_Item], lost: set[int]) -> None:

@@ -99,33 +99,23 @@ class PaymentProofs:
         run_id: str | None = None,
         payment_id: str | None = None,
     ) -> bool:
-        """Claim `proof` for this workspace: True when this call owns it now (a new proof, or one released),
+        """`claim_row`'s row claimed: see `claim_prepared`."""
+        return await self.claim_prepared(
+            claim_row(
+                workspace_id, proof, now, amount_nanos, endpoint_id=endpoint_id, run_id=run_id, payment_id=payment_id
+            )
+        )
+
+    async def claim_prepared(self, row: dict[str, Any]) -> bool:
+        """Claim a proof for its workspace: True when this call owns it now (a new proof, or one released),
         False when it is claimed, settled or failed already (a replay).
 
         Committed at once, so every replica sees it, but without a log flush of its own: it becomes durable with
-        the next durable commit (the run's records, before the answer). Lost in a crash, nothing was settled
+        the next durable commit (the run's records, before the answer; with the trace journal, the sale's
+        `ProofState` carries the row, so the records' replay brings it back). Lost in a crash, nothing was settled
         (settlement comes after the workflow, and its records' commit flushes the claim too), so the buyer was
         not charged and may send the same payment again: single-use holds for every payment that was charged."""
-        values: dict[str, Any] = {
-            "workspace_id": workspace_id,
-            "id": proof.id,
-            "network": proof.network,
-            "asset": proof.asset,
-            "payer": proof.payer,
-            "nonce": proof.nonce,
-            "amount": proof.amount,
-            "amount_nanos": amount_nanos,
-            "state": CLAIMED,
-            "endpoint_id": endpoint_id,
-            "run_id": run_id,
-            "payment_id": payment_id,
-            "reference": None,
-            "error": None,
-            "valid_before": datetime.fromtimestamp(max(0, min(proof.valid_before, _LAST_SECOND)), UTC),
-            "claimed_at": now,
-            "updated_at": now,
-        }
-        params = {f"p_{k}": v for k, v in values.items()}
+        params = {f"p_{k}": v for k, v in row.items()}
         stmt = self._claim
 
         def run(conn: Connection) -> bool:
@@ -196,6 +186,50 @@ def move_params(workspace_id: str, proof_id: str, state: str, now: datetime, cha
 
 
 _PROOF_STATE_COLUMNS = ("error", "reference")
+
+
+def claim_row(
+    workspace_id: str,
+    proof: PaymentProof,
+    now: datetime,
+    amount_nanos: int | None,
+    *,
+    endpoint_id: str | None = None,
+    run_id: str | None = None,
+    payment_id: str | None = None,
+) -> dict[str, Any]:
+    """A proof's row as its claim writes it (`_CLAIM_COLUMNS`)."""
+    return {
+        "workspace_id": workspace_id,
+        "id": proof.id,
+        "network": proof.network,
+        "asset": proof.asset,
+        "payer": proof.payer,
+        "nonce": proof.nonce,
+        "amount": proof.amount,
+        "amount_nanos": amount_nanos,
+        "state": CLAIMED,
+        "endpoint_id": endpoint_id,
+        "run_id": run_id,
+        "payment_id": payment_id,
+        "reference": None,
+        "error": None,
+        "valid_before": datetime.fromtimestamp(max(0, min(proof.valid_before, _LAST_SECOND)), UTC),
+        "claimed_at": now,
+        "updated_at": now,
+    }
+
+
+def claim_restore_statement(insert: Any) -> Any:
+    """Insert a journaled claim's row if the store lost it; a row there already (any state) is left alone."""
+    return insert.values({k: bindparam(f"p_{k}") for k in _CLAIM_COLUMNS}).on_conflict_do_nothing(
+        index_elements=["workspace_id", "id"]
+    )
+
+
+def claim_restore_params(ev: ProofState) -> dict[str, Any] | None:
+    """A journaled sale's claim, for the writer's insert-if-missing ahead of the move (`ProofState.claim`)."""
+    return None if ev.claim is None else {f"p_{k}": v for k, v in ev.claim.items()}
 
 
 def proof_state_update() -> Any:

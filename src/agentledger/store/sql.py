@@ -245,6 +245,7 @@ class SQLStore:
         self._lookups: dict[tuple[str, tuple[str, ...], bool], Any] = {}
         self._booked_before_stmt: Any = None
         self._run_end_stmt: Any = None
+        self._claim_restore = finance_sql.claim_restore_statement(self._insert(t.x402_payments))
         # Run workflows, paid endpoints and starts the books have looked up (writer thread only): the rollups group by
         # the first two, run marks take the start.
         self._workflow_cache: dict[tuple[str, str], _RunFacts] = {}
@@ -472,6 +473,9 @@ class SQLStore:
         if ends:
             self._end_runs(conn, ends)
         for proof in proofs:  # with the sale's last records: its proof's state is never behind its books
+            restore = finance_sql.claim_restore_params(proof)
+            if restore is not None:
+                conn.execute(self._claim_restore, restore)
             conn.execute(finance_sql.proof_state_update(), finance_sql.proof_state_params(proof))
         hits = hit_rows(new_steps, transitions)  # like the decisions below, from the rows this batch inserted
         if hits:

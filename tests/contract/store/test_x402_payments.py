@@ -14,7 +14,7 @@ from agentledger.core.assets import USDC_BASE_SEPOLIA
 from agentledger.core.model import ProofState
 from agentledger.core.proofs import PaymentProof
 from agentledger.store.base import WriteResult
-from agentledger.store.finance import CLAIMED, FAILED, RELEASED, SETTLED, PaymentProofs
+from agentledger.store.finance import CLAIMED, FAILED, RELEASED, SETTLED, PaymentProofs, claim_row
 from agentledger.store.sql import SQLStore
 from tests.contract.store.test_store_contract import T0, new_workspace
 
@@ -147,3 +147,25 @@ async def test_the_writer_moves_a_claimed_proof_once_with_its_sales_records(stor
     rows = [await payments.get(ws, p.id) for p in (settled, failed, released)]
     got = [(r or {}).get(k) for r in rows for k in ("state", "reference", "error")]
     assert got == [SETTLED, "0xtx", None, FAILED, None, "workflow failed", RELEASED, None, None]
+
+
+async def test_a_journaled_sale_brings_back_a_claim_the_store_lost(store: SQLStore) -> None:
+    """With the trace journal, a sale's ProofState carries its claim's row: replayed after a power loss took the
+    claim (committed without an fsync), the proof comes back used, not claimable; a claim the store kept, or
+    released and claimed again meanwhile, is left as it is."""
+    payments, ws = PaymentProofs(store), await new_workspace(store)
+    lost, kept, again = proof(), proof(), proof()
+    rows = {
+        p.id: claim_row(ws, p, T0, 10_000_000, endpoint_id="ep-1", run_id=f"run-{i}")
+        for i, p in enumerate((lost, kept, again))
+    }
+    assert await payments.claim_prepared(rows[kept.id])
+    assert await payments.claim_prepared(rows[again.id])
+    assert await payments.fail(ws, again.id, "the workflow failed", T0)
+    batch = [ProofState(ws, p.id, SETTLED, LATER, reference="0xtx", claim=rows[p.id]) for p in (lost, kept, again)]
+    for _ in range(2):  # a replayed batch changes nothing more
+        assert await store.write_batch(batch) == WriteResult.SUCCESS
+    got = {p.id: await payments.get(ws, p.id) for p in (lost, kept, again)}
+    assert [(r or {}).get("state") for r in got.values()] == [SETTLED, SETTLED, FAILED]
+    assert (got[lost.id] or {})["run_id"] == "run-0" and (got[lost.id] or {})["amount_nanos"] == 10_000_000
+    assert not await payments.claim(ws, lost, LATER)  # single-use holds after the replay
