@@ -806,6 +806,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--durability", choices=["strict", "batched"], default="strict", help="the gateway's durability (strict)"
     )
+    p.add_argument("--no-journal", action="store_true", help="strict on SQLite without the trace journal")
     p.add_argument("--client", choices=["aiohttp", "httpx"], default=None, help="load client (aiohttp if installed)")
     p.add_argument("--warmup", type=int, default=200, help="unmeasured requests per target per cell (200)")
     p.add_argument("--rounds", type=int, default=10, help="alternating rounds per cell (10)")
@@ -980,6 +981,8 @@ def main(argv: list[str] | None = None) -> int:
     stack = None
     books = None
     settings: dict[str, str] = {}
+    if args.no_journal:
+        settings["trace_journal"] = "false"
     if args.redis:
         settings["redis_url"] = args.redis
     if args.workers > 1:
@@ -1061,6 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
             "modes": args.modes,
             "db": args.db,
             "durability": args.durability,
+            "trace_journal": not args.no_journal,
             "client": args.client,
             "stream_include_usage": args.include_usage,
             "tracking_headers": args.tracking,

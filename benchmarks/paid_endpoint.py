@@ -319,6 +319,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", default="1,16", help="comma-separated in-flight calls (1,16)")
     p.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     p.add_argument("--durability", choices=["strict", "batched"], default="strict")
+    p.add_argument("--no-journal", action="store_true", help="strict on SQLite without the trace journal")
     p.add_argument(
         "--facilitator",
         choices=["instant", "http"],
@@ -353,11 +354,12 @@ def main(argv: list[str] | None = None) -> int:
         wf_url, fac_url = f"http://127.0.0.1:{wf_port}", f"http://127.0.0.1:{fac_port}/facilitator"
         gw_log = workdir / "gateway.log"
         if args.facilitator == "http":
-            gateway = start_gateway(
-                workdir / "data", gw_log, gw_port, db_url, args.durability, env, {"x402_facilitator": fac_url}
-            )
+            more = {"x402_facilitator": fac_url} | ({"trace_journal": "false"} if args.no_journal else {})
+            gateway = start_gateway(workdir / "data", gw_log, gw_port, db_url, args.durability, env, more)
         else:
             settings = {"data_dir": str(workdir / "data"), "durability": args.durability, "log_level": "warning"}
+            if args.no_journal:
+                settings["trace_journal"] = "false"
             if db_url:
                 settings["db_url"] = db_url
             gw_env = {**env, **{"AGENTLEDGER_" + k.upper(): v for k, v in settings.items()}}
@@ -421,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "db": args.db,
         "durability": args.durability,
+        "trace_journal": not args.no_journal,
         "cells": cells,
         "paid_calls_sent": sent,
         "errors": errors,
