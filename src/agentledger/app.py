@@ -120,13 +120,16 @@ def build_components(
     if upstreams is None:
         http = HTTPUpstream(timeouts)  # one connection pool for every HTTP provider kind
         upstreams = {"openai": http, "azure": http, "anthropic": http, "mock": MockUpstream()}
+    journal = _journal(settings, store)
     pipeline = TracePipeline(
         store,
         spool=Spool(data_dir / "spool" / "trace.spool"),
         max_batch=settings.batch_size,
         interval=settings.batch_interval_ms / 1000,
         durability=settings.durability,
-        journal=_journal(settings, store),
+        journal=journal,
+        sync=store.sync_log if isinstance(store, SQLStore) else None,
+        on_journal=lambda: setattr(store, "journaled", True),
     )
     counters = counters or (RedisCounters(settings.redis_url) if settings.redis_url else MemoryCounters())
     # The audit log: changes recorded through the pipeline, durable before the admin's answer (docs/audit.md).
@@ -201,7 +204,9 @@ def _journal(settings: Settings, store: Store) -> Journal | None:
     if settings.durability != "strict" or not settings.trace_journal or not isinstance(store, SQLStore):
         return None
     path = journal_dir(store.url)
-    return Journal(path) if path is not None else None
+    if path is None:
+        return None
+    return Journal(path)
 
 
 def _settled_run(store: Store, pipeline: TracePipeline) -> Callable[[str, str], Awaitable[dict[str, Any] | None]]:

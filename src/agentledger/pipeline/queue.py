@@ -91,7 +91,14 @@ class TracePipeline:
         durability: Durability | str = Durability.BATCHED,
         backoff: tuple[float, float] = (0.05, 2.0),
         journal: Journal | None = None,
+        sync: Callable[[], None] | None = None,
+        on_journal: Callable[[], None] | None = None,
+        release_every: float = 0.25,
     ) -> None:
+        """`journal`: strict mode acknowledges from it (SQLite); `on_journal` is called once this process holds it
+        (the store may then commit trace batches without an fsync). `sync`: makes the store's commits so far
+        durable (`SQLStore.sync_log`); the journal lets go of what the store holds after it, at most every
+        `release_every` seconds (so it stays about as large as that much traffic)."""
         self.store = store
         self.spool = spool
         self.max_batch = max_batch
@@ -104,8 +111,14 @@ class TracePipeline:
         self._journaled: deque[_Journaled] = deque()
         self._journaled_events = 0
         self._store_wake = asyncio.Event()
+        self._hurry = asyncio.Event()  # the store worker must not gather: someone waits for the store
         self._journal_closed = False  # the journal worker has stopped: the store worker ends once it is drained
         self._journal_hold = False  # a batch the journal held was lost downstream: keep the journal for a restart
+        self._sync = sync
+        self._on_journal = on_journal
+        self._release_every = release_every
+        self._release_at = 0.0
+        self._written_seq: int | None = None  # the last journaled batch the store (or the spool) has
         self.stats = PipelineStats()
         self._queue: deque[_Item] = deque()
         self._queued_events = 0
@@ -144,7 +157,10 @@ class TracePipeline:
         if self._task is None:
             if self.journal is not None:
                 try:
+                    opened = self.journal.opened
                     self.journal.open()  # once, at startup (`recover` opened it already, off the event loop)
+                    if not opened and self._on_journal is not None:
+                        self._on_journal()
                 except JournalLocked as exc:
                     self._without_journal(exc)
             work = self._run_journaled() if self.journal is not None else self._run()
@@ -161,6 +177,8 @@ class TracePipeline:
         except JournalLocked as exc:
             self._without_journal(exc)
             return
+        if self._on_journal is not None:
+            self._on_journal()
         batches = await self._in_journal_thread(journal.recover)
         if not batches:
             return
@@ -273,6 +291,7 @@ class TracePipeline:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._flushes.append((self._seq, fut))
         self._wake.set()
+        self._hurry.set()
         await fut
 
     def _done(self, events: Sequence[TraceEvent]) -> None:
@@ -358,6 +377,7 @@ class TracePipeline:
         finally:
             self._journal_closed = True
             self._store_wake.set()
+            self._hurry.set()
             await store
 
     async def _journal_worker(self) -> None:
@@ -386,6 +406,18 @@ class TracePipeline:
             self._journaled.append((seq, events, batch if seq is None else []))
             self._journaled_events += len(events)
             self._store_wake.set()
+            if seq is None:
+                self._hurry.set()
+
+    async def _gather(self) -> None:
+        """Nobody waits for the store behind the journal: gather a fuller batch for `interval`, as batched mode does
+        (one commit and one pass of the books for many calls, and less of the writer's CPU competing with the calls
+        being served for the interpreter), unless a reader waits for it (`flush`) or a caller whose batch the
+        journal could not take."""
+        if not self._hurry.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), self.interval)
+        self._hurry.clear()
 
     async def _store_from_journal(self) -> None:
         """Journal → store, in order, with the retries, circuit breaker and spool of the worker without one; the
@@ -399,11 +431,13 @@ class TracePipeline:
                     self._idle.set()
                     self._retry_at = 0.0
                     await self._replay_spool()
+                    await self._release()  # a clean stop leaves nothing to write again at the next start
                     return
                 self._store_wake.clear()
                 if not self._queue:
                     self._idle.set()
-                await self._wait_for_work(self._store_wake)
+                if await self._wait_for_work(self._store_wake) and not self._journal_closed:
+                    await self._gather()
                 continue
             items: list[_Journaled] = []
             events: list[TraceEvent] = []
@@ -423,10 +457,22 @@ class TracePipeline:
                 self._journal_hold = True  # neither the store nor the spool took them: the journal keeps them
             held = [seq for seq, _, _ in items if seq is not None]
             if held and not self._journal_hold:
-                try:
-                    await self._in_journal_thread(journal.release, held[-1])
-                except OSError:
-                    log.warning("trace journal: could not release written batches", exc_info=True)
+                self._written_seq = held[-1]
+                if time.monotonic() >= self._release_at:
+                    await self._release()
+
+    async def _release(self) -> None:
+        """Let the journal go of what the store holds: its commits made durable first (`sync`), off the writer."""
+        journal, seq = self.journal, self._written_seq
+        if journal is None or seq is None or self._journal_hold:
+            return
+        self._release_at = time.monotonic() + self._release_every
+        try:
+            if self._sync is not None:
+                await asyncio.to_thread(self._sync)
+            await self._in_journal_thread(journal.release, seq)
+        except OSError:
+            log.warning("trace journal: could not release written batches", exc_info=True)
 
     async def _write(self, events: list[TraceEvent]) -> set[int]:
         """Write (or spool) a batch; returns the id() of each event that was not made durable."""

@@ -234,6 +234,9 @@ class SQLStore:
         # Trace batches go through one connection kept by the writer thread: checking one out of the pool per
         # batch cost a pre-ping round trip each time. It is dropped (and reopened) after an availability fault.
         self._trace_conn: Connection | None = None
+        # Behind the trace journal (pipeline/journal.py) a trace batch's commit needs no fsync of its own: the
+        # journal holds the batch until `sync_log` has made the commits durable (SQLite only; set by the app).
+        self.journaled = False
         # SQLite: single statements committed without an fsync of their own (`lazy_write`), on a connection kept
         # by the writer thread with `synchronous=NORMAL` for good (the pragma is per connection).
         self._lazy_conn: Connection | None = None
@@ -353,6 +356,9 @@ class SQLStore:
         conn = self._trace_conn
         if conn is None:
             conn = self._trace_conn = self.engine.connect()
+            if self.is_sqlite and self.journaled:
+                conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+                conn.commit()  # SQLAlchemy's autobegun transaction; SQLite begins none for a PRAGMA
         self._pending_workflows.clear()
         try:
             with conn.begin():
@@ -387,6 +393,23 @@ class SQLStore:
             self._drop_trace_conn()
         except Exception:  # statistics are an optimization: never let them fail a write that succeeded
             log.warning("ANALYZE failed; the planner keeps its old statistics", exc_info=True)
+
+    def sync_log(self) -> None:
+        """Make every commit so far durable (blocking; off the writer thread): SQLite's WAL fsynced, through a
+        descriptor of its own, without the database's lock. Committed frames are in the WAL until a checkpoint
+        copies them into the database file, which `synchronous=NORMAL` fsyncs after each checkpoint, so when the
+        WAL is absent (checkpointed and removed) there is nothing left to sync. No-op on PostgreSQL: its commits
+        are durable already."""
+        if not self.is_sqlite or self.engine.url.database in (None, "", ":memory:"):
+            return
+        try:
+            fd = os.open(f"{self.engine.url.database}-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _drop_trace_conn(self) -> None:
         conn, self._trace_conn = self._trace_conn, None
