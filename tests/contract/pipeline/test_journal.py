@@ -284,3 +284,50 @@ async def test_a_journal_that_fails_falls_back_to_waiting_for_the_store(
     await asyncio.wait_for(fut, 5)
     assert steps_written(store, ws) == 1
     await pipeline.aclose()
+
+
+async def test_the_journal_lets_go_only_after_the_store_commits_are_synced(
+    store: SQLStore, tmp_path: Path, ws: str
+) -> None:
+    """Behind the journal the store commits without an fsync: `sync` (SQLStore.sync_log) must run before a
+    record leaves the journal, while the journal still holds it."""
+    seen: list[int] = []
+
+    def sync() -> None:
+        seen.append(sum(segments(tmp_path / "j").values()))
+        store.sync_log()
+
+    pipeline = journaled(store, tmp_path / "j", sync=sync, release_every=0.0)
+    await pipeline.recover()
+    pipeline.start()
+    fut = pipeline.commit([step(ws, 0)])
+    assert fut is not None
+    await fut
+    await pipeline.flush()
+    await pipeline.aclose()
+    assert seen and seen[0] > 0  # synced while the journal still held the batch
+    assert segments(tmp_path / "j") == {"1.seg": 0}
+    assert steps_written(store, ws) == 1
+
+
+async def test_a_second_gateway_on_the_database_answers_on_the_store_commit(
+    store: SQLStore, tmp_path: Path, ws: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = journaled(store, tmp_path / "j")
+    await first.recover()
+    first.start()
+    held = HeldStore(store)
+    second = journaled(held, tmp_path / "j")
+    await second.recover()  # the journal is the first one's: this one goes without
+    second.start()
+    assert second.journal is None and "in use by another gateway" in caplog.text
+    held.gate.clear()
+    fut = second.commit([step(ws, 0)])
+    assert fut is not None
+    await asyncio.sleep(0.05)
+    assert not fut.done()  # no journal: the answer waits for the store
+    held.gate.set()
+    await asyncio.wait_for(fut, 5)
+    assert steps_written(store, ws) == 1
+    await second.aclose()
+    await first.aclose()
