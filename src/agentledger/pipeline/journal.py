@@ -34,6 +34,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from agentledger.core.model import TraceEvent
+from agentledger.pipeline.spool import fsync_dir
 
 _HEAD = struct.Struct(">II")  # length of the pickled batch, its crc32
 _RECOVERED = 2**63  # the "last sequence" of a segment left by an earlier process: never released by `release`
@@ -140,7 +141,7 @@ class Journal:
         self._fd = os.open(self._path(n), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._size = 0
         self._segments.append([n, self._seq])
-        _fsync_dir(self.directory)  # a new segment's directory entry must be durable with its first record
+        fsync_dir(self.directory)  # a new segment's directory entry must be durable with its first record
 
     def _close_current(self) -> None:
         if self._fd is not None:
@@ -185,11 +186,3 @@ def _read(path: Path) -> list[list[TraceEvent]]:
         batches.append(pickle.loads(data))
         pos += _HEAD.size + n
     return batches
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -46,7 +46,7 @@ class Spool:
                     raise OSError(errno.ENOSPC, "short write to the spool")
                 os.fsync(fd)
                 if start == 0:
-                    _fsync_dir(self.path.parent)  # a new file's directory entry must be durable too
+                    fsync_dir(self.path.parent)  # a new file's directory entry must be durable too
                 self._pending = True
             except OSError:
                 os.ftruncate(fd, start)  # the batch is not spooled; leave no torn record for later appends
@@ -77,7 +77,8 @@ class Spool:
         self._pending = False
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """A directory's entries made durable (a file created in it, or removed)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -7,36 +7,16 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import func, select
 
-from agentledger.core.model import Attribution, StepKind, StepRecord, StepStatus
 from agentledger.pipeline.journal import Journal, JournalLocked, journal_dir
 from agentledger.pipeline.queue import TracePipeline
-from agentledger.store import schema as t
-from agentledger.store.base import Store, WriteResult
+from agentledger.store.base import Store
 from agentledger.store.sql import SQLStore
-
-T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-
-
-def step(ws: str, i: int, **kw: Any) -> StepRecord:
-    values: dict[str, Any] = dict(
-        step_id=f"step-{i}",
-        run_id="run-1",
-        attribution=Attribution(workspace_id=ws, run_id="run-1"),
-        kind=StepKind.TOOL_CALL,
-        name=f"tool-{i}",
-        status=StepStatus.OK,
-        started_at=T0 + timedelta(milliseconds=i),
-    )
-    values.update(kw)
-    return StepRecord(**values)
+from tests.contract.pipeline.test_pipeline import FlakyStore, step, steps_written
 
 
 def segments(directory: Path) -> dict[str, int]:
@@ -163,39 +143,6 @@ def test_the_journal_sits_beside_a_sqlite_database_file_only() -> None:
 # -- the pipeline with a journal --------------------------------------------------------------------------------
 
 
-class HeldStore:
-    """The real store, except that `write_batch` waits while `gate` is clear (a store that has fallen behind)."""
-
-    def __init__(self, real: SQLStore) -> None:
-        self.real = real
-        self.gate = asyncio.Event()
-        self.gate.set()
-        self.down = False
-
-    async def write_batch(self, events: Any) -> WriteResult:
-        await self.gate.wait()
-        if self.down:
-            return WriteResult.FAILURE
-        return await self.real.write_batch(events)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-
-@pytest.fixture
-async def store(sqlite_url: str) -> AsyncIterator[SQLStore]:
-    s = SQLStore(sqlite_url)
-    await s.migrate()
-    yield s
-    await s.aclose()
-
-
-def steps_written(store: SQLStore, ws: str) -> int:
-    with store.engine.connect() as conn:
-        stmt = select(func.count()).select_from(t.steps).where(t.steps.c.workspace_id == ws)
-        return int(conn.execute(stmt).scalar_one())
-
-
 def journaled(store: Any, directory: Path, **kw: Any) -> TracePipeline:
     kw.setdefault("retries", 0)
     kw.setdefault("backoff", (0.01, 0.05))
@@ -205,8 +152,8 @@ def journaled(store: Any, directory: Path, **kw: Any) -> TracePipeline:
 async def test_commit_resolves_once_journaled_while_the_store_is_behind(
     store: SQLStore, tmp_path: Path, ws: str
 ) -> None:
-    held = HeldStore(store)
-    held.gate.clear()
+    held = FlakyStore(store)
+    held.gate = asyncio.Event()
     pipeline = journaled(held, tmp_path / "j")
     await pipeline.recover()
     pipeline.start()
@@ -243,7 +190,7 @@ async def test_a_crash_leftover_is_written_before_the_next_start_and_only_once(
 async def test_an_outage_keeps_the_journal_until_the_store_has_the_batches(
     store: SQLStore, tmp_path: Path, ws: str
 ) -> None:
-    held = HeldStore(store)
+    held = FlakyStore(store)
     held.down = True
     pipeline = journaled(held, tmp_path / "j")  # no spool: only the journal holds the batches meanwhile
     await pipeline.recover()
@@ -266,7 +213,7 @@ async def test_an_outage_keeps_the_journal_until_the_store_has_the_batches(
 async def test_a_journal_that_fails_falls_back_to_waiting_for_the_store(
     store: SQLStore, tmp_path: Path, ws: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    held = HeldStore(store)
+    held = FlakyStore(store)
     pipeline = journaled(held, tmp_path / "j")
     await pipeline.recover()
     pipeline.start()
@@ -275,7 +222,7 @@ async def test_a_journal_that_fails_falls_back_to_waiting_for_the_store(
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "fdatasync", broken)
-    held.gate.clear()
+    held.gate = asyncio.Event()
     fut = pipeline.commit([step(ws, 0)])
     assert fut is not None
     await asyncio.sleep(0.1)
@@ -316,12 +263,12 @@ async def test_a_second_gateway_on_the_database_answers_on_the_store_commit(
     first = journaled(store, tmp_path / "j")
     await first.recover()
     first.start()
-    held = HeldStore(store)
+    held = FlakyStore(store)
     second = journaled(held, tmp_path / "j")
     await second.recover()  # the journal is the first one's: this one goes without
     second.start()
     assert second.journal is None and "in use by another gateway" in caplog.text
-    held.gate.clear()
+    held.gate = asyncio.Event()
     fut = second.commit([step(ws, 0)])
     assert fut is not None
     await asyncio.sleep(0.05)

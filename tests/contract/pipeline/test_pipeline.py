@@ -10,7 +10,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -57,14 +56,6 @@ class FlakyStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
-
-
-@pytest.fixture
-async def store(sqlite_url: str) -> AsyncIterator[SQLStore]:
-    s = SQLStore(sqlite_url)
-    await s.migrate()
-    yield s
-    await s.aclose()
 
 
 @pytest.fixture

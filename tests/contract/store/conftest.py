@@ -5,12 +5,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from agentledger.store.sql import SQLStore
+from tests.contract.conftest import migrated
 
 
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[SQLStore]:
     """A migrated store on each backend (SQLite and PostgreSQL), closed afterwards."""
-    s = SQLStore(db_url)
-    await s.migrate()
-    yield s
-    await s.aclose()
+    async for s in migrated(db_url):
+        yield s
