@@ -180,16 +180,15 @@ class TracePipeline:
         if self._on_journal is not None:
             self._on_journal()
         batches = await self._in_journal_thread(journal.recover)
-        if not batches:
-            return
         count = sum(len(b) for b in batches)
-        log.warning("trace journal: writing %d events an earlier process acknowledged", count)
+        if count:
+            log.warning("trace journal: writing %d events an earlier process acknowledged", count)
         dropped = self.stats.dropped
         for events in _coalesce(batches, self.max_batch):
             await self._write(events)
         self.stats.replayed += count
         if self.stats.dropped == dropped:  # else: the store and the spool both failed; the next start tries again
-            await self._in_journal_thread(journal.release_recovered)
+            await self._in_journal_thread(journal.release_recovered)  # (empty segments of a clean stop too)
 
     def _without_journal(self, why: JournalLocked) -> None:
         """Another live gateway holds this database's journal (two processes on one SQLite file): this one answers

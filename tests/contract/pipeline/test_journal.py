@@ -278,3 +278,24 @@ async def test_a_second_gateway_on_the_database_answers_on_the_store_commit(
     assert steps_written(store, ws) == 1
     await second.aclose()
     await first.aclose()
+
+
+async def test_a_clean_stop_leaves_nothing_that_blocks_the_next_process(
+    store: SQLStore, tmp_path: Path, ws: str
+) -> None:
+    """An emptied segment left by a clean stop is removed at the next start: left there, it would keep every newer
+    segment from being deleted (they go oldest first)."""
+    for i in range(2):
+        pipeline = journaled(store, tmp_path / "j", release_every=0.0)
+        await pipeline.recover()
+        pipeline.start()
+        assert pipeline.journal is not None
+        pipeline.journal.segment_bytes = 1  # every batch ends its segment
+        for n in range(3):
+            fut = pipeline.commit([step(ws, 10 * i + n)])
+            assert fut is not None
+            await fut
+            await pipeline.flush()
+        await pipeline.aclose()
+        assert len(segments(tmp_path / "j")) == 1, segments(tmp_path / "j")
+    assert steps_written(store, ws) == 6
