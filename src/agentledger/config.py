@@ -64,7 +64,12 @@ SETTINGS: tuple[Setting, ...] = (
         "strict: a response is released once its record is durable (committed, or fsynced to the spool); "
         "batched: responses do not wait, a crash may lose about batch_interval_ms of records.",
     ),
-    Setting("batch_interval_ms", float, 20.0, "batched mode: how long the writer waits to fill a batch."),
+    Setting(
+        "batch_interval_ms",
+        float,
+        20.0,
+        "batched mode, and the store behind the trace journal: how long the writer waits to fill a batch.",
+    ),
     Setting(
         "trace_journal",
         bool,
