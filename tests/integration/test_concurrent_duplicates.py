@@ -80,7 +80,12 @@ def two_gateways(pg_url: str, tmp_path: Path, upstream: ServerThread) -> Iterato
     """Two gateway servers over one PostgreSQL database: the harness's, and a second with its own memory, pool
     and spool (it shares only the database and, as replicas must, the secret key)."""
     upstream.config.app.state.fake.received.clear()
-    with running_gateway(pg_url, tmp_path / "a", upstream) as gw:
+    # Both gateways and the fake upstream share this process and its interpreter: 800 copies at once on a loaded
+    # 2-core machine kept the upstream's answers past the harness's 1 s timeouts (15 s for the test in CI), and a
+    # holder whose call fails releases its claim, so the other gateway forwarded a second time. The timeouts are
+    # not what this test is about.
+    slow = {"read_timeout": 30.0, "first_token_timeout": 30.0, "connect_timeout": 5.0}
+    with running_gateway(pg_url, tmp_path / "a", upstream, **slow) as gw:
         secret = (tmp_path / "a" / "secret.key").read_text().strip()
         settings = replace(gw.settings, data_dir=str(tmp_path / "b"), secret_key=secret)
         with ServerThread(create_app(settings, store=SQLStore(settings.database_url))) as second:

@@ -263,6 +263,11 @@ class StoreUnavailable(AgentLedgerError):
     retry_after = 2
 
 
+class StoreBusy(StoreUnavailable):
+    """Every connection of the pool stayed in use past its timeout: this process is overloaded, the database is
+    not known to be down. What fails open in an outage (an idempotency claim) waits instead."""
+
+
 class UpstreamError(AgentLedgerError):
     status = 502
     type = "upstream_error"

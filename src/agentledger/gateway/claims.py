@@ -15,7 +15,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agentledger.core.errors import IdempotencyKeyReused, StoreUnavailable
+from agentledger.core.errors import IdempotencyKeyReused, StoreBusy, StoreUnavailable
 from agentledger.core.ids import new_id
 from agentledger.store.base import RequestClaim, StoredResponse
 
@@ -115,9 +115,14 @@ class Claims:
         while True:
             try:
                 found = await self.store.claim_request(ws, rid, self.node_id, self.inflight_timeout)
+            except StoreBusy:
+                # Overload, not an outage: every pooled connection was busy past its timeout. Forwarding now would
+                # let a copy on another node through too, just when load makes retries likely; ask again, as for
+                # an id another node holds.
+                found = None
             except StoreUnavailable:
                 return None  # an outage: this node's memory is all there is; forward under the local claim
-            if found.stored is not None or found.claimed:
+            if found is not None and (found.stored is not None or found.claimed):
                 held.in_store = found.claimed
                 return found.stored
             if time.monotonic() > deadline:

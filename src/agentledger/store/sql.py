@@ -43,7 +43,7 @@ from sqlalchemy.sql.elements import TextClause
 
 from agentledger.core.alerts import from_budget_alert
 from agentledger.core.books import NO_RUN, PAYMENT_COLUMNS, Books, RunDims
-from agentledger.core.errors import Conflict, InvalidRequest, StoreUnavailable
+from agentledger.core.errors import Conflict, InvalidRequest, StoreBusy, StoreUnavailable
 from agentledger.core.finance import payment_books, payment_values
 from agentledger.core.model import (
     NO_RETRY,
@@ -286,6 +286,8 @@ class SQLStore:
     async def _run(self, executor: ThreadPoolExecutor, run: Callable[[], T]) -> T:
         try:
             return await asyncio.get_running_loop().run_in_executor(executor, run)
+        except PoolTimeout as exc:
+            raise StoreBusy("The database is busy; retry shortly.") from exc
         except UNAVAILABLE as exc:
             raise StoreUnavailable("The database is unavailable; retry shortly.") from exc
 

@@ -109,3 +109,37 @@ async def test_claims_skip_the_write_ahead_log_on_postgresql(store: SQLStore) ->
             "SELECT relpersistence FROM pg_class WHERE relname = 'idempotency_claims'"
         ).scalar()
     assert persistence == "u"
+
+
+@pytest.mark.pg
+async def test_a_claim_waits_out_a_busy_pool_instead_of_forwarding_unclaimed(pg_url: str) -> None:
+    """Every pooled connection in use past the pool's timeout is overload, not an outage (StoreBusy): the
+    gateway's claim keeps asking instead of forwarding under its local claim alone (which would let a copy on
+    another gateway reach the provider too)."""
+    from agentledger.core.errors import StoreBusy
+    from agentledger.gateway.claims import Claims
+
+    store = SQLStore(pg_url, readers=1, queries=1)
+    await store.migrate()
+    ws = await new_workspace(store)
+    taken = [store.engine.connect() for _ in range(store.engine.pool.size() + store.engine.pool._max_overflow)]  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(StoreBusy):
+            await store.claim_request(ws, "busy-1", "node-x", 30)
+
+        class Call:
+            workspace_id, request_id, request_hash, client_request_id = ws, "busy-2", "h" * 64, True
+
+        claims = Claims(store, inflight_timeout=30)
+        claiming = asyncio.ensure_future(claims.claim(Call()))
+        await asyncio.sleep(2.5)  # one pool timeout (2 s) has passed: the claim is still waiting, not granted
+        assert not claiming.done()
+        for conn in taken:
+            conn.close()
+        taken = []
+        assert await asyncio.wait_for(claiming, 10) is None  # granted: the caller forwards
+        assert claims._inflight[(ws, "busy-2")].in_store  # held in the store, so another node's copy waits
+    finally:
+        for conn in taken:
+            conn.close()
+        await store.aclose()
