@@ -413,7 +413,7 @@ class TracePipeline:
         (one commit and one pass of the books for many calls, and less of the writer's CPU competing with the calls
         being served for the interpreter), unless a reader waits for it (`flush`) or a caller whose batch the
         journal could not take."""
-        if not self._hurry.is_set():
+        if not self._hurry.is_set() and not self._flushes:  # (a flush's own hurry may have gone to the last batch)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hurry.wait(), self.interval)
         self._hurry.clear()

@@ -299,3 +299,19 @@ async def test_a_clean_stop_leaves_nothing_that_blocks_the_next_process(
         await pipeline.aclose()
         assert len(segments(tmp_path / "j")) == 1, segments(tmp_path / "j")
     assert steps_written(store, ws) == 6
+
+
+async def test_a_read_never_waits_out_the_gathering_interval(store: SQLStore, tmp_path: Path, ws: str) -> None:
+    """Behind the journal the store worker gathers for `interval`; a flush (every query API read) cuts it short,
+    also for batches still on their way through the journal when it was asked."""
+    pipeline = journaled(store, tmp_path / "j", interval=5.0)
+    await pipeline.recover()
+    pipeline.start()
+    for round_ in range(3):
+        futs = [pipeline.commit([step(ws, 10 * round_ + i)]) for i in range(5)]
+        started = asyncio.get_running_loop().time()
+        await pipeline.flush()  # asked while the batches are still being journaled
+        assert asyncio.get_running_loop().time() - started < 2.0
+        assert all(f is not None and f.done() for f in futs)
+        assert steps_written(store, ws) == 5 * (round_ + 1)
+    await pipeline.aclose()
