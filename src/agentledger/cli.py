@@ -34,6 +34,8 @@ from agentledger.core.keys import hash_secret
 from agentledger.core.model import Role
 from agentledger.core.money import format_usd
 from agentledger.governance import PROVIDER_KINDS, Governance
+from agentledger.pipeline.journal import Journal, JournalLocked, journal_dir
+from agentledger.pipeline.queue import TracePipeline
 from agentledger.secrets_box import SecretBox
 from agentledger.store.base import Store
 from agentledger.store.budgets import budget_of
@@ -54,6 +56,25 @@ def _shown_url(url: str) -> str:
         return url
 
 
+async def _catch_up(store: SQLStore) -> None:
+    """What a stopped gateway left in its trace journal (SQLite, strict: acknowledged, maybe not in the database
+    yet) is written first, so a command reads every answered call. A running gateway's journal is its own, being
+    written to the database as it goes: left alone."""
+    path = journal_dir(store.url)
+    if path is None or not path.is_dir():
+        return
+    journal = Journal(path)
+    try:
+        journal.open()
+    except JournalLocked:
+        return
+    pipeline = TracePipeline(store, durability="strict", journal=journal)
+    try:
+        await pipeline.recover()
+    finally:
+        await pipeline.aclose()  # (never started: it closes the journal and its thread)
+
+
 def _with_governance(settings: Settings, fn: Callable[[Governance], Awaitable[T]]) -> T:
     """Runs `fn` against a migrated store, turning the errors a user can cause into click errors."""
     url = _shown_url(settings.database_url)
@@ -72,6 +93,7 @@ def _with_governance(settings: Settings, fn: Callable[[Governance], Awaitable[T]
     async def run() -> T:
         try:
             await store.migrate()
+            await _catch_up(store)
             return await fn(Governance(store, box))
         finally:
             await store.aclose()
