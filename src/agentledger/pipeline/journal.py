@@ -3,10 +3,10 @@
 In strict mode a response is released once its records are durable. Written straight to SQLite, that wait was
 the batch's SQL (a call's run, steps, ledger rows and every kept total: ~0.85 ms for a paid call) plus the
 WAL's fsync (~0.65 ms). Appended here instead, it is one `write` and one `fdatasync` of a few kilobytes
-(~0.2 ms); the store gets the same batch right after, off the response's path, and the journal lets go of it once
-the store's commit is durable. After a crash, `recover()` reads back what the store may not have taken, and
-the pipeline writes it again before anything reads the store: every trace write is idempotent, so a batch
-written twice counts once.
+(~0.2 ms); the store gets the batch behind it, gathered with others and off the response's path, and the journal
+lets go of it once the store's commit is durable (the pipeline's `sync`: SQLite's WAL fsynced). After a crash,
+`recover()` reads back what the store may not have taken, and the pipeline writes it again before anything reads
+the store: every trace write is idempotent, so a batch written twice counts once.
 
 The journal sits beside the SQLite database it feeds (same disk, same crash) and is used only there: a local
 file is not as durable as a PostgreSQL server elsewhere, nor shared by replicas (docs/architecture.md,
@@ -41,7 +41,8 @@ _RECOVERED = 2**63  # the "last sequence" of a segment left by an earlier proces
 
 
 class JournalLocked(RuntimeError):
-    """Another process holds this journal: two gateways cannot feed one SQLite database."""
+    """Another process holds this journal: a second gateway on one SQLite database goes without one (the pipeline
+    then answers on the store's own commits), and an offline command leaves it to the gateway writing it."""
 
 
 class Journal:
