@@ -55,6 +55,7 @@ from agentledger.store.base import Store, WriteResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+X = TypeVar("X")
 
 
 class Durability(enum.StrEnum):
@@ -155,14 +156,8 @@ class TracePipeline:
 
     def start(self) -> None:
         if self._task is None:
-            if self.journal is not None:
-                try:
-                    opened = self.journal.opened
-                    self.journal.open()  # once, at startup (`recover` opened it already, off the event loop)
-                    if not opened and self._on_journal is not None:
-                        self._on_journal()
-                except JournalLocked as exc:
-                    self._without_journal(exc)
+            if self.journal is not None and not self.journal.opened:
+                raise RuntimeError("a pipeline with a journal must `recover()` before it starts")
             work = self._run_journaled() if self.journal is not None else self._run()
             self._task = asyncio.create_task(work, name="trace-pipeline")
 
@@ -345,14 +340,10 @@ class TracePipeline:
 
     def _take(self) -> tuple[list[_Item], list[TraceEvent]]:
         """The next batch off the queue: whole items, up to `max_batch` events (at least one item)."""
-        batch: list[_Item] = []
-        count = 0
-        while self._queue and (not batch or count + len(self._queue[0][0]) <= self.max_batch):
-            item = self._queue.popleft()
-            batch.append(item)
-            count += len(item[0])
-        self._queued_events -= count
-        return batch, [ev for evs, _ in batch for ev in evs]
+        batch = _pop_batch(self._queue, lambda item: item[0], self.max_batch)
+        events = [ev for evs, _ in batch for ev in evs]
+        self._queued_events -= len(events)
+        return batch, events
 
     async def _wait_for_work(self, wake: asyncio.Event | None = None) -> bool:
         """Sleep until events arrive (True) or, with a spool to replay, until the backoff has passed (False)."""
@@ -438,12 +429,8 @@ class TracePipeline:
                 if await self._wait_for_work(self._store_wake) and not self._journal_closed:
                     await self._gather()
                 continue
-            items: list[_Journaled] = []
-            events: list[TraceEvent] = []
-            while self._journaled and (not items or len(events) + len(self._journaled[0][1]) <= self.max_batch):
-                item = self._journaled.popleft()
-                items.append(item)
-                events.extend(item[1])
+            items = _pop_batch(self._journaled, lambda item: item[1], self.max_batch)
+            events = [ev for _, evs, _ in items for ev in evs]
             self._journaled_events -= len(events)
             dropped = self.stats.dropped
             try:
@@ -551,6 +538,17 @@ class TracePipeline:
         with contextlib.suppress(OSError):
             await asyncio.to_thread(self.spool.clear)
         return not self.spool.pending()
+
+
+def _pop_batch(items: deque[X], events_of: Callable[[X], Sequence[TraceEvent]], limit: int) -> list[X]:
+    """Whole items off the front of `items`, up to `limit` events in all (at least one item)."""
+    taken: list[X] = []
+    count = 0
+    while items and (not taken or count + len(events_of(items[0])) <= limit):
+        item = items.popleft()
+        taken.append(item)
+        count += len(events_of(item))
+    return taken
 
 
 def _run_key(ev: TraceEvent) -> tuple[str, str] | None:

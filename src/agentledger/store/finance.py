@@ -115,7 +115,7 @@ class PaymentProofs:
         `ProofState` carries the row, so the records' replay brings it back). Lost in a crash, nothing was settled
         (settlement comes after the workflow, and its records' commit flushes the claim too), so the buyer was
         not charged and may send the same payment again: single-use holds for every payment that was charged."""
-        params = {f"p_{k}": v for k, v in row.items()}
+        params = _claim_params(row)
         stmt = self._claim
 
         def run(conn: Connection) -> bool:
@@ -229,7 +229,12 @@ def claim_restore_statement(insert: Any) -> Any:
 
 def claim_restore_params(ev: ProofState) -> dict[str, Any] | None:
     """A journaled sale's claim, for the writer's insert-if-missing ahead of the move (`ProofState.claim`)."""
-    return None if ev.claim is None else {f"p_{k}": v for k, v in ev.claim.items()}
+    return None if ev.claim is None else _claim_params(ev.claim)
+
+
+def _claim_params(row: dict[str, Any]) -> dict[str, Any]:
+    """A claim row as the bound parameters of the claim and restore statements (`p_<column>`)."""
+    return {f"p_{k}": v for k, v in row.items()}
 
 
 def proof_state_update() -> Any:

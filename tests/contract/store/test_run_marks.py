@@ -7,7 +7,6 @@ run, a retried request that takes back what only it said, and what retention and
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -33,15 +32,10 @@ from agentledger.store.base import RunFilter, WriteResult
 from agentledger.store.migrate import alembic_config
 from agentledger.store.retention import DELETED, RetentionStore
 from agentledger.store.sql import SQLStore
+from tests.contract.store.test_books import new_workspace
 from tests.harness import fresh_pg_database
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
-
-
-async def new_workspace(store: SQLStore) -> str:
-    ws = f"ws-{uuid.uuid4().hex[:10]}"
-    await store.create_workspace(ws, ws, T0)
-    return ws
 
 
 def who(ws: str, run: str | None, **properties: str) -> Attribution:
