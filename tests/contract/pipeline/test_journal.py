@@ -315,3 +315,14 @@ async def test_a_read_never_waits_out_the_gathering_interval(store: SQLStore, tm
         assert all(f is not None and f.done() for f in futs)
         assert steps_written(store, ws) == 5 * (round_ + 1)
     await pipeline.aclose()
+
+
+async def test_a_journal_is_taken_by_recover_before_the_pipeline_starts(store: SQLStore, tmp_path: Path) -> None:
+    """Started without `recover`, a pipeline would append behind an earlier process's unwritten batches (and
+    without the lock): it refuses."""
+    pipeline = journaled(store, tmp_path / "j")
+    with pytest.raises(RuntimeError, match="must `recover\\(\\)` before it starts"):
+        pipeline.start()
+    await pipeline.recover()
+    pipeline.start()
+    await pipeline.aclose()
