@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 from agentledger.core.pricing import CostSource
@@ -412,3 +413,34 @@ TraceEvent = (
     | AuditRecord
     | ProofState
 )
+
+
+def _pickled_by_fields(cls: type[Any]) -> None:
+    """Pickle as (class, field values), rebuilt through `__init__`. Dataclasses' own `__getstate__` walks
+    `fields()` for every object pickled, which made pickling a call's records for the trace journal (on every
+    answer's path in strict mode) about 1.7 times as slow."""
+    get = attrgetter(*[f.name for f in fields(cls)])
+
+    def __reduce__(self: Any) -> tuple[type[Any], tuple[Any, ...]]:
+        return cls, get(self)
+
+    cls.__reduce__ = __reduce__  # type: ignore[assignment]
+
+
+for _cls in (
+    Attribution,
+    Usage,
+    Payment,
+    RequestRecord,
+    StepRecord,
+    RunStart,
+    RunEnd,
+    LedgerEntry,
+    LedgerEntries,
+    BudgetAlert,
+    Alert,
+    Actor,
+    AuditRecord,
+    ProofState,
+):
+    _pickled_by_fields(_cls)

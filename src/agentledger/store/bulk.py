@@ -121,6 +121,17 @@ class BulkStatement:
                 self.rowcount = cursor.rowcount
         return out
 
+    def first(self, conn: Connection, row: dict[str, Any]) -> tuple[Any, ...] | None:
+        """Execute once for `row`: the first row it returned (a statement with RETURNING), or None."""
+        values = _as_driver_values(row, self.json, self.datetimes)
+        params = self._positional(values) if self._positional is not None else values
+        if self.order is not None and len(self.order) == 1:
+            params = (params,)  # itemgetter of one key returns the value, not a tuple
+        with _driver_cursor(conn, self.sql) as cursor:
+            cursor.execute(self.sql, params)
+            rows = cursor.fetchall()  # to the end: SQLite finishes the statement before its commit
+        return tuple(rows[0]) if rows else None
+
 
 class CopyInsert:
     """PostgreSQL: insert rows not stored yet with `COPY` into a temporary table, then one `INSERT … SELECT …

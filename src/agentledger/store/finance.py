@@ -30,12 +30,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, literal_column, select, update
 from sqlalchemy.engine import Connection
 
 from agentledger.core.model import ProofState
 from agentledger.core.proofs import PaymentProof
 from agentledger.store import schema as t
+from agentledger.store.bulk import BulkStatement
 
 if TYPE_CHECKING:
     from agentledger.store.sql import SQLStore
@@ -87,6 +88,15 @@ class PaymentProofs:
             # RETURNING, not rowcount: psycopg reports a row count for an upsert whose update was skipped.
             .returning(t.x402_payments.c.id)
         )
+        # SQLite: the same upsert through the driver (`SQLStore.lazy_first`), its values bound by column.
+        self._claim_driver: BulkStatement | None = None
+        if store.is_sqlite:
+            by_column = insert.on_conflict_do_update(
+                index_elements=["workspace_id", "id"],
+                set_=again,
+                where=t.x402_payments.c.state == literal_column(f"'{RELEASED}'"),
+            ).returning(t.x402_payments.c.id)
+            self._claim_driver = BulkStatement(by_column, t.x402_payments, _CLAIM_COLUMNS, store.engine.dialect)
 
     async def claim(
         self,
@@ -115,6 +125,8 @@ class PaymentProofs:
         `ProofState` carries the row, so the records' replay brings it back). Lost in a crash, nothing was settled
         (settlement comes after the workflow, and its records' commit flushes the claim too), so the buyer was
         not charged and may send the same payment again: single-use holds for every payment that was charged."""
+        if self._claim_driver is not None:
+            return await self.store.lazy_first(self._claim_driver, row) is not None
         params = _claim_params(row)
         stmt = self._claim
 

@@ -7,16 +7,31 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
+from agentledger.core.model import (
+    BudgetAlert,
+    LedgerEntries,
+    Payment,
+    PaymentDirection,
+    PaymentProtocol,
+    PaymentStatus,
+    ProofState,
+    RunEnd,
+    RunStatus,
+    StepKind,
+    TraceEvent,
+)
 from agentledger.pipeline.journal import Journal, JournalLocked, journal_dir
 from agentledger.pipeline.queue import TracePipeline
 from agentledger.store.base import Store
 from agentledger.store.sql import SQLStore
 from tests.contract.pipeline.test_pipeline import FlakyStore, step, steps_written
+from tests.contract.store.test_store_contract import T0, request_record, run_start, step as store_step
 
 
 def segments(directory: Path) -> dict[str, int]:
@@ -35,6 +50,37 @@ def ws() -> str:
 
 
 # -- the journal's files ---------------------------------------------------------------------------------------
+
+
+def test_every_kind_of_trace_event_comes_back_from_the_journal_exactly(tmp_path: Path, ws: str) -> None:
+    """Events are pickled by their fields (core/model.py `_pickled_by_fields`): each kind, nested records and
+    enums included, must come back equal, or a crash's replay would write something else than was answered."""
+    at = T0 + timedelta(microseconds=7)
+    payment = Payment(
+        direction=PaymentDirection.INBOUND,
+        status=PaymentStatus.SETTLED,
+        amount_nanos=10_000_000,
+        protocol=PaymentProtocol.X402,
+        fee_nanos=250_000,
+        counterparty="0xabc",
+    )
+    ledger = LedgerEntries(ws, "reserve", 5, 0, at, "rsv_1", (("b1", "k1"), ("b2", "k2")), "led_1r", "req-1")
+    events: list[TraceEvent] = [
+        request_record(ws, governance={"decision": "allowed", "budgets": [{"remaining_usd": "1.000000000"}]}),
+        store_step(ws, kind=StepKind.PAYMENT, payment=payment, attributes={"a": [1, 2.5, None]}),
+        run_start(ws, metadata={"k": "v"}),
+        RunEnd(ws, "run-1", RunStatus.FAILED, at, error="boom"),
+        ledger,
+        *ledger.entries(),
+        BudgetAlert(ws, "b1", "0", 80, 800, 1000, at, request_id="req-1"),
+        ProofState(ws, "proof-1", "settled", at, reference="local:0x1", claim={"id": "proof-1", "claimed_at": at}),
+    ]
+    j = opened(tmp_path / "j")
+    j.append(events)
+    j.close()
+    [back] = opened(tmp_path / "j").recover()
+    assert back == events
+    assert [type(e) for e in back] == [type(e) for e in events]
 
 
 def test_what_was_appended_is_recovered_by_the_next_process_in_order(tmp_path: Path, ws: str) -> None:

@@ -41,6 +41,8 @@ async def test_a_proof_is_claimed_once_and_a_replay_is_refused(store: SQLStore) 
     assert (row["state"], row["run_id"], row["endpoint_id"], row["amount_nanos"]) == (CLAIMED, "run-1", "ep-1", 10**7)
     assert (row["network"], row["payer"], row["nonce"], row["amount"]) == (p.network, p.payer, p.nonce, "10000")
     assert row["valid_before"] == T0.replace(microsecond=0) + timedelta(seconds=300)
+    # Written through the driver on SQLite (`SQLStore.lazy_first`): read back as SQLAlchemy writes it.
+    assert (row["claimed_at"], row["updated_at"], row["reference"], row["error"]) == (T0, T0, None, None)
     # The same proof in other letter cases is the same proof.
     shouted = PaymentProof(p.network, p.asset.lower(), p.payer.upper(), p.nonce.upper(), "1", p.valid_before)
     assert not await payments.claim(ws, shouted, LATER)
