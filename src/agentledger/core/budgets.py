@@ -20,8 +20,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from agentledger.core.model import Attribution
+from agentledger.core.model import Attribution, pickled_by_fields
 from agentledger.core.money import format_usd
 
 
@@ -316,7 +317,7 @@ def _static_view(b: Budget, key: str, now: datetime) -> dict[str, object]:
     kept = _STATIC_VIEWS.get((b, key))
     if kept is not None:
         if kept[0] is not b:
-            del _STATIC_VIEWS[(b, key)]
+            _STATIC_VIEWS.pop((b, key), None)  # (the store's writer thread builds views too: no KeyError race)
             _STATIC_VIEWS[(b, key)] = (b, kept[1])
         return kept[1]
     keyed = key.count("|") == 3  # a counter key (else: figures made up by a caller, viewed as of `now`)
@@ -342,6 +343,69 @@ def _static_view(b: Budget, key: str, now: datetime) -> dict[str, object]:
         _STATIC_VIEWS.clear()  # past windows and deleted budgets, mostly
     _STATIC_VIEWS[(b, key)] = (b, found)
     return found
+
+
+_LIMIT_VIEWS: dict[RateLimit, dict[str, object]] = {}
+
+
+def limit_view(r: RateLimit) -> dict[str, object]:
+    """A rate limit as a policy check shows it: the same for every call, so built once (shared: not to be changed)."""
+    found = _LIMIT_VIEWS.get(r)
+    if found is None:
+        if len(_LIMIT_VIEWS) >= STATIC_VIEWS_KEPT:
+            _LIMIT_VIEWS.clear()  # deleted and changed limits, mostly
+        found = _LIMIT_VIEWS[r] = {
+            "rate_limit_id": r.id,
+            "scope": r.scope_label,
+            "requests_per_minute": r.requests_per_minute,
+            "tokens_per_minute": r.tokens_per_minute,
+            "concurrent": r.concurrent,
+            # A policy's setting names its version, as every policy decision does (core/policy_hits.py).
+            **({"policy_version": r.policy_version} if r.policy_version is not None else {}),
+        }
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyReport:
+    """A call's policy check as its figures stood, kept as numbers and turned into the trace's shape (`as_dict`:
+    each budget's view, each rate limit's, amounts as exact USD text) where it is written, by the store's writer:
+    building the views on the event loop was most of what budgets added to an answer's latency."""
+
+    decision: Decision
+    decided_by: dict[str, Any] | None
+    figures: tuple[Figures, ...]
+    limits: tuple[RateLimit, ...]
+    reservation_id: str | None
+    estimate: int
+    note: str | None
+    policy: dict[str, Any] | None
+    at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        """The request row's `governance` and the policy_check step's attributes."""
+        out: dict[str, Any] = {"decision": self.decision.value, "decided_by": self.decided_by}
+        if self.figures:
+            out["budgets"] = [f.view(self.at) for f in self.figures]
+        if self.limits:
+            out["rate_limits"] = [limit_view(r) for r in self.limits]
+        if self.reservation_id:
+            out["reservation_id"] = self.reservation_id
+            out["reserved_usd"] = format_usd(self.estimate)
+        if self.note:
+            out["note"] = self.note
+        if self.policy is not None:
+            out["policy"] = self.policy
+        return out
+
+
+def governance_dict(governance: Mapping[str, Any] | PolicyReport | None) -> dict[str, Any] | None:
+    """A request's `governance` as stored: a report's dict, built now if it was kept as numbers."""
+    if governance is None or isinstance(governance, dict):
+        return governance
+    if isinstance(governance, PolicyReport):
+        return governance.as_dict()
+    return dict(governance)
 
 
 def tightest(standings: Sequence[Figures]) -> Figures | None:
@@ -370,3 +434,7 @@ def reservation_nanos(input_tokens: int, output_tokens: int, input_rate: int, ou
     """The most a call may cost: `rate`s are nano-dollars per million tokens (the worst input rate, i.e. a
     cache write's when it is dearer than plain input)."""
     return -(-(input_tokens * input_rate + output_tokens * output_rate) // 1_000_000)  # ceiling
+
+
+pickled_by_fields(Figures)  # in a PolicyReport, through the trace journal on the answer's path
+pickled_by_fields(PolicyReport)

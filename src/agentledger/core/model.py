@@ -172,7 +172,9 @@ class RequestRecord:
     provider_key: str | None = None  # the name of the provider key that answered last
     route_attempts: int = 1  # tries across retries and fallbacks (each a model_attempt step when above 1)
     policy_decision: str | None = None  # allowed / blocked / throttled, when budgets or rate limits governed it
-    governance: dict[str, Any] | None = None  # the policy check: who decided, each budget's figures after
+    # The policy check: who decided, each budget's figures after the call. A dict as stored, or the
+    # core.budgets.PolicyReport the gateway keeps it as, which the writer turns into that dict.
+    governance: Any = None
     usage: Usage | None = None
     cost_nanos: int = 0
     cost_source: CostSource | None = None
@@ -415,7 +417,7 @@ TraceEvent = (
 )
 
 
-def _pickled_by_fields(cls: type[Any]) -> None:
+def pickled_by_fields(cls: type[Any]) -> None:
     """Pickle as (class, field values), rebuilt through `__init__`. Dataclasses' own `__getstate__` walks
     `fields()` for every object pickled, which made pickling a call's records for the trace journal (on every
     answer's path in strict mode) about 1.7 times as slow."""
@@ -443,4 +445,4 @@ for _cls in (
     AuditRecord,
     ProofState,
 ):
-    _pickled_by_fields(_cls)
+    pickled_by_fields(_cls)

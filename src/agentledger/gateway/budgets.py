@@ -27,6 +27,7 @@ from agentledger.core.budgets import (
     Budget,
     Decision,
     Figures,
+    PolicyReport,
     RateLimit,
     Scope,
     Subject,
@@ -123,7 +124,6 @@ class BudgetGate:
         self.rules: TTLCache[str, Rules] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
         self.workflows: TTLCache[tuple[str, str], str | None] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
         self._rates: dict[tuple[str, str, str, int], tuple[int, int] | None] = {}
-        self._limit_views: dict[RateLimit, dict[str, Any]] = {}
         self._limit_rates: dict[RateLimit, tuple[Rate | None, str]] = {}  # its requests rate, its tokens key
         self._background: set[asyncio.Task[None]] = set()
 
@@ -614,39 +614,23 @@ class BudgetGate:
         task.add_done_callback(self._background.discard)
 
     # -- what the trace shows ----------------------------------------------------------------------------------
+    def summary(self, governed: Governed) -> PolicyReport:
+        """The policy check as numbers (cheap on the answer's path); `report` is its dict."""
+        return PolicyReport(
+            governed.decision,
+            governed.decided_by,
+            tuple(governed.figures),
+            tuple(governed.limits),
+            governed.reservation_id,
+            governed.estimate,
+            governed.note,
+            governed.policy,
+            self.clock(),
+        )
+
     def report(self, governed: Governed) -> dict[str, Any]:
         """The policy check as the request row and the policy_check step keep it."""
-        now = self.clock()
-        out: dict[str, Any] = {"decision": governed.decision.value, "decided_by": governed.decided_by}
-        if governed.figures:
-            out["budgets"] = [f.view(now) for f in governed.figures]
-        if governed.limits:
-            out["rate_limits"] = [self._limit_view(r) for r in governed.limits]
-        if governed.reservation_id:
-            out["reservation_id"] = governed.reservation_id
-            out["reserved_usd"] = format_usd(governed.estimate)
-        if governed.note:
-            out["note"] = governed.note
-        if governed.policy is not None:
-            out["policy"] = governed.policy
-        return out
-
-    def _limit_view(self, r: RateLimit) -> dict[str, Any]:
-        """A rate limit as the report shows it: the same for every call, so built once (shared: not to be changed)."""
-        found = self._limit_views.get(r)
-        if found is None:
-            if len(self._limit_views) >= 4096:
-                self._limit_views.clear()  # deleted and changed limits, mostly
-            found = self._limit_views[r] = {
-                "rate_limit_id": r.id,
-                "scope": r.scope_label,
-                "requests_per_minute": r.requests_per_minute,
-                "tokens_per_minute": r.tokens_per_minute,
-                "concurrent": r.concurrent,
-                # A policy's setting names its version, as every policy decision does (core/policy_hits.py).
-                **({"policy_version": r.policy_version} if r.policy_version is not None else {}),
-            }
-        return found
+        return self.summary(governed).as_dict()
 
     def policy_step(
         self,

@@ -601,11 +601,18 @@ class Gateway:
             run_id=a.run_id,
             refused=not outcome.attempts,
         )
-        report = self.gate.report(governed)
-        events = trace_events(call, outcome, attempt, ended_at, latency_ms, report)
-        check = self.gate.policy_step(
-            governed, report, request_id=call.request_id, base=a, started_at=call.started_at, attempt=attempt
-        )
+        summary = self.gate.summary(governed)  # the request row's dict is built by the store's writer
+        events = trace_events(call, outcome, attempt, ended_at, latency_ms, summary)
+        check = None
+        if a.run_id is not None:
+            check = self.gate.policy_step(
+                governed,
+                summary.as_dict(),
+                request_id=call.request_id,
+                base=a,
+                started_at=call.started_at,
+                attempt=attempt,
+            )
         return self.pipeline.commit([*events, *booked, *([check] if check else [])])
 
     async def record_check(

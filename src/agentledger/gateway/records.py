@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from agentledger.core.budgets import Decision, PolicyReport, tightest
 from agentledger.core.errors import AgentLedgerError
 from agentledger.core.headers import TrackingContext
 from agentledger.core.model import (
@@ -25,6 +26,7 @@ from agentledger.core.model import (
     StepStatus,
     TraceEvent,
 )
+from agentledger.core.money import format_usd
 from agentledger.core.pricing import Cost, CostSource, Price, bounded
 from agentledger.core.routing import Hop
 from agentledger.core.usage import Usage
@@ -126,7 +128,7 @@ def trace_events(
     attempt: int,
     ended_at: datetime,
     latency_ms: float,
-    governance: dict[str, Any] | None = None,
+    governance: PolicyReport | None = None,
 ) -> list[TraceEvent]:
     """`attempt` numbers this x-request-id's tries by the client (idempotent retries), not the provider attempts.
     `governance`: the policy check's report (gateway/budgets.py), when budgets or rate limits applied. A call
@@ -171,11 +173,11 @@ def trace_events(
             requested_model=call.model if call.model != hop.model else None,
             provider_key=hop.route.name,
             route_attempts=max(tries, 1),
-            policy_decision=governance["decision"] if governance else None,
+            policy_decision=governance.decision.value if governance else None,
             governance=governance,
         )
     )
-    if a.run_id is None or (governance is not None and governance["decision"] != "allowed"):
+    if a.run_id is None or (governance is not None and governance.decision is not Decision.ALLOWED):
         return events
     step_id = model_step_id(a.workspace_id, call.request_id, attempt)
     attributes: dict[str, Any] = {
@@ -190,12 +192,11 @@ def trace_events(
         attributes["attempts"] = tries
         attributes["requested_model"] = call.model
     if governance is not None:
-        attributes["policy_decision"] = governance["decision"]
-        budgets = governance.get("budgets")
-        if budgets:
-            least = min(budgets, key=lambda b: b["remaining_nanos"])
-            attributes["budget_remaining_usd"] = least["remaining_usd"]
-            attributes["budget_scope"] = least["scope_label"]
+        attributes["policy_decision"] = governance.decision.value
+        least = tightest(governance.figures)
+        if least is not None:
+            attributes["budget_remaining_usd"] = format_usd(max(least.remaining, 0))
+            attributes["budget_scope"] = least.budget.scope_label
     if usage is not None and (usage.cache_write_1h_tokens or usage.web_searches):
         attributes["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
         attributes["web_searches"] = usage.web_searches

@@ -53,7 +53,7 @@ def ws() -> str:
 
 
 def test_every_kind_of_trace_event_comes_back_from_the_journal_exactly(tmp_path: Path, ws: str) -> None:
-    """Events are pickled by their fields (core/model.py `_pickled_by_fields`): each kind, nested records and
+    """Events are pickled by their fields (core/model.py `pickled_by_fields`): each kind, nested records and
     enums included, must come back equal, or a crash's replay would write something else than was answered."""
     at = T0 + timedelta(microseconds=7)
     payment = Payment(
