@@ -13,6 +13,16 @@ from typing import Any, cast
 
 import pytest
 
+from agentledger.core.budgets import (
+    Action,
+    Budget,
+    Decision,
+    Figures,
+    Period,
+    PolicyReport,
+    RateLimit,
+    Scope,
+)
 from agentledger.core.model import (
     BudgetAlert,
     LedgerEntries,
@@ -64,9 +74,14 @@ def test_every_kind_of_trace_event_comes_back_from_the_journal_exactly(tmp_path:
         fee_nanos=250_000,
         counterparty="0xabc",
     )
+    budget = Budget(ws, "b1", Scope.DEPARTMENT, "dep", 10**9, Period.MONTH, T0, Action.BLOCK_REQUESTS)
+    limit = RateLimit(ws, "rl1", Scope.WORKSPACE, None, requests_per_minute=60)
+    figures = (Figures(budget, f"b|{ws}|b1|0", 5, 7),)
+    report = PolicyReport(Decision.ALLOWED, None, figures, (limit,), "rsv_1", 7, None, {"rule": "r1"}, at)
     ledger = LedgerEntries(ws, "reserve", 5, 0, at, "rsv_1", (("b1", "k1"), ("b2", "k2")), "led_1r", "req-1")
     events: list[TraceEvent] = [
         request_record(ws, governance={"decision": "allowed", "budgets": [{"remaining_usd": "1.000000000"}]}),
+        request_record(ws, "req-2", governance=report),
         store_step(ws, kind=StepKind.PAYMENT, payment=payment, attributes={"a": [1, 2.5, None]}),
         run_start(ws, metadata={"k": "v"}),
         RunEnd(ws, "run-1", RunStatus.FAILED, at, error="boom"),
@@ -80,6 +95,7 @@ def test_every_kind_of_trace_event_comes_back_from_the_journal_exactly(tmp_path:
     j.close()
     [back] = opened(tmp_path / "j").recover()
     assert back == events
+    assert back[1].governance.as_dict() == report.as_dict()  # what the writer stores
     assert [type(e) for e in back] == [type(e) for e in events]
 
 
