@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from agentledger.config import Settings
-from agentledger.pipeline.journal import journal_dir
+from agentledger.pipeline.journal import journal_dir, record_bytes
 from agentledger.testing.server import free_port
 from tests.e2e.test_crash import BODY, _start
 from tests.harness import provision
@@ -84,7 +84,7 @@ def _on_the_books(engine: Engine, ws: dict[str, Any]) -> tuple[list[str], int]:
 def _journal_bytes(db_url: str) -> int:
     journal = journal_dir(db_url)
     assert journal is not None
-    return sum(p.stat().st_size for p in journal.glob("*.seg"))
+    return sum(record_bytes(p) for p in journal.glob("*.seg"))
 
 
 def test_calls_answered_while_the_database_is_locked_survive_kill_9(tmp_path: Path) -> None:

@@ -16,8 +16,14 @@ Layout: a directory of segments `<n>.seg`, each a sequence of records `length (4
 pickled batch`. A record is acknowledged only after its fdatasync, so a torn or unreadable record can only
 be the last of a segment written before a crash and was never acknowledged: reading stops there. Pickle's
 trust model holds as for the spool (a private 0600 file of this process). A segment is cut off at
-`segment_bytes`; a segment all of whose records the store holds is deleted, and the live one is truncated
-to nothing when the store has caught up, so the journal stays as large as the store's lag, not its history.
+`segment_bytes`; a segment all of whose records the store holds is deleted, and the live one is emptied when
+the store has caught up, so the journal stays as large as the store's lag, not its history.
+
+Records are written into space already zero-filled (`EXTENT` at a time), never past the file's end: an
+fdatasync that must also make a new file size durable costs a journal commit of the filesystem's (ext4: ~0.19
+against ~0.13 ms p50 here, 0.31 against 0.19 ms p90). Zeros read as the end of the records, so emptying the
+live segment is writing zeros over its records, made durable by the next append's fdatasync (as a truncation
+was: until then a crash may bring back records the store has, and writing them again changes nothing).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from agentledger.core.model import TraceEvent
 from agentledger.pipeline.spool import fsync_dir
 
 _HEAD = struct.Struct(">II")  # length of the pickled batch, its crc32
+EXTENT = 1 << 20  # zeros written ahead of the records at a time (the live segment rarely needs more)
 _RECOVERED = 2**63  # the "last sequence" of a segment left by an earlier process: never released by `release`
 
 
@@ -55,7 +62,8 @@ class Journal:
         self._lock_fd: int | None = None
         self._segments: list[list[int]] = []
         self._fd: int | None = None
-        self._size = 0
+        self._size = 0  # bytes of records in the live segment: the next one is written there
+        self._zeroed = 0  # the live segment's length, all of it past `_size` zeros
         self._seq = 0  # records appended by this process (recovered records come before them)
 
     @property
@@ -104,18 +112,25 @@ class Journal:
         fd = self._fd
         assert fd is not None
         start = self._size
+        end = start + len(record)
         try:
-            if os.write(fd, record) != len(record):
+            if end > self._zeroed:  # (this append's fdatasync makes the new length durable too)
+                zeros = max(EXTENT, end - self._zeroed)
+                if os.pwrite(fd, bytes(zeros), self._zeroed) != zeros:
+                    raise OSError(errno.ENOSPC, "short write to the trace journal")
+                self._zeroed += zeros
+            if os.pwrite(fd, record, start) != len(record):
                 raise OSError(errno.ENOSPC, "short write to the trace journal")
             os.fdatasync(fd)
         except OSError:
             # Not acknowledged: leave no torn record for the appends after it (reading would stop there).
             try:
                 os.ftruncate(fd, start)
+                self._zeroed = start
             except OSError:
                 self._close_current()  # the next append starts a new segment instead
             raise
-        self._size = start + len(record)
+        self._size = end
         self._seq += 1
         self._segments[-1][1] = self._seq
         return self._seq
@@ -127,7 +142,7 @@ class Journal:
             n, _ = self._segments.pop(0)
             self._path(n).unlink(missing_ok=True)
         if self._fd is not None and self._segments and self._segments[-1][1] <= seq and self._size:
-            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, bytes(self._size), 0)  # zeros end the records: the segment reads as empty
             self._size = 0
 
     def release_recovered(self) -> None:
@@ -139,8 +154,8 @@ class Journal:
     def _open_next(self) -> None:
         self._close_current()
         n = self._segments[-1][0] + 1 if self._segments else 1
-        self._fd = os.open(self._path(n), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._size = 0
+        self._fd = os.open(self._path(n), os.O_WRONLY | os.O_CREAT, 0o600)
+        self._size = self._zeroed = 0
         self._segments.append([n, self._seq])
         fsync_dir(self.directory)  # a new segment's directory entry must be durable with its first record
 
@@ -170,20 +185,30 @@ def read_segments(directory: Path) -> list[list[TraceEvent]]:
     return [b for p in sorted(directory.glob("*.seg"), key=lambda p: int(p.stem)) for b in _read(p)]
 
 
+def record_bytes(path: Path) -> int:
+    """How many bytes of a segment are readable records (the rest: zeros, or a torn tail)."""
+    return _scan(path)[1]
+
+
 def _read(path: Path) -> list[list[TraceEvent]]:
+    return [pickle.loads(data) for data in _scan(path)[0]]
+
+
+def _scan(path: Path) -> tuple[list[bytes], int]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return []
-    batches: list[list[TraceEvent]] = []
+        return [], 0
+    records: list[bytes] = []
     pos = 0
     while pos + _HEAD.size <= len(raw):
         n, crc = _HEAD.unpack_from(raw, pos)
         data = raw[pos + _HEAD.size : pos + _HEAD.size + n]
-        # A record is never empty (a pickled list), so zeros — a file extended but not written before a crash —
-        # end the segment like a short or corrupt record: the torn tail of a crash mid-append, never acknowledged.
+        # A record is never empty (a pickled list), so zeros — written ahead of the records, or over released
+        # ones — end the segment like a short or corrupt record: the torn tail of a crash mid-append, never
+        # acknowledged.
         if n == 0 or len(data) < n or zlib.crc32(data) != crc:
             break
-        batches.append(pickle.loads(data))
+        records.append(data)
         pos += _HEAD.size + n
-    return batches
+    return records, pos

@@ -36,7 +36,7 @@ from agentledger.core.model import (
     StepKind,
     TraceEvent,
 )
-from agentledger.pipeline.journal import Journal, JournalLocked, journal_dir
+from agentledger.pipeline.journal import Journal, JournalLocked, journal_dir, record_bytes
 from agentledger.pipeline.queue import TracePipeline
 from agentledger.store.base import Store
 from agentledger.store.sql import SQLStore
@@ -45,7 +45,8 @@ from tests.contract.store.test_store_contract import T0, request_record, run_sta
 
 
 def segments(directory: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_size for p in sorted(directory.glob("*.seg"))}
+    """Each segment's bytes of records (a segment's file is longer: zeros written ahead)."""
+    return {p.name: record_bytes(p) for p in sorted(directory.glob("*.seg"))}
 
 
 def opened(directory: Path, **kw: Any) -> Journal:
@@ -117,8 +118,12 @@ def test_a_torn_or_corrupt_record_ends_the_segment_and_was_never_acknowledged(tm
     j.append([step(ws, 1)])
     j.close()
     seg = tmp_path / "j" / "1.seg"
-    whole = seg.read_bytes()
+    padded = seg.read_bytes()
+    whole = padded[: record_bytes(seg)]
+    assert len(padded) > len(whole) and not any(padded[len(whole) :])  # records are written into zeros
     seg.write_bytes(whole[:-3])  # a crash mid-append: the length says more than the file holds
+    assert [b[0].step_id for b in opened_again(tmp_path)] == ["step-0"]
+    seg.write_bytes(whole[:-3] + bytes(len(padded) - len(whole) + 3))  # the same, into zeros written ahead
     assert [b[0].step_id for b in opened_again(tmp_path)] == ["step-0"]
     flipped = bytearray(whole)
     flipped[-1] ^= 0xFF  # same length, other bytes (a sector that never reached the disk)
@@ -136,7 +141,22 @@ def opened_again(tmp_path: Path) -> list[list[Any]]:
         j.close()
 
 
-def test_release_truncates_the_live_segment_and_deletes_the_full_ones(tmp_path: Path, ws: str) -> None:
+def test_an_emptied_segment_is_written_again_from_its_start_and_reads_only_what_came_after(
+    tmp_path: Path, ws: str
+) -> None:
+    j = opened(tmp_path / "j")
+    seqs = [j.append([step(ws, i, name="x" * 300)]) for i in range(3)]
+    seg = tmp_path / "j" / "1.seg"
+    length = seg.stat().st_size
+    j.release(seqs[-1])  # the store holds all three: zeros over them
+    assert segments(tmp_path / "j") == {"1.seg": 0}
+    j.append([step(ws, 9)])  # shorter than what it overwrites: the old records' bytes after it are zeros
+    assert seg.stat().st_size == length  # the zeros written ahead are used again, the file does not grow
+    j.close()
+    assert [b[0].step_id for b in opened_again(tmp_path)] == ["step-9"]
+
+
+def test_release_empties_the_live_segment_and_deletes_the_full_ones(tmp_path: Path, ws: str) -> None:
     j = opened(tmp_path / "j", segment_bytes=1)  # every record ends its segment
     seqs = [j.append([step(ws, i)]) for i in range(4)]
     assert list(segments(tmp_path / "j")) == ["1.seg", "2.seg", "3.seg", "4.seg"]
