@@ -18,7 +18,7 @@ import calendar
 import enum
 import math
 import pickle
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -114,26 +114,17 @@ class Budget:
     blocks: bool = field(init=False, repr=False, compare=False)
     scope_label: str = field(init=False, repr=False, compare=False)
     _hash: int = field(init=False, repr=False, compare=False)
-    _pickled: bytes | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", self.action in BLOCKING)
         object.__setattr__(self, "scope_label", scope_label(self.scope, self.value, self.property_name))
         object.__setattr__(self, "_hash", hash(_budget_fields(self)))
-        object.__setattr__(self, "_pickled", None)
 
     def __hash__(self) -> int:
         return self._hash
 
-    def __reduce__(self) -> tuple[Callable[[bytes], Budget], tuple[bytes]]:
-        # Rebuilt, so its hash is this process's. Its arguments are pickled once and kept: every governed call's
-        # policy report carries its budgets through the trace journal, on the answer's path, and pickling a budget's
-        # three enums and anchor each time was two thirds of that report's pickling.
-        if self._pickled is None:
-            args = (*_budget_fields(self), self.thresholds, self.property_name, self.throttle_rpm)
-            object.__setattr__(self, "_pickled", pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL))
-        assert self._pickled is not None
-        return _budget_from, (self._pickled,)
+    def __reduce__(self) -> tuple[type[Budget], tuple[object, ...]]:  # rebuilt, so its hash is this process's
+        return Budget, (*_budget_fields(self), self.thresholds, self.property_name, self.throttle_rpm)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,33 +140,19 @@ class RateLimit:
     policy_version: int | None = None  # a policy's rate setting (id `policy:<id>:<setting>`): the version that set it
     scope_label: str = field(init=False, repr=False, compare=False)
     _hash: int = field(init=False, repr=False, compare=False)
-    _pickled: bytes | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scope_label", scope_label(self.scope, self.value, self.property_name))
         limits = (self.requests_per_minute, self.tokens_per_minute, self.concurrent)
         object.__setattr__(self, "_hash", hash((self.workspace_id, self.id, self.scope, self.value, *limits)))
-        object.__setattr__(self, "_pickled", None)
 
     def __hash__(self) -> int:
         return self._hash
 
-    def __reduce__(self) -> tuple[Callable[[bytes], RateLimit], tuple[bytes]]:  # as Budget's
-        if self._pickled is None:
-            limits = (self.requests_per_minute, self.tokens_per_minute, self.concurrent)
-            scope = (self.workspace_id, self.id, self.scope, self.value, self.property_name)
-            args = (*scope, *limits, self.policy_version)
-            object.__setattr__(self, "_pickled", pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL))
-        assert self._pickled is not None
-        return _limit_from, (self._pickled,)
-
-
-def _budget_from(pickled: bytes) -> Budget:
-    return Budget(*pickle.loads(pickled))
-
-
-def _limit_from(pickled: bytes) -> RateLimit:
-    return RateLimit(*pickle.loads(pickled))
+    def __reduce__(self) -> tuple[type[RateLimit], tuple[object, ...]]:  # rebuilt, so its hash is this process's
+        limits = (self.requests_per_minute, self.tokens_per_minute, self.concurrent)
+        scope = (self.workspace_id, self.id, self.scope, self.value, self.property_name)
+        return RateLimit, (*scope, *limits, self.policy_version)
 
 
 def _budget_fields(b: Budget) -> tuple[object, ...]:
@@ -460,18 +437,44 @@ def reservation_nanos(input_tokens: int, output_tokens: int, input_rate: int, ou
     return -(-(input_tokens * input_rate + output_tokens * output_rate) // 1_000_000)  # ceiling
 
 
+_SCOPES_PICKLED: dict[tuple[tuple[Budget, ...], tuple[RateLimit, ...]], bytes] = {}
+
+
 def _report_from(
-    decision: str, figures: tuple[tuple[Budget, str, int, int], ...], rest: tuple[Any, ...]
+    decision: str, scopes: bytes, numbers: tuple[tuple[str, int, int], ...], rest: tuple[Any, ...]
 ) -> PolicyReport:
-    return PolicyReport(Decision(decision), rest[0], tuple(Figures(*f) for f in figures), *rest[1:])
+    budget_args, limit_args = pickle.loads(scopes)
+    budgets = [
+        Budget(ws, i, Scope(sc), v, lim, Period(per), anchor, Action(act), th, prop, rpm)
+        for ws, i, sc, v, lim, per, anchor, act, th, prop, rpm in budget_args
+    ]
+    limits = tuple(RateLimit(ws, i, Scope(sc), *more) for ws, i, sc, *more in limit_args)
+    figures = tuple(Figures(b, *n) for b, n in zip(budgets, numbers, strict=True))
+    return PolicyReport(Decision(decision), rest[0], figures, limits, *rest[1:])
 
 
 def _report_reduce(r: PolicyReport) -> tuple[Any, ...]:
-    # Pickled on every governed call's path (the trace journal): its figures as plain tuples and its decision as its
-    # word, rather than a Python-level reduce for each of them.
-    figures = tuple((f.budget, f.key, f.spent, f.reserved) for f in r.figures)
-    rest = (r.decided_by, r.limits, r.reservation_id, r.estimate, r.note, r.policy, r.at)
-    return _report_from, (r.decision.value, figures, rest)
+    # Pickled on every governed call's path (the trace journal), where each object it reaches costs: the budgets
+    # and rate limits, the same for every call of a scope, go as one blob pickled once; the figures as numbers.
+    budgets = tuple(f.budget for f in r.figures)
+    scopes = _SCOPES_PICKLED.get((budgets, r.limits))
+    if scopes is None:
+        if len(_SCOPES_PICKLED) >= STATIC_VIEWS_KEPT:
+            _SCOPES_PICKLED.clear()  # changed budgets and limits, mostly
+        budget_args = [
+            (b.workspace_id, b.id, b.scope.value, b.value, b.limit_nanos, b.period.value, b.anchor, b.action.value)
+            + (b.thresholds, b.property_name, b.throttle_rpm)
+            for b in budgets
+        ]
+        limit_args = [
+            (lim.workspace_id, lim.id, lim.scope.value, lim.value, lim.property_name)
+            + (lim.requests_per_minute, lim.tokens_per_minute, lim.concurrent, lim.policy_version)
+            for lim in r.limits
+        ]
+        scopes = _SCOPES_PICKLED[(budgets, r.limits)] = pickle.dumps((budget_args, limit_args), pickle.HIGHEST_PROTOCOL)
+    numbers = tuple((f.key, f.spent, f.reserved) for f in r.figures)
+    rest = (r.decided_by, r.reservation_id, r.estimate, r.note, r.policy, r.at)
+    return _report_from, (r.decision.value, scopes, numbers, rest)
 
 
 PolicyReport.__reduce__ = _report_reduce  # type: ignore[assignment]
