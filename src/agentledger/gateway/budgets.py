@@ -27,6 +27,7 @@ from agentledger.core.budgets import (
     Budget,
     Decision,
     Figures,
+    Period,
     PolicyReport,
     RateLimit,
     Scope,
@@ -38,6 +39,7 @@ from agentledger.core.budgets import (
     input_bound,
     reservation_nanos,
     tightest,
+    window,
     window_of_key,
 )
 from agentledger.core.errors import BudgetExceeded, InvalidRequest, RateLimited, StoreUnavailable
@@ -85,6 +87,34 @@ class Governed:
 
 
 _ENTRY_CODE = {"reserve": "r", "settle": "s", "release": "x"}  # in a ledger entry's id, after its reservation's
+_PLANS_KEPT = 4096
+
+
+@dataclass(slots=True)
+class _Plan:
+    """How calls of one subject are admitted under one set of rules while the clock is in [since, until) (epoch
+    seconds; the budgets' windows, so their counter keys, hold that long): the budgets and rate limits that apply,
+    the keys and limits the reservation charges, the rates it counts. Built at a subject's first call and looked
+    up after, for rules whose scopes a call's key names (workspace, department, agent, virtual key) and whose
+    rates are requests per minute: the per-call work of finding them was most of what a budget check cost."""
+
+    rules: Rules
+    applied: list[Budget]
+    rated: list[RateLimit]
+    keys: list[str]
+    rates: list[Rate]
+    since: float
+    until: float
+
+
+def _plannable(rules: Rules) -> bool:
+    """Rules a plan can stand for: no workflow or property scope (they depend on more than the key), no run
+    budget (a counter per run), no concurrency or tokens-per-minute limit (per-call slots and amounts)."""
+    budgets, limits = rules
+    per_call = (Scope.WORKFLOW, Scope.PROPERTY)
+    return all(b.scope not in per_call and b.period is not Period.RUN for b in budgets) and all(
+        r.scope not in per_call and r.concurrent is None and r.tokens_per_minute is None for r in limits
+    )
 
 
 def _cost_after(f: Figures, estimate: int, actual: int) -> Figures:
@@ -124,6 +154,8 @@ class BudgetGate:
         self.rules: TTLCache[str, Rules] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
         self.workflows: TTLCache[tuple[str, str], str | None] = TTLCache(cache_ttl, stale_if_error=stale_if_error)
         self._rates: dict[tuple[str, str, str, int], tuple[int, int] | None] = {}
+        self._plans: dict[tuple[str, str | None, str | None, str | None], _Plan] = {}
+        self._plannable: dict[str, tuple[Rules, bool]] = {}  # by workspace: its rules, and whether plans serve them
         self._limit_rates: dict[RateLimit, tuple[Rate | None, str]] = {}  # its requests rate, its tokens key
         self._background: set[asyncio.Task[None]] = set()
 
@@ -134,6 +166,7 @@ class BudgetGate:
     def invalidate(self, workspace_id: str) -> None:
         self.rules.invalidate(workspace_id)
         self._rates = {k: v for k, v in self._rates.items() if k[0] != workspace_id}
+        # (plans name the rules they were made from: reloaded rules are new objects, and their plans are made anew)
 
     async def subject(self, base: Subject, budgets: Sequence[Budget], limits: Sequence[RateLimit]) -> Subject:
         """The subject with its run's workflow, looked up only when a workflow budget or limit exists."""
@@ -217,8 +250,16 @@ class BudgetGate:
         `extra_limits`: rate limits that already apply to this call (the policies' rate settings).
 
         `governed` is filled either way: a refused call is recorded with the decision that refused it."""
-        budgets, limits = await self.rules_for(base.workspace_id)
+        rules = await self.rules_for(base.workspace_id)
+        budgets, limits = rules
         if not budgets and not limits and not extra_limits:
+            return
+        if not extra_limits and self._plans_serve(base.workspace_id, rules):
+            now = self.clock()
+            plan = self._plan_for(rules, base, now)
+            if plan.applied or plan.rated:
+                tokens = self._tokens(body_bytes, max_output, embeddings, choices)
+                await self._admit_planned(governed, plan, base, now, request_id, model, provider, overrides, tokens)
             return
         subject = await self.subject(base, budgets, limits)
         applied = applicable_budgets(budgets, subject)
@@ -244,6 +285,69 @@ class BudgetGate:
                 self._counted(governed, rated, counted, wait)
         except CountersUnavailable:
             self._unavailable(governed, applied)
+        except BaseException:
+            await self._undo(governed)
+            raise
+
+    def _plans_serve(self, workspace_id: str, rules: Rules) -> bool:
+        found = self._plannable.get(workspace_id)
+        if found is None or found[0] is not rules:
+            if len(self._plannable) >= _PLANS_KEPT:
+                self._plannable.clear()
+            found = self._plannable[workspace_id] = (rules, _plannable(rules))
+        return found[1]
+
+    def _plan_for(self, rules: Rules, base: Subject, now: datetime) -> _Plan:
+        key = (base.workspace_id, base.department_id, base.agent_id, base.virtual_key_id)
+        at = now.timestamp()
+        plan = self._plans.get(key)
+        if plan is not None and plan.rules is rules and plan.since <= at < plan.until:
+            return plan
+        budgets, limits = rules
+        applied = applicable_budgets(budgets, base)
+        rated = applicable_limits(limits, base)
+        since, until = -math.inf, math.inf
+        for b in applied:
+            start, end = window(b, now)
+            if start is not None and end is not None:
+                since, until = max(since, start.timestamp()), min(until, end.timestamp())
+        keys = [counter_key(b, now, None) for b in applied]
+        plan = _Plan(rules, applied, rated, keys, self._rates_of(Governed(), rated), since, until)
+        if len(self._plans) >= _PLANS_KEPT:
+            self._plans.clear()  # subjects of rules since reloaded, mostly
+        self._plans[key] = plan
+        return plan
+
+    async def _admit_planned(
+        self,
+        governed: Governed,
+        plan: _Plan,
+        base: Subject,
+        now: datetime,
+        request_id: str,
+        model: str,
+        provider: str,
+        overrides: dict[str, Any],
+        tokens: tuple[int, int],
+    ) -> None:
+        """`admit` by a plan: the same counters' step, without finding what applies."""
+        tokens_in, tokens_out = tokens
+        governed.limits = plan.rated
+        governed.tokens_estimate = tokens_in + tokens_out
+        governed.tokens_in = tokens_in
+        try:
+            if plan.applied:
+                estimate = self._bound(base.workspace_id, model, provider, now, overrides, tokens_in, tokens_out) or 0
+                await self.hold(
+                    governed, plan.applied, base.run_id, estimate, now, "this call", plan.rated, plan.rates, plan.keys
+                )
+                await self._soft_throttles(governed, now)
+                self.defer(self.entries(governed, "reserve", request_id, base.run_id, now))
+            elif plan.rates:
+                wait = await self.counters.hit(plan.rates, now.timestamp())
+                self._counted(governed, plan.rated, plan.rates, wait)
+        except CountersUnavailable:
+            self._unavailable(governed, plan.applied)
         except BaseException:
             await self._undo(governed)
             raise
@@ -317,6 +421,9 @@ class BudgetGate:
         rates: list[Rate],
     ) -> None:
         await self.hold(governed, applied, subject.run_id, estimate, now, "this call", rated, rates)
+        await self._soft_throttles(governed, now)
+
+    async def _soft_throttles(self, governed: Governed, now: datetime) -> None:
         for f in governed.figures:
             b = f.budget
             if b.action is Action.SOFT_THROTTLE and f.spent + f.reserved > b.limit_nanos:
@@ -332,11 +439,14 @@ class BudgetGate:
         what: str,
         rated: list[RateLimit] | None = None,
         rates: list[Rate] | None = None,
+        keys: list[str] | None = None,
     ) -> None:
         """Reserve `amount` against every budget in `applied` (all or none), or raise BudgetExceeded naming the
         first that has too little left. A soft_throttle or alert_only budget is counted, never refused here.
-        With `rates`, they are hit first in the same step (a refusal raised as `_counted` says)."""
-        keys = [counter_key(b, now, run_id) for b in applied]
+        With `rates`, they are hit first in the same step (a refusal raised as `_counted` says). `keys`: the
+        budgets' counter keys now, when the caller has them."""
+        if keys is None:
+            keys = [counter_key(b, now, run_id) for b in applied]
         charges = [Charge(k, b.limit_nanos if b.blocks else None, amount) for b, k in zip(applied, keys, strict=True)]
         reservation = new_id("rsv")
         if rates:

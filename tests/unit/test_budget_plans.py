@@ -1,0 +1,127 @@
+"""The budget gate's admission plans (gateway/budgets.py `_Plan`): what applies to a key's calls is found once and
+looked up after, so a plan must never outlive what it stands for: a budget's window (its counter key), the rules
+it was made from, the subject it was made for. Real in-process counters, an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from agentledger.core.budgets import Action, Budget, Decision, Period, RateLimit, Scope, Subject
+from agentledger.core.errors import BudgetExceeded, RateLimited
+from agentledger.core.model import TraceEvent
+from agentledger.gateway.budgets import BudgetGate, Governed
+from agentledger.limits.memory import MemoryCounters
+
+WS = "ws-plans"
+ANCHOR = datetime(2026, 11, 1, tzinfo=UTC)
+BIG = 10**15
+
+
+class Clock:
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+def budget(budget_id: str, scope: Scope, value: str | None, **kw: Any) -> Budget:
+    fields: dict[str, Any] = {"period": Period.DAY, "action": Action.BLOCK_REQUESTS, **kw}
+    return Budget(WS, budget_id, scope, value, BIG, fields.pop("period"), ANCHOR, fields.pop("action"), **fields)
+
+
+def gate_with(rules: dict[str, Any], clock: Clock) -> tuple[BudgetGate, list[TraceEvent]]:
+    written: list[TraceEvent] = []
+
+    async def rules_of(_ws: str) -> tuple[list[Budget], list[RateLimit]]:
+        return list(rules["budgets"]), list(rules["limits"])
+
+    async def no_workflow(_ws: str, _run: str) -> str | None:
+        return None
+
+    gate = BudgetGate(rules_of, no_workflow, MemoryCounters(), written.extend, clock, defer=written.extend)
+    return gate, written
+
+
+def subject(**kw: Any) -> Subject:
+    return Subject(WS, **{"department_id": "dep", "agent_id": None, "virtual_key_id": "vk", **kw})
+
+
+def admit(gate: BudgetGate, who: Subject, governed: Governed | None = None) -> Governed:
+    governed = governed if governed is not None else Governed()
+
+    async def go() -> None:
+        await gate.admit(
+            governed,
+            who,
+            request_id="req",
+            model="gpt-4o-mini",
+            provider="openai",
+            body_bytes=200,
+            max_output=10,
+            overrides={},
+        )
+
+    asyncio.run(go())
+    return governed
+
+
+def keys(governed: Governed) -> dict[str, str]:
+    return {f.budget.id: f.key for f in governed.figures}
+
+
+def test_a_call_past_its_budgets_window_charges_the_next_windows_counter() -> None:
+    clock = Clock(ANCHOR + timedelta(hours=23, minutes=59))
+    gate, _ = gate_with({"budgets": [budget("day", Scope.WORKSPACE, None)], "limits": []}, clock)
+    first, again = admit(gate, subject()), admit(gate, subject())
+    assert keys(first) == keys(again) == {"day": f"b|{WS}|day|{int(ANCHOR.timestamp())}"}
+    clock.at = ANCHOR + timedelta(days=1)  # the window's end: the plan's keys no longer hold
+    assert keys(admit(gate, subject())) == {"day": f"b|{WS}|day|{int((ANCHOR + timedelta(days=1)).timestamp())}"}
+    clock.at = ANCHOR + timedelta(hours=1)  # a clock set back: the earlier window again, not the plan's
+    assert keys(admit(gate, subject())) == {"day": f"b|{WS}|day|{int(ANCHOR.timestamp())}"}
+
+
+def test_rules_read_again_are_planned_again_and_each_subject_has_its_own_plan() -> None:
+    clock = Clock(ANCHOR + timedelta(hours=1))
+    rules: dict[str, Any] = {"budgets": [budget("ws", Scope.WORKSPACE, None)], "limits": []}
+    gate, _ = gate_with(rules, clock)
+    assert set(keys(admit(gate, subject()))) == {"ws"}
+    rules["budgets"] = [*rules["budgets"], budget("vk", Scope.VIRTUAL_KEY, "vk")]
+    assert set(keys(admit(gate, subject()))) == {"ws"}  # the rules are cached (cache_ttl): not read yet
+    gate.invalidate(WS)  # what an admin's change does
+    assert set(keys(admit(gate, subject()))) == {"ws", "vk"}
+    assert set(keys(admit(gate, subject(virtual_key_id="other")))) == {"ws"}  # another key: its own plan
+    assert set(keys(admit(gate, subject()))) == {"ws", "vk"}
+
+
+def test_rules_a_plan_cannot_stand_for_are_decided_call_by_call() -> None:
+    clock = Clock(ANCHOR + timedelta(hours=1))
+    customer = budget("acme", Scope.PROPERTY, "acme", property_name="customer")
+    rules: dict[str, Any] = {"budgets": [budget("ws", Scope.WORKSPACE, None), customer], "limits": []}
+    gate, _ = gate_with(rules, clock)
+    assert set(keys(admit(gate, subject(properties={"customer": "acme"})))) == {"ws", "acme"}
+    assert set(keys(admit(gate, subject(properties={"customer": "other"})))) == {"ws"}
+    assert set(keys(admit(gate, subject(properties={"customer": "acme"})))) == {"ws", "acme"}
+
+
+def test_a_planned_call_is_refused_as_an_unplanned_one_and_writes_no_reservation() -> None:
+    clock = Clock(ANCHOR + timedelta(hours=1))
+    rate = RateLimit(WS, "rpm", Scope.VIRTUAL_KEY, "vk", requests_per_minute=1)
+    gate, _ = gate_with({"budgets": [], "limits": [rate]}, clock)
+    assert admit(gate, subject()).decision is Decision.ALLOWED
+    throttled = Governed()
+    with pytest.raises(RateLimited):
+        admit(gate, subject(), throttled)
+    assert throttled.decision is Decision.THROTTLED
+    assert throttled.decided_by == {"kind": "rate_limit", "id": "rpm", "scope": "virtual_key:vk"}
+    small = Budget(WS, "small", Scope.WORKSPACE, None, 1, Period.DAY, ANCHOR, Action.BLOCK_REQUESTS)
+    gate, written = gate_with({"budgets": [small], "limits": []}, clock)
+    blocked = Governed()
+    with pytest.raises(BudgetExceeded):
+        admit(gate, subject(), blocked)
+    assert blocked.decision is Decision.BLOCKED and blocked.reservation_id is None
+    assert written == []  # a refused reservation writes no ledger entry
