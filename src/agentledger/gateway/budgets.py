@@ -96,7 +96,7 @@ class _Plan:
     seconds; the budgets' windows, so their counter keys, hold that long): the budgets and rate limits that apply,
     the keys and limits the reservation charges, the rates it counts. Built at a subject's first call and looked
     up after, for rules whose scopes a call's key names (workspace, department, agent, virtual key) and whose
-    rates are requests per minute: the per-call work of finding them was most of what a budget check cost."""
+    rates are requests per minute (docs/benchmark.md, 2026-11-27: ~20 µs of the event loop's CPU a call)."""
 
     rules: Rules
     applied: list[Budget]
