@@ -52,6 +52,11 @@ def health_routes(store: Store, pipeline: TracePipeline) -> list[Route]:
             f"agentledger_trace_events_dropped_total {s.dropped}",
             "# TYPE agentledger_trace_queue_depth gauge",
             f"agentledger_trace_queue_depth {pipeline.depth}",
+            # 0 on a second gateway of one SQLite database (it answers on the store's commits instead) or off strict.
+            "# TYPE agentledger_trace_journal_enabled gauge",
+            f"agentledger_trace_journal_enabled {int(pipeline.journal is not None)}",
+            "# TYPE agentledger_trace_journal_pending_events gauge",
+            f"agentledger_trace_journal_pending_events {pipeline.journal_pending}",
         ]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 

@@ -146,6 +146,11 @@ class TracePipeline:
         return self._queued_events + self._journaled_events
 
     @property
+    def journal_pending(self) -> int:
+        """Events past the journal (acknowledged, in strict mode) that the store does not hold yet: its lag."""
+        return self._journaled_events
+
+    @property
     def strict(self) -> bool:
         return self.durability is Durability.STRICT
 

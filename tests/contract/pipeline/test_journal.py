@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
 
+from agentledger.api.health import health_routes
 from agentledger.core.budgets import (
     Action,
     Budget,
@@ -360,6 +363,41 @@ async def test_a_second_gateway_on_the_database_answers_on_the_store_commit(
     assert steps_written(store, ws) == 1
     await second.aclose()
     await first.aclose()
+
+
+async def test_metrics_say_which_gateway_has_the_journal_and_how_far_the_store_lags(
+    store: SQLStore, tmp_path: Path, ws: str
+) -> None:
+    held = FlakyStore(store)
+    first = journaled(held, tmp_path / "j")
+    await first.recover()
+    first.start()
+    second = journaled(store, tmp_path / "j")
+    await second.recover()
+    second.start()
+    held.gate = asyncio.Event()  # the first one's store takes nothing for now
+    fut = first.commit([step(ws, 0), step(ws, 1)])
+    assert fut is not None
+    await asyncio.wait_for(fut, 5)  # answered from the journal
+    assert metrics_of(first) | metrics_of(second, "second") == {
+        "agentledger_trace_journal_enabled": 1,
+        "agentledger_trace_journal_pending_events": 2,
+        "second agentledger_trace_journal_enabled": 0,
+        "second agentledger_trace_journal_pending_events": 0,
+    }
+    held.gate.set()
+    await first.flush()
+    assert metrics_of(first)["agentledger_trace_journal_pending_events"] == 0
+    await second.aclose()
+    await first.aclose()
+
+
+def metrics_of(pipeline: TracePipeline, prefix: str = "") -> dict[str, int]:
+    """The journal's lines of GET /metrics, through the route itself."""
+    app = Starlette(routes=health_routes(cast(Store, None), pipeline))
+    text = TestClient(app).get("/metrics").text
+    pairs = (line.split() for line in text.splitlines() if line.startswith("agentledger_trace_journal"))
+    return {(f"{prefix} " if prefix else "") + name: int(value) for name, value in pairs}
 
 
 async def test_a_clean_stop_leaves_nothing_that_blocks_the_next_process(
