@@ -254,35 +254,40 @@ class BudgetGate:
         budgets, limits = rules
         if not budgets and not limits and not extra_limits:
             return
+        keys: list[str] | None = None
+        rates: list[Rate] | None = None
         if not extra_limits and self._plans_serve(base.workspace_id, rules):
             now = self.clock()
             plan = self._plan_for(rules, base, now)
-            if plan.applied or plan.rated:
-                tokens = self._tokens(body_bytes, max_output, embeddings, choices)
-                await self._admit_planned(governed, plan, base, now, request_id, model, provider, overrides, tokens)
-            return
-        subject = await self.subject(base, budgets, limits)
-        applied = applicable_budgets(budgets, subject)
-        rated = [*applicable_limits(limits, subject), *extra_limits]
+            applied, rated, keys, rates, run_id = plan.applied, plan.rated, plan.keys, plan.rates, base.run_id
+        else:
+            subject = await self.subject(base, budgets, limits)
+            applied = applicable_budgets(budgets, subject)
+            rated = [*applicable_limits(limits, subject), *extra_limits]
+            now, run_id = self.clock(), subject.run_id
         if not applied and not rated:
             return
-        now = self.clock()
         tokens_in, tokens_out = self._tokens(body_bytes, max_output, embeddings, choices)
         governed.limits = rated
         governed.tokens_estimate = tokens_in + tokens_out
         governed.tokens_in = tokens_in
         try:
-            # Slots first (only limits with `concurrent` have any): nothing is reserved before a step that may fail.
-            await self._slots(governed, rated)
-            counted = self._rates_of(governed, rated)
+            if rates is None:  # (a plan's limits hold no concurrency slots, and count requests only)
+                # Slots first (only limits with `concurrent` have any): nothing is reserved before a step that may fail.
+                await self._slots(governed, rated)
+                rates = self._rates_of(governed, rated)
             if applied:  # the rates and the reservation in one step of the counters (one Redis round trip)
                 estimate = self._bound(base.workspace_id, model, provider, now, overrides, tokens_in, tokens_out) or 0
-                await self._reserve(governed, applied, subject, estimate, now, request_id, rated, counted)
+                await self.hold(governed, applied, run_id, estimate, now, "this call", rated, rates, keys)
+                for f in governed.figures:
+                    b = f.budget
+                    if b.action is Action.SOFT_THROTTLE and f.spent + f.reserved > b.limit_nanos:
+                        await self._soft_throttle(governed, f, now)  # a refusal undoes the hold: nothing to write
                 # Written once the call is admitted: a refusal's reservation never reaches the ledger to be left open.
-                self.defer(self.entries(governed, "reserve", request_id, subject.run_id, now))
-            elif counted:
-                wait = await self.counters.hit(counted, now.timestamp())
-                self._counted(governed, rated, counted, wait)
+                self.defer(self.entries(governed, "reserve", request_id, run_id, now))
+            elif rates:
+                wait = await self.counters.hit(rates, now.timestamp())
+                self._counted(governed, rated, rates, wait)
         except CountersUnavailable:
             self._unavailable(governed, applied)
         except BaseException:
@@ -317,40 +322,6 @@ class BudgetGate:
             self._plans.clear()  # subjects of rules since reloaded, mostly
         self._plans[key] = plan
         return plan
-
-    async def _admit_planned(
-        self,
-        governed: Governed,
-        plan: _Plan,
-        base: Subject,
-        now: datetime,
-        request_id: str,
-        model: str,
-        provider: str,
-        overrides: dict[str, Any],
-        tokens: tuple[int, int],
-    ) -> None:
-        """`admit` by a plan: the same counters' step, without finding what applies."""
-        tokens_in, tokens_out = tokens
-        governed.limits = plan.rated
-        governed.tokens_estimate = tokens_in + tokens_out
-        governed.tokens_in = tokens_in
-        try:
-            if plan.applied:
-                estimate = self._bound(base.workspace_id, model, provider, now, overrides, tokens_in, tokens_out) or 0
-                await self.hold(
-                    governed, plan.applied, base.run_id, estimate, now, "this call", plan.rated, plan.rates, plan.keys
-                )
-                await self._soft_throttles(governed, now)
-                self.defer(self.entries(governed, "reserve", request_id, base.run_id, now))
-            elif plan.rates:
-                wait = await self.counters.hit(plan.rates, now.timestamp())
-                self._counted(governed, plan.rated, plan.rates, wait)
-        except CountersUnavailable:
-            self._unavailable(governed, plan.applied)
-        except BaseException:
-            await self._undo(governed)
-            raise
 
     def _rates_of(self, governed: Governed, rated: list[RateLimit]) -> list[Rate]:
         """The rates a call counts: a request, and its tokens (its estimate, corrected when it settles)."""
@@ -408,26 +379,6 @@ class BudgetGate:
                     retry_after=1,
                 )
             governed.slots.append(f"{key}\0{holder}")
-
-    async def _reserve(
-        self,
-        governed: Governed,
-        applied: list[Budget],
-        subject: Subject,
-        estimate: int,
-        now: datetime,
-        request_id: str,
-        rated: list[RateLimit],
-        rates: list[Rate],
-    ) -> None:
-        await self.hold(governed, applied, subject.run_id, estimate, now, "this call", rated, rates)
-        await self._soft_throttles(governed, now)
-
-    async def _soft_throttles(self, governed: Governed, now: datetime) -> None:
-        for f in governed.figures:
-            b = f.budget
-            if b.action is Action.SOFT_THROTTLE and f.spent + f.reserved > b.limit_nanos:
-                await self._soft_throttle(governed, f, now)  # a refusal undoes the hold: nothing to write
 
     async def hold(
         self,
