@@ -291,19 +291,23 @@ class Figures:
         return self.budget.limit_nanos - self.spent - self.reserved
 
     @property
+    def remaining_usd(self) -> str:
+        """What is left as exact USD text, never below zero (a budget over its limit has nothing left)."""
+        return format_usd(max(self.remaining, 0))
+
+    @property
     def percent_used(self) -> float:
         limit = self.budget.limit_nanos
         return round(100.0 * (self.spent + self.reserved) / limit, 2) if limit else 100.0
 
     def view(self, now: datetime) -> dict[str, object]:
         """As the policy_check step, the status API and `GET /v1/budget` show it."""
-        remaining = self.remaining
         return {
             **_static_view(self.budget, self.key, now),
             "spent_usd": format_usd(self.spent),
             "reserved_usd": format_usd(self.reserved),
-            "remaining_usd": format_usd(max(remaining, 0)),
-            "remaining_nanos": remaining,
+            "remaining_usd": self.remaining_usd,
+            "remaining_nanos": self.remaining,
             "percent_used": self.percent_used,
         }
 
@@ -400,13 +404,9 @@ class PolicyReport:
         return out
 
 
-def governance_dict(governance: Mapping[str, Any] | PolicyReport | None) -> dict[str, Any] | None:
+def governance_dict(governance: dict[str, Any] | PolicyReport | None) -> dict[str, Any] | None:
     """A request's `governance` as stored: a report's dict, built now if it was kept as numbers."""
-    if governance is None or isinstance(governance, dict):
-        return governance
-    if isinstance(governance, PolicyReport):
-        return governance.as_dict()
-    return dict(governance)
+    return governance.as_dict() if isinstance(governance, PolicyReport) else governance
 
 
 def tightest(standings: Sequence[Figures]) -> Figures | None:
@@ -443,12 +443,7 @@ _SCOPES_PICKLED: dict[tuple[tuple[Budget, ...], tuple[RateLimit, ...]], bytes] =
 def _report_from(
     decision: str, scopes: bytes, numbers: tuple[tuple[str, int, int], ...], rest: tuple[Any, ...]
 ) -> PolicyReport:
-    budget_args, limit_args = pickle.loads(scopes)
-    budgets = [
-        Budget(ws, i, Scope(sc), v, lim, Period(per), anchor, Action(act), th, prop, rpm)
-        for ws, i, sc, v, lim, per, anchor, act, th, prop, rpm in budget_args
-    ]
-    limits = tuple(RateLimit(ws, i, Scope(sc), *more) for ws, i, sc, *more in limit_args)
+    budgets, limits = pickle.loads(scopes)
     figures = tuple(Figures(b, *n) for b, n in zip(budgets, numbers, strict=True))
     return PolicyReport(Decision(decision), rest[0], figures, limits, *rest[1:])
 
@@ -461,17 +456,7 @@ def _report_reduce(r: PolicyReport) -> tuple[Any, ...]:
     if scopes is None:
         if len(_SCOPES_PICKLED) >= STATIC_VIEWS_KEPT:
             _SCOPES_PICKLED.clear()  # changed budgets and limits, mostly
-        budget_args = [
-            (b.workspace_id, b.id, b.scope.value, b.value, b.limit_nanos, b.period.value, b.anchor, b.action.value)
-            + (b.thresholds, b.property_name, b.throttle_rpm)
-            for b in budgets
-        ]
-        limit_args = [
-            (lim.workspace_id, lim.id, lim.scope.value, lim.value, lim.property_name)
-            + (lim.requests_per_minute, lim.tokens_per_minute, lim.concurrent, lim.policy_version)
-            for lim in r.limits
-        ]
-        scopes = _SCOPES_PICKLED[(budgets, r.limits)] = pickle.dumps((budget_args, limit_args), pickle.HIGHEST_PROTOCOL)
+        scopes = _SCOPES_PICKLED[(budgets, r.limits)] = pickle.dumps((budgets, r.limits), pickle.HIGHEST_PROTOCOL)
     numbers = tuple((f.key, f.spent, f.reserved) for f in r.figures)
     rest = (r.decided_by, r.reservation_id, r.estimate, r.note, r.policy, r.at)
     return _report_from, (r.decision.value, scopes, numbers, rest)

@@ -735,6 +735,6 @@ def headline(governed: Governed) -> dict[str, str]:
     headers = {"alephant-policy-decision": governed.decision.value}
     f = tightest(governed.figures)
     if f is not None:
-        headers["alephant-budget-remaining-usd"] = format_usd(max(f.remaining, 0))
+        headers["alephant-budget-remaining-usd"] = f.remaining_usd
         headers["alephant-budget-scope"] = f.budget.scope_label
     return headers

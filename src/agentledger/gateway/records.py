@@ -26,7 +26,6 @@ from agentledger.core.model import (
     StepStatus,
     TraceEvent,
 )
-from agentledger.core.money import format_usd
 from agentledger.core.pricing import Cost, CostSource, Price, bounded
 from agentledger.core.routing import Hop
 from agentledger.core.usage import Usage
@@ -195,7 +194,7 @@ def trace_events(
         attributes["policy_decision"] = governance.decision.value
         least = tightest(governance.figures)
         if least is not None:
-            attributes["budget_remaining_usd"] = format_usd(max(least.remaining, 0))
+            attributes["budget_remaining_usd"] = least.remaining_usd
             attributes["budget_scope"] = least.budget.scope_label
     if usage is not None and (usage.cache_write_1h_tokens or usage.web_searches):
         attributes["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
