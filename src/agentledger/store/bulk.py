@@ -12,7 +12,7 @@ have written it: a contract test compares rows written both ways.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -90,8 +90,12 @@ class BulkStatement:
             raise ValueError(f"bulk statement binds values that are not row columns: {extra}")
         self.sql = str(compiled)
         self.order = list(compiled.positiontup) if compiled.positional else None
-        # A row → its parameters in one C call (a generator over ~35 columns a row was a fifth of the writer).
-        self._positional = operator.itemgetter(*self.order) if self.order else None
+        # A row → its parameters in one C call (a generator over ~35 columns a row was a fifth of the writer); a
+        # tuple even for one column (itemgetter of one key returns the bare value).
+        self._positional: Callable[[dict[str, Any]], Any] | None = None
+        if self.order:
+            get = operator.itemgetter(*self.order)
+            self._positional = get if len(self.order) > 1 else lambda values: (get(values),)
         self.keys = tuple(keys)
         self.json = _json_columns(table, keys)
         self.rowcount = -1  # of the last run without `returning`: the rows it changed, as the driver counts them
@@ -125,8 +129,6 @@ class BulkStatement:
         """Execute once for `row`: the first row it returned (a statement with RETURNING), or None."""
         values = _as_driver_values(row, self.json, self.datetimes)
         params = self._positional(values) if self._positional is not None else values
-        if self.order is not None and len(self.order) == 1:
-            params = (params,)  # itemgetter of one key returns the value, not a tuple
         with _driver_cursor(conn, self.sql) as cursor:
             cursor.execute(self.sql, params)
             rows = cursor.fetchall()  # to the end: SQLite finishes the statement before its commit

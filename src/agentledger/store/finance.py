@@ -133,7 +133,7 @@ class PaymentProofs:
         def run(conn: Connection) -> bool:
             return conn.execute(stmt, params).first() is not None
 
-        return await self._one_statement(run, durable=False)
+        return await self.store.lazy_write(run)
 
     async def settle(
         self,
@@ -173,9 +173,7 @@ class PaymentProofs:
 
         return await self._one_statement(run)
 
-    async def _one_statement(self, run: Callable[[Connection], T], *, durable: bool = True) -> T:
-        if not durable:  # the claim only: a lost claim was never settled (claim's docstring)
-            return await self.store.lazy_write(run)
+    async def _one_statement(self, run: Callable[[Connection], T]) -> T:
         return await (self.store._write(run) if self.store.is_sqlite else self.store._autocommit(run))
 
 

@@ -238,7 +238,7 @@ class SQLStore:
         # Behind the trace journal (pipeline/journal.py) a trace batch's commit needs no fsync of its own: the
         # journal holds the batch until `sync_log` has made the commits durable (SQLite only; set by the app).
         self.journaled = False
-        # SQLite: single statements committed without an fsync of their own (`lazy_write`), on a connection kept
+        # SQLite: single statements committed without an fsync of their own (`lazy_first`), on a connection kept
         # by the writer thread with `synchronous=NORMAL` for good (the pragma is per connection).
         self._lazy_conn: Connection | None = None
         self._books = BookKeeper(self.engine.dialect)
@@ -301,35 +301,24 @@ class SQLStore:
         await asyncio.get_running_loop().run_in_executor(self._writer, upgrade, self.engine)
 
     async def lazy_write(self, fn: Callable[[Connection], T]) -> T:
-        """A single-statement write committed without a log flush of its own: visible at once, durable with the
-        next durable commit, which flushes the log up to there. SQLite: a transaction of its own on the writer
-        thread, on a connection kept with `synchronous=NORMAL` (WAL keeps commits in order). PostgreSQL: the
-        statement on the reader pool (as `_autocommit`) with `synchronous_commit = off` while it runs. With
-        `durable_commits` off every commit is like this already."""
-        if not self.durable_commits:
-            return await (self._write(fn) if self.is_sqlite else self._autocommit(fn))
-        if not self.is_sqlite:
-            return await self._autocommit(_without_flush(fn))
-
-        def run() -> T:
-            conn = self._lazy_connection()
-            try:
-                with conn.begin():
-                    return fn(conn)
-            except UNAVAILABLE:
-                self._drop_lazy(conn)
-                raise
-
-        return await self._run(self._writer, run)
+        """PostgreSQL: a single-statement write committed without a log flush of its own (the statement on the
+        reader pool, as `_autocommit`, with `synchronous_commit = off` while it runs): visible at once, durable with
+        the next durable commit, which flushes the log up to there. SQLite's is `lazy_first`."""
+        assert not self.is_sqlite
+        return await self._autocommit(_without_flush(fn) if self.durable_commits else fn)
 
     async def lazy_first(self, stmt: BulkStatement, row: dict[str, Any]) -> tuple[Any, ...] | None:
-        """`lazy_write` of one statement run for `row` through the driver, its first returned row (or None).
-        SQLite only: SQLAlchemy's execute, begin and commit cost ~0.1 ms of the writer's CPU around a statement
-        that costs SQLite a few tens of µs, and a paid call's proof claim waits for all of it."""
+        """SQLite: one statement run for `row` through the driver, its first returned row (or None), committed
+        without an fsync of its own in a transaction of its own on the writer thread, on a connection kept with
+        `synchronous=NORMAL` (WAL keeps commits in order: durable with the next durable commit). Through the driver:
+        SQLAlchemy's execute, begin and commit cost ~0.1 ms of the writer's CPU around a statement that costs SQLite
+        a few tens of µs, and a paid call's proof claim waits for all of it."""
         assert self.is_sqlite
 
         def run() -> tuple[Any, ...] | None:
-            conn = self._lazy_connection()
+            conn = self._lazy_conn
+            if conn is None:
+                conn = self._lazy_conn = self._connect_unsynced()
             raw = conn.connection  # the driver's connection: no SQLAlchemy transaction is ever begun on it
             try:
                 try:
@@ -340,26 +329,20 @@ class SQLStore:
                         raw.rollback()
                     raise
             except UNAVAILABLE:
-                self._drop_lazy(conn)
+                self._lazy_conn = None
+                with contextlib.suppress(Exception):
+                    conn.invalidate()
                 raise
             return first
 
         return await self._run(self._writer, run)
 
-    def _lazy_connection(self) -> Connection:
-        """The writer thread's kept connection for lazy writes (`synchronous=NORMAL`)."""
-        conn = self._lazy_conn
-        if conn is None:
-            conn = self.engine.connect()
-            conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
-            conn.commit()  # SQLAlchemy's autobegun transaction; SQLite begins none for a PRAGMA
-            self._lazy_conn = conn
+    def _connect_unsynced(self) -> Connection:
+        """A connection whose commits skip SQLite's fsync (`synchronous=NORMAL`, a per-connection pragma)."""
+        conn = self.engine.connect()
+        conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+        conn.commit()  # SQLAlchemy's autobegun transaction; SQLite begins none for a PRAGMA
         return conn
-
-    def _drop_lazy(self, conn: Connection) -> None:
-        self._lazy_conn = None
-        with contextlib.suppress(Exception):
-            conn.invalidate()
 
     def _drop_kept_conns(self) -> None:
         self._drop_trace_conn()
@@ -390,10 +373,8 @@ class SQLStore:
         """Runs on the writer thread: one transaction on the kept trace connection."""
         conn = self._trace_conn
         if conn is None:
-            conn = self._trace_conn = self.engine.connect()
-            if self.is_sqlite and self.journaled:
-                conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
-                conn.commit()  # SQLAlchemy's autobegun transaction; SQLite begins none for a PRAGMA
+            unsynced = self.is_sqlite and self.journaled
+            conn = self._trace_conn = self._connect_unsynced() if unsynced else self.engine.connect()
         self._pending_workflows.clear()
         try:
             with conn.begin():

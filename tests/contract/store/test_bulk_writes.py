@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, literal_column, select
 from sqlalchemy.exc import IntegrityError
 
 from agentledger.core.model import (
@@ -32,7 +32,7 @@ from agentledger.core.model import (
 from agentledger.core.pricing import CostSource
 from agentledger.core.usage import Usage
 from agentledger.store import schema as t
-from agentledger.store.bulk import sqlite_datetime
+from agentledger.store.bulk import BulkStatement, sqlite_datetime
 from agentledger.store.sql import SQLStore, _request_values, _run_values, _step_values
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 5, tzinfo=timezone(timedelta(hours=2)))
@@ -217,3 +217,20 @@ async def test_ledger_totals_are_exact_past_a_bigint(store: SQLStore) -> None:
         # refuses one past the 64-bit range (core.budgets), so these rows must not outlive the test.
         with store.engine.begin() as conn:
             conn.execute(delete(t.budget_ledger).where(t.budget_ledger.c.workspace_id == ws))
+
+
+def test_a_statement_of_one_column_binds_it_as_a_row_of_one(store: SQLStore) -> None:
+    """`itemgetter` of one key returns the bare value: a one-column statement must still bind a one-value row, on
+    the executemany path and the single-row one."""
+    constants = {"name": literal_column("'one column'"), "created_at": literal_column("CURRENT_TIMESTAMP")}
+    insert_one = store._insert(t.workspaces).values(constants)
+    stmt = insert_one.on_conflict_do_nothing(index_elements=["id"]).returning(t.workspaces.c.id)
+    bulk = BulkStatement(stmt, t.workspaces, ["id"], store.engine.dialect)
+    ws = f"ws-{uuid.uuid4().hex[:8]}"
+    with store.engine.begin() as conn:
+        if store.is_sqlite:
+            bulk.run(conn, [{"id": ws}])
+            assert bulk.first(conn, {"id": ws}) is None  # there already: nothing returned
+        else:
+            assert bulk.first(conn, {"id": ws}) == (ws,)
+        assert conn.execute(select(t.workspaces.c.id).where(t.workspaces.c.id == ws)).scalar_one() == ws
