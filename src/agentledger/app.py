@@ -152,7 +152,7 @@ def build_components(
         cache_ttl=settings.cache_ttl,
         stale_if_error=settings.stale_if_error,
         reservation=store.budgets.reservation,
-        defer=pipeline.defer,
+        write_within=pipeline.interval,
         disable_key=lambda ws, key_id: _disable_key(store, gateway, trail, ws, key_id),
     )
     gateway = Gateway(

@@ -539,6 +539,28 @@ def test_a_replayed_request_id_reserves_and_charges_nothing(gw: Harness) -> None
     assert len(gw.fake.received) == 1
 
 
+def test_a_call_still_running_has_its_reserve_in_the_ledger_and_is_settled_once(
+    gw: Harness, slow_upstream: None
+) -> None:
+    """A call's reserve entries wait for its record at most the pipeline's interval (20 ms): one still running
+    after that has them in the ledger, where a crash it outlives finds them; when it ends, its settle joins them
+    and the reserve, carried by its record too, is not written twice."""
+    make_budget(gw, id="long", scope="workspace", limit_usd="1")
+    done: list[httpx.Response] = []
+    caller = threading.Thread(target=lambda: done.append(chat(gw)))
+    caller.start()
+    deadline = time.monotonic() + 0.4
+    while not ledger(gw, "long") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not done, "the upstream takes 0.6 s: the call is still running"
+    assert kinds(ledger(gw, "long")) == [("reserve", HELLO_RESERVE, 0)]
+    caller.join(10)
+    assert done[0].status_code == 200, done[0].text
+    assert kinds(ledger(gw, "long")) == [("reserve", HELLO_RESERVE, 0), ("settle", -HELLO_RESERVE, MINI)]
+    st = status(gw, "long")
+    assert (nanos(st["spent_usd"]), st["reserved_usd"]) == (MINI, "0.000000000")
+
+
 def test_a_streamed_call_is_reserved_and_settled_at_its_actual_cost(gw: Harness) -> None:
     make_budget(gw, id="st", scope="workspace", limit_usd="1")
     body = chat_body(stream=True, stream_options={"include_usage": True})

@@ -43,7 +43,7 @@ def gate_with(rules: dict[str, Any], clock: Clock) -> tuple[BudgetGate, list[Tra
     async def no_workflow(_ws: str, _run: str) -> str | None:
         return None
 
-    gate = BudgetGate(rules_of, no_workflow, MemoryCounters(), written.extend, clock, defer=written.extend)
+    gate = BudgetGate(rules_of, no_workflow, MemoryCounters(), written.extend, clock)
     return gate, written
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agentledger.core.model import Attribution, pickled_by_fields
+from agentledger.core.model import Attribution, LedgerEntries, pickled_by_fields
 from agentledger.core.money import format_usd
 
 
@@ -386,6 +386,29 @@ class PolicyReport:
     note: str | None
     policy: dict[str, Any] | None
     at: datetime
+    # A model call's ledger entries travel in its report, written by the store's writer with its request row (two
+    # events of their own each call were most of what budgets added to a call's CPU): its `settle` or `release`
+    # entries (`closed`, at `at`), and its `reserve` entries too (`reserved_at`) when they were not written yet.
+    reserved_at: datetime | None = None
+    closed: str | None = None
+    actual: int = 0
+
+    def ledger(self, request_id: str, run_id: str | None) -> list[LedgerEntries]:
+        """The ledger entries this report carries (none unless `closed`)."""
+        if self.closed is None or self.reservation_id is None or not self.figures:
+            return []
+        ws = self.figures[0].budget.workspace_id
+        counters = tuple([(f.budget.id, f.key) for f in self.figures])
+        rid, est = self.reservation_id, self.estimate
+        closing = LedgerEntries.of_reservation(
+            ws, self.closed, est, self.actual, self.at, rid, counters, request_id, run_id
+        )
+        if self.reserved_at is None:
+            return [closing]
+        reserve = LedgerEntries.of_reservation(
+            ws, "reserve", est, 0, self.reserved_at, rid, counters, request_id, run_id
+        )
+        return [reserve, closing]
 
     def as_dict(self) -> dict[str, Any]:
         """The request row's `governance` and the policy_check step's attributes."""
@@ -458,7 +481,7 @@ def _report_reduce(r: PolicyReport) -> tuple[Any, ...]:
             _SCOPES_PICKLED.clear()  # changed budgets and limits, mostly
         scopes = _SCOPES_PICKLED[(budgets, r.limits)] = pickle.dumps((budgets, r.limits), pickle.HIGHEST_PROTOCOL)
     numbers = tuple((f.key, f.spent, f.reserved) for f in r.figures)
-    rest = (r.decided_by, r.reservation_id, r.estimate, r.note, r.policy, r.at)
+    rest = (r.decided_by, r.reservation_id, r.estimate, r.note, r.policy, r.at, r.reserved_at, r.closed, r.actual)
     return _report_from, (r.decision.value, scopes, numbers, rest)
 
 

@@ -292,6 +292,9 @@ class LedgerEntry:
     note: str | None = None
 
 
+_ENTRY_CODE = {"reserve": "r", "settle": "s", "release": "x"}  # in a ledger entry's id, after its reservation's
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerEntries:
     """One reservation's `reserve`, `settle` or `release` on each of its counters, as one event: an entry per
@@ -310,6 +313,28 @@ class LedgerEntries:
     request_id: str | None = None
     step_id: str | None = None
     run_id: str | None = None
+
+    @classmethod
+    def of_reservation(
+        cls,
+        workspace_id: str,
+        kind: str,
+        estimate: int,
+        actual: int,
+        at: datetime,
+        reservation_id: str,
+        counters: tuple[tuple[str, str], ...],
+        request_id: str | None,
+        run_id: str | None,
+        step_id: str | None = None,
+    ) -> LedgerEntries:
+        """A reservation's `reserve` (+estimate), `settle` (−estimate, +actual) or `release` (−estimate) entries.
+        A reservation is reserved once and closed once, so its entries' ids follow from its own (unique, random)
+        id: no random draw per entry, and an entry written twice (a replay; a reserve both written early and
+        carried by its call's record) names the same row."""
+        reserved, spent = (estimate, 0) if kind == "reserve" else (-estimate, actual if kind == "settle" else 0)
+        stem = f"led_{reservation_id.partition('_')[2]}{_ENTRY_CODE[kind]}"
+        return cls(workspace_id, kind, reserved, spent, at, reservation_id, counters, stem, request_id, step_id, run_id)
 
     def entry_id(self, i: int) -> str:
         return f"{self.entry_stem}{i:x}"

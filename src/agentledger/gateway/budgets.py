@@ -80,13 +80,16 @@ class Governed:
     decided_by: dict[str, Any] | None = None
     note: str | None = None
     policy: dict[str, Any] | None = None  # the policies' verdict as the trace keeps it (gateway/policies.py)
+    reserved_at: datetime | None = None  # admitted at, while its reserve entries are not written (BudgetGate._open)
+    closed: str | None = None  # settled, its entries left to the call's report: "settle" or "release"
+    actual: int = 0
+    closed_at: datetime | None = None
 
     @property
     def governed(self) -> bool:
         return bool(self.figures or self.limits or self.decided_by or self.note or self.policy)
 
 
-_ENTRY_CODE = {"reserve": "r", "settle": "s", "release": "x"}  # in a ledger entry's id, after its reservation's
 _PLANS_KEPT = 4096
 
 
@@ -137,11 +140,13 @@ class BudgetGate:
         stale_if_error: float = 3600.0,
         reservation: Callable[[str, str], Awaitable[dict[str, tuple[str, int, int]]]] | None = None,
         disable_key: Callable[[str, str], Awaitable[None]] | None = None,
-        defer: Callable[[list[TraceEvent]], object] | None = None,
+        write_within: float = 0.0,
     ) -> None:
-        # Reservations' entries need not be written on their own: with the call's records, or within the
-        # pipeline's interval (TracePipeline.defer).
-        self.defer = defer or commit
+        # An admitted call's reserve entries need not be written on their own: they go with the call's record when
+        # it ends within `write_within` seconds (most do), else then (0: at once).
+        self.write_within = write_within
+        self._open: dict[str, tuple[Governed, str, str | None, float]] = {}  # by reservation: call, run, due
+        self._writing: asyncio.TimerHandle | None = None
         self.reservation_of = reservation  # the ledger's sums of one reservation (store.budgets.reservation)
         self._disable_key = disable_key
         self._rules_of = rules
@@ -284,7 +289,7 @@ class BudgetGate:
                     if b.action is Action.SOFT_THROTTLE and f.spent + f.reserved > b.limit_nanos:
                         await self._soft_throttle(governed, f, now)  # a refusal undoes the hold: nothing to write
                 # Written once the call is admitted: a refusal's reservation never reaches the ledger to be left open.
-                self.defer(self.entries(governed, "reserve", request_id, run_id, now))
+                self._keep_open(governed, request_id, run_id, now)
             elif rates:
                 wait = await self.counters.hit(rates, now.timestamp())
                 self._counted(governed, rated, rates, wait)
@@ -293,6 +298,34 @@ class BudgetGate:
         except BaseException:
             await self._undo(governed)
             raise
+
+    def _keep_open(self, governed: Governed, request_id: str, run_id: str | None, now: datetime) -> None:
+        """An admitted reservation: its reserve entries wait for the call's record (`settle(carry=True)`), or are
+        written once `write_within` has passed, so that a crash the call outlives by that long still finds them."""
+        if self.write_within <= 0 or governed.reservation_id is None:
+            self.commit(self.entries(governed, "reserve", request_id, run_id, now))
+            return
+        governed.reserved_at = now
+        loop = asyncio.get_running_loop()
+        self._open[governed.reservation_id] = (governed, request_id, run_id, loop.time() + self.write_within)
+        if self._writing is None:
+            self._writing = loop.call_later(self.write_within, self._write_due)
+
+    def _write_due(self) -> None:
+        """Write the reserve entries of the calls admitted `write_within` ago and still running."""
+        self._writing = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        events: list[TraceEvent] = []
+        for reservation, (governed, request_id, run_id, due) in list(self._open.items()):
+            if due > now:  # the rest were admitted later (loop time only grows)
+                self._writing = loop.call_later(due - now, self._write_due)
+                break
+            del self._open[reservation]
+            events += self.entries(governed, "reserve", request_id, run_id, governed.reserved_at or self.clock())
+            governed.reserved_at = None
+        if events:
+            self.commit(events)
 
     def _plans_serve(self, workspace_id: str, rules: Rules) -> bool:
         found = self._plannable.get(workspace_id)
@@ -458,8 +491,12 @@ class BudgetGate:
             governed.figures = old.figures  # the call still holds its first reservation, settled as it ends
             raise
         await self.counters.settle(old.reservation_id or "", 0)
+        unwritten = self._open.pop(old.reservation_id or "", None) is not None
+        first = self.entries(old, "reserve", request_id, run_id, governed.reserved_at or now) if unwritten else []
+        governed.reserved_at = None  # the new reservation's entries are written now
         self.commit(
             [
+                *first,
                 *self.entries(old, "release", request_id, run_id, now),
                 *self.entries(governed, "reserve", request_id, run_id, now),
             ]
@@ -512,17 +549,31 @@ class BudgetGate:
         request_id: str,
         run_id: str | None,
         refused: bool = False,
+        carry: bool = False,
     ) -> list[TraceEvent]:
         """The ledger entries of a finished call, written with its records; the counters are settled in the
-        background, and the alerts of the thresholds that settle crossed follow from the counters' answer."""
+        background, and the alerts of the thresholds that settle crossed follow from the counters' answer.
+        `carry`: the entries are left to the call's report (`summary`, which must then be written in its request
+        record; the writer expands them): its settle or release, and its reserve when not yet written."""
         if not governed.governed:
             return []
         now = self.clock()
         events: list[TraceEvent] = []
-        if governed.reservation_id is not None and not refused:
-            kind = "settle" if actual or not governed.estimate else "release"
-            events += self.entries(governed, kind, request_id, run_id, now, actual)
-            governed.figures = [_cost_after(f, governed.estimate, actual) for f in governed.figures]
+        if governed.reservation_id is not None:
+            unwritten = self._open.pop(governed.reservation_id, None) is not None
+            if refused:
+                governed.reserved_at = None
+            else:
+                kind = "settle" if actual or not governed.estimate else "release"
+                if carry:
+                    governed.closed, governed.actual, governed.closed_at = kind, actual, now
+                else:
+                    if unwritten:
+                        at = governed.reserved_at or now
+                        events += self.entries(governed, "reserve", request_id, run_id, at)
+                    governed.reserved_at = None
+                    events += self.entries(governed, kind, request_id, run_id, now, actual)
+                governed.figures = [_cost_after(f, governed.estimate, actual) for f in governed.figures]
         if governed.reservation_id is not None and not governed.token_rates and not governed.slots:
             # In-process counters settle here, no task: the alerts of the thresholds crossed go with the call's
             # records. Else (Redis; a reservation no longer held: `_late_settle`) the task settles it (idempotent).
@@ -642,26 +693,20 @@ class BudgetGate:
         """The reservation's `kind` entries, one per budget it holds, as one event (core.model.LedgerEntries: the
         budgets of one call are of one workspace)."""
         figures = governed.figures
-        if not figures:
+        if not figures or governed.reservation_id is None:
             return []
-        est = governed.estimate
-        reserved, spent = (est, 0) if kind == "reserve" else (-est, actual if kind == "settle" else 0)
-        # A reservation is reserved once and closed once (settled or released), so its entries' ids follow from
-        # its own (unique, random) id: no random draw per entry, and a replayed entry names the same row.
-        stem = f"led_{(governed.reservation_id or new_id('rsv')).partition('_')[2]}{_ENTRY_CODE[kind]}"
         return [
-            LedgerEntries(
+            LedgerEntries.of_reservation(
                 figures[0].budget.workspace_id,
                 kind,
-                reserved,
-                spent,
+                governed.estimate,
+                actual,
                 now,
                 governed.reservation_id,
                 tuple([(f.budget.id, f.key) for f in figures]),
-                stem,
                 request_id,
-                step_id,
                 run_id,
+                step_id,
             )
         ]
 
@@ -686,7 +731,10 @@ class BudgetGate:
             governed.estimate,
             governed.note,
             governed.policy,
-            self.clock(),
+            governed.closed_at or self.clock(),
+            governed.reserved_at,
+            governed.closed,
+            governed.actual,
         )
 
     def report(self, governed: Governed) -> dict[str, Any]:

@@ -600,6 +600,7 @@ class Gateway:
             request_id=call.request_id,
             run_id=a.run_id,
             refused=not outcome.attempts,
+            carry=True,  # its ledger entries go in its request record (the writer expands them)
         )
         summary = self.gate.summary(governed)  # the request row's dict is built by the store's writer
         events = trace_events(call, outcome, attempt, ended_at, latency_ms, summary)

@@ -43,7 +43,7 @@ from sqlalchemy.sql.elements import TextClause
 
 from agentledger.core.alerts import from_budget_alert
 from agentledger.core.books import NO_RUN, PAYMENT_COLUMNS, Books, RunDims
-from agentledger.core.budgets import governance_dict
+from agentledger.core.budgets import PolicyReport, governance_dict
 from agentledger.core.errors import Conflict, InvalidRequest, StoreBusy, StoreUnavailable
 from agentledger.core.finance import payment_books, payment_values
 from agentledger.core.model import (
@@ -479,6 +479,9 @@ class SQLStore:
                 continue
             _fold_session(sessions, ev.attribution, ev.started_at)
             if isinstance(ev, RequestRecord):
+                if isinstance(ev.governance, PolicyReport) and ev.governance.closed is not None:
+                    for entries in ev.governance.ledger(ev.request_id, ev.attribution.run_id):
+                        budgets_sql.fold_ledger(ledger, entries)
                 values = _request_values(ev)
                 key = (values["workspace_id"], values["id"])
                 held = requests.get(key)
