@@ -43,7 +43,7 @@ from agentledger.core.budgets import (
     window_of_key,
 )
 from agentledger.core.errors import BudgetExceeded, InvalidRequest, RateLimited, StoreUnavailable
-from agentledger.core.ids import new_id
+from agentledger.core.ids import new_id, ordered_id
 from agentledger.core.model import (
     Attribution,
     BudgetAlert,
@@ -432,7 +432,7 @@ class BudgetGate:
         if keys is None:
             keys = [counter_key(b, now, run_id) for b in applied]
         charges = [Charge(k, b.limit_nanos if b.blocks else None, amount) for b, k in zip(applied, keys, strict=True)]
-        reservation = new_id("rsv")
+        reservation = ordered_id("rsv")
         if rates:
             wait, found = await self.counters.hit_and_reserve(
                 rates, now.timestamp(), reservation, charges, self.reservation_ttl
