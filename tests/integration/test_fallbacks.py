@@ -576,16 +576,21 @@ def test_a_stream_no_provider_starts_is_answered_with_the_last_error(
 # -- budgets: a fallback to another model reserves again at its price (docs/budgets.md) ----------------------------
 
 
-def _budgeted_call(gw: Harness, limit_nanos: int, request_id: str) -> tuple[Any, int, int]:
-    """A workspace budget of `limit_nanos`, then a gpt-4o-mini call whose first attempt fails over to gpt-4o.
-    Returns the answer and the two reservations: the body's bytes and max_tokens at each model's rates."""
+def _budgeted_call(gw: Harness, limit_nanos: int, request_id: str, delay: float = 0.0) -> tuple[Any, int, int]:
+    """A workspace budget of `limit_nanos`, then a gpt-4o-mini call whose first attempt fails over to gpt-4o, each
+    attempt taking `delay` s. Returns the answer and the two reservations: the body's bytes and max_tokens at each
+    model's rates."""
     add_a(gw, models=["gpt-4o*"], fallbacks=[{"model": "gpt-4o"}])
     budget = {"id": "ws", "scope": "workspace", "limit_usd": format_usd(limit_nanos), "period": "total"}
     assert gw.api("POST", "/api/budgets", json=budget).status_code == 201
     gw.fake.script[:] = [500]
+    gw.fake.delay = delay
     body = orjson.dumps({"model": "gpt-4o-mini", "messages": HELLO, "max_tokens": 20})
     headers = {"content-type": "application/json", "x-request-id": request_id}
-    resp = gw.v1("POST", "/v1/chat/completions", content=body, headers=headers)
+    try:
+        resp = gw.v1("POST", "/v1/chat/completions", content=body, headers=headers)
+    finally:
+        gw.fake.delay = 0.0
     return resp, len(body) * 150 + 20 * 600, len(body) * 2_500 + 20 * 10_000
 
 
@@ -594,26 +599,40 @@ def ledger_of(gw: Harness) -> list[tuple[str, int, int]]:
     return sorted((e["kind"], e["reserved_delta"], e["spent_delta"]) for e in entries)
 
 
-def test_a_fallback_to_a_dearer_model_releases_its_reservation_and_reserves_at_that_price(gw: Harness) -> None:
-    resp, first, second = _budgeted_call(gw, 10**9, "req-dear")
+@pytest.mark.parametrize("delay", [0.0, 0.15], ids=["quick", "slow"])
+def test_a_fallback_to_a_dearer_model_reserves_again_at_that_price(gw: Harness, delay: float) -> None:
+    """Quick, neither reservation lasts the pipeline's interval (20 ms) and the ledger holds the call's settle only,
+    what it spent; slow, each attempt outlives it: the first reservation is written, then released, the second
+    written, then settled."""
+    resp, first, second = _budgeted_call(gw, 10**9, "req-dear", delay)
     assert resp.status_code == 200, resp.text
     assert (resp.headers["alephant-model"], resp.headers["alephant-cost-usd"]) == ("gpt-4o", format_usd(GPT4O))
-    assert ledger_of(gw) == sorted(
-        [("reserve", first, 0), ("release", -first, 0), ("reserve", second, 0), ("settle", -second, GPT4O)]
-    )
+    row = gw.get("/api/requests/req-dear")["governance"]
+    assert row["reserved_usd"] == format_usd(second)  # what the call held when it ended
+    if delay:
+        assert ledger_of(gw) == sorted(
+            [("reserve", first, 0), ("release", -first, 0), ("reserve", second, 0), ("settle", -second, GPT4O)]
+        )
+    else:
+        assert ledger_of(gw) == [("settle", 0, GPT4O)]
     entries = gw.get("/api/ledger", budget="ws")["data"]
-    assert {e["request_id"] for e in entries} == {"req-dear"} and len({e["reservation_id"] for e in entries}) == 2
+    assert {e["request_id"] for e in entries} == {"req-dear"}
+    assert {e["reservation_id"] for e in entries if e["kind"] == "settle"} == {row["reservation_id"]}
     st = gw.get("/api/budgets/ws")["status"]
     assert (st["spent_usd"], st["reserved_usd"]) == (format_usd(GPT4O), "0.000000000")
     assert verify_books(gw) == []
 
 
-def test_a_fallback_its_budget_cannot_hold_ends_the_call_with_its_first_reservation_released(gw: Harness) -> None:
-    resp, first, second = _budgeted_call(gw, 100_000, "req-cap")
+@pytest.mark.parametrize("delay", [0.0, 0.15], ids=["quick", "slow"])
+def test_a_fallback_its_budget_cannot_hold_ends_the_call_with_its_first_reservation_released(
+    gw: Harness, delay: float
+) -> None:
+    resp, first, second = _budgeted_call(gw, 100_000, "req-cap", delay)
     assert first < 100_000 < second  # room for the first reservation, not for the fallback's
     assert resp.status_code == 402 and resp.json()["error"]["code"] == "budget_exceeded", resp.text
     assert "a fallback to 'gpt-4o'" in resp.json()["error"]["message"]
     assert [r["body"]["model"] for r in gw.fake.received] == ["gpt-4o-mini"]
-    assert ledger_of(gw) == sorted([("reserve", first, 0), ("release", -first, 0)])
+    # Released before it was written, the reservation leaves nothing; written, its release follows it.
+    assert ledger_of(gw) == (sorted([("reserve", first, 0), ("release", -first, 0)]) if delay else [])
     st = gw.get("/api/budgets/ws")["status"]
     assert (st["spent_usd"], st["reserved_usd"]) == ("0.000000000", "0.000000000")

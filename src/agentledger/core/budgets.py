@@ -388,27 +388,28 @@ class PolicyReport:
     at: datetime
     # A model call's ledger entries travel in its report, written by the store's writer with its request row (two
     # events of their own each call were most of what budgets added to a call's CPU): its `settle` or `release`
-    # entries (`closed`, at `at`), and its `reserve` entries too (`reserved_at`) when they were not written yet.
-    reserved_at: datetime | None = None
+    # entries (`closed`, at `at`). `reserve_written` False: the call ended before its `reserve` entries were
+    # written, and reserving and closing net out to what it spent (a hold settled before it is ever written is not
+    # written, as a card's pending authorization leaves no line once the charge posts).
     closed: str | None = None
     actual: int = 0
+    reserve_written: bool = True
 
     def ledger(self, request_id: str, run_id: str | None) -> list[LedgerEntries]:
-        """The ledger entries this report carries (none unless `closed`)."""
+        """The ledger entries this report carries (none unless `closed`): with its reserve written, the close
+        (−estimate, +actual); without, what the call spent, if anything (0, +actual)."""
         if self.closed is None or self.reservation_id is None or not self.figures:
             return []
+        held = self.estimate if self.reserve_written else 0
+        if not held and not self.actual and not self.reserve_written:
+            return []  # nothing moved
         ws = self.figures[0].budget.workspace_id
         counters = tuple([(f.budget.id, f.key) for f in self.figures])
-        rid, est = self.reservation_id, self.estimate
-        closing = LedgerEntries.of_reservation(
-            ws, self.closed, est, self.actual, self.at, rid, counters, request_id, run_id
-        )
-        if self.reserved_at is None:
-            return [closing]
-        reserve = LedgerEntries.of_reservation(
-            ws, "reserve", est, 0, self.reserved_at, rid, counters, request_id, run_id
-        )
-        return [reserve, closing]
+        return [
+            LedgerEntries.of_reservation(
+                ws, self.closed, held, self.actual, self.at, self.reservation_id, counters, request_id, run_id
+            )
+        ]
 
     def as_dict(self) -> dict[str, Any]:
         """The request row's `governance` and the policy_check step's attributes."""
@@ -481,7 +482,7 @@ def _report_reduce(r: PolicyReport) -> tuple[Any, ...]:
             _SCOPES_PICKLED.clear()  # changed budgets and limits, mostly
         scopes = _SCOPES_PICKLED[(budgets, r.limits)] = pickle.dumps((budgets, r.limits), pickle.HIGHEST_PROTOCOL)
     numbers = tuple((f.key, f.spent, f.reserved) for f in r.figures)
-    rest = (r.decided_by, r.reservation_id, r.estimate, r.note, r.policy, r.at, r.reserved_at, r.closed, r.actual)
+    rest = (r.decided_by, r.reservation_id, r.estimate, r.note, r.policy, r.at, r.closed, r.actual, r.reserve_written)
     return _report_from, (r.decision.value, scopes, numbers, rest)
 
 

@@ -84,6 +84,7 @@ class Governed:
     closed: str | None = None  # settled, its entries left to the call's report: "settle" or "release"
     actual: int = 0
     closed_at: datetime | None = None
+    reserve_written: bool = True  # False: closed before its reserve entries were written (they never will be)
 
     @property
     def governed(self) -> bool:
@@ -300,8 +301,9 @@ class BudgetGate:
             raise
 
     def _keep_open(self, governed: Governed, request_id: str, run_id: str | None, now: datetime) -> None:
-        """An admitted reservation: its reserve entries wait for the call's record (`settle(carry=True)`), or are
-        written once `write_within` has passed, so that a crash the call outlives by that long still finds them."""
+        """An admitted reservation: its reserve entries are written once `write_within` has passed, so that a crash
+        the call outlives by that long still finds them; a call that ends sooner never writes them, its record's
+        close netting them out (`settle(carry=True)`)."""
         if self.write_within <= 0 or governed.reservation_id is None:
             self.commit(self.entries(governed, "reserve", request_id, run_id, now))
             return
@@ -491,16 +493,10 @@ class BudgetGate:
             governed.figures = old.figures  # the call still holds its first reservation, settled as it ends
             raise
         await self.counters.settle(old.reservation_id or "", 0)
-        unwritten = self._open.pop(old.reservation_id or "", None) is not None
-        first = self.entries(old, "reserve", request_id, run_id, governed.reserved_at or now) if unwritten else []
-        governed.reserved_at = None  # the new reservation's entries are written now
-        self.commit(
-            [
-                *first,
-                *self.entries(old, "release", request_id, run_id, now),
-                *self.entries(governed, "reserve", request_id, run_id, now),
-            ]
-        )
+        if self._open.pop(old.reservation_id or "", None) is None:  # its reserve was written: so is its release
+            self.commit(self.entries(old, "release", request_id, run_id, now))
+        # (else released before it was written: nothing moved, nothing to write)
+        self._keep_open(governed, request_id, run_id, now)
 
     async def _soft_throttle(self, governed: Governed, f: Figures, now: datetime) -> None:
         """Past its limit, a soft_throttle budget lets calls through at its `throttle_rpm` only."""
@@ -554,7 +550,7 @@ class BudgetGate:
         """The ledger entries of a finished call, written with its records; the counters are settled in the
         background, and the alerts of the thresholds that settle crossed follow from the counters' answer.
         `carry`: the entries are left to the call's report (`summary`, which must then be written in its request
-        record; the writer expands them): its settle or release, and its reserve when not yet written."""
+        record; the writer expands them): its settle or release, net of its reserve when that was never written."""
         if not governed.governed:
             return []
         now = self.clock()
@@ -567,6 +563,7 @@ class BudgetGate:
                 kind = "settle" if actual or not governed.estimate else "release"
                 if carry:
                     governed.closed, governed.actual, governed.closed_at = kind, actual, now
+                    governed.reserve_written = not unwritten
                 else:
                     if unwritten:
                         at = governed.reserved_at or now
@@ -732,9 +729,9 @@ class BudgetGate:
             governed.note,
             governed.policy,
             governed.closed_at or self.clock(),
-            governed.reserved_at,
             governed.closed,
             governed.actual,
+            governed.reserve_written,
         )
 
     def report(self, governed: Governed) -> dict[str, Any]:

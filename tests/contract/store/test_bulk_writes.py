@@ -184,37 +184,41 @@ async def test_ledger_rows_read_back_as_sqlalchemy_rows(store: SQLStore) -> None
     assert written[0]["at"] == T0 and written[0]["reserved_delta"] == -BIG
 
 
-async def test_a_request_record_carries_its_reservations_entries_written_once(store: SQLStore) -> None:
-    """A model call's reserve and settle entries travel in its request record's report (core.budgets.PolicyReport),
-    and the writer writes them as the gate's LedgerEntries would be: each row once, whether the reserve was also
-    written early (a call that outlived the pipeline's interval) or the batch is replayed from the journal."""
+async def test_a_request_record_carries_its_reservations_close_written_once(store: SQLStore) -> None:
+    """A model call's close travels in its request record's report (core.budgets.PolicyReport) and the writer writes
+    it as the gate's LedgerEntries would be, each row once (the batch replayed from the journal): after its reserve
+    was written, the reservation back and the cost spent; when the reserve never was, the cost alone, and for a
+    release nothing at all."""
     ws = f"ws-{uuid.uuid4().hex[:10]}"
     run, request, _, _ = events(ws)
     b1 = Budget(ws, "b1", Scope.WORKSPACE, None, 10**9, Period.TOTAL, T0, Action.BLOCK_REQUESTS)
     b2 = Budget(ws, "b2", Scope.DEPARTMENT, "dep", 10**9, Period.DAY, T0)
     figures = (Figures(b1, "b|w|b1|total", BIG, 0), Figures(b2, "b|w|b2|0", BIG, 0))
-    settled_at = T0 + timedelta(seconds=1)
-    report = PolicyReport(
-        Decision.ALLOWED, None, figures, (), "rsv_abc", 100, None, None, settled_at, T0, "settle", BIG
-    )
-    carried = replace(request, governance=report)
+    at = T0 + timedelta(seconds=1)
+    written = PolicyReport(Decision.ALLOWED, None, figures, (), "rsv_abc", 100, None, None, at, "settle", 7)
+    netted = replace(written, reservation_id="rsv_def", reserve_written=False)
+    released = replace(written, reservation_id="rsv_ghi", reserve_written=False, closed="release", actual=0)
     counters = (("b1", "b|w|b1|total"), ("b2", "b|w|b2|0"))
     early = LedgerEntries.of_reservation(ws, "reserve", 100, 0, T0, "rsv_abc", counters, "req-1", "run-1")
     await store.write_batch([early])
-    await store.write_batch([run, carried])
-    await store.write_batch([run, pickle.loads(pickle.dumps(carried))])  # as the journal replays it
-    rows = [(r["id"], r["budget_id"], r["kind"], r["reserved_delta"], r["spent_delta"]) for r in ledger_rows(store, ws)]
+    reports = [written, netted, released]  # three calls of one session: small numbers, its totals stay in range
+    batch = [run, *(replace(request, request_id=f"req-{i}", governance=r, usage=None) for i, r in enumerate(reports))]
+    await store.write_batch(batch)
+    await store.write_batch(pickle.loads(pickle.dumps(batch)))  # as the journal replays it
+    found = ledger_rows(store, ws)
+    rows = [(r["id"], r["budget_id"], r["kind"], r["reserved_delta"], r["spent_delta"], r["request_id"]) for r in found]
     assert rows == [
-        ("led_abcr0", "b1", "reserve", 100, 0),
-        ("led_abcr1", "b2", "reserve", 100, 0),
-        ("led_abcs0", "b1", "settle", -100, BIG),
-        ("led_abcs1", "b2", "settle", -100, BIG),
+        ("led_abcr0", "b1", "reserve", 100, 0, "req-1"),
+        ("led_abcr1", "b2", "reserve", 100, 0, "req-1"),
+        ("led_abcs0", "b1", "settle", -100, 7, "req-0"),
+        ("led_abcs1", "b2", "settle", -100, 7, "req-0"),
+        ("led_defs0", "b1", "settle", 0, 7, "req-1"),
+        ("led_defs1", "b2", "settle", 0, 7, "req-1"),
     ]
-    for r in ledger_rows(store, ws):
-        assert (r["reservation_id"], r["request_id"], r["run_id"], r["step_id"]) == ("rsv_abc", "req-1", "run-1", None)
-        assert r["at"] == (T0 if r["kind"] == "reserve" else settled_at)
+    for r in found:
+        assert (r["run_id"], r["step_id"]) == ("run-1", None) and r["at"] == (T0 if r["kind"] == "reserve" else at)
     # Without `closed` a report carries nothing (a refused call's, a check's).
-    assert replace(report, closed=None).ledger("req-1", "run-1") == []
+    assert replace(written, closed=None).ledger("req-1", "run-1") == []
 
 
 async def test_a_constraint_violation_is_sqlalchemys_integrity_error(store: SQLStore) -> None:
