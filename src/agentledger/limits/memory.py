@@ -78,7 +78,7 @@ class MemoryCounters:
             check_counter(charge.key, after[charge.key].spent, after[charge.key].reserved)
         self._totals.update(after)
         self._reservations[reservation_id] = (self._clock() + ttl, {c.key: c.amount for c in charges})
-        return dict(after)
+        return after
 
     async def settle(self, reservation_id: str, actual: int, *, lazy: bool = False) -> dict[str, Standing]:
         return self.settle_now(reservation_id, actual)
@@ -136,14 +136,15 @@ class MemoryCounters:
     # --- rate limits --------------------------------------------------------------------------------------
 
     def _window(self, key: str, window: float, now: float) -> _Window:
-        """The (key, window) state rolled to ``now`` (not stored: the caller stores it if it counts)."""
+        """The (key, window) state rolled to ``now`` (not stored: the caller stores it if it counts). The stored
+        state itself when ``now`` is in its window (most hits: no object a call), so count only once admitted."""
         index = math.floor(now / window)
         state = self._rates.get((key, float(window)))
         if state is None or index > state.index + 1:
             return _Window(index, 0, 0)
         if index == state.index + 1:
             return _Window(index, 0, state.current)
-        return _Window(state.index, state.current, state.previous)  # this window, or a clock behind it
+        return state  # this window, or a clock behind it
 
     async def hit(self, rates: Sequence[Rate], now: float) -> float | None:
         check_now(now)
