@@ -256,7 +256,8 @@ class BudgetGate:
         `extra_limits`: rate limits that already apply to this call (the policies' rate settings).
 
         `governed` is filled either way: a refused call is recorded with the decision that refused it."""
-        rules = await self.rules_for(base.workspace_id)
+        cached, found = self.rules.fresh(base.workspace_id)
+        rules = (found or ([], [])) if cached else await self.rules_for(base.workspace_id)
         budgets, limits = rules
         if not budgets and not limits and not extra_limits:
             return

@@ -49,6 +49,13 @@ class TTLCache(Generic[K, V]):
         self._data: OrderedDict[K, _Entry[V]] = OrderedDict()
         self._pending: dict[K, asyncio.Future[V | None]] = {}
 
+    def fresh(self, key: K) -> tuple[bool, V | None]:
+        """(True, value) while `key`'s entry is fresh, else (False, None): a hot path's lookup without a coroutine."""
+        hit = self._data.get(key)
+        if hit is not None and hit.expires > time.monotonic():
+            return True, hit.value
+        return False, None
+
     async def get(self, key: K, load: Callable[[], Awaitable[V | None]]) -> V | None:
         hit = self._data.get(key)
         now = time.monotonic()

@@ -147,6 +147,9 @@ class MemoryCounters:
         return state  # this window, or a clock behind it
 
     async def hit(self, rates: Sequence[Rate], now: float) -> float | None:
+        return self._hit(rates, now)
+
+    def _hit(self, rates: Sequence[Rate], now: float) -> float | None:
         check_now(now)
         check_rates(rates)
         self._sweep_rates(now)
@@ -168,7 +171,7 @@ class MemoryCounters:
         self, rates: Sequence[Rate], now: float, reservation_id: str, charges: Sequence[Charge], ttl: float
     ) -> tuple[float | None, dict[str, Standing] | Refused | None]:
         check_reservation(charges, ttl)  # before anything is counted: a bad reservation changes nothing
-        wait = await self.hit(rates, now)  # one event loop, no await in between that yields: one step
+        wait = self._hit(rates, now)  # no await in between: one step
         if wait is not None:
             return wait, None
         return None, self._reserve(reservation_id, charges, ttl)  # checked above
