@@ -301,15 +301,17 @@ class Figures:
         return round(100.0 * (self.spent + self.reserved) / limit, 2) if limit else 100.0
 
     def view(self, now: datetime) -> dict[str, object]:
-        """As the policy_check step, the status API and `GET /v1/budget` show it."""
-        return {
-            **_static_view(self.budget, self.key, now),
-            "spent_usd": format_usd(self.spent),
-            "reserved_usd": format_usd(self.reserved),
-            "remaining_usd": self.remaining_usd,
-            "remaining_nanos": self.remaining,
-            "percent_used": self.percent_used,
-        }
+        """As the policy_check step, the status API and `GET /v1/budget` show it. (Built by the store's writer for
+        every governed call's row, holding the interpreter: each figure computed once, by hand.)"""
+        spent, reserved, limit = self.spent, self.reserved, self.budget.limit_nanos
+        remaining = limit - spent - reserved
+        out = _static_view(self.budget, self.key, now).copy()
+        out["spent_usd"] = format_usd(spent)
+        out["reserved_usd"] = format_usd(reserved)
+        out["remaining_usd"] = format_usd(remaining if remaining > 0 else 0)
+        out["remaining_nanos"] = remaining
+        out["percent_used"] = round(100.0 * (spent + reserved) / limit, 2) if limit else 100.0
+        return out
 
 
 # What a budget's view says of it and its window is the same for every call in the window (the counter key
