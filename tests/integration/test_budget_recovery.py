@@ -12,7 +12,10 @@ from sqlalchemy import create_engine, text
 from agentledger.app import build_components, create_app
 from agentledger.config import Settings
 from agentledger.core.budget_config import budget_row
-from agentledger.core.model import Attribution, LedgerEntry, RequestRecord, StepStatus
+from agentledger.core.model import Attribution, LedgerEntries, LedgerEntry, RequestRecord, StepStatus
+from agentledger.gateway.budget_recovery import reconcile_expired
+from agentledger.limits.base import Charge, Refused
+from agentledger.limits.memory import MemoryCounters
 from agentledger.store.sql import SQLStore
 from agentledger.testing import ServerThread
 from tests.harness import HTTP, provision
@@ -88,3 +91,38 @@ def test_open_reservations_are_closed_at_their_estimate_then_corrected(db_url: s
         held = text("SELECT sum(reserved_delta) FROM budget_ledger WHERE workspace_id = :ws")
         assert conn.execute(held, {"ws": ws}).scalar() == 0
     engine.dispose()
+
+
+def test_an_expired_reservation_the_ledger_never_saw_is_charged_without_taking_back_a_reserve(db_url: str) -> None:
+    """The counters (Redis, shared) expire a reservation whose process died within `batch_interval_ms` of admitting
+    its call, before the reserve was written: the ledger charges the estimate and, having never held it, takes
+    nothing back out of `reserved`, so its sums still equal the counters'. One it holds open is charged and taken
+    back as before; one it settled corrects the counters to what it charged."""
+    ws = "ws-expire"
+    key = f"b|{ws}|cap|total"
+
+    async def go() -> None:
+        store = SQLStore(db_url)
+        await store.migrate()
+        counters = MemoryCounters(clock=lambda: 0.0)
+        try:
+            await store.write_batch([_reserve(ws, "rsv-open", "req-open", 3000)])
+            settled = LedgerEntries.of_reservation(
+                ws, "settle", 0, 700, NOW, "rsv-done", (("cap", key),), "req-done", None
+            )  # netted: its reserve never written, its settle says what it spent
+            await store.write_batch([settled])
+            # rsv-done's settle reached the ledger, not the counters (Redis was down): they still hold it.
+            for rid, amount in (("rsv-lost", 5000), ("rsv-open", 3000), ("rsv-done", 2000)):
+                assert not isinstance(await counters.reserve(rid, [Charge(key, None, amount)], 1.0), Refused)
+            expired = await counters.expire(10.0)
+            entries = await reconcile_expired(expired, store.budgets, counters, NOW)
+            rows = sorted((e.reservation_id, e.kind, e.reserved_delta, e.spent_delta) for e in entries)  # type: ignore[union-attr]
+            assert rows == [("rsv-lost", "expire", 0, 5000), ("rsv-open", "expire", -3000, 3000)]
+            await store.write_batch(entries)
+            (standing,) = (await counters.standing([key])).values()
+            totals = await store.budgets.totals()
+            assert totals[key] == (standing.spent, standing.reserved) == (5000 + 3000 + 700, 0)
+        finally:
+            await store.aclose()
+
+    asyncio.run(go())

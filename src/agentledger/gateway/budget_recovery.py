@@ -112,26 +112,30 @@ async def reconcile_expired(
 ) -> list[TraceEvent]:
     """Reservations the counters expired (no settle reached them within their ttl) → ledger entries.
 
-    The ledger decides. Still open there: the call vanished, charged its estimate (`expire`). Already settled
-    there (the counters missed the settle: Redis was down, a process died after writing it): the counters, which
-    just charged the estimate, are corrected to what the ledger charged, and the ledger gains nothing."""
-    open_now: list[tuple[str, dict[str, int]]] = []
+    The ledger decides. Still open there: the call vanished, charged its estimate (`expire`). Unknown there (its
+    process died within `batch_interval_ms` of admitting the call, before its reserve was written): the same
+    charge, with nothing to take back out of `reserved` (`expire` with a reserved_delta of 0), so the ledger
+    still sums to the counters. Already settled there (the counters missed the settle: Redis was down, a process
+    died after writing it): the counters, which just charged the estimate, are corrected to what the ledger
+    charged, and the ledger gains nothing."""
+    open_now: list[tuple[str, dict[str, int], frozenset[str]]] = []
     for reservation_id, amounts in expired:
         workspace_id = parse_counter_key(next(iter(amounts)))[0] if amounts else ""
         sums = await budgets.reservation(workspace_id, reservation_id) if workspace_id else {}
         still = {k: a for k, a in amounts.items() if (sums[k][1] if k in sums else a) != 0}
         if still:
-            open_now.append((reservation_id, still))
+            open_now.append((reservation_id, still, frozenset(k for k in still if k not in sums)))
         fixes = [Charge(k, None, sums[k][2] - a) for k, a in amounts.items() if k in sums and sums[k][1] == 0]
         if fixes:
             await counters.add(fixes)
     return expiry_entries(open_now, now)
 
 
-def expiry_entries(expired: list[tuple[str, dict[str, int]]], now: datetime) -> list[TraceEvent]:
-    """Ledger entries for reservations the counters expired that the ledger holds open: charged the estimate."""
+def expiry_entries(expired: list[tuple[str, dict[str, int], frozenset[str]]], now: datetime) -> list[TraceEvent]:
+    """Ledger entries for reservations the counters expired that the ledger holds open (or never saw: the keys of
+    the third item): charged the estimate."""
     entries: list[TraceEvent] = []
-    for reservation_id, amounts in expired:
+    for reservation_id, amounts, unwritten in expired:
         for key, amount in amounts.items():
             workspace_id, budget_id, _ = parse_counter_key(key)
             entries.append(
@@ -141,7 +145,7 @@ def expiry_entries(expired: list[tuple[str, dict[str, int]]], now: datetime) -> 
                     budget_id=budget_id,
                     counter_key=key,
                     kind="expire",
-                    reserved_delta=-amount,
+                    reserved_delta=0 if key in unwritten else -amount,
                     spent_delta=amount,
                     at=now,
                     reservation_id=reservation_id,
