@@ -43,6 +43,14 @@ async def admit(g: BudgetGate, governed: Governed, model: str = "gpt-4o-mini") -
     )
 
 
+async def admitted(write_within: float) -> tuple[BudgetGate, list[TraceEvent], Governed]:
+    """A gate writing reserves after `write_within` s, what it committed, and a call it has just admitted."""
+    g, written = gate(write_within)
+    governed = Governed()
+    await admit(g, governed)
+    return g, written, governed
+
+
 def rows(events: list[Any]) -> list[tuple[str, str, int, int]]:
     return [
         (e.kind, e.reservation_id, e.reserved_delta, e.spent_delta)
@@ -59,9 +67,7 @@ def close(g: BudgetGate, governed: Governed, cost: int) -> tuple[list[TraceEvent
 
 def test_a_call_that_ends_within_the_interval_writes_its_settle_net_of_a_reserve_never_written() -> None:
     async def go() -> None:
-        g, written = gate(60.0)
-        governed = Governed()
-        await admit(g, governed)
+        g, written, governed = await admitted(60.0)
         held, rid = governed.estimate, governed.reservation_id
         assert held > 0 and written == []  # nothing yet: the reserve waits for the call
         events, report = close(g, governed, 7)
@@ -81,9 +87,7 @@ def test_a_call_that_ends_within_the_interval_writes_its_settle_net_of_a_reserve
 
 def test_a_call_that_outlives_the_interval_has_its_reserve_written_then_and_its_settle_after() -> None:
     async def go() -> None:
-        g, written = gate(0.01)
-        governed = Governed()
-        await admit(g, governed)
+        g, written, governed = await admitted(0.01)
         held, rid = governed.estimate, governed.reservation_id
         assert written == []
         await asyncio.sleep(0.05)  # the gate's timer writes what has been open that long
@@ -99,18 +103,14 @@ def test_a_call_that_outlives_the_interval_has_its_reserve_written_then_and_its_
 
 def test_a_fallback_releases_an_unwritten_reservation_without_a_trace_and_holds_the_next_the_same_way() -> None:
     async def go() -> None:
-        g, written = gate(60.0)
-        governed = Governed()
-        await admit(g, governed)
+        g, written, governed = await admitted(60.0)
         first = governed.reservation_id
         await g.rehold(governed, model="gpt-4o", provider="openai", overrides={}, request_id="req", run_id=None)
         assert governed.reservation_id != first and written == []  # the first never written: nothing to release
         _, report = close(g, governed, 9)
         assert rows(report.ledger("req", None)) == [("settle", governed.reservation_id, 0, 9)] * 2
         # Written before the fallback, the first reservation's release is written with it.
-        g, written = gate(0.01)
-        governed = Governed()
-        await admit(g, governed)
+        g, written, governed = await admitted(0.01)
         first, held = governed.reservation_id, governed.estimate
         await asyncio.sleep(0.05)
         await g.rehold(governed, model="gpt-4o", provider="openai", overrides={}, request_id="req", run_id=None)
