@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +16,7 @@ import psycopg
 
 from agentledger.app import build_components, create_app
 from agentledger.config import Settings
+from agentledger.store.retention import Batch
 from agentledger.store.sql import SQLStore
 from agentledger.testing import FakeUpstream, ServerThread
 
@@ -126,3 +127,14 @@ def running_gateway(db_url: str, data_dir: Path, upstream: ServerThread, **setti
             upstream_url=upstream.url,
             **ids,
         )
+
+
+async def unlocked(batch: Callable[..., Awaitable[Batch]], *args: Any) -> Batch:
+    """`batch(*args)`, a retention batch, asked again while another process holds the retention lock (on the shared
+    PostgreSQL, a parallel test's sweep): it did nothing (`busy`) and the job would try again later."""
+    for _ in range(200):
+        done = await batch(*args)
+        if not done.busy:
+            return done
+        await asyncio.sleep(0.05)
+    raise AssertionError("the retention lock stayed held for 10 s")

@@ -29,7 +29,7 @@ from agentledger.store.fetch_replays import FetchReplayStore
 from agentledger.store.retention import RetentionStore
 from agentledger.store.sql import SQLStore
 from agentledger.testing import ServerThread
-from tests.harness import Harness, provision, running_gateway
+from tests.harness import Harness, provision, running_gateway, unlocked
 from tests.integration.x402_seller import Seller, seller_app
 
 ALLOW = dict(x402_fetch_allow_hosts="127.0.0.1", x402_fetch_timeout=5.0)
@@ -882,9 +882,9 @@ def test_retention_nulls_and_deletes_kept_fetch_answers(gw: Harness, shop: tuple
     async def run() -> list[Any]:
         try:
             kept = await replays.stored(gw.workspace, "fetch-kept-1")
-            nulled = await retention.null_batch("fetch_replays", gw.workspace, None, later, None, 100)
+            nulled = await unlocked(retention.null_batch, "fetch_replays", gw.workspace, None, later, None, 100)
             after_null = await replays.stored(gw.workspace, "fetch-kept-1")
-            deleted = await retention.delete_batch("fetch_replays", gw.workspace, later, None, 100)
+            deleted = await unlocked(retention.delete_batch, "fetch_replays", gw.workspace, later, None, 100)
             return [kept, nulled.done, after_null, deleted.done, await replays.stored(gw.workspace, "fetch-kept-1")]
         finally:
             await store.aclose()

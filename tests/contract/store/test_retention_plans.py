@@ -17,6 +17,7 @@ from agentledger.core.retention import Retention
 from agentledger.store.retention import DELETED, NULLED, RetentionStore
 from agentledger.store.sql import SQLStore
 from tests.contract.store.test_query_plans import EVENTS, FILTERED_AT_MOST, NOW, fill, nodes, plan_db, sqlite_scans
+from tests.harness import unlocked
 
 __all__ = ["plan_db"]  # the fixture, shared with test_query_plans
 
@@ -56,16 +57,15 @@ async def sweep_reads(store: SQLStore) -> tuple[list[tuple[str, Any]], dict[str,
         for kind in NULLED:
             cursor = None
             while True:
-                batch = await retention.null_batch(
-                    kind, "ws-a", NOW - timedelta(days=20), NOW - timedelta(days=10), cursor, BATCH
-                )
+                since, before = NOW - timedelta(days=20), NOW - timedelta(days=10)
+                batch = await unlocked(retention.null_batch, kind, "ws-a", since, before, cursor, BATCH)
                 cursor = batch.cursor
                 if cursor is None:
                     break
         for kind in DELETED:
             cursor = None
             while True:
-                batch = await retention.delete_batch(kind, "ws-a", NOW - timedelta(days=15), cursor, BATCH)
+                batch = await unlocked(retention.delete_batch, kind, "ws-a", NOW - timedelta(days=15), cursor, BATCH)
                 done[kind] = done.get(kind, 0) + batch.done
                 cursor = batch.cursor
                 if cursor is None:

@@ -33,7 +33,7 @@ from agentledger.store.migrate import alembic_config
 from agentledger.store.retention import DELETED, RetentionStore
 from agentledger.store.sql import SQLStore
 from tests.contract.store.test_books import new_workspace
-from tests.harness import fresh_pg_database
+from tests.harness import fresh_pg_database, unlocked
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 
@@ -314,7 +314,7 @@ async def test_retention_deletes_the_marks_of_the_runs_it_deletes(store: SQLStor
     for kind in DELETED:
         cursor = None
         while True:
-            batch = await retention.delete_batch(kind, ws, cutoff, cursor, 100)
+            batch = await unlocked(retention.delete_batch, kind, ws, cutoff, cursor, 100)
             if batch.cursor is None:
                 break
             cursor = batch.cursor
