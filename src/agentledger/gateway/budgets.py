@@ -143,8 +143,8 @@ class BudgetGate:
         disable_key: Callable[[str, str], Awaitable[None]] | None = None,
         write_within: float = 0.0,
     ) -> None:
-        # An admitted call's reserve entries need not be written on their own: they go with the call's record when
-        # it ends within `write_within` seconds (most do), else then (0: at once).
+        # An admitted call's reserve entries are written only once it has run `write_within` seconds (0: at once);
+        # one that ends sooner (most do) never writes them, its record's settle netting them out.
         self.write_within = write_within
         self._open: dict[str, tuple[Governed, str, str | None, float]] = {}  # by reservation: call, run, due
         self._writing: asyncio.TimerHandle | None = None
