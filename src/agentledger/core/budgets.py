@@ -301,17 +301,15 @@ class Figures:
         return round(100.0 * (self.spent + self.reserved) / limit, 2) if limit else 100.0
 
     def view(self, now: datetime) -> dict[str, object]:
-        """As the policy_check step, the status API and `GET /v1/budget` show it. (Built by the store's writer for
-        every governed call's row, holding the interpreter: each figure computed once, by hand.)"""
-        spent, reserved, limit = self.spent, self.reserved, self.budget.limit_nanos
-        remaining = limit - spent - reserved
-        out = _static_view(self.budget, self.key, now).copy()
-        out["spent_usd"] = format_usd(spent)
-        out["reserved_usd"] = format_usd(reserved)
-        out["remaining_usd"] = format_usd(remaining if remaining > 0 else 0)
-        out["remaining_nanos"] = remaining
-        out["percent_used"] = round(100.0 * (spent + reserved) / limit, 2) if limit else 100.0
-        return out
+        """As the policy_check step, the status API and `GET /v1/budget` show it."""
+        return {
+            **_static_view(self.budget, self.key, now),
+            "spent_usd": format_usd(self.spent),
+            "reserved_usd": format_usd(self.reserved),
+            "remaining_usd": self.remaining_usd,
+            "remaining_nanos": self.remaining,
+            "percent_used": self.percent_used,
+        }
 
 
 # What a budget's view says of it and its window is the same for every call in the window (the counter key
@@ -402,9 +400,9 @@ class PolicyReport:
         (−estimate, +actual); without, what the call spent, if anything (0, +actual)."""
         if self.closed is None or self.reservation_id is None or not self.figures:
             return []
+        if not self.reserve_written and not self.actual:
+            return []  # released before its reserve was written: nothing moved
         held = self.estimate if self.reserve_written else 0
-        if not held and not self.actual and not self.reserve_written:
-            return []  # nothing moved
         ws = self.figures[0].budget.workspace_id
         counters = tuple([(f.budget.id, f.key) for f in self.figures])
         return [

@@ -273,9 +273,6 @@ def check_amount(value: int, what: str, *, non_negative: bool = False) -> None:
 
 def check_counter(key: str, spent: int, reserved: int) -> None:
     """A counter must stay representable as Redis 64-bit integers, its total too."""
-    if -MAX_COUNTER <= spent <= MAX_COUNTER and -MAX_COUNTER <= reserved <= MAX_COUNTER:
-        if -MAX_COUNTER <= spent + reserved <= MAX_COUNTER:
-            return
     for value in (spent, reserved, spent + reserved):
         if not -MAX_COUNTER <= value <= MAX_COUNTER:
             raise ValueError(f"counter {key!r} would leave the 64-bit range (spent {spent}, reserved {reserved})")

@@ -479,7 +479,7 @@ class SQLStore:
                 continue
             _fold_session(sessions, ev.attribution, ev.started_at)
             if isinstance(ev, RequestRecord):
-                if isinstance(ev.governance, PolicyReport) and ev.governance.closed is not None:
+                if isinstance(ev.governance, PolicyReport):  # a model call's ledger entries (PolicyReport.ledger)
                     for entries in ev.governance.ledger(ev.request_id, ev.attribution.run_id):
                         budgets_sql.fold_ledger(ledger, entries)
                 values = _request_values(ev)
