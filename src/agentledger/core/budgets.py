@@ -375,11 +375,15 @@ def limit_view(r: RateLimit) -> dict[str, object]:
 class PolicyReport:
     """A call's policy check as its figures stood, kept as numbers and turned into the trace's shape (`as_dict`:
     each budget's view, each rate limit's, amounts as exact USD text) where it is written, by the store's writer:
-    building the views on the event loop was most of what budgets added to an answer's latency."""
+    building the views on the event loop was most of what budgets added to an answer's latency. Each budget's
+    figures are `numbers[2i]` spent and `numbers[2i + 1]` reserved in the window of `keys[i]` (`figures` makes
+    them objects, off the answer's path)."""
 
     decision: Decision
     decided_by: dict[str, Any] | None
-    figures: tuple[Figures, ...]
+    budgets: tuple[Budget, ...]
+    keys: tuple[str, ...]
+    numbers: tuple[int, ...]
     limits: tuple[RateLimit, ...]
     reservation_id: str | None
     estimate: int
@@ -395,16 +399,23 @@ class PolicyReport:
     actual: int = 0
     reserve_written: bool = True
 
+    @property
+    def figures(self) -> tuple[Figures, ...]:
+        return tuple(figures_of(self.budgets, self.keys, self.numbers))
+
+    def tightest(self) -> Figures | None:
+        return tightest_of(self.budgets, self.keys, self.numbers)
+
     def ledger(self, request_id: str, run_id: str | None) -> list[LedgerEntries]:
         """The ledger entries this report carries (none unless `closed`): with its reserve written, the close
         (−estimate, +actual); without, what the call spent, if anything (0, +actual)."""
-        if self.closed is None or self.reservation_id is None or not self.figures:
+        if self.closed is None or self.reservation_id is None or not self.budgets:
             return []
         if not self.reserve_written and not self.actual:
             return []  # released before its reserve was written: nothing moved
         held = self.estimate if self.reserve_written else 0
-        ws = self.figures[0].budget.workspace_id
-        counters = tuple([(f.budget.id, f.key) for f in self.figures])
+        ws = self.budgets[0].workspace_id
+        counters = tuple([(b.id, k) for b, k in zip(self.budgets, self.keys, strict=True)])
         return [
             LedgerEntries.of_reservation(
                 ws, self.closed, held, self.actual, self.at, self.reservation_id, counters, request_id, run_id
@@ -414,7 +425,7 @@ class PolicyReport:
     def as_dict(self) -> dict[str, Any]:
         """The request row's `governance` and the policy_check step's attributes."""
         out: dict[str, Any] = {"decision": self.decision.value, "decided_by": self.decided_by}
-        if self.figures:
+        if self.budgets:
             out["budgets"] = [f.view(self.at) for f in self.figures]
         if self.limits:
             out["rate_limits"] = [limit_view(r) for r in self.limits]
@@ -426,6 +437,30 @@ class PolicyReport:
         if self.policy is not None:
             out["policy"] = self.policy
         return out
+
+
+def flat(figures: Sequence[Figures]) -> tuple[tuple[Budget, ...], tuple[str, ...], tuple[int, ...]]:
+    """Figures as a report keeps them: the budgets, their keys, and spent and reserved of each, flat."""
+    return (
+        tuple([f.budget for f in figures]),
+        tuple([f.key for f in figures]),
+        tuple([n for f in figures for n in (f.spent, f.reserved)]),
+    )
+
+
+def figures_of(budgets: Sequence[Budget], keys: Sequence[str], numbers: Sequence[int]) -> list[Figures]:
+    pairs = enumerate(zip(budgets, keys, strict=True))
+    return [Figures(b, k, numbers[2 * i], numbers[2 * i + 1]) for i, (b, k) in pairs]
+
+
+def tightest_of(budgets: Sequence[Budget], keys: Sequence[str], numbers: Sequence[int]) -> Figures | None:
+    """`tightest` of figures kept flat, the one object made."""
+    least, at = 0, -1
+    for i, b in enumerate(budgets):
+        left = b.limit_nanos - numbers[2 * i] - numbers[2 * i + 1]
+        if at < 0 or left < least:
+            least, at = left, i
+    return None if at < 0 else Figures(budgets[at], keys[at], numbers[2 * at], numbers[2 * at + 1])
 
 
 def governance_dict(governance: dict[str, Any] | PolicyReport | None) -> dict[str, Any] | None:
@@ -465,25 +500,22 @@ _SCOPES_PICKLED: dict[tuple[tuple[Budget, ...], tuple[RateLimit, ...]], bytes] =
 
 
 def _report_from(
-    decision: str, scopes: bytes, numbers: tuple[tuple[str, int, int], ...], rest: tuple[Any, ...]
+    decision: str, scopes: bytes, keys: tuple[str, ...], numbers: tuple[int, ...], rest: tuple[Any, ...]
 ) -> PolicyReport:
     budgets, limits = pickle.loads(scopes)
-    figures = tuple(Figures(b, *n) for b, n in zip(budgets, numbers, strict=True))
-    return PolicyReport(Decision(decision), rest[0], figures, limits, *rest[1:])
+    return PolicyReport(Decision(decision), rest[0], budgets, keys, numbers, limits, *rest[1:])
 
 
 def _report_reduce(r: PolicyReport) -> tuple[Any, ...]:
     # Pickled on every governed call's path (the trace journal), where each object it reaches costs: the budgets
     # and rate limits, the same for every call of a scope, go as one blob pickled once; the figures as numbers.
-    budgets = tuple(f.budget for f in r.figures)
-    scopes = _SCOPES_PICKLED.get((budgets, r.limits))
+    scopes = _SCOPES_PICKLED.get((r.budgets, r.limits))
     if scopes is None:
         if len(_SCOPES_PICKLED) >= STATIC_VIEWS_KEPT:
             _SCOPES_PICKLED.clear()  # changed budgets and limits, mostly
-        scopes = _SCOPES_PICKLED[(budgets, r.limits)] = pickle.dumps((budgets, r.limits), pickle.HIGHEST_PROTOCOL)
-    numbers = tuple((f.key, f.spent, f.reserved) for f in r.figures)
+        scopes = _SCOPES_PICKLED[(r.budgets, r.limits)] = pickle.dumps((r.budgets, r.limits), pickle.HIGHEST_PROTOCOL)
     rest = (r.decided_by, r.reservation_id, r.estimate, r.note, r.policy, r.at, r.closed, r.actual, r.reserve_written)
-    return _report_from, (r.decision.value, scopes, numbers, rest)
+    return _report_from, (r.decision.value, scopes, r.keys, r.numbers, rest)
 
 
 PolicyReport.__reduce__ = _report_reduce  # type: ignore[assignment]

@@ -36,9 +36,10 @@ from agentledger.core.budgets import (
     applicable_limits,
     counter_key,
     crossed,
+    figures_of,
     input_bound,
     reservation_nanos,
-    tightest,
+    tightest_of,
     window,
     window_of_key,
 )
@@ -56,7 +57,7 @@ from agentledger.core.model import (
 )
 from agentledger.core.money import MAX_EVENT_COST_NANOS, format_usd
 from agentledger.gateway.cache import TTLCache
-from agentledger.limits.base import Charge, Counters, CountersUnavailable, Rate, Refused, Standing
+from agentledger.limits.base import Charge, Counters, CountersUnavailable, Hold, Rate, Refused, Standing
 from agentledger.prices.catalog import worst_rates
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,11 @@ class Governed:
     decision: Decision = Decision.ALLOWED
     reservation_id: str | None = None
     estimate: int = 0
-    figures: list[Figures] = field(default_factory=list)  # each applicable budget, as reserving left it
+    # Each applicable budget, its counter key, and its spent and reserved as reserving left it (flat: numbers[2i],
+    # numbers[2i + 1]); `figures` makes them objects for whoever needs them, off the call's path.
+    budgets: tuple[Budget, ...] = ()
+    keys: tuple[str, ...] = ()
+    numbers: Sequence[int] = ()
     limits: list[RateLimit] = field(default_factory=list)
     slots: list[str] = field(default_factory=list)  # concurrency slots held
     token_rates: list[str] = field(default_factory=list)  # tokens-per-minute keys charged with the estimate
@@ -88,7 +93,14 @@ class Governed:
 
     @property
     def governed(self) -> bool:
-        return bool(self.figures or self.limits or self.decided_by or self.note or self.policy)
+        return bool(self.budgets or self.limits or self.decided_by or self.note or self.policy)
+
+    @property
+    def figures(self) -> list[Figures]:
+        return figures_of(self.budgets, self.keys, self.numbers)
+
+    def held(self, budgets: Sequence[Budget], keys: Sequence[str], numbers: Sequence[int]) -> None:
+        self.budgets, self.keys, self.numbers = tuple(budgets), tuple(keys), numbers
 
 
 _PLANS_KEPT = 4096
@@ -103,10 +115,11 @@ class _Plan:
     rates are requests per minute (docs/benchmark.md, 2026-11-27: ~20 µs of the event loop's CPU a call)."""
 
     rules: Rules
-    applied: list[Budget]
+    applied: tuple[Budget, ...]
     rated: list[RateLimit]
-    keys: list[str]
+    keys: tuple[str, ...]
     rates: list[Rate]
+    hold: Hold  # the keys and the limits of the budgets that block, as the counters reserve against them
     since: float
     until: float
 
@@ -121,9 +134,13 @@ def _plannable(rules: Rules) -> bool:
     )
 
 
-def _cost_after(f: Figures, estimate: int, actual: int) -> Figures:
-    """A budget's figures once this call's reservation is replaced by what it cost."""
-    return Figures(f.budget, f.key, f.spent + actual, max(f.reserved - estimate, 0))
+def _cost_after(numbers: Sequence[int], estimate: int, actual: int) -> list[int]:
+    """Budgets' figures (flat) once this call's reservation is replaced by what it cost."""
+    after = list(numbers)
+    for i in range(0, len(after), 2):
+        after[i] += actual
+        after[i + 1] = max(after[i + 1] - estimate, 0)
+    return after
 
 
 class BudgetGate:
@@ -261,12 +278,15 @@ class BudgetGate:
         budgets, limits = rules
         if not budgets and not limits and not extra_limits:
             return
-        keys: list[str] | None = None
+        keys: tuple[str, ...] | None = None
         rates: list[Rate] | None = None
+        held: Hold | None = None
+        applied: Sequence[Budget]
         if not extra_limits and self._plans_serve(base.workspace_id, rules):
             now = self.clock()
             plan = self._plan_for(rules, base, now)
             applied, rated, keys, rates, run_id = plan.applied, plan.rated, plan.keys, plan.rates, base.run_id
+            held = plan.hold
         else:
             subject = await self.subject(base, budgets, limits)
             applied = applicable_budgets(budgets, subject)
@@ -285,11 +305,12 @@ class BudgetGate:
                 rates = self._rates_of(governed, rated)
             if applied:  # the rates and the reservation in one step of the counters (one Redis round trip)
                 estimate = self._bound(base.workspace_id, model, provider, now, overrides, tokens_in, tokens_out) or 0
-                await self.hold(governed, applied, run_id, estimate, now, "this call", rated, rates, keys)
-                for f in governed.figures:
-                    b = f.budget
-                    if b.action is Action.SOFT_THROTTLE and f.spent + f.reserved > b.limit_nanos:
-                        await self._soft_throttle(governed, f, now)  # a refusal undoes the hold: nothing to write
+                await self.hold(governed, applied, run_id, estimate, now, "this call", rated, rates, keys, held)
+                numbers = governed.numbers
+                for i, b in enumerate(governed.budgets):
+                    if b.action is Action.SOFT_THROTTLE and numbers[2 * i] + numbers[2 * i + 1] > b.limit_nanos:
+                        # a refusal undoes the hold: nothing to write
+                        await self._soft_throttle(governed, b, governed.keys[i], now)
                 # Written once the call is admitted: a refusal's reservation never reaches the ledger to be left open.
                 self._keep_open(governed, request_id, run_id, now)
             elif rates:
@@ -352,8 +373,9 @@ class BudgetGate:
             start, end = window(b, now)
             if start is not None and end is not None:
                 since, until = max(since, start.timestamp()), min(until, end.timestamp())
-        keys = [counter_key(b, now, None) for b in applied]
-        plan = _Plan(rules, applied, rated, keys, self._rates_of(Governed(), rated), since, until)
+        keys = tuple([counter_key(b, now, None) for b in applied])
+        hold = Hold(keys, tuple([b.limit_nanos if b.blocks else None for b in applied]))
+        plan = _Plan(rules, tuple(applied), rated, keys, self._rates_of(Governed(), rated), hold, since, until)
         if len(self._plans) >= _PLANS_KEPT:
             self._plans.clear()  # subjects of rules since reloaded, mostly
         self._plans[key] = plan
@@ -419,36 +441,43 @@ class BudgetGate:
     async def hold(
         self,
         governed: Governed,
-        applied: list[Budget],
+        applied: Sequence[Budget],
         run_id: str | None,
         amount: int,
         now: datetime,
         what: str,
         rated: list[RateLimit] | None = None,
         rates: list[Rate] | None = None,
-        keys: list[str] | None = None,
+        keys: tuple[str, ...] | None = None,
+        held: Hold | None = None,
     ) -> None:
         """Reserve `amount` against every budget in `applied` (all or none), or raise BudgetExceeded naming the
         first that has too little left. A soft_throttle or alert_only budget is counted, never refused here.
         With `rates`, they are hit first in the same step (a refusal raised as `_counted` says). `keys`: the
-        budgets' counter keys now, when the caller has them."""
+        budgets' counter keys now, and `held` their hold, when the caller has them (a plan)."""
         if keys is None:
-            keys = [counter_key(b, now, run_id) for b in applied]
-        charges = [Charge(k, b.limit_nanos if b.blocks else None, amount) for b, k in zip(applied, keys, strict=True)]
+            keys = tuple([counter_key(b, now, run_id) for b in applied])
+        if held is None:
+            held = Hold(keys, tuple([b.limit_nanos if b.blocks else None for b in applied]))
         reservation = ordered_id("rsv")
-        if rates:
-            wait, found = await self.counters.hit_and_reserve(
-                rates, now.timestamp(), reservation, charges, self.reservation_ttl
-            )
+        ttl = self.reservation_ttl
+        answer: list[int] | Refused | dict[str, Standing] | None
+        done = self.counters.reserve_now(reservation, held, amount, ttl, rates or (), now.timestamp())
+        if done is not None:  # in-process: no round trip, no object a key
+            wait, answer = done
+            if rates:
+                self._counted(governed, rated or [], rates, wait)
+        elif rates:
+            charges = held.charges(amount)
+            wait, answer = await self.counters.hit_and_reserve(rates, now.timestamp(), reservation, charges, ttl)
             self._counted(governed, rated or [], rates, wait)
-            assert found is not None  # no wait: the reservation was tried
-            answer = found
         else:
-            answer = await self.counters.reserve(reservation, charges, self.reservation_ttl)
+            answer = await self.counters.reserve(reservation, held.charges(amount), ttl)
+        assert answer is not None  # no wait: the reservation was tried
         if isinstance(answer, Refused):
             budget = applied[keys.index(answer.key)]
             governed.decision = Decision.BLOCKED
-            governed.figures = [Figures(budget, answer.key, answer.standing.spent, answer.standing.reserved)]
+            governed.held((budget,), (answer.key,), (answer.standing.spent, answer.standing.reserved))
             governed.decided_by = {"kind": "budget", "id": budget.id, "scope": budget.scope_label}
             disabled = ""
             if budget.action is Action.DISABLE_KEY and budget.value and self._disable_key is not None:
@@ -460,11 +489,11 @@ class BudgetGate:
                 f"${format_usd(answer.standing.spent)}, reserved ${format_usd(answer.standing.reserved)}, asked "
                 f"${format_usd(amount)} at most.{disabled}"
             )
+        if isinstance(answer, dict):
+            answer = [n for k in keys for n in (answer[k].spent, answer[k].reserved)]
         governed.reservation_id = reservation
         governed.estimate = amount
-        governed.figures = [
-            Figures(b, k, answer[k].spent, answer[k].reserved) for b, k in zip(applied, keys, strict=True)
-        ]
+        governed.held(applied, keys, answer)
 
     async def rehold(
         self,
@@ -486,12 +515,14 @@ class BudgetGate:
         estimate = self._bound(ws, model, provider, now, overrides, governed.tokens_in, tokens_out)
         if estimate is None or estimate <= governed.estimate:
             return
-        old = Governed(reservation_id=governed.reservation_id, estimate=governed.estimate, figures=governed.figures)
-        budgets = [f.budget for f in governed.figures]
+        old = Governed(reservation_id=governed.reservation_id, estimate=governed.estimate)
+        old.held(governed.budgets, governed.keys, governed.numbers)
         try:
-            await self.hold(governed, budgets, run_id, estimate, now, f"a fallback to {model!r}")
+            await self.hold(governed, old.budgets, run_id, estimate, now, f"a fallback to {model!r}")
         except BudgetExceeded:
-            governed.figures = old.figures  # the call still holds its first reservation, settled as it ends
+            governed.held(
+                old.budgets, old.keys, old.numbers
+            )  # it still holds its first reservation, settled as it ends
             raise
         await self.counters.settle(old.reservation_id or "", 0)
         if self._open.pop(old.reservation_id or "", None) is None:  # its reserve was written: so is its release
@@ -499,10 +530,9 @@ class BudgetGate:
         # (else released before it was written: nothing moved, nothing to write)
         self._keep_open(governed, request_id, run_id, now)
 
-    async def _soft_throttle(self, governed: Governed, f: Figures, now: datetime) -> None:
+    async def _soft_throttle(self, governed: Governed, b: Budget, key: str, now: datetime) -> None:
         """Past its limit, a soft_throttle budget lets calls through at its `throttle_rpm` only."""
-        b = f.budget
-        rate = Rate(f"t:{f.key}", b.throttle_rpm or 1, 60.0, 1)
+        rate = Rate(f"t:{key}", b.throttle_rpm or 1, 60.0, 1)
         wait = await self.counters.hit([rate], now.timestamp())
         if wait is not None:
             governed.decision = Decision.THROTTLED
@@ -514,7 +544,7 @@ class BudgetGate:
             )
         governed.note = f"soft_throttle: budget {b.id} is past its limit"
 
-    def _unavailable(self, governed: Governed, applied: list[Budget]) -> None:
+    def _unavailable(self, governed: Governed, applied: Sequence[Budget]) -> None:
         """The counters cannot be reached: fail closed if a budget that blocks applies, open (and say so) if not."""
         blocking = [b for b in applied if b.blocks]
         if blocking:
@@ -571,7 +601,7 @@ class BudgetGate:
                         events += self.entries(governed, "reserve", request_id, run_id, at)
                     governed.reserved_at = None
                     events += self.entries(governed, kind, request_id, run_id, now, actual)
-                governed.figures = [_cost_after(f, governed.estimate, actual) for f in governed.figures]
+                governed.numbers = _cost_after(governed.numbers, governed.estimate, actual)
         if governed.reservation_id is not None and not governed.token_rates and not governed.slots:
             # In-process counters settle here, no task: the alerts of the thresholds crossed go with the call's
             # records. Else (Redis; a reservation no longer held: `_late_settle`) the task settles it (idempotent).
@@ -579,9 +609,11 @@ class BudgetGate:
                 after = self.counters.settle_now(governed.reservation_id, actual)
             except ValueError:  # out of the counters' range: the task fails the same way, off the call's path
                 after = None
-            if after:
-                by_key = {f.key: f.budget for f in governed.figures}
-                return events + self.alerts(by_key, after, actual, request_id, run_id)
+            if after:  # each of the reservation's keys, in the order it held them: the call's budgets'
+                for i, b in enumerate(governed.budgets):
+                    if b.thresholds:
+                        self._crossed(events, b, governed.keys[i], after[2 * i], actual, request_id, run_id)
+                return events
         if governed.reservation_id is not None or governed.token_rates or governed.slots:
             self._spawn(self._settle_counters(governed, actual, tokens, now.timestamp(), request_id, run_id))
         return events
@@ -596,28 +628,38 @@ class BudgetGate:
     ) -> list[TraceEvent]:
         """Alerts for the thresholds `spent` crossed, from the counters' own figures after it was booked: each
         settle or spend moves a counter atomically, so exactly one of them crosses each threshold."""
-        now: datetime | None = None
         events: list[TraceEvent] = []
         for key, standing in after.items():
             b = budgets.get(key)
-            if b is None:
-                continue
-            for threshold in crossed(b.limit_nanos, standing.spent - spent, standing.spent, b.thresholds):
-                now = now or self.clock()
-                events.append(
-                    BudgetAlert(
-                        workspace_id=b.workspace_id,
-                        budget_id=b.id,
-                        window_key=window_of_key(key),
-                        threshold=threshold,
-                        spent_nanos=standing.spent,
-                        limit_nanos=b.limit_nanos,
-                        at=now,
-                        request_id=request_id,
-                        run_id=run_id,
-                    )
-                )
+            if b is not None:
+                self._crossed(events, b, key, standing.spent, spent, request_id, run_id)
         return events
+
+    def _crossed(
+        self,
+        events: list[TraceEvent],
+        b: Budget,
+        key: str,
+        now_spent: int,
+        spent: int,
+        request_id: str | None,
+        run_id: str | None,
+    ) -> None:
+        """An alert for each threshold of `b` that `spent` crossed, its counter at `now_spent` after it."""
+        for threshold in crossed(b.limit_nanos, now_spent - spent, now_spent, b.thresholds):
+            events.append(
+                BudgetAlert(
+                    workspace_id=b.workspace_id,
+                    budget_id=b.id,
+                    window_key=window_of_key(key),
+                    threshold=threshold,
+                    spent_nanos=now_spent,
+                    limit_nanos=b.limit_nanos,
+                    at=self.clock(),
+                    request_id=request_id,
+                    run_id=run_id,
+                )
+            )
 
     async def _settle_counters(
         self, governed: Governed, actual: int, tokens: int, epoch: float, request_id: str, run_id: str | None
@@ -626,7 +668,7 @@ class BudgetGate:
             if governed.reservation_id is not None:
                 after = await self.counters.settle(governed.reservation_id, actual, lazy=True)
                 if after:
-                    by_key = {f.key: f.budget for f in governed.figures}
+                    by_key = dict(zip(governed.keys, governed.budgets, strict=True))
                     alerts = self.alerts(by_key, after, actual, request_id, run_id)
                     if alerts:
                         self.commit(alerts)
@@ -648,23 +690,23 @@ class BudgetGate:
         closes the reservation twice; an `adjust` entry takes the estimate back out, and the counters (which
         charged the estimate) get the difference. If the sweep saw the settle entry first, it already made the
         counters agree with it, and there is nothing to do."""
-        if self.reservation_of is None or not governed.figures or governed.reservation_id is None:
+        if self.reservation_of is None or not governed.budgets or governed.reservation_id is None:
             return
         await asyncio.sleep(1.0)  # this call's settle entry is committed with its records: let it land
-        ws = governed.figures[0].budget.workspace_id
+        ws = governed.budgets[0].workspace_id
         sums = await self.reservation_of(ws, governed.reservation_id)
         fixes: list[TraceEvent] = []
         counter_fixes: list[Charge] = []
-        for f in governed.figures:
-            _, reserved, spent = sums.get(f.key, ("", 0, 0))
+        for b, key in zip(governed.budgets, governed.keys, strict=True):
+            _, reserved, spent = sums.get(key, ("", 0, 0))
             if reserved == 0:
                 continue
             fixes.append(
                 LedgerEntry(
                     workspace_id=ws,
                     entry_id=new_id("led"),
-                    budget_id=f.budget.id,
-                    counter_key=f.key,
+                    budget_id=b.id,
+                    counter_key=key,
                     kind="adjust",
                     reserved_delta=-reserved,
                     spent_delta=actual - spent,
@@ -673,7 +715,7 @@ class BudgetGate:
                     note="settled after it expired: the expiry's estimate taken back",
                 )
             )
-            counter_fixes.append(Charge(f.key, None, actual - governed.estimate))
+            counter_fixes.append(Charge(key, None, actual - governed.estimate))
         if fixes:
             self.commit(fixes)
             await self.counters.add(counter_fixes)
@@ -690,18 +732,18 @@ class BudgetGate:
     ) -> list[TraceEvent]:
         """The reservation's `kind` entries, one per budget it holds, as one event (core.model.LedgerEntries: the
         budgets of one call are of one workspace)."""
-        figures = governed.figures
-        if not figures or governed.reservation_id is None:
+        budgets = governed.budgets
+        if not budgets or governed.reservation_id is None:
             return []
         return [
             LedgerEntries.of_reservation(
-                figures[0].budget.workspace_id,
+                budgets[0].workspace_id,
                 kind,
                 governed.estimate,
                 actual,
                 now,
                 governed.reservation_id,
-                tuple([(f.budget.id, f.key) for f in figures]),
+                tuple([(b.id, k) for b, k in zip(budgets, governed.keys, strict=True)]),
                 request_id,
                 run_id,
                 step_id,
@@ -723,7 +765,9 @@ class BudgetGate:
         return PolicyReport(
             governed.decision,
             governed.decided_by,
-            tuple(governed.figures),
+            governed.budgets,
+            governed.keys,
+            tuple(governed.numbers),
             tuple(governed.limits),
             governed.reservation_id,
             governed.estimate,
@@ -779,7 +823,7 @@ class BudgetGate:
 def headline(governed: Governed) -> dict[str, str]:
     """Response headers: the decision, and the tightest applicable budget's remaining amount and scope."""
     headers = {"alephant-policy-decision": governed.decision.value}
-    f = tightest(governed.figures)
+    f = tightest_of(governed.budgets, governed.keys, governed.numbers)
     if f is not None:
         headers["alephant-budget-remaining-usd"] = f.remaining_usd
         headers["alephant-budget-scope"] = f.budget.scope_label

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from agentledger.core.budgets import Decision, PolicyReport, tightest
+from agentledger.core.budgets import Decision, PolicyReport
 from agentledger.core.errors import AgentLedgerError
 from agentledger.core.headers import TrackingContext
 from agentledger.core.model import (
@@ -192,7 +192,7 @@ def trace_events(
         attributes["requested_model"] = call.model
     if governance is not None:
         attributes["policy_decision"] = governance.decision.value
-        least = tightest(governance.figures)
+        least = governance.tightest()
         if least is not None:
             attributes["budget_remaining_usd"] = least.remaining_usd
             attributes["budget_scope"] = least.budget.scope_label

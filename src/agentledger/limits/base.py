@@ -130,6 +130,24 @@ ZERO = Standing(0, 0)
 
 
 @dataclass(frozen=True, slots=True)
+class Hold:
+    """The counters a reservation charges and their limits (None: counted, never refused), apart from its amount:
+    checked once when made. A caller that reserves against the same counters call after call (the gateway, for
+    one subject in one window) makes one and reserves any amount with it (`Counters.reserve_now`)."""
+
+    keys: tuple[str, ...]
+    limits: tuple[int | None, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.keys) != len(self.limits):
+            raise ValueError(f"a hold names {len(self.keys)} keys and {len(self.limits)} limits")
+        check_reservation(self.charges(0), 1.0)
+
+    def charges(self, amount: int) -> list[Charge]:
+        return [Charge(k, limit, amount) for k, limit in zip(self.keys, self.limits, strict=True)]
+
+
+@dataclass(frozen=True, slots=True)
 class Refused:
     """A reservation refused at ``key``: its ``standing`` (unchanged) plus the amount would exceed ``limit``."""
 
@@ -181,10 +199,11 @@ class Counters(Protocol):
         then the reservation still holds its amount (the safe side)."""
         ...
 
-    def settle_now(self, reservation_id: str, actual: int) -> dict[str, Standing] | None:
-        """`settle` without waiting, where the backend can (in-process: nothing to wait for), with `settle`'s
-        answer; None where it cannot (Redis), and nothing changes: await `settle`. A caller then settles inline,
-        not in a task of its own."""
+    def settle_now(self, reservation_id: str, actual: int) -> list[int] | None:
+        """`settle` without waiting, where the backend can (in-process: nothing to wait for), its answer as one
+        flat list: ``[spent, reserved]`` of each key after, in the order the reservation named them (`[]`: an
+        unknown id); None where it cannot (Redis), and nothing changes: await `settle`. A caller then settles
+        inline, not in a task of its own."""
         ...
 
     async def add(self, charges: Sequence[Charge]) -> dict[str, Standing]:
@@ -228,6 +247,15 @@ class Counters(Protocol):
         and its budgets before it is forwarded. ``(wait, None)`` when a rate refuses (nothing counted, nothing
         reserved); else ``(None, answer)``, the answer `reserve`'s (the rates counted either way, as `hit` then
         `reserve` would leave them)."""
+        ...
+
+    def reserve_now(
+        self, reservation_id: str, hold: Hold, amount: int, ttl: float, rates: Sequence[Rate], now: float
+    ) -> tuple[float | None, list[int] | Refused | None] | None:
+        """`hit_and_reserve(rates, now, reservation_id, hold.charges(amount), ttl)` without waiting, where the
+        backend can (in-process), a reservation's standings as one flat list: ``[spent, reserved]`` of each of
+        the hold's keys after, in order. None where it cannot (Redis), and nothing changes: await
+        `hit_and_reserve`. (The gateway's path for every call under budgets: no object a key.)"""
         ...
 
     async def adjust_rate(self, key: str, window: float, delta: int, now: float) -> None:

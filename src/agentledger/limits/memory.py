@@ -17,8 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agentledger.limits.base import (
+    MAX_COUNTER,
     ZERO,
     Charge,
+    Hold,
     Rate,
     Refused,
     Standing,
@@ -51,8 +53,11 @@ class MemoryCounters:
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._totals: dict[str, Standing] = {}
-        self._reservations: dict[str, tuple[float, dict[str, int]]] = {}
+        # Each counter as a mutable [spent, reserved] pair, changed in place: a reservation against three budgets
+        # makes no object a key (the gateway's reservations and settles of every call under budgets).
+        self._totals: dict[str, list[int]] = {}
+        # By reservation id: its deadline, its keys and the amount held on each (in the order they were given).
+        self._reservations: dict[str, tuple[float, tuple[str, ...], tuple[int, ...]]] = {}
         self._rates: dict[tuple[str, float], _Window] = {}
         self._slots: dict[str, dict[str, float]] = {}
         self._claims: dict[str, tuple[str, float]] = {}
@@ -60,65 +65,112 @@ class MemoryCounters:
 
     # --- budgets ----------------------------------------------------------------------------------------
 
+    def _pair(self, key: str) -> list[int]:
+        found = self._totals.get(key)
+        if found is None:
+            found = self._totals[key] = [0, 0]
+        return found
+
+    def _standing(self, key: str) -> Standing:
+        found = self._totals.get(key)
+        return ZERO if found is None else Standing(found[0], found[1])
+
     async def reserve(
         self, reservation_id: str, charges: Sequence[Charge], ttl: float
     ) -> dict[str, Standing] | Refused:
         check_reservation(charges, ttl)
-        return self._reserve(reservation_id, charges, ttl)
+        keys = tuple([c.key for c in charges])
+        found = self._reserve(reservation_id, keys, tuple([c.limit for c in charges]), [c.amount for c in charges], ttl)
+        if isinstance(found, Refused):
+            return found
+        return {k: Standing(found[2 * i], found[2 * i + 1]) for i, k in enumerate(keys)}
 
-    def _reserve(self, reservation_id: str, charges: Sequence[Charge], ttl: float) -> dict[str, Standing] | Refused:
+    def _reserve(
+        self,
+        reservation_id: str,
+        keys: tuple[str, ...],
+        limits: tuple[int | None, ...],
+        amounts: Sequence[int],
+        ttl: float,
+    ) -> list[int] | Refused:
+        """The reservation, checked; its keys' [spent, reserved] after, flat (or as they stand: already open)."""
         if reservation_id in self._reservations:
-            return {c.key: self._totals.get(c.key, ZERO) for c in charges}
-        after: dict[str, Standing] = {}
-        for charge in charges:
-            now = self._totals.get(charge.key, ZERO)
-            if charge.limit is not None and now.spent + now.reserved + charge.amount > charge.limit:
-                return Refused(charge.key, now, charge.limit)
-            after[charge.key] = Standing(now.spent, now.reserved + charge.amount)
-            check_counter(charge.key, after[charge.key].spent, after[charge.key].reserved)
-        self._totals.update(after)
-        self._reservations[reservation_id] = (self._clock() + ttl, {c.key: c.amount for c in charges})
+            return [n for k in keys for n in self._totals.get(k, (0, 0))]
+        pairs = [self._pair(k) for k in keys]
+        for pair, limit, amount, key in zip(pairs, limits, amounts, keys, strict=True):
+            held = pair[0] + pair[1] + amount
+            if limit is not None and held > limit:
+                return Refused(key, Standing(pair[0], pair[1]), limit)
+            if held > MAX_COUNTER or pair[1] + amount > MAX_COUNTER:
+                check_counter(key, pair[0], pair[1] + amount)  # raises: nothing changed yet
+        after: list[int] = []
+        for pair, amount in zip(pairs, amounts, strict=True):
+            pair[1] += amount
+            after += pair
+        self._reservations[reservation_id] = (self._clock() + ttl, keys, tuple(amounts))
         return after
 
-    async def settle(self, reservation_id: str, actual: int, *, lazy: bool = False) -> dict[str, Standing]:
-        return self.settle_now(reservation_id, actual)
+    def reserve_now(
+        self, reservation_id: str, hold: Hold, amount: int, ttl: float, rates: Sequence[Rate], now: float
+    ) -> tuple[float | None, list[int] | Refused | None]:
+        check_amount(amount, "amount", non_negative=True)
+        check_seconds(ttl, "ttl")
+        if rates:
+            wait = self._hit(rates, now)  # nothing between the two: one step
+            if wait is not None:
+                return wait, None
+        return None, self._reserve(reservation_id, hold.keys, hold.limits, (amount,) * len(hold.keys), ttl)
 
-    def settle_now(self, reservation_id: str, actual: int) -> dict[str, Standing]:
+    async def settle(self, reservation_id: str, actual: int, *, lazy: bool = False) -> dict[str, Standing]:
+        found = self._reservations.get(reservation_id)
+        after = self.settle_now(reservation_id, actual)
+        if found is None:
+            return {}
+        return {k: Standing(after[2 * i], after[2 * i + 1]) for i, k in enumerate(found[1])}
+
+    def settle_now(self, reservation_id: str, actual: int) -> list[int]:
         check_amount(actual, "actual", non_negative=True)
         found = self._reservations.get(reservation_id)
         if found is None:
-            return {}
-        after: dict[str, Standing] = {}
-        for key, amount in found[1].items():
-            now = self._totals.get(key, ZERO)
-            after[key] = Standing(now.spent + actual, now.reserved - amount)
-            check_counter(key, after[key].spent, after[key].reserved)
+            return []
+        _, keys, amounts = found
+        pairs = [self._pair(k) for k in keys]
+        for pair, amount, key in zip(pairs, amounts, keys, strict=True):
+            check_counter(key, pair[0] + actual, pair[1] - amount)  # before anything changes
         del self._reservations[reservation_id]
-        self._totals.update(after)
+        after: list[int] = []
+        for pair, amount in zip(pairs, amounts, strict=True):
+            pair[0] += actual
+            pair[1] -= amount
+            after += pair
         return after
 
     async def add(self, charges: Sequence[Charge]) -> dict[str, Standing]:
+        merged = merge_charges(charges)
+        for key, amount in merged.items():
+            was = self._standing(key)
+            check_counter(key, was.spent + amount, was.reserved)
         after: dict[str, Standing] = {}
-        for key, amount in merge_charges(charges).items():
-            now = self._totals.get(key, ZERO)
-            after[key] = Standing(now.spent + amount, now.reserved)
-            check_counter(key, after[key].spent, after[key].reserved)
-        self._totals.update(after)
+        for key, amount in merged.items():
+            pair = self._pair(key)
+            pair[0] += amount
+            after[key] = Standing(pair[0], pair[1])
         return after
 
     async def standing(self, keys: Sequence[str]) -> dict[str, Standing]:
-        return {key: self._totals.get(key, ZERO) for key in keys}
+        return {key: self._standing(key) for key in keys}
 
     async def expire(self, now: float) -> list[tuple[str, dict[str, int]]]:
         check_now(now)
-        due = sorted((deadline, rid) for rid, (deadline, _) in self._reservations.items() if deadline <= now)
+        due = sorted((deadline, rid) for rid, (deadline, _, _) in self._reservations.items() if deadline <= now)
         out: list[tuple[str, dict[str, int]]] = []
         for _, rid in due:
-            amounts = self._reservations.pop(rid)[1]
-            for key, amount in amounts.items():
-                was = self._totals.get(key, ZERO)
-                self._totals[key] = Standing(was.spent + amount, was.reserved - amount)
-            out.append((rid, dict(amounts)))
+            _, keys, amounts = self._reservations.pop(rid)
+            for key, amount in zip(keys, amounts, strict=True):
+                pair = self._pair(key)
+                pair[0] += amount
+                pair[1] -= amount
+            out.append((rid, dict(zip(keys, amounts, strict=True))))
         return out
 
     async def load(
@@ -130,8 +182,8 @@ class MemoryCounters:
             check_now(deadline)
             for amount in amounts.values():
                 check_amount(amount, "amount", non_negative=True)
-        self._totals = {key: Standing(t.spent, t.reserved) for key, t in totals.items()}
-        self._reservations = {rid: (float(d), dict(a)) for rid, (d, a) in reservations.items()}
+        self._totals = {key: [t.spent, t.reserved] for key, t in totals.items()}
+        self._reservations = {rid: (float(d), tuple(a), tuple(a.values())) for rid, (d, a) in reservations.items()}
 
     # --- rate limits --------------------------------------------------------------------------------------
 
@@ -174,7 +226,7 @@ class MemoryCounters:
         wait = self._hit(rates, now)  # no await in between: one step
         if wait is not None:
             return wait, None
-        return None, self._reserve(reservation_id, charges, ttl)  # checked above
+        return None, await self.reserve(reservation_id, charges, ttl)  # (it awaits nothing: still one step)
 
     async def adjust_rate(self, key: str, window: float, delta: int, now: float) -> None:
         check_now(now)

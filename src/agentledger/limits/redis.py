@@ -49,6 +49,7 @@ from agentledger.limits.base import (
     RETRY_PAD,
     Charge,
     CountersUnavailable,
+    Hold,
     Rate,
     Refused,
     Standing,
@@ -531,6 +532,11 @@ class RedisCounters:
 
     def settle_now(self, reservation_id: str, actual: int) -> None:
         return None  # a round trip: await `settle`
+
+    def reserve_now(
+        self, reservation_id: str, hold: Hold, amount: int, ttl: float, rates: Sequence[Rate], now: float
+    ) -> None:
+        return None  # a round trip: await `hit_and_reserve`
 
     async def add(self, charges: Sequence[Charge]) -> dict[str, Standing]:
         merged = merge_charges(charges)

@@ -25,6 +25,7 @@ from agentledger.core.budgets import (
     PolicyReport,
     RateLimit,
     Scope,
+    flat,
 )
 from agentledger.core.model import (
     BudgetAlert,
@@ -81,7 +82,7 @@ def test_every_kind_of_trace_event_comes_back_from_the_journal_exactly(tmp_path:
     budget = Budget(ws, "b1", Scope.DEPARTMENT, "dep", 10**9, Period.MONTH, T0, Action.BLOCK_REQUESTS)
     limit = RateLimit(ws, "rl1", Scope.WORKSPACE, None, requests_per_minute=60)
     figures = (Figures(budget, f"b|{ws}|b1|0", 5, 7),)
-    report = PolicyReport(Decision.ALLOWED, None, figures, (limit,), "rsv_1", 7, None, {"rule": "r1"}, at)
+    report = PolicyReport(Decision.ALLOWED, None, *flat(figures), (limit,), "rsv_1", 7, None, {"rule": "r1"}, at)
     ledger = LedgerEntries(ws, "reserve", 5, 0, at, "rsv_1", (("b1", "k1"), ("b2", "k2")), "led_1r", "req-1")
     events: list[TraceEvent] = [
         request_record(ws, governance={"decision": "allowed", "budgets": [{"remaining_usd": "1.000000000"}]}),

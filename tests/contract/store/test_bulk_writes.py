@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import delete, insert, literal_column, select
 from sqlalchemy.exc import IntegrityError
 
-from agentledger.core.budgets import Action, Budget, Decision, Figures, Period, PolicyReport, Scope
+from agentledger.core.budgets import Action, Budget, Decision, Figures, Period, PolicyReport, Scope, flat
 from agentledger.core.model import (
     Attribution,
     LedgerEntries,
@@ -195,7 +195,7 @@ async def test_a_request_record_carries_its_reservations_close_written_once(stor
     b2 = Budget(ws, "b2", Scope.DEPARTMENT, "dep", 10**9, Period.DAY, T0)
     figures = (Figures(b1, "b|w|b1|total", BIG, 0), Figures(b2, "b|w|b2|0", BIG, 0))
     at = T0 + timedelta(seconds=1)
-    written = PolicyReport(Decision.ALLOWED, None, figures, (), "rsv_abc", 100, None, None, at, "settle", 7)
+    written = PolicyReport(Decision.ALLOWED, None, *flat(figures), (), "rsv_abc", 100, None, None, at, "settle", 7)
     netted = replace(written, reservation_id="rsv_def", reserve_written=False)
     released = replace(written, reservation_id="rsv_ghi", reserve_written=False, closed="release", actual=0)
     counters = (("b1", "b|w|b1|total"), ("b2", "b|w|b2|0"))
