@@ -78,8 +78,13 @@ def test_a_call_that_ends_within_the_interval_writes_its_settle_net_of_a_reserve
         await admit(g, failed)
         _, report = close(g, failed, 0)
         assert report.closed == "release" and report.ledger("req", None) == [] and written == []
-        # The counters held each reservation meanwhile and hold nothing now: spent is the settle's 7.
-        after = await g.counters.standing([f.key for f in governed.figures])
+        # The counters held each reservation meanwhile, and settle once the call's records are handed over (while
+        # the answer waits for them to be durable): then they hold nothing, and spent is the settle's 7.
+        keys = [f.key for f in governed.figures]
+        held_now = await g.counters.standing(keys)
+        assert [(s.spent, s.reserved) for s in held_now.values()] == [(0, held + failed.estimate)] * 2
+        await asyncio.sleep(0)
+        after = await g.counters.standing(keys)
         assert [(s.spent, s.reserved) for s in after.values()] == [(7, 0), (7, 0)]
 
     asyncio.run(go())

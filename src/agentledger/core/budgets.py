@@ -404,7 +404,10 @@ class PolicyReport:
         return tuple(figures_of(self.budgets, self.keys, self.numbers))
 
     def tightest(self) -> Figures | None:
-        return tightest_of(self.budgets, self.keys, self.numbers)
+        """The budget with the least left: the one response headers and model_call steps name."""
+        at, _ = least_left(self.budgets, self.numbers)
+        n = self.numbers
+        return None if at < 0 else Figures(self.budgets[at], self.keys[at], n[2 * at], n[2 * at + 1])
 
     def ledger(self, request_id: str, run_id: str | None) -> list[LedgerEntries]:
         """The ledger entries this report carries (none unless `closed`): with its reserve written, the close
@@ -453,24 +456,20 @@ def figures_of(budgets: Sequence[Budget], keys: Sequence[str], numbers: Sequence
     return [Figures(b, k, numbers[2 * i], numbers[2 * i + 1]) for i, (b, k) in pairs]
 
 
-def tightest_of(budgets: Sequence[Budget], keys: Sequence[str], numbers: Sequence[int]) -> Figures | None:
-    """`tightest` of figures kept flat, the one object made."""
+def least_left(budgets: Sequence[Budget], numbers: Sequence[int]) -> tuple[int, int]:
+    """Of figures kept flat: the index of the budget with the least left (the first of equals; -1: none) and what it
+    has left (below zero when over its limit)."""
     least, at = 0, -1
     for i, b in enumerate(budgets):
         left = b.limit_nanos - numbers[2 * i] - numbers[2 * i + 1]
         if at < 0 or left < least:
             least, at = left, i
-    return None if at < 0 else Figures(budgets[at], keys[at], numbers[2 * at], numbers[2 * at + 1])
+    return at, least
 
 
 def governance_dict(governance: dict[str, Any] | PolicyReport | None) -> dict[str, Any] | None:
     """A request's `governance` as stored: a report's dict, built now if it was kept as numbers."""
     return governance.as_dict() if isinstance(governance, PolicyReport) else governance
-
-
-def tightest(standings: Sequence[Figures]) -> Figures | None:
-    """The budget with the least left: the one response headers and model_call steps name."""
-    return min(standings, key=lambda s: s.remaining, default=None)
 
 
 def crossed(limit: int, before: int, after: int, thresholds: Sequence[int]) -> list[int]:

@@ -3,10 +3,10 @@
 Before a call is forwarded, `BudgetGate.admit` finds the budgets and rate limits that apply to it
 (core/budgets.py), hits its rate limits and reserves its most possible cost against every applicable budget in one
 atomic step of the counters (limits/: in-process or Redis). A refusal is a 402 (`budget_exceeded`) or a 429
-(`rate_limited`, with Retry-After). When the call ends, `settle` books its actual cost: the ledger entries, the
-alerts of thresholds crossed and the policy_check step go out with the call's own records; the counters are
-settled then and there when they are in-process, else (Redis) in the background (a settle never holds up the
-answer).
+(`rate_limited`, with Retry-After). When the call ends, `settle` books its actual cost: the ledger entries and the
+policy_check step go out with the call's own records; the counters are settled right after those are handed over,
+while the answer waits for them to be durable (in-process: then and there; Redis: in the background), and the
+alerts of thresholds crossed follow from the counters' answer. A settle never holds up the answer.
 
 A workspace without budgets or limits costs one cache lookup per call.
 """
@@ -38,8 +38,8 @@ from agentledger.core.budgets import (
     crossed,
     figures_of,
     input_bound,
+    least_left,
     reservation_nanos,
-    tightest_of,
     window,
     window_of_key,
 )
@@ -63,6 +63,9 @@ from agentledger.prices.catalog import worst_rates
 log = logging.getLogger(__name__)
 
 Rules = tuple[list[Budget], list[RateLimit]]
+# The counters' answer to a reservation with its rates: the wait a rate asks (nothing reserved), else the figures (flat
+# in-process, by key from Redis) or the refusal.
+Answer = tuple[float | None, list[int] | dict[str, Standing] | Refused | None]
 
 
 @dataclass(slots=True)
@@ -90,6 +93,9 @@ class Governed:
     actual: int = 0
     closed_at: datetime | None = None
     reserve_written: bool = True  # False: closed before its reserve entries were written (they never will be)
+    # Its response headers once settled (`headline`), made by `settle` with the figures it has just made: the
+    # answer goes out after the wait for its records, by when what they are made of is out of the CPU's caches.
+    headers: dict[str, str] | None = None
 
     @property
     def governed(self) -> bool:
@@ -122,6 +128,7 @@ class _Plan:
     hold: Hold  # the keys and the limits of the budgets that block, as the counters reserve against them
     since: float
     until: float
+    quick: bool  # budgets apply, none of which throttles softly (`_admit_planned`)
 
 
 def _plannable(rules: Rules) -> bool:
@@ -134,13 +141,20 @@ def _plannable(rules: Rules) -> bool:
     )
 
 
-def _cost_after(numbers: Sequence[int], estimate: int, actual: int) -> list[int]:
-    """Budgets' figures (flat) once this call's reservation is replaced by what it cost."""
-    after = list(numbers)
-    for i in range(0, len(after), 2):
-        after[i] += actual
-        after[i + 1] = max(after[i + 1] - estimate, 0)
-    return after
+def _close(governed: Governed, actual: int) -> None:
+    """The call's figures once its reservation is replaced by what it cost, and its response headers with them
+    (made here, in the one pass over its budgets settling makes: `headline`)."""
+    numbers = list(governed.numbers)
+    estimate = governed.estimate
+    least, at = 0, -1
+    for i, b in enumerate(governed.budgets):
+        spent = numbers[2 * i] = numbers[2 * i] + actual
+        reserved = numbers[2 * i + 1] = max(numbers[2 * i + 1] - estimate, 0)
+        left = b.limit_nanos - spent - reserved
+        if at < 0 or left < least:
+            least, at = left, i
+    governed.numbers = numbers
+    governed.headers = _headers(governed, at, least)
 
 
 class BudgetGate:
@@ -285,6 +299,10 @@ class BudgetGate:
         if not extra_limits and self._plans_serve(base.workspace_id, rules):
             now = self.clock()
             plan = self._plan_for(rules, base, now)
+            if plan.quick and await self._admit_planned(
+                governed, plan, base, request_id, model, provider, now, overrides, body_bytes, max_output, choices
+            ):
+                return
             applied, rated, keys, rates, run_id = plan.applied, plan.rated, plan.keys, plan.rates, base.run_id
             held = plan.hold
         else:
@@ -321,6 +339,37 @@ class BudgetGate:
         except BaseException:
             await self._undo(governed)
             raise
+
+    async def _admit_planned(
+        self,
+        governed: Governed,
+        plan: _Plan,
+        base: Subject,
+        request_id: str,
+        model: str,
+        provider: str,
+        now: datetime,
+        overrides: dict[str, Any],
+        body_bytes: int,
+        max_output: int | None,
+        choices: int,
+    ) -> bool:
+        """`admit` under a plan of budgets none of which throttles softly, with counters that answer without waiting
+        (in-process): most calls under budgets, in one pass (False: not so; nothing was done). A refusal raises."""
+        tokens_in = input_bound(body_bytes)
+        tokens_out = (max_output or self.default_output_tokens) * max(choices, 1)
+        estimate = self._bound(base.workspace_id, model, provider, now, overrides, tokens_in, tokens_out) or 0
+        reservation = ordered_id("rsv")
+        done = self.counters.reserve_now(reservation, plan.hold, estimate, self.reservation_ttl, now.timestamp())
+        if done is None:
+            return False
+        rated = plan.rates, plan.rated
+        governed.limits = plan.rated
+        governed.tokens_estimate = tokens_in + tokens_out
+        governed.tokens_in = tokens_in
+        await self._taken(governed, reservation, done, plan.applied, plan.keys, estimate, "this call", *rated)
+        self._keep_open(governed, request_id, base.run_id, now)
+        return True
 
     def _keep_open(self, governed: Governed, request_id: str, run_id: str | None, now: datetime) -> None:
         """An admitted reservation: its reserve entries are written once `write_within` has passed, so that a crash
@@ -374,8 +423,10 @@ class BudgetGate:
             if start is not None and end is not None:
                 since, until = max(since, start.timestamp()), min(until, end.timestamp())
         keys = tuple([counter_key(b, now, None) for b in applied])
-        hold = Hold(keys, tuple([b.limit_nanos if b.blocks else None for b in applied]))
-        plan = _Plan(rules, tuple(applied), rated, keys, self._rates_of(Governed(), rated), hold, since, until)
+        rates = self._rates_of(Governed(), rated)
+        hold = Hold(keys, tuple([b.limit_nanos if b.blocks else None for b in applied]), tuple(rates))
+        quick = bool(applied) and all(b.action is not Action.SOFT_THROTTLE for b in applied)
+        plan = _Plan(rules, tuple(applied), rated, keys, rates, hold, since, until, quick)
         if len(self._plans) >= _PLANS_KEPT:
             self._plans.clear()  # subjects of rules since reloaded, mostly
         self._plans[key] = plan
@@ -401,7 +452,7 @@ class BudgetGate:
         return rates
 
     @staticmethod
-    def _counted(governed: Governed, rated: list[RateLimit], rates: list[Rate], wait: float | None) -> None:
+    def _counted(governed: Governed, rated: list[RateLimit], rates: Sequence[Rate], wait: float | None) -> None:
         """After the rates were hit: raise the refusal if one refused, else note the tokens counted."""
         if wait is None:
             governed.token_rates = [r.key for r in rates if r.key.endswith(":tpm")]
@@ -458,22 +509,39 @@ class BudgetGate:
         if keys is None:
             keys = tuple([counter_key(b, now, run_id) for b in applied])
         if held is None:
-            held = Hold(keys, tuple([b.limit_nanos if b.blocks else None for b in applied]))
+            held = Hold(keys, tuple([b.limit_nanos if b.blocks else None for b in applied]), tuple(rates or ()))
         reservation = ordered_id("rsv")
         ttl = self.reservation_ttl
-        answer: list[int] | Refused | dict[str, Standing] | None
-        done = self.counters.reserve_now(reservation, held, amount, ttl, rates or (), now.timestamp())
-        if done is not None:  # in-process: no round trip, no object a key
-            wait, answer = done
+        done: Answer | None = self.counters.reserve_now(reservation, held, amount, ttl, now.timestamp())
+        if done is None:  # a round trip (Redis)
             if rates:
-                self._counted(governed, rated or [], rates, wait)
-        elif rates:
-            charges = held.charges(amount)
-            wait, answer = await self.counters.hit_and_reserve(rates, now.timestamp(), reservation, charges, ttl)
-            self._counted(governed, rated or [], rates, wait)
-        else:
-            answer = await self.counters.reserve(reservation, held.charges(amount), ttl)
+                charges = held.charges(amount)
+                done = await self.counters.hit_and_reserve(rates, now.timestamp(), reservation, charges, ttl)
+            else:
+                done = None, await self.counters.reserve(reservation, held.charges(amount), ttl)
+        await self._taken(governed, reservation, done, applied, keys, amount, what, rates or (), rated or [])
+
+    async def _taken(
+        self,
+        governed: Governed,
+        reservation: str,
+        done: Answer,
+        applied: Sequence[Budget],
+        keys: tuple[str, ...],
+        amount: int,
+        what: str,
+        rates: Sequence[Rate],
+        rated: list[RateLimit],
+    ) -> None:
+        """The counters' answer to a reservation (with the rates hit first): the call's figures, or the refusal."""
+        wait, answer = done
+        if rates:
+            self._counted(governed, rated, rates, wait)
         assert answer is not None  # no wait: the reservation was tried
+        if type(answer) is list:  # in-process: the figures as they are kept
+            governed.reservation_id, governed.estimate = reservation, amount
+            governed.budgets, governed.keys, governed.numbers = tuple(applied), keys, answer
+            return
         if isinstance(answer, Refused):
             budget = applied[keys.index(answer.key)]
             governed.decision = Decision.BLOCKED
@@ -489,11 +557,9 @@ class BudgetGate:
                 f"${format_usd(answer.standing.spent)}, reserved ${format_usd(answer.standing.reserved)}, asked "
                 f"${format_usd(amount)} at most.{disabled}"
             )
-        if isinstance(answer, dict):
-            answer = [n for k in keys for n in (answer[k].spent, answer[k].reserved)]
-        governed.reservation_id = reservation
-        governed.estimate = amount
-        governed.held(applied, keys, answer)
+        assert isinstance(answer, dict)
+        governed.reservation_id, governed.estimate = reservation, amount
+        governed.held(applied, keys, [n for k in keys for n in (answer[k].spent, answer[k].reserved)])
 
     async def rehold(
         self,
@@ -578,8 +644,8 @@ class BudgetGate:
         refused: bool = False,
         carry: bool = False,
     ) -> list[TraceEvent]:
-        """The ledger entries of a finished call, written with its records; the counters are settled in the
-        background, and the alerts of the thresholds that settle crossed follow from the counters' answer.
+        """The ledger entries of a finished call, written with its records; the counters are settled right after
+        (`_settle_soon`), and the alerts of the thresholds that settle crossed follow from the counters' answer.
         `carry`: the entries are left to the call's report (`summary`, which must then be written in its request
         record; the writer expands them): its settle or release, net of its reserve when that was never written."""
         if not governed.governed:
@@ -601,22 +667,35 @@ class BudgetGate:
                         events += self.entries(governed, "reserve", request_id, run_id, at)
                     governed.reserved_at = None
                     events += self.entries(governed, kind, request_id, run_id, now, actual)
-                governed.numbers = _cost_after(governed.numbers, governed.estimate, actual)
+                _close(governed, actual)
+        if governed.reservation_id is not None or governed.token_rates or governed.slots:
+            # The counters are settled once the call's records are handed over, while they are made durable: the
+            # answer waits for that, not for this (the figures it tells are the call's own, made above).
+            args = (governed, actual, tokens, now.timestamp(), request_id, run_id)
+            asyncio.get_running_loop().call_soon(self._settle_soon, *args)
+        return events
+
+    def _settle_soon(
+        self, governed: Governed, actual: int, tokens: int, epoch: float, request_id: str, run_id: str | None
+    ) -> None:
+        """In-process counters settle here, no task, and the alerts of the thresholds crossed are committed. Else
+        (Redis; slots or token rates to give back; a reservation no longer held: `_late_settle`) a task settles
+        it (idempotent)."""
         if governed.reservation_id is not None and not governed.token_rates and not governed.slots:
-            # In-process counters settle here, no task: the alerts of the thresholds crossed go with the call's
-            # records. Else (Redis; a reservation no longer held: `_late_settle`) the task settles it (idempotent).
             try:
                 after = self.counters.settle_now(governed.reservation_id, actual)
-            except ValueError:  # out of the counters' range: the task fails the same way, off the call's path
+            except ValueError:  # out of the counters' range: the task fails the same way
                 after = None
             if after:  # each of the reservation's keys, in the order it held them: the call's budgets'
+                events: list[TraceEvent] = []
                 for i, b in enumerate(governed.budgets):
-                    if b.thresholds:
-                        self._crossed(events, b, governed.keys[i], after[2 * i], actual, request_id, run_id)
-                return events
-        if governed.reservation_id is not None or governed.token_rates or governed.slots:
-            self._spawn(self._settle_counters(governed, actual, tokens, now.timestamp(), request_id, run_id))
-        return events
+                    spent = after[2 * i]
+                    if crossed(b.limit_nanos, spent - actual, spent, b.thresholds):
+                        self._crossed(events, b, governed.keys[i], spent, actual, request_id, run_id)
+                if events:
+                    self.commit(events)
+                return
+        self._spawn(self._settle_counters(governed, actual, tokens, epoch, request_id, run_id))
 
     def alerts(
         self,
@@ -822,9 +901,16 @@ class BudgetGate:
 
 def headline(governed: Governed) -> dict[str, str]:
     """Response headers: the decision, and the tightest applicable budget's remaining amount and scope."""
-    headers = {"alephant-policy-decision": governed.decision.value}
-    f = tightest_of(governed.budgets, governed.keys, governed.numbers)
-    if f is not None:
-        headers["alephant-budget-remaining-usd"] = f.remaining_usd
-        headers["alephant-budget-scope"] = f.budget.scope_label
+    if governed.headers is not None:
+        return dict(governed.headers)
+    return _headers(governed, *least_left(governed.budgets, governed.numbers))
+
+
+def _headers(governed: Governed, at: int, left: int) -> dict[str, str]:
+    """`headline`, the tightest budget's index in the call's and what it has left given."""
+    decision = governed.decision
+    headers = {"alephant-policy-decision": "allowed" if decision is Decision.ALLOWED else decision.value}
+    if at >= 0:
+        headers["alephant-budget-remaining-usd"] = format_usd(max(left, 0))
+        headers["alephant-budget-scope"] = governed.budgets[at].scope_label
     return headers

@@ -131,17 +131,20 @@ ZERO = Standing(0, 0)
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """The counters a reservation charges and their limits (None: counted, never refused), apart from its amount:
-    checked once when made. A caller that reserves against the same counters call after call (the gateway, for
-    one subject in one window) makes one and reserves any amount with it (`Counters.reserve_now`)."""
+    """The counters a reservation charges and their limits (None: counted, never refused), and the rates hit first
+    in the same step, apart from its amount and time: checked once when made. A caller that reserves against the
+    same counters call after call (the gateway, for one subject in one window) makes one and reserves any amount
+    with it (`Counters.reserve_now`)."""
 
     keys: tuple[str, ...]
     limits: tuple[int | None, ...]
+    rates: tuple[Rate, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.keys) != len(self.limits):
             raise ValueError(f"a hold names {len(self.keys)} keys and {len(self.limits)} limits")
         check_reservation(self.charges(0), 1.0)
+        check_rates(self.rates)
 
     def charges(self, amount: int) -> list[Charge]:
         return [Charge(k, limit, amount) for k, limit in zip(self.keys, self.limits, strict=True)]
@@ -250,9 +253,9 @@ class Counters(Protocol):
         ...
 
     def reserve_now(
-        self, reservation_id: str, hold: Hold, amount: int, ttl: float, rates: Sequence[Rate], now: float
+        self, reservation_id: str, hold: Hold, amount: int, ttl: float, now: float
     ) -> tuple[float | None, list[int] | Refused | None] | None:
-        """`hit_and_reserve(rates, now, reservation_id, hold.charges(amount), ttl)` without waiting, where the
+        """`hit_and_reserve(hold.rates, now, reservation_id, hold.charges(amount), ttl)` without waiting, where the
         backend can (in-process), a reservation's standings as one flat list: ``[spent, reserved]`` of each of
         the hold's keys after, in order. None where it cannot (Redis), and nothing changes: await
         `hit_and_reserve`. (The gateway's path for every call under budgets: no object a key.)"""
@@ -328,6 +331,8 @@ def merge_charges(charges: Sequence[Charge]) -> dict[str, int]:
 
 
 def check_seconds(value: float, what: str) -> None:
+    if type(value) is float and 0 < value < math.inf:  # (on every call's rates and reservation: the common case)
+        return
     if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{what} must be a finite number of seconds > 0, not {value!r}")
 
@@ -338,15 +343,12 @@ def check_now(now: float) -> None:
 
 
 def check_rates(rates: Sequence[Rate]) -> None:
-    seen: set[tuple[str, float]] = set()
     for rate in rates:
         check_seconds(rate.window, "window")
-        ident = (rate.key, float(rate.window))
-        if ident in seen:
-            raise ValueError(f"rate {rate.key!r} over {rate.window}s is given twice")
-        seen.add(ident)
-        for value, what in ((rate.limit, "limit"), (rate.cost, "cost")):
-            check_units(value, what, non_negative=True)
+        check_units(rate.limit, "limit", non_negative=True)
+        check_units(rate.cost, "cost", non_negative=True)
+    if len(rates) > 1 and len({(rate.key, float(rate.window)) for rate in rates}) < len(rates):
+        raise ValueError(f"a rate is given twice: {[(r.key, r.window) for r in rates]}")
 
 
 def check_units(value: int, what: str, *, non_negative: bool = False) -> None:

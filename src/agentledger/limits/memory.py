@@ -46,6 +46,7 @@ class _Window:
     index: int
     current: int
     previous: int
+    stored: bool = False  # this object is the one `_rates` holds
 
 
 class MemoryCounters:
@@ -96,7 +97,8 @@ class MemoryCounters:
         """The reservation, checked; its keys' [spent, reserved] after, flat (or as they stand: already open)."""
         if reservation_id in self._reservations:
             return [n for k in keys for n in self._totals.get(k, (0, 0))]
-        pairs = [self._pair(k) for k in keys]
+        totals = self._totals
+        pairs = [totals.get(k) or self._pair(k) for k in keys]
         for pair, limit, amount, key in zip(pairs, limits, amounts, keys, strict=True):
             held = pair[0] + pair[1] + amount
             if limit is not None and held > limit:
@@ -111,12 +113,13 @@ class MemoryCounters:
         return after
 
     def reserve_now(
-        self, reservation_id: str, hold: Hold, amount: int, ttl: float, rates: Sequence[Rate], now: float
+        self, reservation_id: str, hold: Hold, amount: int, ttl: float, now: float
     ) -> tuple[float | None, list[int] | Refused | None]:
         check_amount(amount, "amount", non_negative=True)
         check_seconds(ttl, "ttl")
-        if rates:
-            wait = self._hit(rates, now)  # nothing between the two: one step
+        if hold.rates:
+            check_now(now)
+            wait = self._count(hold.rates, now)  # (checked when the hold was made) nothing in between: one step
             if wait is not None:
                 return wait, None
         return None, self._reserve(reservation_id, hold.keys, hold.limits, (amount,) * len(hold.keys), ttl)
@@ -136,7 +139,8 @@ class MemoryCounters:
         _, keys, amounts = found
         pairs = [self._pair(k) for k in keys]
         for pair, amount, key in zip(pairs, amounts, keys, strict=True):
-            check_counter(key, pair[0] + actual, pair[1] - amount)  # before anything changes
+            if pair[0] + actual + pair[1] - amount > MAX_COUNTER or pair[0] + actual > MAX_COUNTER:
+                check_counter(key, pair[0] + actual, pair[1] - amount)  # raises before anything changes
         del self._reservations[reservation_id]
         after: list[int] = []
         for pair, amount in zip(pairs, amounts, strict=True):
@@ -196,7 +200,7 @@ class MemoryCounters:
             return _Window(index, 0, 0)
         if index == state.index + 1:
             return _Window(index, 0, state.current)
-        return state  # this window, or a clock behind it
+        return state  # this window, or a clock behind it (stored)
 
     async def hit(self, rates: Sequence[Rate], now: float) -> float | None:
         return self._hit(rates, now)
@@ -204,7 +208,11 @@ class MemoryCounters:
     def _hit(self, rates: Sequence[Rate], now: float) -> float | None:
         check_now(now)
         check_rates(rates)
-        self._sweep_rates(now)
+        return self._count(rates, now)
+
+    def _count(self, rates: Sequence[Rate], now: float) -> float | None:
+        if not self._next_rate_sweep - SWEEP_EVERY <= now < self._next_rate_sweep:
+            self._sweep_rates(now)
         states = [self._window(r.key, r.window, now) for r in rates]
         wait: float | None = None
         for rate, state in zip(rates, states, strict=True):
@@ -215,8 +223,11 @@ class MemoryCounters:
         if wait is not None:
             return wait
         for rate, state in zip(rates, states, strict=True):
-            state.current += rate.cost
-            self._rates[(rate.key, float(rate.window))] = state
+            if state.stored:
+                state.current += rate.cost
+            else:  # (a window begun: stored from now on)
+                state.current, state.stored = state.current + rate.cost, True
+                self._rates[(rate.key, float(rate.window))] = state
         return None
 
     async def hit_and_reserve(
@@ -237,6 +248,7 @@ class MemoryCounters:
         if state.current < 0:
             state.previous = max(state.previous + state.current, 0)
             state.current = 0
+        state.stored = True
         self._rates[(key, float(window))] = state
 
     # --- concurrency slots and claims ------------------------------------------------------------------
@@ -287,9 +299,8 @@ class MemoryCounters:
     # --- housekeeping ----------------------------------------------------------------------------------
 
     def _sweep_rates(self, now: float) -> None:
-        """Drop rate states whose two windows are past (at most every SWEEP_EVERY seconds of ``now``)."""
-        if self._next_rate_sweep - SWEEP_EVERY <= now < self._next_rate_sweep:
-            return
+        """Drop rate states whose two windows are past (`_hit` calls it at most every SWEEP_EVERY seconds of
+        ``now``, or when ``now`` went back)."""
         self._next_rate_sweep = now + SWEEP_EVERY
         self._rates = {ident: s for ident, s in self._rates.items() if s.index + 1 >= math.floor(now / ident[1])}
 

@@ -533,9 +533,7 @@ class RedisCounters:
     def settle_now(self, reservation_id: str, actual: int) -> None:
         return None  # a round trip: await `settle`
 
-    def reserve_now(
-        self, reservation_id: str, hold: Hold, amount: int, ttl: float, rates: Sequence[Rate], now: float
-    ) -> None:
+    def reserve_now(self, reservation_id: str, hold: Hold, amount: int, ttl: float, now: float) -> None:
         return None  # a round trip: await `hit_and_reserve`
 
     async def add(self, charges: Sequence[Charge]) -> dict[str, Standing]:

@@ -253,40 +253,55 @@ async def test_hit_and_reserve_is_hit_then_reserve_in_one_step(counters: Counter
 
 
 async def test_reserve_now_is_hit_and_reserve_or_nothing(counters: Counters, clock: Clock) -> None:
-    """In-process: `hit_and_reserve` of the hold's charges without waiting, the standings flat in the hold's order,
-    then settled and expired as any reservation. Redis: None, and nothing is counted or reserved."""
-    rpm = Rate("rpm", 2, 60.0)
-    hold = Hold(("b", "a"), (100, None))
-    answer = counters.reserve_now("r1", hold, 60, 60, [rpm], clock.now)
+    """In-process: `hit_and_reserve` of the hold's rates and charges without waiting, the standings flat in the
+    hold's order, then settled and expired as any reservation. Redis: None, and nothing is counted or reserved."""
+    hold = Hold(("b", "a"), (100, None), (Rate("rpm", 2, 60.0),))
+    answer = counters.reserve_now("r1", hold, 60, 60, clock.now)
     if not isinstance(counters, MemoryCounters):
         assert answer is None
         assert await counters.standing(["a", "b"]) == {"a": S(0, 0), "b": S(0, 0)}
         assert await counters.hit([Rate("rpm", 1, 60.0)], clock.now) is None  # nothing was counted
         return
     assert answer == (None, [0, 60, 0, 60])
-    assert counters.reserve_now("r1", hold, 60, 60, [], clock.now) == (None, [0, 60, 0, 60])  # already open
+    unrated = Hold(("b", "a"), (100, None))
+    assert counters.reserve_now("r1", unrated, 60, 60, clock.now) == (None, [0, 60, 0, 60])  # already open
     # The limited key refuses: nothing reserved anywhere, the rate counted (as `hit` then `reserve`).
-    assert counters.reserve_now("r2", hold, 41, 60, [rpm], clock.now) == (None, Refused("b", S(0, 60), 100))
+    assert counters.reserve_now("r2", hold, 41, 60, clock.now) == (None, Refused("b", S(0, 60), 100))
     assert await counters.standing(["a", "b"]) == {"a": S(0, 60), "b": S(0, 60)}
-    wait, refused = counters.reserve_now("r3", hold, 1, 60, [rpm], clock.now)  # the third request of the minute
+    wait, refused = counters.reserve_now("r3", hold, 1, 60, clock.now)  # the third request of the minute
     assert refused is None and wait is not None and wait >= MIN_RETRY_AFTER
     assert counters.settle_now("r1", 7) == [7, 0, 7, 0]
-    assert counters.reserve_now("r4", hold, 100 - 7, 10, [], clock.now) == (None, [7, 93, 7, 93])
+    assert counters.reserve_now("r4", unrated, 100 - 7, 10, clock.now) == (None, [7, 93, 7, 93])
     assert await counters.expire(clock.now + 10) == [("r4", {"b": 93, "a": 93})]
     assert await counters.standing(["a", "b"]) == {"a": S(100, 0), "b": S(100, 0)}
-    for amount, ttl in ((-1, 60), (MAX_AMOUNT + 1, 60), (1, 0)):
+    for amount, ttl, now in (
+        (-1, 60, clock.now),
+        (MAX_AMOUNT + 1, 60, clock.now),
+        (1, 0, clock.now),
+        (1, 60, math.nan),
+    ):
         with pytest.raises(ValueError):
-            counters.reserve_now("r5", hold, amount, ttl, [], clock.now)
+            counters.reserve_now("r5", hold, amount, ttl, now)
     assert await counters.standing(["a", "b"]) == {"a": S(100, 0), "b": S(100, 0)}
+    assert await counters.hit([Rate("rpm", 3, 60.0)], clock.now) is None  # the refusals above counted nothing
 
 
 @pytest.mark.parametrize(
-    ("keys", "limits"),
-    [(("a", "a"), (None, None)), (("a",), (-1,)), (("a",), (MAX_AMOUNT + 1,)), (("a", "b"), (None,))],
+    ("keys", "limits", "rates"),
+    [
+        (("a", "a"), (None, None), ()),
+        (("a",), (-1,), ()),
+        (("a",), (MAX_AMOUNT + 1,), ()),
+        (("a", "b"), (None,), ()),
+        (("a",), (None,), (Rate("r", 1, 0.0),)),
+        (("a",), (None,), (Rate("r", 1, 60.0), Rate("r", 2, 60.0))),
+    ],
 )
-def test_a_bad_hold_is_refused_when_made(keys: tuple[str, ...], limits: tuple[int | None, ...]) -> None:
+def test_a_bad_hold_is_refused_when_made(
+    keys: tuple[str, ...], limits: tuple[int | None, ...], rates: tuple[Rate, ...]
+) -> None:
     with pytest.raises(ValueError):
-        Hold(keys, limits)
+        Hold(keys, limits, rates)
 
 
 async def test_load_replaces_counters_and_reservations(make: Backends, clock: Clock) -> None:

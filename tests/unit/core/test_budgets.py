@@ -28,9 +28,9 @@ from agentledger.core.budgets import (
     crossed,
     default_anchor,
     input_bound,
+    least_left,
     parse_counter_key,
     reservation_nanos,
-    tightest,
     window,
     window_of_key,
 )
@@ -354,8 +354,10 @@ def test_figures_remaining_percent_and_tightest() -> None:
     assert (view["spent_usd"], view["reserved_usd"], view["limit_usd"]) == ("0.000001200", "0.000000100", "0.000001000")
     assert (view["window_start"], view["window_end"]) == ("2025-01-10T06:00:00+00:00", "2025-01-11T06:00:00+00:00")
     assert Figures(budget(limit_nanos=0), "k", 0, 0).percent_used == 100.0
-    assert tightest([]) is None
-    assert tightest([f, over, Figures(b, "k", 0, 0)]) is over
+    # The tightest of figures kept flat (a call's): the least left, the first of equals, -1 for none.
+    assert least_left([], []) == (-1, 0)
+    assert least_left([b, b, b], [300, 200, 1200, 100, 0, 0]) == (1, -300)
+    assert least_left([b, b], [0, 500, 500, 0]) == (0, 500)
 
 
 # -- the reservation ---------------------------------------------------------------------------------------------
