@@ -367,7 +367,12 @@ class BudgetGate:
         governed.limits = plan.rated
         governed.tokens_estimate = tokens_in + tokens_out
         governed.tokens_in = tokens_in
-        await self._taken(governed, reservation, done, plan.applied, plan.keys, estimate, "this call", *rated)
+        wait, answer = done
+        if wait is None and type(answer) is list:  # admitted (a plan counts no tokens: no token rates to keep)
+            governed.reservation_id, governed.estimate = reservation, estimate
+            governed.budgets, governed.keys, governed.numbers = plan.applied, plan.keys, answer
+        else:
+            await self._taken(governed, reservation, done, plan.applied, plan.keys, estimate, "this call", *rated)
         self._keep_open(governed, request_id, base.run_id, now)
         return True
 

@@ -137,7 +137,8 @@ class MemoryCounters:
         if found is None:
             return []
         _, keys, amounts = found
-        pairs = [self._pair(k) for k in keys]
+        totals = self._totals
+        pairs = [totals.get(k) or self._pair(k) for k in keys]
         for pair, amount, key in zip(pairs, amounts, keys, strict=True):
             if pair[0] + actual + pair[1] - amount > MAX_COUNTER or pair[0] + actual > MAX_COUNTER:
                 check_counter(key, pair[0] + actual, pair[1] - amount)  # raises before anything changes
