@@ -125,3 +125,31 @@ def test_a_planned_call_is_refused_as_an_unplanned_one_and_writes_no_reservation
         admit(gate, subject(), blocked)
     assert blocked.decision is Decision.BLOCKED and blocked.reservation_id is None
     assert written == []  # a refused reservation writes no ledger entry
+
+
+@pytest.mark.parametrize(("model", "embeddings"), [("gpt-4o-mini", False), ("text-embedding-3-small", True)])
+def test_a_planned_call_reserves_what_the_gate_estimates(model: str, embeddings: bool) -> None:
+    """A plan's one-pass admission holds the same bound as any other: an embedding produces no output tokens."""
+    clock = Clock(ANCHOR + timedelta(hours=1))
+    rate = RateLimit(WS, "rpm", Scope.VIRTUAL_KEY, "vk", requests_per_minute=100)
+    gate, _ = gate_with({"budgets": [budget("ws", Scope.WORKSPACE, None)], "limits": [rate]}, clock)
+    governed = Governed()
+
+    async def go() -> None:
+        await gate.admit(
+            governed,
+            subject(),
+            request_id="req",
+            model=model,
+            provider="openai",
+            body_bytes=200,
+            max_output=None,
+            overrides={},
+            embeddings=embeddings,
+        )
+
+    asyncio.run(go())
+    expected = gate.estimate(WS, model, "openai", clock(), {}, body_bytes=200, max_output=None, embeddings=embeddings)
+    assert expected is not None and governed.estimate == expected > 0
+    assert governed.tokens_estimate == 200 + (0 if embeddings else gate.default_output_tokens)
+    assert governed.numbers == [0, expected] and governed.keys == (keys(governed)["ws"],)

@@ -300,7 +300,18 @@ class BudgetGate:
             now = self.clock()
             plan = self._plan_for(rules, base, now)
             if plan.quick and await self._admit_planned(
-                governed, plan, base, request_id, model, provider, now, overrides, body_bytes, max_output, choices
+                governed,
+                plan,
+                base,
+                request_id,
+                model,
+                provider,
+                now,
+                overrides,
+                body_bytes,
+                max_output,
+                choices,
+                embeddings,
             ):
                 return
             applied, rated, keys, rates, run_id = plan.applied, plan.rated, plan.keys, plan.rates, base.run_id
@@ -353,11 +364,11 @@ class BudgetGate:
         body_bytes: int,
         max_output: int | None,
         choices: int,
+        embeddings: bool,
     ) -> bool:
         """`admit` under a plan of budgets none of which throttles softly, with counters that answer without waiting
         (in-process): most calls under budgets, in one pass (False: not so; nothing was done). A refusal raises."""
-        tokens_in = input_bound(body_bytes)
-        tokens_out = (max_output or self.default_output_tokens) * max(choices, 1)
+        tokens_in, tokens_out = self._tokens(body_bytes, max_output, embeddings, choices)
         estimate = self._bound(base.workspace_id, model, provider, now, overrides, tokens_in, tokens_out) or 0
         reservation = ordered_id("rsv")
         done = self.counters.reserve_now(reservation, plan.hold, estimate, self.reservation_ttl, now.timestamp())
