@@ -141,22 +141,6 @@ def _plannable(rules: Rules) -> bool:
     )
 
 
-def _close(governed: Governed, actual: int) -> None:
-    """The call's figures once its reservation is replaced by what it cost, and its response headers with them
-    (made here, in the one pass over its budgets settling makes: `headline`)."""
-    numbers = list(governed.numbers)
-    estimate = governed.estimate
-    least, at = 0, -1
-    for i, b in enumerate(governed.budgets):
-        spent = numbers[2 * i] = numbers[2 * i] + actual
-        reserved = numbers[2 * i + 1] = max(numbers[2 * i + 1] - estimate, 0)
-        left = b.limit_nanos - spent - reserved
-        if at < 0 or left < least:
-            least, at = left, i
-    governed.numbers = numbers
-    governed.headers = _headers(governed, at, least)
-
-
 class BudgetGate:
     def __init__(
         self,
@@ -296,9 +280,9 @@ class BudgetGate:
         rates: list[Rate] | None = None
         held: Hold | None = None
         applied: Sequence[Budget]
-        if not extra_limits and self._plans_serve(base.workspace_id, rules):
-            now = self.clock()
-            plan = self._plan_for(rules, base, now)
+        now = self.clock()
+        plan = None if extra_limits else self._plan_for(rules, base, now)
+        if plan is not None:
             if plan.quick and await self._admit_planned(
                 governed,
                 plan,
@@ -320,7 +304,7 @@ class BudgetGate:
             subject = await self.subject(base, budgets, limits)
             applied = applicable_budgets(budgets, subject)
             rated = [*applicable_limits(limits, subject), *extra_limits]
-            now, run_id = self.clock(), subject.run_id
+            now, run_id = self.clock(), subject.run_id  # (after a lookup that may have waited)
         if not applied and not rated:
             return
         tokens_in, tokens_out = self._tokens(body_bytes, max_output, embeddings, choices)
@@ -369,7 +353,11 @@ class BudgetGate:
         """`admit` under a plan of budgets none of which throttles softly, with counters that answer without waiting
         (in-process): most calls under budgets, in one pass (False: not so; nothing was done). A refusal raises."""
         tokens_in, tokens_out = self._tokens(body_bytes, max_output, embeddings, choices)
-        estimate = self._bound(base.workspace_id, model, provider, now, overrides, tokens_in, tokens_out) or 0
+        worst = self._rates.get((base.workspace_id, model, provider, now.toordinal()))  # (`_worst`'s, when kept)
+        if worst is not None:
+            estimate = min(reservation_nanos(tokens_in, tokens_out, *worst), MAX_EVENT_COST_NANOS)
+        else:
+            estimate = self._bound(base.workspace_id, model, provider, now, overrides, tokens_in, tokens_out) or 0
         reservation = ordered_id("rsv")
         done = self.counters.reserve_now(reservation, plan.hold, estimate, self.reservation_ttl, now.timestamp())
         if done is None:
@@ -424,12 +412,15 @@ class BudgetGate:
             found = self._plannable[workspace_id] = (rules, _plannable(rules))
         return found[1]
 
-    def _plan_for(self, rules: Rules, base: Subject, now: datetime) -> _Plan:
+    def _plan_for(self, rules: Rules, base: Subject, now: datetime) -> _Plan | None:
+        """The subject's plan under these rules now, made if need be; None where plans cannot serve the rules."""
         key = (base.workspace_id, base.department_id, base.agent_id, base.virtual_key_id)
         at = now.timestamp()
         plan = self._plans.get(key)
         if plan is not None and plan.rules is rules and plan.since <= at < plan.until:
             return plan
+        if not self._plans_serve(base.workspace_id, rules):
+            return None
         budgets, limits = rules
         applied = applicable_budgets(budgets, base)
         rated = applicable_limits(limits, base)
@@ -683,7 +674,18 @@ class BudgetGate:
                         events += self.entries(governed, "reserve", request_id, run_id, at)
                     governed.reserved_at = None
                     events += self.entries(governed, kind, request_id, run_id, now, actual)
-                _close(governed, actual)
+                # The figures once the reservation is replaced by what the call cost, and the response headers
+                # with them (`headline`), in one pass over its budgets.
+                numbers = list(governed.numbers)
+                least, tightest = 0, -1
+                for i, b in enumerate(governed.budgets):
+                    spent = numbers[2 * i] = numbers[2 * i] + actual
+                    reserved = numbers[2 * i + 1] = max(numbers[2 * i + 1] - governed.estimate, 0)
+                    left = b.limit_nanos - spent - reserved
+                    if tightest < 0 or left < least:
+                        least, tightest = left, i
+                governed.numbers = numbers
+                governed.headers = _headers(governed, tightest, least)
         if governed.reservation_id is not None or governed.token_rates or governed.slots:
             # The counters are settled once the call's records are handed over, while they are made durable: the
             # answer waits for that, not for this (the figures it tells are the call's own, made above).
