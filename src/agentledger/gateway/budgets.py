@@ -601,6 +601,7 @@ class BudgetGate:
         if self._open.pop(old.reservation_id or "", None) is None:  # its reserve was written: so is its release
             self.commit(self.entries(old, "release", request_id, run_id, now))
         # (else released before it was written: nothing moved, nothing to write)
+        governed.headers = None  # (made for the first reservation's figures)
         self._keep_open(governed, request_id, run_id, now)
 
     async def _soft_throttle(self, governed: Governed, b: Budget, key: str, now: datetime) -> None:
@@ -674,18 +675,14 @@ class BudgetGate:
                         events += self.entries(governed, "reserve", request_id, run_id, at)
                     governed.reserved_at = None
                     events += self.entries(governed, kind, request_id, run_id, now, actual)
-                # The figures once the reservation is replaced by what the call cost, and the response headers
-                # with them (`headline`), in one pass over its budgets.
+                # The figures once the reservation is replaced by what the call cost; the response headers with
+                # them are made by `_settle_soon`, while the answer waits for the call's records (else `headline`).
                 numbers = list(governed.numbers)
-                least, tightest = 0, -1
-                for i, b in enumerate(governed.budgets):
-                    spent = numbers[2 * i] = numbers[2 * i] + actual
-                    reserved = numbers[2 * i + 1] = max(numbers[2 * i + 1] - governed.estimate, 0)
-                    left = b.limit_nanos - spent - reserved
-                    if tightest < 0 or left < least:
-                        least, tightest = left, i
+                for i in range(0, len(numbers), 2):
+                    numbers[i] += actual
+                    numbers[i + 1] = max(numbers[i + 1] - governed.estimate, 0)
                 governed.numbers = numbers
-                governed.headers = _headers(governed, tightest, least)
+                governed.headers = None
         if governed.reservation_id is not None or governed.token_rates or governed.slots:
             # The counters are settled once the call's records are handed over, while they are made durable: the
             # answer waits for that, not for this (the figures it tells are the call's own, made above).
@@ -698,7 +695,8 @@ class BudgetGate:
     ) -> None:
         """In-process counters settle here, no task, and the alerts of the thresholds crossed are committed. Else
         (Redis; slots or token rates to give back; a reservation no longer held: `_late_settle`) a task settles
-        it (idempotent)."""
+        it (idempotent). The answer's headers are made first (`prepare_headline`): it goes out after this."""
+        prepare_headline(governed)
         if governed.reservation_id is not None and not governed.token_rates and not governed.slots:
             try:
                 after = self.counters.settle_now(governed.reservation_id, actual)
@@ -922,6 +920,14 @@ def headline(governed: Governed) -> dict[str, str]:
     if governed.headers is not None:
         return dict(governed.headers)
     return _headers(governed, *least_left(governed.budgets, governed.numbers))
+
+
+def prepare_headline(governed: Governed) -> None:
+    """Make `headline`'s headers ahead, from the figures as they stand, where the loop would otherwise wait (for a
+    provider, for the call's records to be durable): the answer then takes them as they are. Whatever changes the
+    figures after (a settle, a fallback's reservation) drops them."""
+    if governed.headers is None:
+        governed.headers = _headers(governed, *least_left(governed.budgets, governed.numbers))
 
 
 def _headers(governed: Governed, at: int, left: int) -> dict[str, str]:

@@ -58,7 +58,7 @@ from agentledger.core.usage import Usage, reported_cost
 from agentledger.formats.base import Format, Parsed, StreamAdapter, loads, output_cap, positive_int
 from agentledger.formats.registry import Bridge, bridge
 from agentledger.gateway.bodies import parse_json_object
-from agentledger.gateway.budgets import BudgetGate, Governed
+from agentledger.gateway.budgets import BudgetGate, Governed, prepare_headline
 from agentledger.gateway.cache import TTLCache
 from agentledger.gateway.claims import Claims
 from agentledger.gateway.policies import PolicyDesk, Review
@@ -468,6 +468,8 @@ class Gateway:
                         self.upstreams[h.route.kind].stream(self._target(call, h, b), body)
                     )
 
+                if call.governed.governed:  # its headers go out with the first event: made while the provider is asked
+                    asyncio.get_running_loop().call_soon(prepare_headline, call.governed)
                 events, hop, link, started, t, backoff = await self._forward(call, attempts, once)
                 adapter = link.stream(call.parsed, call.model)
                 if self.controls is not None:  # the run's cancel ends the stream: RunCancelled, below
