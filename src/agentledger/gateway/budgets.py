@@ -4,9 +4,9 @@ Before a call is forwarded, `BudgetGate.admit` finds the budgets and rate limits
 (core/budgets.py), hits its rate limits and reserves its most possible cost against every applicable budget in one
 atomic step of the counters (limits/: in-process or Redis). A refusal is a 402 (`budget_exceeded`) or a 429
 (`rate_limited`, with Retry-After). When the call ends, `settle` books its actual cost: the ledger entries and the
-policy_check step go out with the call's own records; the counters are settled right after those are handed over,
-while the answer waits for them to be durable (in-process: then and there; Redis: in the background), and the
-alerts of thresholds crossed follow from the counters' answer. A settle never holds up the answer.
+policy_check step go out with the call's own records; the counters are settled once the answer is out
+(in-process: then and there; Redis: in the background), and the alerts of thresholds crossed follow from the
+counters' answer. A settle never holds up the answer.
 
 A workspace without budgets or limits costs one cache lookup per call.
 """
@@ -93,9 +93,10 @@ class Governed:
     actual: int = 0
     closed_at: datetime | None = None
     reserve_written: bool = True  # False: closed before its reserve entries were written (they never will be)
-    # Its response headers once settled (`headline`), made by `settle` with the figures it has just made: the
-    # answer goes out after the wait for its records, by when what they are made of is out of the CPU's caches.
+    # Its response headers (`headline`), made by `settle` with the figures it has just made, or ahead by
+    # `prepare_headline` (a stream's, while its provider is asked).
     headers: dict[str, str] | None = None
+    unsettled: tuple[Any, ...] | None = None  # `settle(later=True)`'s counters' settle, for `settle_later`
 
     @property
     def governed(self) -> bool:
@@ -651,11 +652,14 @@ class BudgetGate:
         run_id: str | None,
         refused: bool = False,
         carry: bool = False,
+        later: bool = False,
     ) -> list[TraceEvent]:
         """The ledger entries of a finished call, written with its records; the counters are settled right after
         (`_settle_soon`), and the alerts of the thresholds that settle crossed follow from the counters' answer.
         `carry`: the entries are left to the call's report (`summary`, which must then be written in its request
-        record; the writer expands them): its settle or release, net of its reserve when that was never written."""
+        record; the writer expands them): its settle or release, net of its reserve when that was never written.
+        `later`: the caller settles the counters after the answer (`settle_later`), else they settle at the loop's
+        next turn."""
         if not governed.governed:
             return []
         now = self.clock()
@@ -675,28 +679,49 @@ class BudgetGate:
                         events += self.entries(governed, "reserve", request_id, run_id, at)
                     governed.reserved_at = None
                     events += self.entries(governed, kind, request_id, run_id, now, actual)
-                # The figures once the reservation is replaced by what the call cost; the response headers with
-                # them are made by `_settle_soon`, while the answer waits for the call's records (else `headline`).
+                # The figures once the reservation is replaced by what the call cost, and the response headers
+                # with them (`headline`), in one pass over its budgets.
                 numbers = list(governed.numbers)
-                for i in range(0, len(numbers), 2):
-                    numbers[i] += actual
-                    numbers[i + 1] = max(numbers[i + 1] - governed.estimate, 0)
+                least, tightest = 0, -1
+                for i, b in enumerate(governed.budgets):
+                    spent = numbers[2 * i] = numbers[2 * i] + actual
+                    reserved = numbers[2 * i + 1] = max(numbers[2 * i + 1] - governed.estimate, 0)
+                    left = b.limit_nanos - spent - reserved
+                    if tightest < 0 or left < least:
+                        least, tightest = left, i
                 governed.numbers = numbers
-                governed.headers = None
+                governed.headers = _headers(governed, tightest, least)
         if governed.reservation_id is not None or governed.token_rates or governed.slots:
-            # The counters are settled once the call's records are handed over, while they are made durable: the
-            # answer waits for that, not for this (the figures it tells are the call's own, made above).
+            # The counters are settled once the answer is out (`settle_later`; else at the loop's next turn): it
+            # tells the call's own figures, made above, and nothing the call waits for waits for this.
             args = (governed, actual, tokens, now.timestamp(), request_id, run_id)
-            asyncio.get_running_loop().call_soon(self._settle_soon, *args)
+            if later:
+                governed.unsettled = args
+            else:
+                asyncio.get_running_loop().call_soon(self._settle_soon, *args)
         return events
+
+    def settle_later(self, governed: Governed, answered: asyncio.Future[None] | None) -> None:
+        """Settle the counters of a call `settle(later=True)` closed once its answer is out: after `answered` (the
+        durability its answer waits for) and the answer's own turn of the loop, or at the loop's next turn. On one
+        core the interpreter is one: whatever runs before the answer delays it, a counter's settle included (a
+        thread the answer waits for needs the interpreter too)."""
+        args = governed.unsettled
+        if args is None:
+            return
+        governed.unsettled = None
+        loop = asyncio.get_running_loop()
+        if answered is None or answered.done():
+            loop.call_soon(self._settle_soon, *args)
+        else:  # (callbacks run in the order they were added: this one before the answer's, which it then follows)
+            answered.add_done_callback(lambda _: loop.call_soon(self._settle_soon, *args))
 
     def _settle_soon(
         self, governed: Governed, actual: int, tokens: int, epoch: float, request_id: str, run_id: str | None
     ) -> None:
         """In-process counters settle here, no task, and the alerts of the thresholds crossed are committed. Else
         (Redis; slots or token rates to give back; a reservation no longer held: `_late_settle`) a task settles
-        it (idempotent). The answer's headers are made first (`prepare_headline`): it goes out after this."""
-        prepare_headline(governed)
+        it (idempotent)."""
         if governed.reservation_id is not None and not governed.token_rates and not governed.slots:
             try:
                 after = self.counters.settle_now(governed.reservation_id, actual)

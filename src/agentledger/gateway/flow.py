@@ -603,6 +603,7 @@ class Gateway:
             run_id=a.run_id,
             refused=not outcome.attempts,
             carry=True,  # its ledger entries go in its request record (the writer expands them)
+            later=True,  # its counters settle once its answer is out (below)
         )
         summary = self.gate.summary(governed)  # the request row's dict is built by the store's writer
         events = trace_events(call, outcome, attempt, ended_at, latency_ms, summary)
@@ -616,7 +617,9 @@ class Gateway:
                 started_at=call.started_at,
                 attempt=attempt,
             )
-        return self.pipeline.commit([*events, *booked, *([check] if check else [])])
+        durable = self.pipeline.commit([*events, *booked, *([check] if check else [])])
+        self.gate.settle_later(governed, durable)
+        return durable
 
     async def record_check(
         self, governed: Governed, subject: Subject, extra: dict[str, Any], *, name: str, prefix: str
