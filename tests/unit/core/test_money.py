@@ -3,6 +3,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, strategies as st
 
 from agentledger.core.money import NANOS_PER_DOLLAR, format_usd, to_dollars, to_nanos
 
@@ -69,3 +70,11 @@ def test_to_dollars_round_trips() -> None:
 def test_format_usd_is_exact(nanos: int, text: str) -> None:
     assert format_usd(nanos) == text
     assert to_nanos(text) == nanos
+
+
+@given(st.integers(min_value=-(10**30), max_value=10**30))
+def test_format_usd_is_the_exact_decimal_of_any_amount(nanos: int) -> None:
+    text = format_usd(nanos)
+    whole, frac = text.lstrip("-").split(".")
+    assert int(whole) * NANOS_PER_DOLLAR + int(frac) == abs(nanos) and len(frac) == 9
+    assert whole == str(int(whole)) and text.startswith("-") == (nanos < 0)
