@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agentledger.core.model import Attribution, LedgerEntries, pickled_by_fields
-from agentledger.core.money import format_usd
+from agentledger.core.money import MAX_EVENT_COST_NANOS, format_usd
 
 
 class Scope(enum.StrEnum):
@@ -491,8 +491,8 @@ def input_bound(body_bytes: int) -> int:
 
 def reservation_nanos(input_tokens: int, output_tokens: int, input_rate: int, output_rate: int) -> int:
     """The most a call may cost: `rate`s are nano-dollars per million tokens (the worst input rate, i.e. a
-    cache write's when it is dearer than plain input)."""
-    return -(-(input_tokens * input_rate + output_tokens * output_rate) // 1_000_000)  # ceiling
+    cache write's when it is dearer than plain input), within the bound any one event's cost is held to."""
+    return min(-(-(input_tokens * input_rate + output_tokens * output_rate) // 1_000_000), MAX_EVENT_COST_NANOS)
 
 
 _SCOPES_PICKLED: dict[tuple[tuple[Budget, ...], tuple[RateLimit, ...]], bytes] = {}

@@ -55,7 +55,7 @@ from agentledger.core.model import (
     StepStatus,
     TraceEvent,
 )
-from agentledger.core.money import MAX_EVENT_COST_NANOS, format_usd
+from agentledger.core.money import format_usd
 from agentledger.gateway.cache import TTLCache
 from agentledger.limits.base import Charge, Counters, CountersUnavailable, Hold, Rate, Refused, Standing
 from agentledger.prices.catalog import worst_rates
@@ -250,7 +250,7 @@ class BudgetGate:
         rates = self._worst(workspace_id, model, provider, now, overrides)
         if rates is None:
             return None
-        return min(reservation_nanos(tokens_in, tokens_out, *rates), MAX_EVENT_COST_NANOS)
+        return reservation_nanos(tokens_in, tokens_out, *rates)
 
     # -- admission ---------------------------------------------------------------------------------------------
     async def admit(
@@ -281,22 +281,12 @@ class BudgetGate:
         rates: list[Rate] | None = None
         held: Hold | None = None
         applied: Sequence[Budget]
+        tokens = tokens_in, tokens_out = self._tokens(body_bytes, max_output, embeddings, choices)
         now = self.clock()
         plan = None if extra_limits else self._plan_for(rules, base, now)
         if plan is not None:
             if plan.quick and await self._admit_planned(
-                governed,
-                plan,
-                base,
-                request_id,
-                model,
-                provider,
-                now,
-                overrides,
-                body_bytes,
-                max_output,
-                choices,
-                embeddings,
+                governed, plan, base, request_id, (model, provider, overrides), now, tokens
             ):
                 return
             applied, rated, keys, rates, run_id = plan.applied, plan.rated, plan.keys, plan.rates, base.run_id
@@ -308,7 +298,6 @@ class BudgetGate:
             now, run_id = self.clock(), subject.run_id  # (after a lookup that may have waited)
         if not applied and not rated:
             return
-        tokens_in, tokens_out = self._tokens(body_bytes, max_output, embeddings, choices)
         governed.limits = rated
         governed.tokens_estimate = tokens_in + tokens_out
         governed.tokens_in = tokens_in
@@ -342,21 +331,17 @@ class BudgetGate:
         plan: _Plan,
         base: Subject,
         request_id: str,
-        model: str,
-        provider: str,
+        priced: tuple[str, str, dict[str, Any]],
         now: datetime,
-        overrides: dict[str, Any],
-        body_bytes: int,
-        max_output: int | None,
-        choices: int,
-        embeddings: bool,
+        tokens: tuple[int, int],
     ) -> bool:
         """`admit` under a plan of budgets none of which throttles softly, with counters that answer without waiting
-        (in-process): most calls under budgets, in one pass (False: not so; nothing was done). A refusal raises."""
-        tokens_in, tokens_out = self._tokens(body_bytes, max_output, embeddings, choices)
+        (in-process): most calls under budgets, in one pass (False: not so; nothing was done). A refusal raises.
+        `priced`: the model, its provider and the workspace's price overrides; `tokens`: the call's bounds."""
+        (model, provider, overrides), (tokens_in, tokens_out) = priced, tokens
         worst = self._rates.get((base.workspace_id, model, provider, now.toordinal()))  # (`_worst`'s, when kept)
         if worst is not None:
-            estimate = min(reservation_nanos(tokens_in, tokens_out, *worst), MAX_EVENT_COST_NANOS)
+            estimate = reservation_nanos(tokens_in, tokens_out, *worst)
         else:
             estimate = self._bound(base.workspace_id, model, provider, now, overrides, tokens_in, tokens_out) or 0
         reservation = ordered_id("rsv")

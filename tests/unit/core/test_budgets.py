@@ -35,6 +35,7 @@ from agentledger.core.budgets import (
     window_of_key,
 )
 from agentledger.core.errors import InvalidRequest
+from agentledger.core.money import MAX_EVENT_COST_NANOS
 
 
 def utc(*args: int) -> datetime:
@@ -371,6 +372,7 @@ def test_reservation_is_the_ceiling_of_the_most_possible_cost() -> None:
     assert reservation_nanos(999_999, 0, 1, 0) == 1
     assert reservation_nanos(1_000_000, 0, 1, 0) == 1
     assert reservation_nanos(1_000_001, 0, 1, 0) == 2
+    assert reservation_nanos(10**12, 10**12, 10**12, 10**12) == MAX_EVENT_COST_NANOS  # held to one event's bound
     # The ceiling is of the sum of both parts, not of each part.
     assert reservation_nanos(3, 1, 333_333, 1) == 1  # 999_999 + 1 = exactly 1_000_000
     assert reservation_nanos(3, 2, 333_333, 1) == 2  # 1_000_001
