@@ -37,8 +37,4 @@ def ordered_id(prefix: str) -> str:
     rows by at a call's rate: each insert then lands at the end of the key's index, not on a random page of it.
     (A budget reservation's ledger rows, six a call under three budgets, dirtied one index page each: at 120k rows
     that was ~50 µs more of the writer's CPU a call than in id order, and a transaction's WAL pages with it.)"""
-    try:  # (`_random_hex`, inline: on every governed call's path)
-        random = _pool.popleft()
-    except IndexError:
-        random = _random_hex()
-    return f"{prefix}_{time.time_ns() // 1_000_000:012x}{random}"
+    return f"{prefix}_{time.time_ns() // 1_000_000:012x}{_random_hex()}"

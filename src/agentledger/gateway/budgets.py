@@ -126,7 +126,7 @@ class _Plan:
     rated: list[RateLimit]
     keys: tuple[str, ...]
     rates: list[Rate]
-    hold: Hold  # the keys and the limits of the budgets that block, as the counters reserve against them
+    hold: Hold  # the counters' keys, the limits of the budgets that block, and the rates: what a reservation charges
     since: float
     until: float
     quick: bool  # budgets apply, none of which throttles softly (`_admit_planned`)
@@ -339,25 +339,15 @@ class BudgetGate:
         (in-process): most calls under budgets, in one pass (False: not so; nothing was done). A refusal raises.
         `priced`: the model, its provider and the workspace's price overrides; `tokens`: the call's bounds."""
         (model, provider, overrides), (tokens_in, tokens_out) = priced, tokens
-        worst = self._rates.get((base.workspace_id, model, provider, now.toordinal()))  # (`_worst`'s, when kept)
-        if worst is not None:
-            estimate = reservation_nanos(tokens_in, tokens_out, *worst)
-        else:
-            estimate = self._bound(base.workspace_id, model, provider, now, overrides, tokens_in, tokens_out) or 0
+        estimate = self._bound(base.workspace_id, model, provider, now, overrides, tokens_in, tokens_out) or 0
         reservation = ordered_id("rsv")
         done = self.counters.reserve_now(reservation, plan.hold, estimate, self.reservation_ttl, now.timestamp())
         if done is None:
             return False
-        rated = plan.rates, plan.rated
         governed.limits = plan.rated
         governed.tokens_estimate = tokens_in + tokens_out
         governed.tokens_in = tokens_in
-        wait, answer = done
-        if wait is None and type(answer) is list:  # admitted (a plan counts no tokens: no token rates to keep)
-            governed.reservation_id, governed.estimate = reservation, estimate
-            governed.budgets, governed.keys, governed.numbers = plan.applied, plan.keys, answer
-        else:
-            await self._taken(governed, reservation, done, plan.applied, plan.keys, estimate, "this call", *rated)
+        await self._taken(governed, reservation, done, plan.applied, plan.keys, estimate, "this call", plan.rated)
         self._keep_open(governed, request_id, base.run_id, now)
         return True
 
@@ -507,12 +497,12 @@ class BudgetGate:
         ttl = self.reservation_ttl
         done: Answer | None = self.counters.reserve_now(reservation, held, amount, ttl, now.timestamp())
         if done is None:  # a round trip (Redis)
-            if rates:
+            if held.rates:
                 charges = held.charges(amount)
-                done = await self.counters.hit_and_reserve(rates, now.timestamp(), reservation, charges, ttl)
+                done = await self.counters.hit_and_reserve(held.rates, now.timestamp(), reservation, charges, ttl)
             else:
                 done = None, await self.counters.reserve(reservation, held.charges(amount), ttl)
-        await self._taken(governed, reservation, done, applied, keys, amount, what, rates or (), rated or [])
+        await self._taken(governed, reservation, done, applied, keys, amount, what, rated or [], held.rates)
 
     async def _taken(
         self,
@@ -523,18 +513,15 @@ class BudgetGate:
         keys: tuple[str, ...],
         amount: int,
         what: str,
-        rates: Sequence[Rate],
         rated: list[RateLimit],
+        rates: Sequence[Rate] = (),
     ) -> None:
-        """The counters' answer to a reservation (with the rates hit first): the call's figures, or the refusal."""
+        """The counters' answer to a reservation (with `rates`, the rates of `rated`, hit first): the call's figures
+        (flat in-process, by key from Redis), or the refusal raised."""
         wait, answer = done
         if rates:
             self._counted(governed, rated, rates, wait)
         assert answer is not None  # no wait: the reservation was tried
-        if type(answer) is list:  # in-process: the figures as they are kept
-            governed.reservation_id, governed.estimate = reservation, amount
-            governed.budgets, governed.keys, governed.numbers = tuple(applied), keys, answer
-            return
         if isinstance(answer, Refused):
             budget = applied[keys.index(answer.key)]
             governed.decision = Decision.BLOCKED
@@ -550,9 +537,10 @@ class BudgetGate:
                 f"${format_usd(answer.standing.spent)}, reserved ${format_usd(answer.standing.reserved)}, asked "
                 f"${format_usd(amount)} at most.{disabled}"
             )
-        assert isinstance(answer, dict)
+        if isinstance(answer, dict):
+            answer = [n for k in keys for n in (answer[k].spent, answer[k].reserved)]
         governed.reservation_id, governed.estimate = reservation, amount
-        governed.held(applied, keys, [n for k in keys for n in (answer[k].spent, answer[k].reserved)])
+        governed.held(applied, keys, answer)
 
     async def rehold(
         self,
@@ -579,9 +567,8 @@ class BudgetGate:
         try:
             await self.hold(governed, old.budgets, run_id, estimate, now, f"a fallback to {model!r}")
         except BudgetExceeded:
-            governed.held(
-                old.budgets, old.keys, old.numbers
-            )  # it still holds its first reservation, settled as it ends
+            # The call still holds its first reservation, settled as it ends.
+            governed.held(old.budgets, old.keys, old.numbers)
             raise
         await self.counters.settle(old.reservation_id or "", 0)
         if self._open.pop(old.reservation_id or "", None) is None:  # its reserve was written: so is its release
@@ -639,7 +626,7 @@ class BudgetGate:
         carry: bool = False,
         later: bool = False,
     ) -> list[TraceEvent]:
-        """The ledger entries of a finished call, written with its records; the counters are settled right after
+        """The ledger entries of a finished call, written with its records; the counters are settled after
         (`_settle_soon`), and the alerts of the thresholds that settle crossed follow from the counters' answer.
         `carry`: the entries are left to the call's report (`summary`, which must then be written in its request
         record; the writer expands them): its settle or release, net of its reserve when that was never written.
@@ -665,17 +652,14 @@ class BudgetGate:
                     governed.reserved_at = None
                     events += self.entries(governed, kind, request_id, run_id, now, actual)
                 # The figures once the reservation is replaced by what the call cost, and the response headers
-                # with them (`headline`), in one pass over its budgets.
+                # with them (`headline`).
                 numbers = list(governed.numbers)
-                least, tightest = 0, -1
-                for i, b in enumerate(governed.budgets):
-                    spent = numbers[2 * i] = numbers[2 * i] + actual
-                    reserved = numbers[2 * i + 1] = max(numbers[2 * i + 1] - governed.estimate, 0)
-                    left = b.limit_nanos - spent - reserved
-                    if tightest < 0 or left < least:
-                        least, tightest = left, i
+                for i in range(0, len(numbers), 2):
+                    numbers[i] += actual
+                    numbers[i + 1] = max(numbers[i + 1] - governed.estimate, 0)
                 governed.numbers = numbers
-                governed.headers = _headers(governed, tightest, least)
+                governed.headers = None
+                prepare_headline(governed)
         if governed.reservation_id is not None or governed.token_rates or governed.slots:
             # The counters are settled once the answer is out (`settle_later`; else at the loop's next turn): it
             # tells the call's own figures, made above, and nothing the call waits for waits for this.
@@ -715,9 +699,7 @@ class BudgetGate:
             if after:  # each of the reservation's keys, in the order it held them: the call's budgets'
                 events: list[TraceEvent] = []
                 for i, b in enumerate(governed.budgets):
-                    spent = after[2 * i]
-                    if crossed(b.limit_nanos, spent - actual, spent, b.thresholds):
-                        self._crossed(events, b, governed.keys[i], spent, actual, request_id, run_id)
+                    self._crossed(events, b, governed.keys[i], after[2 * i], actual, request_id, run_id)
                 if events:
                     self.commit(events)
                 return

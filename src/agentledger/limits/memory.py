@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agentledger.limits.base import (
-    MAX_AMOUNT,
     MAX_COUNTER,
     ZERO,
     Charge,
@@ -98,8 +97,7 @@ class MemoryCounters:
         """The reservation, checked; its keys' [spent, reserved] after, flat (or as they stand: already open)."""
         if reservation_id in self._reservations:
             return [n for k in keys for n in self._totals.get(k, (0, 0))]
-        totals = self._totals
-        pairs = [totals.get(k) or self._pair(k) for k in keys]
+        pairs = [self._pair(k) for k in keys]
         for pair, limit, amount, key in zip(pairs, limits, amounts, keys, strict=True):
             held = pair[0] + pair[1] + amount
             if limit is not None and held > limit:
@@ -116,15 +114,10 @@ class MemoryCounters:
     def reserve_now(
         self, reservation_id: str, hold: Hold, amount: int, ttl: float, now: float
     ) -> tuple[float | None, list[int] | Refused | None]:
-        # The checks' common cases inline: on a busy gateway each function a call passes through costs it a
-        # microsecond or two of cold caches (docs/benchmark.md); the checks themselves name what is wrong.
-        if type(amount) is not int or not 0 <= amount <= MAX_AMOUNT:
-            check_amount(amount, "amount", non_negative=True)
-        if type(ttl) is not float or not 0 < ttl < math.inf:
-            check_seconds(ttl, "ttl")
+        check_amount(amount, "amount", non_negative=True)
+        check_seconds(ttl, "ttl")
         if hold.rates:
-            if type(now) is not float or not -math.inf < now < math.inf:
-                check_now(now)
+            check_now(now)
             wait = self._count(hold.rates, now)  # (checked when the hold was made) nothing in between: one step
             if wait is not None:
                 return wait, None
@@ -143,8 +136,7 @@ class MemoryCounters:
         if found is None:
             return []
         _, keys, amounts = found
-        totals = self._totals
-        pairs = [totals.get(k) or self._pair(k) for k in keys]
+        pairs = [self._pair(k) for k in keys]
         for pair, amount, key in zip(pairs, amounts, keys, strict=True):
             if pair[0] + actual + pair[1] - amount > MAX_COUNTER or pair[0] + actual > MAX_COUNTER:
                 check_counter(key, pair[0] + actual, pair[1] - amount)  # raises before anything changes
@@ -220,12 +212,7 @@ class MemoryCounters:
     def _count(self, rates: Sequence[Rate], now: float) -> float | None:
         if not self._next_rate_sweep - SWEEP_EVERY <= now < self._next_rate_sweep:
             self._sweep_rates(now)
-        states: list[_Window] = []
-        for r in rates:  # (`_window`, its common case inline: the stored state of this window)
-            state = self._rates.get((r.key, float(r.window)))
-            if state is None or state.index != math.floor(now / r.window):
-                state = self._window(r.key, r.window, now)
-            states.append(state)
+        states = [self._window(r.key, r.window, now) for r in rates]
         wait: float | None = None
         for rate, state in zip(rates, states, strict=True):
             start = state.index * rate.window
@@ -311,7 +298,7 @@ class MemoryCounters:
     # --- housekeeping ----------------------------------------------------------------------------------
 
     def _sweep_rates(self, now: float) -> None:
-        """Drop rate states whose two windows are past (`_hit` calls it at most every SWEEP_EVERY seconds of
+        """Drop rate states whose two windows are past (`_count` calls it at most every SWEEP_EVERY seconds of
         ``now``, or when ``now`` went back)."""
         self._next_rate_sweep = now + SWEEP_EVERY
         self._rates = {ident: s for ident, s in self._rates.items() if s.index + 1 >= math.floor(now / ident[1])}
