@@ -41,6 +41,26 @@ def cpu_seconds(pid: int, tid: int | None = None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def threads_cpu(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of a process's threads, summed by name (a pool's `store-writer_0`,
+    `store-writer_1` count as `store-writer`); {} where there is no /proc."""
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                head, rest = f.read().rsplit(")", 1)
+        except OSError:
+            continue
+        name = "event loop" if tid == str(pid) else re.sub(r"_\d+$", "", head.split("(", 1)[1])
+        fields = rest.split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def descendants(pid: int) -> list[int]:
     """The live processes under `pid` (children, theirs, ...), from /proc; [] where there is no /proc."""
     out: list[int] = []

@@ -70,6 +70,7 @@ from _procs import (
     pct,
     start_gateway,
     stop,
+    threads_cpu,
     tree_cpu_seconds,
     wait_http,
 )
@@ -425,6 +426,7 @@ class Target:
     sent: int = 0
     cpu: float = 0.0  # server process CPU seconds during the measured rounds
     loop_cpu: float = 0.0  # of which its main thread (the event loop), for a one-process gateway
+    threads: dict[str, float] = field(default_factory=dict)  # the same CPU by thread name, one-process gateway
     services: float = 0.0  # PostgreSQL and Redis server CPU seconds during the measured rounds
     events: int = 0  # trace events the gateway emitted during the measured rounds (with metrics_url)
     batches: int = 0  # store writes (transactions) it made meanwhile
@@ -436,6 +438,7 @@ class Target:
         self.wall = self.cpu = self.client_cpu = self.foreign = self.services = self.loop_cpu = 0.0
         self.events = self.batches = 0
         self.errors = 0
+        self.threads = {}
 
 
 async def burst(client: Client, target: Target, body: bytes, stream: bool, n: int, conc: int, deadline: float) -> int:
@@ -480,12 +483,15 @@ async def measured_round(
     pids = target.pids or [target.pid]
     svc0, other0 = services_cpu(), foreign_busy()
     loop0 = cpu_seconds(pids[0], pids[0]) if len(pids) == 1 else None
+    threads0 = threads_cpu(pids[0]) if len(pids) == 1 else {}
     cpu0, ccpu0, t0 = tree_cpu_seconds(pids), time.process_time(), time.perf_counter()
     await burst(client, target, body, stream, n, conc, deadline)
     target.wall += time.perf_counter() - t0
     target.client_cpu += time.process_time() - ccpu0
     cpu1, svc1, other1 = tree_cpu_seconds(pids), services_cpu(), foreign_busy()
     loop1 = cpu_seconds(pids[0], pids[0]) if len(pids) == 1 else None
+    for name, seconds in (threads_cpu(pids[0]) if len(pids) == 1 else {}).items():
+        target.threads[name] = target.threads.get(name, 0.0) + seconds - threads0.get(name, 0.0)
     if cpu0 is not None and cpu1 is not None:
         target.cpu += cpu1 - cpu0
     if loop0 is not None and loop1 is not None:
@@ -515,6 +521,7 @@ def summary(t: Target) -> dict[str, Any]:
         "server_cpu_ms_per_req": 1000 * t.cpu / n if n else math.nan,
         "services_cpu_ms_per_req": 1000 * t.services / n if n else math.nan,
         "loop_cpu_ms_per_req": 1000 * t.loop_cpu / n if n else math.nan,
+        "thread_cpu_ms_per_req": {name: 1000 * sec / n for name, sec in sorted(t.threads.items())} if n else {},
         "trace_events_per_req": t.events / n if n and t.metrics_url else None,
         "store_writes_per_req": t.batches / n if n and t.metrics_url else None,
         "client_cpu_ms_per_req": 1000 * t.client_cpu / n if n else math.nan,
@@ -739,6 +746,10 @@ def governed_deltas(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "governed_cpu_ms_per_req": g["server_cpu_ms_per_req"],
                 "delta_cpu_ms_per_req": g["server_cpu_ms_per_req"] - b["server_cpu_ms_per_req"],
                 "delta_loop_cpu_ms_per_req": g["loop_cpu_ms_per_req"] - b["loop_cpu_ms_per_req"],
+                "delta_thread_cpu_ms_per_req": {
+                    name: g["thread_cpu_ms_per_req"].get(name, 0.0) - b["thread_cpu_ms_per_req"].get(name, 0.0)
+                    for name in sorted(set(g["thread_cpu_ms_per_req"]) | set(b["thread_cpu_ms_per_req"]))
+                },
                 "none_services_cpu_ms_per_req": b["services_cpu_ms_per_req"],
                 "governed_services_cpu_ms_per_req": g["services_cpu_ms_per_req"],
                 "none_rps": b["throughput_rps"],
@@ -1102,6 +1113,12 @@ def main(argv: list[str] | None = None) -> int:
         report["governed_vs_none"] = deltas
         print("\ngoverned (3 budgets + a rate limit) against none, same gateway, interleaved rounds:\n")
         print(governed_markdown(deltas, with_api=args.api != ["chat"], services=services))
+        for d in deltas:
+            if d["delta_thread_cpu_ms_per_req"]:
+                split = ", ".join(
+                    f"{k} {v:+.3f}" for k, v in d["delta_thread_cpu_ms_per_req"].items() if abs(v) >= 0.0005
+                )
+                print(f"  Δ CPU ms/req by thread, {d['mode']} c={d['concurrency']}: {split}")
     errors = sum(c["direct"]["errors"] + c["gateway"]["errors"] for c in results)
     ok = report["tracing"]["ok"]
     verdict = "OK" if sent == recorded else "MISMATCH"

@@ -404,14 +404,17 @@ class TracePipeline:
             if seq is None:
                 self._hurry.set()
 
-    async def _gather(self) -> None:
-        """Nobody waits for the store behind the journal: gather a fuller batch for `interval`, as batched mode does
-        (one commit and one pass of the books for many calls, and less of the writer's CPU competing with the calls
-        being served for the interpreter), unless a reader waits for it (`flush`) or a caller whose batch the
-        journal could not take."""
-        if not self._hurry.is_set() and not self._flushes:  # (a flush's own hurry may have gone to the last batch)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._hurry.wait(), self.interval)
+    async def _gather(self, since: float) -> None:
+        """Nobody waits for the store behind the journal: gather a fuller batch until `interval` has passed since
+        `since`, as batched mode does (one commit and one pass of the books for many calls, and less of the
+        writer's CPU competing with the calls being served for the interpreter), unless a reader waits for it
+        (`flush`), a caller whose batch the journal could not take, or a full batch is already waiting."""
+        wait = since + self.interval - time.monotonic()
+        if wait > 0 and not self._hurry.is_set() and not self._flushes and not self._journal_closed:
+            # (a flush's own hurry may have gone to the last batch, hence the check of _flushes)
+            if self._journaled_events < self.max_batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), wait)
         self._hurry.clear()
 
     async def _store_from_journal(self) -> None:
@@ -420,6 +423,7 @@ class TracePipeline:
         journal = self.journal
         assert journal is not None
         await self._replay_spool()
+        began = 0.0  # when the last write began
         while True:
             if not self._journaled:
                 if self._journal_closed:
@@ -431,9 +435,13 @@ class TracePipeline:
                 self._store_wake.clear()
                 if not self._queue:
                     self._idle.set()
-                if await self._wait_for_work(self._store_wake) and not self._journal_closed:
-                    await self._gather()
+                if await self._wait_for_work(self._store_wake):
+                    began = time.monotonic()  # an idle writer's batch gathers for `interval` from its first event
                 continue
+            # At most one write an `interval`: what arrived while the last one ran waits out the rest of it, so a
+            # dearer write (a governed call's ledger rows) does not make for more and smaller batches.
+            await self._gather(began)
+            began = time.monotonic()
             items = _pop_batch(self._journaled, lambda item: item[1], self.max_batch)
             events = [ev for _, evs, _ in items for ev in evs]
             self._journaled_events -= len(events)

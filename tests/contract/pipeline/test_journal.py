@@ -42,7 +42,7 @@ from agentledger.core.model import (
 )
 from agentledger.pipeline.journal import Journal, JournalLocked, journal_dir, record_bytes
 from agentledger.pipeline.queue import TracePipeline
-from agentledger.store.base import Store
+from agentledger.store.base import Store, WriteResult
 from agentledger.store.sql import SQLStore
 from tests.contract.pipeline.test_pipeline import FlakyStore, step, steps_written
 from tests.contract.store.test_store_contract import T0, request_record, run_start, step as store_step
@@ -435,6 +435,43 @@ async def test_a_read_never_waits_out_the_gathering_interval(store: SQLStore, tm
         assert asyncio.get_running_loop().time() - started < 2.0
         assert all(f is not None and f.done() for f in futs)
         assert steps_written(store, ws) == 5 * (round_ + 1)
+    await pipeline.aclose()
+
+
+class TimedStore:
+    """The real store, each write taking `seconds` more and its start time noted."""
+
+    def __init__(self, real: SQLStore, seconds: float) -> None:
+        self.real, self.seconds, self.starts = real, seconds, list[float]()
+
+    async def write_batch(self, events: Any) -> WriteResult:
+        self.starts.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(self.seconds)
+        return await self.real.write_batch(events)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+async def test_behind_the_journal_writes_begin_an_interval_apart_however_long_each_takes(
+    store: SQLStore, tmp_path: Path, ws: str
+) -> None:
+    """What arrives while a write runs waits out the rest of its interval: a dearer write makes the same batches,
+    not more and smaller ones (each batch costs its commit and its pass of the books)."""
+    timed = TimedStore(store, 0.06)
+    pipeline = journaled(timed, tmp_path / "j", interval=0.15)
+    await pipeline.recover()
+    pipeline.start()
+    futs = []
+    for i in range(60):  # one every 10 ms: a write that starts as soon as the last ends would start every 60 ms
+        futs.append(pipeline.commit([step(ws, i)]))
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(asyncio.gather(*[f for f in futs if f is not None]), 5)
+    await pipeline.flush()
+    assert steps_written(store, ws) == 60
+    gaps = [b - a for a, b in zip(timed.starts, timed.starts[1:], strict=False)]
+    assert len(timed.starts) >= 3
+    assert min(gaps[:-1]) >= 0.14, gaps  # the last write is the flush's, which never waits
     await pipeline.aclose()
 
 
