@@ -318,6 +318,12 @@ _STATIC_VIEWS: dict[tuple[Budget, str], tuple[Budget, dict[str, object]]] = {}  
 STATIC_VIEWS_KEPT = 4096
 
 
+def static_view(b: Budget, key: str, now: datetime) -> dict[str, object]:
+    """What a budget's view (`Figures.view`) says of it and of the window of `key`: the same for every call in that
+    window, so built once (shared: not to be changed)."""
+    return _static_view(b, key, now)
+
+
 def _static_view(b: Budget, key: str, now: datetime) -> dict[str, object]:
     kept = _STATIC_VIEWS.get((b, key))
     if kept is not None:
@@ -425,11 +431,12 @@ class PolicyReport:
             )
         ]
 
-    def as_dict(self) -> dict[str, Any]:
-        """The request row's `governance` and the policy_check step's attributes."""
+    def as_dict(self, views: list[Any] | None = None) -> dict[str, Any]:
+        """The request row's `governance` and the policy_check step's attributes. `views`: the budgets' views as
+        made elsewhere (the store's writer makes them as JSON text: store.budgets.stored_governance)."""
         out: dict[str, Any] = {"decision": self.decision.value, "decided_by": self.decided_by}
         if self.budgets:
-            out["budgets"] = [f.view(self.at) for f in self.figures]
+            out["budgets"] = [f.view(self.at) for f in self.figures] if views is None else views
         if self.limits:
             out["rate_limits"] = [limit_view(r) for r in self.limits]
         if self.reservation_id:

@@ -93,8 +93,8 @@ class Governed:
     actual: int = 0
     closed_at: datetime | None = None
     reserve_written: bool = True  # False: closed before its reserve entries were written (they never will be)
-    # Its response headers (`headline`), made by `settle` with the figures it has just made, or ahead by
-    # `prepare_headline` (a stream's, while its provider is asked).
+    # Its response headers (`headline`), made when an answer first asks for them, or ahead by `prepare_headline` (a
+    # stream's, while its provider is asked); whatever changes the figures drops them.
     headers: dict[str, str] | None = None
     unsettled: tuple[Any, ...] | None = None  # `settle(later=True)`'s counters' settle, for `settle_later`
 
@@ -651,15 +651,14 @@ class BudgetGate:
                         events += self.entries(governed, "reserve", request_id, run_id, at)
                     governed.reserved_at = None
                     events += self.entries(governed, kind, request_id, run_id, now, actual)
-                # The figures once the reservation is replaced by what the call cost, and the response headers
-                # with them (`headline`).
+                # The figures once the reservation is replaced by what the call cost; the response headers follow
+                # from them when an answer asks (`headline`: a stream's went out with its first event).
                 numbers = list(governed.numbers)
                 for i in range(0, len(numbers), 2):
                     numbers[i] += actual
                     numbers[i + 1] = max(numbers[i + 1] - governed.estimate, 0)
                 governed.numbers = numbers
                 governed.headers = None
-                prepare_headline(governed)
         if governed.reservation_id is not None or governed.token_rates or governed.slots:
             # The counters are settled once the answer is out (`settle_later`; else at the loop's next turn): it
             # tells the call's own figures, made above, and nothing the call waits for waits for this.
@@ -699,7 +698,12 @@ class BudgetGate:
             if after:  # each of the reservation's keys, in the order it held them: the call's budgets'
                 events: list[TraceEvent] = []
                 for i, b in enumerate(governed.budgets):
-                    self._crossed(events, b, governed.keys[i], after[2 * i], actual, request_id, run_id)
+                    spent, limit = after[2 * i], b.limit_nanos
+                    low, high = (spent - actual) * 100, spent * 100
+                    for t in b.thresholds:  # (`crossed`'s test, inline: most settles cross nothing)
+                        if limit <= 0 or low < t * limit <= high:
+                            self._crossed(events, b, governed.keys[i], spent, actual, request_id, run_id)
+                            break
                 if events:
                     self.commit(events)
                 return

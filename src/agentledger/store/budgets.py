@@ -11,11 +11,24 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from sqlalchemy import and_, func, literal, select, update
 from sqlalchemy.engine import Connection
 
-from agentledger.core.budgets import Action, Budget, Period, RateLimit, Scope
+from agentledger.core.budgets import (
+    STATIC_VIEWS_KEPT,
+    Action,
+    Budget,
+    Decision,
+    Period,
+    PolicyReport,
+    RateLimit,
+    Scope,
+    governance_dict,
+    static_view,
+)
 from agentledger.core.model import BudgetAlert, LedgerEntries, LedgerEntry
+from agentledger.core.money import format_usd
 from agentledger.store import schema as t
 
 if TYPE_CHECKING:
@@ -24,6 +37,49 @@ if TYPE_CHECKING:
 # totals(): a ledger delta's low bits, summed apart from the rest on SQLite (its SUM overflows past 2^63).
 _LOW_BITS = 20
 _LOW_MASK = (1 << _LOW_BITS) - 1
+
+
+# Each budget window's static view as JSON text without its closing brace, by (budget, counter key); the budget
+# kept by, as core.budgets._STATIC_VIEWS (a changed budget is equal to none before it, but a dict finds by identity).
+_STATIC_TEXT: dict[tuple[Budget, str], tuple[Budget, bytes]] = {}
+
+
+def _static_text(b: Budget, key: str, now: datetime) -> bytes:
+    kept = _STATIC_TEXT.get((b, key))
+    if kept is not None and kept[0] is b:
+        return kept[1]
+    text = orjson.dumps(static_view(b, key, now))[:-1]
+    if key.count("|") == 3:  # a counter key names its window: the view holds as long as it does
+        if len(_STATIC_TEXT) >= STATIC_VIEWS_KEPT:
+            _STATIC_TEXT.clear()  # past windows and deleted budgets, mostly
+        _STATIC_TEXT[(b, key)] = (b, text)
+    return text
+
+
+def stored_governance(governance: dict[str, Any] | PolicyReport | None) -> dict[str, Any] | None:
+    """A request row's `governance` as the writer stores it: `governance_dict`, with the budget views of an allowed
+    call (most calls) as JSON text made from each window's static part, kept once, and the call's numbers
+    (`orjson.Fragment`, written as it is). The same JSON as the views' dicts: building those was most of the
+    writer's work a governed call. Refusals and policy verdicts keep their dicts: the audit reads their budgets."""
+    if (
+        not isinstance(governance, PolicyReport)
+        or governance.decision is not Decision.ALLOWED
+        or governance.policy is not None
+        or not governance.budgets
+    ):
+        return governance_dict(governance)
+    n, at, views = governance.numbers, governance.at, list[Any]()
+    for i, b in enumerate(governance.budgets):
+        spent, reserved, limit = n[2 * i], n[2 * i + 1], b.limit_nanos
+        left = limit - spent - reserved
+        percent = round(100.0 * (spent + reserved) / limit, 2) if limit else 100.0
+        tail = (
+            f',"spent_usd":"{format_usd(spent)}","reserved_usd":"{format_usd(reserved)}",'
+            f'"remaining_usd":"{format_usd(max(left, 0))}","remaining_nanos":{left},"percent_used":'
+            f"{orjson.dumps(percent).decode()}}}"
+        )
+        views.append(orjson.Fragment(_static_text(b, governance.keys[i], at) + tail.encode()))
+    return governance.as_dict(views)
 
 
 def ledger_values(e: LedgerEntry) -> dict[str, Any]:

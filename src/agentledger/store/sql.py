@@ -43,7 +43,7 @@ from sqlalchemy.sql.elements import TextClause
 
 from agentledger.core.alerts import from_budget_alert
 from agentledger.core.books import NO_RUN, PAYMENT_COLUMNS, Books, RunDims
-from agentledger.core.budgets import PolicyReport, governance_dict
+from agentledger.core.budgets import PolicyReport
 from agentledger.core.errors import Conflict, InvalidRequest, StoreBusy, StoreUnavailable
 from agentledger.core.finance import payment_books, payment_values
 from agentledger.core.model import (
@@ -1286,7 +1286,7 @@ def _request_values(r: RequestRecord) -> dict[str, Any]:
         provider_key=r.provider_key,
         route_attempts=r.route_attempts,
         policy_decision=r.policy_decision,
-        governance=governance_dict(r.governance),
+        governance=budgets_sql.stored_governance(r.governance),
     )
 
 
