@@ -31,6 +31,7 @@ from x402.schemas import PaymentPayload, PaymentRequirements, SchemeNotFoundErro
 
 from agentledger.core.assets import AcceptedAsset
 from agentledger.finance.local_chain import LocalChainSigner, MemoryNonceBook, NonceBook
+from agentledger.threads import name_os_thread
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,7 +65,7 @@ class LocalFacilitator:
             facilitator = x402FacilitatorSync()
             facilitator.register([network], ExactEvmFacilitatorScheme(LocalChainSigner(group, self.nonces)))
             self._x402[network] = facilitator
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="x402-local")
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="x402-local", initializer=name_os_thread)
 
     @property
     def x402(self) -> Mapping[str, x402FacilitatorSync]:

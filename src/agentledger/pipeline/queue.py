@@ -52,6 +52,7 @@ from agentledger.core.model import (
 from agentledger.pipeline.journal import Journal, JournalLocked
 from agentledger.pipeline.spool import Spool
 from agentledger.store.base import Store, WriteResult
+from agentledger.threads import name_os_thread
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,7 +109,11 @@ class TracePipeline:
         self.durability = Durability(durability)
         self.journal = journal if self.durability is Durability.STRICT else None
         # The journal's file work, one thread (the Journal is not thread-safe), never the event loop.
-        self._journal_thread = ThreadPoolExecutor(1, thread_name_prefix="trace-journal") if self.journal else None
+        self._journal_thread = (
+            ThreadPoolExecutor(1, thread_name_prefix="trace-journal", initializer=name_os_thread)
+            if self.journal
+            else None
+        )
         self._journaled: deque[_Journaled] = deque()
         self._journaled_events = 0
         self._store_wake = asyncio.Event()

@@ -113,6 +113,7 @@ from agentledger.store.queries import (
     sessions_query,
     with_members,
 )
+from agentledger.threads import name_os_thread
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -224,10 +225,10 @@ class SQLStore:
                 connect_args=PG_CONNECT_ARGS,
             )
         self._last_claim_purge = time.monotonic()
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer", initializer=name_os_thread)
         # Trace-write statements, built once: building an upsert per row cost ~1 ms of CPU (and GIL) a row.
         self._statements: dict[tuple[str, ...], Any] = {}
-        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="store-reader")
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="store-reader", initializer=name_os_thread)
         # The query API's reads (runs, sessions, costs, verify) get their own few threads, at a lower OS
         # priority: however many dashboards poll, they queue here, and the writer and the hot path's lookups
         # (keys, routes, claims on `_readers`) keep their CPU (docs/architecture.md, "Reads and writes").
@@ -1185,6 +1186,7 @@ QUERY_NICE = 10  # how much lower the query threads' OS priority is (Linux `nice
 
 def _lower_priority() -> None:
     """Lower this thread's scheduling priority (Linux: setpriority on a thread id affects that thread alone)."""
+    name_os_thread()
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted: the pool still bounds reads
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), QUERY_NICE)
 
