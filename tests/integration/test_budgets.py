@@ -621,6 +621,30 @@ def test_requests_per_minute(gw: Harness) -> None:
     assert sorted(s["kind"] for s in steps) == ["model_call"] * 3 + ["policy_check"] * 4
 
 
+def test_a_rate_limit_beside_budgets_throttles_with_429_and_reserves_nothing(gw: Harness) -> None:
+    """The most common set-up (a key's budgets and a requests-per-minute limit) is admitted by the gate's plan in
+    one step of the counters: past the rate, a 429 with Retry-After and no reservation (a regression: it was a
+    500)."""
+    fresh_minute()
+    make_budget(gw, id="ws-budget", scope="workspace", limit_usd="10")
+    make_rate_limit(gw, id="rpm", scope="workspace", requests_per_minute=2)
+    for _ in range(2):
+        resp = chat(gw)
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["alephant-budget-scope"] == "workspace"
+    refused = chat(gw)
+    err = error_of(refused, 429, "rate_limited")
+    assert err["message"].startswith("Rate limit 'rpm' (workspace) reached; retry in ")
+    assert refused.headers["retry-after"].isdigit() and int(refused.headers["retry-after"]) > 0
+    assert refused.headers["alephant-policy-decision"] == "throttled"
+    assert len(gw.fake.received) == 2
+    row = request_row(gw, refused)
+    assert (row["http_status"], row["policy_decision"]) == (429, "throttled")
+    assert row["governance"]["decided_by"] == {"kind": "rate_limit", "id": "rpm", "scope": "workspace"}
+    st = status(gw, "ws-budget")
+    assert (nanos(st["spent_usd"]), st["reserved_usd"]) == (2 * MINI, "0.000000000")
+
+
 def test_tokens_per_minute_counts_the_bound_then_the_actual_tokens(gw: Harness) -> None:
     fresh_minute()
     make_rate_limit(gw, id="tpm", scope="workspace", tokens_per_minute=1000)

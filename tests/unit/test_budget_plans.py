@@ -127,6 +127,25 @@ def test_a_planned_call_is_refused_as_an_unplanned_one_and_writes_no_reservation
     assert written == []  # a refused reservation writes no ledger entry
 
 
+def test_a_planned_call_past_its_rate_beside_budgets_is_throttled_and_holds_nothing() -> None:
+    """Budgets and a requests-per-minute limit: the plan's one step of the counters answers with the rate's wait,
+    which the gate raises as the throttle, the budgets' counters untouched."""
+    clock = Clock(ANCHOR + timedelta(hours=1))
+    rate = RateLimit(WS, "rpm", Scope.VIRTUAL_KEY, "vk", requests_per_minute=1)
+    gate, written = gate_with({"budgets": [budget("ws", Scope.WORKSPACE, None)], "limits": [rate]}, clock)
+    first = admit(gate, subject())
+    assert first.decision is Decision.ALLOWED and first.reservation_id is not None
+    before, entries = asyncio.run(gate.counters.standing(list(first.keys))), len(written)
+    throttled = Governed()
+    with pytest.raises(RateLimited) as refused:
+        admit(gate, subject(), throttled)
+    assert refused.value.retry_after is not None and refused.value.retry_after > 0
+    assert throttled.decision is Decision.THROTTLED and throttled.reservation_id is None
+    assert throttled.decided_by == {"kind": "rate_limit", "id": "rpm", "scope": "virtual_key:vk"}
+    assert asyncio.run(gate.counters.standing(list(first.keys))) == before
+    assert len(written) == entries  # (the first call's reserve, written at once by this gate)
+
+
 @pytest.mark.parametrize(("model", "embeddings"), [("gpt-4o-mini", False), ("text-embedding-3-small", True)])
 def test_a_planned_call_reserves_what_the_gate_estimates(model: str, embeddings: bool) -> None:
     """A plan's one-pass admission holds the same bound as any other: an embedding produces no output tokens."""

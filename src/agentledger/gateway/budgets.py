@@ -347,7 +347,10 @@ class BudgetGate:
         governed.limits = plan.rated
         governed.tokens_estimate = tokens_in + tokens_out
         governed.tokens_in = tokens_in
-        await self._taken(governed, reservation, done, plan.applied, plan.keys, estimate, "this call", plan.rated)
+        hold = plan.hold
+        await self._taken(
+            governed, reservation, done, plan.applied, plan.keys, estimate, "this call", plan.rated, hold.rates
+        )
         self._keep_open(governed, request_id, base.run_id, now)
         return True
 
