@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from agentledger.core.budgets import Action, Budget, Decision, Period, RateLimit, Scope, Subject
 from agentledger.core.errors import BudgetExceeded, RateLimited
@@ -172,3 +173,80 @@ def test_a_planned_call_reserves_what_the_gate_estimates(model: str, embeddings:
     assert expected is not None and governed.estimate == expected > 0
     assert governed.tokens_estimate == 200 + (0 if embeddings else gate.default_output_tokens)
     assert governed.numbers == [0, expected] and governed.keys == (keys(governed)["ws"],)
+
+
+# -- a plan is an optimization only: the same calls under the same rules end the same with it and without ------------
+
+_SCOPED = [(Scope.WORKSPACE, None), (Scope.DEPARTMENT, "dep"), (Scope.AGENT, "ag"), (Scope.VIRTUAL_KEY, "vk")]
+
+
+@st.composite
+def rule_sets(draw: st.DrawFn) -> tuple[list[Budget], list[RateLimit]]:
+    budgets = []
+    for i in range(draw(st.integers(0, 3))):
+        scope, value = draw(st.sampled_from(_SCOPED))
+        action = draw(st.sampled_from([Action.BLOCK_REQUESTS, Action.ALERT_ONLY, Action.SOFT_THROTTLE]))
+        limit = draw(st.sampled_from([0, 5_000, 40_000, 10**9]))
+        period = draw(st.sampled_from([Period.DAY, Period.TOTAL, Period.MONTH]))
+        extra = {"throttle_rpm": draw(st.integers(1, 3))} if action is Action.SOFT_THROTTLE else {}
+        budgets.append(Budget(WS, f"b{i}", scope, value, limit, period, ANCHOR, action, **extra))
+    limits = []
+    for i in range(draw(st.integers(0, 2))):
+        scope, value = draw(st.sampled_from(_SCOPED))
+        limits.append(RateLimit(WS, f"r{i}", scope, value, requests_per_minute=draw(st.integers(1, 6))))
+    return budgets, limits
+
+
+def _outcome(gate: BudgetGate, who: Subject, max_output: int, cost: int) -> tuple[Any, ...]:
+    governed = Governed()
+
+    async def go() -> tuple[Any, ...]:
+        try:
+            await gate.admit(
+                governed,
+                who,
+                request_id="req",
+                model="gpt-4o-mini",
+                provider="openai",
+                body_bytes=200,
+                max_output=max_output,
+                overrides={},
+            )
+        except (BudgetExceeded, RateLimited) as exc:
+            refused = (type(exc).__name__, exc.message, exc.retry_after)
+        else:
+            refused = None
+            gate.settle(governed, cost, 30, request_id="req", run_id=None)
+        await asyncio.sleep(0)  # the counters' settle (`_settle_soon`)
+        standing = await gate.counters.standing(list(governed.keys))
+        figures = [(f.budget.id, f.key, f.spent, f.reserved) for f in governed.figures]
+        return refused, governed.decision, governed.decided_by, figures, standing
+
+    return asyncio.run(go())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rules=rule_sets(),
+    calls=st.lists(
+        st.tuples(
+            st.sampled_from([None, "ag"]),
+            st.sampled_from([1, 50, 2000]),
+            st.sampled_from([0, 700, 30_000]),
+            st.sampled_from([0, 1, 30, 3600]),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+)
+def test_a_plan_admits_refuses_and_counts_every_call_as_the_general_path_does(
+    rules: tuple[list[Budget], list[RateLimit]], calls: list[tuple[str | None, int, int, int]]
+) -> None:
+    clock = Clock(ANCHOR + timedelta(hours=1))
+    planned, _ = gate_with({"budgets": rules[0], "limits": rules[1]}, clock)
+    general, _ = gate_with({"budgets": rules[0], "limits": rules[1]}, clock)
+    general._plan_for = lambda *_: None  # type: ignore[method-assign]
+    for agent, max_output, cost, seconds in calls:
+        clock.at += timedelta(seconds=seconds)
+        who = subject(agent_id=agent)
+        assert _outcome(planned, who, max_output, cost) == _outcome(general, who, max_output, cost)
