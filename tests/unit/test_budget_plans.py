@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from agentledger.core.budgets import Action, Budget, Decision, Period, RateLimit, Scope, Subject
+from agentledger.core.budgets import Action, Budget, Decision, Period, RateLimit, Scope, Subject, crossed
 from agentledger.core.errors import BudgetExceeded, RateLimited
-from agentledger.core.model import TraceEvent
+from agentledger.core.model import BudgetAlert, TraceEvent
 from agentledger.gateway.budgets import BudgetGate, Governed
 from agentledger.limits.memory import MemoryCounters
 
@@ -197,8 +197,8 @@ def rule_sets(draw: st.DrawFn) -> tuple[list[Budget], list[RateLimit]]:
     return budgets, limits
 
 
-def _outcome(gate: BudgetGate, who: Subject, max_output: int, cost: int) -> tuple[Any, ...]:
-    governed = Governed()
+def _outcome(gate: BudgetGate, written: list[TraceEvent], who: Subject, max_output: int, cost: int) -> tuple[Any, ...]:
+    governed, seen = Governed(), len(written)
 
     async def go() -> tuple[Any, ...]:
         try:
@@ -220,7 +220,12 @@ def _outcome(gate: BudgetGate, who: Subject, max_output: int, cost: int) -> tupl
         await asyncio.sleep(0)  # the counters' settle (`_settle_soon`)
         standing = await gate.counters.standing(list(governed.keys))
         figures = [(f.budget.id, f.key, f.spent, f.reserved) for f in governed.figures]
-        return refused, governed.decision, governed.decided_by, figures, standing
+        alerts = [
+            (a.budget_id, a.window_key, a.threshold, a.spent_nanos)
+            for a in written[seen:]
+            if isinstance(a, BudgetAlert)
+        ]
+        return refused, governed.decision, governed.decided_by, figures, standing, alerts
 
     return asyncio.run(go())
 
@@ -243,10 +248,38 @@ def test_a_plan_admits_refuses_and_counts_every_call_as_the_general_path_does(
     rules: tuple[list[Budget], list[RateLimit]], calls: list[tuple[str | None, int, int, int]]
 ) -> None:
     clock = Clock(ANCHOR + timedelta(hours=1))
-    planned, _ = gate_with({"budgets": rules[0], "limits": rules[1]}, clock)
-    general, _ = gate_with({"budgets": rules[0], "limits": rules[1]}, clock)
+    planned, planned_written = gate_with({"budgets": rules[0], "limits": rules[1]}, clock)
+    general, general_written = gate_with({"budgets": rules[0], "limits": rules[1]}, clock)
     general._plan_for = lambda *_: None  # type: ignore[method-assign]
     for agent, max_output, cost, seconds in calls:
         clock.at += timedelta(seconds=seconds)
         who = subject(agent_id=agent)
-        assert _outcome(planned, who, max_output, cost) == _outcome(general, who, max_output, cost)
+        once = _outcome(planned, planned_written, who, max_output, cost)
+        assert once == _outcome(general, general_written, who, max_output, cost)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    limit=st.sampled_from([0, 1, 100, 6_300, 10_000, 12_600]),
+    thresholds=st.sampled_from([(50, 80, 100), (1, 99, 100), (), (100,), (25, 50, 75, 100)]),
+    costs=st.lists(st.sampled_from([0, 1, 49, 50, 51, 3_150, 6_300, 10**6]), min_size=1, max_size=8),
+)
+def test_a_settle_alerts_exactly_the_thresholds_its_cost_crossed(
+    limit: int, thresholds: tuple[int, ...], costs: list[int]
+) -> None:
+    clock = Clock(ANCHOR + timedelta(hours=1))
+    b = Budget(WS, "b", Scope.WORKSPACE, None, limit, Period.TOTAL, ANCHOR, Action.ALERT_ONLY, thresholds)
+    gate, written = gate_with({"budgets": [b], "limits": []}, clock)
+    spent = 0
+    for cost in costs:
+        seen = len(written)
+        governed = admit(gate, subject())
+        asyncio.run(_settled(gate, governed, cost))
+        alerts = [a.threshold for a in written[seen:] if isinstance(a, BudgetAlert)]
+        assert alerts == crossed(limit, spent, spent + cost, thresholds)
+        spent += cost
+
+
+async def _settled(gate: BudgetGate, governed: Governed, cost: int) -> None:
+    gate.settle(governed, cost, 30, request_id="req", run_id=None)
+    await asyncio.sleep(0)
