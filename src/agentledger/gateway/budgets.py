@@ -347,10 +347,12 @@ class BudgetGate:
         governed.limits = plan.rated
         governed.tokens_estimate = tokens_in + tokens_out
         governed.tokens_in = tokens_in
-        hold = plan.hold
-        await self._taken(
-            governed, reservation, done, plan.applied, plan.keys, estimate, "this call", plan.rated, hold.rates
-        )
+        wait, answer = done
+        if wait is None and type(answer) is list:  # admitted (most calls), without a coroutine: a plan counts no tokens
+            self._took(governed, reservation, estimate, plan.applied, plan.keys, answer)
+        else:
+            rated, rates = plan.rated, plan.hold.rates
+            await self._taken(governed, reservation, done, plan.applied, plan.keys, estimate, "this call", rated, rates)
         self._keep_open(governed, request_id, base.run_id, now)
         return True
 
@@ -542,8 +544,20 @@ class BudgetGate:
             )
         if isinstance(answer, dict):
             answer = [n for k in keys for n in (answer[k].spent, answer[k].reserved)]
+        self._took(governed, reservation, amount, applied, keys, answer)
+
+    @staticmethod
+    def _took(
+        governed: Governed,
+        reservation: str,
+        amount: int,
+        applied: Sequence[Budget],
+        keys: tuple[str, ...],
+        numbers: Sequence[int],
+    ) -> None:
+        """An admitted reservation's figures: each budget's spent and reserved after it, flat."""
         governed.reservation_id, governed.estimate = reservation, amount
-        governed.held(applied, keys, answer)
+        governed.held(applied, keys, numbers)
 
     async def rehold(
         self,

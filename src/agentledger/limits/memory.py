@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agentledger.limits.base import (
+    MAX_AMOUNT,
     MAX_COUNTER,
     ZERO,
     Charge,
@@ -97,7 +98,8 @@ class MemoryCounters:
         """The reservation, checked; its keys' [spent, reserved] after, flat (or as they stand: already open)."""
         if reservation_id in self._reservations:
             return [n for k in keys for n in self._totals.get(k, (0, 0))]
-        pairs = [self._pair(k) for k in keys]
+        totals = self._totals
+        pairs = [totals.get(k) or self._pair(k) for k in keys]
         for pair, limit, amount, key in zip(pairs, limits, amounts, keys, strict=True):
             held = pair[0] + pair[1] + amount
             if limit is not None and held > limit:
@@ -114,10 +116,14 @@ class MemoryCounters:
     def reserve_now(
         self, reservation_id: str, hold: Hold, amount: int, ttl: float, now: float
     ) -> tuple[float | None, list[int] | Refused | None]:
-        check_amount(amount, "amount", non_negative=True)
-        check_seconds(ttl, "ttl")
+        # (Each check called only when its common case fails: this is every governed call's path, in-process.)
+        if not (type(amount) is int and 0 <= amount <= MAX_AMOUNT):
+            check_amount(amount, "amount", non_negative=True)
+        if not (type(ttl) is float and 0 < ttl < math.inf):
+            check_seconds(ttl, "ttl")
         if hold.rates:
-            check_now(now)
+            if not (type(now) is float and -math.inf < now < math.inf):
+                check_now(now)
             wait = self._count(hold.rates, now)  # (checked when the hold was made) nothing in between: one step
             if wait is not None:
                 return wait, None
