@@ -319,6 +319,20 @@ def test_alert_only_never_refuses_and_alerts_once_per_threshold(gw: Harness) -> 
     assert {a["window_key"] for a in alerts} == {window_key}
 
 
+def throttled_answer(gw: Harness, resp: Any, forwarded: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A throttle's answer: 429 `rate_limited` with Retry-After (whole seconds) and the decision header, only the
+    calls before it forwarded, its request row recorded as throttled. Its error and its row."""
+    err = error_of(resp, 429, "rate_limited")
+    assert err["type"] == "rate_limit_error"
+    retry = resp.headers["retry-after"]
+    assert retry.isdigit() and int(retry) > 0, retry
+    assert resp.headers["alephant-policy-decision"] == "throttled"
+    assert len(gw.fake.received) == forwarded
+    row = request_row(gw, resp)
+    assert (row["http_status"], row["policy_decision"]) == (429, "throttled")
+    return err, row
+
+
 def test_soft_throttle_past_its_limit_allows_throttle_rpm_calls_a_minute(gw: Harness) -> None:
     fresh_minute()
     make_budget(gw, id="soft", scope="workspace", limit_usd="0.00003", action="soft_throttle", throttle_rpm=2)
@@ -329,16 +343,9 @@ def test_soft_throttle_past_its_limit_allows_throttle_rpm_calls_a_minute(gw: Har
         assert resp.status_code == 200, resp.text
         assert resp.headers["alephant-policy-decision"] == "allowed"
     throttled = chat(gw)
-    err = error_of(throttled, 429, "rate_limited")
-    assert err["type"] == "rate_limit_error"
+    err, row = throttled_answer(gw, throttled, forwarded=3)
     assert "soft_throttle allows 2 requests a minute" in err["message"] and "'soft'" in err["message"]
-    retry = throttled.headers["retry-after"]
-    assert retry.isdigit() and 0 < int(retry) <= 120, retry
-    assert throttled.headers["alephant-policy-decision"] == "throttled"
-    assert len(gw.fake.received) == 3
-
-    row = request_row(gw, throttled)
-    assert (row["http_status"], row["policy_decision"]) == (429, "throttled")
+    assert int(throttled.headers["retry-after"]) <= 120
     assert row["governance"]["decided_by"] == {"kind": "budget", "id": "soft", "scope": "workspace"}
     st = status(gw, "soft")
     assert (nanos(st["spent_usd"]), st["reserved_usd"]) == (3 * MINI, "0.000000000")
@@ -633,13 +640,8 @@ def test_a_rate_limit_beside_budgets_throttles_with_429_and_reserves_nothing(gw:
         assert resp.status_code == 200, resp.text
         assert resp.headers["alephant-budget-scope"] == "workspace"
     refused = chat(gw)
-    err = error_of(refused, 429, "rate_limited")
+    err, row = throttled_answer(gw, refused, forwarded=2)
     assert err["message"].startswith("Rate limit 'rpm' (workspace) reached; retry in ")
-    assert refused.headers["retry-after"].isdigit() and int(refused.headers["retry-after"]) > 0
-    assert refused.headers["alephant-policy-decision"] == "throttled"
-    assert len(gw.fake.received) == 2
-    row = request_row(gw, refused)
-    assert (row["http_status"], row["policy_decision"]) == (429, "throttled")
     assert row["governance"]["decided_by"] == {"kind": "rate_limit", "id": "rpm", "scope": "workspace"}
     st = status(gw, "ws-budget")
     assert (nanos(st["spent_usd"]), st["reserved_usd"]) == (2 * MINI, "0.000000000")

@@ -13,39 +13,18 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from agentledger.core.budgets import Action, Budget, Decision, Period, RateLimit, Scope, Subject, crossed
 from agentledger.core.errors import BudgetExceeded, RateLimited
-from agentledger.core.model import BudgetAlert, TraceEvent
+from agentledger.core.model import BudgetAlert
 from agentledger.gateway.budgets import BudgetGate, Governed
-from agentledger.limits.memory import MemoryCounters
+from tests.gate_calls import CALLS, Clock, Rules, admit as admitted, gate_with, outcome, rule_sets
 
 WS = "ws-plans"
 ANCHOR = datetime(2026, 11, 1, tzinfo=UTC)
 BIG = 10**15
 
 
-class Clock:
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
-
-
 def budget(budget_id: str, scope: Scope, value: str | None, **kw: Any) -> Budget:
     fields: dict[str, Any] = {"period": Period.DAY, "action": Action.BLOCK_REQUESTS, **kw}
     return Budget(WS, budget_id, scope, value, BIG, fields.pop("period"), ANCHOR, fields.pop("action"), **fields)
-
-
-def gate_with(rules: dict[str, Any], clock: Clock) -> tuple[BudgetGate, list[TraceEvent]]:
-    written: list[TraceEvent] = []
-
-    async def rules_of(_ws: str) -> tuple[list[Budget], list[RateLimit]]:
-        return list(rules["budgets"]), list(rules["limits"])
-
-    async def no_workflow(_ws: str, _run: str) -> str | None:
-        return None
-
-    gate = BudgetGate(rules_of, no_workflow, MemoryCounters(), written.extend, clock)
-    return gate, written
 
 
 def subject(**kw: Any) -> Subject:
@@ -54,20 +33,7 @@ def subject(**kw: Any) -> Subject:
 
 def admit(gate: BudgetGate, who: Subject, governed: Governed | None = None) -> Governed:
     governed = governed if governed is not None else Governed()
-
-    async def go() -> None:
-        await gate.admit(
-            governed,
-            who,
-            request_id="req",
-            model="gpt-4o-mini",
-            provider="openai",
-            body_bytes=200,
-            max_output=10,
-            overrides={},
-        )
-
-    asyncio.run(go())
+    asyncio.run(admitted(gate, governed, who))
     return governed
 
 
@@ -177,75 +143,11 @@ def test_a_planned_call_reserves_what_the_gate_estimates(model: str, embeddings:
 
 # -- a plan is an optimization only: the same calls under the same rules end the same with it and without ------------
 
-_SCOPED = [(Scope.WORKSPACE, None), (Scope.DEPARTMENT, "dep"), (Scope.AGENT, "ag"), (Scope.VIRTUAL_KEY, "vk")]
-
-
-@st.composite
-def rule_sets(draw: st.DrawFn) -> tuple[list[Budget], list[RateLimit]]:
-    budgets = []
-    for i in range(draw(st.integers(0, 3))):
-        scope, value = draw(st.sampled_from(_SCOPED))
-        action = draw(st.sampled_from([Action.BLOCK_REQUESTS, Action.ALERT_ONLY, Action.SOFT_THROTTLE]))
-        limit = draw(st.sampled_from([0, 5_000, 40_000, 10**9]))
-        period = draw(st.sampled_from([Period.DAY, Period.TOTAL, Period.MONTH]))
-        extra = {"throttle_rpm": draw(st.integers(1, 3))} if action is Action.SOFT_THROTTLE else {}
-        budgets.append(Budget(WS, f"b{i}", scope, value, limit, period, ANCHOR, action, **extra))
-    limits = []
-    for i in range(draw(st.integers(0, 2))):
-        scope, value = draw(st.sampled_from(_SCOPED))
-        limits.append(RateLimit(WS, f"r{i}", scope, value, requests_per_minute=draw(st.integers(1, 6))))
-    return budgets, limits
-
-
-def _outcome(gate: BudgetGate, written: list[TraceEvent], who: Subject, max_output: int, cost: int) -> tuple[Any, ...]:
-    governed, seen = Governed(), len(written)
-
-    async def go() -> tuple[Any, ...]:
-        try:
-            await gate.admit(
-                governed,
-                who,
-                request_id="req",
-                model="gpt-4o-mini",
-                provider="openai",
-                body_bytes=200,
-                max_output=max_output,
-                overrides={},
-            )
-        except (BudgetExceeded, RateLimited) as exc:
-            refused = (type(exc).__name__, exc.message, exc.retry_after)
-        else:
-            refused = None
-            gate.settle(governed, cost, 30, request_id="req", run_id=None)
-        await asyncio.sleep(0)  # the counters' settle (`_settle_soon`)
-        standing = await gate.counters.standing(list(governed.keys))
-        figures = [(f.budget.id, f.key, f.spent, f.reserved) for f in governed.figures]
-        alerts = [
-            (a.budget_id, a.window_key, a.threshold, a.spent_nanos)
-            for a in written[seen:]
-            if isinstance(a, BudgetAlert)
-        ]
-        return refused, governed.decision, governed.decided_by, figures, standing, alerts
-
-    return asyncio.run(go())
-
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    rules=rule_sets(),
-    calls=st.lists(
-        st.tuples(
-            st.sampled_from([None, "ag"]),
-            st.sampled_from([1, 50, 2000]),
-            st.sampled_from([0, 700, 30_000]),
-            st.sampled_from([0, 1, 30, 3600]),
-        ),
-        min_size=1,
-        max_size=12,
-    ),
-)
+@given(rules=rule_sets(WS, ANCHOR), calls=CALLS)
 def test_a_plan_admits_refuses_and_counts_every_call_as_the_general_path_does(
-    rules: tuple[list[Budget], list[RateLimit]], calls: list[tuple[str | None, int, int, int]]
+    rules: Rules, calls: list[tuple[str | None, int, int, int]]
 ) -> None:
     clock = Clock(ANCHOR + timedelta(hours=1))
     planned, planned_written = gate_with({"budgets": rules[0], "limits": rules[1]}, clock)
@@ -254,8 +156,8 @@ def test_a_plan_admits_refuses_and_counts_every_call_as_the_general_path_does(
     for agent, max_output, cost, seconds in calls:
         clock.at += timedelta(seconds=seconds)
         who = subject(agent_id=agent)
-        once = _outcome(planned, planned_written, who, max_output, cost)
-        assert once == _outcome(general, general_written, who, max_output, cost)
+        once = asyncio.run(outcome(planned, planned_written, who, max_output, cost))
+        assert once == asyncio.run(outcome(general, general_written, who, max_output, cost))
 
 
 @settings(max_examples=200, deadline=None)
