@@ -643,6 +643,13 @@ def test_a_rate_limit_beside_budgets_throttles_with_429_and_reserves_nothing(gw:
     err, row = throttled_answer(gw, refused, forwarded=2)
     assert err["message"].startswith("Rate limit 'rpm' (workspace) reached; retry in ")
     assert row["governance"]["decided_by"] == {"kind": "rate_limit", "id": "rpm", "scope": "workspace"}
+    # A governed answer, refused or not, names its tightest budget; its trace shows each budget as it stands.
+    left = format(Decimal(10) - Decimal(2 * MINI) / 10**9, ".9f")
+    assert refused.headers["alephant-budget-remaining-usd"] == left == "9.999987400"
+    assert refused.headers["alephant-budget-scope"] == "workspace"
+    [view] = row["governance"]["budgets"]
+    assert (view["budget_id"], view["spent_usd"], view["reserved_usd"]) == ("ws-budget", "0.000012600", "0.000000000")
+    assert "reservation_id" not in row["governance"]
     st = status(gw, "ws-budget")
     assert (nanos(st["spent_usd"]), st["reserved_usd"]) == (2 * MINI, "0.000000000")
 

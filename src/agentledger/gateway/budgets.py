@@ -525,6 +525,15 @@ class BudgetGate:
         (flat in-process, by key from Redis), or the refusal raised."""
         wait, answer = done
         if rates:
+            if wait is not None and applied:
+                # Throttled before its reservation: its budgets' figures as they stand, for its answer's headers and
+                # its trace (a refusal's read; the counters unreachable meanwhile, it goes without them).
+                try:
+                    standing = await self.counters.standing(keys)
+                except CountersUnavailable:
+                    pass
+                else:
+                    governed.held(applied, keys, [n for k in keys for n in (standing[k].spent, standing[k].reserved)])
             self._counted(governed, rated, rates, wait)
         assert answer is not None  # no wait: the reservation was tried
         if isinstance(answer, Refused):
