@@ -630,6 +630,18 @@ class BudgetGate:
         governed.note = "counters unavailable: allowed unchecked (no budget that blocks applies)"
         log.warning("budget counters unavailable; a call was allowed unchecked (only alert_only budgets apply)")
 
+    async def release_slots(self, governed: Governed) -> None:
+        """Give back a call's concurrency slots before its answer goes out (the counters' settle follows the
+        answer): a client that sends its next call once it has the answer must find the slot free. The counters
+        unreachable, each slot frees itself at its ttl."""
+        slots, governed.slots = governed.slots, []
+        try:
+            for slot in slots:
+                key, holder = slot.split("\0", 1)
+                await self.counters.release_slot(key, holder)
+        except CountersUnavailable:
+            log.warning("budget counters unavailable while releasing a concurrency slot; it frees at its ttl")
+
     async def _undo(self, governed: Governed) -> None:
         """A refusal after some of the admission was taken gives it back."""
         for slot in governed.slots:

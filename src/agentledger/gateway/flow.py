@@ -565,9 +565,12 @@ class Gateway:
 
     # -- recording -----------------------------------------------------------------------------------------
     async def finish(self, call: Call, outcome: Outcome) -> None:
-        """Record the call, release its idempotency claim, and (strict mode) wait until the record is durable."""
+        """Record the call, release its idempotency claim and concurrency slots, and (strict mode) wait until the
+        record is durable: all before its answer goes out."""
         durable = self.record(call, outcome)
         self.release(call)
+        if call.governed.slots and self.gate is not None:
+            await self.gate.release_slots(call.governed)
         await _durable(durable)
 
     def record(self, call: Call, outcome: Outcome) -> asyncio.Future[None] | None:
