@@ -687,6 +687,17 @@ def test_a_call_bounded_above_the_whole_tokens_per_minute_is_a_400_naming_max_to
     assert fits.status_code == 200, fits.text
 
 
+def test_back_to_back_calls_find_the_tokens_per_minute_of_the_calls_before_at_what_they_used(gw: Harness) -> None:
+    """Each call is counted at its bound (~600 tokens) while it runs and at what it used (15) once answered,
+    before its answer goes out: ten calls back to back fit a 1000-token minute (at their bounds two would not)."""
+    fresh_minute()
+    make_rate_limit(gw, id="tpm", scope="workspace", tokens_per_minute=1000)
+    for stream in [False, True] * 5:
+        body = chat_body(max_tokens=500, **({"stream": True} if stream else {}))
+        resp = chat(gw, body)
+        assert resp.status_code == 200, resp.text
+
+
 def test_concurrent_limit_refuses_a_second_call_in_flight(gw: Harness, slow_upstream: None) -> None:
     make_rate_limit(gw, id="one", scope="workspace", concurrent=1)
     results: dict[str, httpx.Response] = {}

@@ -85,6 +85,7 @@ class Governed:
     token_rates: list[str] = field(default_factory=list)  # tokens-per-minute keys charged with the estimate
     tokens_estimate: int = 0
     tokens_in: int = 0
+    tokens_used: int | None = None  # what the call used, once settled (`give_back_limits` corrects its token rates)
     decided_by: dict[str, Any] | None = None
     note: str | None = None
     policy: dict[str, Any] | None = None  # the policies' verdict as the trace keeps it (gateway/policies.py)
@@ -630,17 +631,26 @@ class BudgetGate:
         governed.note = "counters unavailable: allowed unchecked (no budget that blocks applies)"
         log.warning("budget counters unavailable; a call was allowed unchecked (only alert_only budgets apply)")
 
-    async def release_slots(self, governed: Governed) -> None:
-        """Give back a call's concurrency slots before its answer goes out (the counters' settle follows the
-        answer): a client that sends its next call once it has the answer must find the slot free. The counters
-        unreachable, each slot frees itself at its ttl."""
+    async def give_back_limits(self, governed: Governed) -> None:
+        """Before a call's answer goes out, what it holds of the rate limits: its concurrency slots given back, its
+        tokens-per-minute (counted at its estimate) corrected to what it used. A client that sends its next call
+        once it has the answer finds the limits as that answer leaves them. (The budgets' counters settle after
+        the answer: until then they hold the call's reservation, never less than it spent.) The counters
+        unreachable, a slot frees itself at its ttl and a token window at its minute."""
         slots, governed.slots = governed.slots, []
+        tokens, rates = governed.tokens_used, governed.token_rates
+        if tokens is not None:  # (`settle` has told what the call used)
+            governed.token_rates = []
         try:
             for slot in slots:
                 key, holder = slot.split("\0", 1)
                 await self.counters.release_slot(key, holder)
+            if tokens is not None:
+                epoch = self.clock().timestamp()
+                for key in rates:
+                    await self.counters.adjust_rate(key, 60.0, tokens - governed.tokens_estimate, epoch)
         except CountersUnavailable:
-            log.warning("budget counters unavailable while releasing a concurrency slot; it frees at its ttl")
+            log.warning("budget counters unavailable while giving back a call's rate limits; they free in time")
 
     async def _undo(self, governed: Governed) -> None:
         """A refusal after some of the admission was taken gives it back."""
@@ -672,6 +682,7 @@ class BudgetGate:
         next turn."""
         if not governed.governed:
             return []
+        governed.tokens_used = tokens
         now = self.clock()
         events: list[TraceEvent] = []
         if governed.reservation_id is not None:

@@ -565,12 +565,13 @@ class Gateway:
 
     # -- recording -----------------------------------------------------------------------------------------
     async def finish(self, call: Call, outcome: Outcome) -> None:
-        """Record the call, release its idempotency claim and concurrency slots, and (strict mode) wait until the
-        record is durable: all before its answer goes out."""
+        """Record the call, release its idempotency claim, give back what it holds of the rate limits, and (strict
+        mode) wait until the record is durable: all before its answer goes out."""
         durable = self.record(call, outcome)
         self.release(call)
-        if call.governed.slots and self.gate is not None:
-            await self.gate.release_slots(call.governed)
+        governed = call.governed
+        if (governed.slots or governed.token_rates) and self.gate is not None:
+            await self.gate.give_back_limits(governed)
         await _durable(durable)
 
     def record(self, call: Call, outcome: Outcome) -> asyncio.Future[None] | None:
