@@ -303,7 +303,7 @@ class Figures:
     def view(self, now: datetime) -> dict[str, object]:
         """As the policy_check step, the status API and `GET /v1/budget` show it."""
         return {
-            **_static_view(self.budget, self.key, now),
+            **static_view(self.budget, self.key, now),
             "spent_usd": format_usd(self.spent),
             "reserved_usd": format_usd(self.reserved),
             "remaining_usd": self.remaining_usd,
@@ -321,10 +321,6 @@ STATIC_VIEWS_KEPT = 4096
 def static_view(b: Budget, key: str, now: datetime) -> dict[str, object]:
     """What a budget's view (`Figures.view`) says of it and of the window of `key`: the same for every call in that
     window, so built once (shared: not to be changed)."""
-    return _static_view(b, key, now)
-
-
-def _static_view(b: Budget, key: str, now: datetime) -> dict[str, object]:
     kept = _STATIC_VIEWS.get((b, key))
     if kept is not None:
         if kept[0] is not b:

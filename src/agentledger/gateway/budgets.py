@@ -631,33 +631,35 @@ class BudgetGate:
         governed.note = "counters unavailable: allowed unchecked (no budget that blocks applies)"
         log.warning("budget counters unavailable; a call was allowed unchecked (only alert_only budgets apply)")
 
-    async def give_back_limits(self, governed: Governed) -> None:
+    async def give_back_limits(self, governed: Governed, epoch: float | None = None) -> None:
         """Before a call's answer goes out, what it holds of the rate limits: its concurrency slots given back, its
         tokens-per-minute (counted at its estimate) corrected to what it used. A client that sends its next call
         once it has the answer finds the limits as that answer leaves them. (The budgets' counters settle after
         the answer: until then they hold the call's reservation, never less than it spent.) The counters
-        unreachable, a slot frees itself at its ttl and a token window at its minute."""
+        unreachable, a slot frees itself at its ttl and a token window at its minute. `epoch`: when the call ended
+        (else now)."""
         slots, governed.slots = governed.slots, []
         tokens, rates = governed.tokens_used, governed.token_rates
         if tokens is not None:  # (`settle` has told what the call used)
             governed.token_rates = []
         try:
-            for slot in slots:
-                key, holder = slot.split("\0", 1)
-                await self.counters.release_slot(key, holder)
+            await self._free_slots(slots)
             if tokens is not None:
-                epoch = self.clock().timestamp()
+                at = self.clock().timestamp() if epoch is None else epoch
                 for key in rates:
-                    await self.counters.adjust_rate(key, 60.0, tokens - governed.tokens_estimate, epoch)
+                    await self.counters.adjust_rate(key, 60.0, tokens - governed.tokens_estimate, at)
         except CountersUnavailable:
             log.warning("budget counters unavailable while giving back a call's rate limits; they free in time")
 
-    async def _undo(self, governed: Governed) -> None:
-        """A refusal after some of the admission was taken gives it back."""
-        for slot in governed.slots:
+    async def _free_slots(self, slots: list[str]) -> None:
+        for slot in slots:
             key, holder = slot.split("\0", 1)
             await self.counters.release_slot(key, holder)
-        governed.slots = []
+
+    async def _undo(self, governed: Governed) -> None:
+        """A refusal after some of the admission was taken gives it back."""
+        slots, governed.slots = governed.slots, []
+        await self._free_slots(slots)
         if governed.reservation_id is not None:
             await self.counters.settle(governed.reservation_id, 0)
 
@@ -739,6 +741,8 @@ class BudgetGate:
         """In-process counters settle here, no task, and the alerts of the thresholds crossed are committed. Else
         (Redis; slots or token rates to give back; a reservation no longer held: `_late_settle`) a task settles
         it (idempotent)."""
+        if governed.reservation_id is None and not governed.token_rates and not governed.slots:
+            return  # (its rate limits given back before its answer: `give_back_limits`)
         if governed.reservation_id is not None and not governed.token_rates and not governed.slots:
             try:
                 after = self.counters.settle_now(governed.reservation_id, actual)
@@ -747,12 +751,7 @@ class BudgetGate:
             if after:  # each of the reservation's keys, in the order it held them: the call's budgets'
                 events: list[TraceEvent] = []
                 for i, b in enumerate(governed.budgets):
-                    spent, limit = after[2 * i], b.limit_nanos
-                    low, high = (spent - actual) * 100, spent * 100
-                    for t in b.thresholds:  # (`crossed`'s test, inline: most settles cross nothing)
-                        if limit <= 0 or low < t * limit <= high:
-                            self._crossed(events, b, governed.keys[i], spent, actual, request_id, run_id)
-                            break
+                    self._crossed(events, b, governed.keys[i], after[2 * i], actual, request_id, run_id)
                 if events:
                     self.commit(events)
                 return
@@ -814,11 +813,7 @@ class BudgetGate:
                         self.commit(alerts)
                 else:
                     await self._late_settle(governed, actual)
-            for key in governed.token_rates:
-                await self.counters.adjust_rate(key, 60.0, tokens - governed.tokens_estimate, epoch)
-            for slot in governed.slots:
-                key, holder = slot.split("\0", 1)
-                await self.counters.release_slot(key, holder)
+            await self.give_back_limits(governed, epoch)  # (those of a call that never answered: a client gone)
         except CountersUnavailable:
             # The reservation expires at its estimate and the sweep corrects it from the ledger, whose settle
             # entry is already written (gateway/budget_recovery.py); the slot frees itself at its ttl.

@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agentledger.limits.base import (
-    MAX_AMOUNT,
     MAX_COUNTER,
     ZERO,
     Charge,
@@ -116,14 +115,10 @@ class MemoryCounters:
     def reserve_now(
         self, reservation_id: str, hold: Hold, amount: int, ttl: float, now: float
     ) -> tuple[float | None, list[int] | Refused | None]:
-        # (Each check called only when its common case fails: this is every governed call's path, in-process.)
-        if not (type(amount) is int and 0 <= amount <= MAX_AMOUNT):
-            check_amount(amount, "amount", non_negative=True)
-        if not (type(ttl) is float and 0 < ttl < math.inf):
-            check_seconds(ttl, "ttl")
+        check_amount(amount, "amount", non_negative=True)
+        check_seconds(ttl, "ttl")
         if hold.rates:
-            if not (type(now) is float and -math.inf < now < math.inf):
-                check_now(now)
+            check_now(now)
             wait = self._count(hold.rates, now)  # (checked when the hold was made) nothing in between: one step
             if wait is not None:
                 return wait, None
