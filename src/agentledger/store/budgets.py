@@ -68,17 +68,14 @@ def stored_governance(governance: dict[str, Any] | PolicyReport | None) -> dict[
         or not governance.budgets
     ):
         return governance_dict(governance)
-    n, at, views = governance.numbers, governance.at, list[Any]()
-    for i, b in enumerate(governance.budgets):
-        spent, reserved, limit = n[2 * i], n[2 * i + 1], b.limit_nanos
-        left = limit - spent - reserved
-        percent = round(100.0 * (spent + reserved) / limit, 2) if limit else 100.0
+    views: list[Any] = []
+    for f in governance.figures:  # (the dynamic part of `Figures.view`, in its order)
         tail = (
-            f',"spent_usd":"{format_usd(spent)}","reserved_usd":"{format_usd(reserved)}",'
-            f'"remaining_usd":"{format_usd(max(left, 0))}","remaining_nanos":{left},"percent_used":'
-            f"{orjson.dumps(percent).decode()}}}"
+            f',"spent_usd":"{format_usd(f.spent)}","reserved_usd":"{format_usd(f.reserved)}",'
+            f'"remaining_usd":"{f.remaining_usd}","remaining_nanos":{f.remaining},"percent_used":'
+            f"{orjson.dumps(f.percent_used).decode()}}}"
         )
-        views.append(orjson.Fragment(_static_text(b, governance.keys[i], at) + tail.encode()))
+        views.append(orjson.Fragment(_static_text(f.budget, f.key, governance.at) + tail.encode()))
     return governance.as_dict(views)
 
 
