@@ -51,13 +51,13 @@ def threads_cpu(pid: int) -> dict[str, float]:
         return out
     for tid in tids:
         try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                head, rest = f.read().rsplit(")", 1)
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = "event loop" if tid == str(pid) else re.sub(r"_\d+$", "", f.read().strip())
         except OSError:
             continue
-        name = "event loop" if tid == str(pid) else re.sub(r"_\d+$", "", head.split("(", 1)[1])
-        fields = rest.split()
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+        seconds = cpu_seconds(pid, int(tid))
+        if seconds is not None:
+            out[name] = out.get(name, 0.0) + seconds
     return out
 
 
