@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agentledger.core.frozen import frozen
 from agentledger.core.model import Attribution, LedgerEntries, pickled_by_fields
 from agentledger.core.money import MAX_EVENT_COST_NANOS, format_usd
 
@@ -75,7 +76,7 @@ def scope_label(scope: Scope, value: str | None, prop: str | None) -> str:
     return f"{name}:{value}"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Subject:
     """What a call or a step is for: the scopes a budget or a rate limit may name."""
 
@@ -277,7 +278,7 @@ def window_of_key(key: str) -> str:
     return parse_counter_key(key)[2]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Figures:
     """A budget's figures in one window, in nano-dollars."""
 
@@ -373,7 +374,7 @@ def limit_view(r: RateLimit) -> dict[str, object]:
     return found
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PolicyReport:
     """A call's policy check as its figures stood, kept as numbers and turned into the trace's shape (`as_dict`:
     each budget's view, each rate limit's, amounts as exact USD text) where it is written, by the store's writer:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from agentledger.core.errors import InvalidHeader
+from agentledger.core.frozen import frozen
 
 REQUEST_ID = "x-request-id"
 AGENT_ID = "alephant-agent-id"
@@ -43,7 +44,7 @@ PROPERTY_NAME_HELP = "property names are 1-64 characters of a-z, 0-9, '_', '.', 
 _SEGMENT_RE = re.compile(r"^[^/\x00-\x1f\x7f]+$")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TrackingContext:
     request_id: str | None = None
     agent_id: str | None = None

@@ -8,6 +8,7 @@ from datetime import datetime
 from operator import attrgetter
 from typing import Any
 
+from agentledger.core.frozen import frozen
 from agentledger.core.pricing import CostSource
 from agentledger.core.usage import Usage
 
@@ -133,7 +134,7 @@ class ProviderRoute:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Attribution:
     """Everything a recorded request or step is grouped by."""
 
@@ -150,7 +151,7 @@ class Attribution:
     properties: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RequestRecord:
     """One LLM call through the gateway, keyed by (workspace, x-request-id)."""
 
@@ -203,7 +204,7 @@ class Payment:
     endpoint_id: str | None = None  # the paid endpoint sold (inbound) or bought from, when known
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StepRecord:
     step_id: str
     run_id: str
@@ -247,7 +248,7 @@ class ProofState:
     claim: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RunStart:
     """Create-on-first-sight: later sightings of the same run id never overwrite what the first one set."""
 
@@ -295,7 +296,7 @@ class LedgerEntry:
 _ENTRY_CODE = {"reserve": "r", "settle": "s", "release": "x"}  # in a ledger entry's id, after its reservation's
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LedgerEntries:
     """One reservation's `reserve`, `settle` or `release` on each of its counters, as one event: an entry per
     counter, the same deltas on each, each its own ledger row exactly as the `LedgerEntry` of `entries()` would

@@ -8,6 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from agentledger.core.bounds import MAX_EVENT_COST_USD
+from agentledger.core.frozen import frozen
 from agentledger.core.money import MAX_EVENT_COST_NANOS, to_nanos
 from agentledger.core.usage import Usage
 
@@ -35,7 +36,7 @@ class Price:
     origin: str = "override"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Cost:
     nanos: int
     source: CostSource

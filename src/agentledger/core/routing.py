@@ -15,15 +15,15 @@ adapter, format or price can serve.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 from agentledger.core.errors import InvalidHeader, UnknownModel
+from agentledger.core.frozen import frozen
 from agentledger.core.headers import FORCED_ROUTING as FORCED_ROUTING_HEADER
 from agentledger.core.model import ProviderRoute
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Hop:
     """One provider key and the model asked of it; `fallback` when it is not the route the client asked for."""
 

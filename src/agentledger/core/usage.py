@@ -7,14 +7,14 @@ fields say how much of each total was special, so a price can charge each part a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from agentledger.core.bounds import MAX_TOKENS
+from agentledger.core.frozen import frozen
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Usage:
     input_tokens: int = 0
     cached_input_tokens: int = 0

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import orjson
 
 from agentledger.core.errors import AgentLedgerError, InvalidRequest
+from agentledger.core.frozen import frozen
 from agentledger.core.usage import Usage
 
 # Wire format names, recorded on each model_call step (requested format and provider format).
@@ -28,7 +29,7 @@ RESPONSES = "responses"
 EMBEDDINGS = "embeddings"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Parsed:
     """A validated client request: what the gateway relies on, and the body to send a provider of the same
     format (the client's bytes unless something had to be added, such as forcing a stream's usage)."""

@@ -9,12 +9,13 @@ their own cost for reading, and no total adds them (core/books.py).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime
 from typing import Any
 
 from agentledger.core.budgets import Decision, PolicyReport
 from agentledger.core.errors import AgentLedgerError
+from agentledger.core.frozen import frozen
 from agentledger.core.headers import TrackingContext
 from agentledger.core.model import (
     Attribution,
@@ -35,7 +36,7 @@ from agentledger.gateway.budgets import Governed
 from agentledger.gateway.policies import Review
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Call:
     """A validated request, ready to forward: its hops in the order they are tried, each with its bridge."""
 
@@ -69,7 +70,7 @@ class Call:
         return self.parsed.stream
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Attempt:
     """One try at one provider key."""
 
@@ -86,7 +87,7 @@ class Attempt:
     error: AgentLedgerError | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Outcome:
     status: StepStatus
     http_status: int

@@ -338,6 +338,8 @@ def check_seconds(value: float, what: str) -> None:
 
 
 def check_now(now: float) -> None:
+    if type(now) is float and -math.inf < now < math.inf:  # (every call's rates: the common case)
+        return
     if not isinstance(now, int | float) or not math.isfinite(now):
         raise ValueError(f"now must be a finite epoch in seconds, not {now!r}")
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agentledger.limits.base import (
+    MAX_AMOUNT,
     MAX_COUNTER,
     ZERO,
     Charge,
@@ -115,14 +116,34 @@ class MemoryCounters:
     def reserve_now(
         self, reservation_id: str, hold: Hold, amount: int, ttl: float, now: float
     ) -> tuple[float | None, list[int] | Refused | None]:
-        check_amount(amount, "amount", non_negative=True)
-        check_seconds(ttl, "ttl")
+        # The path of every call under budgets, in one pass: one amount on each key reserved here rather than through
+        # `_reserve` (per-key amounts), which answers what is not admitted; each check asked only when its common
+        # case fails. A third of this method's time in the gateway, ~8 µs a call (docs/benchmark.md, 2026-11-27).
+        if not (type(amount) is int and 0 <= amount <= MAX_AMOUNT):
+            check_amount(amount, "amount", non_negative=True)
+        if not (type(ttl) is float and 0 < ttl < math.inf):
+            check_seconds(ttl, "ttl")
         if hold.rates:
             check_now(now)
             wait = self._count(hold.rates, now)  # (checked when the hold was made) nothing in between: one step
             if wait is not None:
                 return wait, None
-        return None, self._reserve(reservation_id, hold.keys, hold.limits, (amount,) * len(hold.keys), ttl)
+        keys, limits = hold.keys, hold.limits
+        if reservation_id in self._reservations:
+            return None, self._reserve(reservation_id, keys, limits, (amount,) * len(keys), ttl)
+        totals = self._totals
+        pairs = [totals.get(k) or self._pair(k) for k in keys]
+        for i, pair in enumerate(pairs):
+            limit, held = limits[i], pair[0] + pair[1] + amount
+            if (limit is not None and held > limit) or held > MAX_COUNTER or pair[1] + amount > MAX_COUNTER:
+                # refused, or out of range (raises): nothing changed yet
+                return None, self._reserve(reservation_id, keys, limits, (amount,) * len(keys), ttl)
+        after: list[int] = []
+        for pair in pairs:
+            pair[1] += amount
+            after += pair
+        self._reservations[reservation_id] = (self._clock() + ttl, keys, (amount,) * len(keys))
+        return None, after
 
     async def settle(self, reservation_id: str, actual: int, *, lazy: bool = False) -> dict[str, Standing]:
         found = self._reservations.get(reservation_id)
@@ -213,6 +234,19 @@ class MemoryCounters:
     def _count(self, rates: Sequence[Rate], now: float) -> float | None:
         if not self._next_rate_sweep - SWEEP_EVERY <= now < self._next_rate_sweep:
             self._sweep_rates(now)
+        # Most hits: each rate's stored window is the current one and has room: counted in place, no object made.
+        stored, found = self._rates.get, []
+        for r in rates:
+            state = stored((r.key, r.window))
+            if state is None or state.index != math.floor(now / r.window):
+                break
+            if window_estimate(state.previous, state.current, state.index * r.window, r.window, now) + r.cost > r.limit:
+                break
+            found.append(state)
+        else:
+            for r, state in zip(rates, found, strict=True):
+                state.current += r.cost
+            return None
         states = [self._window(r.key, r.window, now) for r in rates]
         wait: float | None = None
         for rate, state in zip(rates, states, strict=True):

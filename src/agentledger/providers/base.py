@@ -23,6 +23,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from agentledger.core.frozen import frozen
 from agentledger.core.model import ProviderRoute
 
 
@@ -36,14 +37,14 @@ class UpstreamTimeouts:
 DEFAULT_TIMEOUTS = UpstreamTimeouts()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class UpstreamResponse:
     status: int
     body: bytes
     content_type: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Target:
     """Where one attempt goes: the provider key (route), the endpoint in the provider's own format
     (`/chat/completions`, `/messages`, `/messages/count_tokens`, `/responses`, `/embeddings`: the adapter maps it

@@ -284,6 +284,13 @@ async def test_reserve_now_is_hit_and_reserve_or_nothing(counters: Counters, clo
             counters.reserve_now("r5", hold, amount, ttl, now)
     assert await counters.standing(["a", "b"]) == {"a": S(100, 0), "b": S(100, 0)}
     assert await counters.hit([Rate("rpm", 3, 60.0)], clock.now) is None  # the refusals above counted nothing
+    # A reservation that would take a counter out of range raises, and changes nothing.
+    await counters.load({"a": S(MAX_COUNTER - 10, 0)}, {})
+    with pytest.raises(ValueError, match="64-bit range"):
+        counters.reserve_now("r6", unrated, 11, 60.0, clock.now)
+    assert await counters.standing(["a", "b"]) == {"a": S(MAX_COUNTER - 10, 0), "b": S(0, 0)}
+    assert counters.settle_now("r6", 0) == []  # never opened
+    assert counters.reserve_now("r7", unrated, 10, 60.0, clock.now) == (None, [0, 10, MAX_COUNTER - 10, 10])
 
 
 @pytest.mark.parametrize(
