@@ -4,6 +4,7 @@ say exactly what the views' dicts say, whatever the figures."""
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -20,7 +21,9 @@ from agentledger.core.budgets import (
     Scope,
     counter_key,
 )
+from agentledger.core.model import Attribution, StepKind, StepRecord, StepStatus
 from agentledger.store.budgets import stored_governance
+from agentledger.store.sql import _step_values
 
 T0 = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
 BIG = 2**62
@@ -76,3 +79,21 @@ def test_a_refusal_and_a_policy_verdict_keep_their_dicts_for_the_audit() -> None
         assert stored == other.as_dict() and isinstance(stored["budgets"][0], dict)
     assert stored_governance(None) is None
     assert stored_governance({"decision": "allowed"}) == {"decision": "allowed"}
+
+
+def test_a_policy_check_step_keeps_its_report_through_the_journal_and_is_stored_as_its_dict() -> None:
+    """The gateway's policy_check step of a model call carries its PolicyReport (no views built on the answer's
+    path): pickled for the trace journal and back, the writer stores it as the report's dict."""
+    b = Budget("ws", "b1", Scope.DEPARTMENT, "dept", 10**9, Period.MONTH, T0)
+    key = counter_key(b, T0, "run-1")
+    report = PolicyReport(Decision.ALLOWED, None, (b,), (key,), (7, 0), (), "rsv_1", 5, None, None, T0)
+    base = Attribution(workspace_id="ws", department_id="dept", run_id="run-1")
+    step = StepRecord("pc_1", "run-1", base, StepKind.POLICY_CHECK, "budgets and rate limits", StepStatus.OK, T0)
+    step = replace(step, attributes=report, request_id="req-1")
+    back = pickle.loads(pickle.dumps([step], protocol=pickle.HIGHEST_PROTOCOL))[0]
+    assert back == step and isinstance(back.attributes, PolicyReport)
+    row = _step_values(back)
+    assert orjson.dumps(row["attributes"]) == orjson.dumps(report.as_dict())
+    assert row["attributes"]["budgets"][0] is not None and row["attributes"]["decision"] == "allowed"
+    # An agent's own step keeps the attributes it was given.
+    assert _step_values(replace(step, attributes={"k": 1}))["attributes"] == {"k": 1}

@@ -6,11 +6,14 @@ import enum
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentledger.core.frozen import frozen
 from agentledger.core.pricing import CostSource
 from agentledger.core.usage import Usage
+
+if TYPE_CHECKING:
+    from agentledger.core.budgets import PolicyReport
 
 
 class StepKind(enum.StrEnum):
@@ -227,7 +230,11 @@ class StepRecord:
     error: str | None = None
     input: Any = None
     output: Any = None
-    attributes: dict[str, Any] = field(default_factory=dict)
+    # A dict as stored, or, for the gateway's policy_check step of a model call, the core.budgets.PolicyReport it
+    # keeps the check as, which the store's writer turns into that dict (as a request row's `governance`): building
+    # each budget's view on the answer's path, and pickling them for the journal, was most of what a run added to a
+    # governed call.
+    attributes: dict[str, Any] | PolicyReport = field(default_factory=dict)
     payment: Payment | None = None  # kind payment only
 
 

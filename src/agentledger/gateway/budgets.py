@@ -921,7 +921,7 @@ class BudgetGate:
     def policy_step(
         self,
         governed: Governed,
-        report: dict[str, Any],
+        report: dict[str, Any] | PolicyReport,
         *,
         request_id: str,
         base: Attribution,

@@ -615,7 +615,7 @@ class Gateway:
         if a.run_id is not None:
             check = self.gate.policy_step(
                 governed,
-                summary.as_dict(),
+                summary,  # (its dict made by the store's writer)
                 request_id=call.request_id,
                 base=a,
                 started_at=call.started_at,

@@ -1326,7 +1326,9 @@ def _step_values(s: StepRecord) -> dict[str, Any]:
         "error": s.error,
         "input": s.input,
         "output": s.output,
-        "attributes": s.attributes,
+        "attributes": (
+            budgets_sql.stored_governance(s.attributes) if isinstance(s.attributes, PolicyReport) else s.attributes
+        ),
         "latency_ms": s.latency_ms,
         "started_at": s.started_at,
         "ended_at": s.ended_at,
