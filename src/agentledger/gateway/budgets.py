@@ -186,6 +186,12 @@ class BudgetGate:
     async def rules_for(self, workspace_id: str) -> Rules:
         return await self.rules.get(workspace_id, lambda: self._rules_of(workspace_id)) or ([], [])
 
+    def idle(self, workspace_id: str) -> bool:
+        """The workspace has no budgets and no rate limits, as this node last read them (within the cache's ttl):
+        `admit` would do nothing, so a call's bounds need not be worked out."""
+        cached, found = self.rules.fresh(workspace_id)
+        return cached and (found is None or not (found[0] or found[1]))
+
     def invalidate(self, workspace_id: str) -> None:
         self.rules.invalidate(workspace_id)
         self._rates = {k: v for k, v in self._rates.items() if k[0] != workspace_id}
@@ -702,14 +708,16 @@ class BudgetGate:
                         events += self.entries(governed, "reserve", request_id, run_id, at)
                     governed.reserved_at = None
                     events += self.entries(governed, kind, request_id, run_id, now, actual)
-                # The figures once the reservation is replaced by what the call cost; the response headers follow
-                # from them when an answer asks (`headline`: a stream's went out with its first event).
+                # The figures once the reservation is replaced by what the call cost, and the response headers that
+                # tell them, made while they are at hand (in the gateway, ~10 µs less than when the answer asks,
+                # after the record's durability: docs/benchmark.md); a stream's went out with its first event.
                 numbers = list(governed.numbers)
                 for i in range(0, len(numbers), 2):
                     numbers[i] += actual
                     numbers[i + 1] = max(numbers[i + 1] - governed.estimate, 0)
                 governed.numbers = numbers
-                governed.headers = None
+                sent = governed.headers is not None
+                governed.headers = None if sent else _headers(governed, *least_left(governed.budgets, numbers))
         if governed.reservation_id is not None or governed.token_rates or governed.slots:
             # The counters are settled once the answer is out (`settle_later`; else at the loop's next turn): it
             # tells the call's own figures, made above, and nothing the call waits for waits for this.

@@ -163,8 +163,9 @@ class Gateway:
             overrides = await self.prices_for(principal.workspace_id)
             hops, bridges = self._usable(fmt, chain(primary, routes, allowed), overrides)
             request_hash = hashlib.sha256(body).hexdigest()
+            subject = Subject.of(attribution)
             review = await self._review(
-                fmt, parsed, attribution, hops[0], overrides, raw_headers, body, peer, request_hash, request_id
+                fmt, parsed, attribution, subject, hops[0], overrides, raw_headers, body, peer, request_hash, request_id
             )
             if review is not None:
                 if review.changed:  # clamped or redacted: that is the body forwarded
@@ -189,6 +190,7 @@ class Gateway:
                 t0=t0,
                 client_request_id=tracking.request_id is not None,
                 price_overrides=overrides,
+                subject=subject,
                 review=review,
             )
         except AgentLedgerError as exc:
@@ -200,6 +202,7 @@ class Gateway:
         fmt: Format,
         parsed: Parsed,
         attribution: Attribution,
+        subject: Subject,
         hop: Hop,
         overrides: dict[str, list[Price]],
         raw_headers: list[tuple[bytes, bytes]],
@@ -231,7 +234,7 @@ class Gateway:
             )
 
         return await self.policies.review(
-            Subject.of(attribution),
+            subject,
             fmt.name,
             payload,
             model=hop.model,
@@ -324,7 +327,7 @@ class Gateway:
         """Reserve the call's most possible cost against its budgets and count its rate limits (after the
         claim: a replay reserves nothing), or raise BudgetExceeded / RateLimited, the refusal recorded.
         The policies' verdict is enforced first (a block, a throttle, an escalation waiting for a human)."""
-        subject = Subject.of(call.attribution)
+        subject = call.subject
         try:
             if self.controls is not None:  # a cancelled or paused run's call goes no further (gateway/run_controls.py)
                 await self.controls.admit(call.workspace_id, call.attribution.run_id, call.governed)
@@ -339,7 +342,8 @@ class Gateway:
                         body_hash=call.request_hash,
                         summary={"kind": "model_call", "model": call.hops[0].model, "stream": call.stream},
                     )
-            if self.gate is None:
+            extra_limits = call.review.limits if call.review is not None else ()
+            if self.gate is None or (not extra_limits and self.gate.idle(call.workspace_id)):
                 return
             payload = call.parsed.payload
             await self.gate.admit(
@@ -353,7 +357,7 @@ class Gateway:
                 overrides=call.price_overrides,
                 embeddings=call.fmt.name == "embeddings",
                 choices=positive_int(payload.get("n")) or 1,
-                extra_limits=call.review.limits if call.review is not None else (),
+                extra_limits=extra_limits,
             )
         except AgentLedgerError as exc:  # every refusal is recorded, whoever decided it
             await self.finish(call, Outcome(StepStatus.ERROR, exc.status, (), error=exc))

@@ -13,7 +13,7 @@ from dataclasses import field
 from datetime import datetime
 from typing import Any
 
-from agentledger.core.budgets import Decision, PolicyReport
+from agentledger.core.budgets import Decision, PolicyReport, Subject
 from agentledger.core.errors import AgentLedgerError
 from agentledger.core.frozen import frozen
 from agentledger.core.headers import TrackingContext
@@ -54,6 +54,7 @@ class Call:
     t0: float
     client_request_id: bool
     price_overrides: dict[str, list[Price]]
+    subject: Subject  # what budgets, rate limits and policies may name of it
     review: Review | None = None  # the policies' verdict (gateway/policies.py), enforced after the claim
     governed: Governed = field(default_factory=Governed)  # filled by the budget gate after the claim
 
