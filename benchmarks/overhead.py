@@ -168,6 +168,8 @@ class Stack:
     db_url: str | None = None
     gateway_pids: list[int] = field(default_factory=list)  # the gateway and its worker processes
     governed: Bench | None = None  # --governed: the second workspace, its key under budgets and a rate limit
+    floor: subprocess.Popen[bytes] | None = None  # --floor: the bare pass-through (benchmarks/floor.py)
+    floor_url: str | None = None
 
 
 def admin_post(gw_url: str, admin: str, path: str, body: dict[str, Any]) -> Any:
@@ -306,6 +308,7 @@ def start_stack(
     governed: bool = False,
     budgets: bool = True,
     policies: int = 0,
+    floor: bool = False,
 ) -> Stack:
     env = clean_env()
     up_port, gw_port = free_port(), free_port()
@@ -326,6 +329,16 @@ def start_stack(
         stack = Stack(up_url, gw_url, vk, admin, upstream, gateway, workdir / "data", db_url)
         if governed:
             stack.governed = setup_governed(stack, env, anthropic, budgets, policies)
+        if floor:
+            floor_port, floor_log = free_port(), workdir / "floor.log"
+            stack.floor = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("floor.py")), str(floor_port), up_url],
+                stdout=floor_log.open("wb"),
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+            stack.floor_url = f"http://127.0.0.1:{floor_port}"
+            wait_http(stack.floor_url + "/", stack.floor, floor_log)
         workers = int((settings or {}).get("workers", 1))
         deadline = time.monotonic() + 60
         while True:  # with workers: every worker process is up (each answers; the CPU of all is counted)
@@ -336,8 +349,16 @@ def start_stack(
     except BaseException:
         stop(gateway)
         stop(upstream)
+        if "stack" in locals():
+            stop(stack.floor)
         raise
     return stack
+
+
+def stop_stack(stack: Stack) -> None:
+    stop(stack.gateway)
+    stop(stack.floor)
+    stop(stack.upstream)
 
 
 # -- the client -------------------------------------------------------------------------------------------
@@ -560,10 +581,11 @@ class Pair:
     direct: Target
     gateway: Target
     governed: bool = False
+    floor: bool = False  # --floor: the "gateway" is the bare pass-through (benchmarks/floor.py)
 
     @property
     def label(self) -> str:
-        return f"{self.api}+governed" if self.governed else self.api
+        return f"{self.api}+floor" if self.floor else f"{self.api}+governed" if self.governed else self.api
 
 
 async def run_cell(
@@ -596,6 +618,7 @@ async def run_cell(
             {
                 "api": p.api,
                 "governed": p.governed,
+                "floor": p.floor,
                 "label": p.label,
                 "mode": "stream" if stream else "plain",
                 "concurrency": conc,
@@ -724,7 +747,7 @@ def markdown(cells: list[dict[str, Any]], with_api: bool = False, services: bool
 
 def governed_deltas(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """--governed: each governed cell against the plain key's cell of the same format, mode and concurrency."""
-    plain = {(c["api"], c["mode"], c["concurrency"]): c for c in cells if not c.get("governed")}
+    plain = {(c["api"], c["mode"], c["concurrency"]): c for c in cells if not c.get("governed") and not c.get("floor")}
     out = []
     for c in cells:
         base = plain.get((c["api"], c["mode"], c["concurrency"]))
@@ -761,6 +784,62 @@ def governed_deltas(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+# The floor the speed targets were written against (DEVELOPERS.md): a bare pass-through on this stack, CPU a call.
+TARGETS_FLOOR_MS = {"plain": 0.11, "stream": 0.15}
+
+
+def floor_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """--floor: per mode and concurrency, the bare pass-through's figures and the gateway's against them: its CPU a
+    call as a multiple of the floor's (the target: within 1.7x with governance on), this machine's floor against the
+    one the targets were written on, and the governed key's added CPU and p50 scaled to that machine."""
+    floors = {(c["mode"], c["concurrency"]): c for c in cells if c.get("floor")}
+    out = []
+    for c in cells:
+        f = floors.get((c["mode"], c["concurrency"]))
+        if f is None or c.get("floor") or c["api"] != "chat":
+            continue
+        floor_cpu = f["gateway"]["server_cpu_ms_per_req"]
+        factor = floor_cpu / TARGETS_FLOOR_MS[c["mode"]]
+        out.append(
+            {
+                "label": c.get("label", c["api"]),
+                "mode": c["mode"],
+                "concurrency": c["concurrency"],
+                "floor_added_p50_ms": f["added_p50_ms"],
+                "floor_cpu_ms_per_req": floor_cpu,
+                "machine_factor": factor,
+                "cpu_ms_per_req": c["gateway"]["server_cpu_ms_per_req"],
+                "cpu_vs_floor": c["gateway"]["server_cpu_ms_per_req"] / floor_cpu,
+                "added_p50_ms": c["added_p50_ms"],
+            }
+        )
+    return out
+
+
+def floor_markdown(rows: list[dict[str, Any]], deltas: list[dict[str, Any]]) -> str:
+    lines = [
+        "| target | mode | conc | floor added p50 ms | floor CPU ms/req | this machine / the targets' | gateway CPU "
+        "ms/req | **CPU / floor** |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {r['mode']} | {r['concurrency']} | {r['floor_added_p50_ms']:+.2f} "
+            f"| {r['floor_cpu_ms_per_req']:.3f} | {r['machine_factor']:.1f}x | {r['cpu_ms_per_req']:.3f} "
+            f"| **{r['cpu_vs_floor']:.2f}x** |"
+        )
+    factors = {(r["mode"], r["concurrency"]): r["machine_factor"] for r in rows}
+    for d in deltas:
+        factor = factors.get((d["mode"], d["concurrency"]))
+        if factor is not None and d["api"] == "chat":
+            lines.append(
+                f"\n{d['mode']} c={d['concurrency']}: governed Δ p50 {d['delta_p50_ms']:+.3f} ms, Δ CPU "
+                f"{d['delta_cpu_ms_per_req']:+.3f} ms/req; on the targets' machine ({factor:.1f}x this floor's "
+                f"speed) about {d['delta_p50_ms'] / factor:+.3f} / {d['delta_cpu_ms_per_req'] / factor:+.3f}"
+            )
+    return "\n".join(lines)
 
 
 def _num(value: float | None) -> str:
@@ -859,6 +938,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--workers", type=int, default=1, help="start the gateway with workers=N (needs --db postgres and --redis)"
     )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure a bare pass-through on the same stack (benchmarks/floor.py: uvicorn + aiohttp, no\n"
+        "parsing, no records) beside the gateway, chat format; its rounds interleave with the others', and the\n"
+        "gateway's CPU is reported against it (the speed targets were set against this floor elsewhere)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     p.add_argument("--py-spy", type=Path, default=None, help="record the gateway with py-spy (speedscope) here")
     p.add_argument("--py-spy-rate", type=int, default=250, help="py-spy samples per second (250)")
@@ -918,6 +1004,15 @@ def run_id(api: str, mode: str, conc: int) -> str:
     return f"bench-{mode}-{conc}" if api == "chat" else f"bench-{api}-{mode}-{conc}"
 
 
+def floor_pair(stack: Stack) -> Pair:
+    """The chat format through the bare pass-through, as the plain key's pair is through the gateway."""
+    assert stack.floor is not None and stack.floor_url is not None
+    pair = make_pair(stack, "chat")
+    pair.gateway = Target("floor", stack.floor_url + "/v1/chat/completions", pair.direct.headers, stack.floor.pid)
+    pair.floor = True
+    return pair
+
+
 def make_pair(stack: Stack, api: str, governed: bool = False) -> Pair:
     direct_fmt = "chat" if api == "chat" else "messages"
     gateway_fmt = "messages" if api == "messages" else "chat"
@@ -938,13 +1033,15 @@ async def drive(stack: Stack, args: argparse.Namespace) -> tuple[list[dict[str, 
     """Every cell; returns them with the number of requests sent through the gateway per --api (warm-ups
     included)."""
     pairs = [make_pair(stack, api, governed) for api in args.api for governed in (False, True)[: 1 + args.governed]]
+    if args.floor:
+        pairs.append(floor_pair(stack))
     cells = []
     async with Client(args.client, max(args.concurrency) * 2) as client:
         for mode in args.modes:
             for conc in args.concurrency:
                 before = {}
                 for p in pairs:
-                    if args.tracking:  # one run and session per cell, as an agent would send them
+                    if args.tracking and not p.floor:  # one run and session per cell, as an agent would send them
                         tracking = {
                             "alephant-run-id": run_id(p.api, mode, conc),
                             "alephant-session-id": "bench",
@@ -969,7 +1066,7 @@ async def drive(stack: Stack, args: argparse.Namespace) -> tuple[list[dict[str, 
                         file=sys.stderr,
                         flush=True,
                     )
-    return cells, {p.label: p.gateway.sent for p in pairs}
+    return cells, {p.label: p.gateway.sent for p in pairs if not p.floor}
 
 
 def flush_redis(url: str) -> None:
@@ -1025,8 +1122,9 @@ def main(argv: list[str] | None = None) -> int:
             governed=args.governed,
             budgets=args.budgets,
             policies=args.policies,
+            floor=args.floor,
         )
-        OUR_PIDS[:] = [stack.upstream.pid, *stack.gateway_pids]
+        OUR_PIDS[:] = [stack.upstream.pid, *stack.gateway_pids] + ([stack.floor.pid] if stack.floor else [])
         if args.workers > 1:
             print(f"gateway processes (CPU summed): {stack.gateway_pids}", file=sys.stderr, flush=True)
         if args.py_spy:
@@ -1051,8 +1149,7 @@ def main(argv: list[str] | None = None) -> int:
         if spy is not None:
             stop(spy)
         if stack is not None:
-            stop(stack.gateway)
-            stop(stack.upstream)
+            stop_stack(stack)
         if pg_name:
             drop_pg_database(pg_name)
         if args.redis:
@@ -1080,6 +1177,7 @@ def main(argv: list[str] | None = None) -> int:
             "stream_include_usage": args.include_usage,
             "tracking_headers": args.tracking,
             "governed": args.governed,
+            "floor": args.floor,
             "redis": args.redis,
             "workers": args.workers,
         },
@@ -1119,6 +1217,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"{k} {v:+.3f}" for k, v in d["delta_thread_cpu_ms_per_req"].items() if abs(v) >= 0.0005
                 )
                 print(f"  Δ CPU ms/req by thread, {d['mode']} c={d['concurrency']}: {split}")
+    if args.floor:
+        rows = floor_rows(results)
+        report["floor"] = rows
+        print(
+            "\nagainst the floor (a bare pass-through on this stack, benchmarks/floor.py; the targets' machine: "
+            f"{TARGETS_FLOOR_MS['plain']} ms CPU a plain call, {TARGETS_FLOOR_MS['stream']} streamed):\n"
+        )
+        print(floor_markdown(rows, report.get("governed_vs_none", [])))
     errors = sum(c["direct"]["errors"] + c["gateway"]["errors"] for c in results)
     ok = report["tracing"]["ok"]
     verdict = "OK" if sent == recorded else "MISMATCH"
