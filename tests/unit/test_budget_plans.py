@@ -185,3 +185,22 @@ def test_a_settle_alerts_exactly_the_thresholds_its_cost_crossed(
 async def _settled(gate: BudgetGate, governed: Governed, cost: int) -> None:
     gate.settle(governed, cost, 30, request_id="req", run_id=None)
     await asyncio.sleep(0)
+
+
+def test_a_workspace_is_idle_only_while_its_cached_rules_are_none() -> None:
+    """`BudgetGate.idle` lets the gateway skip a call's bounds: only for rules read, fresh and empty. Unread rules,
+    rules that exist, and rules dropped by an invalidation (a budget created) are not idle."""
+    rules: dict[str, Any] = {"budgets": [], "limits": []}
+    gate, _ = gate_with(rules, Clock(ANCHOR))
+    assert not gate.idle(WS)  # never read: the admission reads them
+    admit(gate, subject())
+    assert gate.idle(WS)
+    rules["budgets"] = [budget("b1", Scope.WORKSPACE, None)]
+    assert gate.idle(WS)  # (as this node last read them, until the cache's ttl or an invalidation)
+    gate.invalidate(WS)
+    assert not gate.idle(WS)
+    assert admit(gate, subject()).budgets and not gate.idle(WS)
+    rules["budgets"], rules["limits"] = [], [RateLimit(WS, "r1", Scope.WORKSPACE, None, requests_per_minute=5)]
+    gate.invalidate(WS)
+    admit(gate, subject())
+    assert not gate.idle(WS)

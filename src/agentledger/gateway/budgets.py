@@ -708,16 +708,14 @@ class BudgetGate:
                         events += self.entries(governed, "reserve", request_id, run_id, at)
                     governed.reserved_at = None
                     events += self.entries(governed, kind, request_id, run_id, now, actual)
-                # The figures once the reservation is replaced by what the call cost, and the response headers that
-                # tell them, made while they are at hand (in the gateway, ~10 µs less than when the answer asks,
-                # after the record's durability: docs/benchmark.md); a stream's went out with its first event.
+                # The figures once the reservation is replaced by what the call cost; the response headers follow
+                # from them when an answer asks (`headline`: a stream's went out with its first event).
                 numbers = list(governed.numbers)
                 for i in range(0, len(numbers), 2):
                     numbers[i] += actual
                     numbers[i + 1] = max(numbers[i + 1] - governed.estimate, 0)
                 governed.numbers = numbers
-                sent = governed.headers is not None
-                governed.headers = None if sent else _headers(governed, *least_left(governed.budgets, numbers))
+                governed.headers = None
         if governed.reservation_id is not None or governed.token_rates or governed.slots:
             # The counters are settled once the answer is out (`settle_later`; else at the loop's next turn): it
             # tells the call's own figures, made above, and nothing the call waits for waits for this.
