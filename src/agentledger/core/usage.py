@@ -49,7 +49,7 @@ def _count(value: Any) -> tuple[int, bool]:
         return 0, False
     if value > MAX_TOKENS:
         return MAX_TOKENS, True
-    return max(int(value), 0), False
+    return (int(value), False) if value > 0 else (0, False)  # (-infinity has no int)
 
 
 def parse_openai(usage: Mapping[str, Any] | None) -> tuple[Usage, bool] | None:

@@ -49,6 +49,7 @@ def test_no_usage(payload: Any) -> None:
         {"prompt_tokens": "12", "completion_tokens": [1]},
         {"prompt_tokens": True, "completion_tokens": False},
         {"prompt_tokens": -5, "completion_tokens": -1},
+        {"prompt_tokens": float("-inf"), "completion_tokens": -0.5},  # (an OverflowError before: found by a fuzz)
         {"prompt_tokens_details": None, "completion_tokens_details": None},
         {"prompt_tokens_details": "x", "completion_tokens_details": [1, 2]},
         {"prompt_tokens_details": {"cached_tokens": "7"}, "completion_tokens_details": {"reasoning_tokens": None}},
