@@ -4,8 +4,8 @@ uvicorn (uvloop, httptools) serving one raw ASGI app that forwards each POST to 
 content type and credential) over one aiohttp session, and the answer back as it comes (a stream chunk by chunk).
 It parses nothing, authenticates nothing, records nothing: what any Python gateway on this stack spends before it
 does anything. The project's speed targets were written against this floor on another machine (0.11 ms of CPU a
-plain call, 0.15 a streamed one: DEVELOPERS.md); measured in the same run, it says how much slower or faster this
-machine is, so the gateway's figures can be read against the targets (docs/benchmark.md).
+plain call, 0.15 a streamed one, says the developers' guide); measured in the same run, it says how much slower or
+faster this machine is, so the gateway's figures can be read against the targets (docs/benchmark.md).
 
 Usage: python benchmarks/floor.py PORT UPSTREAM_URL
 """

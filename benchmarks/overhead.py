@@ -786,7 +786,8 @@ def governed_deltas(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-# The floor the speed targets were written against (DEVELOPERS.md): a bare pass-through on this stack, CPU a call.
+# The floor the speed targets were written against (the developers' guide): a bare pass-through on this stack, CPU
+# a call.
 TARGETS_FLOOR_MS = {"plain": 0.11, "stream": 0.15}
 
 
