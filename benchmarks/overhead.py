@@ -453,9 +453,10 @@ class Target:
     batches: int = 0  # store writes (transactions) it made meanwhile
     foreign: float = 0.0  # CPU seconds other processes on the machine used during the measured rounds
     client_cpu: float = 0.0  # this process's CPU seconds during the measured rounds
+    round_p50s: list[float] = field(default_factory=list)  # each measured round's own p50, ms
 
     def reset(self) -> None:
-        self.latencies, self.ttfb = [], []
+        self.latencies, self.ttfb, self.round_p50s = [], [], []
         self.wall = self.cpu = self.client_cpu = self.foreign = self.services = self.loop_cpu = 0.0
         self.events = self.batches = 0
         self.errors = 0
@@ -506,8 +507,10 @@ async def measured_round(
     loop0 = cpu_seconds(pids[0], pids[0]) if len(pids) == 1 else None
     threads0 = threads_cpu(pids[0]) if len(pids) == 1 else {}
     cpu0, ccpu0, t0 = tree_cpu_seconds(pids), time.process_time(), time.perf_counter()
+    start = len(target.latencies)
     await burst(client, target, body, stream, n, conc, deadline)
     target.wall += time.perf_counter() - t0
+    target.round_p50s.append(pct(sorted(target.latencies[start:]), 50))
     target.client_cpu += time.process_time() - ccpu0
     cpu1, svc1, other1 = tree_cpu_seconds(pids), services_cpu(), foreign_busy()
     loop1 = cpu_seconds(pids[0], pids[0]) if len(pids) == 1 else None
@@ -547,6 +550,7 @@ def summary(t: Target) -> dict[str, Any]:
         "store_writes_per_req": t.batches / n if n and t.metrics_url else None,
         "client_cpu_ms_per_req": 1000 * t.client_cpu / n if n else math.nan,
         "other_load_cores": t.foreign / t.wall if t.wall else math.nan,
+        "round_p50_ms": list(t.round_p50s),
     }
 
 
@@ -754,6 +758,7 @@ def governed_deltas(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not c.get("governed") or base is None:
             continue
         g, b = c["gateway"], base["gateway"]
+        by_round = paired_rounds(c, base)
         out.append(
             {
                 "api": c["api"],
@@ -762,6 +767,7 @@ def governed_deltas(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "none_added_p50_ms": base["added_p50_ms"],
                 "governed_added_p50_ms": c["added_p50_ms"],
                 "delta_p50_ms": c["added_p50_ms"] - base["added_p50_ms"],
+                "delta_p50_by_round_ms": by_round,
                 "none_added_p99_ms": base["added_p99_ms"],
                 "governed_added_p99_ms": c["added_p99_ms"],
                 "delta_p99_ms": c["added_p99_ms"] - base["added_p99_ms"],
@@ -784,6 +790,24 @@ def governed_deltas(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def paired_rounds(cell: dict[str, Any], base: dict[str, Any]) -> list[float]:
+    """Round by round, the cell's added p50 minus the base cell's in the same round: the two were measured within
+    seconds of each other, so what the machine does from one minute to the next (this VM's other tenants) falls out
+    of each difference; their spread shows how much of a run's Δ p50 is the machine's."""
+    rounds = zip(cell["gateway"]["round_p50_ms"], cell["direct"]["round_p50_ms"], strict=False)
+    others = zip(base["gateway"]["round_p50_ms"], base["direct"]["round_p50_ms"], strict=False)
+    return [(g - d) - (bg - bd) for (g, d), (bg, bd) in zip(rounds, others, strict=False)]
+
+
+def spread(values: list[float]) -> str:
+    """`median [first quartile, third quartile]` of a few numbers, ms."""
+    if not values:
+        return "–"
+    v = sorted(values)
+    q = [v[min(len(v) - 1, round((len(v) - 1) * f))] for f in (0.25, 0.5, 0.75)]
+    return f"{q[1]:+.3f} [{q[0]:+.3f}, {q[2]:+.3f}]"
 
 
 # The floor the speed targets were written against (the developers' guide): a bare pass-through on this stack, CPU
@@ -835,10 +859,13 @@ def floor_markdown(rows: list[dict[str, Any]], deltas: list[dict[str, Any]]) -> 
     for d in deltas:
         factor = factors.get((d["mode"], d["concurrency"]))
         if factor is not None and d["api"] == "chat":
+            rounds = sorted(d["delta_p50_by_round_ms"])
+            by_round = rounds[len(rounds) // 2] if rounds else math.nan
             lines.append(
-                f"\n{d['mode']} c={d['concurrency']}: governed Δ p50 {d['delta_p50_ms']:+.3f} ms, Δ CPU "
-                f"{d['delta_cpu_ms_per_req']:+.3f} ms/req; on the targets' machine ({factor:.1f}x this floor's "
-                f"speed) about {d['delta_p50_ms'] / factor:+.3f} / {d['delta_cpu_ms_per_req'] / factor:+.3f}"
+                f"\n{d['mode']} c={d['concurrency']}: governed Δ p50 {d['delta_p50_ms']:+.3f} ms (round by round "
+                f"{by_round:+.3f}), Δ CPU {d['delta_cpu_ms_per_req']:+.3f} ms/req; on the targets' machine "
+                f"({factor:.1f}x this floor's speed) about {d['delta_p50_ms'] / factor:+.3f} "
+                f"({by_round / factor:+.3f}) / {d['delta_cpu_ms_per_req'] / factor:+.3f}"
             )
     return "\n".join(lines)
 
@@ -1218,6 +1245,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"{k} {v:+.3f}" for k, v in d["delta_thread_cpu_ms_per_req"].items() if abs(v) >= 0.0005
                 )
                 print(f"  Δ CPU ms/req by thread, {d['mode']} c={d['concurrency']}: {split}")
+            print(
+                f"  Δ p50 ms round by round (same-round pairs), {d['mode']} c={d['concurrency']}: median and "
+                f"quartiles {spread(d['delta_p50_by_round_ms'])} over {len(d['delta_p50_by_round_ms'])} rounds"
+            )
     if args.floor:
         rows = floor_rows(results)
         report["floor"] = rows
