@@ -747,9 +747,9 @@ class BudgetGate:
         """In-process counters settle here, no task, and the alerts of the thresholds crossed are committed. Else
         (Redis; slots or token rates to give back; a reservation no longer held: `_late_settle`) a task settles
         it (idempotent)."""
-        if governed.reservation_id is None and not governed.token_rates and not governed.slots:
-            return  # (its rate limits given back before its answer: `give_back_limits`)
-        if governed.reservation_id is not None and not governed.token_rates and not governed.slots:
+        if not governed.token_rates and not governed.slots:  # (given back before its answer: `give_back_limits`)
+            if governed.reservation_id is None:
+                return
             try:
                 after = self.counters.settle_now(governed.reservation_id, actual)
             except ValueError:  # out of the counters' range: the task fails the same way
